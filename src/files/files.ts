@@ -1,0 +1,209 @@
+/**
+ * Crash-safe file primitives. Every state change in file-based drivers is
+ * made of these: write under a temporary name, fsync, rename (or link) into
+ * place, fsync the directory. Copies are reflinks where the filesystem can
+ * (instant, shared extents) and sparse copies elsewhere (holes kept, zero
+ * blocks not written).
+ */
+import { constants as fsc } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+export type CopyMethod = 'reflink' | 'sparse';
+
+export interface CopyProgress {
+  (done: number, total: number): void;
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function fsyncFile(file: string): Promise<void> {
+  const fh = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A random suffix for temporary names. */
+export function randomSuffix(): string {
+  return randomBytes(6).toString('hex');
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/** lstat that returns null for a missing file. */
+export async function lstatOrNull(p: string): Promise<import('node:fs').Stats | null> {
+  try {
+    return await fs.lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/** unlink that ignores a missing file; returns whether something was removed. */
+export async function unlinkIfExists(p: string): Promise<boolean> {
+  try {
+    await fs.unlink(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${randomSuffix()}`);
+  try {
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await unlinkIfExists(tmp);
+    throw e;
+  }
+  await fsyncDir(dir);
+}
+
+/** Creates a new sparse file of `size` bytes (fails if it exists). */
+export async function createSparse(file: string, size: number): Promise<void> {
+  const fh = await fs.open(file, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+  try {
+    await fh.truncate(size);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Bytes really allocated to a file (its blocks), 0 if it is missing. */
+export async function allocatedBytes(file: string): Promise<number> {
+  const st = await lstatOrNull(file);
+  return st ? st.blocks * 512 : 0;
+}
+
+const NO_REFLINK = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS', 'ETXTBSY']);
+
+/**
+ * Copies `src` to the new file `dst`: a reflink when possible; otherwise, when
+ * `allowSparse`, a sparse copy. The copy is fsynced before it returns.
+ */
+export async function copyFileCow(
+  src: string,
+  dst: string,
+  opts: { allowSparse: boolean; onProgress?: CopyProgress; signal?: AbortSignal },
+): Promise<CopyMethod> {
+  try {
+    await fs.copyFile(src, dst, fsc.COPYFILE_EXCL | fsc.COPYFILE_FICLONE_FORCE);
+    await fs.chmod(dst, 0o600);
+    await fsyncFile(dst);
+    return 'reflink';
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (!NO_REFLINK.has(code)) {
+      await unlinkIfExists(dst).catch(() => undefined);
+      throw e;
+    }
+    if (!opts.allowSparse) throw e;
+  }
+  await unlinkIfExists(dst);
+  await sparseCopy(src, dst, opts.onProgress, opts.signal);
+  return 'sparse';
+}
+
+const CHUNK = 1 << 20;
+const ZERO = Buffer.alloc(CHUNK);
+
+/**
+ * Copies `src` to the new file `dst` writing only the non-zero chunks, so
+ * holes (and zero blocks) stay unallocated; the length is set by truncate.
+ * A failure removes the partial copy.
+ */
+export async function sparseCopy(src: string, dst: string, onProgress?: CopyProgress, signal?: AbortSignal): Promise<void> {
+  const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  let outFh: fs.FileHandle | undefined;
+  try {
+    outFh = await fs.open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+    const size = (await inFh.stat()).size;
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (let pos = 0; pos < size; ) {
+      signal?.throwIfAborted();
+      const { bytesRead } = await inFh.read(buf, 0, Math.min(CHUNK, size - pos), pos);
+      if (bytesRead === 0) break;
+      const chunk = bytesRead === CHUNK ? buf : buf.subarray(0, bytesRead);
+      if (!chunk.equals(bytesRead === CHUNK ? ZERO : ZERO.subarray(0, bytesRead)))
+        await writeAll(outFh, chunk, pos);
+      pos += bytesRead;
+      onProgress?.(pos, size);
+    }
+    await outFh.truncate(size);
+    await outFh.sync();
+  } catch (e) {
+    await outFh?.close().catch(() => undefined);
+    outFh = undefined;
+    await unlinkIfExists(dst).catch(() => undefined);
+    throw e;
+  } finally {
+    await inFh.close();
+    await outFh?.close();
+  }
+}
+
+export async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+    off += bytesWritten;
+  }
+}
+
+/** True when `dir`'s filesystem makes reflink copies (tried with two files in it). */
+export async function reflinkSupported(dir: string): Promise<boolean> {
+  const a = path.join(dir, `.reflink-probe-${randomSuffix()}`);
+  const b = `${a}-copy`;
+  try {
+    await fs.writeFile(a, 'probe', { flag: 'wx', mode: 0o600 });
+    await fs.copyFile(a, b, fsc.COPYFILE_EXCL | fsc.COPYFILE_FICLONE_FORCE);
+    return true;
+  } catch (e) {
+    if (NO_REFLINK.has((e as NodeJS.ErrnoException).code ?? '')) return false;
+    throw e;
+  } finally {
+    await unlinkIfExists(a);
+    await unlinkIfExists(b);
+  }
+}
+
+/** Resolves `rel` under `root` and refuses anything that would leave it. */
+export function resolveInside(root: string, rel: string): string {
+  const full = path.resolve(root, rel);
+  const r = path.resolve(root);
+  if (full !== r && !full.startsWith(r + path.sep))
+    throw new Error(`path '${rel}' leaves '${root}'`);
+  return full;
+}

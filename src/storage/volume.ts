@@ -1,0 +1,445 @@
+/**
+ * The volume contract. A volume is one virtual disk of a domain, living in
+ * one pool. The rules users rely on (which property combinations are legal,
+ * resize only grows unless forced, revert is refused while dirty, export of a
+ * running volume gives its pre-start data, ...) are enforced here, once, for
+ * every driver; a driver implements only the mechanics (the `do*` methods).
+ * Every public operation takes the pool's lock for this volume's vid, so
+ * operations on one volume run one at a time and different volumes run in
+ * parallel.
+ */
+import {
+  QubesValueError,
+  QubesVolumeRevisionNotFoundError,
+  StoragePoolException,
+} from './errors.js';
+import type { Pool } from './pool.js';
+
+/** The four kinds that follow from snap_on_start and save_on_stop. */
+export type VolumeKind = 'volatile' | 'snapshot' | 'origin' | 'origin_snapshot';
+
+export function volumeKind(snap_on_start: boolean, save_on_stop: boolean): VolumeKind {
+  if (snap_on_start) return save_on_stop ? 'origin_snapshot' : 'snapshot';
+  return save_on_stop ? 'origin' : 'volatile';
+}
+
+/** A volume's configuration as persisted with its domain (qubes.xml volume-config). */
+export interface VolumeConfig {
+  name: string;
+  pool: string;
+  vid?: string;
+  rw?: boolean;
+  snap_on_start?: boolean;
+  save_on_stop?: boolean;
+  /** vid of the source volume (same pool); only with snap_on_start. */
+  source?: string | null;
+  /** Explicit value; absent means the pool's default. */
+  revisions_to_keep?: number | null;
+  size?: number;
+  /** Explicit value; absent means the pool's ephemeral_volatile where legal. */
+  ephemeral?: boolean | null;
+}
+
+/** What a pool needs to make a volume object: the config with its source resolved. */
+export interface VolumeSpec extends Omit<VolumeConfig, 'source' | 'pool'> {
+  source?: Volume | null;
+}
+
+/** The domain a volume belongs to, as far as storage cares. */
+export interface DomainRef {
+  readonly name: string;
+  /** Directory of the domain's class under a pool: appvms, vm-templates, servicevms. */
+  readonly dirPrefix: string;
+}
+
+/** A saved earlier state of a volume. */
+export interface Revision {
+  /** Increasing id, as a string (the admin API's revision token). */
+  readonly id: string;
+  /** ISO-8601 UTC time of the commit that made it, e.g. 2026-11-26T04:12:00Z. */
+  readonly time: string;
+}
+
+/** What a hypervisor attaches. */
+export interface BlockDevice {
+  readonly path: string;
+  readonly name: string;
+  readonly devtype: 'disk';
+  readonly rw: boolean;
+  readonly domain: string | null;
+}
+
+/** The fields of admin.vm.volume.Info, in their order. */
+export interface VolumeInfo {
+  pool: string;
+  vid: string;
+  size: number;
+  usage: number;
+  rw: boolean;
+  source: string | null;
+  path: string;
+  save_on_stop: boolean;
+  snap_on_start: boolean;
+  revisions_to_keep: number;
+  ephemeral: boolean;
+  is_outdated: boolean | null;
+}
+
+export interface ResizeOptions {
+  /** Allow shrinking (data past the new end is lost). */
+  force?: boolean;
+}
+
+const VOLUME_NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,31}$/;
+/** vids are relative paths of safe components: no '..', no empty parts, no NUL. */
+const VID_PART_RE = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$/;
+
+export function checkVolumeName(name: string): void {
+  if (!VOLUME_NAME_RE.test(name))
+    throw new QubesValueError(`invalid volume name '${printable(name)}': use a letter then letters, digits, '_' or '-' (at most 32)`);
+}
+
+export function checkVid(vid: string): void {
+  const parts = vid.split('/');
+  if (vid.length > 255 || parts.some((p) => !VID_PART_RE.test(p) || p === '.' || p === '..'))
+    throw new QubesValueError(`invalid volume id '${printable(vid)}'`);
+}
+
+export function checkSize(size: unknown, what: string): number {
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)
+    throw new QubesValueError(`${what}: size must be a whole number of bytes >= 0, got ${String(size)}`);
+  return size;
+}
+
+/** Makes untrusted text safe to put in a one-line message. */
+export function printable(s: string): string {
+  const cut = s.length > 80 ? s.slice(0, 80) + '...' : s;
+  return cut.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/**
+ * The property rules of the spec, checked on the effective values:
+ * source only with and required by snap_on_start; revisions_to_keep >= -1,
+ * -1 only for save_on_stop without snap_on_start; ephemeral only for rw
+ * volumes with neither flag.
+ */
+export function checkVolumeProperties(
+  where: string,
+  p: {
+    rw: boolean;
+    snap_on_start: boolean;
+    save_on_stop: boolean;
+    hasSource: boolean;
+    revisions_to_keep: number;
+    ephemeral: boolean;
+  },
+): void {
+  if (p.hasSource && !p.snap_on_start)
+    throw new QubesValueError(`${where}: source is only allowed with snap_on_start`);
+  if (p.snap_on_start && !p.hasSource)
+    throw new QubesValueError(`${where}: snap_on_start requires a source volume`);
+  if (!Number.isSafeInteger(p.revisions_to_keep) || p.revisions_to_keep < -1)
+    throw new QubesValueError(`${where}: revisions_to_keep must be an integer >= -1, got ${p.revisions_to_keep}`);
+  if (p.revisions_to_keep === -1 && !(p.save_on_stop && !p.snap_on_start))
+    throw new QubesValueError(`${where}: revisions_to_keep=-1 is only allowed with save_on_stop and without snap_on_start`);
+  if (p.ephemeral && !(p.rw && !p.snap_on_start && !p.save_on_stop))
+    throw new QubesValueError(`${where}: ephemeral is only allowed for rw volumes with neither snap_on_start nor save_on_stop`);
+}
+
+export abstract class Volume {
+  readonly pool: Pool;
+  readonly name: string;
+  readonly vid: string;
+  readonly domain: DomainRef | null;
+  readonly snap_on_start: boolean;
+  readonly save_on_stop: boolean;
+  readonly source: Volume | null;
+  private _rw: boolean;
+  private _size: number;
+  /** Explicit values; null = follow the pool. */
+  private _revisions_to_keep: number | null;
+  private _ephemeral: boolean | null;
+
+  constructor(pool: Pool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
+    checkVolumeName(spec.name);
+    checkVid(vid);
+    this.pool = pool;
+    this.domain = domain;
+    this.name = spec.name;
+    this.vid = vid;
+    this.snap_on_start = spec.snap_on_start ?? false;
+    this.save_on_stop = spec.save_on_stop ?? false;
+    this.source = spec.source ?? null;
+    this._rw = spec.rw ?? false;
+    this._size = checkSize(spec.size ?? 0, this.where);
+    this._revisions_to_keep = spec.revisions_to_keep ?? null;
+    this._ephemeral = spec.ephemeral ?? null;
+    if (this.source && this.source.pool !== pool)
+      throw new QubesValueError(`${this.where}: source ${this.source.vid} is in pool ${this.source.pool.name}, not ${pool.name}`);
+    this.checkProperties();
+  }
+
+  /** "volume VID of pool POOL", for messages. */
+  get where(): string {
+    return `volume ${this.vid} of pool ${this.pool?.name}`;
+  }
+
+  get kind(): VolumeKind {
+    return volumeKind(this.snap_on_start, this.save_on_stop);
+  }
+  get rw(): boolean {
+    return this._rw;
+  }
+  get size(): number {
+    return this._size;
+  }
+  /** Effective value: explicit, else the pool's (where the pool's -1 is illegal here: 0). */
+  get revisions_to_keep(): number {
+    if (this._revisions_to_keep !== null) return this._revisions_to_keep;
+    const fromPool = this.pool.revisions_to_keep;
+    return fromPool === -1 && !(this.save_on_stop && !this.snap_on_start) ? 0 : fromPool;
+  }
+  get ephemeral(): boolean {
+    if (this._ephemeral !== null) return this._ephemeral;
+    return this.kind === 'volatile' && this._rw && this.pool.ephemeral_volatile;
+  }
+
+  /** The persisted form (only explicit values of pool-defaulted properties). */
+  config(): VolumeConfig {
+    const c: VolumeConfig = {
+      name: this.name,
+      pool: this.pool.name,
+      vid: this.vid,
+      rw: this._rw,
+      snap_on_start: this.snap_on_start,
+      save_on_stop: this.save_on_stop,
+      size: this._size,
+    };
+    if (this.source) c.source = this.source.vid;
+    if (this._revisions_to_keep !== null) c.revisions_to_keep = this._revisions_to_keep;
+    if (this._ephemeral !== null) c.ephemeral = this._ephemeral;
+    return c;
+  }
+
+  private checkProperties(over: { revisions_to_keep?: number; ephemeral?: boolean; rw?: boolean } = {}): void {
+    checkVolumeProperties(this.where, {
+      rw: over.rw ?? this._rw,
+      snap_on_start: this.snap_on_start,
+      save_on_stop: this.save_on_stop,
+      hasSource: this.source !== null,
+      revisions_to_keep: over.revisions_to_keep ?? this.revisions_to_keep,
+      ephemeral: over.ephemeral ?? this.ephemeral,
+    });
+  }
+
+  protected locked<T>(fn: () => Promise<T>): Promise<T> {
+    return this.pool.locks.run(this.vid, fn);
+  }
+
+  // ---- property changes -------------------------------------------------
+
+  async setRevisionsToKeep(n: number | null): Promise<void> {
+    if (n !== null) this.checkProperties({ revisions_to_keep: n });
+    this._revisions_to_keep = n;
+  }
+  async setRw(rw: boolean): Promise<void> {
+    this.checkProperties({ rw });
+    this._rw = rw;
+  }
+  async setEphemeral(e: boolean | null): Promise<void> {
+    if (e !== null) this.checkProperties({ ephemeral: e });
+    this._ephemeral = e;
+  }
+
+  // ---- the contract -----------------------------------------------------
+
+  /** Makes the volume's storage (an origin gets an empty sparse image of `size`). */
+  create(): Promise<void> {
+    return this.locked(() => this.doCreate());
+  }
+
+  /** Removes everything the volume has on disk, revisions included. */
+  remove(): Promise<void> {
+    return this.locked(() => this.doRemove());
+  }
+
+  /**
+   * Prepares the data for a running domain, per kind: a fresh snapshot of the
+   * source, a working copy of its own data, or an empty volatile image. After
+   * a crash, a dirty save_on_stop volume keeps its uncommitted data.
+   */
+  async start(): Promise<void> {
+    if (this.snap_on_start) {
+      const src = this.source!;
+      if (src.revisions_to_keep === -1 && (await src.isDirty()))
+        throw new StoragePoolException(
+          `${this.where}: cannot snapshot ${src.vid} while it runs with snapshots disabled (revisions_to_keep=-1)`,
+        );
+    }
+    await this.locked(() => this.doStart());
+  }
+
+  /** Commits (save_on_stop) or discards the domain's writes. */
+  stop(): Promise<void> {
+    return this.locked(() => this.doStop());
+  }
+
+  /** Checks that the volume can start (its image, or its source's, exists). */
+  verify(): Promise<boolean> {
+    return this.locked(() => this.doVerify());
+  }
+
+  /** Grows the volume (shrinks only with force); a running copy follows. */
+  async resize(size: number, opts: ResizeOptions = {}): Promise<void> {
+    checkSize(size, this.where);
+    if (!this._rw) throw new QubesValueError(`${this.where}: cannot resize a read-only volume`);
+    await this.locked(async () => {
+      if (size < this._size && !opts.force)
+        throw new QubesValueError(
+          `${this.where}: shrinking from ${this._size} to ${size} bytes would lose data; refused without force`,
+        );
+      if (size === this._size) return;
+      await this.doResize(size);
+      this._size = size;
+    });
+  }
+
+  /** Revisions, oldest first. */
+  revisions(): Promise<Revision[]> {
+    return this.doRevisions();
+  }
+
+  /**
+   * Makes `revision` (default: the newest) the current data. The current data
+   * becomes a revision itself, so a revert can be undone. Refused while dirty.
+   */
+  revert(revision?: string): Promise<void> {
+    return this.locked(async () => {
+      if (await this.doIsDirty())
+        throw new StoragePoolException(`${this.where}: cannot revert while the volume is in use (dirty)`);
+      const revs = await this.doRevisions();
+      if (revs.length === 0)
+        throw new QubesVolumeRevisionNotFoundError(`${this.where}: no revision to revert to`);
+      const id = revision ?? revs[revs.length - 1]!.id;
+      if (!revs.some((r) => r.id === id))
+        throw new QubesVolumeRevisionNotFoundError(`${this.where}: no revision '${printable(id)}'`);
+      await this.doRevert(id);
+    });
+  }
+
+  /**
+   * A path to read the committed data from (also while running: the data as
+   * it was before the domain started). Call exportEnd(path) when done.
+   */
+  export(): Promise<string> {
+    return this.locked(async () => {
+      if (this.revisions_to_keep === -1 && (await this.doIsDirty()))
+        throw new StoragePoolException(
+          `${this.where}: cannot export while running with snapshots disabled (revisions_to_keep=-1)`,
+        );
+      return this.doExport();
+    });
+  }
+  exportEnd(path: string): Promise<void> {
+    return this.doExportEnd(path);
+  }
+
+  /**
+   * A path to write `size` bytes of new data to; nothing changes until
+   * importDataEnd(true). Refused while the volume is in use.
+   */
+  importData(size: number): Promise<string> {
+    checkSize(size, this.where);
+    return this.locked(async () => {
+      if (await this.doIsDirty())
+        throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
+      return this.doImportData(size);
+    });
+  }
+  /** Switches to the imported data on success; on failure drops it, keeping the old. */
+  importDataEnd(success: boolean): Promise<void> {
+    return this.locked(async () => {
+      await this.doImportDataEnd(success);
+    });
+  }
+
+  /** Replaces this volume's data with a copy of `src`'s committed data (any pool). */
+  async importVolume(src: Volume): Promise<void> {
+    if (src.revisions_to_keep === -1 && (await src.isDirty()))
+      throw new StoragePoolException(
+        `${this.where}: cannot copy ${src.vid} while it runs with snapshots disabled (revisions_to_keep=-1)`,
+      );
+    await this.locked(async () => {
+      if (await this.doIsDirty())
+        throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
+      await this.doImportVolume(src);
+      this._size = src.size;
+    });
+  }
+
+  /** Started and not cleanly stopped. */
+  isDirty(): Promise<boolean> {
+    return this.doIsDirty();
+  }
+
+  /** The source changed since this snapshot was taken; null: cannot tell. */
+  isOutdated(): Promise<boolean | null> {
+    return this.doIsOutdated();
+  }
+
+  /** Bytes really allocated. */
+  usage(): Promise<number> {
+    return this.doUsage();
+  }
+
+  /** Where a hypervisor finds the data (the working copy while started). */
+  abstract path(): Promise<string>;
+
+  async blockDevice(): Promise<BlockDevice> {
+    return {
+      path: await this.path(),
+      name: this.name,
+      devtype: 'disk',
+      rw: this._rw,
+      domain: this.domain?.name ?? null,
+    };
+  }
+
+  /** admin.vm.volume.Info fields. */
+  async info(): Promise<VolumeInfo> {
+    const [usage, path, is_outdated] = await Promise.all([this.usage(), this.path(), this.isOutdated()]);
+    return {
+      pool: this.pool.name,
+      vid: this.vid,
+      size: this._size,
+      usage,
+      rw: this._rw,
+      source: this.source?.vid ?? null,
+      path,
+      save_on_stop: this.save_on_stop,
+      snap_on_start: this.snap_on_start,
+      revisions_to_keep: this.revisions_to_keep,
+      ephemeral: this.ephemeral,
+      is_outdated,
+    };
+  }
+
+  // ---- what a driver implements (called with the volume's lock held) ---
+
+  protected abstract doCreate(): Promise<void>;
+  protected abstract doRemove(): Promise<void>;
+  protected abstract doStart(): Promise<void>;
+  protected abstract doStop(): Promise<void>;
+  protected abstract doVerify(): Promise<boolean>;
+  protected abstract doResize(size: number): Promise<void>;
+  protected abstract doRevisions(): Promise<Revision[]>;
+  protected abstract doRevert(revision: string): Promise<void>;
+  protected abstract doExport(): Promise<string>;
+  protected abstract doExportEnd(path: string): Promise<void>;
+  protected abstract doImportData(size: number): Promise<string>;
+  protected abstract doImportDataEnd(success: boolean): Promise<void>;
+  protected abstract doImportVolume(src: Volume): Promise<void>;
+  protected abstract doIsDirty(): Promise<boolean>;
+  protected abstract doIsOutdated(): Promise<boolean | null>;
+  protected abstract doUsage(): Promise<number>;
+}
