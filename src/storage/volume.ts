@@ -90,13 +90,13 @@ export interface ResizeOptions {
   force?: boolean;
 }
 
-const VOLUME_NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,31}$/;
+const VOLUME_NAME_RE = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;
 /** vids are relative paths of safe components: no '..', no empty parts, no NUL. */
 const VID_PART_RE = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$/;
 
 export function checkVolumeName(name: string): void {
   if (!VOLUME_NAME_RE.test(name))
-    throw new QubesValueError(`invalid volume name '${printable(name)}': use a letter then letters, digits, '_' or '-' (at most 32)`);
+    throw new QubesValueError(`invalid volume name '${printable(name)}': use a letter then letters, digits or '_' (at most 32)`);
 }
 
 export function checkVid(vid: string): void {
@@ -159,6 +159,8 @@ export abstract class Volume {
   /** Explicit values; null = follow the pool. */
   private _revisions_to_keep: number | null;
   private _ephemeral: boolean | null;
+  /** Size given to importData while an import is in progress. */
+  private pendingImportSize: number | null = null;
 
   constructor(pool: Pool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     checkVolumeName(spec.name);
@@ -346,35 +348,64 @@ export abstract class Volume {
 
   /**
    * A path to write `size` bytes of new data to; nothing changes until
-   * importDataEnd(true). Refused while the volume is in use.
+   * importDataEnd(true), which also sets the volume's size to `size`.
+   * Refused while the volume is in use, and for kinds that keep no data.
    */
   importData(size: number): Promise<string> {
     checkSize(size, this.where);
+    this.checkKeepsData('import into');
     return this.locked(async () => {
       if (await this.doIsDirty())
         throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
-      return this.doImportData(size);
+      if (this.pendingImportSize !== null)
+        throw new StoragePoolException(`${this.where}: an import is already in progress`);
+      const p = await this.doImportData(size);
+      this.pendingImportSize = size;
+      return p;
     });
   }
   /** Switches to the imported data on success; on failure drops it, keeping the old. */
   importDataEnd(success: boolean): Promise<void> {
     return this.locked(async () => {
-      await this.doImportDataEnd(success);
+      const size = this.pendingImportSize;
+      if (size === null) throw new StoragePoolException(`${this.where}: no import in progress`);
+      try {
+        await this.doImportDataEnd(success);
+        if (success) this._size = size;
+      } finally {
+        this.pendingImportSize = null;
+      }
     });
   }
 
-  /** Replaces this volume's data with a copy of `src`'s committed data (any pool). */
+  /**
+   * Replaces this volume's data with a copy of `src`'s committed data (from
+   * any pool); the old data becomes a revision. The source is exported before
+   * this volume's lock is taken, so two copies in opposite directions cannot
+   * deadlock.
+   */
   async importVolume(src: Volume): Promise<void> {
-    if (src.revisions_to_keep === -1 && (await src.isDirty()))
-      throw new StoragePoolException(
-        `${this.where}: cannot copy ${src.vid} while it runs with snapshots disabled (revisions_to_keep=-1)`,
+    this.checkKeepsData('import into');
+    if (src === this || (src.pool === this.pool && src.vid === this.vid))
+      throw new QubesValueError(`${this.where}: cannot import a volume into itself`);
+    const srcPath = await src.export();
+    try {
+      await this.locked(async () => {
+        if (await this.doIsDirty())
+          throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
+        await this.doImportVolume(src, srcPath);
+        this._size = src.size;
+      });
+    } finally {
+      await src.exportEnd(srcPath);
+    }
+  }
+
+  private checkKeepsData(what: string): void {
+    if (!this.save_on_stop)
+      throw new QubesValueError(
+        `${this.where}: cannot ${what} a ${this.kind} volume: its data is not kept (import into its source instead)`,
       );
-    await this.locked(async () => {
-      if (await this.doIsDirty())
-        throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
-      await this.doImportVolume(src);
-      this._size = src.size;
-    });
   }
 
   /** Started and not cleanly stopped. */
@@ -438,7 +469,8 @@ export abstract class Volume {
   protected abstract doExportEnd(path: string): Promise<void>;
   protected abstract doImportData(size: number): Promise<string>;
   protected abstract doImportDataEnd(success: boolean): Promise<void>;
-  protected abstract doImportVolume(src: Volume): Promise<void>;
+  /** `srcPath` is `src`'s export, valid for the whole call. */
+  protected abstract doImportVolume(src: Volume, srcPath: string): Promise<void>;
   protected abstract doIsDirty(): Promise<boolean>;
   protected abstract doIsOutdated(): Promise<boolean | null>;
   protected abstract doUsage(): Promise<number>;

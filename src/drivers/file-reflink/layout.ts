@@ -1,0 +1,86 @@
+/**
+ * Where a volume's files live and what they are called. Everything of volume
+ * VID sits in the directory of VID under dir_path, named after the volume:
+ *
+ *   NAME.img                 committed data ("clean")
+ *   NAME-dirty.img           working copy while started
+ *   NAME-base.img            hard link of the source's committed image taken
+ *                            at start (snap_on_start): the snapshot's origin,
+ *                            used to tell whether the source changed since
+ *   NAME-import.img          data being imported
+ *   NAME-tmp-RAND.img        a copy in progress (debris after a crash)
+ *   NAME-export-RAND.img     hard link handed out by export()
+ *   NAME.img.ID@TIMEZ        revision ID, committed at TIME (UTC)
+ *
+ * Volume names hold no '-' or '.', so these names never collide.
+ */
+import * as path from 'node:path';
+
+export interface VolumeFiles {
+  readonly dir: string;
+  readonly name: string;
+  readonly clean: string;
+  readonly dirty: string;
+  readonly base: string;
+  readonly import: string;
+  tmp(suffix: string): string;
+  exportLink(suffix: string): string;
+  revision(id: number, time: string): string;
+}
+
+export function volumeFiles(dirPath: string, vid: string): VolumeFiles {
+  const full = path.join(dirPath, vid);
+  const dir = path.dirname(full);
+  const name = path.basename(full);
+  return {
+    dir,
+    name,
+    clean: `${full}.img`,
+    dirty: `${full}-dirty.img`,
+    base: `${full}-base.img`,
+    import: `${full}-import.img`,
+    tmp: (s) => `${full}-tmp-${s}.img`,
+    exportLink: (s) => `${full}-export-${s}.img`,
+    revision: (id, time) => `${full}.img.${id}@${time}`,
+  };
+}
+
+export type FileRole = 'clean' | 'dirty' | 'base' | 'import' | 'tmp' | 'export' | 'revision';
+
+export interface ClassifiedFile {
+  readonly role: FileRole;
+  readonly file: string;
+  /** For revisions. */
+  readonly id?: number;
+  readonly time?: string;
+}
+
+const REVISION_RE = /^\.img\.([1-9][0-9]{0,15})@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$/;
+const RAND_RE = /^-(tmp|export)-[0-9a-f]{1,32}\.img$/;
+
+/** Which of a directory entry is this volume's, and as what (null: not ours). */
+export function classify(files: VolumeFiles, entry: string): ClassifiedFile | null {
+  if (!entry.startsWith(files.name)) return null;
+  const rest = entry.slice(files.name.length);
+  const file = path.join(files.dir, entry);
+  switch (rest) {
+    case '.img':
+      return { role: 'clean', file };
+    case '-dirty.img':
+      return { role: 'dirty', file };
+    case '-base.img':
+      return { role: 'base', file };
+    case '-import.img':
+      return { role: 'import', file };
+  }
+  const r = REVISION_RE.exec(rest);
+  if (r) return { role: 'revision', file, id: Number(r[1]), time: r[2]! };
+  const t = RAND_RE.exec(rest);
+  if (t) return { role: t[1] === 'tmp' ? 'tmp' : 'export', file };
+  return null;
+}
+
+/** Now as ISO-8601 UTC to the second: 2026-11-26T04:12:00Z. */
+export function utcNow(): string {
+  return new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+}

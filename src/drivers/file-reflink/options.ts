@@ -1,0 +1,13 @@
+/** Options of the file-reflink driver, declared once (see storage/options.ts). */
+import { COMMON_POOL_OPTIONS, type OptionSpec } from '../../storage/options.js';
+
+export const FILE_REFLINK_OPTIONS: readonly OptionSpec[] = [
+  { name: 'dir_path', type: 'path', required: true, help: 'directory holding the images (absolute path)' },
+  {
+    name: 'setup_check',
+    type: 'bool',
+    default: true,
+    help: 'refuse a filesystem without reflink; False allows slower, space-using sparse copies',
+  },
+  ...COMMON_POOL_OPTIONS,
+];

@@ -1,0 +1,185 @@
+/**
+ * The file-reflink pool: volumes as image files under dir_path, laid out by
+ * the domain's class (`appvms/NAME/`, `vm-templates/NAME/`). Copies are
+ * reflinks; on a filesystem without reflink the pool is refused at setup
+ * unless setup_check is false, and then copies are sparse.
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { copyFileCow, reflinkSupported, type CopyProgress } from '../../files/files.js';
+import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
+import type { PoolOptions } from '../../storage/options.js';
+import { Pool } from '../../storage/pool.js';
+import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
+import { FileReflinkVolume } from './volume.js';
+
+export class FileReflinkPool extends Pool {
+  /** Paths of import/export files this process is using (not debris). */
+  private readonly held = new Set<string>();
+  /** Called with copy progress (sparse copies only: reflinks are instant). */
+  onCopyProgress: CopyProgress | undefined;
+
+  constructor(name: string, options: PoolOptions, driver = 'file-reflink') {
+    super(name, driver, options);
+    const dir = String(options['dir_path'] ?? '');
+    if (!path.isAbsolute(dir)) throw new QubesValueError(`pool ${name}: dir_path must be an absolute path`);
+  }
+
+  get dirPath(): string {
+    return path.resolve(String(this.options['dir_path']));
+  }
+  get setupCheck(): boolean {
+    return this.options['setup_check'] !== false;
+  }
+
+  hold(file: string): void {
+    this.held.add(file);
+  }
+  release(file: string): void {
+    this.held.delete(file);
+  }
+  isHeld(file: string): boolean {
+    return this.held.has(file);
+  }
+
+  /** Copies a file within the pool: reflink, or sparse where allowed. */
+  async copy(from: string, to: string, allowSparse = !this.setupCheck): Promise<void> {
+    try {
+      await copyFileCow(from, to, { allowSparse, onProgress: this.onCopyProgress });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL')
+        throw new StoragePoolException(
+          `pool ${this.name}: the filesystem of ${this.dirPath} cannot make reflink copies; ` +
+            `use a reflink filesystem (XFS, btrfs) or add the pool with setup_check=False`,
+          { cause: e },
+        );
+      throw e;
+    }
+  }
+
+  /**
+   * Makes the directory of a volume (`dir_path/PREFIX/DOMAIN`), refusing any
+   * component that is a symlink or not a directory, so nothing planted in the
+   * pool can redirect writes outside it.
+   */
+  async ensureVolumeDir(dir: string): Promise<void> {
+    const root = this.dirPath;
+    const rel = path.relative(root, dir);
+    if (rel.startsWith('..') || path.isAbsolute(rel))
+      throw new StoragePoolException(`pool ${this.name}: ${dir} is outside ${root}`);
+    await this.checkRealDir(root);
+    let cur = root;
+    for (const part of rel.split(path.sep).filter(Boolean)) {
+      cur = path.join(cur, part);
+      try {
+        await fs.mkdir(cur, { mode: 0o755 });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      await this.checkRealDir(cur);
+    }
+  }
+
+  private async checkRealDir(dir: string): Promise<void> {
+    let st;
+    try {
+      st = await fs.lstat(dir);
+    } catch (e) {
+      throw storageError(`pool ${this.name}: directory ${dir}`, e);
+    }
+    if (st.isSymbolicLink())
+      throw new StoragePoolException(`pool ${this.name}: ${dir} is a symlink; refusing to follow it`);
+    if (!st.isDirectory()) throw new StoragePoolException(`pool ${this.name}: ${dir} is not a directory`);
+  }
+
+  override async setup(): Promise<void> {
+    const root = this.dirPath;
+    try {
+      const st = await fs.lstat(root).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return null;
+        throw e;
+      });
+      if (st?.isSymbolicLink())
+        throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
+      await fs.mkdir(root, { recursive: true, mode: 0o755 });
+      for (const sub of ['appvms', 'vm-templates']) await this.ensureVolumeDir(path.join(root, sub));
+      if (this.setupCheck && !(await reflinkSupported(root)))
+        throw new StoragePoolException(
+          `pool ${this.name}: the filesystem of ${root} does not support reflink; ` +
+            `add the pool with setup_check=False to use sparse copies (slower, and copies use space)`,
+        );
+    } catch (e) {
+      throw storageError(`pool ${this.name}: setup failed`, e);
+    }
+  }
+
+  override async destroy(): Promise<void> {
+    // The images are the user's data: forgetting a pool never deletes them.
+  }
+
+  override initVolume(domain: DomainRef | null, spec: VolumeSpec): FileReflinkVolume {
+    const vid = spec.vid ?? (domain ? `${domain.dirPrefix}/${domain.name}/${spec.name}` : '');
+    if (!vid) throw new QubesValueError(`pool ${this.name}: volume ${spec.name} has neither vid nor domain`);
+    checkVid(vid);
+    if (vid.split('/').length < 2)
+      throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must be DIR/NAME (e.g. appvms/work/private)`);
+    return new FileReflinkVolume(this, domain, vid, spec);
+  }
+
+  override async listVolumes(): Promise<string[]> {
+    const out: string[] = [];
+    const walk = async (rel: string, depth: number): Promise<void> => {
+      let entries;
+      try {
+        entries = await fs.readdir(path.join(this.dirPath, rel), { withFileTypes: true });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw e;
+      }
+      for (const e of entries) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory() && depth < 2) await walk(r, depth + 1);
+        else if (e.isFile() && depth === 2 && /^[A-Za-z][A-Za-z0-9_]*\.img$/.test(e.name))
+          out.push(r.slice(0, -'.img'.length));
+      }
+    };
+    await walk('', 0);
+    return out.sort();
+  }
+
+  override async getVolume(vid: string): Promise<FileReflinkVolume> {
+    checkVid(vid);
+    const vol = this.initVolume(null, { name: path.basename(vid), vid, rw: true, save_on_stop: true, size: 0 });
+    const st = await fs.stat(vol.files.clean).catch(() => null);
+    if (!st) throw new StoragePoolException(`pool ${this.name}: no volume ${vid}`);
+    return this.initVolume(null, { name: path.basename(vid), vid, rw: true, save_on_stop: true, size: st.size });
+  }
+
+  override async size(): Promise<number | null> {
+    const s = await fs.statfs(this.dirPath).catch(() => null);
+    return s ? s.blocks * s.bsize : null;
+  }
+
+  override async usage(): Promise<number | null> {
+    const s = await fs.statfs(this.dirPath).catch(() => null);
+    return s ? (s.blocks - s.bfree) * s.bsize : null;
+  }
+
+  override includedIn(others: readonly Pool[]): Pool | null {
+    const mine = this.dirPath;
+    let best: Pool | null = null;
+    let bestLen = -1;
+    for (const p of others) {
+      if (p === this) continue;
+      const dir = p.config()['dir_path'];
+      if (typeof dir !== 'string' || !dir) continue;
+      const theirs = path.resolve(dir);
+      if (theirs !== mine && mine.startsWith(theirs + path.sep) && theirs.length > bestLen) {
+        best = p;
+        bestLen = theirs.length;
+      }
+    }
+    return best;
+  }
+}
