@@ -125,6 +125,8 @@ export async function copyFileCow(
     return 'reflink';
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? '';
+    // EEXIST: `dst` is someone else's file (COPYFILE_EXCL); never remove it.
+    if (code === 'EEXIST') throw e;
     if (!NO_REFLINK.has(code)) {
       await unlinkIfExists(dst).catch(() => undefined);
       throw e;
