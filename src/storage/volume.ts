@@ -240,15 +240,15 @@ export abstract class Volume {
 
   // ---- property changes -------------------------------------------------
 
-  async setRevisionsToKeep(n: number | null): Promise<void> {
+  setRevisionsToKeep(n: number | null): void {
     if (n !== null) this.checkProperties({ revisions_to_keep: n });
     this._revisions_to_keep = n;
   }
-  async setRw(rw: boolean): Promise<void> {
+  setRw(rw: boolean): void {
     this.checkProperties({ rw });
     this._rw = rw;
   }
-  async setEphemeral(e: boolean | null): Promise<void> {
+  setEphemeral(e: boolean | null): void {
     if (e !== null) this.checkProperties({ ephemeral: e });
     this._ephemeral = e;
   }
@@ -351,7 +351,7 @@ export abstract class Volume {
    * importDataEnd(true), which also sets the volume's size to `size`.
    * Refused while the volume is in use, and for kinds that keep no data.
    */
-  importData(size: number): Promise<string> {
+  async importData(size: number): Promise<string> {
     checkSize(size, this.where);
     this.checkKeepsData('import into');
     return this.locked(async () => {

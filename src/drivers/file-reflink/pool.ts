@@ -32,6 +32,34 @@ export class FileReflinkPool extends Pool {
     return this.options['setup_check'] !== false;
   }
 
+  /**
+   * Once per process, before the first operation: removes what a crashed
+   * process left anywhere in the pool (temporary copies, imports, exports).
+   * Each volume also cleans its own files at every operation; this catches
+   * debris of volumes nobody touches next (e.g. the source of a copy).
+   */
+  sweepOnce(): Promise<void> {
+    this.swept ??= this.sweep().catch((e: unknown) => {
+      this.swept = undefined; // try again at the next operation
+      throw e;
+    });
+    return this.swept;
+  }
+  private swept: Promise<void> | undefined;
+
+  private async sweep(): Promise<void> {
+    const debris = /^[A-Za-z][A-Za-z0-9_]*-(tmp-[0-9a-f]+|export-[0-9a-f]+|import)\.img$/;
+    for (const prefix of await readdirOrEmpty(this.dirPath)) {
+      const p1 = path.join(this.dirPath, prefix);
+      for (const dom of await readdirOrEmpty(p1)) {
+        const p2 = path.join(p1, dom);
+        const names = await readdirOrEmpty(p2);
+        const gone = names.filter((n) => debris.test(n) && !this.held.has(path.join(p2, n)));
+        for (const n of gone) await fs.unlink(path.join(p2, n)).catch(() => undefined);
+      }
+    }
+  }
+
   hold(file: string): void {
     this.held.add(file);
   }
@@ -181,5 +209,15 @@ export class FileReflinkPool extends Pool {
       }
     }
     return best;
+  }
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await fs.readdir(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+    throw e;
   }
 }

@@ -75,6 +75,7 @@ export class FileReflinkVolume extends Volume {
   /** Runs a state change, turning OS errors (ENOSPC...) into StoragePoolException. */
   private async guarded<T>(action: string, fn: () => Promise<T>): Promise<T> {
     try {
+      await this.pool.sweepOnce();
       return await fn();
     } catch (e) {
       throw storageError(this.what(action), e);
@@ -474,7 +475,7 @@ export class FileReflinkVolume extends Volume {
       const tmp = this.files.tmp(randomSuffix());
       try {
         // Another pool may be on another filesystem: a sparse copy is always allowed there.
-        await this.pool.copy(srcPath, tmp, src.pool !== this.pool);
+        await this.pool.copy(srcPath, tmp, src.pool !== this.pool || !this.pool.setupCheck);
         failpoint(FP.importVolumeAfterCopy);
         await this.commit(tmp, s);
       } catch (e) {

@@ -1,0 +1,88 @@
+// Data helpers for storage tests: write at offsets, hash, list files.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+
+export const MiB = 1024 * 1024;
+
+/** Writes `data` at `offset` into an existing file without truncating it. */
+export async function writeAt(file: string, offset: number, data: string | Buffer): Promise<void> {
+  const fh = await fs.open(file, 'r+');
+  try {
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    await fh.write(buf, 0, buf.length, offset);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    const { bytesRead } = await fh.read(buf, 0, length, offset);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function sha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  const fh = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(4 * MiB);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
+  return h.digest('hex');
+}
+
+/** Deterministic pseudo-random bytes (so hashes can be compared across processes). */
+export function pattern(length: number, seed: number): Buffer {
+  const buf = Buffer.alloc(length);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    buf[i] = x & 0xff;
+  }
+  return buf;
+}
+
+/** Every file below `dir`, relative, sorted. */
+export async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    let entries;
+    try {
+      entries = await fs.readdir(path.join(dir, rel), { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+    for (const e of entries) {
+      const r = rel ? path.join(rel, e.name) : e.name;
+      if (e.isDirectory()) await walk(r);
+      else out.push(r);
+    }
+  };
+  await walk('');
+  return out.sort();
+}
+
+export async function allocated(file: string): Promise<number> {
+  return (await fs.stat(file)).blocks * 512;
+}
+
+export async function freeBytes(dir: string): Promise<number> {
+  const s = await fs.statfs(dir);
+  return s.bavail * s.bsize;
+}
