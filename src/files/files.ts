@@ -107,7 +107,7 @@ export async function allocatedBytes(file: string): Promise<number> {
   return st ? st.blocks * 512 : 0;
 }
 
-const NO_REFLINK = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS', 'ETXTBSY']);
+const NO_REFLINK = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS']);
 
 /**
  * Copies `src` to the new file `dst`: a reflink when possible; otherwise, when
