@@ -1,0 +1,113 @@
+/**
+ * A linux-kernel pool: a directory of kernels, one `VERSION/` directory each.
+ * The pool owns nothing: setup checks the directory, destroy forgets it,
+ * and its volumes are the versions found there.
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
+import type { OptionValue, PoolOptions } from '../../storage/options.js';
+import { Pool } from '../../storage/pool.js';
+import type { DomainRef, VolumeSpec } from '../../storage/volume.js';
+import { checkKernelVersion, kernelBytes, LinuxKernelVolume } from './volume.js';
+
+/** Most versions looked at when listing (a kernels directory holds a few). */
+export const MAX_KERNEL_VERSIONS = 4096;
+
+export class LinuxKernelPool extends Pool {
+  constructor(name: string, options: PoolOptions) {
+    super(name, 'linux-kernel', options);
+  }
+
+  get dirPath(): string {
+    return String(this.options['dir_path']);
+  }
+
+  /** Kernels have no revisions. */
+  override get revisions_to_keep(): number {
+    return 0;
+  }
+  override get ephemeral_volatile(): boolean {
+    return false;
+  }
+
+  override config(): Record<string, OptionValue> {
+    return { ...super.config(), revisions_to_keep: 0, ephemeral_volatile: false };
+  }
+
+  async setup(): Promise<void> {
+    let st;
+    try {
+      st = await fs.stat(this.dirPath);
+    } catch (e) {
+      throw storageError(`pool ${this.name}: kernels directory ${this.dirPath}`, e);
+    }
+    if (!st.isDirectory()) throw new StoragePoolException(`pool ${this.name}: ${this.dirPath} is not a directory`);
+  }
+
+  async destroy(): Promise<void> {}
+
+  /**
+   * A kernel volume for `spec.vid` (the version). Only read-only volumes with
+   * neither snap_on_start nor save_on_stop; the version is checked for form
+   * only: whether it exists is found at start or verify.
+   */
+  initVolume(domain: DomainRef | null, spec: VolumeSpec): LinuxKernelVolume {
+    const where = `pool ${this.name}`;
+    if (spec.vid === undefined || spec.vid === '')
+      throw new QubesValueError(`${where}: volume ${spec.name} needs a kernel version as its vid`);
+    checkKernelVersion(spec.vid, where);
+    const refuse = (what: string): never => {
+      throw new QubesValueError(`${where}: kernel volume ${spec.vid} ${what}: kernel volumes are read-only`);
+    };
+    if (spec.rw) refuse('cannot be writable');
+    if (spec.snap_on_start) refuse('cannot have snap_on_start');
+    if (spec.save_on_stop) refuse('cannot have save_on_stop');
+    if (spec.source) refuse('cannot have a source');
+    if (spec.ephemeral) refuse('cannot be ephemeral');
+    if (spec.revisions_to_keep !== undefined && spec.revisions_to_keep !== null && spec.revisions_to_keep !== 0)
+      refuse('cannot keep revisions');
+    return new LinuxKernelVolume(this, domain, this.dirPath, { ...spec, vid: spec.vid });
+  }
+
+  /** Versions present: directories of DIR with a valid version name, sorted. */
+  async listVolumes(): Promise<string[]> {
+    let entries;
+    try {
+      entries = await fs.readdir(this.dirPath, { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw storageError(`pool ${this.name}: listing ${this.dirPath}`, e);
+    }
+    const out: string[] = [];
+    for (const ent of entries.slice(0, MAX_KERNEL_VERSIONS)) {
+      try {
+        checkKernelVersion(ent.name, '');
+      } catch {
+        continue;
+      }
+      const isDir = ent.isDirectory() || (ent.isSymbolicLink() && (await fs.stat(path.join(this.dirPath, ent.name)).catch(() => null))?.isDirectory());
+      if (isDir) out.push(ent.name);
+    }
+    return out.sort();
+  }
+
+  async getVolume(vid: string): Promise<LinuxKernelVolume> {
+    checkKernelVersion(vid, `pool ${this.name}`);
+    const dir = path.join(this.dirPath, vid);
+    const st = await fs.stat(dir).catch(() => null);
+    if (!st?.isDirectory()) throw new StoragePoolException(`pool ${this.name}: no kernel version '${vid}' in ${this.dirPath}`);
+    return this.initVolume(null, { name: 'kernel', vid, rw: false, size: await kernelBytes(dir) });
+  }
+
+  async size(): Promise<number | null> {
+    return null;
+  }
+
+  /** Bytes of every kernel's files. */
+  async usage(): Promise<number | null> {
+    let total = 0;
+    for (const v of await this.listVolumes()) total += await kernelBytes(path.join(this.dirPath, v));
+    return total;
+  }
+}

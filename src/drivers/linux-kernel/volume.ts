@@ -1,0 +1,170 @@
+/**
+ * A kernel volume: the files of one kernel version, `DIR/VERSION/vmlinuz`,
+ * `initramfs` and optionally `modules.img`. The volume's vid is the version.
+ * Nothing is ever written: create and remove touch nothing (the kernels
+ * belong to the system, not to the domain), and every operation that would
+ * change data is refused. A missing version is found at start or verify,
+ * never when the volume object is made.
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
+import type { Pool } from '../../storage/pool.js';
+import {
+  printable,
+  Volume,
+  type DomainRef,
+  type ResizeOptions,
+  type Revision,
+  type VolumeSpec,
+} from '../../storage/volume.js';
+
+/** Files a kernel version must have. */
+export const KERNEL_FILES = ['vmlinuz', 'initramfs'] as const;
+/** The optional image of kernel modules, attached as a disk. */
+export const MODULES_IMG = 'modules.img';
+
+const VERSION_RE = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$/;
+
+/** A kernel version is one path component: no '/', no '..', printable. */
+export function checkKernelVersion(version: string, where: string): void {
+  if (!VERSION_RE.test(version) || version.includes('..'))
+    throw new QubesValueError(`${where}: invalid kernel version '${printable(version)}' (one name of at most 64 letters, digits, '.', '_', '+', '-'; no '/' or '..')`);
+}
+
+async function statOrNull(p: string): Promise<import('node:fs').Stats | null> {
+  try {
+    return await fs.stat(p);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw e;
+  }
+}
+
+export class LinuxKernelVolume extends Volume {
+  /** DIR/VERSION. */
+  readonly versionDir: string;
+
+  constructor(pool: Pool, domain: DomainRef | null, kernelsDir: string, spec: VolumeSpec & { vid: string }) {
+    checkKernelVersion(spec.vid, `pool ${pool.name}`);
+    super(pool, domain, spec.vid, { ...spec, rw: false, snap_on_start: false, save_on_stop: false, source: null });
+    this.versionDir = path.join(kernelsDir, spec.vid);
+  }
+
+  private refuse(what: string): StoragePoolException {
+    return new StoragePoolException(
+      `${this.where}: cannot ${what}: kernel volumes are read-only (kernel ${this.vid} comes from ${this.versionDir})`,
+    );
+  }
+
+  /** Throws unless vmlinuz and initramfs are regular files in DIR/VERSION. */
+  private async checkPresent(): Promise<void> {
+    try {
+      const dir = await statOrNull(this.versionDir);
+      if (!dir || !dir.isDirectory())
+        throw new StoragePoolException(`${this.where}: kernel version '${this.vid}' not found (no directory ${this.versionDir})`);
+      for (const f of KERNEL_FILES) {
+        const st = await statOrNull(path.join(this.versionDir, f));
+        if (!st || !st.isFile())
+          throw new StoragePoolException(`${this.where}: kernel version '${this.vid}' is incomplete: ${f} missing in ${this.versionDir}`);
+      }
+    } catch (e) {
+      throw storageError(this.where, e);
+    }
+  }
+
+  // ---- refusals, before any lock or check of the base class ----------------
+
+  override async resize(_size: number, _opts?: ResizeOptions): Promise<void> {
+    throw this.refuse('resize');
+  }
+  override async revert(_revision?: string): Promise<void> {
+    throw this.refuse('revert');
+  }
+  override async importData(_size: number): Promise<string> {
+    throw this.refuse('import data');
+  }
+  override async importDataEnd(_success: boolean): Promise<void> {
+    throw this.refuse('import data');
+  }
+  override async importVolume(_src: Volume): Promise<void> {
+    throw this.refuse('import a volume');
+  }
+  override async export(): Promise<string> {
+    throw this.refuse('export');
+  }
+  override async setRw(rw: boolean): Promise<void> {
+    if (rw) throw this.refuse('make the volume writable');
+  }
+  override async setRevisionsToKeep(n: number | null): Promise<void> {
+    if (n !== null && n !== 0) throw this.refuse('keep revisions');
+  }
+  override async setEphemeral(e: boolean | null): Promise<void> {
+    if (e) throw this.refuse('make the volume ephemeral');
+  }
+
+  /** The modules image when there is one, else the version directory. */
+  async path(): Promise<string> {
+    const img = path.join(this.versionDir, MODULES_IMG);
+    const st = await statOrNull(img);
+    return st?.isFile() ? img : this.versionDir;
+  }
+
+  // ---- mechanics ---------------------------------------------------------
+
+  /** Nothing to make: the kernel is the system's. */
+  protected async doCreate(): Promise<void> {}
+  /** Nothing to remove: never delete a system kernel with a domain. */
+  protected async doRemove(): Promise<void> {}
+  protected async doStart(): Promise<void> {
+    await this.checkPresent();
+  }
+  protected async doStop(): Promise<void> {}
+  protected async doVerify(): Promise<boolean> {
+    await this.checkPresent();
+    return true;
+  }
+  protected async doResize(_size: number): Promise<void> {
+    throw this.refuse('resize');
+  }
+  protected async doRevisions(): Promise<Revision[]> {
+    return [];
+  }
+  protected async doRevert(_revision: string): Promise<void> {
+    throw this.refuse('revert');
+  }
+  protected async doExport(): Promise<string> {
+    throw this.refuse('export');
+  }
+  protected async doExportEnd(_path: string): Promise<void> {}
+  protected async doImportData(_size: number): Promise<string> {
+    throw this.refuse('import data');
+  }
+  protected async doImportDataEnd(_success: boolean): Promise<void> {
+    throw this.refuse('import data');
+  }
+  protected async doImportVolume(_src: Volume): Promise<void> {
+    throw this.refuse('import a volume');
+  }
+  protected async doIsDirty(): Promise<boolean> {
+    return false;
+  }
+  protected async doIsOutdated(): Promise<boolean | null> {
+    return false;
+  }
+  /** Bytes of the kernel's files (0 when the version is missing). */
+  protected async doUsage(): Promise<number> {
+    return kernelBytes(this.versionDir);
+  }
+}
+
+/** Sum of the sizes of vmlinuz, initramfs and modules.img present in `dir`. */
+export async function kernelBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const f of [...KERNEL_FILES, MODULES_IMG]) {
+    const st = await statOrNull(path.join(dir, f));
+    if (st?.isFile()) total += st.size;
+  }
+  return total;
+}

@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { linuxKernelDriver, LinuxKernelPool, type LinuxKernelVolume } from '../../../src/drivers/linux-kernel/index.js';
+import { DriverRegistry } from '../../../src/registry/drivers.js';
+import { QubesValueError, StoragePoolException } from '../../../src/storage/errors.js';
+import type { Volume, VolumeSpec } from '../../../src/storage/volume.js';
+import { makeTmp, removeTmp } from '../../registry/fixtures.js';
+
+let tmp: string;
+let kernels: string;
+let pool: LinuxKernelPool;
+const domain = { name: 'work', dirPrefix: 'appvms' };
+
+/** DIR/VERSION/FILE -> contents. */
+const TREE: Record<string, Record<string, string>> = {
+  '6.1.0-1.fc37': { vmlinuz: 'K'.repeat(100), initramfs: 'I'.repeat(50), 'modules.img': 'M'.repeat(30) },
+  '5.15.0': { vmlinuz: 'k'.repeat(10), initramfs: 'i'.repeat(5) },
+  incomplete: { vmlinuz: 'x' },
+};
+
+/** A digest of every file under `dir` (names and contents), to prove nothing changed. */
+async function treeDigest(dir: string): Promise<string> {
+  const h = createHash('sha256');
+  const walk = async (d: string): Promise<void> => {
+    for (const e of (await fs.readdir(d, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = path.join(d, e.name);
+      h.update(`${path.relative(dir, p)}\0`);
+      if (e.isDirectory()) await walk(p);
+      else h.update(await fs.readFile(p));
+    }
+  };
+  await walk(dir);
+  return h.digest('hex');
+}
+
+before(async () => {
+  tmp = await makeTmp('linux-kernel');
+  kernels = path.join(tmp, 'vm-kernels');
+  for (const [version, files] of Object.entries(TREE))
+    for (const [f, text] of Object.entries(files)) {
+      await fs.mkdir(path.join(kernels, version), { recursive: true });
+      await fs.writeFile(path.join(kernels, version, f), text);
+    }
+  // Not versions: a plain file and a name with a space.
+  await fs.writeFile(path.join(kernels, 'README'), 'not a kernel');
+  await fs.mkdir(path.join(kernels, 'bad name'));
+  const reg = await DriverRegistry.open();
+  pool = (await reg.createPool('linux-kernel', 'linux-kernel', { dir_path: kernels })) as LinuxKernelPool;
+});
+after(() => removeTmp(tmp));
+
+function kernel(version: string, extra: Partial<VolumeSpec> = {}): LinuxKernelVolume {
+  return pool.initVolume(domain, { name: 'kernel', vid: version, ...extra });
+}
+
+describe('linux-kernel pool', () => {
+  it('is made through the registry with dir_path and declares itself read-only', () => {
+    assert.ok(pool instanceof LinuxKernelPool);
+    assert.equal(linuxKernelDriver.capabilities.writable, false);
+    assert.equal(linuxKernelDriver.capabilities.maxRevisions, 0);
+    assert.deepEqual(pool.config(), { name: 'linux-kernel', driver: 'linux-kernel', dir_path: kernels, revisions_to_keep: 0, ephemeral_volatile: false });
+  });
+
+  it('sets up on an existing directory and refuses a missing one', async () => {
+    await pool.setup();
+    const missing = new LinuxKernelPool('k2', { dir_path: path.join(tmp, 'nope') });
+    await assert.rejects(missing.setup(), (e: unknown) => e instanceof StoragePoolException && /pool k2: kernels directory .*nope: ENOENT/.test(e.message));
+  });
+
+  it('lists the version directories with valid names', async () => {
+    assert.deepEqual(await pool.listVolumes(), ['5.15.0', '6.1.0-1.fc37', 'incomplete']);
+  });
+
+  it('gets a volume for a present version, refuses an absent one', async () => {
+    const v = await pool.getVolume('6.1.0-1.fc37');
+    assert.equal(v.vid, '6.1.0-1.fc37');
+    assert.equal(v.rw, false);
+    assert.equal(v.size, 180);
+    await assert.rejects(pool.getVolume('9.9.9'), /no kernel version '9.9.9'/);
+  });
+
+  it('reports the bytes of all kernels as usage', async () => {
+    assert.equal(await pool.usage(), 180 + 15 + 1);
+    assert.equal(await pool.size(), null);
+  });
+});
+
+describe('linux-kernel volumes', () => {
+  it('uses the version as vid and gives modules.img or the directory as path', async () => {
+    assert.equal(kernel('6.1.0-1.fc37').vid, '6.1.0-1.fc37');
+    assert.equal(await kernel('6.1.0-1.fc37').path(), path.join(kernels, '6.1.0-1.fc37', 'modules.img'));
+    assert.equal(await kernel('5.15.0').path(), path.join(kernels, '5.15.0'));
+    const bd = await kernel('6.1.0-1.fc37').blockDevice();
+    assert.deepEqual(bd, { path: path.join(kernels, '6.1.0-1.fc37', 'modules.img'), name: 'kernel', devtype: 'disk', rw: false, domain: 'work' });
+  });
+
+  it('counts the bytes of its files as usage, with no revisions and never dirty', async () => {
+    const v = kernel('6.1.0-1.fc37');
+    assert.equal(await v.usage(), 180);
+    assert.equal(await kernel('5.15.0').usage(), 15);
+    assert.deepEqual(await v.revisions(), []);
+    assert.equal(await v.isDirty(), false);
+    assert.equal(await v.isOutdated(), false);
+    assert.equal((await v.info()).revisions_to_keep, 0);
+  });
+
+  it('starts, stops and verifies a present version', async () => {
+    const v = kernel('5.15.0');
+    assert.equal(await v.verify(), true);
+    await v.start();
+    await v.stop();
+  });
+
+  const missing: { name: string; version: string; error: RegExp }[] = [
+    { name: 'an absent version', version: '9.9.9', error: /kernel version '9.9.9' not found \(no directory .*9\.9\.9\)/ },
+    { name: 'a version without initramfs', version: 'incomplete', error: /kernel version 'incomplete' is incomplete: initramfs missing/ },
+  ];
+  for (const c of missing) {
+    it(`accepts ${c.name} at init, refuses it at start and verify`, async () => {
+      const v = kernel(c.version);
+      await v.create();
+      await assert.rejects(v.start(), (e: unknown) => e instanceof StoragePoolException && c.error.test(e.message));
+      await assert.rejects(v.verify(), (e: unknown) => e instanceof StoragePoolException && c.error.test(e.message));
+    });
+  }
+
+  const badVersions = ['../etc', 'a/b', '..', '.', '', '.hidden', 'x'.repeat(65), 'sp ace', 'a..b'];
+  for (const vid of badVersions)
+    it(`refuses the version ${JSON.stringify(vid.length > 20 ? vid.slice(0, 20) + '...' : vid)}`, () => {
+      assert.throws(() => kernel(vid), QubesValueError);
+    });
+
+  const badKinds: { name: string; spec: Partial<VolumeSpec>; error: RegExp }[] = [
+    { name: 'rw', spec: { rw: true }, error: /cannot be writable/ },
+    { name: 'snap_on_start', spec: { snap_on_start: true }, error: /cannot have snap_on_start/ },
+    { name: 'save_on_stop', spec: { save_on_stop: true }, error: /cannot have save_on_stop/ },
+    { name: 'ephemeral', spec: { ephemeral: true }, error: /cannot be ephemeral/ },
+    { name: 'revisions', spec: { revisions_to_keep: 2 }, error: /cannot keep revisions/ },
+  ];
+  for (const c of badKinds)
+    it(`refuses a ${c.name} kernel volume at init`, () => {
+      assert.throws(() => kernel('5.15.0', c.spec), (e: unknown) => e instanceof QubesValueError && c.error.test(e.message));
+    });
+
+  it('refuses a volume without a version', () => {
+    assert.throws(() => pool.initVolume(domain, { name: 'kernel' }), /needs a kernel version as its vid/);
+  });
+
+  const refusals: { op: string; run: (v: LinuxKernelVolume, other: Volume) => Promise<unknown>; what: string }[] = [
+    { op: 'resize', run: (v) => v.resize(1 << 20), what: 'resize' },
+    { op: 'forced shrink', run: (v) => v.resize(0, { force: true }), what: 'resize' },
+    { op: 'revert', run: (v) => v.revert(), what: 'revert' },
+    { op: 'revert to a named revision', run: (v) => v.revert('1'), what: 'revert' },
+    { op: 'importData', run: (v) => v.importData(10), what: 'import data' },
+    { op: 'importDataEnd', run: (v) => v.importDataEnd(true), what: 'import data' },
+    { op: 'importVolume', run: (v, other) => v.importVolume(other), what: 'import a volume' },
+    { op: 'export', run: (v) => v.export(), what: 'export' },
+    { op: 'setRw(true)', run: (v) => v.setRw(true), what: 'make the volume writable' },
+    { op: 'setRevisionsToKeep(1)', run: (v) => v.setRevisionsToKeep(1), what: 'keep revisions' },
+    { op: 'setEphemeral(true)', run: (v) => v.setEphemeral(true), what: 'make the volume ephemeral' },
+  ];
+  for (const c of refusals)
+    it(`refuses ${c.op} and leaves the kernels untouched`, async () => {
+      const before = await treeDigest(kernels);
+      const v = kernel('6.1.0-1.fc37');
+      await assert.rejects(c.run(v, kernel('5.15.0')), (e: unknown) => {
+        assert.ok(e instanceof StoragePoolException, String(e));
+        assert.equal(
+          e.message,
+          `volume 6.1.0-1.fc37 of pool linux-kernel: cannot ${c.what}: kernel volumes are read-only (kernel 6.1.0-1.fc37 comes from ${path.join(kernels, '6.1.0-1.fc37')})`,
+        );
+        return true;
+      });
+      assert.equal(await treeDigest(kernels), before);
+      assert.equal(v.rw, false);
+    });
+
+  it('creates and removes nothing: the kernel is the system’s', async () => {
+    const before = await treeDigest(kernels);
+    const v = kernel('6.1.0-1.fc37');
+    await v.create();
+    await v.remove();
+    assert.equal(await treeDigest(kernels), before);
+    await v.setRw(false);
+    await v.setRevisionsToKeep(0);
+  });
+});
