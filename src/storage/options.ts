@@ -17,6 +17,8 @@ export interface OptionSpec {
   readonly mutable?: boolean;
   /** Smallest accepted value for `int` options. */
   readonly min?: number;
+  /** Largest accepted value for `int` options. */
+  readonly max?: number;
   readonly help: string;
 }
 
@@ -66,6 +68,8 @@ function convert(spec: OptionSpec, raw: OptionValue, where: string): OptionValue
       if (!Number.isSafeInteger(n)) throw new QubesValueError(`${what}: expected an integer, got '${raw}'`);
       if (spec.min !== undefined && n < spec.min)
         throw new QubesValueError(`${what}: must be at least ${spec.min}, got ${n}`);
+      if (spec.max !== undefined && n > spec.max)
+        throw new QubesValueError(`${what}: must be at most ${spec.max}, got ${n}`);
       return n;
     }
     case 'path':

@@ -19,6 +19,7 @@ import * as path from 'node:path';
 export interface VolumeFiles {
   readonly dir: string;
   readonly name: string;
+  readonly naming: FileNaming;
   readonly clean: string;
   readonly dirty: string;
   readonly base: string;
@@ -28,15 +29,31 @@ export interface VolumeFiles {
   revision(id: number, time: string): string;
 }
 
-export function volumeFiles(dirPath: string, vid: string): VolumeFiles {
+/**
+ * How a family of file drivers names its files. file-reflink uses the names
+ * above; the `file`/`xen` layout of Qubes R3.2/R4 calls the working copy
+ * `NAME-cow.img` and a volatile volume's image plain `NAME.img`.
+ */
+export interface FileNaming {
+  /** Suffix of the working copy after NAME. */
+  readonly dirtySuffix: '-dirty.img' | '-cow.img';
+  /** A volatile volume's running image is NAME.img (R3.2 `volatile.img`). */
+  readonly volatileAsImage: boolean;
+}
+
+export const REFLINK_NAMING: FileNaming = { dirtySuffix: '-dirty.img', volatileAsImage: false };
+export const XEN_NAMING: FileNaming = { dirtySuffix: '-cow.img', volatileAsImage: true };
+
+export function volumeFiles(dirPath: string, vid: string, naming: FileNaming = REFLINK_NAMING, volatile = false): VolumeFiles {
   const full = path.join(dirPath, vid);
   const dir = path.dirname(full);
   const name = path.basename(full);
   return {
     dir,
     name,
+    naming,
     clean: `${full}.img`,
-    dirty: `${full}-dirty.img`,
+    dirty: volatile && naming.volatileAsImage ? `${full}.img` : `${full}${naming.dirtySuffix}`,
     base: `${full}-base.img`,
     import: `${full}-import.img`,
     tmp: (s) => `${full}-tmp-${s}.img`,
@@ -66,7 +83,7 @@ export function classify(files: VolumeFiles, entry: string): ClassifiedFile | nu
   switch (rest) {
     case '.img':
       return { role: 'clean', file };
-    case '-dirty.img':
+    case files.naming.dirtySuffix:
       return { role: 'dirty', file };
     case '-base.img':
       return { role: 'base', file };

@@ -12,15 +12,35 @@ import type { PoolOptions } from '../../storage/options.js';
 import { Pool } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { FileReflinkVolume } from './volume.js';
+import { REFLINK_NAMING, type FileNaming } from './layout.js';
+
+/** What distinguishes the drivers built on this pool: file-reflink, file, xen. */
+export interface FilePoolFlavor {
+  readonly driver: string;
+  readonly naming: FileNaming;
+  /** Honour setup_check (refuse a filesystem without reflink); else always allow sparse copies. */
+  readonly requireReflink: boolean;
+  /** Class directories made at setup. */
+  readonly classDirs: readonly string[];
+}
+
+export const REFLINK_FLAVOR: FilePoolFlavor = {
+  driver: 'file-reflink',
+  naming: REFLINK_NAMING,
+  requireReflink: true,
+  classDirs: ['appvms', 'vm-templates'],
+};
 
 export class FileReflinkPool extends Pool {
+  readonly flavor: FilePoolFlavor;
   /** Paths of import/export files this process is using (not debris). */
   private readonly held = new Set<string>();
   /** Called with copy progress (sparse copies only: reflinks are instant). */
   onCopyProgress: CopyProgress | undefined;
 
-  constructor(name: string, options: PoolOptions, driver = 'file-reflink') {
-    super(name, driver, options);
+  constructor(name: string, options: PoolOptions, flavor: FilePoolFlavor = REFLINK_FLAVOR) {
+    super(name, flavor.driver, options);
+    this.flavor = flavor;
     const dir = String(options['dir_path'] ?? '');
     if (!path.isAbsolute(dir)) throw new QubesValueError(`pool ${name}: dir_path must be an absolute path`);
   }
@@ -28,8 +48,9 @@ export class FileReflinkPool extends Pool {
   get dirPath(): string {
     return path.resolve(String(this.options['dir_path']));
   }
+  /** Copies must be reflinks (else they may be sparse copies). */
   get setupCheck(): boolean {
-    return this.options['setup_check'] !== false;
+    return this.flavor.requireReflink && this.options['setup_check'] !== false;
   }
 
   /**
@@ -131,7 +152,7 @@ export class FileReflinkPool extends Pool {
       if (st?.isSymbolicLink())
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
       await fs.mkdir(root, { recursive: true, mode: 0o755 });
-      for (const sub of ['appvms', 'vm-templates']) await this.ensureVolumeDir(path.join(root, sub));
+      for (const sub of this.flavor.classDirs) await this.ensureVolumeDir(path.join(root, sub));
       if (this.setupCheck && !(await reflinkSupported(root)))
         throw new StoragePoolException(
           `pool ${this.name}: the filesystem of ${root} does not support reflink; ` +

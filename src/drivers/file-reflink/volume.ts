@@ -65,7 +65,7 @@ export class FileReflinkVolume extends Volume {
 
   constructor(pool: FileReflinkPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     super(pool, domain, vid, spec);
-    this.files = volumeFiles(pool.dirPath, vid);
+    this.files = volumeFiles(pool.dirPath, vid, pool.flavor.naming, this.kind === 'volatile');
   }
 
   private what(action: string): string {
