@@ -12,6 +12,7 @@ import {
   parseIni,
   poolDefinitions,
   removePoolFromStorageConf,
+  removeSection,
   type StorageConfContext,
 } from '../../src/registry/storage-conf.js';
 import { QubesPoolInUseError, QubesValueError, StoragePoolException } from '../../src/storage/errors.js';
@@ -83,6 +84,45 @@ describe('storage.conf: INI reading and writing', () => {
     const defs = poolDefinitions(parseIni(`[foo]\ndriver=xen\ndir_path=${dir}\n`, 'f'));
     assert.deepEqual(defs, [{ name: 'foo', line: 1, driver: 'xen', options: { dir_path: dir }, keyLines: { driver: 2, dir_path: 3 } }]);
   });
+});
+
+describe('storage.conf: which lines a removed section takes', () => {
+  const cases: { name: string; text: string; remove: string; expect: string }[] = [
+    {
+      name: 'comments leading into the next header stay with it',
+      text: '[a]\ndriver=toy\n# about b\n[b]\ndriver=toy\n',
+      remove: 'a',
+      expect: '# about b\n[b]\ndriver=toy\n',
+    },
+    {
+      name: 'comments after the last key, before a blank line, go with the section',
+      text: '[a]\ndriver=toy\n# a note on a\n\n[b]\ndriver=toy\n',
+      remove: 'a',
+      expect: '\n[b]\ndriver=toy\n',
+    },
+    {
+      name: 'the comment above the header stays',
+      text: '# header\n[a]\ndriver=toy\n',
+      remove: 'a',
+      expect: '# header\n',
+    },
+    {
+      name: 'the last section takes one of the blank lines around it',
+      text: '[a]\ndriver=toy\n\n[b]\ndriver=toy\n',
+      remove: 'b',
+      expect: '[a]\ndriver=toy\n',
+    },
+    {
+      name: 'comments between keys go with the section',
+      text: '[a]\ndriver=toy\n; inner\ndir_path=/x\n[b]\ndriver=toy\n',
+      remove: 'a',
+      expect: '[b]\ndriver=toy\n',
+    },
+  ];
+  for (const c of cases)
+    it(c.name, () => {
+      assert.equal(removeSection(parseIni(c.text, 'f'), c.remove), c.expect);
+    });
 });
 
 describe('storage.conf: loading', () => {

@@ -62,6 +62,8 @@ export function runHook(cmd: HookCommand, env: NodeJS.ProcessEnv): Promise<HookO
       timedOut = true;
       killGroup(child.pid);
     }, cmd.timeoutMs);
+    let stderrClosed = false;
+    child.stderr!.once('close', () => (stderrClosed = true));
     child.stderr!.on('data', (b: Buffer) => {
       if (kept >= MAX_HOOK_STDERR) {
         truncated = true;
@@ -82,12 +84,12 @@ export function runHook(cmd: HookCommand, env: NodeJS.ProcessEnv): Promise<HookO
           : code !== null
             ? `exit status ${code}`
             : `killed by ${signal}`;
-      const done = (): void => finish(reason);
-      child.stderr!.once('close', done);
+      if (stderrClosed) return finish(reason);
+      child.stderr!.once('close', () => finish(reason));
       setTimeout(() => {
         child.stderr!.destroy();
-        done();
-      }, 200).unref();
+        finish(reason);
+      }, 200);
     });
   });
 }
