@@ -20,8 +20,9 @@ describe('driver registry: built-in drivers', () => {
     reg = await DriverRegistry.open();
   });
 
-  it('registers file-reflink, linux-kernel and callback by name', () => {
-    for (const n of ['file-reflink', 'linux-kernel', 'callback']) assert.ok(reg.has(n), n);
+  it('registers file-reflink, file, xen, linux-kernel and callback by name', () => {
+    for (const n of ['file-reflink', 'file', 'xen', 'linux-kernel', 'callback']) assert.ok(reg.has(n), n);
+    assert.ok(reg.listDrivers().every((d) => d.origin.kind === 'builtin'));
     assert.equal(reg.get('linux-kernel').name, 'linux-kernel');
   });
 
