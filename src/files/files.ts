@@ -90,12 +90,12 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   await fsyncDir(dir);
 }
 
-/** Creates a new sparse file of `size` bytes (fails if it exists). */
-export async function createSparse(file: string, size: number): Promise<void> {
+/** Creates a new sparse file of `size` bytes (fails if it exists); fsynced when `durable`. */
+export async function createSparse(file: string, size: number, durable = true): Promise<void> {
   const fh = await fs.open(file, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
   try {
     await fh.truncate(size);
-    await fh.sync();
+    if (durable) await fh.sync();
   } finally {
     await fh.close();
   }
@@ -116,12 +116,13 @@ const NO_REFLINK = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS'
 export async function copyFileCow(
   src: string,
   dst: string,
-  opts: { allowSparse: boolean; onProgress?: CopyProgress; signal?: AbortSignal },
+  opts: { allowSparse: boolean; onProgress?: CopyProgress; signal?: AbortSignal; durable?: boolean },
 ): Promise<CopyMethod> {
+  const durable = opts.durable ?? true;
   try {
     await fs.copyFile(src, dst, fsc.COPYFILE_EXCL | fsc.COPYFILE_FICLONE_FORCE);
     await fs.chmod(dst, 0o600);
-    await fsyncFile(dst);
+    if (durable) await fsyncFile(dst);
     return 'reflink';
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? '';
@@ -134,7 +135,7 @@ export async function copyFileCow(
     if (!opts.allowSparse) throw e;
   }
   await unlinkIfExists(dst);
-  await sparseCopy(src, dst, opts.onProgress, opts.signal);
+  await sparseCopy(src, dst, opts.onProgress, opts.signal, durable);
   return 'sparse';
 }
 
@@ -146,7 +147,13 @@ const ZERO = Buffer.alloc(CHUNK);
  * holes (and zero blocks) stay unallocated; the length is set by truncate.
  * A failure removes the partial copy.
  */
-export async function sparseCopy(src: string, dst: string, onProgress?: CopyProgress, signal?: AbortSignal): Promise<void> {
+export async function sparseCopy(
+  src: string,
+  dst: string,
+  onProgress?: CopyProgress,
+  signal?: AbortSignal,
+  durable = true,
+): Promise<void> {
   const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let outFh: fs.FileHandle | undefined;
   try {
@@ -164,7 +171,7 @@ export async function sparseCopy(src: string, dst: string, onProgress?: CopyProg
       onProgress?.(pos, size);
     }
     await outFh.truncate(size);
-    await outFh.sync();
+    if (durable) await outFh.sync();
   } catch (e) {
     await outFh?.close().catch(() => undefined);
     outFh = undefined;

@@ -92,9 +92,9 @@ export class FileReflinkPool extends Pool {
   }
 
   /** Copies a file within the pool: reflink, or sparse where allowed. */
-  async copy(from: string, to: string, allowSparse = !this.setupCheck): Promise<void> {
+  async copy(from: string, to: string, allowSparse = !this.setupCheck, durable = true): Promise<void> {
     try {
-      await copyFileCow(from, to, { allowSparse, onProgress: this.onCopyProgress });
+      await copyFileCow(from, to, { allowSparse, onProgress: this.onCopyProgress, durable });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL')
@@ -121,6 +121,7 @@ export class FileReflinkPool extends Pool {
     let cur = root;
     for (const part of rel.split(path.sep).filter(Boolean)) {
       cur = path.join(cur, part);
+      if (await this.checkRealDir(cur, true)) continue;
       try {
         await fs.mkdir(cur, { mode: 0o755 });
       } catch (e) {
@@ -130,16 +131,19 @@ export class FileReflinkPool extends Pool {
     }
   }
 
-  private async checkRealDir(dir: string): Promise<void> {
+  /** Refuses a symlink or non-directory at `dir`; with `mayBeMissing`, false when it is absent. */
+  private async checkRealDir(dir: string, mayBeMissing = false): Promise<boolean> {
     let st;
     try {
       st = await fs.lstat(dir);
     } catch (e) {
+      if (mayBeMissing && (e as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw storageError(`pool ${this.name}: directory ${dir}`, e);
     }
     if (st.isSymbolicLink())
       throw new StoragePoolException(`pool ${this.name}: ${dir} is a symlink; refusing to follow it`);
     if (!st.isDirectory()) throw new StoragePoolException(`pool ${this.name}: ${dir} is not a directory`);
+    return true;
   }
 
   override async setup(): Promise<void> {

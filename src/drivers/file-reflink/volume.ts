@@ -234,7 +234,7 @@ export class FileReflinkVolume extends Volume {
       throw e;
     }
     failpoint(FP.startAfterBaseLink);
-    await this.installCopy(this.files.base, this.files.dirty, true);
+    await this.installCopy(this.files.base, this.files.dirty, true, false);
   }
 
   private async startOrigin(s: Scan): Promise<void> {
@@ -246,27 +246,31 @@ export class FileReflinkVolume extends Volume {
       failpoint(FP.startAfterRename);
       return;
     }
-    await this.installCopy(this.files.clean, this.files.dirty, false);
+    await this.installCopy(this.files.clean, this.files.dirty, false, true);
   }
 
+  /** An empty image; nothing to make durable, a crash throws it away anyway. */
   private async startVolatile(): Promise<void> {
     const tmp = this.files.tmp(randomSuffix());
     try {
-      await createSparse(tmp, this.size);
+      await createSparse(tmp, this.size, false);
       await fs.rename(tmp, this.files.dirty);
     } catch (e) {
       await unlinkIfExists(tmp);
       throw e;
     }
-    await fsyncDir(this.files.dir);
     failpoint(FP.startAfterRename);
   }
 
-  /** Copies `from` to a temporary name, grows it to size if asked, renames it to `to`. */
-  private async installCopy(from: string, to: string, growToSize: boolean): Promise<void> {
+  /**
+   * Copies `from` to a temporary name, grows it to size if asked, renames it
+   * to `to`. `durable`: fsync the copy and the directory; a working copy of
+   * an origin must survive a crash, a snapshot's is thrown away after one.
+   */
+  private async installCopy(from: string, to: string, growToSize: boolean, durable: boolean): Promise<void> {
     const tmp = this.files.tmp(randomSuffix());
     try {
-      await this.pool.copy(from, tmp);
+      await this.pool.copy(from, tmp, undefined, durable);
       if (growToSize) {
         const st = await fs.stat(tmp);
         if (st.size < this.size) await fs.truncate(tmp, this.size);
@@ -277,7 +281,7 @@ export class FileReflinkVolume extends Volume {
       await unlinkIfExists(tmp);
       throw e;
     }
-    await fsyncDir(this.files.dir);
+    if (durable) await fsyncDir(this.files.dir);
     failpoint(FP.startAfterRename);
   }
 
@@ -286,10 +290,10 @@ export class FileReflinkVolume extends Volume {
       const s = await this.recover();
       if (!s.dirty) return; // not started: nothing to do
       if (!this.save_on_stop) {
+        // No directory fsync: if a crash brings these back, the next start discards them.
         await unlinkIfExists(this.files.dirty);
         failpoint(FP.stopAfterUnlinkDirty);
         await unlinkIfExists(this.files.base);
-        await fsyncDir(this.files.dir);
         return;
       }
       await unlinkIfExists(this.files.base);
@@ -324,7 +328,7 @@ export class FileReflinkVolume extends Volume {
     await fs.rename(newData, this.files.clean);
     await fsyncDir(this.files.dir);
     failpoint(FP.commitAfterRename);
-    if (await this.prune(s)) await fsyncDir(this.files.dir);
+    await this.prune(s); // not fsynced: a revision a crash brings back is pruned again
     failpoint(FP.commitAfterPrune);
   }
 
