@@ -1,0 +1,1042 @@
+/**
+ * The App: pools, domains, labels and global settings of one state file,
+ * and the operations that change them. Every change is all-or-nothing and
+ * durable before it returns:
+ *
+ * - state changes are applied and saved under one commit lock, one at a
+ *   time; if the save fails the change is undone in memory (and the next
+ *   save writes the state without it);
+ * - createDomain / cloneDomain make the volumes first (DomainStorage is
+ *   itself all-or-nothing), then commit; a failed commit removes the
+ *   volumes again; removeDomain commits first, then removes the volumes;
+ * - operations on one domain (start, shutdown, kill, remove, property
+ *   changes) run one at a time under its per-domain lock (KeyedMutex);
+ *   different domains proceed in parallel;
+ * - a domain another one depends on (template, clone source, default_dispvm,
+ *   netvm, a global default) cannot be removed: the check and the marking
+ *   happen in one synchronous step, so a concurrent create cannot slip in.
+ *
+ * Power state lives in memory (Qubes asks the hypervisor; here the runner
+ * is the hypervisor): after a load every domain is Halted, and a volume left
+ * dirty by a crash is picked up by its next start (the storage contract).
+ */
+import { writeFileAtomic } from '../files/files.js';
+import { DomainStorage, realSource } from '../storage/domain-storage.js';
+import {
+  QubesException,
+  QubesFeatureNotFoundError,
+  QubesPoolInUseError,
+  QubesPropertyValueError,
+  QubesTagNotFoundError,
+  QubesValueError,
+  QubesVMInUseError,
+  QubesVMNotFoundError,
+  QubesVMNotHaltedError,
+  QubesVMNotStartedError,
+  StoragePoolException,
+} from '../storage/errors.js';
+import { KeyedMutex } from '../storage/lock.js';
+import { parseBool, parseInt10, type OptionValue } from '../storage/options.js';
+import { checkPoolName, type Pool } from '../storage/pool.js';
+import { DEFAULT_PRIVATE_SIZE, DEFAULT_ROOT_SIZE, defaultVolumeConfigs } from '../storage/volume-sets.js';
+import { printable, type BlockDevice, type VolumeConfig } from '../storage/volume.js';
+import {
+  AdminVM,
+  checkDomainName,
+  Domain,
+  GlobalProperties,
+  isDomainClass,
+  makeDomain,
+  type DomainClass,
+  type DomainHost,
+} from './domain.js';
+import { AppEvents } from './events.js';
+import { DEFAULT_LABELS, Labels } from './labels.js';
+import type { PoolFactory } from './pool-factory.js';
+import { propertyText, type PropertyHolder, type PropValue } from './properties.js';
+import { noopRunner, type DomainRunner } from './runner.js';
+import { MAX_STATE_BYTES, readStateText, StateDocument, type DomainRecord, type PoolRecord, type RawProperty, type StateModel } from './state-file.js';
+import { StateLock } from './state-lock.js';
+import { UnavailablePool } from './unavailable.js';
+
+export interface QubesAppOptions {
+  /** The state file (qubes.xml); made if missing (its directory must exist). */
+  readonly stateFile: string;
+  /** Makes pools from driver names: the driver registry, or driversPoolFactory([...]). */
+  readonly pools: PoolFactory;
+  /** Starts and stops domains (default: does nothing). */
+  readonly runner?: DomainRunner;
+  /** Sizes of new root and private volumes (default 10 GiB and 2 GiB). */
+  readonly sizes?: { readonly root?: number; readonly private?: number };
+  /** Largest state file accepted (default 64 MiB). */
+  readonly maxStateBytes?: number;
+  /** Writes the state file (default writeFileAtomic); a seam for tests that make saving fail. */
+  readonly writeFile?: (file: string, data: string) => Promise<void>;
+}
+
+/** pool=P for all volumes, or pool:VOLUME=P per volume (not both). */
+export interface PoolChoice {
+  readonly pool?: string;
+  readonly pools?: Readonly<Record<string, string>>;
+}
+
+export interface CreateDomainOptions extends PoolChoice {
+  readonly klass: DomainClass;
+  readonly name: string;
+  readonly label: string;
+  /**
+   * AppVM: its TemplateVM (default: default_template). DispVM: its
+   * disposable template (default: default_dispvm). StandaloneVM and
+   * TemplateVM: a domain whose volumes are copied into the new one.
+   */
+  readonly template?: string | null;
+  /** More properties to set (qvm-create --property), by name. */
+  readonly properties?: Readonly<Record<string, PropValue>>;
+}
+
+export interface CloneDomainOptions extends PoolChoice {}
+
+export type PropertyTarget = Domain | GlobalProperties;
+
+interface PoolEntry {
+  pool: Pool;
+  record: PoolRecord;
+}
+
+interface Reservation {
+  readonly qid: number;
+  /** Names of the domains the new one depends on (template, clone source). */
+  readonly uses: readonly string[];
+  storage: DomainStorage | null;
+}
+
+export const MAX_QID = 254;
+const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const FEATURE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const VOLUME_NAMES = ['root', 'private', 'volatile', 'kernel'] as const;
+
+export class QubesApp implements DomainHost, StateModel {
+  readonly stateFile: string;
+  readonly events = new AppEvents();
+  readonly globals: GlobalProperties;
+  readonly runner: DomainRunner;
+  private _labels = new Labels(DEFAULT_LABELS);
+  private readonly factory: PoolFactory;
+  private readonly sizes: { root: number; private: number };
+  private readonly writeFile: (file: string, data: string) => Promise<void>;
+  private readonly poolEntries = new Map<string, PoolEntry>();
+  private readonly pendingPools = new Set<string>();
+  private readonly removingPools = new Set<string>();
+  private readonly domains = new Map<string, Domain>();
+  private readonly reserved = new Map<string, Reservation>();
+  private readonly removingDomains = new Set<Domain>();
+  /** Per-domain operations, keyed by name. */
+  private readonly domainLocks = new KeyedMutex();
+  /** Apply-and-save, one at a time. */
+  private readonly commitLock = new KeyedMutex();
+  private doc!: StateDocument;
+  private closed = false;
+
+  private constructor(
+    opts: QubesAppOptions,
+    private readonly lock: StateLock,
+  ) {
+    this.stateFile = opts.stateFile;
+    this.factory = opts.pools;
+    this.runner = opts.runner ?? noopRunner;
+    this.sizes = { root: opts.sizes?.root ?? DEFAULT_ROOT_SIZE, private: opts.sizes?.private ?? DEFAULT_PRIVATE_SIZE };
+    this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d));
+    this.globals = new GlobalProperties(this);
+  }
+
+  /**
+   * Takes the state file's lock and loads it (or starts a new one with dom0
+   * and the eight labels, saved at once). Pools whose driver is not available
+   * load as UnavailablePool, keeping their configuration.
+   */
+  static async open(opts: QubesAppOptions): Promise<QubesApp> {
+    const lock = await StateLock.acquire(opts.stateFile);
+    try {
+      const text = await readStateText(opts.stateFile, opts.maxStateBytes ?? MAX_STATE_BYTES);
+      const app = new QubesApp(opts, lock);
+      if (text === null) {
+        app.doc = StateDocument.empty(opts.stateFile);
+        app.domains.set('dom0', new AdminVM(app));
+        await app.save();
+      } else {
+        app.doc = StateDocument.parse(text, opts.stateFile);
+        await app.load();
+      }
+      return app;
+    } catch (e) {
+      await lock.release();
+      throw e;
+    }
+  }
+
+  /** Releases the state file's lock; the App must not be used afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.commitLock.run('state', async () => {
+      this.closed = true;
+    });
+    await this.lock.release();
+  }
+
+  get labels(): Labels {
+    return this._labels;
+  }
+
+  // ---- loading -------------------------------------------------------------------
+
+  private async load(): Promise<void> {
+    const doc = this.doc;
+    const labels = doc.readLabels();
+    if (labels) this._labels = new Labels(labels);
+
+    for (const rec of doc.readPools()) {
+      if (this.poolEntries.has(rec.name)) throw doc.error(rec.el.line, `pool ${rec.name} is defined twice`);
+      try {
+        checkPoolName(rec.name);
+      } catch (e) {
+        throw doc.error(rec.el.line, (e as Error).message);
+      }
+      let pool: Pool;
+      try {
+        pool = await this.factory.createPool(rec.driver, rec.name, { ...rec.options });
+      } catch (e) {
+        pool = new UnavailablePool(rec.name, rec.driver, { ...rec.options }, e instanceof Error ? e.message : String(e));
+      }
+      this.poolEntries.set(rec.name, { pool, record: { name: rec.name, driver: rec.driver, options: { ...rec.options } } });
+    }
+
+    const records = doc.readDomains();
+    const recordOf = new Map<Domain, DomainRecord>();
+    const lines = new Map<object, Map<string, number>>();
+    for (const rec of records) {
+      if (!isDomainClass(rec.klass)) throw doc.error(rec.line, `unknown domain class '${printable(rec.klass)}'`);
+      let d: Domain;
+      if (rec.klass === 'AdminVM') {
+        if (this.domains.has('dom0')) throw doc.error(rec.line, 'a second AdminVM');
+        d = new AdminVM(this);
+      } else {
+        const nameProp = rec.properties.find((p) => p.name === 'name');
+        if (!nameProp) throw doc.error(rec.line, `${rec.klass} without a name property`);
+        const qidProp = rec.properties.find((p) => p.name === 'qid');
+        let qid = rec.idQid;
+        if (qidProp) {
+          try {
+            qid = parseInt10(qidProp.raw.trim(), 'qid');
+          } catch {
+            throw doc.error(qidProp.line, `qid '${printable(qidProp.raw)}' is not a number`);
+          }
+        }
+        if (qid === null || qid < 1) throw doc.error(rec.line, `domain ${nameProp.raw} has no valid qid`);
+        try {
+          checkDomainName(nameProp.raw);
+        } catch (e) {
+          throw doc.error(nameProp.line, (e as Error).message);
+        }
+        if (this.domains.has(nameProp.raw)) throw doc.error(rec.line, `domain ${nameProp.raw} is defined twice`);
+        const sameQid = [...this.domains.values()].find((x) => x.qid === qid);
+        if (sameQid) throw doc.error(rec.line, `domain ${nameProp.raw} has qid ${qid}, as ${sameQid.name} has`);
+        d = makeDomain(rec.klass, this, { name: nameProp.raw, qid });
+      }
+      lines.set(d, this.loadProperties(d, rec.properties));
+      for (const f of rec.features) d.features.set(f.name, f.value);
+      for (const t of rec.tags) d.tags.add(t);
+      this.domains.set(d.name, d);
+      recordOf.set(d, rec);
+      doc.bind(d, rec.el);
+    }
+    if (!this.domains.has('dom0')) this.domains.set('dom0', new AdminVM(this));
+    lines.set(this.globals, this.loadProperties(this.globals, doc.readGlobalProperties()));
+
+    // Cross-checks need every domain loaded.
+    for (const [holder, byName] of lines) {
+      for (const [name, line] of byName) {
+        try {
+          (holder as PropertyHolder).checkProperty(name, (holder as PropertyHolder).prop(name));
+        } catch (e) {
+          throw doc.error(line, (e as Error).message);
+        }
+      }
+    }
+
+    // Storage, templates before the domains based on them.
+    const ordered = [...this.domains.values()].sort((a, b) => a.templateChain().length - b.templateChain().length);
+    for (const d of ordered) {
+      if (d.klass === 'AdminVM') continue;
+      const rec = recordOf.get(d);
+      const configs = rec && rec.volumes.length ? this.volumeConfigsFromRecord(d, rec) : this.newVolumeConfigs(d, {});
+      try {
+        d.storage = DomainStorage.init({ domain: d, volumes: configs, template: d.template?.storage ?? null }, (n) => this.poolOrThrow(n));
+      } catch (e) {
+        throw doc.error(rec?.line ?? 0, `domain ${d.name}: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  private loadProperties(holder: PropertyHolder, props: RawProperty[]): Map<string, number> {
+    const lines = new Map<string, number>();
+    for (const p of props) {
+      if (!holder.hasProperty(p.name)) continue; // unknown: stays in the file untouched
+      const def = holder.propertyDef(p.name);
+      if (def.computed) continue;
+      try {
+        const value = def.type === 'label' ? this._labels.get(p.raw).name : holder.parseProperty(p.name, p.raw);
+        holder.storeProperty(p.name, value);
+      } catch (e) {
+        throw this.doc.error(p.line, `${holder.holderName}: ${(e as Error).message}`);
+      }
+      lines.set(p.name, p.line);
+    }
+    return lines;
+  }
+
+  private volumeConfigsFromRecord(d: Domain, rec: DomainRecord): VolumeConfig[] {
+    return rec.volumes.map(({ attrs, line }) => {
+      const fail = (why: string): never => {
+        throw this.doc.error(line, `domain ${d.name}: volume ${attrs['name'] ?? '?'}: ${why}`);
+      };
+      const name = attrs['name'] ?? fail('no name');
+      const pool = attrs['pool'] ?? fail('no pool');
+      if (!this.poolEntries.has(pool)) fail(`no pool '${printable(pool)}'`);
+      const num = (k: string): number | undefined => {
+        const v = attrs[k];
+        if (v === undefined) return undefined;
+        try {
+          return parseInt10(v.trim(), k);
+        } catch {
+          return fail(`${k}='${printable(v)}' is not an integer`);
+        }
+      };
+      const bool = (k: string): boolean | undefined => {
+        const v = attrs[k];
+        if (v === undefined) return undefined;
+        try {
+          return parseBool(v, k);
+        } catch {
+          return fail(`${k}='${printable(v)}' is not True or False`);
+        }
+      };
+      const c: VolumeConfig = {
+        name,
+        pool,
+        size: num('size') ?? 0,
+        rw: bool('rw') ?? false,
+        snap_on_start: bool('snap_on_start') ?? false,
+        save_on_stop: bool('save_on_stop') ?? false,
+      };
+      if (attrs['vid'] !== undefined) c.vid = attrs['vid'];
+      const rtk = num('revisions_to_keep');
+      if (rtk !== undefined) c.revisions_to_keep = rtk;
+      const eph = bool('ephemeral');
+      if (eph !== undefined) c.ephemeral = eph;
+      return c;
+    });
+  }
+
+  // ---- DomainHost / StateModel -----------------------------------------------------
+
+  findDomain(name: string): Domain | undefined {
+    return this.domains.get(name);
+  }
+
+  /** Every domain, dom0 included, sorted by name. */
+  domainList(): Domain[] {
+    return [...this.domains.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /** A domain by name or `uuid:UUID`; QubesVMNotFoundError if none. */
+  domain(spec: string): Domain {
+    const d = spec.startsWith('uuid:')
+      ? [...this.domains.values()].find((x) => x.uuid === spec.slice(5))
+      : this.domains.get(spec);
+    if (!d) throw new QubesVMNotFoundError(`no such domain: '${printable(spec)}'`);
+    return d;
+  }
+
+  hasPool(name: string): boolean {
+    return this.poolEntries.has(name);
+  }
+
+  autoDefaultPool(): string {
+    const usable = [...this.poolEntries.values()].filter((e) => !(e.pool instanceof UnavailablePool));
+    const def = usable.find((e) => e.pool.name === 'default');
+    if (def) return def.pool.name;
+    const fits = usable.find((e) => {
+      const caps = this.capabilitiesOf(e.pool.driver);
+      return caps ? caps.writable && caps.volumeKinds.includes('origin') : false;
+    });
+    return fits?.pool.name ?? '';
+  }
+
+  autoKernelPool(): string {
+    const fits = [...this.poolEntries.values()].find((e) => {
+      if (e.pool instanceof UnavailablePool) return false;
+      const caps = this.capabilitiesOf(e.pool.driver);
+      return caps ? !caps.writable : false;
+    });
+    return fits?.pool.name ?? '';
+  }
+
+  private capabilitiesOf(driver: string) {
+    try {
+      return this.factory.get?.(driver).capabilities ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  poolRecords(): PoolRecord[] {
+    return [...this.poolEntries.values()].map((e) => e.record);
+  }
+
+  // ---- pools -----------------------------------------------------------------------
+
+  /** Pool names, in state-file order. */
+  poolNames(): string[] {
+    return [...this.poolEntries.keys()];
+  }
+
+  pools(): Pool[] {
+    return [...this.poolEntries.values()].map((e) => e.pool);
+  }
+
+  /** A pool by name; QubesValueError if none. */
+  pool(name: string): Pool {
+    const e = this.poolEntries.get(name);
+    if (!e) throw new QubesValueError(`no such pool '${printable(name)}'`);
+    return e.pool;
+  }
+
+  /** Whether the pool's driver works here (false for pools loaded as unavailable). */
+  isPoolAvailable(name: string): boolean {
+    return !(this.pool(name) instanceof UnavailablePool);
+  }
+
+  private poolOrThrow(name: string): Pool {
+    if (this.removingPools.has(name)) throw new QubesPoolInUseError(`pool ${name} is being removed`);
+    return this.pool(name);
+  }
+
+  /**
+   * Adds a pool: makes it from its driver and raw options, runs its setup,
+   * saves. A taken name is QubesPoolInUseError.
+   */
+  async addPool(driver: string, name: string, options: Record<string, OptionValue>): Promise<Pool> {
+    this.checkOpen();
+    checkPoolName(name);
+    if (this.poolEntries.has(name) || this.pendingPools.has(name))
+      throw new QubesPoolInUseError(`pool ${name} already exists`);
+    this.pendingPools.add(name);
+    try {
+      const pool = await this.factory.createPool(driver, name, { ...options });
+      await pool.setup();
+      const record: PoolRecord = {
+        name,
+        driver,
+        options: Object.fromEntries(Object.entries(options).map(([k, v]) => [k, optionText(v)])),
+      };
+      try {
+        await this.commit(() => {
+          this.poolEntries.set(name, { pool, record });
+          return () => this.poolEntries.delete(name);
+        });
+      } catch (e) {
+        await pool.destroy().catch(() => undefined);
+        throw e;
+      }
+      this.events.emit('', 'pool-add', { pool: name });
+      return pool;
+    } finally {
+      this.pendingPools.delete(name);
+    }
+  }
+
+  /** Domains (and volumes) using a pool, and global settings naming it. */
+  poolUsers(name: string): string[] {
+    const users: string[] = [];
+    const scan = (owner: string, storage: DomainStorage | null): void => {
+      for (const v of storage?.volumes.values() ?? []) if (v.pool.name === name) users.push(`${owner}:${v.name}`);
+    };
+    for (const d of this.domainList()) scan(d.name, d.storage);
+    for (const [n, r] of this.reserved) scan(`${n} (being created)`, r.storage);
+    for (const p of this.globals.setPropertyNames())
+      if (p.startsWith('default_pool') && this.globals.prop(p) === name) users.push(`global property ${p}`);
+    return users;
+  }
+
+  /** Removes a pool from the state (its data is left alone); refused while anything uses it. */
+  async removePool(name: string): Promise<void> {
+    this.checkOpen();
+    const entry = this.poolEntries.get(name);
+    if (!entry) throw new QubesValueError(`no such pool '${printable(name)}'`);
+    if (this.removingPools.has(name)) throw new QubesPoolInUseError(`pool ${name} is already being removed`);
+    const users = this.poolUsers(name);
+    if (users.length) throw new QubesPoolInUseError(`pool ${name} is in use by: ${users.join(', ')}`);
+    this.removingPools.add(name);
+    try {
+      await this.commit(() => {
+        this.poolEntries.delete(name);
+        return () => this.poolEntries.set(name, entry);
+      });
+    } finally {
+      this.removingPools.delete(name);
+    }
+    await entry.pool.destroy().catch(() => undefined);
+    this.events.emit('', 'pool-delete', { pool: name });
+  }
+
+  /** admin.pool.Set.*: revisions_to_keep (integer >= -1) or ephemeral_volatile (bool). */
+  async setPoolOption(name: string, key: string, value: OptionValue): Promise<void> {
+    this.checkOpen();
+    const entry = this.poolEntries.get(name);
+    if (!entry) throw new QubesValueError(`no such pool '${printable(name)}'`);
+    let v: OptionValue;
+    if (key === 'revisions_to_keep') {
+      v = typeof value === 'number' ? value : parseInt10(String(value).trim(), `pool ${name}: revisions_to_keep`);
+      if (!Number.isSafeInteger(v) || v < -1) throw new QubesValueError(`pool ${name}: revisions_to_keep must be an integer >= -1`);
+    } else if (key === 'ephemeral_volatile') {
+      v = typeof value === 'boolean' ? value : parseBool(String(value), `pool ${name}: ephemeral_volatile`);
+    } else {
+      throw new QubesValueError(`Setting option ${printable(key)} is not supported for pool ${name}`);
+    }
+    await this.commit(() => {
+      const oldValue = entry.pool.config()[key];
+      const hadText = Object.prototype.hasOwnProperty.call(entry.record.options, key);
+      const oldText = entry.record.options[key];
+      entry.pool.setOption(key, v);
+      entry.record.options[key] = optionText(v);
+      return () => {
+        if (oldValue !== undefined) entry.pool.setOption(key, oldValue);
+        if (hadText) entry.record.options[key] = oldText!;
+        else delete entry.record.options[key];
+      };
+    });
+    this.events.emit('', `pool-set:${key}`, { pool: name, value: optionText(v) });
+  }
+
+  // ---- creating, cloning, removing domains ---------------------------------------------
+
+  /**
+   * Creates a domain with its class's volume set. Nothing is left behind on
+   * failure: volumes made are removed, the state is saved only after every
+   * volume exists, and a failed save removes the volumes again.
+   */
+  async createDomain(o: CreateDomainOptions): Promise<Domain> {
+    this.checkOpen();
+    if (!isDomainClass(o.klass) || o.klass === 'AdminVM')
+      throw new QubesValueError(`cannot create a domain of class '${printable(String(o.klass))}'`);
+    this.checkNewName(o.name);
+    const label = this._labels.get(o.label).name;
+    checkPoolChoice(o);
+    const rule = Domain.templateRule(o.klass);
+    let template: Domain | null = null;
+    let copyFrom: Domain | null = null;
+    if (rule !== 'none') {
+      const tName = o.template ?? (this.globals.prop(rule === 'TemplateVM' ? 'default_template' : 'default_dispvm') as string | null);
+      if (!tName) throw new QubesValueError(`a ${o.klass} needs a template and no default is set`);
+      template = this.usableDomain(tName);
+    } else if (o.template) {
+      copyFrom = this.usableDomain(o.template);
+      if (copyFrom.klass === 'AdminVM') throw new QubesValueError('cannot copy the volumes of dom0');
+    }
+    const qid = this.nextQid();
+    const d = makeDomain(o.klass, this, { name: o.name, qid });
+    d.storeProperty('label', label);
+    if (template) {
+      d.checkProperty('template', template.name);
+      d.storeProperty('template', template.name);
+    }
+    for (const [k, v] of Object.entries(o.properties ?? {})) {
+      const def = d.propertyDef(k);
+      if (def.writeOnce || def.computed || k === 'template') throw new QubesPropertyValueError(`property ${k} cannot be given here`);
+      d.checkProperty(k, v);
+      d.storeProperty(k, v);
+    }
+    let configs = this.newVolumeConfigs(d, o);
+    if (copyFrom) configs = this.sizedLike(configs, copyFrom);
+    const storage = DomainStorage.init({ domain: d, volumes: configs, template: template?.storage ?? null }, (n) => this.poolOrThrow(n));
+    // Everything above is synchronous: the name, qid and the domains used are reserved atomically.
+    const uses = [template?.name, copyFrom?.name].filter((x): x is string => !!x);
+    this.reserved.set(o.name, { qid, uses, storage });
+    try {
+      d.storage = storage;
+      if (copyFrom) await storage.createAsClone(copyFrom.storage);
+      else await storage.create();
+      await this.commitNewDomain(d);
+    } finally {
+      this.reserved.delete(o.name);
+    }
+    this.announceNewDomain(d);
+    return d;
+  }
+
+  /**
+   * Copies a domain: its properties (but name, qid, uuid), tags, features and
+   * the data of its volumes, into a new domain of the same class, optionally
+   * in other pools. All-or-nothing like createDomain.
+   */
+  async cloneDomain(srcName: string, dstName: string, o: CloneDomainOptions = {}): Promise<Domain> {
+    this.checkOpen();
+    const src = this.usableDomain(srcName);
+    if (src.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be cloned');
+    this.checkNewName(dstName);
+    checkPoolChoice(o);
+    const qid = this.nextQid();
+    const d = makeDomain(src.klass, this, { name: dstName, qid });
+    for (const p of src.setPropertyNames()) {
+      const def = src.propertyDef(p);
+      if (def.writeOnce || def.computed) continue;
+      d.storeProperty(p, src.prop(p));
+    }
+    for (const t of src.tags) d.tags.add(t);
+    for (const [k, v] of src.features) d.features.set(k, v);
+    const template = d.template;
+    const configs: VolumeConfig[] = [];
+    for (const v of src.storage.volumes.values()) {
+      const c = v.config();
+      delete c.vid;
+      delete c.source;
+      const explicit = o.pools?.[v.name];
+      if (explicit !== undefined) c.pool = explicit;
+      else if (v.snap_on_start) c.pool = v.source ? realSource(v).pool.name : c.pool;
+      else if (o.pool !== undefined && v.name !== 'kernel') c.pool = o.pool;
+      if (v.name === 'kernel') c.vid = v.vid;
+      configs.push(c);
+    }
+    this.checkPoolChoiceNames(o, configs);
+    const storage = DomainStorage.init({ domain: d, volumes: configs, template: template?.storage ?? null }, (n) => this.poolOrThrow(n));
+    this.reserved.set(dstName, { qid, uses: [src.name, ...(template ? [template.name] : [])], storage });
+    try {
+      d.storage = storage;
+      await storage.createAsClone(src.storage);
+      await this.commitNewDomain(d);
+    } finally {
+      this.reserved.delete(dstName);
+    }
+    this.announceNewDomain(d);
+    return d;
+  }
+
+  private async commitNewDomain(d: Domain): Promise<void> {
+    try {
+      await this.commit(() => {
+        this.domains.set(d.name, d);
+        return () => this.domains.delete(d.name);
+      });
+    } catch (e) {
+      await d.storage.remove().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private announceNewDomain(d: Domain): void {
+    for (const v of d.storage.volumes.values())
+      this.events.emit(d.name, 'domain-volume-created', { volume: v.name, pool: v.pool.name, vid: v.vid });
+    this.events.emit('dom0', 'domain-add', { vm: d.name });
+  }
+
+  /** Who uses a domain: template of, clone source of, default of, netvm of. */
+  domainUsers(d: Domain): string[] {
+    const users: string[] = [];
+    for (const other of this.domains.values()) {
+      if (other === d) continue;
+      for (const p of other.setPropertyNames()) {
+        const def = other.propertyDef(p);
+        if (def.type === 'vm' && other.prop(p) === d.name) users.push(`${other.name} (${p})`);
+      }
+    }
+    for (const p of this.globals.setPropertyNames()) {
+      if (this.globals.propertyDef(p).type === 'vm' && this.globals.prop(p) === d.name) users.push(`global property ${p}`);
+    }
+    for (const [n, r] of this.reserved) if (r.uses.includes(d.name)) users.push(`${n} (being created from it)`);
+    return users;
+  }
+
+  /**
+   * Removes a halted domain that nothing uses: the state is saved without it
+   * first, then its volumes are removed (a failure there leaves the domain
+   * removed and is reported as a `domain-remove-incomplete` event).
+   */
+  async removeDomain(name: string): Promise<void> {
+    this.checkOpen();
+    const d = this.domain(name);
+    if (d.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be removed');
+    await this.domainLocks.run(name, async () => {
+      if (this.domains.get(name) !== d) throw new QubesVMNotFoundError(`no such domain: '${printable(name)}'`);
+      if (d.isRunning) throw new QubesVMNotHaltedError(`domain ${name} is running; shut it down first`);
+      const users = this.domainUsers(d);
+      if (users.length) throw new QubesVMInUseError(`domain ${name} is in use by: ${users.join(', ')}`);
+      this.removingDomains.add(d);
+      try {
+        await this.commit(() => {
+          this.domains.delete(name);
+          return () => this.domains.set(name, d);
+        });
+      } finally {
+        this.removingDomains.delete(d);
+      }
+      try {
+        await d.storage.remove();
+        for (const v of d.storage.volumes.values())
+          this.events.emit(name, 'domain-volume-removed', { volume: v.name, pool: v.pool.name, vid: v.vid });
+      } catch (e) {
+        this.events.emit('dom0', 'domain-remove-incomplete', { vm: name, reason: (e as Error).message });
+      }
+    });
+    this.events.emit('dom0', 'domain-delete', { vm: name });
+  }
+
+  private checkNewName(name: string): void {
+    checkDomainName(name);
+    if (this.domains.has(name) || this.reserved.has(name)) throw new QubesValueError(`domain ${name} already exists`);
+  }
+
+  /** A committed domain not being removed. */
+  private usableDomain(name: string): Domain {
+    const d = this.domain(name);
+    if (this.removingDomains.has(d)) throw new QubesVMNotFoundError(`domain ${name} is being removed`);
+    return d;
+  }
+
+  private nextQid(): number {
+    const used = new Set<number>([...this.domains.values()].map((d) => d.qid));
+    for (const r of this.reserved.values()) used.add(r.qid);
+    for (let q = 1; q <= MAX_QID; q++) if (!used.has(q)) return q;
+    throw new QubesException(`no free qid: at most ${MAX_QID} domains`);
+  }
+
+  /** The volume configs of a new domain: the class's set, pools per the choice and the defaults. */
+  private newVolumeConfigs(d: Domain, choice: PoolChoice): VolumeConfig[] {
+    const g = this.globals;
+    const tpl = d.template;
+    const pick = (vol: 'root' | 'private' | 'volatile'): string => {
+      const p = choice.pools?.[vol] ?? choice.pool ?? String(g.prop(`default_pool_${vol}`) ?? '');
+      if (!p) throw new QubesValueError(`no pool for volume ${vol} of ${d.name}: add a pool or set default_pool`);
+      return p;
+    };
+    const kernelVersion = d.hasProperty('kernel') ? String(d.prop('kernel') ?? '') : '';
+    const kernelPool = choice.pools?.['kernel'] ?? String(g.prop('default_pool_kernel') ?? '');
+    const sizes = {
+      root: tpl?.storage.volumes.get('root')?.size ?? this.sizes.root,
+      private: d.klass === 'DispVM' ? (tpl?.storage.volumes.get('private')?.size ?? this.sizes.private) : this.sizes.private,
+    };
+    const configs = defaultVolumeConfigs(
+      d.klass,
+      { root: pick('root'), private: pick('private'), volatile: pick('volatile'), kernel: kernelVersion && kernelPool ? kernelPool : null },
+      sizes,
+    );
+    for (const c of configs) {
+      if (c.snap_on_start && choice.pools?.[c.name] === undefined) {
+        const src = tpl?.storage.volumes.get(c.name);
+        if (src) c.pool = realSource(src).pool.name;
+      }
+      if (c.name === 'kernel') c.vid = kernelVersion;
+    }
+    this.checkPoolChoiceNames(choice, configs);
+    return configs;
+  }
+
+  private checkPoolChoiceNames(choice: PoolChoice, configs: VolumeConfig[]): void {
+    for (const vol of Object.keys(choice.pools ?? {}))
+      if (!configs.some((c) => c.name === vol))
+        throw new QubesValueError(`pool:${printable(vol)}: the domain has no volume ${printable(vol)} (volumes: ${configs.map((c) => c.name).join(', ')})`);
+    for (const c of configs) this.pool(c.pool);
+  }
+
+  /** Sizes of a copy follow its source's volumes. */
+  private sizedLike(configs: VolumeConfig[], src: Domain): VolumeConfig[] {
+    return configs.map((c) => {
+      const v = src.storage.volumes.get(c.name);
+      return v && c.save_on_stop ? { ...c, size: v.size } : c;
+    });
+  }
+
+  // ---- power ---------------------------------------------------------------------------
+
+  /**
+   * Starts a domain: domain-pre-start (a handler may refuse), the storage
+   * (snapshots taken of the templates' committed data, working copies,
+   * volatile images), then the runner with the block devices; Running.
+   * Starting a running domain does nothing (as in Qubes). A template need not
+   * run: its domains see what it last committed.
+   */
+  async start(name: string): Promise<void> {
+    this.checkOpen();
+    const d = this.domain(name);
+    if (d.klass === 'AdminVM') return;
+    let started = false;
+    await this.domainLocks.run(name, async () => {
+      if (this.domains.get(name) !== d) throw new QubesVMNotFoundError(`no such domain: '${printable(name)}'`);
+      if (d.isRunning) return;
+      // Every template up the chain must still be there (it cannot be removed while d exists).
+      d.templateChain();
+      await this.events.fireVetoable(name, 'domain-pre-start');
+      await d.storage.start();
+      try {
+        const disks = new Map<string, BlockDevice>();
+        for (const [n, v] of d.storage.volumes) disks.set(n, await v.blockDevice());
+        await this.runner.start(d, disks);
+      } catch (e) {
+        await d.storage.stop().catch(() => undefined);
+        throw e;
+      }
+      d.powerState = 'Running';
+      started = true;
+    });
+    if (started) this.events.emit(name, 'domain-start');
+  }
+
+  /** Shuts a running domain down, then stops its storage (save_on_stop volumes commit). */
+  async shutdown(name: string): Promise<void> {
+    await this.stopDomain(name, false);
+  }
+
+  /** Stops a running domain at once (no domain-pre-shutdown); storage stops as for shutdown. */
+  async kill(name: string): Promise<void> {
+    await this.stopDomain(name, true);
+  }
+
+  private async stopDomain(name: string, kill: boolean): Promise<void> {
+    this.checkOpen();
+    const d = this.domain(name);
+    if (d.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be stopped');
+    let storageError: unknown = null;
+    await this.domainLocks.run(name, async () => {
+      if (!d.isRunning) throw new QubesVMNotStartedError(`domain ${name} is not running`);
+      if (!kill) await this.events.fireVetoable(name, 'domain-pre-shutdown');
+      if (kill) await this.runner.kill(d);
+      else await this.runner.shutdown(d);
+      d.powerState = 'Halted';
+      try {
+        await d.storage.stop();
+        for (const v of d.storage.volumes.values())
+          if (v.save_on_stop) this.events.emit(name, 'domain-volume-committed', { volume: v.name, pool: v.pool.name, vid: v.vid });
+      } catch (e) {
+        storageError = e;
+      }
+    });
+    this.events.emit(name, 'domain-shutdown');
+    if (storageError) throw storageError;
+    if (d.klass === 'DispVM' && d.prop('auto_cleanup') === true) await this.removeDomain(name);
+  }
+
+  // ---- properties ------------------------------------------------------------------------
+
+  /** Sets a property (typed value); checks, saves, emits property-set:NAME. */
+  async setProperty(target: PropertyTarget, name: string, value: PropValue): Promise<void> {
+    this.checkOpen();
+    const def = target.propertyDef(name);
+    if (def.computed || def.writeOnce)
+      throw new QubesPropertyValueError(`${target.holderName}: property ${name} cannot be changed`);
+    await this.onTarget(target, async () => {
+      if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
+      const before = propertyText(target.prop(name));
+      target.checkProperty(name, value);
+      await this.commit(() => {
+        const old = target.storeProperty(name, value);
+        try {
+          const undoStorage = this.refreshStorage(target, name);
+          return () => {
+            undoStorage();
+            target.restoreProperty(name, old);
+          };
+        } catch (e) {
+          target.restoreProperty(name, old);
+          throw e;
+        }
+      });
+      this.events.emit(this.subjectOf(target), `property-set:${name}`, { name, newvalue: propertyText(value), oldvalue: before });
+    });
+  }
+
+  /** Sets a property from its wire text (True/False, digits, names; '' is None for vm properties). */
+  async setPropertyFromText(target: PropertyTarget, name: string, raw: string): Promise<void> {
+    const def = target.propertyDef(name);
+    const value = def.type === 'label' ? this._labels.get(raw).name : target.parseProperty(name, raw);
+    await this.setProperty(target, name, value);
+  }
+
+  /** Back to the default; emits property-reset:NAME. */
+  async resetProperty(target: PropertyTarget, name: string): Promise<void> {
+    this.checkOpen();
+    const def = target.propertyDef(name);
+    if (def.computed || def.writeOnce)
+      throw new QubesPropertyValueError(`${target.holderName}: property ${name} cannot be reset`);
+    await this.onTarget(target, async () => {
+      if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
+      if (!target.isPropertySet(name)) return;
+      const before = propertyText(target.prop(name));
+      const old = target.clearProperty(name);
+      try {
+        const dflt = target.propertyDefault(name);
+        if (dflt !== undefined && dflt !== null) target.checkProperty(name, dflt);
+        else if (def.type === 'vm' && !def.allowNone) throw new QubesPropertyValueError(`${target.holderName}: property ${name} has no default`);
+      } finally {
+        target.restoreProperty(name, old);
+      }
+      await this.commit(() => {
+        const prev = target.clearProperty(name);
+        try {
+          const undoStorage = this.refreshStorage(target, name);
+          return () => {
+            undoStorage();
+            target.restoreProperty(name, prev);
+          };
+        } catch (e) {
+          target.restoreProperty(name, prev);
+          throw e;
+        }
+      });
+      this.events.emit(this.subjectOf(target), `property-reset:${name}`, { name, oldvalue: before });
+    });
+  }
+
+  private onTarget<T>(target: PropertyTarget, fn: () => Promise<T>): Promise<T> {
+    return target instanceof Domain ? this.domainLocks.run(target.name, fn) : fn();
+  }
+
+  private subjectOf(target: PropertyTarget): string {
+    return target instanceof Domain ? target.name : '';
+  }
+
+  private checkHalted(d: Domain, name: string, haltedOnly: boolean): void {
+    if (!haltedOnly) return;
+    const running = [d, ...this.dependents(d)].filter((x) => x.isRunning);
+    if (running.length)
+      throw new QubesVMNotHaltedError(`cannot change ${name} of ${d.name} while ${running.map((x) => x.name).join(', ')} running`);
+  }
+
+  /** Domains whose template chain contains d. */
+  private dependents(d: Domain): Domain[] {
+    return [...this.domains.values()].filter((x) => x !== d && x.templateChain().includes(d));
+  }
+
+  /**
+   * After a change of `template` or `kernel`, rebuilds the volume objects of
+   * the domain and of those based on it (sources and kernel versions follow);
+   * returns the undo. Throws (changing nothing) when they cannot be built.
+   */
+  private refreshStorage(target: PropertyTarget, name: string): () => void {
+    if (!(target instanceof Domain) || (name !== 'template' && name !== 'kernel')) return () => undefined;
+    const affected = [target, ...this.dependents(target)].sort((a, b) => a.templateChain().length - b.templateChain().length);
+    const old = new Map(affected.map((d) => [d, d.storage]));
+    try {
+      for (const d of affected) {
+        const configs: VolumeConfig[] = [];
+        for (const v of d.storage.volumes.values()) {
+          const c = v.config();
+          delete c.source;
+          if (v.name === 'kernel') c.vid = String(d.prop('kernel') ?? '');
+          if (v.name === 'kernel' && !c.vid) continue;
+          configs.push(c);
+        }
+        const kernel = String(d.prop('kernel') ?? '');
+        const kpool = String(this.globals.prop('default_pool_kernel') ?? '');
+        if (kernel && kpool && !d.storage.volumes.has('kernel'))
+          configs.push({ name: 'kernel', pool: kpool, vid: kernel, rw: false, snap_on_start: false, save_on_stop: false, size: 0 });
+        d.storage = DomainStorage.init({ domain: d, volumes: configs, template: d.template?.storage ?? null }, (n) => this.poolOrThrow(n));
+      }
+    } catch (e) {
+      for (const [d, s] of old) d.storage = s;
+      throw e;
+    }
+    return () => {
+      for (const [d, s] of old) d.storage = s;
+    };
+  }
+
+  // ---- tags and features -------------------------------------------------------------------
+
+  async addTag(d: Domain, tag: string): Promise<void> {
+    this.checkOpen();
+    if (!TAG_RE.test(tag)) throw new QubesValueError(`invalid tag '${printable(tag)}'`);
+    if (d.tags.has(tag)) return;
+    await this.commit(() => {
+      d.tags.add(tag);
+      return () => d.tags.delete(tag);
+    });
+    this.events.emit(d.name, `domain-tag-add:${tag}`, { tag });
+  }
+
+  async removeTag(d: Domain, tag: string): Promise<void> {
+    this.checkOpen();
+    if (!d.tags.has(tag)) throw new QubesTagNotFoundError(`domain ${d.name} has no tag '${printable(tag)}'`);
+    await this.commit(() => {
+      d.tags.delete(tag);
+      return () => d.tags.add(tag);
+    });
+    this.events.emit(d.name, `domain-tag-delete:${tag}`, { tag });
+  }
+
+  async setFeature(d: Domain, feature: string, value: string): Promise<void> {
+    this.checkOpen();
+    if (!FEATURE_RE.test(feature)) throw new QubesValueError(`invalid feature name '${printable(feature)}'`);
+    if (/[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(value) || value.length > 4096) throw new QubesValueError(`invalid value for feature ${feature}`);
+    const old = d.features.get(feature);
+    await this.commit(() => {
+      d.features.set(feature, value);
+      return () => (old === undefined ? d.features.delete(feature) : d.features.set(feature, old));
+    });
+    this.events.emit(d.name, `domain-feature-set:${feature}`, { feature, value, ...(old !== undefined ? { oldvalue: old } : {}) });
+  }
+
+  async removeFeature(d: Domain, feature: string): Promise<void> {
+    this.checkOpen();
+    const old = d.features.get(feature);
+    if (old === undefined) throw new QubesFeatureNotFoundError(`domain ${d.name} has no feature '${printable(feature)}'`);
+    await this.commit(() => {
+      d.features.delete(feature);
+      return () => d.features.set(feature, old);
+    });
+    this.events.emit(d.name, `domain-feature-delete:${feature}`, { feature });
+  }
+
+  // ---- saving ---------------------------------------------------------------------------------
+
+  /** Writes the state now (for changes made to volumes directly: resize, revisions_to_keep...). */
+  async save(): Promise<void> {
+    await this.commit(() => () => undefined);
+  }
+
+  /**
+   * Applies a change and saves, one commit at a time; if saving fails the
+   * change is undone (synchronously, before the next commit) and the error
+   * is thrown.
+   */
+  private async commit(apply: () => () => void): Promise<void> {
+    await this.commitLock.run('state', async () => {
+      this.checkOpen();
+      const undo = apply();
+      try {
+        this.doc.sync(this);
+        await this.writeFile(this.stateFile, this.doc.serialize());
+      } catch (e) {
+        undo();
+        throw e instanceof QubesException ? e : new StoragePoolException(`cannot save ${this.stateFile}: ${(e as Error).message}`, { cause: e });
+      }
+    });
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new QubesException(`the state of ${this.stateFile} is closed`);
+  }
+}
+
+function checkPoolChoice(o: PoolChoice): void {
+  if (o.pool !== undefined && o.pools !== undefined && Object.keys(o.pools).length)
+    throw new QubesValueError('pool= and pool:VOLUME= cannot be given together');
+  if (o.pool !== undefined) checkPoolName(o.pool);
+  for (const [vol, p] of Object.entries(o.pools ?? {})) {
+    if (!(VOLUME_NAMES as readonly string[]).includes(vol) && !/^[A-Za-z][A-Za-z0-9_]{0,31}$/.test(vol))
+      throw new QubesValueError(`invalid volume name '${printable(vol)}'`);
+    checkPoolName(p);
+  }
+}
+
+function optionText(v: OptionValue): string {
+  return typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v);
+}
