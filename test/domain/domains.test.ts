@@ -452,12 +452,18 @@ describeEachFs('domains', (tfs, ctx) => {
       // a duplicate name in parallel: exactly one wins
       const results = await Promise.allSettled([1, 2, 3].map(() => app.createDomain({ klass: 'StandaloneVM', name: 'dup', label: 'red' })));
       assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
-      // remove in parallel with creates based on the template: never a dangling template
-      const ops = await Promise.allSettled([
-        app.removeDomain('tpl'),
-        app.createDomain({ klass: 'AppVM', name: 'late', label: 'red', template: 'tpl' }),
-      ]);
-      assert.equal(ops[0].status, 'rejected', 'tpl is in use');
+      // removing a template while a domain is being created on it: never both
+      for (const [i, removeFirst] of [[1, true], [2, false]] as const) {
+        await app.createDomain({ klass: 'TemplateVM', name: `t${i}`, label: 'black' });
+        const remove = () => app.removeDomain(`t${i}`);
+        const create = () => app.createDomain({ klass: 'AppVM', name: `late${i}`, label: 'red', template: `t${i}` });
+        const [r, c] = removeFirst
+          ? await Promise.allSettled([remove(), create()])
+          : (await Promise.allSettled([create(), remove()])).reverse();
+        assert.ok(r!.status === 'rejected' || c!.status === 'rejected', 'not both');
+        if (c!.status === 'fulfilled') assert.ok(app.findDomain(`t${i}`), 'the template of a created domain exists');
+        if (r!.status === 'rejected') assert.match(String((r as PromiseRejectedResult).reason), new RegExp(`late${i}`));
+      }
     } finally {
       await app.close();
     }
