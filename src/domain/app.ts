@@ -36,7 +36,7 @@ import {
   StoragePoolException,
 } from '../storage/errors.js';
 import { KeyedMutex } from '../storage/lock.js';
-import { parseBool, parseInt10, type OptionValue } from '../storage/options.js';
+import { checkOptionChange, parseBool, parseInt10, type OptionSpec, type OptionValue } from '../storage/options.js';
 import { checkPoolName, type Pool } from '../storage/pool.js';
 import { DEFAULT_PRIVATE_SIZE, DEFAULT_ROOT_SIZE, defaultVolumeConfigs } from '../storage/volume-sets.js';
 import { printable, type BlockDevice, type VolumeConfig } from '../storage/volume.js';
@@ -58,6 +58,7 @@ import { noopRunner, type DomainRunner } from './runner.js';
 import { MAX_STATE_BYTES, readStateText, StateDocument, type DomainRecord, type PoolRecord, type RawProperty, type StateModel } from './state-file.js';
 import { StateLock } from './state-lock.js';
 import { UnavailablePool } from './unavailable.js';
+import { loadStorageConf, removePoolFromStorageConf, type StorageConfContext } from '../registry/storage-conf.js';
 
 export interface QubesAppOptions {
   /** The state file (qubes.xml); made if missing (its directory must exist). */
@@ -72,6 +73,12 @@ export interface QubesAppOptions {
   readonly maxStateBytes?: number;
   /** Writes the state file (default writeFileAtomic); a seam for tests that make saving fail. */
   readonly writeFile?: (file: string, data: string) => Promise<void>;
+  /**
+   * Pools defined in an R3.2 storage.conf, loaded beside the state file's.
+   * They stay in storage.conf (removing one rewrites that file); pools added
+   * later go to the state file. A name in both is an error at open.
+   */
+  readonly storageConf?: { readonly file: string; readonly context: StorageConfContext };
 }
 
 /** pool=P for all volumes, or pool:VOLUME=P per volume (not both). */
@@ -101,6 +108,8 @@ export type PropertyTarget = Domain | GlobalProperties;
 interface PoolEntry {
   pool: Pool;
   record: PoolRecord;
+  /** Where the pool is defined: the state file, or storage.conf (R3.2), which keeps it. */
+  origin: 'state' | 'storage.conf';
 }
 
 interface Reservation {
@@ -124,6 +133,7 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly factory: PoolFactory;
   private readonly sizes: { root: number; private: number };
   private readonly writeFile: (file: string, data: string) => Promise<void>;
+  private readonly storageConf: QubesAppOptions['storageConf'];
   private readonly poolEntries = new Map<string, PoolEntry>();
   private readonly pendingPools = new Set<string>();
   private readonly removingPools = new Set<string>();
@@ -146,6 +156,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.runner = opts.runner ?? noopRunner;
     this.sizes = { root: opts.sizes?.root ?? DEFAULT_ROOT_SIZE, private: opts.sizes?.private ?? DEFAULT_PRIVATE_SIZE };
     this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d));
+    this.storageConf = opts.storageConf;
     this.globals = new GlobalProperties(this);
   }
 
@@ -167,6 +178,7 @@ export class QubesApp implements DomainHost, StateModel {
         app.doc = StateDocument.parse(text, opts.stateFile);
         await app.load();
       }
+      await app.loadStorageConf();
       return app;
     } catch (e) {
       await lock.release();
@@ -207,7 +219,7 @@ export class QubesApp implements DomainHost, StateModel {
       } catch (e) {
         pool = new UnavailablePool(rec.name, rec.driver, { ...rec.options }, e instanceof Error ? e.message : String(e));
       }
-      this.poolEntries.set(rec.name, { pool, record: { name: rec.name, driver: rec.driver, options: { ...rec.options } } });
+      this.poolEntries.set(rec.name, { pool, record: { name: rec.name, driver: rec.driver, options: { ...rec.options } }, origin: 'state' });
     }
 
     const records = doc.readDomains();
@@ -389,8 +401,40 @@ export class QubesApp implements DomainHost, StateModel {
     }
   }
 
+  private driverOptions(driver: string): readonly OptionSpec[] | null {
+    try {
+      return this.factory.get?.(driver).options ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Pools the state file holds (storage.conf's stay there). */
   poolRecords(): PoolRecord[] {
-    return [...this.poolEntries.values()].map((e) => e.record);
+    return [...this.poolEntries.values()].filter((e) => e.origin === 'state').map((e) => e.record);
+  }
+
+  /** Where a pool is defined. */
+  poolOrigin(name: string): 'state' | 'storage.conf' {
+    const e = this.poolEntries.get(name);
+    if (!e) throw new QubesValueError(`no such pool '${printable(name)}'`);
+    return e.origin;
+  }
+
+  private async loadStorageConf(): Promise<void> {
+    const conf = this.storageConf;
+    if (!conf) return;
+    const loaded = await loadStorageConf(conf.file, conf.context);
+    for (const def of loaded.definitions) {
+      const pool = loaded.pools.get(def.name)!;
+      if (this.poolEntries.has(def.name))
+        throw new StoragePoolException(
+          `${conf.file}:${def.line}: pool ${def.name} is also defined in ${this.stateFile}; keep it in one place`,
+        );
+      const { name: _n, driver, ...opts } = pool.config();
+      const options = Object.fromEntries(Object.entries(opts).map(([k, v]) => [k, optionText(v)]));
+      this.poolEntries.set(def.name, { pool, record: { name: def.name, driver: String(driver), options }, origin: 'storage.conf' });
+    }
   }
 
   // ---- pools -----------------------------------------------------------------------
@@ -441,7 +485,7 @@ export class QubesApp implements DomainHost, StateModel {
       };
       try {
         await this.commit(() => {
-          this.poolEntries.set(name, { pool, record });
+          this.poolEntries.set(name, { pool, record, origin: 'state' });
           return () => this.poolEntries.delete(name);
         });
       } catch (e) {
@@ -478,6 +522,7 @@ export class QubesApp implements DomainHost, StateModel {
     if (users.length) throw new QubesPoolInUseError(`pool ${name} is in use by: ${users.join(', ')}`);
     this.removingPools.add(name);
     try {
+      if (entry.origin === 'storage.conf') await removePoolFromStorageConf(this.storageConf!.file, name);
       await this.commit(() => {
         this.poolEntries.delete(name);
         return () => this.poolEntries.set(name, entry);
@@ -502,6 +547,14 @@ export class QubesApp implements DomainHost, StateModel {
       v = typeof value === 'boolean' ? value : parseBool(String(value), `pool ${name}: ephemeral_volatile`);
     } else {
       throw new QubesValueError(`Setting option ${printable(key)} is not supported for pool ${name}`);
+    }
+    if (entry.origin === 'storage.conf')
+      throw new QubesValueError(`pool ${name} is defined in ${this.storageConf!.file}; change it there`);
+    const declared = this.driverOptions(entry.pool.driver);
+    if (declared) {
+      // The driver's own limits (e.g. the file driver keeps at most one revision).
+      const { name: _n, driver: _d, ...current } = entry.pool.config();
+      checkOptionChange(declared, current, { [key]: v }, `pool ${name}`);
     }
     await this.commit(() => {
       const oldValue = entry.pool.config()[key];

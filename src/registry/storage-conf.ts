@@ -199,11 +199,12 @@ export function appendSection(doc: IniDocument, name: string, entries: readonly 
 }
 
 /**
- * Text without section `name`: its header, its keys, the comments among
- * them, and the comments right after its last key unless they lead straight
- * into the next header (then they introduce that section and stay). Lines
- * before its header stay. One blank line is dropped too when the section sat
- * between two, so the file does not grow gaps.
+ * Text without section `name`: the comments leading straight into its
+ * header (they introduce it; unless they open the file), its header, its keys, the comments among them,
+ * and the comments right after its last key unless they lead straight into
+ * the next header (then they introduce that section and stay). One blank
+ * line is dropped too when the section sat between two, so the file does
+ * not grow gaps.
  */
 export function removeSection(doc: IniDocument, name: string): string {
   const lines = doc.lines;
@@ -215,8 +216,10 @@ export function removeSection(doc: IniDocument, name: string): string {
   while (lines[j]?.kind === 'comment') j++;
   if (lines[j] === undefined || lines[j]!.kind === 'blank') end = j - 1;
   let from = start;
+  while (lines[from - 1]?.kind === 'comment') from--;
+  if (from === 0) from = start; // a comment block opening the file is the file's header: it stays
   let to = end + 1;
-  const before = lines[start - 1];
+  const before = lines[from - 1];
   const after = lines[end + 1];
   if (before?.kind === 'blank' && (after === undefined || after.kind === 'blank')) {
     if (after) to++;
