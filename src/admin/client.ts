@@ -1,0 +1,209 @@
+/**
+ * A client of the admin API, speaking the same wire protocol as the stock
+ * Qubes clients: one connection per call, `name DEST`, half-close after the
+ * payload, reply read to EOF.
+ */
+import * as net from 'node:net';
+import type { Readable } from 'node:stream';
+import * as errors from '../storage/errors.js';
+import { QubesException } from '../storage/errors.js';
+import { encodeHeader } from './protocol/header.js';
+import { decodeReply, EventStreamDecoder, type AdminEvent } from './protocol/reply.js';
+
+/** No reply, or the connection failed (the name qubesadmin uses). */
+export class QubesDaemonCommunicationError extends QubesException {}
+
+/** An error reply, as the class named by the daemon. */
+export type RemoteError = QubesException & { remoteTraceback?: string };
+
+export interface AdminClientOptions {
+  readonly socketPath: string;
+  /** The calling domain written in the header; default `dom0`. */
+  readonly source?: string;
+  /** Gives up on a call after this long; default: no limit. */
+  readonly timeoutMs?: number;
+  /** Largest reply accepted; default 256 MiB. */
+  readonly maxReplyBytes?: number;
+}
+
+export interface EventsHandle {
+  /** Resolves on `connection-established`; rejects if the call was refused. */
+  readonly established: Promise<void>;
+  /** Resolves when the stream ends (close() or the server went away); rejects on a protocol or call error. */
+  readonly done: Promise<void>;
+  close(): void;
+}
+
+const ERROR_CLASSES: ReadonlyMap<string, new (message: string) => QubesException> = new Map(
+  Object.entries(errors).flatMap(([name, value]) =>
+    typeof value === 'function' && (value === QubesException || value.prototype instanceof QubesException)
+      ? [[name, value as new (message: string) => QubesException]]
+      : [],
+  ),
+);
+
+/** The exception for an error reply: the class of that name from storage/errors, else QubesException. */
+export function errorFromReply(name: string, message: string, traceback = ''): RemoteError {
+  const Cls = ERROR_CLASSES.get(name) ?? QubesException;
+  const err: RemoteError = new Cls(message);
+  if (traceback !== '') err.remoteTraceback = traceback;
+  return err;
+}
+
+/** The result of reply bytes, or the mapped exception thrown. Shared with in-process callers. */
+export function unwrapReply(reply: Uint8Array): Buffer {
+  if (reply.length === 0) throw new QubesDaemonCommunicationError('qubesd closed the connection without a reply');
+  const r = decodeReply(reply);
+  if (r.kind === 'ok') return r.result;
+  throw errorFromReply(r.name, r.message, r.traceback);
+}
+
+export class AdminClient {
+  readonly socketPath: string;
+  readonly source: string;
+  private readonly timeoutMs: number | undefined;
+  private readonly maxReplyBytes: number;
+
+  constructor(opts: AdminClientOptions) {
+    this.socketPath = opts.socketPath;
+    this.source = opts.source ?? 'dom0';
+    this.timeoutMs = opts.timeoutMs;
+    this.maxReplyBytes = opts.maxReplyBytes ?? 256 * 1024 * 1024;
+  }
+
+  /** One call with a buffered payload; resolves to the result bytes. */
+  call(method: string, dest: string, arg = '', payload: string | Uint8Array = ''): Promise<Buffer> {
+    const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+    return this.exchange(method, dest, arg, (sock) => {
+      sock.end(body);
+    });
+  }
+
+  /** One call whose payload is streamed (admin.vm.volume.Import and the like). */
+  callStream(method: string, dest: string, arg: string, payload: Readable): Promise<Buffer> {
+    return this.exchange(method, dest, arg, (sock, fail) => {
+      payload.on('error', (err) => fail(new QubesException(`reading the payload failed: ${err.message}`)));
+      payload.pipe(sock);
+    });
+  }
+
+  private exchange(
+    method: string,
+    dest: string,
+    arg: string,
+    sendPayload: (sock: net.Socket, fail: (err: Error) => void) => void,
+  ): Promise<Buffer> {
+    const header = encodeHeader({ method, arg, source: this.source, dest });
+    return new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let total = 0;
+      let settled = false;
+      const sock = net.connect(this.socketPath);
+      const timer =
+        this.timeoutMs === undefined ? undefined : setTimeout(() => fail(new QubesDaemonCommunicationError(`${method}: no reply from qubesd in time`)), this.timeoutMs);
+      function fail(err: Error): void {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        sock.destroy();
+        reject(err);
+      }
+      const finish = () => {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        sock.destroy();
+        try {
+          resolve(unwrapReply(Buffer.concat(chunks)));
+        } catch (err) {
+          reject(err);
+        }
+      };
+      sock.on('connect', () => {
+        sock.write(header);
+        sendPayload(sock, fail);
+      });
+      sock.on('data', (chunk: Buffer) => {
+        total += chunk.length;
+        if (total > this.maxReplyBytes) return fail(new QubesDaemonCommunicationError(`${method}: reply too large`));
+        chunks.push(chunk);
+      });
+      sock.on('end', finish);
+      sock.on('error', (err: NodeJS.ErrnoException) => {
+        // The server may answer (an error) before it read all of a streamed
+        // payload; what arrived is still the reply.
+        const cut = err.code === 'EPIPE' || err.code === 'ECONNRESET';
+        if (cut && total > 0) return finish();
+        fail(
+          new QubesDaemonCommunicationError(
+            cut
+              ? `qubesd closed the connection without a reply (${err.code})`
+              : `cannot talk to qubesd at ${this.socketPath}: ${err.message}`,
+          ),
+        );
+      });
+      sock.on('close', finish);
+    });
+  }
+
+  /**
+   * Subscribes to `admin.Events` for DEST (`dom0` for all). `onEvent` gets
+   * every frame, `connection-established` first.
+   */
+  events(dest: string, onEvent: (event: AdminEvent) => void): EventsHandle {
+    const header = encodeHeader({ method: 'admin.Events', arg: '', source: this.source, dest });
+    const decoder = new EventStreamDecoder();
+    const sock = net.connect(this.socketPath);
+    let closedByUs = false;
+    let establishedSeen = false;
+    let resolveEst!: () => void;
+    let rejectEst!: (e: Error) => void;
+    let resolveDone!: () => void;
+    let rejectDone!: (e: Error) => void;
+    const established = new Promise<void>((res, rej) => ((resolveEst = res), (rejectEst = rej)));
+    const done = new Promise<void>((res, rej) => ((resolveDone = res), (rejectDone = rej)));
+    // Either may be ignored by the caller; do not let that become an unhandled rejection.
+    established.catch(() => {});
+    done.catch(() => {});
+    const fail = (err: Error) => {
+      rejectEst(err);
+      rejectDone(err);
+      sock.destroy();
+    };
+    sock.on('connect', () => sock.end(header));
+    sock.on('data', (chunk: Buffer) => {
+      try {
+        for (const item of decoder.push(chunk)) {
+          if (item.kind === 'error') return fail(errorFromReply(item.name, item.message, item.traceback));
+          if (!establishedSeen && item.event.event === 'connection-established') {
+            establishedSeen = true;
+            resolveEst();
+          }
+          onEvent(item.event);
+        }
+      } catch (err) {
+        fail(err as Error);
+      }
+    });
+    sock.on('error', (err) => {
+      if (!closedByUs) fail(new QubesDaemonCommunicationError(`admin.Events: ${err.message}`));
+    });
+    sock.on('close', () => {
+      try {
+        decoder.end();
+      } catch (err) {
+        if (!closedByUs) return fail(err as Error);
+      }
+      if (!establishedSeen) rejectEst(new QubesDaemonCommunicationError('admin.Events: connection closed before it was established'));
+      resolveDone();
+    });
+    return {
+      established,
+      done,
+      close: () => {
+        closedByUs = true;
+        sock.destroy();
+      },
+    };
+  }
+}

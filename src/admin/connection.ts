@@ -1,0 +1,267 @@
+/**
+ * One admin API connection on the server side: reads the header (bounded,
+ * with a timeout), then either buffers the payload (at most 64 KiB in all)
+ * until the client half-closes, streams it to a streaming method, or starts
+ * an events stream; writes one reply and closes. Any framing error drops
+ * the connection without a reply.
+ */
+import { Readable } from 'node:stream';
+import type { Socket } from 'node:net';
+import { parseHeader, type RequestHeader } from './protocol/header.js';
+import { encodeEvent } from './protocol/reply.js';
+import {
+  executeCall,
+  resolveMethod,
+  runEvents,
+  type DispatchContext,
+  type EventSend,
+  type MethodSpec,
+  type Resolution,
+} from './dispatch.js';
+
+export interface ConnectionLimits {
+  /** From accept to the end of the header. */
+  readonly headerTimeoutMs: number;
+  /** Ordinary calls: from the header to the end of the payload; streaming calls: longest silence of the client. */
+  readonly requestTimeoutMs: number;
+  /** Header, NUL and payload of an ordinary call. */
+  readonly maxRequestBytes: number;
+  /** Unsent event bytes after which a slow events client is dropped. */
+  readonly maxEventBacklogBytes: number;
+  /** How long to wait for the client's EOF after the reply was sent. */
+  readonly lingerMs: number;
+}
+
+export type ConnectionPhase = 'header' | 'payload' | 'running' | 'events' | 'done';
+
+export interface Connection {
+  readonly phase: ConnectionPhase;
+  /** Resolves once the socket is closed and no method runs for it any more. */
+  readonly finished: Promise<void>;
+  /** Resolves once the socket is closed (a method may still run). */
+  readonly closed: Promise<void>;
+  /** Aborts the call's signal (ends an events stream; tells a method to give up). */
+  abort(): void;
+  /** Destroys the socket without a reply. */
+  drop(reason: string): void;
+}
+
+export function serveConnection(socket: Socket, ctx: DispatchContext, limits: ConnectionLimits): Connection {
+  const started = performance.now();
+  const controller = new AbortController();
+  let phase: ConnectionPhase = 'header';
+  let chunks: Buffer[] = [];
+  let received = 0;
+  let header: RequestHeader | undefined;
+  let resolution: Resolution | undefined;
+  /** Payload of a refused streaming call: read to the end, kept nowhere, no limit. */
+  let discardPayload = false;
+  let stream: Readable | undefined;
+  let streamEnded = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running = false;
+  let closed = false;
+  let settle: () => void = () => {};
+  const finished = new Promise<void>((resolve) => (settle = resolve));
+  let socketClosed: () => void = () => {};
+  const closedPromise = new Promise<void>((resolve) => (socketClosed = resolve));
+
+  const clearTimer = () => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+  };
+  const setTimer = (ms: number, onTimeout: () => void) => {
+    clearTimer();
+    timer = setTimeout(onTimeout, ms);
+  };
+  const maybeFinished = () => {
+    if (closed && !running) settle();
+  };
+
+  function drop(reason: string): void {
+    if (phase === 'done' && socket.destroyed) return;
+    ctx.log.warn(`dropped connection${header ? ` (${header.method} from ${header.source})` : ''}: ${reason}`);
+    phase = 'done';
+    clearTimer();
+    socket.destroy();
+  }
+
+  function sendReply(reply: Buffer | undefined): void {
+    phase = 'done';
+    clearTimer();
+    if (stream && !streamEnded) stream.destroy();
+    if (socket.destroyed || !socket.writable) return;
+    if (reply) socket.end(reply);
+    else socket.end();
+    // Read (and throw away) whatever the client still sends, so that its EOF
+    // arrives and the socket closes; give up after a while.
+    socket.resume();
+    setTimer(limits.lingerMs, () => socket.destroy());
+  }
+
+  function run(work: Promise<Buffer | undefined>): void {
+    running = true;
+    work
+      .catch((err: unknown) => {
+        ctx.log.error(`internal error while serving a call: ${String(err)}`);
+        return undefined;
+      })
+      .then((reply) => {
+        running = false;
+        sendReply(reply);
+        maybeFinished();
+      });
+  }
+
+  function startStreaming(h: RequestHeader, res: Resolution, rest: Buffer): void {
+    phase = 'running';
+    const idle = () => {
+      if (!streamEnded) setTimer(limits.requestTimeoutMs, () => drop('client stalled while sending its payload'));
+    };
+    stream = new Readable({
+      read: () => {
+        if (phase === 'running' && socket.isPaused()) {
+          socket.resume();
+          idle();
+        }
+      },
+    });
+    if (rest.length > 0) stream.push(rest);
+    idle();
+    run(executeCall(ctx, h, res, stream, controller.signal, started));
+  }
+
+  function startEvents(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'events' }>): void {
+    phase = 'events';
+    received = 0;
+    const send: EventSend = (e) => {
+      if (phase !== 'events' || socket.destroyed || !socket.writable) return false;
+      if (socket.writableLength > limits.maxEventBacklogBytes) {
+        drop('events client does not read');
+        return false;
+      }
+      socket.write(encodeEvent(e.subject, e.event, e.pairs));
+      return true;
+    };
+    run(runEvents(ctx, h, spec, send, controller.signal, started));
+  }
+
+  function onHeaderData(chunk: Buffer): void {
+    const before = received;
+    received += chunk.length;
+    const nul = chunk.indexOf(0);
+    if (nul < 0) {
+      if (received > limits.maxRequestBytes) return drop('header larger than the request limit');
+      chunks.push(chunk);
+      return;
+    }
+    if (before + nul + 1 > limits.maxRequestBytes) return drop('header larger than the request limit');
+    chunks.push(chunk.subarray(0, nul));
+    const rest = chunk.subarray(nul + 1);
+    let h: RequestHeader;
+    try {
+      h = parseHeader(Buffer.concat(chunks));
+    } catch (err) {
+      return drop((err as Error).message);
+    }
+    chunks = [];
+    header = h;
+    clearTimer();
+    const res = resolveMethod(ctx, h);
+    resolution = res;
+    const kind = Object.hasOwn(ctx.methods, h.method) ? ctx.methods[h.method]!.kind : 'call';
+    if ('spec' in res && res.spec.kind === 'events') return startEvents(h, res.spec);
+    if ('spec' in res && res.spec.kind === 'streaming') return startStreaming(h, res, rest);
+    if (kind === 'events') {
+      // Refused events call: answer now, an events client may not half-close.
+      phase = 'running';
+      return run(executeCall(ctx, h, res, Buffer.alloc(0), controller.signal, started));
+    }
+    discardPayload = kind === 'streaming';
+    phase = 'payload';
+    setTimer(limits.requestTimeoutMs, () => drop('client too slow sending its request'));
+    if (discardPayload) return;
+    if (received > limits.maxRequestBytes) return drop('request larger than the limit');
+    if (rest.length > 0) chunks.push(rest);
+  }
+
+  socket.on('data', (chunk: Buffer) => {
+    switch (phase) {
+      case 'header':
+        return onHeaderData(chunk);
+      case 'payload':
+        if (discardPayload) return;
+        received += chunk.length;
+        if (received > limits.maxRequestBytes) return drop('request larger than the limit');
+        chunks.push(chunk);
+        return;
+      case 'running':
+        if (stream && !streamEnded) {
+          if (!stream.push(chunk)) {
+            socket.pause();
+            clearTimer();
+          } else {
+            setTimer(limits.requestTimeoutMs, () => drop('client stalled while sending its payload'));
+          }
+        }
+        return;
+      case 'events':
+        received += chunk.length;
+        if (received > limits.maxRequestBytes) drop('events client sends data');
+        return;
+      case 'done':
+        return;
+    }
+  });
+
+  socket.on('end', () => {
+    switch (phase) {
+      case 'header':
+        return drop(received > 0 ? 'request ended before the NUL after the header' : 'empty request');
+      case 'payload': {
+        phase = 'running';
+        clearTimer();
+        const payload = Buffer.concat(chunks);
+        chunks = [];
+        return run(executeCall(ctx, header!, resolution!, payload, controller.signal, started));
+      }
+      case 'running':
+        if (stream && !streamEnded) {
+          streamEnded = true;
+          clearTimer();
+          stream.push(null);
+        }
+        return;
+      default:
+        return;
+    }
+  });
+
+  socket.on('error', () => {
+    // 'close' follows; a client going away is not the server's problem.
+  });
+
+  socket.on('close', () => {
+    closed = true;
+    clearTimer();
+    if ((phase === 'payload' || phase === 'running') && header) {
+      ctx.log.warn(`client of ${header.method} went away before the reply`);
+    }
+    controller.abort();
+    if (stream && !streamEnded) stream.destroy(new Error('client disconnected before the end of the payload'));
+    socketClosed();
+    maybeFinished();
+  });
+
+  setTimer(limits.headerTimeoutMs, () => drop('header timeout'));
+
+  return {
+    get phase() {
+      return phase;
+    },
+    finished,
+    closed: closedPromise,
+    abort: () => controller.abort(),
+    drop,
+  };
+}

@@ -1,0 +1,247 @@
+/**
+ * Methods and their dispatch, shared by the socket server and in-process
+ * callers (the CLI): the method table type, the policy check, turning a
+ * method's result or exception into reply bytes, and the one log line per
+ * call. Nothing here knows about sockets.
+ */
+import { Readable } from 'node:stream';
+import { PermissionDenied, ProtocolError, QubesException } from '../storage/errors.js';
+import { encodeError, encodeOk, type AdminEvent } from './protocol/reply.js';
+import { MAX_REQUEST_BYTES, FramingError, encodeHeader, validateHeader, type RequestHeader } from './protocol/header.js';
+import { findAllowingRule, type AccessPolicy } from './policy.js';
+
+export interface AdminLog {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** What every method receives besides its payload. */
+export interface CallContext extends RequestHeader {
+  /** Aborted when the client goes away (or the server gives up on the call). */
+  readonly signal: AbortSignal;
+  readonly log: AdminLog;
+}
+
+export interface AdminCall extends CallContext {
+  readonly payload: Buffer;
+}
+
+export interface AdminStreamCall extends CallContext {
+  /** The payload as it arrives; no size limit. */
+  readonly payload: Readable;
+}
+
+export type AdminResult = string | Buffer | void;
+export type AdminMethod = (call: AdminCall) => Promise<AdminResult>;
+export type AdminStreamMethod = (call: AdminStreamCall) => Promise<AdminResult>;
+/** Sends one event frame; returns false when the connection is gone. */
+export type EventSend = (event: AdminEvent) => boolean;
+/** Streams events through `send` until `call.signal` aborts, then returns. */
+export type AdminEventsMethod = (call: AdminCall, send: EventSend) => Promise<void>;
+
+export type MethodSpec =
+  | { readonly kind: 'call'; readonly handler: AdminMethod }
+  | { readonly kind: 'streaming'; readonly handler: AdminStreamMethod }
+  | { readonly kind: 'events'; readonly handler: AdminEventsMethod };
+
+/** Method name (without `+ARG`) -> spec. Extend by spreading tables together. */
+export type MethodTable = Record<string, MethodSpec>;
+
+/** An ordinary method: payload buffered, at most 64 KiB with the header. */
+export function method(handler: AdminMethod): MethodSpec {
+  return { kind: 'call', handler };
+}
+
+/** A method that reads its payload as a stream (imports). */
+export function streamingMethod(handler: AdminStreamMethod): MethodSpec {
+  return { kind: 'streaming', handler };
+}
+
+/** A method whose reply is a stream of event frames (admin.Events). */
+export function eventsMethod(handler: AdminEventsMethod): MethodSpec {
+  return { kind: 'events', handler };
+}
+
+export interface DispatchOptions {
+  readonly methods: MethodTable;
+  readonly policy?: AccessPolicy | undefined;
+  readonly log?: AdminLog;
+  /** Send stack traces in error replies and log them. Off by default. */
+  readonly debug?: boolean;
+}
+
+export interface DispatchContext {
+  methods: MethodTable;
+  policy: AccessPolicy | undefined;
+  log: AdminLog;
+  debug: boolean;
+}
+
+/** Logs to stderr, one line each. */
+export const stderrLog: AdminLog = {
+  info: (m) => process.stderr.write(`qubesd: ${m}\n`),
+  warn: (m) => process.stderr.write(`qubesd: warning: ${m}\n`),
+  error: (m) => process.stderr.write(`qubesd: error: ${m}\n`),
+};
+
+export const silentLog: AdminLog = { info() {}, warn() {}, error() {} };
+
+export function createDispatchContext(opts: DispatchOptions): DispatchContext {
+  return { methods: opts.methods, policy: opts.policy, log: opts.log ?? stderrLog, debug: opts.debug ?? false };
+}
+
+export type Resolution = { readonly spec: MethodSpec } | { readonly error: QubesException };
+
+/**
+ * Policy first (so that a caller without rights cannot probe which methods
+ * exist), then the table. Both failures are PermissionDenied, as the
+ * reference daemon answers for methods it does not serve.
+ */
+export function resolveMethod(ctx: DispatchContext, h: RequestHeader): Resolution {
+  if (ctx.policy && !findAllowingRule(ctx.policy, h)) {
+    return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${ctx.policy.origin}`) };
+  }
+  if (!Object.hasOwn(ctx.methods, h.method)) {
+    return { error: new PermissionDenied(`no such method: ${h.method}`) };
+  }
+  return { spec: ctx.methods[h.method]! };
+}
+
+/** The reply bytes for an exception, and the class name it went out as. */
+export function errorReply(ctx: DispatchContext, h: RequestHeader, err: unknown): { reply: Buffer; name: string } {
+  const trace = ctx.debug && err instanceof Error ? (err.stack ?? '') : '';
+  if (err instanceof QubesException) {
+    return { reply: encodeError(err.qubesName, err.message, trace), name: err.qubesName };
+  }
+  ctx.log.error(
+    `unexpected error in ${describe(h)}: ${err instanceof Error ? (ctx.debug ? err.stack : `${err.name}: ${err.message}`) : String(err)}`,
+  );
+  return {
+    reply: encodeError('QubesException', 'An internal error occurred in qubesd; see its log', trace),
+    name: 'QubesException',
+  };
+}
+
+/** The one line logged per call. */
+export function logCall(ctx: DispatchContext, h: RequestHeader, result: string, startedMs: number): void {
+  const line = `call ${describe(h)} result=${result} duration_ms=${Math.round(performance.now() - startedMs)}`;
+  if (result === 'ok') ctx.log.info(line);
+  else ctx.log.warn(line);
+}
+
+function describe(h: RequestHeader): string {
+  return `method=${h.method} arg=${h.arg === '' ? '-' : h.arg} source=${h.source} dest=${h.dest}`;
+}
+
+/**
+ * Runs a resolved ordinary or streaming call and returns the reply bytes;
+ * never throws. Logs the call line. Events methods go through `runEvents`.
+ */
+export async function executeCall(
+  ctx: DispatchContext,
+  h: RequestHeader,
+  resolution: Resolution,
+  payload: Buffer | Readable,
+  signal: AbortSignal,
+  startedMs: number,
+): Promise<Buffer> {
+  try {
+    if ('error' in resolution) throw resolution.error;
+    const { spec } = resolution;
+    const base = { ...pickHeader(h), signal, log: ctx.log };
+    let result: AdminResult;
+    if (spec.kind === 'streaming') {
+      const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
+      result = await spec.handler({ ...base, payload: stream });
+    } else if (spec.kind === 'call') {
+      if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
+      result = await spec.handler({ ...base, payload });
+    } else {
+      throw new ProtocolError(`${h.method} streams events and needs a connection`);
+    }
+    const reply = encodeOk(result);
+    logCall(ctx, h, 'ok', startedMs);
+    return reply;
+  } catch (err) {
+    const { reply, name } = errorReply(ctx, h, err);
+    logCall(ctx, h, name, startedMs);
+    return reply;
+  }
+}
+
+/**
+ * Runs an events method. Returns error reply bytes when it failed before
+ * sending any frame, else undefined (the connection is then just closed).
+ */
+export async function runEvents(
+  ctx: DispatchContext,
+  h: RequestHeader,
+  spec: Extract<MethodSpec, { kind: 'events' }>,
+  send: EventSend,
+  signal: AbortSignal,
+  startedMs: number,
+): Promise<Buffer | undefined> {
+  let sent = false;
+  const counting: EventSend = (e) => {
+    sent = true;
+    return send(e);
+  };
+  try {
+    await spec.handler({ ...pickHeader(h), signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
+    logCall(ctx, h, 'ok', startedMs);
+    return undefined;
+  } catch (err) {
+    const { reply, name } = errorReply(ctx, h, err);
+    logCall(ctx, h, name, startedMs);
+    return sent ? undefined : reply;
+  }
+}
+
+export interface InProcessRequest {
+  readonly method: string;
+  readonly arg?: string;
+  /** Defaults to dom0. */
+  readonly source?: string;
+  readonly dest: string;
+}
+
+/**
+ * Runs one call in-process, through the same checks, policy, error mapping
+ * and logging as a socket call, and returns the reply bytes. Framing errors
+ * (bad header fields, an ordinary call over 64 KiB) throw FramingError,
+ * where the server would drop the connection.
+ */
+export async function runCall(
+  ctx: DispatchContext,
+  req: InProcessRequest,
+  payload: Buffer | string | Readable = Buffer.alloc(0),
+  signal: AbortSignal = new AbortController().signal,
+): Promise<Buffer> {
+  const started = performance.now();
+  const h = validateHeader({ method: req.method, arg: req.arg ?? '', source: req.source ?? 'dom0', dest: req.dest });
+  const resolution = resolveMethod(ctx, h);
+  let body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+  if (!('spec' in resolution && resolution.spec.kind === 'streaming')) {
+    const limit = MAX_REQUEST_BYTES - encodeHeader(h).length;
+    body = Buffer.isBuffer(body) ? body : await collect(body, limit);
+    if (body.length > limit) throw new FramingError('request larger than 64 KiB');
+  }
+  return executeCall(ctx, h, resolution, body, signal, started);
+}
+
+function pickHeader(h: RequestHeader): RequestHeader {
+  return { method: h.method, arg: h.arg, source: h.source, dest: h.dest };
+}
+
+async function collect(stream: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const c of stream) {
+    const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+    total += b.length;
+    if (total > limit) throw new FramingError('request larger than 64 KiB');
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks);
+}

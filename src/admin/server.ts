@@ -1,0 +1,227 @@
+/**
+ * The admin daemon's socket server: one call per connection on a Unix
+ * socket, dispatched to a method table (see dispatch.ts for the methods and
+ * connection.ts for the per-connection protocol).
+ */
+import * as net from 'node:net';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { MAX_REQUEST_BYTES } from './protocol/header.js';
+import { createDispatchContext, type DispatchContext, type DispatchOptions, type MethodTable } from './dispatch.js';
+import { serveConnection, type Connection, type ConnectionLimits } from './connection.js';
+import type { AccessPolicy } from './policy.js';
+
+export interface AdminServerOptions extends DispatchOptions {
+  readonly socketPath: string;
+  /** Mode of the socket file; default 0o660. */
+  readonly socketMode?: number;
+  /** Group (gid) of the socket file, e.g. the `qubes` group; default unchanged. */
+  readonly socketGroup?: number;
+  /** Default 10 s. */
+  readonly headerTimeoutMs?: number;
+  /** Default 60 s (see ConnectionLimits). */
+  readonly requestTimeoutMs?: number;
+  /** Default 64 KiB, the protocol's limit; lower only in tests. */
+  readonly maxRequestBytes?: number;
+  /** Default 4 MiB. */
+  readonly maxEventBacklogBytes?: number;
+  /** Default 5 s. */
+  readonly lingerMs?: number;
+  /** Connections beyond this are closed at once; default 1024. */
+  readonly maxConnections?: number;
+}
+
+export interface CloseOptions {
+  /** After this, calls still running are aborted and their sockets destroyed; default: wait. */
+  readonly timeoutMs?: number;
+}
+
+export class AdminServer {
+  readonly socketPath: string;
+  readonly context: DispatchContext;
+  private readonly limits: ConnectionLimits;
+  private readonly opts: AdminServerOptions;
+  private server: net.Server | undefined;
+  private readonly connections = new Set<Connection>();
+  private closing: Promise<void> | undefined;
+  /** Identity of the socket file we made, so we only ever remove our own. */
+  private socketId: { dev: number; ino: number } | undefined;
+
+  constructor(opts: AdminServerOptions) {
+    this.opts = opts;
+    this.socketPath = path.resolve(opts.socketPath);
+    this.context = createDispatchContext(opts);
+    this.limits = {
+      headerTimeoutMs: opts.headerTimeoutMs ?? 10_000,
+      requestTimeoutMs: opts.requestTimeoutMs ?? 60_000,
+      maxRequestBytes: opts.maxRequestBytes ?? MAX_REQUEST_BYTES,
+      maxEventBacklogBytes: opts.maxEventBacklogBytes ?? 4 * 1024 * 1024,
+      lingerMs: opts.lingerMs ?? 5_000,
+    };
+  }
+
+  /** The live method table; adding entries takes effect for the next call. */
+  get methods(): MethodTable {
+    return this.context.methods;
+  }
+
+  /** Replaces (or with undefined removes) the access policy, e.g. on SIGHUP. */
+  setPolicy(policy: AccessPolicy | undefined): void {
+    this.context.policy = policy;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Starts listening. A stale socket file (nothing answers on it) is
+   * removed; a live server on the path, or a path that is not a socket, is
+   * an error and nothing is touched.
+   */
+  async listen(): Promise<void> {
+    if (this.server) throw new Error('AdminServer: already listening');
+    await prepareSocketPath(this.socketPath);
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    server.maxConnections = this.opts.maxConnections ?? 1024;
+    server.on('error', (err) => this.context.log.error(`socket server: ${err.message}`));
+    // Bind inside a private directory, set mode (and group), then rename into
+    // place: no client can connect while the socket still has the umask's mode.
+    const dir = path.dirname(this.socketPath);
+    const tmpDir = await fs.mkdtemp(path.join(dir, '.qs-'));
+    const tmpSock = path.join(tmpDir, 's');
+    try {
+      await listenOn(server, tmpSock);
+      await fs.chmod(tmpSock, this.opts.socketMode ?? 0o660);
+      if (this.opts.socketGroup !== undefined) await fs.chown(tmpSock, -1, this.opts.socketGroup);
+      await fs.rename(tmpSock, this.socketPath);
+    } catch (err) {
+      await new Promise<void>((r) => server.close(() => r()));
+      await fs.rm(tmpDir, { recursive: true, force: true });
+      throw err;
+    }
+    await fs.rmdir(tmpDir);
+    const st = await fs.lstat(this.socketPath);
+    this.socketId = { dev: st.dev, ino: st.ino };
+    this.server = server;
+    this.context.log.info(`listening on ${this.socketPath}`);
+  }
+
+  /**
+   * Stops accepting, ends events streams, drops connections that have not
+   * sent a complete header, waits for the calls in flight to answer, then
+   * removes the socket file (if it is still ours).
+   */
+  close(opts: CloseOptions = {}): Promise<void> {
+    this.closing ??= this.doClose(opts);
+    return this.closing;
+  }
+
+  private async doClose(opts: CloseOptions): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    const stopped = new Promise<void>((r) => server.close(() => r()));
+    for (const c of this.connections) {
+      if (c.phase === 'header') c.drop('server shutting down');
+      else if (c.phase === 'events') c.abort();
+    }
+    const inFlight = Promise.all([...this.connections].map((c) => c.finished));
+    if (opts.timeoutMs === undefined) {
+      await inFlight;
+    } else {
+      let timer: NodeJS.Timeout | undefined;
+      const expired = await Promise.race([
+        inFlight.then(() => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), opts.timeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (expired) {
+        for (const c of this.connections) {
+          c.abort();
+          c.drop('server shutting down: call did not finish in time');
+        }
+        // Methods that ignore the abort are left to finish on their own.
+        await Promise.all([...this.connections].map((c) => c.closed));
+      }
+    }
+    await stopped;
+    await this.removeOwnSocket();
+    this.server = undefined;
+    this.context.log.info(`closed ${this.socketPath}`);
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const conn = serveConnection(socket, this.context, this.limits);
+    this.connections.add(conn);
+    void conn.finished.then(() => this.connections.delete(conn));
+  }
+
+  private async removeOwnSocket(): Promise<void> {
+    if (!this.socketId) return;
+    try {
+      const st = await fs.lstat(this.socketPath);
+      if (st.isSocket() && st.dev === this.socketId.dev && st.ino === this.socketId.ino) await fs.unlink(this.socketPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    this.socketId = undefined;
+  }
+}
+
+function listenOn(server: net.Server, socketPath: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    server.listen(socketPath, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Makes the path free for a new socket: nothing there is fine; a socket on
+ * which nothing answers is removed; a live socket or any other kind of file
+ * is refused (and left alone; symlinks are not followed).
+ */
+export async function prepareSocketPath(socketPath: string, probeTimeoutMs = 1000): Promise<void> {
+  let st;
+  try {
+    st = await fs.lstat(socketPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!st.isSocket()) throw new Error(`${socketPath} exists and is not a socket; not touching it`);
+  const state = await probeSocket(socketPath, probeTimeoutMs);
+  if (state === 'live') throw new Error(`another server is answering on ${socketPath}`);
+  if (state === 'gone') return;
+  const again = await fs.lstat(socketPath);
+  if (again.isSocket() && again.ino === st.ino && again.dev === st.dev) await fs.unlink(socketPath);
+}
+
+/** `live`: something accepted (or did not refuse in time); `stale`: refused; `gone`: vanished. */
+export function probeSocket(socketPath: string, timeoutMs: number): Promise<'live' | 'stale' | 'gone'> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(socketPath);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      resolve('live');
+    }, timeoutMs);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve('live');
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (err.code === 'ECONNREFUSED') resolve('stale');
+      else if (err.code === 'ENOENT') resolve('gone');
+      else reject(err);
+    });
+  });
+}
