@@ -21,6 +21,7 @@
  * dirty by a crash is picked up by its next start (the storage contract).
  */
 import { writeFileAtomic } from '../files/files.js';
+import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { DomainStorage, realSource } from '../storage/domain-storage.js';
 import {
   QubesException,
@@ -55,7 +56,7 @@ import { DEFAULT_LABELS, Labels } from './labels.js';
 import type { PoolFactory } from './pool-factory.js';
 import { propertyText, type PropertyHolder, type PropValue } from './properties.js';
 import { noopRunner, type DomainRunner } from './runner.js';
-import { MAX_STATE_BYTES, readStateText, StateDocument, type DomainRecord, type PoolRecord, type RawProperty, type StateModel } from './state-file.js';
+import { MAX_STATE_BYTES, readStateText, StateDocument, type DomainRecord, type PendingChange, type PoolRecord, type RawProperty, type StateModel } from './state-file.js';
 import { StateLock } from './state-lock.js';
 import { UnavailablePool } from './unavailable.js';
 import { loadStorageConf, removePoolFromStorageConf, type StorageConfContext } from '../registry/storage-conf.js';
@@ -120,6 +121,13 @@ interface Reservation {
 }
 
 export const MAX_QID = 254;
+
+const FP = {
+  createAfterMark: declareFailpoint('app.create.after-mark'),
+  createAfterVolumes: declareFailpoint('app.create.after-volumes'),
+  removeAfterMark: declareFailpoint('app.remove.after-mark'),
+  removeAfterVolumes: declareFailpoint('app.remove.after-volumes'),
+};
 const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const FEATURE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const VOLUME_NAMES = ['root', 'private', 'volatile', 'kernel'] as const;
@@ -140,6 +148,10 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly domains = new Map<string, Domain>();
   private readonly reserved = new Map<string, Reservation>();
   private readonly removingDomains = new Set<Domain>();
+  /** Write-ahead marks found at load, finished by open(). */
+  private readonly loadedMarks = new Map<Domain, PendingChange>();
+  /** Domains whose volumes are being made (saved with a 'create' mark, not listed yet). */
+  private readonly creating = new Map<string, Domain>();
   /** Per-domain operations, keyed by name. */
   private readonly domainLocks = new KeyedMutex();
   /** Apply-and-save, one at a time. */
@@ -179,6 +191,7 @@ export class QubesApp implements DomainHost, StateModel {
         await app.load();
       }
       await app.loadStorageConf();
+      if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
     } catch (e) {
       await lock.release();
@@ -259,6 +272,7 @@ export class QubesApp implements DomainHost, StateModel {
       for (const t of rec.tags) d.tags.add(t);
       this.domains.set(d.name, d);
       recordOf.set(d, rec);
+      if (rec.pending) this.loadedMarks.set(d, rec.pending);
       doc.bind(d, rec.el);
     }
     if (!this.domains.has('dom0')) this.domains.set('dom0', new AdminVM(this));
@@ -407,6 +421,16 @@ export class QubesApp implements DomainHost, StateModel {
     } catch {
       return null;
     }
+  }
+
+  creatingDomains(): Domain[] {
+    return [...this.creating.values()];
+  }
+
+  pendingOf(d: Domain): PendingChange | null {
+    if (this.creating.get(d.name) === d) return 'create';
+    if (this.removingDomains.has(d)) return 'remove';
+    return null;
   }
 
   /** Pools the state file holds (storage.conf's stay there). */
@@ -617,9 +641,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.reserved.set(o.name, { qid, uses, storage });
     try {
       d.storage = storage;
-      if (copyFrom) await storage.createAsClone(copyFrom.storage);
-      else await storage.create();
-      await this.commitNewDomain(d);
+      await this.makeVolumes(d, () => (copyFrom ? storage.createAsClone(copyFrom.storage) : storage.create()));
     } finally {
       this.reserved.delete(o.name);
     }
@@ -665,8 +687,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.reserved.set(dstName, { qid, uses: [src.name, ...(template ? [template.name] : [])], storage });
     try {
       d.storage = storage;
-      await storage.createAsClone(src.storage);
-      await this.commitNewDomain(d);
+      await this.makeVolumes(d, () => storage.createAsClone(src.storage));
     } finally {
       this.reserved.delete(dstName);
     }
@@ -674,15 +695,70 @@ export class QubesApp implements DomainHost, StateModel {
     return d;
   }
 
-  private async commitNewDomain(d: Domain): Promise<void> {
+  /**
+   * Makes a new domain's volumes between two saves: first the domain with a
+   * 'create' mark (so a crash midway is rolled back at the next start, see
+   * finishPending), then the domain itself. Any failure removes the volumes
+   * and the mark.
+   */
+  private async makeVolumes(d: Domain, make: () => Promise<void>): Promise<void> {
+    await this.commit(() => {
+      this.creating.set(d.name, d);
+      return () => this.creating.delete(d.name);
+    });
+    failpoint(FP.createAfterMark);
+    let made = false;
     try {
+      await make(); // on failure it removes what it made, and nothing else
+      made = true;
+      failpoint(FP.createAfterVolumes);
       await this.commit(() => {
+        this.creating.delete(d.name);
         this.domains.set(d.name, d);
-        return () => this.domains.delete(d.name);
+        return () => {
+          this.domains.delete(d.name);
+          this.creating.set(d.name, d);
+        };
       });
     } catch (e) {
-      await d.storage.remove().catch(() => undefined);
+      if (made) await d.storage.remove().catch(() => undefined);
+      await this.commit(() => {
+        this.creating.delete(d.name);
+        return () => this.creating.set(d.name, d);
+      }).catch(() => undefined); // a mark left behind is rolled back at the next start
+      this.creating.delete(d.name);
       throw e;
+    }
+  }
+
+  /**
+   * Finishes what a crash interrupted, from the write-ahead marks: a domain
+   * marked 'create' or 'remove' has its volumes removed and leaves the state.
+   * A domain whose volumes cannot be removed keeps its mark (tried again at
+   * the next start) and stays out of use.
+   */
+  private async finishPending(marks: Map<Domain, PendingChange>): Promise<void> {
+    for (const [d, change] of marks) {
+      if (change === 'create') {
+        this.domains.delete(d.name);
+        this.creating.set(d.name, d);
+      } else {
+        this.removingDomains.add(d);
+      }
+    }
+    for (const [d, change] of marks) {
+      try {
+        await d.storage.remove();
+      } catch (e) {
+        this.events.emit('dom0', 'domain-pending-unfinished', { vm: d.name, change, reason: (e as Error).message });
+        continue;
+      }
+      await this.commit(() => {
+        this.creating.delete(d.name);
+        this.removingDomains.delete(d);
+        this.domains.delete(d.name);
+        return () => undefined;
+      });
     }
   }
 
@@ -723,21 +799,34 @@ export class QubesApp implements DomainHost, StateModel {
       if (d.isRunning) throw new QubesVMNotHaltedError(`domain ${name} is running; shut it down first`);
       const users = this.domainUsers(d);
       if (users.length) throw new QubesVMInUseError(`domain ${name} is in use by: ${users.join(', ')}`);
-      this.removingDomains.add(d);
-      try {
-        await this.commit(() => {
-          this.domains.delete(name);
-          return () => this.domains.set(name, d);
-        });
-      } finally {
-        this.removingDomains.delete(d);
-      }
+      // Saved with a 'remove' mark first: a crash while the volumes go is finished at the next start.
+      await this.commit(() => {
+        this.removingDomains.add(d);
+        return () => this.removingDomains.delete(d);
+      });
+      failpoint(FP.removeAfterMark);
+      let removed = true;
       try {
         await d.storage.remove();
+        failpoint(FP.removeAfterVolumes);
         for (const v of d.storage.volumes.values())
           this.events.emit(name, 'domain-volume-removed', { volume: v.name, pool: v.pool.name, vid: v.vid });
       } catch (e) {
+        removed = false;
         this.events.emit('dom0', 'domain-remove-incomplete', { vm: name, reason: (e as Error).message });
+      }
+      try {
+        await this.commit(() => {
+          this.domains.delete(name);
+          this.removingDomains.delete(d);
+          return () => {
+            this.domains.set(name, d);
+            this.removingDomains.add(d);
+          };
+        });
+      } catch (e) {
+        // The mark stays in the file: the next start finishes the removal.
+        if (removed) throw e;
       }
     });
     this.events.emit('dom0', 'domain-delete', { vm: name });

@@ -87,9 +87,19 @@ export interface RawProperty {
   readonly line: number;
 }
 
+/**
+ * Attribute of a `<domain>` whose volumes are being created or removed: a
+ * write-ahead mark, so that after a crash the next start finishes the job
+ * (removes the volumes) instead of leaving volumes no domain owns.
+ */
+export const PENDING_ATTR = 'qubes-storage-pending';
+export type PendingChange = 'create' | 'remove';
+
 export interface DomainRecord {
   readonly el: XElement;
   readonly klass: string;
+  /** A create or remove interrupted by a crash (see PENDING_ATTR). */
+  readonly pending: PendingChange | null;
   /** From the `id` attribute `domain-N` (null if absent or malformed). */
   readonly idQid: number | null;
   readonly properties: RawProperty[];
@@ -106,6 +116,10 @@ export interface StateModel {
   poolRecords(): PoolRecord[];
   /** All domains, dom0 included. */
   domainList(): Domain[];
+  /** Domains whose volumes are being made: saved with their mark, not yet listed. */
+  creatingDomains(): Domain[];
+  /** The write-ahead mark of a domain, if any. */
+  pendingOf(d: Domain): PendingChange | null;
 }
 
 /** Reads at most `maxBytes`; null when the file does not exist. */
@@ -263,9 +277,11 @@ export class StateDocument {
       const volumes = vc
         ? childElements(vc, 'volume').map((v) => ({ attrs: Object.fromEntries(v.attrs.map((a) => [a.name, a.value])), line: v.line }))
         : [];
+      const pending = attr(el, PENDING_ATTR);
       return {
         el,
         klass,
+        pending: pending === 'create' || pending === 'remove' ? pending : null,
         idQid: id ? Number(id[1]) : null,
         properties: this.readProperties(firstChild(el, 'properties')),
         features,
@@ -352,7 +368,7 @@ export class StateDocument {
   }
 
   private syncDomains(sec: XElement, model: StateModel, unit: string): void {
-    const domains = model.domainList();
+    const domains = [...model.domainList(), ...model.creatingDomains()];
     const live = new Set(domains.map((d) => this.bound.get(d)).filter((e): e is XElement => e !== undefined));
     for (const el of childElements(sec, 'domain')) if (!live.has(el)) removeElement(sec, el);
     const secIndent = indentOf(this.doc.root, sec);
@@ -371,6 +387,8 @@ export class StateDocument {
         insertElement(sec, el, null, secIndent, unit);
         this.bound.set(d, el);
       }
+      const pending = model.pendingOf(d);
+      if (attr(el, PENDING_ATTR) !== (pending ?? undefined)) setAttr(el, PENDING_ATTR, pending);
       const ind = indentOf(sec, el);
       const props = firstChild(el, 'properties') ?? this.ensureSection(el, 'properties', ind, unit);
       this.syncProperties(props, d, model.labels, ind + unit, unit);
