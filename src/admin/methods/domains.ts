@@ -1,0 +1,243 @@
+/**
+ * Admin API methods on domains: listing, creating, removing, power, plus
+ * (joined from their own files) properties, labels, tags and features, and
+ * the few calls qvm-clone makes besides those (firewall, notes, device
+ * classes), answered for a system that keeps none of them.
+ *
+ * Reply formats (exact bytes; facts from qubes-core-admin `qubes/api/admin.py`):
+ * - admin.vm.List: `NAME class=CLASS state=STATE uuid=UUID\n` sorted by name;
+ *   DEST dom0 lists every domain, any other DEST only itself.
+ * - admin.vm.CurrentState: `mem=0 mem_static_max=0 cputime=0 power_state=S`
+ *   (no newline; no hypervisor here, so the counters are 0).
+ * - admin.vm.Create.CLASS / CreateInPool.CLASS (DEST dom0, ARG the template
+ *   or empty): payload `name=N label=L` (+ `pool=P` or `pool:VOLUME=P` for
+ *   CreateInPool, VOLUME one of root private volatile kernel). Unknown or
+ *   repeated key, missing name or label, pool= with pool:VOLUME= ->
+ *   ProtocolError; a label that is all digits or has characters outside
+ *   `[A-Za-z0-9_.-]`, or a pool:VOLUME the reference does not know ->
+ *   PermissionDenied; unknown label -> QubesValueError; a template for a
+ *   class that takes none -> QubesValueError; an unknown template ->
+ *   QubesVMNotFoundError. The new domain gets the tag `created-by-SOURCE`.
+ * - admin.vm.Remove: dom0 or a domain installed_by_rpm -> QubesVMInUseError;
+ *   running -> QubesVMNotHaltedError; used by others -> QubesVMInUseError.
+ * - admin.vm.Start / Shutdown[+force|+wait|+force+wait] / Kill: empty reply.
+ *   dom0: start -> QubesVMNotHaltedError, shutdown/kill -> QubesVMError.
+ *   Starting a running domain does nothing; stopping a halted one is
+ *   QubesVMNotStartedError.
+ */
+import { DOMAIN_CLASSES, type Domain, type DomainClass } from '../../domain/domain.js';
+import {
+  PermissionDenied,
+  ProtocolError,
+  QubesNotImplementedError,
+  QubesValueError,
+  QubesVMError,
+  QubesVMInUseError,
+  QubesVMNotFoundError,
+  QubesVMNotHaltedError,
+} from '../../storage/errors.js';
+import { printable } from '../../storage/volume.js';
+import { method, type AdminCall, type MethodTable } from '../dispatch.js';
+import { decodeAscii, parseKeyValues, validateDomainName, validatePoolName } from '../protocol/validate.js';
+import { destDomain, requireDom0, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
+import { labelMethods } from './labels.js';
+import { propertyMethods } from './properties.js';
+import { tagFeatureMethods } from './tags-features.js';
+
+/** Classes that admin.vm.Create.* makes (dom0 is never created). */
+export const CREATABLE_CLASSES: readonly DomainClass[] = DOMAIN_CLASSES.filter((c) => c !== 'AdminVM');
+
+/** Volumes a `pool:VOLUME=` key may name (the reference's fixed list). */
+const POOL_VOLUMES: ReadonlySet<string> = new Set(['root', 'private', 'volatile', 'kernel']);
+const LABEL_NAME_RE = /^[A-Za-z0-9_.-]+$/;
+const TAG_SAFE_RE = /^[A-Za-z0-9_-]+$/;
+
+/** The line admin.vm.List gives for one domain. */
+export function vmListLine(d: Domain): string {
+  return `${d.name} class=${d.klass} state=${d.powerState} uuid=${d.uuid}\n`;
+}
+
+/** What admin.vm.CurrentState answers. */
+export function currentStateText(d: Domain): string {
+  return `mem=0 mem_static_max=0 cputime=0 power_state=${d.powerState}`;
+}
+
+export function domainMethods(ctx: MethodContext): MethodTable {
+  const { app } = ctx;
+
+  /** Dest, no argument, no payload: the shape of most calls here. */
+  const plain = (call: AdminCall): Domain => {
+    const d = destDomain(ctx, call);
+    requireNoArg(call);
+    requireNoPayload(call);
+    return d;
+  };
+
+  const table: MethodTable = {
+    'admin.vmclass.List': method(async (call) => {
+      destDomain(ctx, call);
+      requireDom0(call);
+      requireNoArg(call);
+      requireNoPayload(call);
+      return [...DOMAIN_CLASSES].sort().map((c) => `${c}\n`).join('');
+    }),
+
+    'admin.vm.List': method(async (call) => {
+      const d = plain(call);
+      const domains = d.klass === 'AdminVM' ? app.domainList() : [d];
+      return domains.map(vmListLine).join('');
+    }),
+
+    'admin.vm.CurrentState': method(async (call) => currentStateText(plain(call))),
+
+    'admin.vm.Remove': method(async (call) => {
+      const d = plain(call);
+      if (d.klass === 'AdminVM') throw new QubesVMInUseError(`'dom0' cannot be removed`);
+      if (d.prop('installed_by_rpm') === true)
+        throw new QubesVMInUseError(`VM installed by package manager: ${d.name}`);
+      await app.removeDomain(d.name);
+    }),
+
+    'admin.vm.Start': method(async (call) => {
+      const d = plain(call);
+      if (d.klass === 'AdminVM') throw new QubesVMNotHaltedError('Cannot start Dom0 fake domain!');
+      await app.start(d.name);
+    }),
+
+    'admin.vm.Shutdown': method(async (call) => {
+      const d = destDomain(ctx, call);
+      // `force`, `wait` or both joined by '+'. Shutdowns here finish before
+      // the reply (so `wait` holds), and nothing depends on a running domain
+      // being kept up (so `force` changes nothing).
+      if (call.arg !== '' && !call.arg.split('+').every((a) => a === 'force' || a === 'wait'))
+        throw new PermissionDenied(`admin.vm.Shutdown takes force, wait or force+wait, not '${printable(call.arg)}'`);
+      requireNoPayload(call);
+      if (d.klass === 'AdminVM') throw new QubesVMError('Cannot shutdown Dom0 fake domain!');
+      await app.shutdown(d.name);
+    }),
+
+    'admin.vm.Kill': method(async (call) => {
+      const d = plain(call);
+      if (d.klass === 'AdminVM') throw new QubesVMError('Cannot kill Dom0 fake domain!');
+      await app.kill(d.name);
+    }),
+
+    // ---- what qvm-clone calls besides properties, tags, features and volumes ----
+
+    'admin.deviceclass.List': method(async (call) => {
+      destDomain(ctx, call);
+      requireDom0(call);
+      requireNoArg(call);
+      requireNoPayload(call);
+      return ''; // no device classes: this daemon attaches no devices
+    }),
+
+    'admin.vm.firewall.Get': method(async (call) => {
+      plain(call);
+      return `${ACCEPT_ALL}\n`;
+    }),
+
+    'admin.vm.firewall.Set': method(async (call) => {
+      destDomain(ctx, call);
+      requireNoArg(call);
+      const lines = decodeAscii(call.payload, 'firewall rules').split('\n').filter((l) => l !== '');
+      // Firewall rules are not kept here: every domain accepts everything,
+      // and only that rule (what Get answers, so what qvm-clone copies) is
+      // accepted back.
+      if (lines.length !== 1 || lines[0]!.trim() !== ACCEPT_ALL)
+        throw new QubesNotImplementedError(`firewall rules are not kept by this daemon: only '${ACCEPT_ALL}' can be set`);
+    }),
+
+    'admin.vm.firewall.Reload': method(async (call) => {
+      plain(call);
+    }),
+
+    'admin.vm.notes.Get': method(async (call) => {
+      const d = plain(call);
+      if (d.klass === 'AdminVM') throw new PermissionDenied('dom0 has no notes');
+      return '';
+    }),
+
+    'admin.vm.notes.Set': method(async (call) => {
+      const d = destDomain(ctx, call);
+      requireNoArg(call);
+      if (d.klass === 'AdminVM') throw new PermissionDenied('dom0 has no notes');
+      if (call.payload.length !== 0) throw new QubesNotImplementedError('notes are not kept by this daemon');
+    }),
+  };
+
+  for (const klass of CREATABLE_CLASSES) {
+    table[`admin.vm.Create.${klass}`] = method((call) => createDomain(ctx, call, klass, false));
+    table[`admin.vm.CreateInPool.${klass}`] = method((call) => createDomain(ctx, call, klass, true));
+  }
+
+  return { ...table, ...propertyMethods(ctx), ...labelMethods(ctx), ...tagFeatureMethods(ctx) };
+}
+
+const ACCEPT_ALL = 'action=accept';
+
+async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainClass, inPool: boolean): Promise<void> {
+  const { app } = ctx;
+  destDomain(ctx, call);
+  requireDom0(call);
+
+  let template: string | undefined;
+  if (call.arg !== '') {
+    if (klass !== 'AppVM' && klass !== 'DispVM') throw new QubesValueError(`${klass} cannot be based on template`);
+    const t = app.findDomain(call.arg);
+    if (!t) throw new QubesVMNotFoundError(`no such domain: '${printable(call.arg)}'`);
+    template = t.name;
+  }
+
+  const fields = parseKeyValues(call.payload, {
+    separator: 'space',
+    what: `${call.method} payload`,
+    keys: (k) => k === 'name' || k === 'label' || (inPool && (k === 'pool' || k.startsWith('pool:'))),
+  });
+  const name = fields['name'];
+  const label = fields['label'];
+  if (name === undefined || label === undefined) throw new ProtocolError('Missing name or label');
+  validateDomainName(name);
+
+  if (/^[0-9]+$/.test(label)) throw new PermissionDenied(`label '${printable(label)}': give its name, not an index`);
+  if (!LABEL_NAME_RE.test(label)) throw new PermissionDenied(`label '${printable(label)}': invalid characters`);
+  if (!app.labels.has(label)) throw new QubesValueError(`no such label '${printable(label)}'`);
+
+  let pool: string | undefined;
+  const pools: Record<string, string> = {};
+  for (const [k, v] of Object.entries(fields)) {
+    if (k === 'pool') pool = knownPool(ctx, v);
+    else if (k.startsWith('pool:')) {
+      const volume = k.slice(5);
+      if (!POOL_VOLUMES.has(volume)) throw new PermissionDenied(`pool:${printable(volume)}: no such volume`);
+      pools[volume] = knownPool(ctx, v);
+    }
+  }
+  if (pool !== undefined && Object.keys(pools).length) throw new ProtocolError(`Only one of 'pool=' and 'pool:volume=' can be used`);
+  if (app.findDomain(name)) throw new QubesValueError(`VM ${name} already exists`);
+
+  const d = await app.createDomain({
+    klass,
+    name,
+    label,
+    ...(template !== undefined ? { template } : {}),
+    ...(pool !== undefined ? { pool } : {}),
+    ...(Object.keys(pools).length ? { pools } : {}),
+  });
+  // As the reference does: mark who made it (a source name with characters
+  // a tag cannot hold gets no mark).
+  const tag = `created-by-${call.source}`;
+  if (!TAG_SAFE_RE.test(tag) || tag.length > 64 || app.findDomain(name) !== d) return;
+  try {
+    await app.addTag(d, tag);
+  } catch (e) {
+    // The domain exists and the call succeeded; only the mark is missing.
+    call.log.warn(`${name}: cannot add tag ${tag}: ${(e as Error).message}`);
+  }
+}
+
+function knownPool(ctx: MethodContext, name: string): string {
+  validatePoolName(name);
+  if (!ctx.app.hasPool(name)) throw new QubesValueError(`no such pool '${printable(name)}'`);
+  return name;
+}
