@@ -1,0 +1,396 @@
+/**
+ * admin.vm.volume.*: the volumes of a domain (DEST = domain, ARG = volume
+ * name). Each call works through the Volume contract (src/storage/volume.ts),
+ * whose methods take the volume's lock; the domain's power state comes from
+ * the App. After every change the App's state is saved (the App does not see
+ * changes made to volumes directly) and an event is announced on the App's
+ * events, which the daemon forwards to admin.Events:
+ *
+ *   NAME volume-resized    volume= pool= vid= size=
+ *   NAME volume-reverted   volume= pool= vid= revision=
+ *   NAME volume-imported   volume= pool= vid= size=   (Import, ImportWithSize, Clear)
+ *   NAME volume-cloned     volume= pool= vid= size= source=DOMAIN:VOLUME
+ *   NAME domain-volume-import-begin     volume= size=
+ *   NAME domain-volume-import-progress  volume= size= written=
+ *   NAME domain-volume-import-end       volume= success=True|False
+ *   NAME volume-set:KEY    volume= value=   (Set.revisions_to_keep, Set.rw, Set.ephemeral)
+ *
+ * Our additions to the reference: admin.vm.volume.Export (returns the path
+ * of a read-only export of the committed data on this host) and
+ * admin.vm.volume.ExportEnd (payload: that path) for `qvm-volume export`.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import type { Domain } from '../../domain/domain.js';
+import {
+  PermissionDenied,
+  ProtocolError,
+  QubesValueError,
+  QubesVMNotHaltedError,
+} from '../../storage/errors.js';
+import type { Volume } from '../../storage/volume.js';
+import { method, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable } from '../dispatch.js';
+import { decodeAscii, decodeUtf8, parseBoolean, parseInteger, validateRevisionId } from '../protocol/validate.js';
+import { destDomain, destVolume, qbool, requireArg, requireNoPayload, type MethodContext } from './context.js';
+
+export interface VolumeMethodsOptions {
+  /** How long a CloneFrom token stays valid; default 10 minutes. */
+  readonly cloneTokenTtlMs?: number;
+  /** Most unused clone tokens kept (the oldest are dropped); default 1024. */
+  readonly maxCloneTokens?: number;
+  /** An import announces its progress every this many bytes; default 64 MiB. */
+  readonly importProgressBytes?: number;
+  /** Clock (tests). */
+  readonly now?: () => number;
+}
+
+/** Granularity of the all-zero check while importing: zero blocks are left as holes. */
+export const IMPORT_BLOCK = 4096;
+/** Data gathered before it is scanned and written. */
+const IMPORT_BUFFER = 1024 * 1024;
+/** `SIZE\n` at the start of an ImportWithSize payload: at most 19 digits. */
+const MAX_SIZE_LINE = 20;
+const TOKEN_RE = /^[0-9a-f]{32}$/;
+
+interface CloneToken {
+  readonly domain: Domain;
+  readonly volume: Volume;
+  readonly expires: number;
+}
+
+interface HeldExport {
+  readonly volume: Volume;
+}
+
+function volumePairs(v: Volume): Record<string, string> {
+  return { volume: v.name, pool: v.pool.name, vid: v.vid };
+}
+
+function requireHalted(domain: Domain, what: string): void {
+  if (domain.isRunning) throw new QubesVMNotHaltedError(`domain ${domain.name} is running; cannot ${what} while it runs`);
+}
+
+/** admin.vm.volume.Info text: exactly the spec's lines, in order. */
+export async function volumeInfoText(volume: Volume): Promise<string> {
+  const i = await volume.info();
+  const s = (v: string | number | boolean | null): string => (v === null ? '' : typeof v === 'boolean' ? qbool(v) : String(v));
+  const lines: [string, string | number | boolean | null][] = [
+    ['pool', i.pool],
+    ['vid', i.vid],
+    ['size', i.size],
+    ['usage', i.usage],
+    ['rw', i.rw],
+    ['source', i.source],
+    ['path', i.path],
+    ['save_on_stop', i.save_on_stop],
+    ['snap_on_start', i.snap_on_start],
+    ['revisions_to_keep', i.revisions_to_keep],
+    ['ephemeral', i.ephemeral],
+  ];
+  if (i.is_outdated !== null) lines.push(['is_outdated', i.is_outdated]);
+  return lines.map(([k, v]) => `${k}=${s(v)}\n`).join('');
+}
+
+export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {}): MethodTable {
+  const { app } = ctx;
+  const now = opts.now ?? Date.now;
+  const ttl = opts.cloneTokenTtlMs ?? 10 * 60_000;
+  const maxTokens = opts.maxCloneTokens ?? 1024;
+  const progressStep = Math.max(IMPORT_BLOCK, opts.importProgressBytes ?? 64 * 1024 * 1024);
+  /** token -> the volume it names; a Map keeps insertion order, oldest first. */
+  const tokens = new Map<string, CloneToken>();
+  /** export path -> its volume, while the caller reads it. */
+  const exports = new Map<string, HeldExport>();
+
+  const emit = (domain: Domain, event: string, pairs: Record<string, string>): void => app.events.emit(domain.name, event, pairs);
+
+  /** A property change of a volume, saved; undone in memory when the save fails. */
+  async function changeProperty(domain: Domain, volume: Volume, key: string, apply: () => () => void, value: string): Promise<void> {
+    const undo = apply();
+    try {
+      await app.save();
+    } catch (e) {
+      undo();
+      throw e;
+    }
+    emit(domain, `volume-set:${key}`, { volume: volume.name, value });
+  }
+
+  function dropExpiredTokens(): void {
+    const t = now();
+    for (const [k, v] of tokens) if (v.expires <= t) tokens.delete(k);
+    while (tokens.size >= maxTokens) tokens.delete(tokens.keys().next().value!);
+  }
+
+  /** Reads the import payload into the file at `path` (already `size` bytes, sparse), leaving zero blocks as holes. */
+  async function writeImport(
+    call: CallContext,
+    domain: Domain,
+    volume: Volume,
+    path: string,
+    size: number,
+    payload: AsyncIterable<Buffer>,
+    first: Buffer,
+  ): Promise<void> {
+    const fh = await fs.open(path, 'r+');
+    try {
+      const buf = Buffer.allocUnsafe(IMPORT_BUFFER);
+      let fill = 0;
+      let written = 0; // bytes accounted for (written or skipped as zeros)
+      let nextProgress = progressStep;
+      const flush = async (): Promise<void> => {
+        let o = 0;
+        while (o < fill) {
+          // Skip zero blocks; write each run of non-zero blocks in one go.
+          while (o < fill && isZero(buf, o, Math.min(o + IMPORT_BLOCK, fill))) o += IMPORT_BLOCK;
+          if (o >= fill) break;
+          let end = o;
+          while (end < fill && !isZero(buf, end, Math.min(end + IMPORT_BLOCK, fill))) end += IMPORT_BLOCK;
+          end = Math.min(end, fill);
+          let off = o;
+          while (off < end) {
+            const { bytesWritten } = await fh.write(buf, off, end - off, written + off);
+            off += bytesWritten;
+          }
+          o = end;
+        }
+        written += fill;
+        fill = 0;
+        if (written >= nextProgress && written < size) {
+          emit(domain, 'domain-volume-import-progress', { volume: volume.name, size: String(size), written: String(written) });
+          nextProgress = written - (written % progressStep) + progressStep;
+        }
+      };
+      const take = async (chunk: Buffer): Promise<void> => {
+        if (written + fill + chunk.length > size)
+          throw new QubesValueError(`${volume.where}: the data is larger than the expected ${size} bytes`);
+        let o = 0;
+        while (o < chunk.length) {
+          const n = Math.min(chunk.length - o, buf.length - fill);
+          chunk.copy(buf, fill, o, o + n);
+          fill += n;
+          o += n;
+          if (fill === buf.length) await flush();
+        }
+      };
+      if (first.length) await take(first);
+      for await (const c of payload) {
+        if (call.signal.aborted) throw new QubesValueError(`${volume.where}: the import was cut off`);
+        await take(c);
+      }
+      await flush();
+      if (written !== size)
+        throw new QubesValueError(`${volume.where}: got ${written} bytes of data, expected ${size}`);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async function importCall(call: AdminStreamCall, withSize: boolean): Promise<void> {
+    const { domain, volume } = destVolume(ctx, call);
+    const iter = bufferChunks(call.payload)[Symbol.asyncIterator]();
+    const payload: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iter };
+    requireHalted(domain, `import into volume ${volume.name}`);
+    let size = volume.size;
+    let first: Buffer = Buffer.alloc(0);
+    if (withSize) ({ size, rest: first } = await readSizeLine(iter));
+    const path = await volume.importData(size);
+    emit(domain, 'domain-volume-import-begin', { volume: volume.name, size: String(size) });
+    let ok = false;
+    try {
+      await writeImport(call, domain, volume, path, size, payload, first);
+      await volume.importDataEnd(true);
+      ok = true;
+    } catch (e) {
+      if (!ok) await volume.importDataEnd(false).catch(() => undefined);
+      throw e;
+    } finally {
+      emit(domain, 'domain-volume-import-end', { volume: volume.name, success: qbool(ok) });
+    }
+    await app.save();
+    emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
+  }
+
+  return {
+    'admin.vm.volume.List': method(async (call) => {
+      const domain = destDomain(ctx, call);
+      if (call.arg !== '') throw new PermissionDenied(`${call.method} takes no argument`);
+      requireNoPayload(call);
+      return [...domain.storage.volumes.keys()]
+        .sort()
+        .map((n) => `${n}\n`)
+        .join('');
+    }),
+
+    'admin.vm.volume.Info': method(async (call) => {
+      requireArg(call);
+      const { volume } = destVolume(ctx, call);
+      requireNoPayload(call);
+      return volumeInfoText(volume);
+    }),
+
+    'admin.vm.volume.ListSnapshots': method(async (call) => {
+      requireArg(call);
+      const { volume } = destVolume(ctx, call);
+      requireNoPayload(call);
+      return (await volume.revisions()).map((r) => `${r.id}\n`).join('');
+    }),
+
+    'admin.vm.volume.Revert': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      // An empty payload reverts to the newest revision.
+      const revision = call.payload.length ? validateRevisionId(decodeAscii(call.payload, 'revision')) : undefined;
+      requireHalted(domain, `revert volume ${volume.name}`);
+      const target = revision ?? (await volume.revisions()).at(-1)?.id;
+      await volume.revert(target);
+      await app.save();
+      emit(domain, 'volume-reverted', { ...volumePairs(volume), revision: target ?? '' });
+    }),
+
+    'admin.vm.volume.Resize': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      const size = parseInteger(call.payload, { min: 0, what: 'size' });
+      await volume.resize(size);
+      await app.save();
+      emit(domain, 'volume-resized', { ...volumePairs(volume), size: String(volume.size) });
+    }),
+
+    'admin.vm.volume.Clear': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      requireNoPayload(call);
+      requireHalted(domain, `clear volume ${volume.name}`);
+      const size = volume.size;
+      await volume.importData(size);
+      await volume.importDataEnd(true);
+      await app.save();
+      emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
+    }),
+
+    'admin.vm.volume.CloneFrom': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      requireNoPayload(call);
+      dropExpiredTokens();
+      const token = randomBytes(16).toString('hex');
+      tokens.set(token, { domain, volume, expires: now() + ttl });
+      return token;
+    }),
+
+    'admin.vm.volume.CloneTo': method(async (call) => {
+      requireArg(call);
+      const text = decodeAscii(call.payload, 'token');
+      if (!TOKEN_RE.test(text)) throw new ProtocolError('the clone token must be 32 hexadecimal digits');
+      // Used up by any CloneTo naming it, whatever happens next.
+      const entry = tokens.get(text);
+      tokens.delete(text);
+      if (!entry || entry.expires <= now()) throw new PermissionDenied('unknown or expired clone token');
+      const { domain, volume } = destVolume(ctx, call);
+      const src = entry.volume;
+      if (entry.domain.storage.volumes.get(src.name) !== src || !app.findDomain(entry.domain.name))
+        throw new QubesValueError(`the source volume ${entry.domain.name}:${src.name} no longer exists`);
+      requireHalted(domain, `clone into volume ${volume.name}`);
+      await volume.importVolume(src);
+      await app.save();
+      emit(domain, 'volume-cloned', {
+        ...volumePairs(volume),
+        size: String(volume.size),
+        source: `${entry.domain.name}:${src.name}`,
+      });
+    }),
+
+    'admin.vm.volume.Set.revisions_to_keep': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      const n = parseInteger(call.payload, { allowNegative: true, min: -1, what: 'revisions_to_keep' });
+      const old = volume.config().revisions_to_keep ?? null;
+      await changeProperty(domain, volume, 'revisions_to_keep', () => {
+        volume.setRevisionsToKeep(n);
+        return () => volume.setRevisionsToKeep(old);
+      }, String(n));
+    }),
+
+    'admin.vm.volume.Set.rw': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      const rw = parseBoolean(call.payload, 'rw');
+      requireHalted(domain, `change rw of volume ${volume.name}`);
+      const old = volume.rw;
+      await changeProperty(domain, volume, 'rw', () => {
+        volume.setRw(rw);
+        return () => volume.setRw(old);
+      }, qbool(rw));
+    }),
+
+    'admin.vm.volume.Set.ephemeral': method(async (call) => {
+      requireArg(call);
+      const { domain, volume } = destVolume(ctx, call);
+      const e = parseBoolean(call.payload, 'ephemeral');
+      const old = volume.config().ephemeral ?? null;
+      await changeProperty(domain, volume, 'ephemeral', () => {
+        volume.setEphemeral(e);
+        return () => volume.setEphemeral(old);
+      }, qbool(e));
+    }),
+
+    'admin.vm.volume.Import': streamingMethod(async (call) => {
+      requireArg(call);
+      await importCall(call, false);
+    }),
+
+    'admin.vm.volume.ImportWithSize': streamingMethod(async (call) => {
+      requireArg(call);
+      await importCall(call, true);
+    }),
+
+    'admin.vm.volume.Export': method(async (call) => {
+      requireArg(call);
+      const { volume } = destVolume(ctx, call);
+      requireNoPayload(call);
+      const path = await volume.export();
+      exports.set(path, { volume });
+      return path;
+    }),
+
+    'admin.vm.volume.ExportEnd': method(async (call) => {
+      requireArg(call);
+      const { volume } = destVolume(ctx, call);
+      const path = decodeUtf8(call.payload, 'export path');
+      const held = exports.get(path);
+      if (!held || held.volume !== volume)
+        throw new PermissionDenied(`not an export of volume ${volume.name} in progress: ${JSON.stringify(path.slice(0, 200))}`);
+      exports.delete(path);
+      await volume.exportEnd(path);
+    }),
+  };
+}
+
+const ZERO_BLOCK = Buffer.alloc(IMPORT_BLOCK);
+
+function isZero(buf: Buffer, start: number, end: number): boolean {
+  return buf.compare(ZERO_BLOCK, 0, end - start, start, end) === 0;
+}
+
+async function* bufferChunks(stream: Readable): AsyncGenerator<Buffer> {
+  for await (const c of stream) yield Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+}
+
+/** Reads `SIZE\n` from the start of the payload; returns the size and the data bytes that came with it. */
+async function readSizeLine(iter: AsyncIterator<Buffer>): Promise<{ size: number; rest: Buffer }> {
+  let head = Buffer.alloc(0);
+  for (;;) {
+    const nl = head.indexOf(0x0a);
+    if (nl >= 0) {
+      const size = parseInteger(head.subarray(0, nl), { min: 0, what: 'size' });
+      return { size, rest: head.subarray(nl + 1) };
+    }
+    if (head.length > MAX_SIZE_LINE) throw new ProtocolError('ImportWithSize: the payload must start with the size and a newline');
+    const r = await iter.next();
+    if (r.done) throw new ProtocolError('ImportWithSize: the payload must start with the size and a newline');
+    head = Buffer.concat([head, r.value]);
+  }
+}

@@ -1,0 +1,94 @@
+/**
+ * The admin daemon as a function: opens the runtime of a base directory,
+ * serves its methods on the socket, and stops cleanly (stop accepting,
+ * finish the calls in flight, save, release the state lock, remove the
+ * socket). qubesd.ts wraps it with argument parsing and signals.
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { stderrLog, type AdminLog } from '../admin/dispatch.js';
+import { loadPolicy } from '../admin/policy.js';
+import { AdminServer } from '../admin/server.js';
+import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime, type RuntimeOptions } from './runtime.js';
+
+export interface DaemonOptions {
+  /** Default: defaultBaseDir(). */
+  readonly baseDir?: string;
+  /** Default: defaultSocketPath(baseDir). */
+  readonly socketPath?: string;
+  /** An access policy file (see src/admin/README.md); none: every caller may call everything. */
+  readonly policyFile?: string;
+  /** storage.conf to load; default defaultStorageConfPath(baseDir) when it exists. */
+  readonly storageConf?: string;
+  /** Stack traces in error replies and the log. */
+  readonly debug?: boolean;
+  readonly log?: AdminLog;
+  /** More runtime options (tests: sizes, method options). */
+  readonly runtime?: Partial<RuntimeOptions>;
+  /** After this long, calls still running at stop are aborted; default 60 s. */
+  readonly stopTimeoutMs?: number;
+}
+
+export interface Daemon {
+  readonly socketPath: string;
+  readonly runtime: Runtime;
+  readonly server: AdminServer;
+  /** Re-reads the policy file (SIGHUP); without one, does nothing. */
+  reloadPolicy(): Promise<void>;
+  /** Stops accepting, waits for calls in flight, saves, closes the App, removes the socket. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
+  const log = opts.log ?? stderrLog;
+  const baseDir = path.resolve(opts.baseDir ?? defaultBaseDir());
+  const socketPath = path.resolve(opts.socketPath ?? defaultSocketPath(baseDir));
+  // The policy first: a bad file must not leave anything half started.
+  const policy = opts.policyFile !== undefined ? await loadPolicy(opts.policyFile) : undefined;
+  const runtime = await openRuntime({
+    createDefaultPool: true,
+    notice: (line) => log.info(line),
+    ...opts.runtime,
+    baseDir,
+    ...(opts.storageConf !== undefined ? { storageConf: opts.storageConf } : {}),
+  });
+  let server: AdminServer;
+  try {
+    await fs.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+    server = new AdminServer({ socketPath, methods: runtime.methods, policy, log, debug: opts.debug ?? false });
+    await server.listen();
+  } catch (e) {
+    await runtime.close();
+    throw e;
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    socketPath,
+    runtime,
+    server,
+    async reloadPolicy() {
+      if (opts.policyFile === undefined) return;
+      try {
+        server.setPolicy(await loadPolicy(opts.policyFile));
+        log.info(`policy reloaded from ${opts.policyFile}`);
+      } catch (e) {
+        log.error(`policy not reloaded, the old one stays: ${(e as Error).message}`);
+      }
+    },
+    stop() {
+      stopping ??= (async () => {
+        try {
+          await server.close({ timeoutMs: opts.stopTimeoutMs ?? 60_000 });
+        } finally {
+          try {
+            await runtime.app.save();
+          } catch (e) {
+            log.error(`saving the state at stop failed: ${(e as Error).message}`);
+          }
+          await runtime.close();
+        }
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+/**
+ * qubesd: the admin daemon.
+ *
+ *   qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--debug]
+ *
+ * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
+ * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
+ * flight, save, release the state lock, remove the socket, exit 0. SIGHUP
+ * re-reads the policy file. Exit 1 when it cannot start (e.g. another
+ * daemon or tool holds the state of the base directory), 2 on bad usage.
+ */
+import { parseArgs } from 'node:util';
+import { stderrLog } from '../admin/dispatch.js';
+import { startDaemon, type Daemon } from './daemon.js';
+
+const USAGE = 'usage: qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--debug]';
+
+async function main(): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        socket: { type: 'string' },
+        'base-dir': { type: 'string' },
+        policy: { type: 'string' },
+        'storage-conf': { type: 'string' },
+        debug: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    process.stderr.write(`qubesd: ${(e as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon({
+      ...(values['base-dir'] !== undefined ? { baseDir: values['base-dir'] } : {}),
+      ...(values.socket !== undefined ? { socketPath: values.socket } : {}),
+      ...(values.policy !== undefined ? { policyFile: values.policy } : {}),
+      ...(values['storage-conf'] !== undefined ? { storageConf: values['storage-conf'] } : {}),
+      debug: values.debug ?? false,
+      log: stderrLog,
+    });
+  } catch (e) {
+    stderrLog.error(`cannot start: ${values.debug ? ((e as Error).stack ?? e) : (e as Error).message}`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        stderrLog.info(`${signal}: already stopping (waiting for calls in flight)`);
+        return;
+      }
+      stopping = true;
+      stderrLog.info(`${signal}: stopping`);
+      daemon.stop().then(
+        () => {
+          stderrLog.info('stopped');
+          resolve(0);
+        },
+        (e: unknown) => {
+          stderrLog.error(`stopping failed: ${(e as Error).message}`);
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => void daemon.reloadPolicy());
+  });
+}
+
+process.exitCode = await main();
+// Nothing else should keep the process alive once stopped; make sure of it.
+process.exit();

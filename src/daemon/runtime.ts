@@ -1,0 +1,154 @@
+/**
+ * Everything the admin daemon (and a tool running without one) works on,
+ * built from one base directory:
+ *
+ *   BASE/qubes.xml         the state file (and its lock, qubes.xml.lock)
+ *   BASE/storage.conf      R3.2 pools, when the file exists (root: /etc/qubes/storage.conf)
+ *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
+ *   BASE/qubesd.sock       the daemon's socket (defaultSocketPath)
+ *
+ * `openRuntime` takes the state lock (a second runtime on the same base
+ * directory, in this or another process, gets StateLockedError) and holds it
+ * until `close()`.
+ */
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { EventBus } from '../admin/events.js';
+import type { MethodTable } from '../admin/dispatch.js';
+import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
+import { QubesApp } from '../domain/app.js';
+import type { DomainRunner } from '../domain/runner.js';
+import { reflinkSupported } from '../files/files.js';
+import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
+import { defaultStorageConfPath } from '../registry/storage-conf.js';
+
+export interface RuntimeOptions {
+  /** Where the state, the default pool and the socket live. */
+  readonly baseDir: string;
+  /** The state file; default BASE/qubes.xml. */
+  readonly stateFile?: string;
+  /**
+   * storage.conf to load pools from, if it exists; default
+   * `defaultStorageConfPath(baseDir)`. `null`: none.
+   */
+  readonly storageConf?: string | null;
+  /** node_modules directories scanned for driver packages; default this project's. */
+  readonly nodeModules?: readonly string[];
+  /** When no pool exists yet, add a file-reflink pool `default` in BASE/pools/default. */
+  readonly createDefaultPool?: boolean;
+  /** Gets each notice line for the user (also returned in `notices`). */
+  readonly notice?: (line: string) => void;
+  /** The hypervisor seam (default: none). */
+  readonly runner?: DomainRunner;
+  /** Sizes of new root and private volumes (default 10 GiB and 2 GiB). */
+  readonly sizes?: { readonly root?: number; readonly private?: number };
+  /** Options of the method tables (clone token lifetime, import progress step). */
+  readonly methods?: AllMethodsOptions;
+}
+
+export interface Runtime {
+  readonly baseDir: string;
+  readonly app: QubesApp;
+  readonly registry: DriverRegistry;
+  /** admin.Events: every App event is forwarded here. */
+  readonly bus: EventBus;
+  /** Every admin method, for an AdminServer or runCall. */
+  readonly methods: MethodTable;
+  /** Lines for the user (at most one: the default pool lacks reflink). */
+  readonly notices: readonly string[];
+  /** Saves nothing by itself: releases the state lock and stops forwarding events. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** QUBES_BASE_DIR; else /var/lib/qubes for root; else $XDG_DATA_HOME/qubes-storage or ~/.local/share/qubes-storage. */
+export function defaultBaseDir(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
+  const given = env['QUBES_BASE_DIR'];
+  if (given) return path.resolve(given);
+  if (uid === 0) return '/var/lib/qubes';
+  const xdg = env['XDG_DATA_HOME'];
+  // The XDG spec: a relative XDG_DATA_HOME is invalid and ignored.
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'qubes-storage');
+  return path.join(env['HOME'] || os.homedir(), '.local', 'share', 'qubes-storage');
+}
+
+/** QUBESD_SOCKET; else BASE/qubesd.sock. */
+export function defaultSocketPath(baseDir: string, env: NodeJS.ProcessEnv = process.env): string {
+  const given = env['QUBESD_SOCKET'];
+  if (given) return path.resolve(given);
+  return path.join(baseDir, 'qubesd.sock');
+}
+
+async function fileExists(p: string): Promise<boolean> {
+  try {
+    await fs.stat(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
+  const baseDir = path.resolve(opts.baseDir);
+  await fs.mkdir(baseDir, { recursive: true, mode: 0o750 });
+  const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
+  const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
+  const useConf = confFile !== null && (await fileExists(confFile));
+  const app = await QubesApp.open({
+    stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
+    pools: registry,
+    ...(opts.runner ? { runner: opts.runner } : {}),
+    ...(opts.sizes ? { sizes: opts.sizes } : {}),
+    ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
+  });
+  const bus = new EventBus();
+  const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
+  const notices: string[] = [];
+  try {
+    if (opts.createDefaultPool && app.pools().length === 0) {
+      const line = await addDefaultPool(app, path.join(baseDir, 'pools', 'default'));
+      if (line) {
+        notices.push(line);
+        opts.notice?.(line);
+      }
+    }
+  } catch (e) {
+    stopForwarding();
+    await app.close();
+    throw e;
+  }
+  const methods = allMethods({ app, registry, bus }, opts.methods);
+  let closing: Promise<void> | undefined;
+  return {
+    baseDir,
+    app,
+    registry,
+    bus,
+    methods,
+    notices,
+    close() {
+      closing ??= (async () => {
+        stopForwarding();
+        await app.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+/**
+ * Adds the first-use pool `default` (file-reflink) in `dir`: setup_check=True
+ * where the filesystem makes reflink copies, else setup_check=False and a
+ * notice line saying so (returned).
+ */
+async function addDefaultPool(app: QubesApp, dir: string): Promise<string | null> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+  const reflink = await reflinkSupported(dir);
+  await app.addPool('file-reflink', 'default', { dir_path: dir, setup_check: reflink });
+  if (reflink) return null;
+  return (
+    `note: the filesystem of ${dir} cannot make reflink copies; the default pool uses full sparse copies ` +
+    `(setup_check=False): starts and clones are slower and use more space`
+  );
+}

@@ -1,0 +1,136 @@
+// admin.vm.volume.Import / ImportWithSize over the real socket, streamed:
+// data hash and sparseness, exact size, short and long data refused with the
+// old data kept and no temporary files, halted domains only, events.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { QubesValueError, QubesVMNotHaltedError, ProtocolError } from '../../../src/storage/errors.js';
+import { describeEachFs } from '../../helpers/filesystems.js';
+import { listFiles, MiB, pattern, sha256 } from '../../helpers/data.js';
+import { ok, PRIVATE_SIZE, startRig, stream, type Rig } from './helpers.js';
+
+/** 1 MiB of data, 2 MiB of zeros, 1 MiB of data (PRIVATE_SIZE = 4 MiB). */
+function image(seed: number, size = PRIVATE_SIZE): Buffer {
+  const b = Buffer.alloc(size);
+  pattern(MiB, seed).copy(b, 0);
+  pattern(MiB, seed + 1).copy(b, size - MiB);
+  return b;
+}
+
+/** Cuts `b` into uneven chunks (so block boundaries fall inside chunks). */
+function* chunks(b: Buffer, step = 100_003): Generator<Buffer> {
+  for (let o = 0; o < b.length; o += step) yield b.subarray(o, Math.min(b.length, o + step));
+}
+
+const hash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describeEachFs('admin.vm.volume.Import', (tfs, fsx) => {
+  let rig: Rig;
+  before(async () => {
+    rig = await startRig(tfs, await fsx.tempDir('import'), { methods: { volumes: { importProgressBytes: MiB } } });
+    await rig.rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+    await rig.rt.app.createDomain({ klass: 'AppVM', name: 'imp', label: 'red', template: 'tpl' });
+  });
+  after(() => rig?.stop());
+
+  const img = () => path.join(rig.poolDir, 'appvms/imp/private.img');
+  const volDir = () => path.join(rig.poolDir, 'appvms/imp');
+
+  test('Import: exactly the volume size; same bytes; zero blocks stay holes; fsynced commit; events', async () => {
+    const data = image(1);
+    const from = rig.events.length;
+    assert.equal(await stream(rig, 'admin.vm.volume.Import', 'imp', 'private', chunks(data)), '');
+    assert.equal(await sha256(img()), hash(data));
+    const st = await fs.stat(img());
+    assert.equal(st.size, PRIVATE_SIZE);
+    assert.ok(st.blocks * 512 <= 2 * MiB + 256 * 1024, `sparse: ${st.blocks * 512} bytes allocated for 2 MiB of data`);
+    const evs = rig.events.slice(from).filter((e) => e.subject === 'imp');
+    assert.deepEqual(
+      evs.map((e) => [e.event, Object.fromEntries(e.pairs)]),
+      [
+        ['domain-volume-import-begin', { volume: 'private', size: String(PRIVATE_SIZE) }],
+        ['domain-volume-import-progress', { volume: 'private', size: String(PRIVATE_SIZE), written: String(MiB) }],
+        ['domain-volume-import-progress', { volume: 'private', size: String(PRIVATE_SIZE), written: String(2 * MiB) }],
+        ['domain-volume-import-progress', { volume: 'private', size: String(PRIVATE_SIZE), written: String(3 * MiB) }],
+        ['domain-volume-import-end', { volume: 'private', success: 'True' }],
+        ['volume-imported', { volume: 'private', pool: 'default', vid: 'appvms/imp/private', size: String(PRIVATE_SIZE) }],
+      ],
+    );
+    assert.ok(!(await listFiles(volDir())).some((f) => f.includes('import') || f.includes('tmp')));
+  });
+
+  test('Import: too little or too much data is refused; the old data and files stay, no temp files', async () => {
+    await stream(rig, 'admin.vm.volume.Import', 'imp', 'private', chunks(image(5)));
+    const before = await sha256(img());
+    const files = await listFiles(volDir());
+    for (const data of [image(9).subarray(0, PRIVATE_SIZE - 1), Buffer.concat([image(9), Buffer.from('x')]), Buffer.alloc(0)]) {
+      const from = rig.events.length;
+      await assert.rejects(stream(rig, 'admin.vm.volume.Import', 'imp', 'private', chunks(data)), (e: Error) => {
+        assert.ok(e instanceof QubesValueError, `${e.name}: ${e.message}`);
+        assert.match(e.message, new RegExp(`${PRIVATE_SIZE}`));
+        return true;
+      });
+      assert.equal(await sha256(img()), before, 'old data kept');
+      assert.deepEqual(await listFiles(volDir()), files, 'no temporary files');
+      const end = rig.events.slice(from).find((e) => e.event === 'domain-volume-import-end');
+      assert.deepEqual(end?.pairs, [['volume', 'private'], ['success', 'False']]);
+      assert.ok(!rig.events.slice(from).some((e) => e.event === 'volume-imported'));
+    }
+    assert.equal(rig.rt.app.domain('imp').storage.get('private').size, PRIVATE_SIZE);
+  });
+
+  test('ImportWithSize: the first line is the size and the volume takes it', async () => {
+    const size = 6 * MiB;
+    const data = image(21, size);
+    const payload = Buffer.concat([Buffer.from(`${size}\n`), data]);
+    // The size line split across chunks, data in the same chunk as its end.
+    const parts = [payload.subarray(0, 3), ...chunks(payload.subarray(3), 65_537)];
+    assert.equal(await stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', parts), '');
+    assert.equal(await sha256(img()), hash(data));
+    assert.equal((await fs.stat(img())).size, size);
+    assert.match(await ok(rig.socketPath, 'admin.vm.volume.Info', 'imp', 'private'), new RegExp(`\nsize=${size}\n`));
+    assert.match(await fs.readFile(rig.rt.app.stateFile, 'utf8'), new RegExp(`size="${size}" vid="appvms/imp/private"`));
+    // Smaller is allowed too: it is a replacement, not a resize.
+    const small = pattern(MiB, 4);
+    assert.equal(await stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', [Buffer.from(`${MiB}\n`), small]), '');
+    assert.equal(await sha256(img()), hash(small));
+    assert.equal(rig.rt.app.domain('imp').storage.get('private').size, MiB);
+  });
+
+  test('ImportWithSize: malformed size line, short and long data', async () => {
+    const before = await sha256(img());
+    const files = await listFiles(volDir());
+    for (const [payload, cls] of [
+      [Buffer.from('abc\n'), ProtocolError],
+      [Buffer.from('0100\n'), ProtocolError],
+      [Buffer.from('1048576'), ProtocolError],
+      [Buffer.from(''), ProtocolError],
+      [Buffer.concat([Buffer.from(`${MiB}\n`), Buffer.alloc(MiB - 4096, 1)]), QubesValueError],
+      [Buffer.concat([Buffer.from(`${MiB}\n`), Buffer.alloc(MiB + 1, 1)]), QubesValueError],
+    ] as const) {
+      await assert.rejects(stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', [payload]), (e: Error) => {
+        assert.ok(e instanceof cls, `${payload.subarray(0, 10).toString()}: ${e.name}: ${e.message}`);
+        return true;
+      });
+      assert.equal(await sha256(img()), before);
+      assert.deepEqual(await listFiles(volDir()), files);
+    }
+    assert.equal(rig.rt.app.domain('imp').storage.get('private').size, MiB);
+  });
+
+  test('Import refused while the domain runs, and into a volume that keeps no data', async () => {
+    await rig.rt.app.start('imp');
+    try {
+      await assert.rejects(stream(rig, 'admin.vm.volume.Import', 'imp', 'private', [Buffer.alloc(MiB)]), QubesVMNotHaltedError);
+      await assert.rejects(
+        stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', [Buffer.from(`${MiB}\n`), Buffer.alloc(MiB)]),
+        QubesVMNotHaltedError,
+      );
+    } finally {
+      await rig.rt.app.shutdown('imp');
+    }
+    await assert.rejects(stream(rig, 'admin.vm.volume.Import', 'imp', 'volatile', [Buffer.alloc(8 * MiB)]), QubesValueError);
+  });
+});
