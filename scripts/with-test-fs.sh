@@ -6,6 +6,8 @@
 #   QS_TEST_XFS    a directory on a loop-mounted XFS (reflink=1)
 #   QS_TEST_BTRFS  a directory on a loop-mounted btrfs
 #   QS_TEST_EXT4   a directory on the machine's ext2/3/4 filesystem (no reflink)
+#   QS_TEST_SMALL_XFS, QS_TEST_SMALL_EXT4  small loop-mounted XFS (320M) and
+#                  ext4 (48M), for tests that fill a filesystem to the last block
 #   QS_TEST_FS_SKIP          why some of the above are missing (one line)
 #   QS_TEST_{XFS,BTRFS,EXT4}_SKIP  the same, per filesystem
 # XFS and btrfs need root (losetup, mount) and mkfs.xfs/mkfs.btrfs (Debian
@@ -91,7 +93,7 @@ chmod 0755 "$WORK"
 
 SKIPS=()
 skip_fs() { # NAME REASON
-  local var="QS_TEST_$(echo "$1" | tr '[:lower:]' '[:upper:]')_SKIP"
+  local var="QS_TEST_$(echo "$1" | tr '[:lower:]-' '[:upper:]_')_SKIP"
   export "$var=$2"
   SKIPS+=("$1: $2")
   say "$1: skipped: $2"
@@ -130,13 +132,15 @@ prepare_ext4() {
 }
 
 # --- xfs / btrfs: a sparse image, loop-attached and mounted -----------------
-prepare_loop_fs() { # NAME MKFS-COMMAND...
-  local name="$1" upper img mnt dev out
-  shift
-  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+# NAME names the image, the mount point and the variable QS_TEST_<NAME>;
+# FSTYPE is what to mount it as.
+prepare_loop_fs() { # NAME FSTYPE SIZE MKFS-COMMAND...
+  local name="$1" fstype="$2" size="$3" upper img mnt dev out
+  shift 3
+  upper="$(echo "$name" | tr '[:lower:]-' '[:upper:]_')"
   img="$WORK/$name.img"
   mnt="$WORK/$name"
-  if ! out="$(truncate -s "$IMAGE_SIZE" "$img" 2>&1)"; then
+  if ! out="$(truncate -s "$size" "$img" 2>&1)"; then
     skip_fs "$name" "cannot create image $img: $out"
     return
   fi
@@ -152,14 +156,14 @@ prepare_loop_fs() { # NAME MKFS-COMMAND...
   fi
   LOOPS+=("$dev")
   mkdir -m 0755 "$mnt"
-  if ! out="$(mount -t "$name" "$dev" "$mnt" 2>&1)"; then
+  if ! out="$(mount -t "$fstype" "$dev" "$mnt" 2>&1)"; then
     skip_fs "$name" "mount $dev failed: $out"
     return # the loop device is detached by cleanup
   fi
   MOUNTS+=("$mnt")
   chmod 0755 "$mnt"
   export "QS_TEST_$upper=$mnt"
-  say "$name: $mnt ($dev, $IMAGE_SIZE sparse image${2:+, $*})"
+  say "$name: $mnt ($dev, $size sparse image, $*)"
 }
 
 prepare_ext4
@@ -173,16 +177,26 @@ fi
 if [ -n "$LOOP_REASON" ]; then
   skip_fs xfs "$LOOP_REASON"
   skip_fs btrfs "$LOOP_REASON"
+  skip_fs small-xfs "$LOOP_REASON"
+  skip_fs small-ext4 "$LOOP_REASON"
 else
   if command -v mkfs.xfs >/dev/null 2>&1; then
-    prepare_loop_fs xfs mkfs.xfs -q -m reflink=1
+    prepare_loop_fs xfs xfs "$IMAGE_SIZE" mkfs.xfs -q -m reflink=1
+    # Small ones, for the full-disk tests: cheap to fill to the last block.
+    prepare_loop_fs small-xfs xfs 320M mkfs.xfs -q -m reflink=1
   else
     skip_fs xfs "mkfs.xfs not found (Debian package xfsprogs; run scripts/install-test-deps.sh as root)"
+    skip_fs small-xfs "mkfs.xfs not found (Debian package xfsprogs)"
   fi
   if command -v mkfs.btrfs >/dev/null 2>&1; then
-    prepare_loop_fs btrfs mkfs.btrfs -q
+    prepare_loop_fs btrfs btrfs "$IMAGE_SIZE" mkfs.btrfs -q
   else
     skip_fs btrfs "mkfs.btrfs not found (Debian package btrfs-progs; run scripts/install-test-deps.sh as root)"
+  fi
+  if command -v mkfs.ext4 >/dev/null 2>&1; then
+    prepare_loop_fs small-ext4 ext4 48M mkfs.ext4 -q -F
+  else
+    skip_fs small-ext4 "mkfs.ext4 not found (Debian package e2fsprogs)"
   fi
 fi
 

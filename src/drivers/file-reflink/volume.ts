@@ -234,7 +234,12 @@ export class FileReflinkVolume extends Volume {
       throw e;
     }
     failpoint(FP.startAfterBaseLink);
-    await this.installCopy(this.files.base, this.files.dirty, true, false);
+    try {
+      await this.installCopy(this.files.base, this.files.dirty, true, false);
+    } catch (e) {
+      await unlinkIfExists(this.files.base); // a failed start leaves nothing behind
+      throw e;
+    }
   }
 
   private async startOrigin(s: Scan): Promise<void> {
