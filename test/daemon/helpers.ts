@@ -1,0 +1,87 @@
+// Runs the real qubesd as a child process for the daemon tests.
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** dist/test/daemon -> dist/src/daemon/qubesd.js */
+export const QUBESD = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'daemon', 'qubesd.js');
+
+export interface DaemonProc {
+  child: ChildProcess;
+  pid: number;
+  /** stderr so far. */
+  readonly stderr: () => string;
+  /** Resolves with the exit code (or 128+signal number) when the process ends. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves when stderr contains `text`. */
+  waitFor(text: string | RegExp, ms?: number): Promise<void>;
+}
+
+export function spawnQubesd(args: readonly string[]): DaemonProc {
+  const child = spawn(process.execPath, [QUBESD, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, QUBES_STORAGE_FAILPOINTS: '' },
+  });
+  let err = '';
+  const waiters = new Set<() => void>();
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => {
+    err += d;
+    for (const w of [...waiters]) w();
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => {
+      for (const w of [...waiters]) w();
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    child,
+    pid: child.pid!,
+    stderr: () => err,
+    exited,
+    waitFor(text, ms = 20_000) {
+      const has = () => (typeof text === 'string' ? err.includes(text) : text.test(err));
+      return new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`qubesd: no ${String(text)} in ${ms} ms; stderr:\n${err}`));
+        }, ms);
+        const check = () => {
+          if (has()) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolve();
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            reject(new Error(`qubesd exited (${child.exitCode ?? child.signalCode}) before ${String(text)}; stderr:\n${err}`));
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
+
+/** Starts qubesd on `baseDir` with its socket at `socketPath` and waits until it listens. */
+export async function startQubesd(baseDir: string, socketPath: string, extra: readonly string[] = []): Promise<DaemonProc> {
+  const d = spawnQubesd(['--base-dir', baseDir, '--socket', socketPath, '--storage-conf', path.join(baseDir, 'storage.conf'), ...extra]);
+  await d.waitFor(`qubesd: listening on ${socketPath}\n`);
+  return d;
+}
+
+/** A short directory for sockets (socket paths are limited to 107 bytes). */
+export async function socketDir(): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), 'qs-d-'));
+}
+
+/** Kills a child still running (test cleanup). */
+export async function ensureDead(d: DaemonProc | undefined): Promise<void> {
+  if (!d || d.child.exitCode !== null || d.child.signalCode !== null) return;
+  d.child.kill('SIGKILL');
+  await d.exited;
+}
