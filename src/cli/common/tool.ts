@@ -1,0 +1,128 @@
+/**
+ * The frame every tool runs in: argument parsing with --help, the transport
+ * (opened only when a call is made, closed at the end and on Ctrl-C), and
+ * errors turned into one line `PROG: error: MESSAGE` with an exit code:
+ * 2 for a mistake on the command line, 1 for a refused or failed operation,
+ * or the code a tool chose (CliExit).
+ */
+import { QubesException } from '../../storage/errors.js';
+import { helpText, parseArgs, UsageError, type CommandSpec, type Parsed } from './args.js';
+import { Api } from './api.js';
+import { connect, StateBusyError, type Transport } from './transport.js';
+
+/** Ends the tool with this exit code after printing `message` (if any) as an error line. */
+export class CliExit extends Error {
+  override readonly name = 'CliExit';
+  constructor(
+    readonly code: number,
+    message = '',
+  ) {
+    super(message);
+  }
+}
+
+/** An operation refused by the tool itself (checked before any call changed anything). */
+export class CliError extends CliExit {
+  constructor(message: string) {
+    super(1, message);
+  }
+}
+
+export interface ToolContext {
+  readonly prog: string;
+  out(text: string): void;
+  /** `PROG: warning: ...` on stderr. */
+  warn(message: string): void;
+  /** A plain line on stderr. */
+  note(message: string): void;
+  /** The admin API (connects on first use). */
+  api(): Promise<Api>;
+  /** Parses `argv` for `spec`; prints --help and exits 0 when asked. */
+  parse(spec: CommandSpec, argv: readonly string[]): Parsed;
+}
+
+class HelpShown extends Error {}
+
+/** Runs `main` as the tool `prog` and exits the process with its code. */
+export async function runTool(prog: string, main: (t: ToolContext) => Promise<number | void>): Promise<void> {
+  let transport: Transport | null = null;
+  let opening: Promise<Api> | null = null;
+  const out = (s: string) => void process.stdout.write(s);
+  const err = (s: string) => void process.stderr.write(s);
+  const t: ToolContext = {
+    prog,
+    out,
+    warn: (m) => err(`${prog}: warning: ${m}\n`),
+    note: (m) => err(`${m}\n`),
+    api: () =>
+      (opening ??= connect({ notice: (line) => err(`${prog}: ${line}\n`) }).then((tr) => {
+        transport = tr;
+        return new Api(tr);
+      })),
+    parse(spec, argv) {
+      const p = parseArgs(spec, argv);
+      if (p.help) {
+        out(helpText(spec));
+        throw new HelpShown();
+      }
+      return p;
+    },
+  };
+
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    err(`${prog}: interrupted\n`);
+    const tr = transport as Transport | null;
+    const closing = tr ? tr.close().catch(() => {}) : Promise.resolve();
+    const cap = new Promise((r) => setTimeout(r, 5000).unref());
+    void Promise.race([closing, cap]).then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let code = 0;
+  try {
+    code = (await main(t)) ?? 0;
+  } catch (e) {
+    code = report(prog, e, err);
+  } finally {
+    const tr = transport as Transport | null;
+    if (tr) {
+      try {
+        await tr.close();
+      } catch (e) {
+        err(`${prog}: warning: closing: ${(e as Error).message}\n`);
+      }
+    }
+  }
+  process.exitCode = code;
+  // Flush stdout before leaving (pipes are asynchronous).
+  await new Promise<void>((r) => process.stdout.write('', () => r()));
+  process.exit(code);
+}
+
+function report(prog: string, e: unknown, err: (s: string) => void): number {
+  if (e instanceof HelpShown) return 0;
+  if (e instanceof CliExit) {
+    if (e.message) err(`${prog}: error: ${e.message}\n`);
+    return e.code;
+  }
+  if (e instanceof UsageError) {
+    err(`${prog}: error: ${e.message} (see ${prog} --help)\n`);
+    return 2;
+  }
+  if (e instanceof QubesException || e instanceof StateBusyError) {
+    err(`${prog}: error: ${oneLine(e.message)}\n`);
+    return 1;
+  }
+  const msg = e instanceof Error ? `${e.message}` : String(e);
+  err(`${prog}: error: ${oneLine(msg)}\n`);
+  if (process.env['QUBES_CLI_DEBUG'] && e instanceof Error) err(`${e.stack}\n`);
+  return 1;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, '; ');
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+/**
+ * qvm-clone: a new domain with the class, template, label, properties,
+ * tags and features of SRC and a copy of each of its volumes that keeps
+ * data, optionally in another pool. All or nothing: if a step fails, the
+ * new domain is removed again.
+ */
+import { str, type CommandSpec } from './common/args.js';
+import { checkPools, cloneVolumes, createPayload, undoCreate } from './common/domains.js';
+import { busyIndicator } from './common/progress.js';
+import { humanSize } from './common/output.js';
+import { CliError, runTool } from './common/tool.js';
+
+const PROG = 'qvm-clone';
+/** Identity and what Create already set: not copied. */
+const NOT_COPIED = new Set(['name', 'qid', 'uuid', 'klass', 'label', 'template', 'installed_by_rpm']);
+
+const SPEC: CommandSpec = {
+  prog: PROG,
+  summary: 'Clone a domain: same class, template, label, properties, tags and features, and a copy of its volumes.',
+  options: [{ names: ['-P'], kind: 'value', dest: 'pool', metavar: 'POOL', help: 'put the copy in POOL (default: where new volumes go)' }],
+  positionals: [
+    { name: 'SRC', help: 'the domain to clone' },
+    { name: 'DST', help: 'the name of the new domain' },
+  ],
+};
+
+await runTool(PROG, async (t) => {
+  const p = t.parse(SPEC, process.argv.slice(2));
+  const src = str(p, 'SRC');
+  const dst = str(p, 'DST');
+  const pool = p.values.get('pool');
+  const api = await t.api();
+  const domains = await api.domains();
+  const s = domains.find((d) => d.name === src);
+  if (!s) throw new CliError(`no such domain: '${src}'`);
+  if (s.klass === 'AdminVM') throw new CliError('dom0 cannot be cloned');
+  if (domains.some((d) => d.name === dst)) throw new CliError(`a domain named '${dst}' already exists`);
+  if (pool !== undefined) await checkPools(api, [pool]);
+
+  const props = await api.allProperties(src);
+  const label = props.get('label')?.value ?? '';
+  const template = s.klass === 'AppVM' || s.klass === 'DispVM' ? (props.get('template')?.value ?? '') : '';
+  const method = `admin.vm.${pool !== undefined ? 'CreateInPool' : 'Create'}.${s.klass}`;
+  await api.transport.call(method, 'dom0', template, createPayload(dst, label, pool, []));
+  try {
+    for (const [name, v] of props) {
+      if (NOT_COPIED.has(name) || v.isDefault) continue;
+      await api.setProperty(dst, name, v.value);
+    }
+    const have = new Set(await api.tags(dst));
+    for (const tag of await api.tags(src)) if (!have.has(tag)) await api.transport.call('admin.vm.tag.Set', dst, tag);
+    for (const [f, v] of await api.features(src)) await api.transport.call('admin.vm.feature.Set', dst, f, v);
+    await cloneVolumes(api, src, dst, (vol, size) => busyIndicator(`clone ${src}:${vol} (${humanSize(size)})`));
+  } catch (e) {
+    await undoCreate(api, dst, t.warn);
+    throw e;
+  }
+});

@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+/**
+ * qvm-create: makes a new domain. `-P POOL` puts its volumes in POOL
+ * (the R3.2 spelling `-Pfoo` works), `--pool VOLUME=POOL` chooses per
+ * volume; the two are exclusive. A StandaloneVM or TemplateVM with
+ * --template gets a copy of that domain's volumes.
+ */
+import { str, UsageError, type CommandSpec } from './common/args.js';
+import { checkPools, cloneVolumes, createPayload, DOMAIN_CLASSES, undoCreate } from './common/domains.js';
+import { busyIndicator } from './common/progress.js';
+import { CliError, runTool } from './common/tool.js';
+
+const PROG = 'qvm-create';
+const POOL_VOLUMES = ['root', 'private', 'volatile', 'kernel'];
+
+const SPEC: CommandSpec = {
+  prog: PROG,
+  summary: 'Create a new domain.',
+  options: [
+    { names: ['-C', '--class'], kind: 'value', dest: 'class', metavar: 'CLASS', help: `${DOMAIN_CLASSES.join(', ')} (default AppVM)` },
+    { names: ['-t', '--template'], kind: 'value', metavar: 'TEMPLATE', help: 'its template (StandaloneVM, TemplateVM: copy its volumes)' },
+    { names: ['-l', '--label'], kind: 'value', metavar: 'LABEL', help: 'its label (colour): red, orange, yellow, green, gray, blue, purple, black' },
+    { names: ['-P'], kind: 'value', dest: 'one_pool', metavar: 'POOL', help: 'put all its volumes in POOL (also -PPOOL, as in R3.2)' },
+    { names: ['--pool'], kind: 'append', dest: 'pool', metavar: 'VOLUME=POOL', help: 'put one volume in POOL (repeatable; not with -P)' },
+    { names: ['--property', '--prop'], kind: 'append', dest: 'property', metavar: 'NAME=VALUE', help: 'set a property (repeatable)' },
+  ],
+  positionals: [{ name: 'NAME', help: 'the name of the new domain' }],
+  exclusive: [['one_pool', 'pool']],
+  epilog: 'examples:\n  qvm-create --template fedora --label red work\n  qvm-create -Pfast --label blue work2\n  qvm-create --class TemplateVM --label black --pool root=fast tpl',
+};
+
+await runTool(PROG, async (t) => {
+  const p = t.parse(SPEC, process.argv.slice(2));
+  const name = str(p, 'NAME');
+  const klass = p.values.get('class') ?? 'AppVM';
+  if (!DOMAIN_CLASSES.includes(klass)) throw new UsageError(`unknown class '${klass}' (choose from ${DOMAIN_CLASSES.join(', ')})`);
+  const label = p.values.get('label');
+  if (label === undefined) throw new UsageError('the following arguments are required: --label');
+  const template = p.values.get('template');
+  const pool = p.values.get('one_pool');
+  const pools: [string, string][] = (p.lists.get('pool') ?? []).map((v) => {
+    const eq = v.indexOf('=');
+    if (eq <= 0 || eq === v.length - 1) throw new UsageError(`--pool expects VOLUME=POOL, got '${v}'`);
+    const vol = v.slice(0, eq);
+    if (!POOL_VOLUMES.includes(vol)) throw new UsageError(`--pool ${v}: no volume '${vol}' (volumes: ${POOL_VOLUMES.join(', ')})`);
+    return [vol, v.slice(eq + 1)];
+  });
+  const props: [string, string][] = (p.lists.get('property') ?? []).map((v) => {
+    const eq = v.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--property expects NAME=VALUE, got '${v}'`);
+    return [v.slice(0, eq), v.slice(eq + 1)];
+  });
+  const copyFrom = template !== undefined && (klass === 'StandaloneVM' || klass === 'TemplateVM') ? template : undefined;
+  if (template !== undefined && klass !== 'AppVM' && klass !== 'DispVM' && copyFrom === undefined)
+    throw new UsageError(`a ${klass} takes no --template`);
+
+  const api = await t.api();
+  // Everything checked before anything is made.
+  const labels = await api.labels();
+  if (!labels.includes(label)) throw new CliError(`no such label '${label}' (labels: ${labels.join(', ')})`);
+  const domains = await api.domains();
+  if (domains.some((d) => d.name === name)) throw new CliError(`a domain named '${name}' already exists`);
+  if (template !== undefined && !domains.some((d) => d.name === template)) throw new CliError(`no such domain: '${template}' (given as --template)`);
+  await checkPools(api, [...(pool !== undefined ? [pool] : []), ...pools.map(([, pl]) => pl)]);
+
+  const inPool = pool !== undefined || pools.length > 0;
+  const method = `admin.vm.${inPool ? 'CreateInPool' : 'Create'}.${klass}`;
+  const arg = copyFrom === undefined ? (template ?? '') : '';
+  await api.transport.call(method, 'dom0', arg, createPayload(name, label, pool, pools));
+  try {
+    for (const [k, v] of props) await api.setProperty(name, k, v);
+    if (copyFrom !== undefined)
+      await cloneVolumes(api, copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
+  } catch (e) {
+    await undoCreate(api, name, t.warn);
+    throw e;
+  }
+});

@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+/** qvm-start: starts domains (their volumes get their working copies). */
+import { strs, type CommandSpec } from './common/args.js';
+import { CliError, runTool } from './common/tool.js';
+
+const PROG = 'qvm-start';
+const SPEC: CommandSpec = {
+  prog: PROG,
+  summary: 'Start domains.',
+  options: [{ names: ['--skip-if-running'], kind: 'flag', dest: 'skip', help: 'a running domain is not an error' }],
+  positionals: [{ name: 'VM', count: '+', help: 'the domains' }],
+};
+
+await runTool(PROG, async (t) => {
+  const p = t.parse(SPEC, process.argv.slice(2));
+  const names = [...new Set(strs(p, 'VM'))];
+  const api = await t.api();
+  const domains = await api.domains();
+  const missing = names.filter((n) => !domains.some((d) => d.name === n));
+  if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
+  let failed = 0;
+  for (const n of names) {
+    try {
+      if ((await api.powerState(n)) === 'Running') {
+        if (p.flags.has('skip')) continue;
+        throw new Error(`domain ${n} is already running`);
+      }
+      await api.transport.call('admin.vm.Start', n);
+    } catch (e) {
+      failed++;
+      t.note(`${PROG}: error: ${(e as Error).message}`);
+    }
+  }
+  return failed ? 1 : 0;
+});

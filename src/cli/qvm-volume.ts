@@ -1,0 +1,399 @@
+#!/usr/bin/env node
+/**
+ * qvm-volume: list the volumes of domains, show and change their
+ * properties, resize, revert, import, export, clone and clear them.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
+import type { Api } from './common/api.js';
+import { humanSize, json, parseSize, table } from './common/output.js';
+import { busyIndicator, progressBar } from './common/progress.js';
+import { askYesNo } from './common/prompt.js';
+import { dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
+import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
+import { parseVmVolume, showVmVolume, type VmVolume } from './common/vmvolume.js';
+
+const PROG = 'qvm-volume';
+const INFO_ROWS = ['pool', 'vid', 'rw', 'source', 'save_on_stop', 'snap_on_start', 'size', 'usage', 'revisions_to_keep', 'ephemeral', 'is_outdated'];
+const REVISIONS_HEAD = 'List of available revisions (for revert):';
+const SETTABLE = ['rw', 'revisions_to_keep', 'ephemeral'];
+const SIZE_HELP = 'bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)';
+
+const isJson = (p: Parsed) => p.values.get('format') === 'json';
+
+/** The domain and volume exist (else an error naming which), and the volume's Info. */
+async function checkVolume(api: Api, v: VmVolume): Promise<Map<string, string>> {
+  await api.domain(v.vm);
+  const names = await api.volumes(v.vm);
+  if (!names.includes(v.volume))
+    throw new CliError(`no such volume: '${showVmVolume(v)}' (${v.vm} has ${names.length ? names.join(', ') : 'no volumes'})`);
+  return api.volumeInfo(v.vm, v.volume);
+}
+
+function size(text: string): number {
+  const n = parseSize(text);
+  if (n === null) throw new CliError(`bad size '${text}': give ${SIZE_HELP}`);
+  return n;
+}
+
+function typed(v: string): string | number | boolean | null {
+  if (v === '') return null;
+  if (v === 'True') return true;
+  if (v === 'False') return false;
+  if (/^-?\d+$/.test(v) && Number.isSafeInteger(Number(v))) return Number(v);
+  return v;
+}
+
+async function confirm(t: ToolContext, question: string, force: boolean): Promise<void> {
+  if (force) return;
+  const a = await askYesNo(question);
+  if (a.yes) return;
+  throw new CliExit(1, a.reason ? `${a.reason}; nothing changed` : 'cancelled; nothing changed');
+}
+
+// ---- list ----------------------------------------------------------------------------
+
+interface ListRow {
+  pool: string;
+  vid: string;
+  vm: string;
+  volume: string;
+  revert_possible: boolean;
+}
+
+async function doList(t: ToolContext, p: Parsed): Promise<void> {
+  const api = await t.api();
+  const all = await api.domains();
+  const wanted = strs(p, 'VM');
+  const excluded = new Set(p.lists.get('exclude') ?? []);
+  if (wanted.length && p.flags.has('all')) throw new UsageError('give VM names or --all, not both');
+  for (const n of [...wanted, ...excluded]) if (!all.some((d) => d.name === n)) throw new CliError(`no such domain: '${n}'`);
+  const pools = p.lists.get('pool') ?? [];
+  if (pools.length) {
+    const known = new Set(await api.pools());
+    for (const pl of pools) if (!known.has(pl)) throw new CliError(`no such pool: '${pl}'`);
+  }
+  const doms = (wanted.length ? all.filter((d) => wanted.includes(d.name)) : all).filter((d) => !excluded.has(d.name));
+  const rows: ListRow[] = [];
+  for (const d of doms) {
+    for (const vol of await api.volumes(d.name)) {
+      const info = await api.volumeInfo(d.name, vol);
+      const pool = info.get('pool') ?? '';
+      if (pools.length && !pools.includes(pool)) continue;
+      const revs = await api.revisions(d.name, vol);
+      rows.push({ pool, vid: info.get('vid') ?? '', vm: d.name, volume: vol, revert_possible: revs.length > 0 });
+    }
+  }
+  const key = (r: ListRow) => `${r.pool}:${r.vid}`;
+  rows.sort((a, b) => cmp(key(a), key(b)) || cmp(a.vm, b.vm) || cmp(a.volume, b.volume));
+  const shown = p.flags.has('full') ? rows : rows.filter((r, i) => i === 0 || key(rows[i - 1]!) !== key(r));
+  if (isJson(p)) return void t.out(json(shown));
+  t.out(
+    table([
+      ['POOL:VOLUME', 'VMNAME', 'VOLUME_NAME', 'REVERT_POSSIBLE'],
+      ...shown.map((r) => [key(r), r.vm, r.volume, r.revert_possible ? 'Yes' : 'No']),
+    ]),
+  );
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+// ---- info ----------------------------------------------------------------------------
+
+async function doInfo(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const prop = optStr(p, 'PROPERTY');
+  const api = await t.api();
+  const info = await checkVolume(api, v);
+  const revs = await api.revisions(v.vm, v.volume);
+  if (prop !== undefined) {
+    if (prop === 'revisions') {
+      if (isJson(p)) t.out(json(revs));
+      else t.out(revs.map((r) => `${r}\n`).join(''));
+      return;
+    }
+    if (!info.has(prop))
+      throw new CliError(`volume ${showVmVolume(v)} has no property '${prop}' (known: ${[...info.keys(), 'revisions'].join(', ')})`);
+    const value = info.get(prop)!;
+    t.out(isJson(p) ? json(typed(value)) : `${value}\n`);
+    return;
+  }
+  if (isJson(p)) {
+    const obj: Record<string, unknown> = {};
+    for (const [k, val] of info) obj[k] = typed(val);
+    obj['revisions'] = revs;
+    t.out(json(obj));
+    return;
+  }
+  const rows: string[][] = [];
+  for (const k of INFO_ROWS) {
+    if (!info.has(k)) continue;
+    let val = info.get(k)!;
+    if (k === 'revisions_to_keep' && val === '-1') val = '-1 (snapshot disabled)';
+    rows.push([k, val]);
+  }
+  t.out(table(rows));
+  if (revs.length === 0) t.out(`${REVISIONS_HEAD} none\n`);
+  else t.out(`${REVISIONS_HEAD}\n${revs.map((r) => `  ${r}\n`).join('')}`);
+}
+
+// ---- config ----------------------------------------------------------------------------
+
+function boolWord(v: string, what: string): string {
+  if (/^(true|yes|on|1)$/i.test(v)) return 'True';
+  if (/^(false|no|off|0)$/i.test(v)) return 'False';
+  throw new CliError(`${what} must be True or False, not '${v}'`);
+}
+
+async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const prop = str(p, 'PROPERTY');
+  const raw = str(p, 'VALUE');
+  if (!SETTABLE.includes(prop)) throw new CliError(`cannot set '${prop}' of a volume (settable: ${SETTABLE.join(', ')})`);
+  let value = raw;
+  if (prop === 'revisions_to_keep') {
+    if (!/^(-1|0|[1-9]\d{0,8})$/.test(raw)) throw new CliError(`revisions_to_keep must be an integer from -1 up, not '${raw}'`);
+  } else value = boolWord(raw, prop);
+  const api = await t.api();
+  await checkVolume(api, v);
+  await api.transport.call(`admin.vm.volume.Set.${prop}`, v.vm, v.volume, value);
+}
+
+// ---- resize, revert ----------------------------------------------------------------------
+
+async function doResize(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const n = size(str(p, 'SIZE'));
+  const api = await t.api();
+  const info = await checkVolume(api, v);
+  const cur = Number(info.get('size') ?? '0');
+  if (n < cur && !p.flags.has('force'))
+    throw new CliError(`shrinking ${showVmVolume(v)} from ${cur} to ${n} bytes would lose data; refused without -f`);
+  await api.transport.call('admin.vm.volume.Resize', v.vm, v.volume, String(n));
+}
+
+async function doRevert(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const rev = optStr(p, 'REVISION');
+  const api = await t.api();
+  await checkVolume(api, v);
+  const revs = await api.revisions(v.vm, v.volume);
+  if (revs.length === 0) throw new CliError(`volume ${showVmVolume(v)} has no revision to revert to`);
+  if (rev !== undefined && !revs.includes(rev))
+    throw new CliError(`volume ${showVmVolume(v)} has no revision '${rev}' (available: ${revs.join(', ')})`);
+  await api.transport.call('admin.vm.volume.Revert', v.vm, v.volume, rev ?? '');
+}
+
+// ---- import, export --------------------------------------------------------------------
+
+async function doImport(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const src = str(p, 'PATH');
+  const sizeText = p.values.get('size');
+  const noResize = p.flags.has('no_resize');
+  let want = sizeText === undefined ? null : size(sizeText);
+  let input: Readable;
+  if (src === '-') input = process.stdin;
+  else {
+    let st: fs.Stats;
+    try {
+      st = await fsp.stat(src);
+    } catch (e) {
+      throw new CliError(`cannot read '${src}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (st.isDirectory()) throw new CliError(`'${src}' is a directory`);
+    if (want === null && !noResize && st.isFile()) want = st.size;
+    input = fs.createReadStream(src);
+  }
+  const api = await t.api();
+  const info = await checkVolume(api, v);
+  const total = noResize || want === null ? Number(info.get('size') ?? '0') : want;
+  const bar = progressBar(`import ${showVmVolume(v)}`, total);
+  let done = 0;
+  const withSize = !noResize && want !== null;
+  async function* body(): AsyncGenerator<Buffer> {
+    if (withSize) yield Buffer.from(`${want}\n`);
+    for await (const c of input) {
+      const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+      done += b.length;
+      bar.update(done);
+      yield b;
+    }
+  }
+  try {
+    await api.importStream(v.vm, v.volume, withSize ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import', Readable.from(body()));
+  } finally {
+    bar.finish();
+    if (input !== process.stdin) input.destroy();
+  }
+}
+
+const BLOCK = 64 * 1024;
+
+async function doExport(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const dest = str(p, 'PATH');
+  const api = await t.api();
+  await checkVolume(api, v);
+  let out: fsp.FileHandle | null = null;
+  if (dest !== '-') {
+    try {
+      out = await fsp.open(dest, 'w', 0o600);
+    } catch (e) {
+      throw new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  const path = (await api.transport.call('admin.vm.volume.Export', v.vm, v.volume)).toString('utf8');
+  try {
+    const total = (await fsp.stat(path)).size;
+    const bar = progressBar(`export ${showVmVolume(v)}`, total);
+    let done = 0;
+    try {
+      const zero = Buffer.alloc(BLOCK);
+      for await (const c of fs.createReadStream(path, { highWaterMark: BLOCK })) {
+        const b = c as Buffer;
+        if (out) {
+          // Blocks of zeros are left as holes: the copy stays sparse.
+          if (!(b.length === BLOCK && b.equals(zero))) await out.write(b, 0, b.length, done);
+        } else if (!process.stdout.write(b)) await new Promise((r) => process.stdout.once('drain', r));
+        done += b.length;
+        bar.update(done);
+      }
+      if (out) await out.truncate(done);
+    } finally {
+      bar.finish();
+    }
+  } finally {
+    await api.transport.call('admin.vm.volume.ExportEnd', v.vm, v.volume, path);
+    if (out) await out.close();
+  }
+}
+
+// ---- clone, clear ------------------------------------------------------------------------
+
+async function doClone(t: ToolContext, p: Parsed): Promise<void> {
+  const src = parseVmVolume(str(p, 'SRC_VM:VOLUME'));
+  const dst = parseVmVolume(str(p, 'DST_VM:VOLUME'));
+  const api = await t.api();
+  const srcInfo = await checkVolume(api, src);
+  await checkVolume(api, dst);
+  await confirm(
+    t,
+    `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(Number(srcInfo.get('size') ?? 0))}); its current data becomes a revision. Continue?`,
+    p.flags.has('force'),
+  );
+  const token = (await api.transport.call('admin.vm.volume.CloneFrom', src.vm, src.volume)).toString('utf8');
+  const busy = busyIndicator(`clone ${showVmVolume(src)} -> ${showVmVolume(dst)}`);
+  try {
+    await api.transport.call('admin.vm.volume.CloneTo', dst.vm, dst.volume, token);
+  } finally {
+    busy.finish();
+  }
+}
+
+async function doClear(t: ToolContext, p: Parsed): Promise<void> {
+  const v = parseVmVolume(str(p, 'VM:VOLUME'));
+  const api = await t.api();
+  await checkVolume(api, v);
+  await confirm(t, `This replaces all data of ${showVmVolume(v)} with zeros; its current data becomes a revision. Continue?`, p.flags.has('force'));
+  await api.transport.call('admin.vm.volume.Clear', v.vm, v.volume);
+}
+
+// ---- commands -------------------------------------------------------------------------
+
+const FORCE = { names: ['-f', '--force'], kind: 'flag', dest: 'force', help: 'do not ask' } as const;
+const VMVOL = { name: 'VM:VOLUME', help: 'a volume of a domain, like work:private' };
+
+function sub(names: string[], spec: Omit<CommandSpec, 'prog'>, run: (t: ToolContext, p: Parsed) => Promise<void>): SubCommand {
+  return { names, spec: { ...spec, prog: `${PROG} ${names[0]}` }, run: (t, argv, s) => run(t, t.parse(s, argv)) };
+}
+
+const SUBS: SubCommand[] = [
+  sub(
+    ['list', 'ls', 'l'],
+    {
+      summary: 'list volumes: POOL:VOLUME VMNAME VOLUME_NAME REVERT_POSSIBLE',
+      options: [
+        { names: ['-p', '--pool'], kind: 'append', dest: 'pool', metavar: 'POOL', help: 'only volumes in this pool (repeatable)' },
+        { names: ['--full'], kind: 'flag', help: 'one line per volume and domain, also where they share a POOL:VOLUME' },
+        { names: ['--all'], kind: 'flag', help: 'all domains (the default when no VM is given)' },
+        { names: ['--exclude'], kind: 'append', metavar: 'VM', help: 'leave out this domain (repeatable)' },
+        FORMAT_OPTION,
+      ],
+      positionals: [{ name: 'VM', count: '*', help: 'only these domains' }],
+    },
+    doList,
+  ),
+  sub(
+    ['info', 'i'],
+    {
+      summary: 'the properties and revisions of a volume',
+      options: [FORMAT_OPTION],
+      positionals: [VMVOL, { name: 'PROPERTY', count: '?', help: "just this one (also 'path', 'revisions')" }],
+    },
+    doInfo,
+  ),
+  sub(
+    ['config', 'c', 'set', 's'],
+    {
+      summary: 'set rw, revisions_to_keep or ephemeral of a volume',
+      options: [],
+      positionals: [VMVOL, { name: 'PROPERTY', help: SETTABLE.join(', ') }, { name: 'VALUE' }],
+    },
+    doConfig,
+  ),
+  sub(
+    ['resize', 'extend'],
+    {
+      summary: 'change the size of a volume',
+      options: [{ ...FORCE, help: 'allow shrinking (data past the new end is lost)' }],
+      positionals: [VMVOL, { name: 'SIZE', help: SIZE_HELP }],
+    },
+    doResize,
+  ),
+  sub(
+    ['revert', 'rv', 'r'],
+    { summary: 'go back to a revision (the newest when not given)', options: [], positionals: [VMVOL, { name: 'REVISION', count: '?' }] },
+    doRevert,
+  ),
+  sub(
+    ['import'],
+    {
+      summary: 'replace the data of a volume with a file or stdin (-)',
+      options: [
+        { names: ['--size'], kind: 'value', metavar: 'SIZE', help: `the data's size (${SIZE_HELP}); the volume gets that size` },
+        { names: ['--no-resize'], kind: 'flag', dest: 'no_resize', help: 'keep the volume size: the data must be exactly that long' },
+      ],
+      positionals: [VMVOL, { name: 'PATH', help: 'a file, or - for stdin' }],
+      exclusive: [['size', 'no_resize']],
+    },
+    doImport,
+  ),
+  sub(
+    ['export'],
+    {
+      summary: 'copy the committed data of a volume to a file or stdout (-)',
+      options: [],
+      positionals: [VMVOL, { name: 'PATH', help: 'a file (written sparse), or - for stdout' }],
+    },
+    doExport,
+  ),
+  sub(
+    ['clone'],
+    {
+      summary: "replace a volume's data with a copy of another volume",
+      options: [FORCE],
+      positionals: [{ name: 'SRC_VM:VOLUME' }, { name: 'DST_VM:VOLUME' }],
+    },
+    doClone,
+  ),
+  sub(['clear'], { summary: 'replace the data of a volume with zeros', options: [FORCE], positionals: [VMVOL] }, doClear),
+];
+
+const HELP = topHelp(PROG, 'Manage the volumes of domains. Without a command: list.', SUBS);
+
+await runTool(PROG, (t) => dispatchSub(t, process.argv.slice(2), SUBS, 'list', HELP));
