@@ -14,7 +14,8 @@
  *   has no default.
  * - Help+NAME: the help text.
  * - Set+NAME (payload: the value), Reset+NAME: empty reply.
- * An unknown NAME (also an empty one) is QubesNoSuchPropertyError.
+ * An unknown NAME (also an empty one) is QubesNoSuchPropertyError. Reset of
+ * a property without a default (label) is QubesPropertyValueError.
  *
  * Set checks the payload per type the way the reference sanitizes it: ASCII
  * only (else QubesValueError); str: printable ASCII and whitespace only;
@@ -28,7 +29,13 @@
 import type { PropertyTarget } from '../../domain/app.js';
 import type { Label } from '../../domain/labels.js';
 import { propertyText, type PropValue, type PropType } from '../../domain/properties.js';
-import { QubesLabelNotFoundError, QubesNoSuchPropertyError, QubesValueError, QubesVMNotFoundError } from '../../storage/errors.js';
+import {
+  QubesLabelNotFoundError,
+  QubesNoSuchPropertyError,
+  QubesPropertyValueError,
+  QubesValueError,
+  QubesVMNotFoundError,
+} from '../../storage/errors.js';
 import { printable } from '../../storage/volume.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
 import { domainNameProblem } from '../protocol/validate.js';
@@ -121,6 +128,12 @@ export function propertyMethods(ctx: MethodContext): MethodTable {
     table[`${prefix}.Reset`] = method(async (call) => {
       const { target, name } = named(call);
       requireNoPayload(call);
+      // A property without a default (label) would be left without a value:
+      // the App allows that, a domain without a label is not something the
+      // clients expect, so it is refused here.
+      const def = target.propertyDef(name);
+      if (!def.computed && !def.writeOnce && target.propertyDefault(name) === undefined)
+        throw new QubesPropertyValueError(`${target.holderName}: property ${name} has no default and cannot be reset`);
       await app.resetProperty(target, name);
     });
   }
