@@ -126,6 +126,44 @@ describeEachFs('admin domain methods: client sessions', (tfs, fsctx) => {
     assert.doesNotMatch(await fs.readFile(d.stateFile, 'utf8'), /w2/);
   });
 
+  it("serves the metadata calls of qvm-clone (qubesadmin's clone_vm, volumes aside)", async () => {
+    await d.ok('admin.vm.Create.AppVM', 'dom0', 'tpl', 'name=cnet label=red');
+    await d.ok('admin.vm.property.Set', 'cnet', 'provides_network', 'True');
+    await d.ok('admin.vm.Create.AppVM', 'dom0', 'tpl', 'name=src label=green');
+    for (const [p, v] of [['memory', '700'], ['autostart', 'True'], ['netvm', 'cnet'], ['kernelopts', 'quiet'], ['virt_mode', 'hvm']])
+      await d.ok('admin.vm.property.Set', 'src', p!, v!);
+    await d.ok('admin.vm.tag.Set', 'src', 'alpha');
+    await d.ok('admin.vm.feature.Set', 'src', 'f1', 'v1');
+    await d.ok('admin.vm.feature.Set', 'src', 'f2', '');
+
+    // clone_vm: label and template of the source, create, then copy.
+    const label = deserialize(await d.ok('admin.vm.property.Get', 'src', 'label')).value;
+    const template = deserialize(await d.ok('admin.vm.property.Get', 'src', 'template')).value;
+    await d.ok('admin.vm.Create.AppVM', 'dom0', template, `name=dst label=${label}`);
+    for (const prop of (await d.ok('admin.vm.property.List', 'src')).split('\n').filter((l) => l !== '')) {
+      if (['name', 'qid', 'template', 'label', 'uuid', 'installed_by_rpm'].includes(prop)) continue;
+      const r = deserialize(await d.ok('admin.vm.property.Get', 'src', prop));
+      if (r.isDefault) continue;
+      await d.ok('admin.vm.property.Set', 'dst', prop, r.value);
+    }
+    for (const tag of (await d.ok('admin.vm.tag.List', 'src')).split('\n').filter((l) => l !== '' && !l.startsWith('created-by-')))
+      await d.ok('admin.vm.tag.Set', 'dst', tag);
+    for (const f of (await d.ok('admin.vm.feature.List', 'src')).split('\n').filter((l) => l !== ''))
+      await d.ok('admin.vm.feature.Set', 'dst', f, await d.ok('admin.vm.feature.Get', 'src', f));
+    await d.ok('admin.vm.firewall.Set', 'dst', '', await d.ok('admin.vm.firewall.Get', 'src'));
+    assert.equal(await d.ok('admin.vm.notes.Get', 'src'), '');
+    assert.equal(await d.ok('admin.deviceclass.List', 'dom0'), '');
+
+    const props = async (n: string): Promise<string[]> =>
+      (await d.ok('admin.vm.property.GetAll', n)).split('\n').filter((l) => l !== '' && !/^(name|qid|uuid) /.test(l));
+    assert.deepEqual(await props('dst'), await props('src'));
+    assert.ok((await props('dst')).includes('netvm default=False type=vm cnet'));
+    assert.equal(await d.ok('admin.vm.tag.List', 'dst'), 'alpha\ncreated-by-dom0\n');
+    assert.equal(await d.ok('admin.vm.feature.List', 'dst'), 'f1\nf2\n');
+    assert.equal(await d.ok('admin.vm.feature.Get', 'dst', 'f2'), '');
+    for (const n of ['dst', 'src', 'cnet']) await d.ok('admin.vm.Remove', n);
+  });
+
   it('round-trips every property type through Set and Get, across a restart', async () => {
     await d.ok('admin.vm.Create.AppVM', 'dom0', 'tpl', 'name=net label=red');
     await d.ok('admin.vm.property.Set', 'net', 'provides_network', 'True');
