@@ -6,6 +6,7 @@
  */
 import { Readable } from 'node:stream';
 import { PermissionDenied, ProtocolError, QubesException } from '../storage/errors.js';
+import { printable } from '../storage/volume.js';
 import { encodeError, encodeOk, type AdminEvent } from './protocol/reply.js';
 import { MAX_REQUEST_BYTES, FramingError, encodeHeader, validateHeader, type RequestHeader } from './protocol/header.js';
 import { findAllowingRule, type AccessPolicy } from './policy.js';
@@ -124,14 +125,16 @@ export function errorReply(ctx: DispatchContext, h: RequestHeader, err: unknown)
 }
 
 /** The one line logged per call. */
-export function logCall(ctx: DispatchContext, h: RequestHeader, result: string, startedMs: number): void {
-  const line = `call ${describe(h)} result=${result} duration_ms=${Math.round(performance.now() - startedMs)}`;
+export function logCall(ctx: DispatchContext, h: RequestHeader, result: string, startedMs: number, reason?: string): void {
+  const why = reason === undefined ? '' : ` reason=${JSON.stringify(printable(reason))}`;
+  const line = `call ${describe(h)} result=${result}${why} duration_ms=${Math.round(performance.now() - startedMs)}`;
   if (result === 'ok') ctx.log.info(line);
   else ctx.log.warn(line);
 }
 
+/** The call's fields for a log line; untrusted bytes are escaped so a name cannot forge log lines. */
 function describe(h: RequestHeader): string {
-  return `method=${h.method} arg=${h.arg === '' ? '-' : h.arg} source=${h.source} dest=${h.dest}`;
+  return `method=${printable(h.method)} arg=${h.arg === '' ? '-' : printable(h.arg)} source=${printable(h.source)} dest=${printable(h.dest)}`;
 }
 
 /**
@@ -165,7 +168,7 @@ export async function executeCall(
     return reply;
   } catch (err) {
     const { reply, name } = errorReply(ctx, h, err);
-    logCall(ctx, h, name, startedMs);
+    logCall(ctx, h, name, startedMs, err instanceof Error ? err.message : String(err));
     return reply;
   }
 }
@@ -193,7 +196,7 @@ export async function runEvents(
     return undefined;
   } catch (err) {
     const { reply, name } = errorReply(ctx, h, err);
-    logCall(ctx, h, name, startedMs);
+    logCall(ctx, h, name, startedMs, err instanceof Error ? err.message : String(err));
     return sent ? undefined : reply;
   }
 }

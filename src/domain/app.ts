@@ -20,6 +20,7 @@
  * is the hypervisor): after a load every domain is Halted, and a volume left
  * dirty by a crash is picked up by its next start (the storage contract).
  */
+import * as path from 'node:path';
 import { writeFileAtomic } from '../files/files.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { DomainStorage, realSource } from '../storage/domain-storage.js';
@@ -501,6 +502,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.pendingPools.add(name);
     try {
       const pool = await this.factory.createPool(driver, name, { ...options });
+      this.checkPoolPlace(pool);
       await pool.setup();
       const record: PoolRecord = {
         name,
@@ -520,6 +522,31 @@ export class QubesApp implements DomainHost, StateModel {
       return pool;
     } finally {
       this.pendingPools.delete(name);
+    }
+  }
+
+  /**
+   * A directory pool must not share its directory with another pool, nor lie
+   * among another pool's volumes (or hold another among its own): their
+   * volume ids would collide. A pool inside another's directory but outside
+   * its volume folders is fine (Qubes' included_in, e.g. vm-kernels).
+   */
+  private checkPoolPlace(pool: Pool): void {
+    const mine = pool.config()['dir_path'];
+    if (typeof mine !== 'string' || !mine) return;
+    const a = path.resolve(mine);
+    const volumeDirs = new Set(['appvms', 'vm-templates', 'servicevms']);
+    const inVolumesOf = (inner: string, outer: string): boolean => {
+      const rel = path.relative(outer, inner);
+      return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) && volumeDirs.has(rel.split(path.sep)[0]!);
+    };
+    for (const e of this.poolEntries.values()) {
+      const theirs = e.pool.config()['dir_path'];
+      if (typeof theirs !== 'string' || !theirs) continue;
+      const b = path.resolve(theirs);
+      if (a === b) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} is already the directory of pool ${e.pool.name}`);
+      if (inVolumesOf(a, b)) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} lies among the volumes of pool ${e.pool.name}`);
+      if (inVolumesOf(b, a)) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} would hold pool ${e.pool.name} among its volumes`);
     }
   }
 

@@ -51,7 +51,7 @@ describe('replies', () => {
     const lines = h.log.lines.slice(before);
     assert.equal(lines.length, 2, lines.join('\n'));
     assert.match(lines[0]!, /^info call method=test\.Arg arg=a1 source=dom0 dest=work result=ok duration_ms=\d+$/);
-    assert.match(lines[1]!, /^warn call method=test\.Fail arg=- source=dom0 dest=w2 result=QubesValueError duration_ms=\d+$/);
+    assert.match(lines[1]!, /^warn call method=test\.Fail arg=- source=dom0 dest=w2 result=QubesValueError reason="bad value: x" duration_ms=\d+$/);
   });
 
   test('socket mode is 0660', async () => {

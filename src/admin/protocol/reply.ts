@@ -40,9 +40,12 @@ export function encodeOk(result?: string | Uint8Array | void): Buffer {
  */
 export function encodeError(name: string, message: string, traceback = ''): Buffer {
   const cls = CLASS_NAME_RE.test(name) ? name : 'QubesException';
+  // Qubes clients treat the message as a %-format (applied to the arguments
+  // that may follow it): a literal '%' must be sent as '%%'.
+  const format = noNul(message).replace(/%/g, '%%');
   return Buffer.concat([
     Buffer.from([ERROR, 0]),
-    Buffer.from(`${cls}\0${noNul(traceback)}\0${noNul(message)}\0`, 'utf8'),
+    Buffer.from(`${cls}\0${noNul(traceback)}\0${format}\0`, 'utf8'),
   ]);
 }
 
@@ -81,8 +84,8 @@ export function decodeReply(bytes: Uint8Array): Reply {
   if (buf[0] === ERROR) {
     const fields = splitFields(buf, 2, 3);
     if (!fields || fields.end !== buf.length) throw new ProtocolError('malformed error reply from qubesd');
-    const [name, traceback, message] = fields.values as [string, string, string];
-    return { kind: 'error', name, traceback, message };
+    const [name, traceback, format] = fields.values as [string, string, string];
+    return { kind: 'error', name, traceback, message: format.replace(/%%/g, '%') };
   }
   throw new ProtocolError(`unexpected reply type 0x${buf[0]!.toString(16)} from qubesd`);
 }
@@ -124,7 +127,7 @@ export class EventStreamDecoder {
         const fields = splitFields(this.buf, 2, 3);
         if (!fields) break;
         const [name, traceback, message] = fields.values as [string, string, string];
-        items.push({ kind: 'error', name, traceback, message });
+        items.push({ kind: 'error', name, traceback, message: message.replace(/%%/g, '%') });
         this.finished = true;
         this.buf = Buffer.alloc(0);
         break;

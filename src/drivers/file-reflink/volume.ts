@@ -84,20 +84,33 @@ export class FileReflinkVolume extends Volume {
 
   // ---- reading the directory -------------------------------------------
 
+  /**
+   * This volume's entries of its directory. Anything of ours that is not a
+   * regular file (a symlink planted to make us read or write elsewhere, a
+   * directory) is refused, never followed.
+   */
   private async entries(): Promise<ClassifiedFile[]> {
-    let names: string[];
+    let dirents: import('node:fs').Dirent[];
     try {
-      names = await fs.readdir(this.files.dir);
+      dirents = await fs.readdir(this.files.dir, { withFileTypes: true });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
     const out: ClassifiedFile[] = [];
-    for (const n of names) {
-      const c = classify(this.files, n);
-      if (c) out.push(c);
+    for (const d of dirents) {
+      const c = classify(this.files, d.name);
+      if (!c) continue;
+      if (!d.isFile()) throw new StoragePoolException(this.what(`${c.file} is not a regular file (a symlink?); refusing to use it`));
+      out.push(c);
     }
     return out;
+  }
+
+  /** A hard link made to another file is refused unless that file is a regular file (not a planted symlink). */
+  private async checkRegular(file: string, what: string): Promise<void> {
+    const st = await fs.lstat(file);
+    if (!st.isFile()) throw new StoragePoolException(this.what(`${what} is not a regular file (a symlink?); refusing to use it`));
   }
 
   private async scan(): Promise<Scan> {
@@ -235,6 +248,7 @@ export class FileReflinkVolume extends Volume {
     }
     failpoint(FP.startAfterBaseLink);
     try {
+      await this.checkRegular(this.files.base, `source ${src.vid}`);
       await this.installCopy(this.files.base, this.files.dirty, true, false);
     } catch (e) {
       await unlinkIfExists(this.files.base); // a failed start leaves nothing behind
@@ -398,8 +412,16 @@ export class FileReflinkVolume extends Volume {
 
   protected async doRevisions(): Promise<Revision[]> {
     const entries = await this.entries();
-    return entries
-      .filter((e) => e.role === 'revision')
+    // A revision that is a second name of the committed image is what a crash
+    // left of a commit or revert (recover() drops it): not a revision.
+    const clean = await lstatOrNull(this.files.clean);
+    const leftover = async (f: string): Promise<boolean> => {
+      const st = clean ? await lstatOrNull(f) : null;
+      return !!st && st.ino === clean!.ino && st.dev === clean!.dev;
+    };
+    const revs: ClassifiedFile[] = [];
+    for (const e of entries) if (e.role === 'revision' && !(await leftover(e.file))) revs.push(e);
+    return revs
       .sort((a, b) => a.id! - b.id!)
       .map((e) => ({ id: String(e.id), time: e.time! }));
   }
@@ -434,6 +456,12 @@ export class FileReflinkVolume extends Volume {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT')
           throw new StoragePoolException(this.what('nothing to export (no committed data)'));
+        throw e;
+      }
+      try {
+        await this.checkRegular(link, 'the committed image');
+      } catch (e) {
+        await unlinkIfExists(link);
         throw e;
       }
       this.pool.hold(link);
@@ -504,6 +532,12 @@ export class FileReflinkVolume extends Volume {
     if (!base) return false; // not running: the next start takes the current source
     const cur = await lstatOrNull((this.source as FileReflinkVolume).committedImage);
     return !cur || cur.ino !== base.ino || cur.dev !== base.dev;
+  }
+
+  /** An origin's committed image carries its size (see Volume.storedSize). */
+  override async storedSize(): Promise<number | null> {
+    if (!this.save_on_stop || this.snap_on_start) return null;
+    return (await lstatOrNull(this.files.clean))?.size ?? null;
   }
 
   protected async doUsage(): Promise<number> {
