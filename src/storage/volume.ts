@@ -278,7 +278,26 @@ export abstract class Volume {
           `${this.where}: cannot snapshot ${src.vid} while it runs with snapshots disabled (revisions_to_keep=-1)`,
         );
     }
-    await this.locked(() => this.doStart());
+    await this.locked(async () => {
+      await this.adoptStoredSize();
+      await this.doStart();
+    });
+  }
+
+  /**
+   * The size of the stored data, for drivers where the data carries it (an
+   * image file); null when only the recorded size is known. A crash between
+   * a resize (or an import) of the data and the save of the state leaves the
+   * recorded size stale; the data's size wins, so a later resize never takes
+   * the real image for smaller than it is and truncates what the domain wrote.
+   */
+  async storedSize(): Promise<number | null> {
+    return null;
+  }
+
+  private async adoptStoredSize(): Promise<void> {
+    const stored = await this.storedSize();
+    if (stored !== null && stored !== this._size) this._size = stored;
   }
 
   /** Commits (save_on_stop) or discards the domain's writes. */
@@ -296,6 +315,7 @@ export abstract class Volume {
     checkSize(size, this.where);
     if (!this._rw) throw new QubesValueError(`${this.where}: cannot resize a read-only volume`);
     await this.locked(async () => {
+      await this.adoptStoredSize();
       if (size < this._size && !opts.force)
         throw new QubesValueError(
           `${this.where}: shrinking from ${this._size} to ${size} bytes would lose data; refused without force`,
@@ -326,6 +346,7 @@ export abstract class Volume {
       if (!revs.some((r) => r.id === id))
         throw new QubesVolumeRevisionNotFoundError(`${this.where}: no revision '${printable(id)}'`);
       await this.doRevert(id);
+      await this.adoptStoredSize(); // the reverted-to data keeps its own size
     });
   }
 
@@ -394,7 +415,7 @@ export abstract class Volume {
         if (await this.doIsDirty())
           throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
         await this.doImportVolume(src, srcPath);
-        this._size = src.size;
+        this._size = (await this.storedSize()) ?? src.size; // the copy's size (src's record may be stale)
       });
     } finally {
       await src.exportEnd(srcPath);
