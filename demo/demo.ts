@@ -1,79 +1,98 @@
-// A short tour of the storage core on a temporary directory: a pool, a
-// template and an AppVM, start, write, stop, revisions, revert, usage, remove.
-// Runs without root; on a filesystem without reflink it uses sparse copies.
+// A tour of the command-line tools on the embedded default: no daemon, no
+// root, a temporary base directory (QUBES_BASE_DIR). Each step runs the real
+// tool as a child process and prints the command and what it printed: add a
+// pool, create a template and an AppVM, start, write into the private
+// volume through its path, stop, see the new revision, revert, pool usage,
+// remove everything.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileReflinkDriver } from '../src/drivers/file-reflink/index.js';
-import type { FileReflinkPool } from '../src/drivers/file-reflink/pool.js';
+import { fileURLToPath } from 'node:url';
 import { reflinkSupported } from '../src/files/files.js';
-import { DomainStorage } from '../src/storage/domain-storage.js';
-import { defaultVolumeConfigs } from '../src/storage/volume-sets.js';
 
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli');
 const MiB = 1024 * 1024;
 const say = (s: string) => process.stdout.write(`${s}\n`);
-const show = (s: string) => process.stdout.write(`    ${s}\n`);
 
-async function main(): Promise<void> {
-  const base = await fs.mkdtemp(path.join(process.env['QUBES_BASE_DIR'] ?? os.tmpdir(), 'qubes-storage-demo-'));
+async function main(): Promise<number> {
+  const base = await fs.mkdtemp(path.join(os.tmpdir(), 'qubes-storage-demo-'));
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    QUBES_BASE_DIR: base,
+    // A socket nothing listens on: the tools run embedded, on BASE.
+    QUBESD_SOCKET: path.join(base, 'qubesd.sock'),
+  };
+  const shown = (s: string) => s.split(base).join('$BASE');
+
+  /** Runs one tool, prints `$ command` and its output; returns stdout. */
+  const tool = (cmd: string, expectCode = 0): string => {
+    say(`$ ${shown(cmd)}`);
+    const [name, ...args] = cmd.split(' ');
+    const r = spawnSync(process.execPath, [path.join(CLI, `${name}.js`), ...args], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = shown(`${r.stdout}${r.stderr}`);
+    if (out) process.stdout.write(out.replace(/^(?=.)/gm, '    '));
+    if (r.status !== expectCode) throw new Error(`${name} exited with ${r.status}, expected ${expectCode}`);
+    return r.stdout;
+  };
+
   try {
-    const dir = path.join(base, 'pool');
-    await fs.mkdir(dir);
-    const reflink = await reflinkSupported(dir);
-    say(`# pool "demo" (file-reflink) in ${dir}`);
-    if (!reflink) say('  note: this filesystem has no reflink; copies will be sparse (setup_check=False)');
-    const pool = fileReflinkDriver.createPool('demo', {
-      dir_path: dir, setup_check: reflink, revisions_to_keep: 2, ephemeral_volatile: false,
-    }) as FileReflinkPool;
-    await pool.setup();
-    const pools = () => pool;
-    const sizes = { root: 256 * MiB, private: 128 * MiB };
-    const p = { root: 'demo', private: 'demo', volatile: 'demo' };
+    say(`# QUBES_BASE_DIR=${base} (shown as $BASE); no daemon answers, so each tool opens the state itself`);
+    say('# first use: the default pool is made on the spot');
+    tool('qvm-pool');
 
-    say('# create TemplateVM "fedora" and AppVM "work" based on it');
-    const tpl = DomainStorage.init({ domain: { name: 'fedora', dirPrefix: 'vm-templates' }, volumes: defaultVolumeConfigs('TemplateVM', p, sizes) }, pools);
-    await tpl.create();
-    const work = DomainStorage.init({ domain: { name: 'work', dirPrefix: 'appvms' }, volumes: defaultVolumeConfigs('AppVM', p, sizes), template: tpl }, pools);
-    await work.create();
-    for (const v of await pool.listVolumes()) show(v);
+    const poolDir = path.join(base, 'demo-pool');
+    await fs.mkdir(poolDir);
+    const reflink = await reflinkSupported(poolDir);
+    say(`# a pool of our own (file-reflink; this filesystem ${reflink ? 'makes reflink copies' : 'has no reflink, so setup_check=False: sparse copies'})`);
+    tool(`qvm-pool add demo file-reflink -o dir_path=${poolDir} -o setup_check=${reflink ? 'True' : 'False'} -o revisions_to_keep=2`);
+    tool('qvm-pool info demo');
 
-    say('# start "work", write into its private volume through its path, stop');
-    await work.start();
-    const priv = work.get('private');
-    show(`private is at ${await priv.path()} while running`);
-    await fs.writeFile(await priv.path(), 'hello from work, first version\n', { flag: 'r+' });
-    await work.stop();
-    await work.start();
-    await fs.writeFile(await priv.path(), 'hello from work, SECOND version\n', { flag: 'r+' });
-    await work.stop();
+    say('# a template in that pool (R3.2 spelling -Pdemo), given a small root image');
+    tool('qvm-create --class TemplateVM --label black -Pdemo tpl');
+    const rootImg = path.join(base, 'root.img');
+    await fs.writeFile(rootImg, 'a tiny root filesystem\n');
+    await fs.truncate(rootImg, 64 * MiB);
+    tool(`qvm-volume import tpl:root ${rootImg}`);
 
-    say('# revisions of work:private (oldest first)');
-    for (const r of await priv.revisions()) show(`${r.id}  ${r.time}`);
-    const head = async () => (await fs.readFile(await priv.path())).subarray(0, 32).toString().trim();
-    show(`current data: "${await head()}"`);
+    say('# an AppVM on it; shrinking its 2 GiB private volume is refused, importing a 32 MiB image sets the size');
+    tool('qvm-create --template tpl --label red -P demo work');
+    tool('qvm-volume resize work:private 32Mi', 1);
+    const privImg = path.join(base, 'private.img');
+    await fs.truncate(await fs.open(privImg, 'w').then(async (fh) => (await fh.close(), privImg)), 32 * MiB);
+    tool(`qvm-volume import --size 32Mi work:private ${privImg}`);
+    tool('qvm-ls');
+    tool('qvm-volume list work');
 
-    say('# revert work:private to the newest revision');
-    await priv.revert();
-    show(`current data: "${await head()}"`);
-    show(`revisions now: ${(await priv.revisions()).map((r) => r.id).join(', ')} (the revert can be undone)`);
+    say('# start it, write into its private volume through the path the driver gives, stop it');
+    tool('qvm-start work');
+    const p = tool('qvm-volume info work:private path').trim();
+    const fh = await fs.open(p, 'r+');
+    await fh.write(Buffer.from('hello from the demo\n'), 0, 20, 0);
+    await fh.close();
+    say(`# (wrote "hello from the demo" at the start of ${shown(p)})`);
+    tool('qvm-shutdown --wait work');
 
-    say('# volume info and pool usage');
-    const info = await priv.info();
-    show(`size=${info.size} usage=${info.usage} revisions_to_keep=${info.revisions_to_keep} path=${info.path}`);
-    const u = await pool.usageDetails();
-    show(`pool data_usage=${u['data_usage']} data_size=${u['data_size']} (${((100 * u['data_usage']!) / u['data_size']!).toFixed(1)}%)`);
+    say('# stopping committed the data; the data before it is a revision to revert to');
+    tool('qvm-volume info work:private');
+    tool('qvm-volume revert work:private');
+    tool('qvm-volume info work:private');
 
-    say('# remove both domains');
-    await work.remove();
-    await tpl.remove();
-    show(`volumes left: ${(await pool.listVolumes()).length}`);
-    say('done');
+    say('# pool usage (exit code 3 when a pool is above --threshold)');
+    tool('qvm-pool usage');
+
+    say('# clean up');
+    tool('qvm-remove -f work tpl');
+    tool('qvm-pool remove demo');
+    tool('qvm-ls');
+    say('# done');
+    return 0;
+  } catch (e) {
+    say(`demo failed: ${(e as Error).message}`);
+    return 1;
   } finally {
     await fs.rm(base, { recursive: true, force: true });
   }
 }
 
-main().catch((e) => {
-  process.stderr.write(`demo failed: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
-});
+process.exitCode = await main();

@@ -69,6 +69,12 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     },
   };
 
+  // A reader that went away (`qvm-volume export x:y - | head`): stop quietly.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
+
   let interrupted = false;
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupted) return;

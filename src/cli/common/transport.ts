@@ -90,8 +90,8 @@ export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
       if (!(e instanceof StateLockedError)) throw e;
       if (Date.now() >= deadline)
         throw new StateBusyError(
-          `the state in ${baseDir} is in use (${e.message}); gave up after ${Math.round(timeoutMs / 1000)} s` +
-            ' (another tool still running? set QUBES_LOCK_TIMEOUT=SECONDS to wait longer)',
+          `${e.message}; gave up waiting after ${Math.round(timeoutMs / 1000)} s` +
+            ' (another tool still running? QUBES_LOCK_TIMEOUT=SECONDS waits longer)',
         );
       if (!waitingSaid && Date.now() - started >= 1000) {
         opts.notice?.(`waiting for another tool to release the state in ${baseDir}...`);

@@ -1,0 +1,94 @@
+/**
+ * Running the tools as child processes on a temporary base directory,
+ * embedded (no daemon) or against a qubesd started here and stopped by pid.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** dist/ */
+export const DIST = path.resolve(here, '..', '..');
+export const CLI_DIR = path.join(DIST, 'src', 'cli');
+export const QUBESD = path.join(DIST, 'src', 'daemon', 'qubesd.js');
+
+export const TOOLS = ['qvm-pool', 'qvm-volume', 'qvm-create', 'qvm-clone', 'qvm-remove', 'qvm-start', 'qvm-shutdown', 'qvm-prefs', 'qvm-ls'];
+
+export interface Result {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly code: number | null;
+}
+
+export async function tempBase(prefix = 'qs-cli-'): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+/** The environment of a tool: only what decides the transport and the base directory. */
+export function toolEnv(base: string, socket?: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, ...extra };
+  // Always a socket path of this test's own: never a daemon of the machine.
+  env['QUBESD_SOCKET'] = socket ?? path.join(base, 'no-daemon.sock');
+  return env;
+}
+
+export function run(tool: string, args: readonly string[], env: NodeJS.ProcessEnv, input?: string): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(CLI_DIR, `${tool}.js`), ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ stdout, stderr, code }));
+    if (input !== undefined) child.stdin.end(input);
+    else child.stdin.end();
+  });
+}
+
+export interface Daemon {
+  readonly socket: string;
+  readonly pid: number;
+  stop(): Promise<void>;
+}
+
+/** Starts qubesd on `base` and resolves once it listens. */
+export async function startDaemon(base: string): Promise<Daemon> {
+  const socket = path.join(base, 's');
+  const child: ChildProcess = spawn(process.execPath, [QUBESD, '--base-dir', base, '--socket', socket], {
+    env: { PATH: process.env['PATH'], HOME: base },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`qubesd did not start:\n${log}`)), 15_000);
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      log += d;
+      if (log.includes('listening on')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`qubesd exited (${code}):\n${log}`));
+    });
+  });
+  child.removeAllListeners('exit');
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  return {
+    socket,
+    pid: child.pid!,
+    async stop() {
+      process.kill(child.pid!, 'SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** The base directory written as $BASE, so that outputs of different runs compare. */
+export function normalize(text: string, base: string): string {
+  return text.split(base).join('$BASE');
+}

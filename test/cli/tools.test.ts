@@ -1,0 +1,220 @@
+/**
+ * The tools as child processes: --help everywhere, legacy flags, JSON,
+ * export/import round trip, two tools racing on the embedded default, a
+ * state held by someone else, and the demo.
+ */
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { openRuntime } from '../../src/daemon/runtime.js';
+import { DIST, normalize, run, tempBase, toolEnv, TOOLS } from './helpers.js';
+
+const SUBCOMMANDS: Record<string, string[]> = {
+  'qvm-pool': ['list', 'info', 'drivers', 'add', 'remove', 'set', 'usage'],
+  'qvm-volume': ['list', 'info', 'config', 'resize', 'revert', 'import', 'export', 'clone', 'clear'],
+};
+
+describe('--help', () => {
+  let base: string;
+  before(async () => (base = await tempBase()));
+  after(() => fs.rm(base, { recursive: true, force: true }));
+
+  for (const tool of TOOLS) {
+    it(`${tool} --help`, async () => {
+      const r = await run(tool, ['--help'], toolEnv(base));
+      assert.equal(r.code, 0);
+      assert.equal(r.stderr, '');
+      assert.ok(r.stdout.startsWith(`usage: ${tool} `), r.stdout);
+    });
+    for (const sub of SUBCOMMANDS[tool] ?? [])
+      it(`${tool} ${sub} --help`, async () => {
+        const r = await run(tool, [sub, '--help'], toolEnv(base));
+        assert.equal(r.code, 0);
+        assert.ok(r.stdout.startsWith(`usage: ${tool} ${sub} [-h]`), r.stdout);
+      });
+  }
+  it('help opens no state', async () => {
+    await assert.rejects(fs.stat(path.join(base, 'qubes.xml')), { code: 'ENOENT' });
+  });
+  it('qvm-pool usage --help names its exit code', async () => {
+    const r = await run('qvm-pool', ['usage', '--help'], toolEnv(base));
+    assert.match(r.stdout, /3 when any pool is above it/);
+  });
+  it('a mistake on the command line: one line, exit 2, nothing opened', async () => {
+    const r = await run('qvm-volume', ['frobnicate'], toolEnv(base));
+    assert.deepEqual(r, {
+      stdout: '',
+      stderr: "qvm-volume: error: unknown command 'frobnicate' (choose from list, info, config, resize, revert, import, export, clone, clear) (see qvm-volume --help)\n",
+      code: 2,
+    });
+    await assert.rejects(fs.stat(path.join(base, 'qubes.xml')), { code: 'ENOENT' });
+  });
+});
+
+describe('on the embedded default', () => {
+  let base: string;
+  let env: NodeJS.ProcessEnv;
+  before(async () => {
+    base = await tempBase();
+    env = toolEnv(base);
+  });
+  after(() => fs.rm(base, { recursive: true, force: true }));
+
+  it('legacy qvm-pool flags and JSON', async () => {
+    const add = await run('qvm-pool', ['-a', 'p1', 'file-reflink', '-o', `dir_path=${base}/p1,setup_check=False`], env);
+    assert.equal(add.code, 0, add.stderr);
+    const list = await run('qvm-pool', ['--format', 'json'], env);
+    assert.deepEqual(JSON.parse(list.stdout), [
+      { name: 'default', driver: 'file-reflink' },
+      { name: 'p1', driver: 'file-reflink' },
+    ]);
+    const info = await run('qvm-pool', ['-i', 'p1', '--format', 'json'], env);
+    const obj = JSON.parse(info.stdout) as Record<string, string>;
+    assert.equal(Object.keys(obj)[0], 'name');
+    assert.equal(obj['revisions_to_keep'], '1');
+    assert.equal((await run('qvm-pool', ['-s', 'p1', '-o', 'revisions_to_keep=4'], env)).code, 0);
+    assert.equal(JSON.parse((await run('qvm-pool', ['info', 'p1', '--format=json'], env)).stdout)['revisions_to_keep'], '4');
+    const drivers = await run('qvm-pool', ['--help-drivers'], env);
+    assert.match(drivers.stdout, /^DRIVER +OPTIONS\n/);
+    assert.match(drivers.stdout, /\nfile-reflink +dir_path, setup_check, revisions_to_keep, ephemeral_volatile\n/);
+    const usage = await run('qvm-pool', ['usage', '--threshold', '0', '--format', 'json', 'p1'], env);
+    assert.equal(usage.code, 3, 'above the threshold: exit 3');
+    assert.match(usage.stderr, /^qvm-pool: warning: pool p1: data [\d.]+% used \(threshold 0%\)\n$/);
+    const u = JSON.parse(usage.stdout) as { pool: string; above_threshold: boolean; data_size: number }[];
+    assert.equal(u[0]!.pool, 'p1');
+    assert.equal(u[0]!.above_threshold, true);
+    assert.ok(u[0]!.data_size > 0);
+    assert.equal((await run('qvm-pool', ['usage', '--threshold', '100', 'p1'], env)).code, 0);
+    assert.equal((await run('qvm-pool', ['-r', 'p1'], env)).code, 0);
+    assert.equal((await run('qvm-pool', ['-l'], env)).stdout, 'NAME     DRIVER\ndefault  file-reflink\n');
+  });
+
+  it('export and import round trip, sizes with suffixes', async () => {
+    assert.equal((await run('qvm-create', ['--class', 'StandaloneVM', '--label', 'green', 'sa'], env)).code, 0);
+    const data = Buffer.alloc(1024 * 1024);
+    data.write('exported and imported', 4096);
+    const img = path.join(base, 'in.img');
+    await fs.writeFile(img, data);
+    const imp = await run('qvm-volume', ['import', 'sa:private', img], env);
+    assert.deepEqual(imp, { stdout: '', stderr: '', code: 0 });
+    assert.equal((await run('qvm-volume', ['info', 'sa:private', 'size'], env)).stdout, '1048576\n');
+    const out = path.join(base, 'out.img');
+    assert.equal((await run('qvm-volume', ['export', 'sa:private', out], env)).code, 0);
+    assert.ok((await fs.readFile(out)).equals(data));
+    // To stdout too.
+    const piped = await run('qvm-volume', ['export', 'sa:private', '-'], env);
+    assert.equal(piped.stdout.length, data.length);
+    // --no-resize: the data must be exactly the volume's size.
+    const short = path.join(base, 'short.img');
+    await fs.writeFile(short, Buffer.alloc(1000));
+    const bad = await run('qvm-volume', ['import', '--no-resize', 'sa:private', short], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^qvm-volume: error: .*\n$/);
+    assert.ok((await run('qvm-volume', ['export', 'sa:private', out], env)).code === 0 && (await fs.readFile(out)).equals(data), 'old data kept');
+    // From stdin with --size.
+    const viaStdin = await run('qvm-volume', ['import', '--size', '2Ki', 'sa:private', '-'], env, 'x'.repeat(2048));
+    assert.equal(viaStdin.code, 0, viaStdin.stderr);
+    assert.equal((await run('qvm-volume', ['info', 'sa:private', 'size'], env)).stdout, '2048\n');
+    assert.equal((await run('qvm-volume', ['resize', 'sa:private', '1Mi'], env)).code, 0);
+    assert.equal((await run('qvm-volume', ['info', 'sa:private', 'size'], env)).stdout, '1048576\n');
+    const rev = await run('qvm-volume', ['info', 'sa:private', '--format', 'json'], env);
+    const info = JSON.parse(rev.stdout) as { size: number; rw: boolean; revisions: string[] };
+    assert.equal(info.size, 1048576);
+    assert.equal(info.rw, true);
+    assert.ok(info.revisions.length >= 1);
+  });
+
+  it('qvm-prefs lists with D for defaults; qvm-prefs -D resets', async () => {
+    assert.equal((await run('qvm-prefs', ['sa', 'memory', '800'], env)).code, 0);
+    const list = await run('qvm-prefs', ['sa'], env);
+    assert.match(list.stdout, /\nmemory +- +800\n/);
+    assert.match(list.stdout, /\nvcpus +D +2\n/);
+    assert.equal((await run('qvm-prefs', ['-D', 'sa', 'memory'], env)).code, 0);
+    assert.equal((await run('qvm-prefs', ['sa', 'memory'], env)).stdout, '400\n');
+  });
+});
+
+describe('two tools at once on the embedded default', () => {
+  it('both succeed (one waits for the other) and the state has both', async () => {
+    const base = await tempBase();
+    try {
+      const env = toolEnv(base);
+      const [a, b] = await Promise.all([
+        run('qvm-create', ['--class', 'TemplateVM', '--label', 'red', 'ta'], env),
+        run('qvm-create', ['--class', 'TemplateVM', '--label', 'blue', 'tb'], env),
+      ]);
+      assert.equal(a.code, 0, a.stderr);
+      assert.equal(b.code, 0, b.stderr);
+      const ls = await run('qvm-ls', [], env);
+      assert.match(ls.stdout, /\nta +Halted +TemplateVM +red +- +- +default\ntb +Halted +TemplateVM +blue +- +- +default\n$/);
+      assert.equal((await run('qvm-pool', [], env)).stdout, 'NAME     DRIVER\ndefault  file-reflink\n', 'one default pool');
+    } finally {
+      await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+
+  it('a state held for longer than the wait: a clear error, nothing changed', async () => {
+    const base = await tempBase();
+    try {
+      const rt = await openRuntime({ baseDir: base, createDefaultPool: true });
+      let r;
+      try {
+        r = await run('qvm-create', ['--label', 'red', 'late'], toolEnv(base, undefined, { QUBES_LOCK_TIMEOUT: '1' }));
+      } finally {
+        await rt.close();
+      }
+      assert.equal(r.code, 1);
+      assert.equal(r.stdout, '');
+      const lastLine = normalize(r.stderr, base).trim().split('\n').at(-1)!;
+      assert.match(lastLine, /^qvm-create: error: state file \$BASE\/qubes\.xml is in use by process \d+ .*; gave up waiting after 1 s \(another tool still running\? QUBES_LOCK_TIMEOUT=SECONDS waits longer\)$/);
+      const ls = await run('qvm-ls', [], toolEnv(base));
+      assert.equal(ls.code, 0);
+      assert.ok(!ls.stdout.includes('late'));
+    } finally {
+      await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('npm run demo', () => {
+  it('runs the tour and prints each command with its output', async () => {
+    const r = await new Promise<{ out: string; code: number | null }>((resolve, reject) => {
+      const child = spawn(process.execPath, [path.join(DIST, 'demo', 'demo.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ out, code }));
+    });
+    assert.equal(r.code, 0, r.out);
+    const commands = r.out.split('\n').filter((l) => l.startsWith('$ ')).map((l) => l.split(' ').slice(1, 3).join(' '));
+    assert.deepEqual(commands, [
+      'qvm-pool',
+      'qvm-pool add',
+      'qvm-pool info',
+      'qvm-create --class',
+      'qvm-volume import',
+      'qvm-create --template',
+      'qvm-volume resize',
+      'qvm-volume import',
+      'qvm-ls',
+      'qvm-volume list',
+      'qvm-start work',
+      'qvm-volume info',
+      'qvm-shutdown --wait',
+      'qvm-volume info',
+      'qvm-volume revert',
+      'qvm-volume info',
+      'qvm-pool usage',
+      'qvm-remove -f',
+      'qvm-pool remove',
+      'qvm-ls',
+    ]);
+    // After the stop: a revision to revert to; after the revert, the written data is a revision too.
+    assert.match(r.out, /\$ qvm-shutdown --wait work\n# stopping committed[^\n]*\n\$ qvm-volume info work:private\n(    [^\n]*\n)*    List of available revisions \(for revert\):\n      1\n      2\n/);
+    assert.match(r.out, /    work  Running|work +Halted +AppVM +red +tpl +- +demo/);
+    assert.match(r.out, /\$ qvm-pool usage\n    POOL +USED +SIZE +USE%\n    default .*\n    demo .*\n/);
+    assert.match(r.out, /# done\n$/);
+  });
+});
