@@ -283,7 +283,7 @@ async function doClone(t: ToolContext, p: Parsed): Promise<void> {
   await checkVolume(api, dst);
   await confirm(
     t,
-    `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(Number(srcInfo.get('size') ?? 0))}); its current data becomes a revision. Continue?`,
+    `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(Number(srcInfo.get('size') ?? 0))}). Continue?`,
     p.flags.has('force'),
   );
   const token = (await api.transport.call('admin.vm.volume.CloneFrom', src.vm, src.volume)).toString('utf8');
@@ -299,7 +299,7 @@ async function doClear(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const api = await t.api();
   await checkVolume(api, v);
-  await confirm(t, `This replaces all data of ${showVmVolume(v)} with zeros; its current data becomes a revision. Continue?`, p.flags.has('force'));
+  await confirm(t, `This replaces all data of ${showVmVolume(v)} with zeros. Continue?`, p.flags.has('force'));
   await api.transport.call('admin.vm.volume.Clear', v.vm, v.volume);
 }
 

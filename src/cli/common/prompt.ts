@@ -11,7 +11,10 @@ export interface AskResult {
 }
 
 export async function askYesNo(question: string, io = { stdin: process.stdin, stderr: process.stderr }): Promise<AskResult> {
-  if (!io.stdin.isTTY) return { yes: false, reason: 'stdin is not a terminal, so nobody can answer: taking that as "no" (use -f to skip the question)' };
+  if (!io.stdin.isTTY) {
+    io.stderr.write(`${question} [y/N]\n`);
+    return { yes: false, reason: 'stdin is not a terminal, so nobody can answer: taking that as "no" (use -f to skip the question)' };
+  }
   const rl = readline.createInterface({ input: io.stdin, output: io.stderr });
   try {
     const answer = await new Promise<string | null>((resolve) => {
