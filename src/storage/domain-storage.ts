@@ -37,6 +37,23 @@ async function eachVolume(volumes: Iterable<Volume>, fn: (v: Volume) => Promise<
   return list;
 }
 
+/**
+ * Runs `op` on every volume at once; if any fails, `undo` runs on those that
+ * succeeded and the first error is thrown.
+ */
+async function allOrUndo(
+  volumes: Iterable<Volume>,
+  op: (v: Volume) => Promise<unknown>,
+  undo: (v: Volume) => Promise<unknown>,
+): Promise<void> {
+  const list = [...volumes];
+  const results = await Promise.allSettled(list.map(op));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (!failed) return;
+  await Promise.allSettled(list.filter((_, i) => results[i]!.status === 'fulfilled').map(undo));
+  throw failed.reason;
+}
+
 export class DomainStorage {
   readonly domain: DomainRef;
   readonly volumes: ReadonlyMap<string, Volume>;
@@ -76,12 +93,7 @@ export class DomainStorage {
 
   /** Creates every volume; if one fails, the ones made are removed again. */
   async create(): Promise<void> {
-    const list = [...this.volumes.values()];
-    const results = await Promise.allSettled(list.map((v) => v.create()));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (!failed) return;
-    await Promise.allSettled(list.filter((_, i) => results[i]!.status === 'fulfilled').map((v) => v.remove()));
-    throw failed.reason;
+    await allOrUndo(this.volumes.values(), (v) => v.create(), (v) => v.remove());
   }
 
   /** Checks every volume can start. */
@@ -95,12 +107,7 @@ export class DomainStorage {
    */
   async start(): Promise<void> {
     await this.verify();
-    const list = [...this.volumes.values()];
-    const results = await Promise.allSettled(list.map((v) => v.start()));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (!failed) return;
-    await Promise.allSettled(list.filter((_, i) => results[i]!.status === 'fulfilled').map((v) => v.stop()));
-    throw failed.reason;
+    await allOrUndo(this.volumes.values(), (v) => v.start(), (v) => v.stop());
   }
 
   /** Stops every volume (all are attempted even if one fails). */

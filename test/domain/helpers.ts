@@ -1,6 +1,5 @@
 // Builds Apps on temporary state files with a file-reflink pool, as the
 // domain tests need them.
-import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { QubesApp, type QubesAppOptions } from '../../src/domain/app.js';
 import type { AppEvent } from '../../src/domain/events.js';
@@ -53,25 +52,7 @@ export async function newApp(tfs: TestFs, dir: string, over: AppOverrides = {}):
 }
 
 /** Relative paths of all files under `dir`, sorted. */
-export async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    let entries;
-    try {
-      entries = await fs.readdir(path.join(dir, rel), { withFileTypes: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw e;
-    }
-    for (const e of entries) {
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) await walk(r);
-      else out.push(r);
-    }
-  };
-  await walk('');
-  return out.sort();
-}
+export { listFiles as filesUnder } from '../helpers/data.js';
 
 /** A writer that fails while `state.fail` is true (the App's writeFile seam). */
 export function failingWriter(state: { fail: boolean }): (file: string, data: string) => Promise<void> {
