@@ -91,7 +91,7 @@ describe('progress', () => {
   it('renders bytes, percent, rate and ETA', () => {
     assert.equal(
       renderProgress('import w:private', 512 * 1024 ** 2, 1024 ** 3, 4, 100),
-      'import w:private [###############...............]  50%  512.0 MiB / 1.0 GiB  128.0 MiB/s  ETA 0:04',
+      'import w:private [###############...............]  50%   512.0 MiB/1.0 GiB   128.0 MiB/s  ETA 0:04',
     );
   });
   it('draws on a terminal and clears the line at the end', () => {

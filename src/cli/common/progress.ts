@@ -38,7 +38,7 @@ export function progressBar(
     const t = now();
     if (!force && t - last < 100) return;
     last = t;
-    stream.write(`\r\x1b[2K${renderProgress(label, done, total, (t - started) / 1000, stream.columns ?? 80)}`);
+    stream.write(`\r\x1b[2K${renderProgress(label, done, total, (t - started) / 1000, stream.columns || 80)}`);
     shown = true;
   }
   return {
@@ -72,7 +72,7 @@ export function busyIndicator(label: string, stream: ProgressStream = process.st
   };
 }
 
-/** One line of the bar (pure, for tests): `label [#####.....]  45%  1.2 GiB / 2.0 GiB  80.0 MiB/s  ETA 0:10`. */
+/** One line of the bar (pure, for tests): `label [#####.....]  45%  1.2 GiB/2.0 GiB  80.0 MiB/s  ETA 0:10`. */
 export function renderProgress(label: string, done: number, total: number | null, elapsedS: number, columns = 80): string {
   const rate = elapsedS > 0 ? done / elapsedS : 0;
   const rateText = `${humanSize(Math.round(rate))}/s`;
@@ -81,10 +81,12 @@ export function renderProgress(label: string, done: number, total: number | null
   }
   const frac = Math.min(1, done / total);
   const eta = rate > 0 ? (total - done) / rate : NaN;
-  const tail = `${String(Math.floor(frac * 100)).padStart(3)}%  ${humanSize(done)} / ${humanSize(total)}  ${rateText}  ETA ${Number.isFinite(eta) ? clock(eta) : '--:--'}`;
-  const width = Math.max(10, Math.min(30, columns - label.length - tail.length - 6));
+  const tail = `${String(Math.floor(frac * 100)).padStart(3)}%  ${humanSize(done).padStart(10)}/${humanSize(total)}  ${rateText.padStart(12)}  ETA ${Number.isFinite(eta) ? clock(eta) : '--:--'}`;
+  const room = columns - 1 - label.length - tail.length - 4;
+  if (room < 10) return `${label} ${tail}`.slice(0, columns - 1);
+  const width = Math.min(30, room);
   const filled = Math.round(frac * width);
-  return `${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${tail}`.slice(0, columns - 1);
+  return `${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${tail}`;
 }
 
 function clock(s: number): string {
