@@ -53,17 +53,21 @@ export class CallbackVolume extends Volume {
   override get ephemeral(): boolean {
     return this.backend ? this.backend.ephemeral : super.ephemeral;
   }
-  override async setRw(rw: boolean): Promise<void> {
-    await this.backend.setRw(rw);
-    await super.setRw(rw);
+  override setRw(rw: boolean): void {
+    this.backend.setRw(rw);
+    super.setRw(rw);
   }
-  override async setRevisionsToKeep(n: number | null): Promise<void> {
-    await this.backend.setRevisionsToKeep(n);
-    await super.setRevisionsToKeep(n);
+  override setRevisionsToKeep(n: number | null): void {
+    this.backend.setRevisionsToKeep(n);
+    super.setRevisionsToKeep(n);
   }
-  override async setEphemeral(e: boolean | null): Promise<void> {
-    await this.backend.setEphemeral(e);
-    await super.setEphemeral(e);
+  override setEphemeral(e: boolean | null): void {
+    this.backend.setEphemeral(e);
+    super.setEphemeral(e);
+  }
+  /** The backend's data decides (see Volume.storedSize): a stale recorded size must not shrink it. */
+  override storedSize(): Promise<number | null> {
+    return this.backend.storedSize();
   }
   override config(): VolumeConfig {
     return { ...this.backend.config(), pool: this.pool.name };

@@ -94,13 +94,13 @@ export class LinuxKernelVolume extends Volume {
   override async export(): Promise<string> {
     throw this.refuse('export');
   }
-  override async setRw(rw: boolean): Promise<void> {
+  override setRw(rw: boolean): void {
     if (rw) throw this.refuse('make the volume writable');
   }
-  override async setRevisionsToKeep(n: number | null): Promise<void> {
+  override setRevisionsToKeep(n: number | null): void {
     if (n !== null && n !== 0) throw this.refuse('keep revisions');
   }
-  override async setEphemeral(e: boolean | null): Promise<void> {
+  override setEphemeral(e: boolean | null): void {
     if (e) throw this.refuse('make the volume ephemeral');
   }
 

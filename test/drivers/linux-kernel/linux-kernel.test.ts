@@ -158,9 +158,9 @@ describe('linux-kernel volumes', () => {
     { op: 'importDataEnd', run: (v) => v.importDataEnd(true), what: 'import data' },
     { op: 'importVolume', run: (v, other) => v.importVolume(other), what: 'import a volume' },
     { op: 'export', run: (v) => v.export(), what: 'export' },
-    { op: 'setRw(true)', run: (v) => v.setRw(true), what: 'make the volume writable' },
-    { op: 'setRevisionsToKeep(1)', run: (v) => v.setRevisionsToKeep(1), what: 'keep revisions' },
-    { op: 'setEphemeral(true)', run: (v) => v.setEphemeral(true), what: 'make the volume ephemeral' },
+    { op: 'setRw(true)', run: async (v) => v.setRw(true), what: 'make the volume writable' },
+    { op: 'setRevisionsToKeep(1)', run: async (v) => v.setRevisionsToKeep(1), what: 'keep revisions' },
+    { op: 'setEphemeral(true)', run: async (v) => v.setEphemeral(true), what: 'make the volume ephemeral' },
   ];
   for (const c of refusals)
     it(`refuses ${c.op} and leaves the kernels untouched`, async () => {
