@@ -123,6 +123,12 @@ interface Reservation {
 
 export const MAX_QID = 254;
 
+interface QueuedCommit {
+  readonly apply: () => () => void;
+  readonly resolve: () => void;
+  readonly reject: (e: unknown) => void;
+}
+
 const FP = {
   createAfterMark: declareFailpoint('app.create.after-mark'),
   createAfterVolumes: declareFailpoint('app.create.after-volumes'),
@@ -155,8 +161,10 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly creating = new Map<string, Domain>();
   /** Per-domain operations, keyed by name. */
   private readonly domainLocks = new KeyedMutex();
-  /** Apply-and-save, one at a time. */
+  /** Saves, one at a time. */
   private readonly commitLock = new KeyedMutex();
+  /** Changes waiting for the next save (see commit). */
+  private queuedCommits: QueuedCommit[] = [];
   private doc!: StateDocument;
   private closed = false;
 
@@ -238,6 +246,8 @@ export class QubesApp implements DomainHost, StateModel {
 
     const records = doc.readDomains();
     const recordOf = new Map<Domain, DomainRecord>();
+    /** qid -> domain loaded so far (a Map: searching the domains for each one is quadratic). */
+    const byQid = new Map<number, Domain>();
     const lines = new Map<object, Map<string, number>>();
     for (const rec of records) {
       if (!isDomainClass(rec.klass)) throw doc.error(rec.line, `unknown domain class '${printable(rec.klass)}'`);
@@ -264,10 +274,11 @@ export class QubesApp implements DomainHost, StateModel {
           throw doc.error(nameProp.line, (e as Error).message);
         }
         if (this.domains.has(nameProp.raw)) throw doc.error(rec.line, `domain ${nameProp.raw} is defined twice`);
-        const sameQid = [...this.domains.values()].find((x) => x.qid === qid);
+        const sameQid = byQid.get(qid);
         if (sameQid) throw doc.error(rec.line, `domain ${nameProp.raw} has qid ${qid}, as ${sameQid.name} has`);
         d = makeDomain(rec.klass, this, { name: nameProp.raw, qid });
       }
+      byQid.set(d.qid, d);
       lines.set(d, this.loadProperties(d, rec.properties));
       for (const f of rec.features) d.features.set(f.name, f.value);
       for (const t of rec.tags) d.tags.add(t);
@@ -1172,22 +1183,50 @@ export class QubesApp implements DomainHost, StateModel {
   }
 
   /**
-   * Applies a change and saves, one commit at a time; if saving fails the
-   * change is undone (synchronously, before the next commit) and the error
-   * is thrown.
+   * Applies a change and saves. Changes are applied one at a time, in call
+   * order, each synchronously; changes arriving while a save is being
+   * written are saved together by the next one (group commit: with many
+   * clients at once, a save per change would rewrite the whole state file
+   * for each). If that save fails, every change it held is undone (last
+   * first, synchronously, before the next save) and each caller gets the
+   * error. A change whose apply() throws is not applied and gets its error.
    */
-  private async commit(apply: () => () => void): Promise<void> {
-    await this.commitLock.run('state', async () => {
-      this.checkOpen();
-      const undo = apply();
+  private commit(apply: () => () => void): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.queuedCommits.push({ apply, resolve, reject });
+      // The first one queued schedules the save that takes the whole queue.
+      if (this.queuedCommits.length === 1) void this.commitLock.run('state', () => this.saveQueued());
+    });
+  }
+
+  private async saveQueued(): Promise<void> {
+    const batch = this.queuedCommits;
+    this.queuedCommits = [];
+    const applied: { undo: () => void; c: QueuedCommit }[] = [];
+    try {
+      for (const c of batch) {
+        try {
+          this.checkOpen();
+          applied.push({ undo: c.apply(), c });
+        } catch (e) {
+          c.reject(e);
+        }
+      }
+      if (!applied.length) return;
       try {
         this.doc.sync(this);
         await this.writeFile(this.stateFile, this.doc.serialize());
       } catch (e) {
-        undo();
-        throw e instanceof QubesException ? e : new StoragePoolException(`cannot save ${this.stateFile}: ${(e as Error).message}`, { cause: e });
+        for (let i = applied.length - 1; i >= 0; i--) applied[i]!.undo();
+        const err = e instanceof QubesException ? e : new StoragePoolException(`cannot save ${this.stateFile}: ${(e as Error).message}`, { cause: e });
+        for (const a of applied) a.c.reject(err);
+        return;
       }
-    });
+      for (const a of applied) a.c.resolve();
+    } catch (e) {
+      // An undo that threw: nobody may be left waiting.
+      for (const a of applied) a.c.reject(e);
+    }
   }
 
   private checkOpen(): void {

@@ -61,6 +61,7 @@ import {
   textOf,
   type XDocument,
   type XElement,
+  type XNode,
 } from './xml.js';
 import type { Volume } from '../storage/volume.js';
 
@@ -372,9 +373,13 @@ export class StateDocument {
     const live = new Set(domains.map((d) => this.bound.get(d)).filter((e): e is XElement => e !== undefined));
     for (const el of childElements(sec, 'domain')) if (!live.has(el)) removeElement(sec, el);
     const secIndent = indentOf(this.doc.root, sec);
+    // Where each child is, taken once: asking sec.children for each domain is quadratic
+    // in the number of domains. Elements inserted below go at the end, so these stay right.
+    const at = new Map<XNode, number>(sec.children.map((c, i) => [c, i]));
     for (const d of domains) {
       let el = this.bound.get(d);
-      if (el && !sec.children.includes(el)) {
+      const i = el ? at.get(el) : undefined;
+      if (el && i === undefined) {
         // Taken out by a save that failed and was undone: put it back as it was.
         insertElement(sec, el, null, secIndent, unit);
       } else if (!el) {
@@ -389,7 +394,7 @@ export class StateDocument {
       }
       const pending = model.pendingOf(d);
       if (attr(el, PENDING_ATTR) !== (pending ?? undefined)) setAttr(el, PENDING_ATTR, pending);
-      const ind = indentOf(sec, el);
+      const ind = i === undefined ? indentOf(sec, el) : indentAt(sec, i);
       const props = firstChild(el, 'properties') ?? this.ensureSection(el, 'properties', ind, unit);
       this.syncProperties(props, d, model.labels, ind + unit, unit);
       this.syncNamed(el, 'features', 'feature', d.features, ind, unit);
@@ -448,6 +453,14 @@ export class StateDocument {
       insertElement(sec, newElement('volume', sortedAttrs(clean)), null, ind, unit);
     }
   }
+}
+
+/** indentOf(parent, parent.children[i]) without searching for it. */
+function indentAt(parent: XElement, i: number): string {
+  const prev = parent.children[i - 1];
+  if (prev === undefined || prev.kind !== 'text' || prev.value.trim() !== '') return '';
+  const nl = prev.value.lastIndexOf('\n');
+  return nl < 0 ? '' : prev.value.slice(nl + 1);
 }
 
 function sortedAttrs(a: Record<string, string>): Record<string, string> {
