@@ -6,8 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Figure } from './stats.js';
-import { lifecycle } from './scenarios/lifecycle.js';
-import { clone } from './scenarios/clone.js';
+import { SCENARIOS } from './scenarios/index.js';
 
 export interface ScenarioResult {
   figures: Figure[];
@@ -19,8 +18,6 @@ export interface Scenario {
   describe: string;
   run(opts: { quick: boolean }): Promise<ScenarioResult>;
 }
-
-const SCENARIOS: Scenario[] = [lifecycle, clone];
 
 function fmt(n: number): string {
   return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2);
@@ -36,11 +33,13 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const chosen = names.length ? SCENARIOS.filter((s) => names.includes(s.name)) : SCENARIOS;
-  const results: Record<string, ScenarioResult & { describe: string }> = {};
+  const loadStart = os.loadavg();
+  const results: Record<string, ScenarioResult & { describe: string; date: string; loadAverage: number[] }> = {};
   for (const s of chosen) {
     process.stdout.write(`\n== ${s.name}: ${s.describe}\n`);
+    const date = new Date().toISOString();
     const r = await s.run({ quick });
-    results[s.name] = { ...r, describe: s.describe };
+    results[s.name] = { ...r, describe: s.describe, date, loadAverage: os.loadavg() };
     for (const n of r.notes) process.stdout.write(`   ${n}\n`);
     const rows = r.figures.map((f) => [
       f.name, f.unit, fmt(f.min), fmt(f.median), fmt(f.max),
@@ -53,15 +52,28 @@ async function main(): Promise<void> {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const outDir = path.resolve(here, '../../bench/results');
   await fs.mkdir(outDir, { recursive: true });
+  // --quick runs (the smoke test, trying things out) never replace the real figures.
+  const outFile = path.join(outDir, quick ? 'quick.json' : 'latest.json');
+  // A run of some scenarios keeps the others' last results (each says when it ran).
+  let previous: Record<string, unknown> = {};
+  try {
+    const old = JSON.parse(await fs.readFile(outFile, 'utf8')) as { scenarios?: Record<string, unknown> };
+    previous = old.scenarios ?? {};
+  } catch {
+    // none yet
+  }
   const report = {
     date: new Date().toISOString(),
+    command: `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`,
     quick,
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), kernel: os.release(), platform: os.platform() },
     node: process.version,
-    scenarios: results,
+    loadAverage: { start: loadStart, end: os.loadavg() },
+    scenarios: { ...previous, ...results },
   };
-  await fs.writeFile(path.join(outDir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
-  process.stdout.write(`\nwrote ${path.join(outDir, 'latest.json')}\n`);
+  await fs.writeFile(outFile, JSON.stringify(report, null, 2) + '\n');
+  process.stdout.write(`\nload average (1, 5, 15 min): start ${loadStart.map((x) => x.toFixed(2)).join(' ')}, end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
+  process.stdout.write(`wrote ${outFile}\n`);
 }
 
 main().catch((e) => {

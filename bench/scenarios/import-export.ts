@@ -1,0 +1,204 @@
+// Scenario "import-export": a 4 GiB image holding 1 GiB of data in scattered
+// 1 MiB extents, imported into a volume through the daemon
+// (admin.vm.volume.ImportWithSize streamed over the socket of a child
+// qubesd) and exported again (admin.vm.volume.Export: the path read into a
+// file, zero blocks left as holes, fsynced, ExportEnd). Baselines on the same
+// files, same filesystem, same run, interleaved: `dd bs=128K
+// conv=sparse,fdatasync` and `cp --sparse=always` (and, for the record,
+// `cp --sparse=always` followed by `sync OUT`, the same durability as the
+// import). Outputs are compared by SHA-256 and allocated size.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { AdminClient } from '../../src/admin/client.js';
+import { GiB, MiB, startChildQubesd } from '../daemon-util.js';
+import { scratchXfs } from '../scratch-fs.js';
+import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
+import type { Scenario } from '../run.js';
+
+const execFileP = promisify(execFile);
+const READ_CHUNK = MiB;
+const BLOCK = 4096;
+
+/** A sparse file of `size` bytes with `data` bytes of random data in 1 MiB extents spread evenly. */
+async function makeImage(file: string, size: number, data: number): Promise<void> {
+  const fh = await fsp.open(file, 'w');
+  try {
+    await fh.truncate(size);
+    const n = data / MiB;
+    const stride = Math.floor(size / n / MiB) * MiB;
+    let seed = Buffer.alloc(MiB);
+    for (let i = 0; i < n; i++) {
+      // cheap distinct non-zero data: a hash chain fills each extent
+      let h = createHash('sha256').update(String(i)).digest();
+      for (let o = 0; o < MiB; o += h.length) {
+        h.copy(seed, o);
+        if ((o & 0xfff) === 0) h = createHash('sha256').update(h).digest();
+      }
+      await fh.write(seed, 0, MiB, i * stride);
+    }
+    seed = Buffer.alloc(0);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function sha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of fs.createReadStream(file, { highWaterMark: 4 * MiB })) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+async function allocated(file: string): Promise<number> {
+  return (await fsp.stat(file)).blocks * 512;
+}
+
+const ZERO = Buffer.alloc(BLOCK);
+
+/** Reads `src` into a new file `dst`, leaving all-zero 4 KiB blocks as holes, then fsyncs it. */
+async function readIntoFile(src: string, dst: string): Promise<void> {
+  const inp = await fsp.open(src, 'r');
+  const out = await fsp.open(dst, 'wx', 0o600);
+  try {
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    let pos = 0;
+    for (;;) {
+      const { bytesRead } = await inp.read(buf, 0, READ_CHUNK, pos);
+      if (bytesRead === 0) break;
+      let o = 0;
+      while (o < bytesRead) {
+        const blockEnd = (b: number) => Math.min(b + BLOCK, bytesRead);
+        while (o < bytesRead && buf.compare(ZERO, 0, blockEnd(o) - o, o, blockEnd(o)) === 0) o += BLOCK;
+        if (o >= bytesRead) break;
+        let end = o;
+        while (end < bytesRead && buf.compare(ZERO, 0, blockEnd(end) - end, end, blockEnd(end)) !== 0) end += BLOCK;
+        end = Math.min(end, bytesRead);
+        let off = o;
+        while (off < end) off += (await out.write(buf, off, end - off, pos + off)).bytesWritten;
+        o = end;
+      }
+      pos += bytesRead;
+    }
+    await out.truncate(pos);
+    await out.sync();
+  } finally {
+    await inp.close();
+    await out.close();
+  }
+}
+
+export const importExport: Scenario = {
+  name: 'import-export',
+  describe: 'import (ImportWithSize over the socket) and export (Export path read into a file) of a 4 GiB image with 1 GiB of data in 1 MiB extents, vs dd and cp',
+  async run(opts) {
+    const size = opts.quick ? 64 * MiB : 4 * GiB;
+    const data = opts.quick ? 16 * MiB : GiB;
+    const reps = opts.quick ? 1 : 5;
+    const scratch = await scratchXfs('import', opts.quick ? 1 : 12);
+    let daemon: Awaited<ReturnType<typeof startChildQubesd>> | undefined;
+    try {
+      const files = path.join(scratch.dir, 'files');
+      await fsp.mkdir(files);
+      const src = path.join(files, 'image.img');
+      await makeImage(src, size, data);
+      const srcHash = await sha256(src);
+      const srcAlloc = await allocated(src);
+
+      const base = path.join(scratch.dir, 'qubes');
+      const sock = path.join(scratch.dir, 'qubesd.sock');
+      daemon = await startChildQubesd(base, sock, path.join(scratch.dir, 'qubesd.log'));
+      const client = new AdminClient({ socketPath: sock, timeoutMs: 600_000 });
+      await client.call('admin.vm.Create.StandaloneVM', 'dom0', '', 'name=imp label=red');
+
+      const out = (name: string) => path.join(files, name);
+      const checks: string[] = [];
+      const check = async (what: string, file: string) => {
+        const [h, a] = [await sha256(file), await allocated(file)];
+        checks.push(`${what}: ${h === srcHash ? 'same SHA-256' : 'DIFFERENT SHA-256'}, ${(a / MiB).toFixed(1)} MiB allocated (source ${(srcAlloc / MiB).toFixed(1)})`);
+        if (h !== srcHash) throw new Error(`import-export: ${what} differs from the source`);
+        return a;
+      };
+
+      const runs: Record<string, () => Promise<unknown>> = {
+        dd: () => execFileP('dd', [`if=${src}`, `of=${out('dd.img')}`, 'bs=128K', 'conv=sparse,fdatasync', 'status=none']),
+        cp: () => execFileP('cp', ['--sparse=always', src, out('cp.img')]),
+        cpSync: async () => {
+          await execFileP('cp', ['--sparse=always', src, out('cpsync.img')]);
+          await execFileP('sync', [out('cpsync.img')]);
+        },
+        import: () =>
+          client.callStream(
+            'admin.vm.volume.ImportWithSize',
+            'imp',
+            'private',
+            Readable.from(
+              (async function* () {
+                yield Buffer.from(`${size}\n`);
+                yield* fs.createReadStream(src, { highWaterMark: READ_CHUNK });
+              })(),
+            ),
+          ),
+        export: async () => {
+          const p = (await client.call('admin.vm.volume.Export', 'imp', 'private')).toString('utf8');
+          try {
+            await readIntoFile(p, out('export.img'));
+          } finally {
+            await client.call('admin.vm.volume.ExportEnd', 'imp', 'private', p);
+          }
+        },
+      };
+      const outputs: Record<string, string | null> = { dd: 'dd.img', cp: 'cp.img', cpSync: 'cpsync.img', import: null, export: 'export.img' };
+      const t: Record<string, number[]> = { dd: [], cp: [], cpSync: [], import: [], export: [] };
+      const alloc: Record<string, number> = {};
+      const order = ['dd', 'cp', 'import', 'export', 'cpSync'];
+      for (let r = 0; r < reps; r++) {
+        // rotate the order each round so drift and cache state hit all alike
+        const round = [...order.slice(r % order.length), ...order.slice(0, r % order.length)];
+        for (const k of round) {
+          t[k]!.push(await timeMs(runs[k]!));
+          if (r === 0) {
+            // round 0 runs import before export (dd first): check every output once
+            if (k === 'import') {
+              const p = (await client.call('admin.vm.volume.Export', 'imp', 'private')).toString('utf8');
+              try {
+                alloc[k] = await check('imported volume (through Export)', p);
+              } finally {
+                await client.call('admin.vm.volume.ExportEnd', 'imp', 'private', p);
+              }
+            } else alloc[k] = await check(k, out(outputs[k]!));
+          }
+          if (outputs[k]) await fsp.rm(out(outputs[k]!), { force: true });
+        }
+      }
+      const fDd = figure('import-export.dd', 'ms', t.dd!, { note: 'dd bs=128K conv=sparse,fdatasync' });
+      const fCp = figure('import-export.cp', 'ms', t.cp!, { note: 'cp --sparse=always (no fsync)' });
+      const fCpSync = figure('import-export.cp+sync', 'ms', t.cpSync!, { note: 'cp --sparse=always; sync OUT (durable like the import)' });
+      const faster = fDd.median <= fCp.median ? fDd : fCp;
+      const figures: Figure[] = [
+        fDd,
+        fCp,
+        fCpSync,
+        withBaseline(figure('import-export.import', 'ms', t.import!, { note: 'ImportWithSize over the socket; zero 4 KiB blocks left as holes, fsync' }), faster, 'ratio <= 1.0 (>= 1.0x the faster baseline)'),
+        withBaseline(figure('import-export.export', 'ms', t.export!, { note: 'Export path read into a file, zero 4 KiB blocks left as holes, fsync' }), faster, 'ratio <= 1.0 (>= 1.0x the faster baseline)'),
+        withBaseline(figure('import-export.import-vs-cp+sync', 'ms', t.import!), fCpSync),
+      ];
+      const notes = [
+        `filesystem: ${scratch.kind}; daemon: child qubesd, pool default on the same filesystem`,
+        `image ${size / MiB} MiB, ${data / MiB} MiB of data in 1 MiB extents; ${reps} rounds, order rotated each round`,
+        `throughput at the median: import ${((size / MiB) / (figures[3]!.median / 1000)).toFixed(0)} MiB/s of image, export ${((size / MiB) / (figures[4]!.median / 1000)).toFixed(0)} MiB/s`,
+        ...checks,
+      ];
+      if (alloc['import'] !== undefined && alloc['import'] > srcAlloc) notes.push('imported volume allocates MORE than the source');
+      if (alloc['export'] !== undefined && alloc['export'] > srcAlloc) notes.push('export output allocates MORE than the source');
+      return { figures, notes };
+    } finally {
+      await daemon?.stop();
+      await scratch.cleanup();
+    }
+  },
+};

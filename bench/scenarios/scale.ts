@@ -1,0 +1,203 @@
+// Scenario "scale": many AppVMs on one template (tiny volumes: the point is
+// counts). At each size: the rate of creating AppVMs through the App (16 at a
+// time, as a client would), the daemon's start (load) time, admin.vm.List,
+// admin.pool.volume.List, and Info of every volume (a `qvm-volume list`
+// equivalent: vm.List, volume.List per domain, Info per volume, 4 clients at
+// once) through the socket of a child qubesd; its RSS after load and after
+// the lists.
+//
+// The App gives qids 1..254 only (MAX_QID, as Qubes' max_qid): it cannot
+// create more than 253 domains besides the template. So at each size all but
+// the last CREATE_K AppVMs are written into the state file by the bench (a
+// copy of the XML block the App saved for a real AppVM, with its own name,
+// qid >= 1000 and uuid; volumes made by the library's own DomainStorage.create),
+// then CREATE_K more are created through the App on top of that state: the
+// create rate is measured at each state size, and the time to create all of
+// them one by one through the App is estimated from those rates.
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { AdminClient } from '../../src/admin/client.js';
+import { silentLog } from '../../src/admin/dispatch.js';
+import { startDaemon } from '../../src/daemon/daemon.js';
+import { openRuntime } from '../../src/daemon/runtime.js';
+import { mapLimit, MiB, startChildQubesd } from '../daemon-util.js';
+import { scratchXfs } from '../scratch-fs.js';
+import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
+import type { Scenario } from '../run.js';
+
+const KERNEL = '6.6.0';
+const CONCURRENT_CREATES = 16;
+const INFO_CLIENTS = 4;
+
+async function runtimeOf(base: string) {
+  return openRuntime({ baseDir: base, createDefaultPool: true, storageConf: null, sizes: { root: MiB, private: MiB } });
+}
+
+/**
+ * A state of `appvms` AppVMs on template `tpl` in BASE, the last `viaApp` of
+ * them created through the App (timed, returned in ms per create).
+ */
+async function buildState(base: string, appvms: number, viaApp: number): Promise<{ createMs: number[]; createTotalMs: number }> {
+  await fs.mkdir(path.join(base, 'kernels', KERNEL), { recursive: true });
+  for (const f of ['vmlinuz', 'initramfs']) await fs.writeFile(path.join(base, 'kernels', KERNEL, f), 'k');
+  let rt = await runtimeOf(base);
+  try {
+    await rt.app.addPool('linux-kernel', 'linux-kernel', { dir_path: path.join(base, 'kernels') });
+    await rt.app.setPropertyFromText(rt.app.globals, 'default_pool_kernel', 'linux-kernel');
+    await rt.app.setPropertyFromText(rt.app.globals, 'default_kernel', KERNEL);
+    await rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+    await rt.app.setPropertyFromText(rt.app.globals, 'default_template', 'tpl');
+    await rt.app.createDomain({ klass: 'AppVM', name: 'proto', label: 'red', template: 'tpl' });
+  } finally {
+    await rt.close();
+  }
+  const generated = appvms - viaApp - 1;
+  if (generated > 0) {
+    const file = path.join(base, 'qubes.xml');
+    const xml = await fs.readFile(file, 'utf8');
+    const m = /( *)<domain id="domain-(\d+)" class="AppVM">[\s\S]*?<\/domain>\n/.exec(xml);
+    if (!m || !m[0].includes('<property name="name">proto</property>')) throw new Error('scale: no AppVM block for proto in the saved state');
+    const block = m[0];
+    const parts: string[] = [];
+    for (let i = 0; i < generated; i++) {
+      const name = `g${String(i).padStart(5, '0')}`;
+      const qid = 1000 + i;
+      parts.push(
+        block
+          .replace(/id="domain-\d+"/, `id="domain-${qid}"`)
+          .replace('<property name="name">proto</property>', `<property name="name">${name}</property>`)
+          .replace(/<property name="qid">\d+<\/property>/, `<property name="qid">${qid}</property>`)
+          .replace(/<property name="uuid">[^<]*<\/property>/, `<property name="uuid">${randomUUID()}</property>`)
+          .replaceAll('appvms/proto/', `appvms/${name}/`),
+      );
+    }
+    const at = xml.indexOf('  </domains>');
+    await fs.writeFile(file, xml.slice(0, at) + parts.join('') + xml.slice(at));
+  }
+  rt = await runtimeOf(base);
+  try {
+    const names = Array.from({ length: Math.max(0, generated) }, (_, i) => `g${String(i).padStart(5, '0')}`);
+    await mapLimit(names, 16, (n) => rt.app.domain(n).storage.create());
+    const createMs: number[] = [];
+    const todo = Array.from({ length: viaApp }, (_, i) => `c${String(i).padStart(5, '0')}`);
+    const createTotalMs = await timeMs(() =>
+      mapLimit(todo, CONCURRENT_CREATES, async (name) => {
+        createMs.push(await timeMs(() => rt.app.createDomain({ klass: 'AppVM', name, label: 'red', template: 'tpl' })));
+      }),
+    );
+    return { createMs, createTotalMs };
+  } finally {
+    await rt.close();
+  }
+}
+
+/** What `qvm-volume list` asks: every domain, its volumes, the Info of each; `clients` at once. Returns the number of Info calls. */
+async function infoAll(client: AdminClient, clients: number): Promise<number> {
+  const vms = (await client.call('admin.vm.List', 'dom0')).toString().split('\n').filter(Boolean).map((l) => l.split(' ')[0]!);
+  const pairs = (
+    await mapLimit(vms, clients, async (vm) =>
+      (await client.call('admin.vm.volume.List', vm)).toString().split('\n').filter(Boolean).map((v) => [vm, v] as const),
+    )
+  ).flat();
+  await mapLimit(pairs, clients, ([vm, v]) => client.call('admin.vm.volume.Info', vm, v));
+  return pairs.length;
+}
+
+export const scale: Scenario = {
+  name: 'scale',
+  describe: 'AppVMs on one template at 100, 1,000, 10,000: create rate, daemon load, vm.List, pool.volume.List, Info of all volumes, RSS',
+  async run(opts) {
+    const sizes = opts.quick ? [10, 40] : [100, 1000, 10000];
+    const createK = opts.quick ? 5 : 100;
+    const scratch = await scratchXfs('scale', opts.quick ? 1 : 4);
+    const figures: Figure[] = [];
+    const notes: string[] = [`filesystem: ${scratch.kind}`];
+    const per: Record<number, Record<string, Figure>> = {};
+    try {
+      for (const n of sizes) {
+        const base = path.join(scratch.dir, `n${n}`);
+        const viaApp = Math.min(createK, n - 1);
+        const built = await buildState(base, n, viaApp);
+        const f: Record<string, Figure> = {};
+        f['create'] = figure(`scale.${n}.create`, 'ms/VM', built.createMs, {
+          note: `${viaApp} AppVMs created through the App, ${CONCURRENT_CREATES} at a time, onto ${n - viaApp} existing; latency of one create`,
+        });
+        const rate = (viaApp / built.createTotalMs) * 1000;
+        f['createRate'] = figure(`scale.${n}.create-rate`, 'VMs/s', [rate], { note: `${viaApp} creates in ${built.createTotalMs.toFixed(0)} ms` });
+
+        // daemon start (load the state) in this process: startDaemon until it listens
+        const sock = path.join(base, 'bench.sock');
+        const loads: number[] = [];
+        for (let r = 0; r < (opts.quick ? 1 : 3); r++) {
+          let d: Awaited<ReturnType<typeof startDaemon>> | undefined;
+          loads.push(
+            await timeMs(async () => {
+              d = await startDaemon({ baseDir: base, socketPath: sock, log: silentLog, runtime: { storageConf: null } });
+            }),
+          );
+          await d!.stop();
+        }
+        f['load'] = figure(`scale.${n}.daemon-load`, 'ms', loads, { target: n >= 10000 ? '< 1000 ms' : '', note: 'startDaemon(): read + parse + build domains + listen' });
+
+        // a child qubesd: lists through the socket, RSS
+        const child = await startChildQubesd(base, sock, path.join(base, 'qubesd.log'));
+        try {
+          f['ready'] = figure(`scale.${n}.qubesd-ready`, 'ms', [child.readyMs], { note: 'spawn of node qubesd.js to its first answered call' });
+          const rssLoad = child.rss();
+          const client = new AdminClient({ socketPath: sock, timeoutMs: 60_000 });
+          const reps = opts.quick ? 2 : 7;
+          const vmList: number[] = [];
+          const volList: number[] = [];
+          let lines = 0;
+          let vids = 0;
+          for (let r = 0; r < reps; r++) {
+            vmList.push(await timeMs(async () => (lines = (await client.call('admin.vm.List', 'dom0')).toString().split('\n').length - 1)));
+            volList.push(await timeMs(async () => (vids = (await client.call('admin.pool.volume.List', 'dom0', 'default')).toString().split('\n').length - 1)));
+          }
+          f['vmList'] = figure(`scale.${n}.vm.List`, 'ms', vmList, { target: '< 100 ms', note: `${lines} domains` });
+          f['volList'] = figure(`scale.${n}.pool.volume.List`, 'ms', volList, { target: '< 100 ms', note: `${vids} volumes in pool default` });
+          const infos: number[] = [];
+          let calls = 0;
+          for (let r = 0; r < (opts.quick ? 1 : 2); r++) infos.push(await timeMs(async () => (calls = await infoAll(client, INFO_CLIENTS))));
+          f['infoAll'] = figure(`scale.${n}.info-all-volumes`, 'ms', infos, {
+            target: n >= 10000 ? '< 5000 ms' : '',
+            note: `${calls} volume Info calls (+ vm.List + ${n + 2} volume.List), ${INFO_CLIENTS} clients`,
+          });
+          const rssAfter = child.rss();
+          f['rssLoad'] = figure(`scale.${n}.rss-after-load`, 'MB', [rssLoad / MiB], { target: '< 300 MB' });
+          f['rssAfter'] = figure(`scale.${n}.rss-after-lists`, 'MB', [rssAfter / MiB], { target: '< 300 MB' });
+        } finally {
+          await child.stop();
+        }
+        per[n] = f;
+        await fs.rm(base, { recursive: true, force: true });
+      }
+      // growth: each figure at the largest size against the one 10x smaller
+      for (const n of sizes) {
+        const f = per[n]!;
+        const prev = sizes[sizes.indexOf(n) - 1];
+        for (const [k, fig] of Object.entries(f)) {
+          if (prev !== undefined && ['load', 'vmList', 'volList', 'infoAll', 'create'].includes(k))
+            figures.push({ ...withBaseline(fig, per[prev]![k]!), target: fig.target || `growth <= ${n / prev}x (linear)` });
+          else figures.push(fig);
+        }
+      }
+      // time to create the largest count one after another through the App, from the rates measured
+      const pts = sizes.map((n) => ({ n, msPerVm: 1000 / per[n]!['createRate']!.median }));
+      let est = 0;
+      for (let i = 0; i < pts.length; i++) {
+        const lo = i ? pts[i - 1]! : { n: 0, msPerVm: pts[0]!.msPerVm };
+        const hi = pts[i]!;
+        est += ((lo.msPerVm + hi.msPerVm) / 2) * (hi.n - lo.n);
+      }
+      figures.push(figure(`scale.${sizes.at(-1)}.create-all-estimate`, 's', [est / 1000], {
+        note: 'integral of the measured per-VM create time over 0..N (trapezoids); the App cannot make more than 253 (qid cap)',
+      }));
+      notes.push(`sizes ${sizes.join(', ')} AppVMs (4 volumes each: root, private, volatile, kernel); the last ${createK} of each created through the App, the rest written into the state (qid cap 254)`);
+      return { figures, notes };
+    } finally {
+      await scratch.cleanup();
+    }
+  },
+};
