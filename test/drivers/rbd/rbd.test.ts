@@ -1,0 +1,6 @@
+// The rbd driver on a real single-node Ceph cluster (scripts/with-ceph.sh).
+// One test file, so the suites run one after the other: the cluster-failure
+// suite (last) kills the OSD, which no other rbd suite may see.
+import './lifecycle.js';
+import './hosts.js';
+import './failure.js';
