@@ -19,6 +19,7 @@ import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
+import { runState } from './run-state.js';
 import { reflinkSupported } from '../files/files.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
@@ -95,10 +96,12 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
   const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
   const useConf = confFile !== null && (await fileExists(confFile));
+  // Without a hypervisor runner, power state is recorded in the base directory (see run-state.ts).
+  const power = opts.runner ? null : runState(baseDir);
   const app = await QubesApp.open({
     stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
     pools: registry,
-    ...(opts.runner ? { runner: opts.runner } : {}),
+    runner: opts.runner ?? power!.runner,
     ...(opts.sizes ? { sizes: opts.sizes } : {}),
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
   });
@@ -106,6 +109,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
   const notices: string[] = [];
   try {
+    await power?.restore(app);
     if (opts.createDefaultPool && app.pools().length === 0) {
       const line = await addDefaultPool(app, path.join(baseDir, 'pools', 'default'));
       if (line) {

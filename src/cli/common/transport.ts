@@ -18,7 +18,6 @@ import { createDispatchContext, runCall, silentLog, type DispatchContext } from 
 import type { AdminEvent } from '../../admin/protocol/reply.js';
 import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime } from '../../daemon/runtime.js';
 import { StateLockedError } from '../../domain/state-lock.js';
-import { runState } from './run-state.js';
 
 export interface EventsSubscription {
   /** Resolves once the subscription is live (after `connection-established`). */
@@ -130,19 +129,11 @@ export function socketTransport(socketPath: string): Transport {
 }
 
 export async function embeddedTransport(baseDir: string, notice?: (line: string) => void): Promise<Transport> {
-  const power = runState(baseDir);
   const rt: Runtime = await openRuntime({
     baseDir,
     createDefaultPool: true,
-    runner: power.runner,
     ...(notice ? { notice } : {}),
   });
-  try {
-    await power.restore(rt.app);
-  } catch (e) {
-    await rt.close();
-    throw e;
-  }
   const ctx: DispatchContext = createDispatchContext({ methods: rt.methods, log: silentLog });
   let closed = false;
   return {

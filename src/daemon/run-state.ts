@@ -1,21 +1,32 @@
 /**
- * Power state for the embedded transport. The App keeps power state in
- * memory (the hypervisor, i.e. the runner, would know it), and a tool
- * running without a daemon lives only for one command: `qvm-start work`
- * would be forgotten by the next tool, and `qvm-shutdown work` would find
- * it Halted and never commit its volumes. So the embedded transport gives
- * the runtime a runner that records which domains it started, in
- * BASE/cli-running (`NAME UUID` lines, written atomically; the state lock,
- * held by the tool, serializes writers), and marks them Running again when
- * the next tool opens the state.
+ * Power state without a hypervisor. The App keeps power state in memory
+ * (a hypervisor, i.e. the runner, would know it). With no hypervisor here,
+ * this runner is the stand-in: it records which domains run in
+ * BASE/running-domains (`NAME UUID` lines after a `boot BOOT_ID` line,
+ * written atomically; the state lock serializes writers), and the runtime
+ * marks them Running again when it next opens the state, so a domain started
+ * by one tool, or by a daemon since restarted, is still running for the
+ * next, as VMs outlive qubesd under a real hypervisor. After a reboot (the
+ * kernel's boot id changed) nothing runs any more: the records are dropped,
+ * and the next start of a domain picks up its uncommitted data (the crash
+ * contract).
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import type { QubesApp } from '../../domain/app.js';
-import type { DomainRunner, RunnerDomain } from '../../domain/runner.js';
-import { writeFileAtomic } from '../../files/files.js';
+import type { QubesApp } from '../domain/app.js';
+import type { DomainRunner, RunnerDomain } from '../domain/runner.js';
+import { writeFileAtomic } from '../files/files.js';
 
-export const RUN_STATE_FILE = 'cli-running';
+export const RUN_STATE_FILE = 'running-domains';
+const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
+
+async function bootId(): Promise<string> {
+  try {
+    return (await fs.readFile(BOOT_ID_FILE, 'utf8')).trim();
+  } catch {
+    return 'unknown';
+  }
+}
 
 export interface RunState {
   readonly runner: DomainRunner;
@@ -33,7 +44,9 @@ export function runState(baseDir: string): RunState {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     const m = new Map<string, string>();
-    for (const line of text.split('\n')) {
+    const lines = text.split('\n');
+    if (lines[0] !== `boot ${await bootId()}`) return m; // written before a reboot: nothing runs now
+    for (const line of lines.slice(1)) {
       const [name, uuid] = line.split(' ');
       if (name && uuid) m.set(name, uuid);
     }
@@ -44,7 +57,7 @@ export function runState(baseDir: string): RunState {
       await fs.rm(file, { force: true });
       return;
     }
-    await writeFileAtomic(file, [...m].map(([n, u]) => `${n} ${u}\n`).join(''));
+    await writeFileAtomic(file, `boot ${await bootId()}\n` + [...m].map(([n, u]) => `${n} ${u}\n`).join(''));
   };
   const change = async (d: RunnerDomain, running: boolean): Promise<void> => {
     const m = await read();
