@@ -7,6 +7,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Figure } from './stats.js';
 import { SCENARIOS } from './scenarios/index.js';
+import { rbd } from './scenarios/rbd.js';
+
+SCENARIOS.push(rbd); // rbd vs file-reflink on a single-node Ceph (starts one when none is given)
 
 export interface ScenarioResult {
   figures: Figure[];

@@ -1,0 +1,185 @@
+// Scenario "rbd": the rbd driver on a single-node Ceph cluster against the
+// file-reflink driver on a loop-mounted XFS, in the same run, interleaved:
+// AppVM start+stop (root snapshot, private origin keeping 1 revision,
+// volatile), and a 1 GiB import (data written to the path import_data gives,
+// then import_data_end) and export (the path export gives read into a file,
+// then export_end) of a volume with 1 GiB of data.
+//
+// The cluster: QS_TEST_CEPH_CONF (a running one, e.g. under
+// scripts/with-ceph.sh), else one started here with scripts/ceph-cluster.sh
+// (root and the Ceph packages needed; 8 GiB OSD file) and stopped at the end.
+// Without either the scenario says why and measures nothing.
+import { spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { fileReflinkDriver } from '../../src/drivers/file-reflink/index.js';
+import { rbdDriver } from '../../src/drivers/rbd/index.js';
+import type { RbdPool } from '../../src/drivers/rbd/pool.js';
+import { DomainStorage } from '../../src/storage/domain-storage.js';
+import type { Pool } from '../../src/storage/pool.js';
+import type { Volume } from '../../src/storage/volume.js';
+import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
+import { scratchXfs } from '../scratch-fs.js';
+import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
+import type { Scenario } from '../run.js';
+
+const MiB = 1024 ** 2;
+const GiB = 1024 ** 3;
+const SCRIPT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/ceph-cluster.sh');
+
+interface Cluster {
+  conf: string;
+  stop(): Promise<void>;
+}
+
+async function cluster(): Promise<Cluster | string> {
+  const given = process.env['QS_TEST_CEPH_CONF'];
+  if (given) return { conf: given, stop: async () => undefined };
+  if (process.getuid?.() !== 0) return 'not root: cannot start a Ceph cluster';
+  if (spawnSync('sh', ['-c', 'command -v ceph-osd && command -v rbd']).status !== 0)
+    return 'Ceph not installed (ceph-mon ceph-osd ceph-mgr ceph-common; scripts/install-test-deps.sh)';
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'qs-bench-ceph-'));
+  const t0 = Date.now();
+  const r = spawnSync('bash', [SCRIPT, 'start', dir], {
+    encoding: 'utf8',
+    env: { ...process.env, QS_CEPH_OSD_SIZE: '8G' },
+    timeout: 300_000,
+  });
+  const stop = async () => {
+    spawnSync('bash', [SCRIPT, 'stop', dir], { stdio: 'ignore', timeout: 120_000 });
+    await fsp.rm(dir, { recursive: true, force: true });
+  };
+  if (r.status !== 0) {
+    await stop();
+    return `the Ceph cluster did not start: ${(r.stderr ?? '').trim().split('\n').at(-1)}`;
+  }
+  process.stdout.write(`   (single-node Ceph cluster started in ${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
+  return { conf: path.join(dir, 'ceph.conf'), stop };
+}
+
+function domains(pool: Pool, size: number): { tpl: DomainStorage; app: DomainStorage; std: DomainStorage } {
+  const p = { root: pool.name, private: pool.name, volatile: pool.name };
+  const sizes = { root: size, private: size };
+  const tpl = DomainStorage.init({ domain: { name: 'tpl', dirPrefix: 'vm-templates' }, volumes: defaultVolumeConfigs('TemplateVM', p, sizes) }, () => pool);
+  const app = DomainStorage.init({ domain: { name: 'work', dirPrefix: 'appvms' }, volumes: defaultVolumeConfigs('AppVM', p, sizes), template: tpl }, () => pool);
+  const std = DomainStorage.init({ domain: { name: 'big', dirPrefix: 'appvms' }, volumes: defaultVolumeConfigs('StandaloneVM', p, sizes) }, () => pool);
+  return { tpl, app, std };
+}
+
+async function importFile(v: Volume, file: string, size: number): Promise<void> {
+  const p = await v.importData(size);
+  let ok = false;
+  try {
+    await pipeline(fs.createReadStream(file, { highWaterMark: 4 * MiB }), fs.createWriteStream(p, { flags: 'r+' }));
+    ok = true;
+  } finally {
+    await v.importDataEnd(ok);
+  }
+}
+
+async function exportTo(v: Volume, out: string): Promise<void> {
+  const p = await v.export();
+  try {
+    await pipeline(fs.createReadStream(p, { highWaterMark: 4 * MiB }), fs.createWriteStream(out));
+  } finally {
+    await v.exportEnd(p);
+  }
+  await fsp.rm(out, { force: true });
+}
+
+export const rbd: Scenario = {
+  name: 'rbd',
+  describe: 'rbd (single-node Ceph, one OSD on a sparse file) vs file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
+  async run(opts) {
+    const cycles = opts.quick ? 2 : 8;
+    const rounds = opts.quick ? 1 : 3;
+    const dataSize = opts.quick ? 64 * MiB : GiB;
+    const c = await cluster();
+    if (typeof c === 'string') return { figures: [], notes: [`skipped: ${c}`] };
+    const scratch = await scratchXfs('rbd', opts.quick ? 2 : 6);
+    const prefix = `bench-${process.pid}-`;
+    let rbdPool: RbdPool | null = null;
+    try {
+      const reflink = fileReflinkDriver.createPool('reflink', {
+        dir_path: path.join(scratch.dir, 'pool'), setup_check: scratch.kind.includes('XFS') || !scratch.kind.includes('directory'),
+        revisions_to_keep: 1, ephemeral_volatile: false,
+      });
+      rbdPool = rbdDriver.createPool('ceph', {
+        ceph_pool: 'rbd', namespace: '', image_prefix: prefix, ceph_conf: c.conf, client_id: '', keyring: '',
+        host_id: 'bench', break_stale_locks: '', timeout: 60, tmp_dir: '', revisions_to_keep: 1, ephemeral_volatile: false,
+      }) as RbdPool;
+      await reflink.setup().catch(async () => {
+        // not a reflink filesystem: measure sparse copies, and say so
+        (reflink as unknown as { options: Record<string, unknown> }).options['setup_check'] = false;
+        await reflink.setup();
+      });
+      await rbdPool.setup();
+      const data = path.join(scratch.dir, 'data.img');
+      {
+        const fh = await fsp.open(data, 'w');
+        const buf = Buffer.alloc(4 * MiB);
+        for (let o = 0; o < dataSize; o += buf.length) await fh.write(randomFillSync(buf), 0, buf.length, o);
+        await fh.close();
+      }
+      const sets = { reflink: domains(reflink, dataSize), rbd: domains(rbdPool, dataSize) };
+      for (const s of Object.values(sets)) {
+        await s.tpl.create();
+        await s.app.create();
+        await s.std.create();
+      }
+      const t: Record<string, number[]> = { startStop: [], startStopR: [], imp: [], impR: [], exp: [], expR: [] };
+      for (let i = 0; i < cycles; i++) {
+        t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
+        t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
+      }
+      const out = path.join(scratch.dir, 'export.img');
+      for (let i = 0; i < rounds; i++) {
+        t['impR']!.push(await timeMs(() => importFile(sets.reflink.std.get('private'), data, dataSize)));
+        t['imp']!.push(await timeMs(() => importFile(sets.rbd.std.get('private'), data, dataSize)));
+        t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
+        t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
+      }
+      const mb = dataSize / MiB;
+      const rate = (ms: number[]) => ms.map((x) => mb / (x / 1000));
+      const fR = figure('AppVM start+stop, file-reflink', 'ms', t['startStopR']!);
+      const iR = figure(`import ${mb} MiB, file-reflink`, 'MiB/s', rate(t['impR']!));
+      const eR = figure(`export ${mb} MiB, file-reflink`, 'MiB/s', rate(t['expR']!));
+      const figures: Figure[] = [
+        fR,
+        withBaseline(figure('AppVM start+stop, rbd', 'ms', t['startStop']!), fR),
+        iR,
+        withBaseline(figure(`import ${mb} MiB, rbd`, 'MiB/s', rate(t['imp']!)), iR),
+        eR,
+        withBaseline(figure(`export ${mb} MiB, rbd`, 'MiB/s', rate(t['exp']!)), eR),
+      ];
+      for (const s of Object.values(sets)) {
+        await s.app.remove();
+        await s.tpl.remove();
+        await s.std.remove();
+      }
+      return {
+        figures,
+        notes: [
+          `file-reflink on ${scratch.kind}; rbd on one OSD (BlueStore on a sparse file in ${os.tmpdir()}), pool size 1, 127.0.0.1`,
+          `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths) and rbd import-diff / rbd export`,
+        ],
+      };
+    } finally {
+      if (rbdPool) {
+        // best effort: anything the scenario left in the cluster
+        for (const img of await rbdPool.listImages().catch(() => [] as string[])) {
+          if (!img.startsWith(prefix)) continue;
+          spawnSync('rbd', ['--conf', c.conf, 'snap', 'purge', `rbd/${img}`], { stdio: 'ignore' });
+          spawnSync('rbd', ['--conf', c.conf, 'rm', `rbd/${img}`], { stdio: 'ignore' });
+        }
+      }
+      await scratch.cleanup();
+      await c.stop();
+    }
+  },
+};
