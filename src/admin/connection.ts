@@ -119,6 +119,9 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       if (!streamEnded) setTimer(limits.requestTimeoutMs, () => drop('client stalled while sending its payload'));
     };
     stream = new Readable({
+      // A few MiB in flight, so receiving overlaps with the method's writing
+      // (the 16 KiB default paused the socket for nearly every chunk).
+      highWaterMark: 4 << 20,
       read: () => {
         if (phase === 'running' && socket.isPaused()) {
           socket.resume();

@@ -121,7 +121,11 @@ interface Reservation {
   storage: DomainStorage | null;
 }
 
-export const MAX_QID = 254;
+/**
+ * Highest qid handed out. Qubes stops at 254 (its network addressing); storage
+ * has no such limit, and hosts of thousands of domains are a goal here.
+ */
+export const MAX_QID = 65535;
 
 interface QueuedCommit {
   readonly apply: () => () => void;
