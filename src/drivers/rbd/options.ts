@@ -24,7 +24,7 @@ export const RBD_OPTIONS: readonly OptionSpec[] = [
     type: 'string',
     default: '',
     mutable: true,
-    help: 'host id whose locks on volumes this host may break at start (that host is known dead); empty: never break a lock',
+    help: 'host id whose locks on volumes this host may break at start (that host is known dead); empty: never break a lock (see also $QUBES_RBD_BREAK_STALE_LOCKS)',
   },
   { name: 'timeout', type: 'int', default: 30, min: 1, max: 3600, mutable: true, help: 'seconds a Ceph call may wait for the cluster before it fails' },
   { name: 'tmp_dir', type: 'path', default: '', help: 'local directory for export and import files; empty: the system temp directory' },

@@ -81,9 +81,13 @@ export class RbdPool extends Pool {
   get hostId(): string {
     return String(this.options['host_id'] || os.hostname());
   }
-  /** The host whose locks this host may break (explicitly configured), or ''. */
+  /**
+   * The host whose locks this host may break, or '': the pool option
+   * break_stale_locks, else $QUBES_RBD_BREAK_STALE_LOCKS of this process (an
+   * operator's explicit word for one command or one daemon run).
+   */
   get breakLocksOf(): string {
-    return String(this.options['break_stale_locks'] ?? '');
+    return String(this.options['break_stale_locks'] || process.env['QUBES_RBD_BREAK_STALE_LOCKS'] || '');
   }
   get tmpDir(): string {
     return String(this.options['tmp_dir'] || os.tmpdir());

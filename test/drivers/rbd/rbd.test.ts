@@ -3,4 +3,5 @@
 // suite (last) kills the OSD, which no other rbd suite may see.
 import './lifecycle.js';
 import './hosts.js';
+import './daemons.js';
 import './failure.js';
