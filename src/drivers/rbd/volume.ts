@@ -33,6 +33,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException } from '../../storage/errors.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { CephCommandError, EBUSY, EEXIST, ENOENT, isErrno } from './cli.js';
@@ -40,6 +41,16 @@ import { fileAsDiff } from './diff.js';
 import type { RbdPool } from './pool.js';
 
 const FEATURES = ['--image-feature', 'layering'];
+
+/** Crash points (QUBES_STORAGE_FAILPOINTS): test/drivers/rbd/crash.ts kills a process at each. */
+export const RBD_FAILPOINTS = {
+  startAfterLock: declareFailpoint('rbd.start.after-lock'),
+  stopAfterRename: declareFailpoint('rbd.stop.after-rename'),
+  importAfterOldSnapshot: declareFailpoint('rbd.import.after-old-snapshot'),
+  importAfterDiff: declareFailpoint('rbd.import.after-diff'),
+  revertAfterRename: declareFailpoint('rbd.revert.after-rename'),
+};
+const FP = RBD_FAILPOINTS;
 const REV_RE = /^qs-rev-([1-9][0-9]{0,15})-(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/;
 const REVERTING_RE = /^qs-reverting-/;
 const GEN_KEY = 'qubes.generation';
@@ -395,6 +406,7 @@ export class RbdVolume extends Volume {
     const s = await this.recover();
     if (!(await this.imageInfo(this.image))) throw new StoragePoolException(this.what(`missing image ${this.image} (volume not created?)`));
     const how = await this.lock(this.image);
+    failpoint(FP.startAfterLock);
     if (this.revisions_to_keep === -1) return; // written in place, no snapshot
     if (how === 'ours' && s.some((x) => x.name === 'qs-start')) return; // uncommitted data from before a crash: keep it
     if (!s.some((x) => x.name === 'qs-start')) {
@@ -486,6 +498,7 @@ export class RbdVolume extends Volume {
         if (Math.max(this.revisions_to_keep, 0) > 0) {
           const rev = this.nextRevisionName(s);
           await this.cli.rbd(['snap', 'rename', this.cli.spec(this.image, 'qs-start'), this.cli.spec(this.image, rev)]);
+          failpoint(FP.stopAfterRename);
         } else {
           await this.snapRm(this.image, 'qs-start');
         }
@@ -535,6 +548,7 @@ export class RbdVolume extends Volume {
       // Marked as in progress: a crash from here is finished by recover().
       const marker = `qs-reverting-${target.id}-${utcStamp().compact}`;
       await this.cli.rbd(['snap', 'rename', this.cli.spec(this.image, target.snap.name), this.cli.spec(this.image, marker)]);
+      failpoint(FP.revertAfterRename);
       await this.cli.rbd(['snap', 'rollback', this.cli.spec(this.image, marker)], { timeoutMs: null });
       await this.snapRm(this.image, marker);
       await this.bumpGeneration();
@@ -633,6 +647,7 @@ export class RbdVolume extends Volume {
     await this.recover();
     if (!(await this.imageInfo(this.image))) await this.cli.rbd(['create', ...FEATURES, '--size', `${size}B`, this.cli.spec(this.image)]);
     await this.cli.rbd(['snap', 'create', this.cli.spec(this.image, 'qs-import-old')]);
+    failpoint(FP.importAfterOldSnapshot);
     try {
       await this.cli.rbd(['import-diff', '-', this.cli.spec(this.image)], {
         input: fileAsDiff(file, size, 'qs-import-done'),
@@ -642,6 +657,7 @@ export class RbdVolume extends Volume {
       await this.undoImport().catch(() => undefined);
       throw e;
     }
+    failpoint(FP.importAfterDiff);
     await this.finishImport(await this.snaps(this.image));
   }
 

@@ -4,4 +4,5 @@
 import './lifecycle.js';
 import './hosts.js';
 import './daemons.js';
+import './crash.js';
 import './failure.js';
