@@ -4,7 +4,9 @@
  * Several hosts (daemons) may use the same Ceph pool: a running volume is
  * held by an RBD lock naming the host (see volume.ts).
  */
+import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { QubesValueError, StoragePoolException } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
@@ -91,6 +93,31 @@ export class RbdPool extends Pool {
   }
   get tmpDir(): string {
     return String(this.options['tmp_dir'] || os.tmpdir());
+  }
+
+  /** A new name for an import or export file in tmp_dir; the pid lets a later process tell debris. */
+  tmpFile(kind: 'import' | 'export'): string {
+    return path.join(this.tmpDir, `qs-rbd-${kind}-${process.pid}-${Math.random().toString(16).slice(2, 14)}.img`);
+  }
+
+  /**
+   * Once per process, before the first import or export: removes the import
+   * and export files that processes no longer alive left in tmp_dir (a crash
+   * or a kill in the middle of one).
+   */
+  sweepTmpOnce(): Promise<void> {
+    this.swept ??= this.sweepTmp().catch(() => undefined);
+    return this.swept;
+  }
+  private swept: Promise<void> | undefined;
+
+  private async sweepTmp(): Promise<void> {
+    const re = /^qs-rbd-(?:import|export)-([1-9][0-9]{0,9})-[0-9a-f]+\.img$/;
+    for (const name of await fs.readdir(this.tmpDir)) {
+      const m = re.exec(name);
+      if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+      await fs.rm(path.join(this.tmpDir, name), { force: true });
+    }
   }
 
   imageOf(vid: string): string {
@@ -187,5 +214,14 @@ export class RbdPool extends Pool {
     out['cluster_size'] = d.total;
     out['cluster_usage'] = d.used;
     return out;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -581,7 +581,8 @@ export class RbdVolume extends Volume {
         await c.image.cli.rbd(['snap', 'create', c.image.cli.spec(c.image.image, temp)]);
         snap = temp;
       }
-      const file = path.join(this.pool.tmpDir, `qs-rbd-export-${rand()}.img`);
+      await this.pool.sweepTmpOnce();
+      const file = this.pool.tmpFile('export');
       try {
         await this.cli.rbd(['export', c.image.cli.spec(c.image.image, snap), file], { timeoutMs: null });
       } catch (e) {
@@ -604,7 +605,8 @@ export class RbdVolume extends Volume {
   protected async doImportData(size: number): Promise<string> {
     return this.guarded('import failed', async () => {
       await this.checkNotForeign(this.image, 'import');
-      const file = path.join(this.pool.tmpDir, `qs-rbd-import-${rand()}.img`);
+      await this.pool.sweepTmpOnce();
+      const file = this.pool.tmpFile('import');
       const fh = await fs.open(file, 'wx', 0o600);
       try {
         await fh.truncate(size);

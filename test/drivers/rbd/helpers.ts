@@ -43,6 +43,7 @@ export interface RbdPoolOpts {
   timeout?: number;
   namespace?: string;
   breakStaleLocks?: string;
+  tmpDir?: string;
 }
 
 export function makeRbdPool(o: RbdPoolOpts): RbdPool {
@@ -56,7 +57,7 @@ export function makeRbdPool(o: RbdPoolOpts): RbdPool {
     host_id: o.hostId ?? 'testhost',
     break_stale_locks: o.breakStaleLocks ?? '',
     timeout: o.timeout ?? 30,
-    tmp_dir: '',
+    tmp_dir: o.tmpDir ?? '',
     revisions_to_keep: o.revisionsToKeep ?? 2,
     ephemeral_volatile: false,
   }) as RbdPool;
@@ -193,7 +194,7 @@ export function cluster(cmd: 'kill-osd' | 'start-osd'): void {
   if (r.status !== 0) throw new Error(`ceph-cluster.sh ${cmd}: ${r.stderr}`);
 }
 
-/** Files in the system temp dir this driver makes for imports and exports. */
-export async function rbdTempFiles(): Promise<string[]> {
-  return (await fs.readdir(os.tmpdir())).filter((f) => f.startsWith('qs-rbd-export-') || f.startsWith('qs-rbd-import-'));
+/** Files in `dir` (a pool's tmp_dir) this driver makes for imports and exports. */
+export async function rbdTempFiles(dir: string): Promise<string[]> {
+  return (await fs.readdir(dir)).filter((f) => f.startsWith('qs-rbd-export-') || f.startsWith('qs-rbd-import-'));
 }

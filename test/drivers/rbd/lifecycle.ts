@@ -1,9 +1,11 @@
 // rbd on the real cluster: the storage-core list (lifecycle of each volume
 // kind, revisions, revert, resize, export while running, imports, snapshot
 // semantics, the DispVM chain, usage, removal). Imported by rbd.test.ts.
-import { it, before } from 'node:test';
+import { it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { MiB, pattern, sha256, writeAt } from '../../helpers/data.js';
 import { makePool as makeReflinkPool, domain as reflinkDomain } from '../../helpers/reflink-scenario.js';
 import { QubesValueError, QubesVolumeRevisionNotFoundError, StoragePoolException } from '../../../src/storage/errors.js';
@@ -46,13 +48,16 @@ describeRbd('rbd image names', () => {
 describeRbd('rbd volumes', () => {
   const prefix = uniquePrefix('life');
   let pool: RbdPool;
+  let tmp: string;
   let tpl: DomainStorage;
   let app: DomainStorage;
   let disp: DomainStorage;
   cleanupAfter(prefix);
+  after(() => fs.rm(tmp, { recursive: true, force: true }));
 
   before(async () => {
-    pool = makeRbdPool({ prefix });
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-rbd-life-'));
+    pool = makeRbdPool({ prefix, tmpDir: tmp });
     await pool.setup();
     tpl = domainOn(pool, 'tpl', 'TemplateVM');
     app = domainOn(pool, 'work', 'AppVM', tpl);
@@ -239,7 +244,7 @@ describeRbd('rbd volumes', () => {
     const p2 = await v.export();
     assert.notEqual(await sha256(p2), committed, 'after stop the export has the new data');
     await v.exportEnd(p2);
-    assert.deepEqual(await rbdTempFiles(), [], 'no export files left');
+    assert.deepEqual(await rbdTempFiles(tmp), [], 'no export files left');
     assert.ok(!snapsOf(rv(v).image).some((s) => s.startsWith('qs-export-')), 'no export snapshots left');
   });
 
@@ -252,7 +257,7 @@ describeRbd('rbd volumes', () => {
     await writeAt(p, 0, data.subarray(0, MiB));
     await v.importDataEnd(false);
     assert.equal(sha(await volumeBytes(v)), old);
-    assert.deepEqual(await rbdTempFiles(), [], 'no import file left');
+    assert.deepEqual(await rbdTempFiles(tmp), [], 'no import file left');
     assert.equal((await v.revisions()).length, revsBefore);
     p = await v.importData(2 * MiB);
     await writeAt(p, 0, data);
