@@ -107,14 +107,21 @@ wait_for() { # SECONDS WHAT COMMAND...
   done
 }
 
+# A port below the kernel's ephemeral range (outgoing connections take those,
+# and a port one of them holds cannot be bound), that no socket uses.
 free_port() {
-  local p n
+  local p n low
+  low="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+  [ "$low" -gt 12000 ] || low=32768
   for n in $(seq 1 50); do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
+    p=$((10000 + RANDOM % (low - 11000)))
+    if command -v ss >/dev/null 2>&1; then
+      [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ] || continue
+    elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      continue
     fi
+    echo "$p"
+    return 0
   done
   return 1
 }
