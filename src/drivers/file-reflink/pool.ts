@@ -70,6 +70,7 @@ export class FileReflinkPool extends Pool {
 
   private async sweep(): Promise<void> {
     const debris = /^[A-Za-z][A-Za-z0-9_]*-(tmp-[0-9a-f]+|export-[0-9a-f]+|import)\.img$/;
+    await this.removeProbeDebris();
     for (const prefix of await readdirOrEmpty(this.dirPath)) {
       const p1 = path.join(this.dirPath, prefix);
       for (const dom of await readdirOrEmpty(p1)) {
@@ -79,6 +80,13 @@ export class FileReflinkPool extends Pool {
         for (const n of gone) await fs.unlink(path.join(p2, n)).catch(() => undefined);
       }
     }
+  }
+
+  /** Files of a reflink check of setup (files.ts reflinkSupported) that a crash cut short. */
+  private async removeProbeDebris(): Promise<void> {
+    const probe = /^\.reflink-probe-[0-9a-f]+(-copy)?$/;
+    for (const n of (await readdirOrEmpty(this.dirPath)).filter((x) => probe.test(x)))
+      await fs.unlink(path.join(this.dirPath, n)).catch(() => undefined);
   }
 
   hold(file: string): void {
@@ -157,6 +165,7 @@ export class FileReflinkPool extends Pool {
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
       await fs.mkdir(root, { recursive: true, mode: 0o755 });
       for (const sub of this.flavor.classDirs) await this.ensureVolumeDir(path.join(root, sub));
+      await this.removeProbeDebris();
       if (this.setupCheck && !(await reflinkSupported(root)))
         throw new StoragePoolException(
           `pool ${this.name}: the filesystem of ${root} does not support reflink; ` +
