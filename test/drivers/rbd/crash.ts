@@ -5,6 +5,8 @@
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FAILPOINTS } from '../../../src/files/failpoint.js';
@@ -14,12 +16,14 @@ import { cleanupAfter, crashVolume, describeRbd, makeRbdPool, sha, snapsOf, text
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'crash-child.js');
 
-function child(prefix: string, ops: string[], failpoint = ''): boolean {
+/** Runs the child; true when it was killed at the failpoint. `pid` gets its process id. */
+function child(prefix: string, ops: string[], failpoint = '', pid: { pid?: number } = {}): boolean {
   const r = spawnSync(process.execPath, [CHILD, prefix, ...ops], {
     env: { ...process.env, QUBES_STORAGE_FAILPOINTS: failpoint },
     encoding: 'utf8',
     timeout: 120_000,
   });
+  pid.pid = r.pid;
   if (r.signal === 'SIGKILL') return true;
   assert.equal(r.status, 0, `child ${ops.join(' ')} failed: ${r.stderr}`);
   return false;
@@ -58,7 +62,8 @@ describeRbd('rbd crash safety (a process killed at each failpoint)', () => {
       child(prefix, ['start', 'write:v1', 'stop', ...c.setup]);
       const old = sha(await volumeBytes(priv));
       const revsBefore = (await priv.revisions()).length;
-      assert.equal(child(prefix, c.op, fp), true, `killed at ${fp}`);
+      const killed: { pid?: number } = {};
+      assert.equal(child(prefix, c.op, fp, killed), true, `killed at ${fp}`);
       // The next operation: a start (recovers) and a stop.
       await priv.start();
       const now = sha(await volumeBytes(priv));
@@ -74,6 +79,9 @@ describeRbd('rbd crash safety (a process killed at each failpoint)', () => {
       const snaps = snapsOf(priv.image);
       assert.ok(!snaps.some((s) => /^qs-(import|reverting|start)/.test(s)), `leftover snapshots: ${snaps.join(' ')}`);
       assert.ok((await priv.revisions()).length <= 2, 'revisions pruned to the limit');
+      await pool.sweepTmpOnce();
+      const left = (await fs.readdir(os.tmpdir())).filter((f) => f.startsWith(`qs-rbd-import-${killed.pid}-`));
+      assert.deepEqual(left, [], 'the killed import\'s file is swept');
       assert.ok(revsBefore >= 0);
       await priv.remove();
     });
