@@ -320,7 +320,7 @@ export abstract class Volume {
         throw new QubesValueError(
           `${this.where}: shrinking from ${this._size} to ${size} bytes would lose data; refused without force`,
         );
-      if (size === this._size) return;
+      // Even at the same size the driver runs: every operation repairs what a crash left.
       await this.doResize(size);
       this._size = size;
     });
