@@ -198,12 +198,12 @@ export class QubesApp implements DomainHost, StateModel {
       if (text === null) {
         app.doc = StateDocument.empty(opts.stateFile);
         app.domains.set('dom0', new AdminVM(app));
+        await app.loadStorageConf();
         await app.save();
       } else {
         app.doc = StateDocument.parse(text, opts.stateFile);
         await app.load();
       }
-      await app.loadStorageConf();
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
     } catch (e) {
@@ -247,6 +247,8 @@ export class QubesApp implements DomainHost, StateModel {
       }
       this.poolEntries.set(rec.name, { pool, record: { name: rec.name, driver: rec.driver, options: { ...rec.options } }, origin: 'state' });
     }
+    // Before the domains: their volumes may live in storage.conf's pools.
+    await this.loadStorageConf();
 
     const records = doc.readDomains();
     const recordOf = new Map<Domain, DomainRecord>();
@@ -473,7 +475,15 @@ export class QubesApp implements DomainHost, StateModel {
         );
       const { name: _n, driver, ...opts } = pool.config();
       const options = Object.fromEntries(Object.entries(opts).map(([k, v]) => [k, optionText(v)]));
-      this.poolEntries.set(def.name, { pool, record: { name: def.name, driver: String(driver), options }, origin: 'storage.conf' });
+      // storage.conf pools were never "added": set them up here (idempotent). One
+      // that cannot be set up stays listed, unavailable, with the reason.
+      let usable: Pool = pool;
+      try {
+        await pool.setup();
+      } catch (e) {
+        usable = new UnavailablePool(def.name, String(driver), options, `${conf.file}:${def.line}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      this.poolEntries.set(def.name, { pool: usable, record: { name: def.name, driver: String(driver), options }, origin: 'storage.conf' });
     }
   }
 

@@ -93,6 +93,16 @@ describeEachFs('storage.conf pools', (tfs, ctx) => {
       await app.createDomain({ klass: 'AppVM', name: 'work', label: 'red', template: 'fedora', pool: 'foo' });
       assert.deepEqual(await listFiles(optDir), ['appvms/work/private.img', 'vm-templates/fedora/private.img', 'vm-templates/fedora/root.img']);
       await assert.rejects(app.setPoolOption('foo', 'revisions_to_keep', '0'), /defined in .*storage.conf; change it there/);
+    } finally {
+      await app.close();
+    }
+    // Reopened: the domains whose volumes live in storage.conf's pools load with them.
+    const again = await openApp(dir, { storageConf });
+    try {
+      const app = again.app;
+      assert.equal(app.domain('work').storage.get('private').pool.name, 'foo');
+      await app.start('work');
+      await app.shutdown('work');
       await app.removeDomain('work');
       await app.removeDomain('fedora');
       await app.removePool('foo');
