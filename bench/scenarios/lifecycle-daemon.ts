@@ -5,7 +5,6 @@
 // same cycle called on the daemon's own App (the library cycle) and one round
 // trip (admin.vm.CurrentState), all interleaved on the same domain in the
 // same process.
-import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { AdminClient } from '../../src/admin/client.js';
 import { silentLog } from '../../src/admin/dispatch.js';
@@ -14,21 +13,7 @@ import { GiB, MiB } from '../daemon-util.js';
 import { scratchXfs } from '../scratch-fs.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
-
-/** Writes `dataBytes` in 1 MiB extents spread evenly over the file. */
-async function scatter(file: string, dataBytes: number, seed: number): Promise<void> {
-  const fh = await fs.open(file, 'r+');
-  try {
-    const size = (await fh.stat()).size;
-    const n = dataBytes / MiB;
-    const stride = Math.floor(size / n / MiB) * MiB;
-    const buf = Buffer.alloc(MiB, seed);
-    for (let i = 0; i < n; i++) await fh.write(buf, 0, MiB, i * stride);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
+import { scatter } from './lifecycle.js';
 
 export const lifecycleDaemon: Scenario = {
   name: 'lifecycle-daemon',

@@ -16,7 +16,7 @@ const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
 
 /** Writes `dataBytes` in 1 MiB extents spread evenly over the file. */
-async function scatter(file: string, dataBytes: number, seed: number): Promise<void> {
+export async function scatter(file: string, dataBytes: number, seed: number): Promise<void> {
   const fh = await fs.open(file, 'r+');
   try {
     const size = (await fh.stat()).size;
