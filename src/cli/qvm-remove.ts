@@ -2,7 +2,8 @@
 /** qvm-remove: removes domains and their volumes, after a y/N question unless -f. */
 import { strs, type CommandSpec } from './common/args.js';
 import { askYesNo } from './common/prompt.js';
-import { CliError, CliExit, runTool } from './common/tool.js';
+import { checkDomains } from './common/domains.js';
+import { CliExit, runTool } from './common/tool.js';
 
 const PROG = 'qvm-remove';
 const SPEC: CommandSpec = {
@@ -16,9 +17,7 @@ await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const names = [...new Set(strs(p, 'VM'))];
   const api = await t.api();
-  const domains = await api.domains();
-  const missing = names.filter((n) => !domains.some((d) => d.name === n));
-  if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
+  await checkDomains(api, names);
   if (!p.flags.has('force')) {
     t.note(`This will completely remove these domains and all their data:\n${names.map((n) => `  ${n}`).join('\n')}`);
     const a = await askYesNo('Are you sure?');

@@ -5,7 +5,8 @@
  * at most --timeout seconds.
  */
 import { strs, UsageError, type CommandSpec } from './common/args.js';
-import { CliError, runTool } from './common/tool.js';
+import { checkDomains } from './common/domains.js';
+import { runTool } from './common/tool.js';
 
 const PROG = 'qvm-shutdown';
 const SPEC: CommandSpec = {
@@ -26,9 +27,7 @@ await runTool(PROG, async (t) => {
   const timeoutText = p.values.get('timeout') ?? '60';
   if (!/^\d+$/.test(timeoutText)) throw new UsageError(`--timeout expects seconds, got '${timeoutText}'`);
   const api = await t.api();
-  const domains = await api.domains();
-  const missing = names.filter((n) => !domains.some((d) => d.name === n));
-  if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
+  await checkDomains(api, names);
 
   const halted = new Set<string>();
   const sub = wait

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /** qvm-start: starts domains (their volumes get their working copies). */
 import { strs, type CommandSpec } from './common/args.js';
-import { CliError, runTool } from './common/tool.js';
+import { checkDomains } from './common/domains.js';
+import { runTool } from './common/tool.js';
 
 const PROG = 'qvm-start';
 const SPEC: CommandSpec = {
@@ -15,9 +16,7 @@ await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const names = [...new Set(strs(p, 'VM'))];
   const api = await t.api();
-  const domains = await api.domains();
-  const missing = names.filter((n) => !domains.some((d) => d.name === n));
-  if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
+  await checkDomains(api, names);
   let failed = 0;
   for (const n of names) {
     try {

@@ -1,8 +1,15 @@
-/** Steps shared by qvm-create and qvm-clone. */
+/** Steps shared by the domain tools (qvm-create, qvm-clone, qvm-start, qvm-shutdown, qvm-remove). */
 import type { Api } from './api.js';
 import { CliError } from './tool.js';
 
 export const DOMAIN_CLASSES = ['AppVM', 'TemplateVM', 'StandaloneVM', 'DispVM'];
+
+/** The domain names exist, else an error naming the missing one(s); nothing is done before this check. */
+export async function checkDomains(api: Api, names: readonly string[]): Promise<void> {
+  const domains = await api.domains();
+  const missing = names.filter((n) => !domains.some((d) => d.name === n));
+  if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
+}
 
 /** The pool names exist, else an error naming the missing one(s). */
 export async function checkPools(api: Api, names: readonly string[]): Promise<void> {
