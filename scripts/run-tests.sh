@@ -9,4 +9,7 @@ if [ "${#files[@]}" -eq 0 ]; then
   echo "run-tests: no compiled tests under dist/test (run npm run build)" >&2
   exit 1
 fi
+# Every save the App limits to some domains is checked against a full one
+# (an internal error if it missed a change): the tests prove the scopes.
+export QUBES_STORAGE_CHECK_SAVES=1
 exec node --test --test-concurrency="${QS_TEST_CONCURRENCY:-2}" "$@" "${files[@]}"

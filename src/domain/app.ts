@@ -57,7 +57,19 @@ import { DEFAULT_LABELS, Labels } from './labels.js';
 import type { PoolFactory } from './pool-factory.js';
 import { propertyText, type PropertyHolder, type PropValue } from './properties.js';
 import { noopRunner, type DomainRunner } from './runner.js';
-import { MAX_STATE_BYTES, readStateText, StateDocument, type DomainRecord, type PendingChange, type PoolRecord, type RawProperty, type StateModel } from './state-file.js';
+import {
+  MAX_STATE_BYTES,
+  readStateText,
+  StateDocument,
+  StateFileError,
+  type DomainRecord,
+  type PendingChange,
+  type PoolRecord,
+  type RawProperty,
+  type SaveScope,
+  type StateModel,
+} from './state-file.js';
+import { encodeRecord, journalPathFor, readJournal, StateJournal } from './state-journal.js';
 import { StateLock } from './state-lock.js';
 import { UnavailablePool } from './unavailable.js';
 import { loadStorageConf, removePoolFromStorageConf, type StorageConfContext } from '../registry/storage-conf.js';
@@ -75,6 +87,12 @@ export interface QubesAppOptions {
   readonly maxStateBytes?: number;
   /** Writes the state file (default writeFileAtomic); a seam for tests that make saving fail. */
   readonly writeFile?: (file: string, data: string) => Promise<void>;
+  /**
+   * From which size of the state file saves go to a journal instead of
+   * rewriting the file (default JOURNAL_FROM_BYTES, or the environment's
+   * QUBES_STORAGE_JOURNAL_FROM; 0: always, as the journal tests do).
+   */
+  readonly journalFromBytes?: number;
   /**
    * Pools defined in an R3.2 storage.conf, loaded beside the state file's.
    * They stay in storage.conf (removing one rewrites that file); pools added
@@ -127,8 +145,16 @@ interface Reservation {
  */
 export const MAX_QID = 65535;
 
+/** A save that looks at no domain (pools, labels, global properties only). */
+const NO_DOMAINS: SaveScope = new Set();
+
+/** State files smaller than this are rewritten whole at each save; bigger ones get a journal (state-journal.ts). */
+export const JOURNAL_FROM_BYTES = 1024 * 1024;
+
 interface QueuedCommit {
   readonly apply: () => () => void;
+  /** Which domains the change touched, asked after apply(). */
+  readonly scope: () => SaveScope;
   readonly resolve: () => void;
   readonly reject: (e: unknown) => void;
 }
@@ -138,6 +164,7 @@ const FP = {
   createAfterVolumes: declareFailpoint('app.create.after-volumes'),
   removeAfterMark: declareFailpoint('app.remove.after-mark'),
   removeAfterVolumes: declareFailpoint('app.remove.after-volumes'),
+  compactAfterWrite: declareFailpoint('app.compact.after-write'),
 };
 const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const FEATURE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -171,6 +198,23 @@ export class QubesApp implements DomainHost, StateModel {
   private queuedCommits: QueuedCommit[] = [];
   private doc!: StateDocument;
   private closed = false;
+  private readonly journalFile: string;
+  private readonly journalFrom: number;
+  /** The journal, once a save used it (or one was found at open). */
+  private journal: StateJournal | null = null;
+  /** A journal file is on disk but not open (found at open, or dropped after an error): the next save must compact. */
+  private journalOnDisk = false;
+  /** Bytes of the state file as last written whole. */
+  private baseBytes = 0;
+  /** The next save looks at every domain and rewrites the whole file (after a failed save, or a replayed journal). */
+  private needFull = false;
+  /**
+   * Domains whose storage ran outside a commit (start, stop: a volume may
+   * have repaired a size a crash left stale): the next save looks at them too.
+   */
+  private readonly unsaved = new Set<Domain>();
+  /** Tests set QUBES_STORAGE_CHECK_SAVES: every save limited to some domains is checked against a full one. */
+  private readonly checkSaves = !!process.env['QUBES_STORAGE_CHECK_SAVES'];
 
   private constructor(
     opts: QubesAppOptions,
@@ -183,6 +227,9 @@ export class QubesApp implements DomainHost, StateModel {
     this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d));
     this.storageConf = opts.storageConf;
     this.globals = new GlobalProperties(this);
+    this.journalFile = journalPathFor(opts.stateFile);
+    const fromEnv = process.env['QUBES_STORAGE_JOURNAL_FROM'];
+    this.journalFrom = opts.journalFromBytes ?? (fromEnv !== undefined && /^[0-9]+$/.test(fromEnv) ? Number(fromEnv) : JOURNAL_FROM_BYTES);
   }
 
   /**
@@ -193,16 +240,28 @@ export class QubesApp implements DomainHost, StateModel {
   static async open(opts: QubesAppOptions): Promise<QubesApp> {
     const lock = await StateLock.acquire(opts.stateFile);
     try {
-      const text = await readStateText(opts.stateFile, opts.maxStateBytes ?? MAX_STATE_BYTES);
+      const maxBytes = opts.maxStateBytes ?? MAX_STATE_BYTES;
+      const text = await readStateText(opts.stateFile, maxBytes);
       const app = new QubesApp(opts, lock);
+      const journal = await readJournal(app.journalFile, maxBytes);
       if (text === null) {
+        if (journal?.records.length)
+          throw new StateFileError(`${app.journalFile}: a state journal without its state file ${opts.stateFile}: restore the state file, or remove the journal to start afresh`);
         app.doc = StateDocument.empty(opts.stateFile);
         app.domains.set('dom0', new AdminVM(app));
         await app.loadStorageConf();
-        await app.save();
       } else {
+        app.baseBytes = Buffer.byteLength(text);
         app.doc = StateDocument.parse(text, opts.stateFile);
+        // Changes saved after the last rewrite, the last record possibly torn by a crash.
+        if (journal) app.doc.applyJournal(journal.records, app.journalFile);
         await app.load();
+      }
+      if (journal || text === null) {
+        // Fold the journal in now (or write the new state): it starts empty.
+        app.journalOnDisk = journal !== null;
+        app.needFull = true;
+        await app.save();
       }
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
@@ -215,10 +274,24 @@ export class QubesApp implements DomainHost, StateModel {
   /** Releases the state file's lock; the App must not be used afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.commitLock.run('state', async () => {
-      this.closed = true;
-    });
-    await this.lock.release();
+    try {
+      await this.commitLock.run('state', async () => {
+        if (this.closed) return;
+        this.closed = true;
+        // A stopped App leaves a complete state file and no journal, as Qubes leaves qubes.xml.
+        if (this.journal || this.journalOnDisk) {
+          if (this.journalOnDisk || this.needFull || this.journal!.recordBytes > 0) {
+            this.doc.sync(this, 'all');
+            await this.writeFull();
+          }
+          await this.journal?.close(true);
+          this.journal = null;
+        }
+      });
+    } finally {
+      await this.journal?.close(false).catch(() => undefined);
+      await this.lock.release();
+    }
   }
 
   get labels(): Labels {
@@ -538,7 +611,7 @@ export class QubesApp implements DomainHost, StateModel {
         await this.commit(() => {
           this.poolEntries.set(name, { pool, record, origin: 'state' });
           return () => this.poolEntries.delete(name);
-        });
+        }, NO_DOMAINS);
       } catch (e) {
         await pool.destroy().catch(() => undefined);
         throw e;
@@ -602,7 +675,7 @@ export class QubesApp implements DomainHost, StateModel {
       await this.commit(() => {
         this.poolEntries.delete(name);
         return () => this.poolEntries.set(name, entry);
-      });
+      }, NO_DOMAINS);
     } finally {
       this.removingPools.delete(name);
     }
@@ -643,7 +716,7 @@ export class QubesApp implements DomainHost, StateModel {
         if (hadText) entry.record.options[key] = oldText!;
         else delete entry.record.options[key];
       };
-    });
+    }, 'all'); // volumes may take the pool's value
     this.events.emit('', `pool-set:${key}`, { pool: name, value: optionText(v) });
   }
 
@@ -754,10 +827,11 @@ export class QubesApp implements DomainHost, StateModel {
    * and the mark.
    */
   private async makeVolumes(d: Domain, make: () => Promise<void>): Promise<void> {
+    const only = new Set([d]);
     await this.commit(() => {
       this.creating.set(d.name, d);
       return () => this.creating.delete(d.name);
-    });
+    }, only);
     failpoint(FP.createAfterMark);
     let made = false;
     try {
@@ -771,13 +845,13 @@ export class QubesApp implements DomainHost, StateModel {
           this.domains.delete(d.name);
           this.creating.set(d.name, d);
         };
-      });
+      }, only);
     } catch (e) {
       if (made) await d.storage.remove().catch(() => undefined);
       await this.commit(() => {
         this.creating.delete(d.name);
         return () => this.creating.set(d.name, d);
-      }).catch(() => undefined); // a mark left behind is rolled back at the next start
+      }, only).catch(() => undefined); // a mark left behind is rolled back at the next start
       this.creating.delete(d.name);
       throw e;
     }
@@ -810,7 +884,7 @@ export class QubesApp implements DomainHost, StateModel {
         this.removingDomains.delete(d);
         this.domains.delete(d.name);
         return () => undefined;
-      });
+      }, new Set([d]));
     }
   }
 
@@ -855,7 +929,7 @@ export class QubesApp implements DomainHost, StateModel {
       await this.commit(() => {
         this.removingDomains.add(d);
         return () => this.removingDomains.delete(d);
-      });
+      }, new Set([d]));
       failpoint(FP.removeAfterMark);
       let removed = true;
       try {
@@ -875,7 +949,7 @@ export class QubesApp implements DomainHost, StateModel {
             this.domains.set(name, d);
             this.removingDomains.add(d);
           };
-        });
+        }, new Set([d]));
       } catch (e) {
         // The mark stays in the file: the next start finishes the removal.
         if (removed) throw e;
@@ -969,7 +1043,11 @@ export class QubesApp implements DomainHost, StateModel {
       // Every template up the chain must still be there (it cannot be removed while d exists).
       d.templateChain();
       await this.events.fireVetoable(name, 'domain-pre-start');
-      await d.storage.start();
+      try {
+        await d.storage.start();
+      } finally {
+        this.unsaved.add(d);
+      }
       try {
         const disks = new Map<string, BlockDevice>();
         for (const [n, v] of d.storage.volumes) disks.set(n, await v.blockDevice());
@@ -1011,6 +1089,8 @@ export class QubesApp implements DomainHost, StateModel {
           if (v.save_on_stop) this.events.emit(name, 'domain-volume-committed', { volume: v.name, pool: v.pool.name, vid: v.vid });
       } catch (e) {
         storageError = e;
+      } finally {
+        this.unsaved.add(d);
       }
     });
     this.events.emit(name, 'domain-shutdown');
@@ -1042,7 +1122,7 @@ export class QubesApp implements DomainHost, StateModel {
           target.restoreProperty(name, old);
           throw e;
         }
-      });
+      }, this.propertyScope(target, name));
       this.events.emit(this.subjectOf(target), `property-set:${name}`, { name, newvalue: propertyText(value), oldvalue: before });
     });
   }
@@ -1084,7 +1164,7 @@ export class QubesApp implements DomainHost, StateModel {
           target.restoreProperty(name, prev);
           throw e;
         }
-      });
+      }, this.propertyScope(target, name));
       this.events.emit(this.subjectOf(target), `property-reset:${name}`, { name, oldvalue: before });
     });
   }
@@ -1102,6 +1182,17 @@ export class QubesApp implements DomainHost, StateModel {
     const running = [d, ...this.dependents(d)].filter((x) => x.isRunning);
     if (running.length)
       throw new QubesVMNotHaltedError(`cannot change ${name} of ${d.name} while ${running.map((x) => x.name).join(', ')} running`);
+  }
+
+  /**
+   * What a property change touches in the state file: a global one may
+   * change what any domain saves; a domain's template or kernel also
+   * rebuilds the volumes of the domains based on it (refreshStorage).
+   */
+  private propertyScope(target: PropertyTarget, name: string): () => SaveScope {
+    if (!(target instanceof Domain)) return () => 'all';
+    if (name !== 'template' && name !== 'kernel') return () => new Set([target]);
+    return () => new Set([target, ...this.dependents(target)]);
   }
 
   /** Domains whose template chain contains d. */
@@ -1152,7 +1243,7 @@ export class QubesApp implements DomainHost, StateModel {
     await this.commit(() => {
       d.tags.add(tag);
       return () => d.tags.delete(tag);
-    });
+    }, new Set([d]));
     this.events.emit(d.name, `domain-tag-add:${tag}`, { tag });
   }
 
@@ -1162,7 +1253,7 @@ export class QubesApp implements DomainHost, StateModel {
     await this.commit(() => {
       d.tags.delete(tag);
       return () => d.tags.add(tag);
-    });
+    }, new Set([d]));
     this.events.emit(d.name, `domain-tag-delete:${tag}`, { tag });
   }
 
@@ -1174,7 +1265,7 @@ export class QubesApp implements DomainHost, StateModel {
     await this.commit(() => {
       d.features.set(feature, value);
       return () => (old === undefined ? d.features.delete(feature) : d.features.set(feature, old));
-    });
+    }, new Set([d]));
     this.events.emit(d.name, `domain-feature-set:${feature}`, { feature, value, ...(old !== undefined ? { oldvalue: old } : {}) });
   }
 
@@ -1185,15 +1276,19 @@ export class QubesApp implements DomainHost, StateModel {
     await this.commit(() => {
       d.features.delete(feature);
       return () => d.features.set(feature, old);
-    });
+    }, new Set([d]));
     this.events.emit(d.name, `domain-feature-delete:${feature}`, { feature });
   }
 
   // ---- saving ---------------------------------------------------------------------------------
 
-  /** Writes the state now (for changes made to volumes directly: resize, revisions_to_keep...). */
-  async save(): Promise<void> {
-    await this.commit(() => () => undefined);
+  /**
+   * Writes the state now, for changes made to volumes directly (resize,
+   * revisions_to_keep...). Given a domain, only it and the domains based on
+   * it are looked at (their volumes may follow its sizes).
+   */
+  async save(d?: Domain): Promise<void> {
+    await this.commit(() => () => undefined, d ? () => new Set([d, ...this.dependents(d)]) : 'all');
   }
 
   /**
@@ -1204,10 +1299,12 @@ export class QubesApp implements DomainHost, StateModel {
    * for each). If that save fails, every change it held is undone (last
    * first, synchronously, before the next save) and each caller gets the
    * error. A change whose apply() throws is not applied and gets its error.
+   * `scope` names the domains the change touches (asked after apply), so
+   * that a save looks at those only.
    */
-  private commit(apply: () => () => void): Promise<void> {
+  private commit(apply: () => () => void, scope: SaveScope | (() => SaveScope)): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.queuedCommits.push({ apply, resolve, reject });
+      this.queuedCommits.push({ apply, scope: typeof scope === 'function' ? scope : () => scope, resolve, reject });
       // The first one queued schedules the save that takes the whole queue.
       if (this.queuedCommits.length === 1) void this.commitLock.run('state', () => this.saveQueued());
     });
@@ -1218,19 +1315,29 @@ export class QubesApp implements DomainHost, StateModel {
     this.queuedCommits = [];
     const applied: { undo: () => void; c: QueuedCommit }[] = [];
     try {
+      let scope: 'all' | Set<Domain> = this.needFull ? 'all' : new Set();
       for (const c of batch) {
         try {
           this.checkOpen();
           applied.push({ undo: c.apply(), c });
         } catch (e) {
           c.reject(e);
+          continue;
         }
+        if (scope === 'all') continue;
+        const s = c.scope();
+        if (s === 'all') scope = 'all';
+        else for (const d of s) scope.add(d);
       }
       if (!applied.length) return;
+      const unsaved = [...this.unsaved];
+      if (scope !== 'all') for (const d of unsaved) scope.add(d);
       try {
-        this.doc.sync(this);
-        await this.writeFile(this.stateFile, this.doc.serialize());
+        await this.writeChanges(scope);
+        for (const d of unsaved) this.unsaved.delete(d);
       } catch (e) {
+        // The document now holds changes the model no longer has: the next save looks at everything.
+        this.needFull = true;
         for (let i = applied.length - 1; i >= 0; i--) applied[i]!.undo();
         const err = e instanceof QubesException ? e : new StoragePoolException(`cannot save ${this.stateFile}: ${(e as Error).message}`, { cause: e });
         for (const a of applied) a.c.reject(err);
@@ -1241,6 +1348,65 @@ export class QubesApp implements DomainHost, StateModel {
       // An undo that threw: nobody may be left waiting.
       for (const a of applied) a.c.reject(e);
     }
+  }
+
+  /**
+   * Brings the document in line with the model and makes that durable: one
+   * journal record when the state file is big and the journal has room,
+   * else the whole file rewritten (which also empties the journal).
+   */
+  private async writeChanges(scope: SaveScope): Promise<void> {
+    const full = this.needFull;
+    const changes = this.doc.sync(this, scope);
+    if (this.checkSaves && scope !== 'all') {
+      const missed = this.doc.sync(this, 'all');
+      if (missed.units.length || missed.unkeyed)
+        throw new Error(`internal: a save limited to ${[...scope].map((d) => d.name).join(', ') || 'no domain'} missed changes: ${JSON.stringify(missed.units).slice(0, 300)}`);
+    }
+    if (!full && !changes.unkeyed && changes.units.length === 0) return; // nothing changed: nothing to write
+    if (!full && !changes.unkeyed && this.journalFrom <= this.baseBytes) {
+      const record = encodeRecord(changes.units);
+      const room = Math.max(this.baseBytes, this.journalFrom) / 2 - (this.journal?.recordBytes ?? 0);
+      if (record.length <= room) {
+        try {
+          // No journal open means the state file holds every earlier save (see writeFull).
+          this.journal ??= await StateJournal.openEmpty(this.journalFile);
+          await this.journal.append(record);
+          return;
+        } catch (e) {
+          await this.dropJournal();
+          throw e;
+        }
+      }
+    }
+    await this.writeFull();
+  }
+
+  /** Rewrites the whole state file, then empties the journal (its changes are in the file now). */
+  private async writeFull(): Promise<void> {
+    const text = this.doc.serialize();
+    await this.writeFile(this.stateFile, text);
+    this.baseBytes = Buffer.byteLength(text);
+    this.needFull = false;
+    if (!this.journal && !this.journalOnDisk) return;
+    failpoint(FP.compactAfterWrite);
+    try {
+      if (this.journal) await this.journal.reset();
+      else this.journal = await StateJournal.openEmpty(this.journalFile);
+      this.journalOnDisk = false;
+    } catch {
+      // The file is saved; the journal's records are in it and replaying them changes nothing.
+      // The next save tries again to empty it.
+      await this.dropJournal();
+    }
+  }
+
+  /** After a journal error: close it; the next save rewrites the state file and starts it afresh. */
+  private async dropJournal(): Promise<void> {
+    await this.journal?.close(false).catch(() => undefined);
+    this.journal = null;
+    this.journalOnDisk = true;
+    this.needFull = true;
   }
 
   private checkOpen(): void {

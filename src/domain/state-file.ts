@@ -51,9 +51,11 @@ import {
   indentOf,
   indentUnit,
   insertElement,
+  mutations,
   newElement,
   parseXml,
   removeElement,
+  serializeElement,
   serializeXml,
   setAttr,
   setText,
@@ -64,6 +66,7 @@ import {
   type XNode,
 } from './xml.js';
 import type { Volume } from '../storage/volume.js';
+import type { JournalUnit } from './state-journal.js';
 
 export { StateFileError } from './xml.js';
 
@@ -121,6 +124,20 @@ export interface StateModel {
   creatingDomains(): Domain[];
   /** The write-ahead mark of a domain, if any. */
   pendingOf(d: Domain): PendingChange | null;
+}
+
+/**
+ * Which domains a save must look at: 'all', or the ones a change touched
+ * (the sections, labels, pools and global properties, are always looked at:
+ * they are small).
+ */
+export type SaveScope = 'all' | ReadonlySet<Domain>;
+
+/** What a sync changed in the document, as journal units. */
+export interface SyncChanges {
+  readonly units: JournalUnit[];
+  /** A changed domain element without a key (no qid): only a full write can save it. */
+  readonly unkeyed: boolean;
 }
 
 /** Reads at most `maxBytes`; null when the file does not exist. */
@@ -181,7 +198,9 @@ export class StateDocument {
   private constructor(readonly doc: XDocument) {}
 
   static parse(text: string, file: string): StateDocument {
-    const doc = parseXml(text, file);
+    // Depth 2 (the children of <domains>, <pools>, ...) keep their source
+    // text: an unchanged domain is then written back as one string.
+    const doc = parseXml(text, file, 2);
     if (doc.root.name !== 'qubes')
       throw new StateFileError(`${file}:${doc.root.line}: root element is <${doc.root.name}>, expected <qubes>`);
     return new StateDocument(doc);
@@ -195,8 +214,55 @@ export class StateDocument {
     return this.doc.file;
   }
 
+  /** The whole document as written; domain elements keep what they serialise to, for the next time. */
   serialize(): string {
+    const sec = this.section('domains');
+    if (sec) for (const c of sec.children) if (c.kind === 'element' && c.src === undefined) c.src = serializeElement(c);
     return serializeXml(this.doc);
+  }
+
+  /**
+   * Applies journal records (see state-journal.ts), in order. Each unit sets
+   * a section or a domain (by key) to its journaled text, or removes the domain.
+   */
+  applyJournal(records: readonly JournalUnit[][], journalFile: string): void {
+    const unit = indentUnit(this.doc);
+    const root = this.doc.root;
+    let byKey: Map<string, XElement> | null = null;
+    records.forEach((units, i) => {
+      const where = `${journalFile} (record ${i + 1})`;
+      for (const u of units) {
+        if ('section' in u) {
+          const el = parseXml(u.xml, where).root;
+          if (el.name !== u.section) throw new StateFileError(`${where}: section ${u.section} holds <${el.name}>`);
+          const old = firstChild(root, u.section);
+          if (old) root.children[root.children.indexOf(old)] = el;
+          else insertElement(root, el, null, '', unit);
+          continue;
+        }
+        const sec = this.ensureSection(root, 'domains', '', unit);
+        if (!byKey) {
+          byKey = new Map();
+          for (const el of childElements(sec, 'domain')) {
+            const k = domainKey(el);
+            if (k !== null) byKey.set(k, el);
+          }
+        }
+        const old = byKey.get(u.domain);
+        if (u.xml === null) {
+          if (old) removeElement(sec, old);
+          byKey.delete(u.domain);
+          continue;
+        }
+        const el = parseXml(u.xml, where).root;
+        if (el.name !== 'domain' || domainKey(el) !== u.domain)
+          throw new StateFileError(`${where}: the unit for domain ${u.domain} holds another element`);
+        el.src = u.xml;
+        if (old) sec.children[sec.children.indexOf(old)] = el;
+        else insertElement(sec, el, null, indentOf(root, sec), unit);
+        byKey.set(u.domain, el);
+      }
+    });
   }
 
   /** `FILE:LINE: what`, for load errors. */
@@ -295,18 +361,44 @@ export class StateDocument {
 
   // ---- writing the model back ------------------------------------------------------
 
-  /** Brings the document in line with the model, touching only what differs. */
-  sync(model: StateModel): void {
+  /**
+   * Brings the document in line with the model, touching only what differs,
+   * and says what it changed. With a set of domains as scope, only those
+   * domains are looked at (the caller promises no other domain changed).
+   */
+  sync(model: StateModel, scope: SaveScope = 'all'): SyncChanges {
     const unit = indentUnit(this.doc);
     const root = this.doc.root;
-    const labels = this.ensureSection(root, 'labels', '', unit);
-    if (childElements(labels).length === 0)
-      for (const l of model.labels.list())
-        insertElement(labels, newElement('label', { color: l.color, id: labelId(l) }, l.name), null, unit, unit);
-    this.syncPools(this.ensureSection(root, 'pools', '', unit), model, unit);
-    const props = this.ensureSection(root, 'properties', '', unit);
-    this.syncProperties(props, model.globals, model.labels, unit, unit);
-    this.syncDomains(this.ensureSection(root, 'domains', '', unit), model, unit);
+    const units: JournalUnit[] = [];
+    const section = (name: 'labels' | 'pools' | 'properties', fill: (sec: XElement) => void): void => {
+      const before = mutations;
+      const sec = this.ensureSection(root, name, '', unit);
+      fill(sec);
+      if (mutations !== before) units.push({ section: name, xml: serializeElement(sec) });
+    };
+    section('labels', (labels) => {
+      if (childElements(labels).length === 0)
+        for (const l of model.labels.list())
+          insertElement(labels, newElement('label', { color: l.color, id: labelId(l) }, l.name), null, unit, unit);
+    });
+    section('pools', (sec) => this.syncPools(sec, model, unit));
+    section('properties', (sec) => this.syncProperties(sec, model.globals, model.labels, unit, unit));
+    const domains = new DomainChanges();
+    const sec = this.ensureSection(root, 'domains', '', unit);
+    if (scope === 'all') this.syncDomains(sec, model, unit, domains);
+    else this.syncSomeDomains(sec, model, scope, unit, domains);
+    let unkeyed = false;
+    for (const [el, key] of domains.removed) {
+      if (key === null) unkeyed = true;
+      else units.push({ domain: key, xml: null });
+    }
+    for (const el of domains.changed) {
+      const key = domainKey(el);
+      if (key === null) unkeyed = true;
+      // Serialised once: the text goes to the journal and stays as the element's src.
+      else units.push({ domain: key, xml: (el.src = serializeElement(el)) });
+    }
+    return { units, unkeyed };
   }
 
   private ensureSection(parent: XElement, name: string, parentIndent: string, unit: string): XElement {
@@ -368,39 +460,64 @@ export class StateDocument {
     }
   }
 
-  private syncDomains(sec: XElement, model: StateModel, unit: string): void {
+  private syncDomains(sec: XElement, model: StateModel, unit: string, changes: DomainChanges): void {
     const domains = [...model.domainList(), ...model.creatingDomains()];
     const live = new Set(domains.map((d) => this.bound.get(d)).filter((e): e is XElement => e !== undefined));
-    for (const el of childElements(sec, 'domain')) if (!live.has(el)) removeElement(sec, el);
-    const secIndent = indentOf(this.doc.root, sec);
+    for (const el of childElements(sec, 'domain')) if (!live.has(el)) changes.remove(sec, el);
     // Where each child is, taken once: asking sec.children for each domain is quadratic
     // in the number of domains. Elements inserted below go at the end, so these stay right.
     const at = new Map<XNode, number>(sec.children.map((c, i) => [c, i]));
-    for (const d of domains) {
-      let el = this.bound.get(d);
-      const i = el ? at.get(el) : undefined;
-      if (el && i === undefined) {
-        // Taken out by a save that failed and was undone: put it back as it was.
-        insertElement(sec, el, null, secIndent, unit);
-      } else if (!el) {
-        el = newElement('domain', { id: `domain-${d.qid}`, class: d.klass });
-        el.children.push(newElement('properties'), newElement('features'));
-        if (d.klass !== 'AdminVM')
-          for (const c of ['pci', 'block', 'usb']) el.children.push(newElement('devices', { class: c }));
-        el.children.push(newElement('tags'));
-        if (d.klass !== 'AdminVM') el.children.push(newElement('volume-config'));
-        insertElement(sec, el, null, secIndent, unit);
-        this.bound.set(d, el);
+    for (const d of domains) this.syncDomain(sec, d, model, unit, changes, at);
+  }
+
+  /** syncDomains for the domains of `scope` only: those gone from the model are removed, the others synced. */
+  private syncSomeDomains(sec: XElement, model: StateModel, scope: ReadonlySet<Domain>, unit: string, changes: DomainChanges): void {
+    const live = new Set([...model.domainList(), ...model.creatingDomains()]);
+    for (const d of scope) {
+      if (live.has(d)) {
+        this.syncDomain(sec, d, model, unit, changes, null);
+      } else {
+        const el = this.bound.get(d);
+        if (el && sec.children.includes(el)) changes.remove(sec, el);
       }
-      const pending = model.pendingOf(d);
-      if (attr(el, PENDING_ATTR) !== (pending ?? undefined)) setAttr(el, PENDING_ATTR, pending);
-      const ind = i === undefined ? indentOf(sec, el) : indentAt(sec, i);
-      const props = firstChild(el, 'properties') ?? this.ensureSection(el, 'properties', ind, unit);
-      this.syncProperties(props, d, model.labels, ind + unit, unit);
-      this.syncNamed(el, 'features', 'feature', d.features, ind, unit);
-      this.syncNamed(el, 'tags', 'tag', new Map([...d.tags].map((t) => [t, null])), ind, unit);
-      if (d.storage.volumes.size > 0 || firstChild(el, 'volume-config'))
-        this.syncVolumes(this.ensureSection(el, 'volume-config', ind, unit), d, ind + unit, unit);
+    }
+  }
+
+  /**
+   * Brings one domain's element in line (making it if new). `at`: where
+   * the children of `sec` are (null: look it up).
+   */
+  private syncDomain(sec: XElement, d: Domain, model: StateModel, unit: string, changes: DomainChanges, at: Map<XNode, number> | null): void {
+    const before = mutations;
+    let el = this.bound.get(d);
+    const i = !el ? undefined : at ? at.get(el) : sec.children.indexOf(el) >= 0 ? sec.children.indexOf(el) : undefined;
+    if (el && i === undefined) {
+      // Taken out by a save that failed and was undone: put it back as it was.
+      insertElement(sec, el, null, indentOf(this.doc.root, sec), unit);
+      changes.changed.add(el);
+    } else if (!el) {
+      el = newElement('domain', { id: `domain-${d.qid}`, class: d.klass });
+      el.children.push(newElement('properties'), newElement('features'));
+      if (d.klass !== 'AdminVM')
+        for (const c of ['pci', 'block', 'usb']) el.children.push(newElement('devices', { class: c }));
+      el.children.push(newElement('tags'));
+      if (d.klass !== 'AdminVM') el.children.push(newElement('volume-config'));
+      insertElement(sec, el, null, indentOf(this.doc.root, sec), unit);
+      this.bound.set(d, el);
+    }
+    const pending = model.pendingOf(d);
+    if (attr(el, PENDING_ATTR) !== (pending ?? undefined)) setAttr(el, PENDING_ATTR, pending);
+    const ind = i === undefined ? indentOf(sec, el) : indentAt(sec, i);
+    const props = firstChild(el, 'properties') ?? this.ensureSection(el, 'properties', ind, unit);
+    this.syncProperties(props, d, model.labels, ind + unit, unit);
+    this.syncNamed(el, 'features', 'feature', d.features, ind, unit);
+    this.syncNamed(el, 'tags', 'tag', new Map([...d.tags].map((t) => [t, null])), ind, unit);
+    if (d.storage.volumes.size > 0 || firstChild(el, 'volume-config'))
+      this.syncVolumes(this.ensureSection(el, 'volume-config', ind, unit), d, ind + unit, unit);
+    if (mutations !== before) {
+      // Something inside changed: its kept source text is stale.
+      el.src = undefined;
+      changes.changed.add(el);
     }
   }
 
@@ -453,6 +570,36 @@ export class StateDocument {
       insertElement(sec, newElement('volume', sortedAttrs(clean)), null, ind, unit);
     }
   }
+}
+
+/** The domain elements a sync changed or removed. */
+class DomainChanges {
+  readonly changed = new Set<XElement>();
+  /** Removed elements and their keys (taken before removal). */
+  readonly removed = new Map<XElement, string | null>();
+
+  remove(sec: XElement, el: XElement): void {
+    this.removed.set(el, domainKey(el));
+    this.changed.delete(el);
+    removeElement(sec, el);
+  }
+}
+
+/**
+ * What identifies a `<domain>` across saves, for the journal: its qid
+ * (the `qid` property, else the `id` attribute), "dom0" for the AdminVM;
+ * null if it has none.
+ */
+export function domainKey(el: XElement): string | null {
+  if (attr(el, 'class') === 'AdminVM') return 'dom0';
+  const props = firstChild(el, 'properties');
+  const q = props && childElements(props, 'property').find((p) => attr(p, 'name') === 'qid');
+  if (q) {
+    const t = textOf(q).trim();
+    return /^(0|[1-9][0-9]{0,9})$/.test(t) ? t : null;
+  }
+  const id = /^domain-(0|[1-9][0-9]{0,9})$/.exec(attr(el, 'id') ?? '');
+  return id ? id[1]! : null;
 }
 
 /** indentOf(parent, parent.children[i]) without searching for it. */

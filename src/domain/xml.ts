@@ -58,6 +58,13 @@ export interface XElement {
   closeTail: string;
   /** 1-based line of the start tag (0 for elements made in memory). */
   line: number;
+  /**
+   * The element exactly as it is written, when known: kept by the parser for
+   * elements at `keepSourceDepth`, and by whoever serialised it. Writing
+   * uses it instead of walking the subtree. Whoever changes the subtree must
+   * clear it (see `mutations`).
+   */
+  src?: string | undefined;
 }
 
 export type XNode = XElement | XText | XRaw;
@@ -145,12 +152,18 @@ class Reader {
   }
 }
 
-/** Reads a whole document; throws StateFileError naming file, line and column. */
-export function parseXml(text: string, file: string): XDocument {
+/**
+ * Reads a whole document; throws StateFileError naming file, line and column.
+ * Elements at depth `keepSourceDepth` (the root is depth 0) keep their source
+ * text in `src`, so writing them back unchanged costs a string copy.
+ */
+export function parseXml(text: string, file: string, keepSourceDepth = -1): XDocument {
   const r: Reader = new Reader(text, file);
   const nodes: XNode[] = [];
   let root: XElement | null = null;
   const stack: XElement[] = [];
+  /** Where each open element's start tag began. */
+  const starts: number[] = [];
   const add = (n: XNode): void => {
     if (stack.length) stack[stack.length - 1]!.children.push(n);
     else nodes.push(n);
@@ -199,6 +212,8 @@ export function parseXml(text: string, file: string): XDocument {
       if (!open) r.fail(`end tag </${name}> without a start tag`, start);
       if (open.name !== name) r.fail(`end tag </${name}> does not match <${open.name}> of line ${open.line}`, start);
       open.closeTail = tail;
+      const from = starts.pop()!;
+      if (stack.length === keepSourceDepth) open.src = text.slice(from, r.pos);
     } else {
       r.pos++;
       const name = r.name();
@@ -253,7 +268,9 @@ export function parseXml(text: string, file: string): XDocument {
         root = el;
       }
       add(el);
+      if (el.selfClosing && stack.length === keepSourceDepth) el.src = text.slice(start, r.pos);
       if (!el.selfClosing) {
+        starts.push(start);
         if (stack.length >= MAX_DEPTH) r.fail(`elements nested deeper than ${MAX_DEPTH}`, start);
         stack.push(el);
       }
@@ -282,7 +299,9 @@ export function escapeAttr(s: string): string {
 }
 
 function writeNode(n: XNode, out: string[]): void {
-  if (n.kind === 'text') {
+  if (n.kind === 'element' && n.src !== undefined) {
+    out.push(n.src);
+  } else if (n.kind === 'text') {
     out.push(n.raw ?? escapeText(n.value));
   } else if (n.kind === 'raw') {
     out.push(n.raw);
@@ -308,6 +327,22 @@ export function serializeXml(doc: XDocument): string {
   for (const n of doc.nodes) writeNode(n, out);
   return out.join('');
 }
+
+/** One element as written (its `src` when known). */
+export function serializeElement(el: XElement): string {
+  if (el.src !== undefined) return el.src;
+  const out: string[] = [];
+  writeNode(el, out);
+  return out.join('');
+}
+
+/**
+ * How many changes the editing helpers below have made, ever. A caller that
+ * keeps `src` of an element compares this before and after editing inside
+ * it: the helpers do not know the element's ancestors, so cannot clear
+ * their `src` themselves.
+ */
+export let mutations = 0;
 
 // ---- reading helpers -------------------------------------------------------------
 
@@ -352,7 +387,10 @@ export function newElement(name: string, attrs: Record<string, string> = {}, tex
 export function setAttr(el: XElement, name: string, value: string | null): void {
   const i = el.attrs.findIndex((a) => a.name === name);
   if (value === null) {
-    if (i >= 0) el.attrs.splice(i, 1);
+    if (i >= 0) {
+      el.attrs.splice(i, 1);
+      changed(el);
+    }
     return;
   }
   if (i >= 0) {
@@ -360,10 +398,17 @@ export function setAttr(el: XElement, name: string, value: string | null): void 
     if (a.value !== value) {
       a.value = value;
       a.raw = null;
+      changed(el);
     }
   } else {
     el.attrs.push({ name, value, raw: null, quote: '"', before: ' ', eq: '=' });
+    changed(el);
   }
+}
+
+function changed(el: XElement): void {
+  el.src = undefined;
+  mutations++;
 }
 
 /** Replaces the element's content with `value` (no-op when equal). */
@@ -371,6 +416,7 @@ export function setText(el: XElement, value: string): void {
   if (textOf(el) === value && !el.children.some((c) => c.kind === 'element')) return;
   el.children = value === '' ? [] : [{ kind: 'text', value, raw: null }];
   el.selfClosing = false;
+  changed(el);
 }
 
 function isWs(n: XNode | undefined): n is XText {
@@ -398,6 +444,7 @@ export function indentUnit(doc: XDocument): string {
  * A freshly built `child` with element children is indented too.
  */
 export function insertElement(parent: XElement, child: XElement, before: XElement | null, parentIndent: string, unit: string): void {
+  changed(parent);
   const elems = childElements(parent);
   let sep: string;
   if (elems.length) {
@@ -445,6 +492,7 @@ function indentTree(el: XElement, indent: string, unit: string): void {
 export function removeElement(parent: XElement, child: XElement): void {
   const i = parent.children.indexOf(child);
   if (i < 0) return;
+  changed(parent);
   const prev = parent.children[i - 1];
   if (isWs(prev)) parent.children.splice(i - 1, 2);
   else parent.children.splice(i, 1);

@@ -109,7 +109,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
   async function changeProperty(domain: Domain, volume: Volume, key: string, apply: () => () => void, value: string): Promise<void> {
     const undo = apply();
     try {
-      await app.save();
+      await app.save(domain);
     } catch (e) {
       undo();
       throw e;
@@ -209,7 +209,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     } finally {
       emit(domain, 'domain-volume-import-end', { volume: volume.name, success: qbool(ok) });
     }
-    await app.save();
+    await app.save(domain);
     emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
   }
 
@@ -246,7 +246,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       requireHalted(domain, `revert volume ${volume.name}`);
       const target = revision ?? (await volume.revisions()).at(-1)?.id;
       await volume.revert(target);
-      await app.save();
+      await app.save(domain);
       emit(domain, 'volume-reverted', { ...volumePairs(volume), revision: target ?? '' });
     }),
 
@@ -255,7 +255,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       const { domain, volume } = destVolume(ctx, call);
       const size = parseInteger(call.payload, { min: 0, what: 'size' });
       await volume.resize(size);
-      await app.save();
+      await app.save(domain);
       emit(domain, 'volume-resized', { ...volumePairs(volume), size: String(volume.size) });
     }),
 
@@ -267,7 +267,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       const size = volume.size;
       await volume.importData(size);
       await volume.importDataEnd(true);
-      await app.save();
+      await app.save(domain);
       emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
     }),
 
@@ -295,7 +295,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
         throw new QubesValueError(`the source volume ${entry.domain.name}:${src.name} no longer exists`);
       requireHalted(domain, `clone into volume ${volume.name}`);
       await volume.importVolume(src);
-      await app.save();
+      await app.save(domain);
       emit(domain, 'volume-cloned', {
         ...volumePairs(volume),
         size: String(volume.size),
