@@ -86,3 +86,21 @@ export async function freeBytes(dir: string): Promise<number> {
   const s = await fs.statfs(dir);
   return s.bavail * s.bsize;
 }
+
+/**
+ * Space taken below `dir`, as a counter that grows: on the reflink test
+ * filesystems (loop mounts of their own) the filesystem's used space, since
+ * shared extents make per-file sums meaningless; elsewhere (ext4 is the
+ * machine's own, shared with whatever else runs) the files' allocated bytes.
+ */
+export async function spaceTaken(dir: string, reflink: boolean): Promise<number> {
+  if (reflink) return -(await freeBytes(dir));
+  let sum = 0;
+  const seen = new Set<number>(); // hard links: count each inode once
+  for (const f of await listFiles(dir)) {
+    const st = await fs.stat(path.join(dir, f));
+    if (!seen.has(st.ino)) sum += st.blocks * 512;
+    seen.add(st.ino);
+  }
+  return sum;
+}
