@@ -79,8 +79,8 @@ export interface XDocument {
 
 // ---- reading -----------------------------------------------------------------
 
-const NAME_START = /[A-Za-z_:\u00C0-\uFFFF]/;
-const NAME_CHAR = /[-A-Za-z0-9_:.\u00B7\u00C0-\uFFFF]/;
+/** A name at the reader's position (sticky: one match per name, not one test per character). */
+const NAME = /[A-Za-z_:\u00C0-\uFFFF][-A-Za-z0-9_:.\u00B7\u00C0-\uFFFF]*/y;
 const PREDEFINED: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 class Reader {
@@ -90,6 +90,21 @@ class Reader {
     readonly text: string,
     readonly file: string,
   ) {}
+
+  private lineCount = { pos: 0, line: 1 };
+
+  /** The line of `pos`, for positions met in increasing order (elements as parsed): counts newlines since the last one. */
+  lineAtForward(pos: number): number {
+    const c = this.lineCount;
+    if (pos < c.pos) return this.lineCol(pos)[0];
+    let i = this.text.indexOf('\n', c.pos);
+    while (i >= 0 && i < pos) {
+      c.line++;
+      i = this.text.indexOf('\n', i + 1);
+    }
+    c.pos = pos;
+    return c.line;
+  }
 
   lineCol(pos: number): [number, number] {
     if (!this.lineStarts) {
@@ -117,16 +132,21 @@ class Reader {
 
   ws(): string {
     const start = this.pos;
-    while (this.pos < this.text.length && ' \t\r\n'.includes(this.text[this.pos]!)) this.pos++;
-    return this.text.slice(start, this.pos);
+    const t = this.text;
+    for (;;) {
+      const c = t.charCodeAt(this.pos);
+      if (c !== 32 && c !== 10 && c !== 9 && c !== 13) break;
+      this.pos++;
+    }
+    return start === this.pos ? '' : t.slice(start, this.pos);
   }
 
   name(): string {
-    const start = this.pos;
-    if (this.pos >= this.text.length || !NAME_START.test(this.text[this.pos]!)) this.fail('expected a name');
-    this.pos++;
-    while (this.pos < this.text.length && NAME_CHAR.test(this.text[this.pos]!)) this.pos++;
-    return this.text.slice(start, this.pos);
+    NAME.lastIndex = this.pos;
+    const m = NAME.exec(this.text);
+    if (!m) return this.fail('expected a name');
+    this.pos += m[0].length;
+    return m[0];
   }
 
   until(end: string, what: string): string {
@@ -225,7 +245,7 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
         selfClosing: false,
         openTail: '',
         closeTail: '',
-        line: r.lineCol(start)[0],
+        line: r.lineAtForward(start),
       };
       for (;;) {
         const before = r.ws();
@@ -260,7 +280,7 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
         r.pos = end + 1;
         if (el.attrs.some((a) => a.name === aname)) r.fail(`attribute ${aname} given twice`, eqStart - aname.length);
         // Attribute value normalisation (XML 1.0 3.3.3): literal whitespace becomes a space.
-        const value = r.decode(raw.replace(/\r\n|[\t\n\r]/g, ' '), vstart);
+        const value = r.decode(/[\t\n\r]/.test(raw) ? raw.replace(/\r\n|[\t\n\r]/g, ' ') : raw, vstart);
         el.attrs.push({ name: aname, value, raw, quote: q, before, eq });
       }
       if (!stack.length) {
