@@ -140,6 +140,9 @@ function poolUsed(m: Model, pool: string): boolean {
 
 // ---- planning --------------------------------------------------------------------
 
+/** The state journal's points: reached by any op that saves, when the child saves through the journal. */
+const STATE_FAILPOINTS = ['state.journal.before-sync', 'state.journal.after-sync', 'app.compact.after-write'];
+
 const OP_FAILPOINTS: Record<Op['kind'], string[]> = {
   run: [
     'reflink.start.after-base-link',
@@ -175,6 +178,7 @@ const OP_FAILPOINTS: Record<Op['kind'], string[]> = {
   'pool-add': [],
   'pool-remove': [],
 };
+for (const k of Object.keys(OP_FAILPOINTS) as Op['kind'][]) OP_FAILPOINTS[k].push(...STATE_FAILPOINTS);
 
 const WEIGHTS: [Op['kind'], number][] = [
   ['run', 34],
@@ -609,7 +613,7 @@ function bump(r: Record<string, number>, k: string, n = 1): void {
 }
 
 export function declaredFailpoints(): string[] {
-  return [...FAILPOINTS].filter((f) => f.startsWith('reflink.') || f.startsWith('app.')).sort();
+  return [...FAILPOINTS].filter((f) => f.startsWith('reflink.') || f.startsWith('app.') || f.startsWith('state.')).sort();
 }
 
 interface ChildResult {
@@ -618,11 +622,16 @@ interface ChildResult {
   ms: number;
 }
 
-function runChild(dir: string, reflink: boolean, journal: string, ops: Op[], failpoint: string, timerAfter: number | null): Promise<ChildResult> {
+/**
+ * `stateJournal`: the child saves through the state journal (as a state of
+ * 10,000 domains would), else by rewriting qubes.xml; children of both
+ * kinds alternate on one state, so each also opens what the other left.
+ */
+function runChild(dir: string, reflink: boolean, journal: string, ops: Op[], failpoint: string, timerAfter: number | null, stateJournal: boolean): Promise<ChildResult> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [CHILD, dir, String(reflink), journal, JSON.stringify(ops)], {
-      env: { ...process.env, QUBES_STORAGE_FAILPOINTS: failpoint, QUBES_STORAGE_FAILPOINT_TRACE: '' },
+      env: { ...process.env, QUBES_STORAGE_FAILPOINTS: failpoint, QUBES_STORAGE_FAILPOINT_TRACE: '', QUBES_STORAGE_JOURNAL_FROM: stateJournal ? '0' : '' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -719,6 +728,7 @@ export async function runCampaign(o: CampaignOptions): Promise<Summary> {
     for (let k = 0; k < (o.maxOpsPerChild ? Math.min(n, o.maxOpsPerChild) : n); k++) ops.push(planOp(plan, rng));
     for (const op of ops) bump(s.opsPlanned, op.kind);
     const mode = rng.next();
+    const stateJournal = rng.chance(0.5);
     let failpoint = '';
     let timerAfter: number | null = null;
     const relevant = [...new Set(ops.flatMap((op) => OP_FAILPOINTS[op.kind]))];
@@ -733,7 +743,7 @@ export async function runCampaign(o: CampaignOptions): Promise<Summary> {
     context = ` [ops ${JSON.stringify(ops)}, kill ${failpoint || (timerAfter !== null ? `timer ${timerAfter} ms` : 'none')}]`;
     // Run the child.
     await fs.rm(journal, { force: true });
-    const r = await runChild(o.dir, o.reflink, journal, ops, failpoint, timerAfter);
+    const r = await runChild(o.dir, o.reflink, journal, ops, failpoint, timerAfter, stateJournal);
     s.children++;
     s.iterations = it;
     const steps = await readJournal(journal);
