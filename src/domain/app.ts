@@ -518,6 +518,11 @@ export class QubesApp implements DomainHost, StateModel {
     return [...this.creating.values()];
   }
 
+  /** Whether d is one of the domains the state holds (listed, or being created). */
+  isSaved(d: Domain): boolean {
+    return this.domains.get(d.name) === d || this.creating.get(d.name) === d;
+  }
+
   pendingOf(d: Domain): PendingChange | null {
     if (this.creating.get(d.name) === d) return 'create';
     if (this.removingDomains.has(d)) return 'remove';
@@ -897,11 +902,11 @@ export class QubesApp implements DomainHost, StateModel {
   /** Who uses a domain: template of, clone source of, default of, netvm of. */
   domainUsers(d: Domain): string[] {
     const users: string[] = [];
+    const name = d.name;
     for (const other of this.domains.values()) {
       if (other === d) continue;
-      for (const p of other.setPropertyNames()) {
-        const def = other.propertyDef(p);
-        if (def.type === 'vm' && other.prop(p) === d.name) users.push(`${other.name} (${p})`);
+      for (const [p, v] of other.setValues()) {
+        if (v === name && other.propertyDef(p).type === 'vm' && other.prop(p) === name) users.push(`${other.name} (${p})`);
       }
     }
     for (const p of this.globals.setPropertyNames()) {

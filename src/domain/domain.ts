@@ -199,11 +199,15 @@ export abstract class Domain extends PropertyHolder implements DomainRef, Runner
     return klass === 'AppVM' ? 'TemplateVM' : klass === 'DispVM' ? 'dispvm-template' : 'none';
   }
 
+  // name and qid are set once at creation and read everywhere (sorting,
+  // lookups of 10,000 domains): read the stored value without the generic path.
   get name(): string {
-    return String(this.prop('name'));
+    const v = this.values.get('name');
+    return v !== undefined ? String(v) : String(this.prop('name'));
   }
   get qid(): number {
-    return Number(this.prop('qid'));
+    const v = this.values.get('qid');
+    return v !== undefined ? Number(v) : Number(this.prop('qid'));
   }
   get uuid(): string {
     return String(this.prop('uuid'));

@@ -106,6 +106,11 @@ export abstract class PropertyHolder {
     return [...this.values.keys()].sort();
   }
 
+  /** The explicitly set values, in no particular order (for scans over every domain). */
+  setValues(): IterableIterator<[string, PropValue]> {
+    return this.values.entries();
+  }
+
   /** Parses the wire (or state file) text of a value for property `name`. */
   parseProperty(name: string, raw: string): PropValue {
     const d = this.propertyDef(name);

@@ -122,6 +122,8 @@ export interface StateModel {
   domainList(): Domain[];
   /** Domains whose volumes are being made: saved with their mark, not yet listed. */
   creatingDomains(): Domain[];
+  /** Whether d is among domainList() or creatingDomains(). */
+  isSaved(d: Domain): boolean;
   /** The write-ahead mark of a domain, if any. */
   pendingOf(d: Domain): PendingChange | null;
 }
@@ -472,9 +474,8 @@ export class StateDocument {
 
   /** syncDomains for the domains of `scope` only: those gone from the model are removed, the others synced. */
   private syncSomeDomains(sec: XElement, model: StateModel, scope: ReadonlySet<Domain>, unit: string, changes: DomainChanges): void {
-    const live = new Set([...model.domainList(), ...model.creatingDomains()]);
     for (const d of scope) {
-      if (live.has(d)) {
+      if (model.isSaved(d)) {
         this.syncDomain(sec, d, model, unit, changes, null);
       } else {
         const el = this.bound.get(d);
