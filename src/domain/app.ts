@@ -381,7 +381,8 @@ export class QubesApp implements DomainHost, StateModel {
     }
 
     // Storage, templates before the domains based on them.
-    const ordered = [...this.domains.values()].sort((a, b) => a.templateChain().length - b.templateChain().length);
+    const depth = new Map([...this.domains.values()].map((d) => [d, d.templateChain().length]));
+    const ordered = [...this.domains.values()].sort((a, b) => depth.get(a)! - depth.get(b)!);
     for (const d of ordered) {
       if (d.klass === 'AdminVM') continue;
       const rec = recordOf.get(d);

@@ -61,11 +61,14 @@ interface Scan {
 
 export class FileReflinkVolume extends Volume {
   declare readonly pool: FileReflinkPool;
-  readonly files: VolumeFiles;
+  private _files: VolumeFiles | undefined;
+  /** Where its files are; worked out when first asked (a daemon loads 40,000 volumes and touches few). */
+  get files(): VolumeFiles {
+    return (this._files ??= volumeFiles(this.pool.dirPath, this.vid, this.pool.flavor.naming, this.kind === 'volatile'));
+  }
 
   constructor(pool: FileReflinkPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     super(pool, domain, vid, spec);
-    this.files = volumeFiles(pool.dirPath, vid, pool.flavor.naming, this.kind === 'volatile');
   }
 
   private what(action: string): string {
