@@ -46,6 +46,12 @@ export interface SparseWriter {
   push(chunk: Buffer): boolean;
   /** Resolves once fewer than half of maxPendingBytes are in flight; rejects on a write failure. */
   drained(): Promise<void>;
+  /**
+   * Starts writing what is gathered and resolves once every byte pushed so
+   * far is written (background syncs not waited for): the caller may then
+   * reuse those buffers. Rejects with the first failure.
+   */
+  flushed(): Promise<void>;
   /** Writes what is gathered, waits for every write and sync; rejects with the first failure. */
   finish(): Promise<void>;
   /** Waits for every write and sync started so far, ignoring failures. */
@@ -79,6 +85,8 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
   let runBytes = 0;
   let pendingBytes = 0;
   const inFlight = new Set<Promise<void>>();
+  /** The writes among inFlight (not the syncs). */
+  const writes = new Set<Promise<void>>();
   let failure: { error: unknown } | undefined;
   let waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   let unsynced = 0;
@@ -128,7 +136,9 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
   const flushRun = () => {
     if (runBytes === 0) return;
     pendingBytes += runBytes;
-    track(writeRun(run, runStart, runBytes));
+    const w: Promise<void> = writeRun(run, runStart, runBytes).finally(() => writes.delete(w));
+    writes.add(w);
+    track(w);
     run = [];
     runBytes = 0;
   };
@@ -188,6 +198,11 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
       if (failure) return Promise.reject(failure.error);
       if (pendingBytes < maxPending / 2) return Promise.resolve();
       return new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+    },
+    async flushed(): Promise<void> {
+      if (!failure) flushRun();
+      await Promise.allSettled([...writes]);
+      if (failure) throw failure.error;
     },
     async finish(): Promise<void> {
       if (!failure) flushRun();
