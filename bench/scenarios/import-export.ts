@@ -10,10 +10,11 @@
 // conv=sparse,fdatasync` and `cp --sparse=always` (and, for the record,
 // `cp --sparse=always` followed by `sync OUT`, the same durability as the
 // import). Outputs are compared by SHA-256 and allocated size.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { AdminClient } from '../../src/admin/client.js';
@@ -24,6 +25,46 @@ import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
 
 const execFileP = promisify(execFile);
+
+/**
+ * A do-nothing server in its own process: counts the bytes of each
+ * connection, answers the count, closes. The same client sending the image
+ * to it gives the floor of a streamed import on this machine (Node on both
+ * ends of a Unix socket, nothing written).
+ */
+const SINK_JS = `
+const net = require('node:net');
+const srv = net.createServer((s) => { let n = 0; s.on('data', (b) => { n += b.length; }); s.on('end', () => s.end(String(n))); s.on('error', () => {}); });
+srv.listen(process.argv[1], () => process.stdout.write('ready\\n'));
+process.on('SIGTERM', () => process.exit(0));
+`;
+
+async function startSink(sock: string): Promise<{ send(file: string, prefix: Buffer): Promise<number>; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, ['-e', SINK_JS, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`sink exited with ${code}`)));
+    child.stdout!.once('data', () => resolve());
+  });
+  return {
+    send: (file, prefix) =>
+      new Promise<number>((resolve, reject) => {
+        const body = fs.createReadStream(file, { highWaterMark: READ_CHUNK });
+        body.unshift(prefix);
+        const c = net.connect(sock, () => body.pipe(c));
+        let reply = '';
+        c.on('data', (d: Buffer) => (reply += d.toString()));
+        c.on('end', () => resolve(Number(reply)));
+        c.on('error', reject);
+        body.on('error', reject);
+      }),
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
 /** The import client reads the image in 4 MiB pieces. */
 const READ_CHUNK = 4 * MiB;
 
@@ -70,6 +111,7 @@ export const importExport: Scenario = {
     const reps = opts.quick ? 1 : 5;
     const scratch = await scratchXfs('import', opts.quick ? 1 : 12);
     let daemon: Awaited<ReturnType<typeof startChildQubesd>> | undefined;
+    let sink: Awaited<ReturnType<typeof startSink>> | undefined;
     try {
       const files = path.join(scratch.dir, 'files');
       await fsp.mkdir(files);
@@ -82,6 +124,7 @@ export const importExport: Scenario = {
       const sock = path.join(scratch.dir, 'qubesd.sock');
       daemon = await startChildQubesd(base, sock, path.join(scratch.dir, 'qubesd.log'));
       const client = new AdminClient({ socketPath: sock, timeoutMs: 600_000 });
+      sink = await startSink(path.join(scratch.dir, 'sink.sock'));
       await client.call('admin.vm.Create.StandaloneVM', 'dom0', '', 'name=imp label=red');
 
       const out = (name: string) => path.join(files, name);
@@ -105,6 +148,10 @@ export const importExport: Scenario = {
           const body = fs.createReadStream(src, { highWaterMark: READ_CHUNK });
           body.unshift(Buffer.from(`${size}\n`));
           return client.callStream('admin.vm.volume.ImportWithSize', 'imp', 'private', body);
+        },
+        socketFloor: async () => {
+          const n = await sink!.send(src, Buffer.from(`${size}\n`));
+          if (n !== size + `${size}\n`.length) throw new Error(`import-export: the sink got ${n} bytes`);
         },
         export: async () => {
           const p = (await client.call('admin.vm.volume.Export', 'imp', 'private')).toString('utf8');
@@ -130,10 +177,11 @@ export const importExport: Scenario = {
         import: null,
         export: 'export.img',
         exportRead: 'export-read.img',
+        socketFloor: null,
       };
-      const t: Record<string, number[]> = { dd: [], cp: [], cpSync: [], import: [], export: [], exportRead: [] };
+      const t: Record<string, number[]> = { dd: [], cp: [], cpSync: [], import: [], export: [], exportRead: [], socketFloor: [] };
       const alloc: Record<string, number> = {};
-      const order = ['dd', 'cp', 'import', 'export', 'exportRead', 'cpSync'];
+      const order = ['dd', 'cp', 'import', 'export', 'exportRead', 'socketFloor', 'cpSync'];
       for (let r = 0; r < reps; r++) {
         // rotate the order each round so drift and cache state hit all alike
         const round = [...order.slice(r % order.length), ...order.slice(0, r % order.length)];
@@ -148,7 +196,7 @@ export const importExport: Scenario = {
               } finally {
                 await client.call('admin.vm.volume.ExportEnd', 'imp', 'private', p);
               }
-            } else alloc[k] = await check(k, out(outputs[k]!));
+            } else if (outputs[k]) alloc[k] = await check(k, out(outputs[k]!));
           }
           if (outputs[k]) await fsp.rm(out(outputs[k]!), { force: true });
         }
@@ -166,6 +214,11 @@ export const importExport: Scenario = {
         withBaseline(figure('import-export.import-vs-dd', 'ms', t.import!), fDd),
         withBaseline(figure('import-export.export-read', 'ms', t.exportRead!, { note: 'Export path read into a new file with sparseCopy (4 KiB zero blocks left as holes), fsync' }), fDd),
         withBaseline(figure('import-export.import-vs-cp+sync', 'ms', t.import!), fCpSync),
+        withBaseline(
+          figure('import-export.socket-floor', 'ms', t.socketFloor!, { note: 'the import client sending the image to a do-nothing server process (counts bytes): the floor of a streamed import here' }),
+          fDd,
+        ),
+        withBaseline(figure('import-export.import-vs-socket-floor', 'ms', t.import!), figure('import-export.socket-floor', 'ms', t.socketFloor!)),
       ];
       const notes = [
         `filesystem: ${scratch.kind}; daemon: child qubesd, pool default on the same filesystem`,
@@ -178,6 +231,7 @@ export const importExport: Scenario = {
       if (alloc['exportRead'] !== undefined && alloc['exportRead'] > srcAlloc) notes.push('export-read output allocates MORE than the source');
       return { figures, notes };
     } finally {
+      await sink?.stop();
       await daemon?.stop();
       await scratch.cleanup();
     }
