@@ -113,10 +113,20 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       });
   }
 
+  /** Streaming: when the client last sent payload bytes (one timer re-armed lazily, not one per chunk). */
+  let lastData = 0;
+  function stallCheck(): void {
+    const quiet = performance.now() - lastData;
+    if (quiet < limits.requestTimeoutMs) setTimer(limits.requestTimeoutMs - quiet, stallCheck);
+    else drop('client stalled while sending its payload');
+  }
+
   function startStreaming(h: RequestHeader, res: Resolution, rest: Buffer): void {
     phase = 'running';
     const idle = () => {
-      if (!streamEnded) setTimer(limits.requestTimeoutMs, () => drop('client stalled while sending its payload'));
+      if (streamEnded) return;
+      lastData = performance.now();
+      setTimer(limits.requestTimeoutMs, stallCheck);
     };
     stream = new Readable({
       // A few MiB in flight, so receiving overlaps with the method's writing
@@ -200,11 +210,12 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
         return;
       case 'running':
         if (stream && !streamEnded) {
+          lastData = performance.now();
           if (!stream.push(chunk)) {
             socket.pause();
             clearTimer();
-          } else {
-            setTimer(limits.requestTimeoutMs, () => drop('client stalled while sending its payload'));
+          } else if (!timer) {
+            setTimer(limits.requestTimeoutMs, stallCheck);
           }
         }
         return;

@@ -9,6 +9,7 @@ import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createSparseWriter, type SparseWriter } from './sparse-writer.js';
 
 export type CopyMethod = 'reflink' | 'sparse';
 
@@ -141,14 +142,17 @@ export async function copyFileCow(
 
 /** Read size: big reads cost far less per byte than small ones. */
 const CHUNK = 8 << 20;
-/** Zero detection granularity: a run of zeros this long is left a hole. */
-const BLOCK = 64 << 10;
-const ZERO = Buffer.alloc(CHUNK);
+/** Zero detection granularity: an all-zero block this long is left a hole. */
+const BLOCK = 4 << 10;
+/** A durable copy starts a background fdatasync every this many bytes written. */
+const SYNC_EVERY = 64 << 20;
 
 /**
- * Copies `src` to the new file `dst` writing only the non-zero 64 KiB blocks,
+ * Copies `src` to the new file `dst` writing only the non-zero 4 KiB blocks,
  * so holes (and zero blocks) stay unallocated; the length is set by truncate.
- * A failure removes the partial copy.
+ * Reading the next chunk overlaps with writing the last one (two buffers in
+ * turn), and a durable copy syncs in the background as it goes, so the final
+ * fsync has little left. A failure removes the partial copy.
  */
 export async function sparseCopy(
   src: string,
@@ -159,22 +163,37 @@ export async function sparseCopy(
 ): Promise<void> {
   const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let outFh: fs.FileHandle | undefined;
+  let writer: SparseWriter | undefined;
   try {
     outFh = await fs.open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     const size = (await inFh.stat()).size;
-    const buf = Buffer.allocUnsafe(CHUNK);
-    for (let pos = 0; pos < size; ) {
+    // The length first: the writer skips zeros, which must read back as zeros.
+    await outFh.truncate(size);
+    writer = createSparseWriter(outFh, {
+      blockBytes: BLOCK,
+      maxWriteBytes: CHUNK,
+      maxPendingBytes: 2 * CHUNK,
+      syncEveryBytes: durable ? SYNC_EVERY : Infinity,
+    });
+    const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
+    /** Per buffer: resolves once the writes of its last chunk are done, so it may be read into again. */
+    const free: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+    for (let pos = 0, i = 0; pos < size; i ^= 1) {
       signal?.throwIfAborted();
-      const { bytesRead } = await inFh.read(buf, 0, Math.min(CHUNK, size - pos), pos);
+      await free[i];
+      const { bytesRead } = await inFh.read(bufs[i]!, 0, Math.min(CHUNK, size - pos), pos);
       if (bytesRead === 0) break;
-      await writeNonZero(outFh, buf.subarray(0, bytesRead), pos);
+      writer.push(bufs[i]!.subarray(0, bytesRead));
+      free[i] = writer.flushed();
+      free[i]!.catch(() => undefined); // reported by the await above or by finish()
       pos += bytesRead;
       onProgress?.(pos, size);
     }
     signal?.throwIfAborted(); // an abort asked during the last chunk still counts
-    await outFh.truncate(size);
+    await writer.finish();
     if (durable) await outFh.sync();
   } catch (e) {
+    await writer?.settle();
     await outFh?.close().catch(() => undefined);
     outFh = undefined;
     await unlinkIfExists(dst).catch(() => undefined);
@@ -183,22 +202,6 @@ export async function sparseCopy(
     await inFh.close();
     await outFh?.close();
   }
-}
-
-/** Writes the runs of non-zero BLOCKs of `data` (at file offset `at`); zero blocks stay holes. */
-async function writeNonZero(fh: fs.FileHandle, data: Buffer, at: number): Promise<void> {
-  if (data.equals(ZERO.subarray(0, data.length))) return;
-  let runStart = -1;
-  for (let off = 0; off < data.length; off += BLOCK) {
-    const end = Math.min(off + BLOCK, data.length);
-    const zero = data.subarray(off, end).equals(ZERO.subarray(0, end - off));
-    if (!zero && runStart < 0) runStart = off;
-    if (zero && runStart >= 0) {
-      await writeAll(fh, data.subarray(runStart, off), at + runStart);
-      runStart = -1;
-    }
-  }
-  if (runStart >= 0) await writeAll(fh, data.subarray(runStart), at + runStart);
 }
 
 export async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {

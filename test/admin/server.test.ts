@@ -105,6 +105,34 @@ describe('framing errors drop the connection without a reply', () => {
     assert.deepEqual(await echo(h.socketPath), OK_HELLO);
   });
 
+  test('streamed payload: a client that stops sending is dropped after the request timeout', async () => {
+    const before = h.log.lines.length;
+    const { data } = await rawExchange(h.socketPath, Buffer.concat([b('test.Count dom0 name dom0\0'), Buffer.alloc(100_000, 1)]), {
+      end: false,
+      timeoutMs: 5000,
+    });
+    assert.equal(data.length, 0);
+    assert.ok(h.log.lines.slice(before).some((l) => l.includes('client stalled while sending its payload')));
+    assert.deepEqual(await echo(h.socketPath), OK_HELLO);
+  });
+
+  test('streamed payload: a client that keeps sending for longer than the timeout is not dropped', async () => {
+    // Silence is what counts, not the length of the call: 10 pieces 50 ms apart (the timeout is 300 ms).
+    const sock = net.connect(h.socketPath);
+    const reply: Buffer[] = [];
+    sock.on('data', (c: Buffer) => reply.push(c));
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    await new Promise<void>((r) => sock.on('connect', () => r()));
+    sock.write(b('test.Count dom0 name dom0\0'));
+    for (let i = 0; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      sock.write(Buffer.alloc(1000, 1));
+    }
+    sock.end();
+    await closed;
+    assert.deepEqual(Buffer.concat(reply), b('0\x0010000'));
+  });
+
   test('client that never half-closes: request timeout drops it', async () => {
     const { data } = await rawExchange(h.socketPath, b('test.Echo dom0 name dom0\0abc'), { end: false, timeoutMs: 3000 });
     assert.equal(data.length, 0);

@@ -30,6 +30,7 @@ import {
   QubesVMNotHaltedError,
 } from '../../storage/errors.js';
 import type { Volume } from '../../storage/volume.js';
+import { createSparseWriter } from '../../files/sparse-writer.js';
 import { method, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable } from '../dispatch.js';
 import { decodeAscii, decodeUtf8, parseBoolean, parseInteger, validateRevisionId } from '../protocol/validate.js';
 import { destDomain, destVolume, qbool, requireArg, requireNoPayload, type MethodContext } from './context.js';
@@ -47,8 +48,12 @@ export interface VolumeMethodsOptions {
 
 /** Granularity of the all-zero check while importing: zero blocks are left as holes. */
 export const IMPORT_BLOCK = 4096;
-/** Data gathered before it is scanned and written. */
-const IMPORT_BUFFER = 1024 * 1024;
+/** Imported data gathered into one write (neighbouring chunks, not copied). */
+const IMPORT_WRITE = 1024 * 1024;
+/** Imported data in flight to the file at most; the payload (and the socket) pause beyond. */
+const IMPORT_PENDING = 16 * 1024 * 1024;
+/** An fdatasync starts in the background after this much data, so the final fsync has less to do. */
+const IMPORT_SYNC_EVERY = 64 * 1024 * 1024;
 /** `SIZE\n` at the start of an ImportWithSize payload: at most 19 digits. */
 const MAX_SIZE_LINE = 20;
 const TOKEN_RE = /^[0-9a-f]{32}$/;
@@ -123,84 +128,93 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     while (tokens.size >= maxTokens) tokens.delete(tokens.keys().next().value!);
   }
 
-  /** Reads the import payload into the file at `path` (already `size` bytes, sparse), leaving zero blocks as holes. */
+  /**
+   * Reads the import payload into the file at `path` (already `size` bytes,
+   * sparse), leaving zero blocks as holes. Receiving and writing overlap:
+   * the writer keeps up to IMPORT_PENDING bytes of writes in flight and the
+   * payload is paused (and through it the socket) while it is full.
+   */
   async function writeImport(
     call: CallContext,
     domain: Domain,
     volume: Volume,
     path: string,
     size: number,
-    payload: AsyncIterable<Buffer>,
+    payload: Readable,
     first: Buffer,
   ): Promise<void> {
     const fh = await fs.open(path, 'r+');
-    try {
-      const buf = Buffer.allocUnsafe(IMPORT_BUFFER);
-      let fill = 0;
-      let written = 0; // bytes accounted for (written or skipped as zeros)
-      let nextProgress = progressStep;
-      const flush = async (): Promise<void> => {
-        let o = 0;
-        while (o < fill) {
-          // Skip zero blocks; write each run of non-zero blocks in one go.
-          while (o < fill && isZero(buf, o, Math.min(o + IMPORT_BLOCK, fill))) o += IMPORT_BLOCK;
-          if (o >= fill) break;
-          let end = o;
-          while (end < fill && !isZero(buf, end, Math.min(end + IMPORT_BLOCK, fill))) end += IMPORT_BLOCK;
-          end = Math.min(end, fill);
-          let off = o;
-          while (off < end) {
-            const { bytesWritten } = await fh.write(buf, off, end - off, written + off);
-            off += bytesWritten;
-          }
-          o = end;
-        }
-        written += fill;
-        fill = 0;
-        if (written >= nextProgress && written < size) {
-          emit(domain, 'domain-volume-import-progress', { volume: volume.name, size: String(size), written: String(written) });
-          nextProgress = written - (written % progressStep) + progressStep;
-        }
-      };
-      const take = async (chunk: Buffer): Promise<void> => {
-        if (written + fill + chunk.length > size)
-          throw new QubesValueError(`${volume.where}: the data is larger than the expected ${size} bytes`);
-        let o = 0;
-        while (o < chunk.length) {
-          const n = Math.min(chunk.length - o, buf.length - fill);
-          chunk.copy(buf, fill, o, o + n);
-          fill += n;
-          o += n;
-          if (fill === buf.length) await flush();
-        }
-      };
-      if (first.length) await take(first);
-      for await (const c of payload) {
-        if (call.signal.aborted) throw new QubesValueError(`${volume.where}: the import was cut off`);
-        await take(c);
+    const writer = createSparseWriter(fh, {
+      blockBytes: IMPORT_BLOCK,
+      maxWriteBytes: IMPORT_WRITE,
+      maxPendingBytes: IMPORT_PENDING,
+      syncEveryBytes: IMPORT_SYNC_EVERY,
+    });
+    let nextProgress = progressStep;
+    const take = (chunk: Buffer): boolean => {
+      if (writer.position + chunk.length > size)
+        throw new QubesValueError(`${volume.where}: the data is larger than the expected ${size} bytes`);
+      const more = writer.push(chunk);
+      const at = writer.position;
+      if (at >= nextProgress && at < size) {
+        emit(domain, 'domain-volume-import-progress', { volume: volume.name, size: String(size), written: String(at - (at % progressStep)) });
+        nextProgress = at - (at % progressStep) + progressStep;
       }
-      await flush();
-      if (written !== size)
-        throw new QubesValueError(`${volume.where}: got ${written} bytes of data, expected ${size}`);
+      return more;
+    };
+    try {
+      if (first.length) take(first);
+      await new Promise<void>((resolve, reject) => {
+        let done = false;
+        const finish = (err?: unknown) => {
+          if (done) return;
+          done = true;
+          payload.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+          call.signal.removeEventListener('abort', onAbort);
+          payload.pause();
+          if (err === undefined) resolve();
+          else reject(err);
+        };
+        const onData = (c: Buffer | Uint8Array) => {
+          try {
+            if (take(Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.length))) return;
+          } catch (e) {
+            return finish(e);
+          }
+          payload.pause();
+          writer.drained().then(() => done || payload.resume(), finish);
+        };
+        const cutOff = () => finish(new QubesValueError(`${volume.where}: the import was cut off`));
+        const onEnd = () => finish();
+        const onError = cutOff;
+        const onClose = cutOff; // closed without 'end': destroyed
+        const onAbort = cutOff;
+        if (call.signal.aborted || payload.destroyed) return cutOff();
+        call.signal.addEventListener('abort', onAbort);
+        payload.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+        payload.resume();
+      });
+      await writer.finish();
+      if (writer.position !== size)
+        throw new QubesValueError(`${volume.where}: got ${writer.position} bytes of data, expected ${size}`);
       await fh.sync();
     } finally {
+      await writer.settle();
       await fh.close();
     }
   }
 
   async function importCall(call: AdminStreamCall, withSize: boolean): Promise<void> {
     const { domain, volume } = destVolume(ctx, call);
-    const iter = bufferChunks(call.payload)[Symbol.asyncIterator]();
-    const payload: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iter };
     requireHalted(domain, `import into volume ${volume.name}`);
     let size = volume.size;
     let first: Buffer = Buffer.alloc(0);
-    if (withSize) ({ size, rest: first } = await readSizeLine(iter));
+    if (withSize) ({ size, rest: first } = await readSizeLine(call.payload));
     const path = await volume.importData(size);
     emit(domain, 'domain-volume-import-begin', { volume: volume.name, size: String(size) });
     let ok = false;
     try {
-      await writeImport(call, domain, volume, path, size, payload, first);
+      await writeImport(call, domain, volume, path, size, call.payload, first);
       await volume.importDataEnd(true);
       ok = true;
     } catch (e) {
@@ -369,28 +383,37 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
   };
 }
 
-const ZERO_BLOCK = Buffer.alloc(IMPORT_BLOCK);
-
-function isZero(buf: Buffer, start: number, end: number): boolean {
-  return buf.compare(ZERO_BLOCK, 0, end - start, start, end) === 0;
-}
-
-async function* bufferChunks(stream: Readable): AsyncGenerator<Buffer> {
-  for await (const c of stream) yield Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
-}
-
-/** Reads `SIZE\n` from the start of the payload; returns the size and the data bytes that came with it. */
-async function readSizeLine(iter: AsyncIterator<Buffer>): Promise<{ size: number; rest: Buffer }> {
-  let head = Buffer.alloc(0);
-  for (;;) {
-    const nl = head.indexOf(0x0a);
-    if (nl >= 0) {
-      const size = parseInteger(head.subarray(0, nl), { min: 0, what: 'size' });
-      return { size, rest: head.subarray(nl + 1) };
-    }
-    if (head.length > MAX_SIZE_LINE) throw new ProtocolError('ImportWithSize: the payload must start with the size and a newline');
-    const r = await iter.next();
-    if (r.done) throw new ProtocolError('ImportWithSize: the payload must start with the size and a newline');
-    head = Buffer.concat([head, r.value]);
-  }
+/**
+ * Reads `SIZE\n` from the start of the payload; returns the size and the data
+ * bytes that came with it. Leaves the payload paused.
+ */
+function readSizeLine(payload: Readable): Promise<{ size: number; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let head: Buffer = Buffer.alloc(0);
+    const malformed = () => new ProtocolError('ImportWithSize: the payload must start with the size and a newline');
+    const finish = (err: unknown, value?: { size: number; rest: Buffer }) => {
+      payload.pause();
+      payload.off('data', onData).off('end', onEnd).off('error', onEnd).off('close', onEnd);
+      if (value) resolve(value);
+      else reject(err);
+    };
+    const onData = (c: Buffer | Uint8Array) => {
+      head = Buffer.concat([head, c]);
+      const nl = head.indexOf(0x0a);
+      if (nl < 0) {
+        if (head.length > MAX_SIZE_LINE) finish(malformed());
+        return;
+      }
+      if (nl > MAX_SIZE_LINE) return finish(malformed());
+      try {
+        finish(undefined, { size: parseInteger(head.subarray(0, nl), { min: 0, what: 'size' }), rest: head.subarray(nl + 1) });
+      } catch (e) {
+        finish(e);
+      }
+    };
+    const onEnd = () => finish(malformed());
+    if (payload.destroyed) return onEnd();
+    payload.on('data', onData).on('end', onEnd).on('error', onEnd).on('close', onEnd);
+    payload.resume();
+  });
 }

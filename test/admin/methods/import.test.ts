@@ -5,11 +5,13 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { QubesValueError, QubesVMNotHaltedError, ProtocolError } from '../../../src/storage/errors.js';
 import { describeEachFs } from '../../helpers/filesystems.js';
 import { listFiles, MiB, pattern, sha256 } from '../../helpers/data.js';
 import { ok, PRIVATE_SIZE, startRig, stream, type Rig } from './helpers.js';
+import { waitFor } from '../helpers.js';
 
 /** 1 MiB of data, 2 MiB of zeros, 1 MiB of data (PRIVATE_SIZE = 4 MiB). */
 function image(seed: number, size = PRIVATE_SIZE): Buffer {
@@ -118,6 +120,45 @@ describeEachFs('admin.vm.volume.Import', (tfs, fsx) => {
       assert.deepEqual(await listFiles(volDir()), files);
     }
     assert.equal(rig.rt.app.domain('imp').storage.get('private').size, MiB);
+  });
+
+  test('ImportWithSize: 40 MiB, unaligned 64 KiB chunks, data and zeros mixed inside blocks: same bytes, holes kept', async () => {
+    // Larger than the writes kept in flight, so the payload is paused and resumed.
+    const size = 40 * MiB;
+    const data = Buffer.alloc(size);
+    for (let at = 4096 + 17, i = 0; at < size - MiB; at += 3 * MiB + 12_345, i++) pattern(MiB + 999, i).copy(data, at);
+    data.fill(0, 10 * MiB, 10 * MiB + 8192); // zero blocks in the middle of data
+    data[size - 1] = 0x5a;
+    const payload = Buffer.concat([Buffer.from(`${size}\n`), data]);
+    assert.equal(await stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', chunks(payload, 65_536)), '');
+    assert.equal(await sha256(img()), hash(data));
+    let blocks = 0;
+    const zero = Buffer.alloc(4096);
+    for (let o = 0; o < size; o += 4096) if (!data.subarray(o, o + 4096).equals(zero)) blocks++;
+    const st = await fs.stat(img());
+    assert.ok(st.blocks * 512 <= blocks * 4096 + 256 * 1024, `${st.blocks * 512} bytes allocated for ${blocks} data blocks`);
+    assert.ok(!(await listFiles(volDir())).some((f) => f.includes('import') || f.includes('tmp')));
+  });
+
+  test('a client that goes away in the middle of an import: the old data stays, no files left, import-end False', async () => {
+    await stream(rig, 'admin.vm.volume.ImportWithSize', 'imp', 'private', [Buffer.from(`${PRIVATE_SIZE}\n`), image(31)]);
+    const before = await sha256(img());
+    const files = await listFiles(volDir());
+    const from = rig.events.length;
+    const sock = net.connect(rig.socketPath);
+    sock.on('error', () => {});
+    await new Promise<void>((r) => sock.on('connect', () => r()));
+    // 32 MiB announced, 24 MiB of data sent (writes in flight), then the connection is cut.
+    sock.write(Buffer.from(`admin.vm.volume.ImportWithSize+private dom0 name imp\0${32 * MiB}\n`));
+    for (let i = 0; i < 24; i++) sock.write(pattern(MiB, 40 + i));
+    await new Promise((r) => setTimeout(r, 100));
+    sock.destroy();
+    await waitFor(() => rig.events.slice(from).some((e) => e.event === 'domain-volume-import-end'), 30_000);
+    const end = rig.events.slice(from).find((e) => e.event === 'domain-volume-import-end');
+    assert.deepEqual(end?.pairs, [['volume', 'private'], ['success', 'False']]);
+    assert.equal(await sha256(img()), before, 'old data kept');
+    assert.deepEqual(await listFiles(volDir()), files, 'no temporary files');
+    assert.equal(rig.rt.app.domain('imp').storage.get('private').size, PRIVATE_SIZE);
   });
 
   test('Import refused while the domain runs, and into a volume that keeps no data', async () => {
