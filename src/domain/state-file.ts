@@ -344,7 +344,11 @@ export class StateDocument {
       });
       const vc = firstChild(el, 'volume-config');
       const volumes = vc
-        ? childElements(vc, 'volume').map((v) => ({ attrs: Object.fromEntries(v.attrs.map((a) => [a.name, a.value])), line: v.line }))
+        ? childElements(vc, 'volume').map((v) => {
+            const attrs: Record<string, string> = {};
+            for (const a of v.attrs) attrs[a.name] = a.value;
+            return { attrs, line: v.line };
+          })
         : [];
       const pending = attr(el, PENDING_ATTR);
       return {

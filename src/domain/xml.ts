@@ -278,7 +278,7 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
         const raw = text.slice(vstart, end);
         if (raw.includes('<')) r.fail(`'<' in the value of attribute ${aname}`, vstart + raw.indexOf('<'));
         r.pos = end + 1;
-        if (el.attrs.some((a) => a.name === aname)) r.fail(`attribute ${aname} given twice`, eqStart - aname.length);
+        for (const a of el.attrs) if (a.name === aname) r.fail(`attribute ${aname} given twice`, eqStart - aname.length);
         // Attribute value normalisation (XML 1.0 3.3.3): literal whitespace becomes a space.
         const value = r.decode(/[\t\n\r]/.test(raw) ? raw.replace(/\r\n|[\t\n\r]/g, ' ') : raw, vstart);
         el.attrs.push({ name: aname, value, raw, quote: q, before, eq });
