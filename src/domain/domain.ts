@@ -200,7 +200,10 @@ export abstract class Domain extends PropertyHolder implements DomainRef, Runner
   }
 
   get name(): string {
-    return String(this.prop('name'));
+    // Read for every domain of every list (and n log n times to sort them):
+    // the stored value directly; only dom0's is computed (AdminVM overrides).
+    const v = this.values.get('name');
+    return typeof v === 'string' ? v : String(this.prop('name'));
   }
   get qid(): number {
     return Number(this.prop('qid'));
@@ -256,6 +259,9 @@ export class AdminVM extends Domain {
   }
   propertyDefs() {
     return AdminVM.defs;
+  }
+  override get name(): string {
+    return String(this.prop('name'));
   }
 }
 
