@@ -72,6 +72,35 @@ describeEachFs('file-reflink volumes', (tfs, ctx) => {
     await s.app.stop();
   });
 
+  it("gives in info() the same usage, path and is_outdated as the separate calls, halted, running and outdated", async () => {
+    // its own pool: the states made here stay out of the other tests
+    const s = scenario(await ctx.tempDir('info'), opts());
+    await s.pool.setup();
+    await s.tpl.create();
+    await s.app.create();
+    await s.disp.create();
+    const check = async (when: string): Promise<void> => {
+      for (const ds of [s.tpl, s.app, s.disp]) {
+        for (const v of ds.volumes.values()) {
+          const info = await v.info();
+          const separate = { usage: await v.usage(), path: await v.path(), is_outdated: await v.isOutdated() };
+          assert.deepEqual({ usage: info.usage, path: info.path, is_outdated: info.is_outdated }, separate, `${v.vid} ${when}`);
+        }
+      }
+    };
+    await check('halted');
+    await s.app.start();
+    await writeAt(await s.app.get('private').path(), 0, 'running private');
+    await check('AppVM running');
+    await s.tpl.start();
+    await writeAt(await s.tpl.get('root').path(), 0, 'root v1');
+    await s.tpl.stop();
+    assert.equal((await s.app.get('root').info()).is_outdated, true, 'the template committed while the AppVM ran');
+    await check('AppVM running, its root outdated');
+    await s.app.stop();
+    await check('halted again');
+  });
+
   it('drops snapshot writes on stop and gives an empty volatile at every start', async () => {
     await s.app.start();
     await writeAt(await s.app.get('root').path(), 0, 'scribble');
