@@ -101,6 +101,33 @@ describeEachFs('file-reflink volumes', (tfs, ctx) => {
     await check('halted again');
   });
 
+  it('lists the images on disk of many domain directories, made outside too, and nothing else', async () => {
+    const root = await ctx.tempDir('list');
+    const pool = makePool(root, opts());
+    const want: string[] = [];
+    // more domain directories than are read at once, in two class directories
+    for (let i = 0; i < 60; i++) {
+      const rel = `${i % 3 ? 'appvms' : 'vm-templates'}/d${i}`;
+      await fs.mkdir(path.join(root, rel), { recursive: true });
+      for (const v of ['private', 'root'].slice(0, 1 + (i % 2))) {
+        await fs.writeFile(path.join(root, rel, `${v}.img`), '');
+        want.push(`${rel}/${v}`);
+      }
+      // not volumes: working copies, revisions, debris, bad names, a directory
+      await fs.writeFile(path.join(root, rel, 'private-dirty.img'), '');
+      await fs.writeFile(path.join(root, rel, 'private.img.1@2026-11-26T07:00:00Z'), '');
+      await fs.writeFile(path.join(root, rel, '1bad.img'), '');
+      await fs.mkdir(path.join(root, rel, 'sub.img'));
+    }
+    await fs.mkdir(path.join(root, 'outside/dom'), { recursive: true });
+    await fs.writeFile(path.join(root, 'outside/dom/private.img'), '');
+    want.push('outside/dom/private');
+    await fs.writeFile(path.join(root, 'appvms/stray.img'), ''); // not at the depth of an image
+    await fs.writeFile(path.join(root, 'loose.img'), '');
+    await fs.symlink(path.join(root, 'appvms/d1'), path.join(root, 'appvms/link')); // not followed
+    assert.deepEqual(await pool.listVolumes(), want.sort());
+  });
+
   it('drops snapshot writes on stop and gives an empty volatile at every start', async () => {
     await s.app.start();
     await writeAt(await s.app.get('root').path(), 0, 'scribble');
