@@ -192,14 +192,14 @@ export async function executeCall(
   try {
     if ('error' in resolution) throw resolution.error;
     const { spec } = resolution;
-    const base = { ...pickHeader(h), signal, log: ctx.log };
+    const { method, arg, source, dest } = h;
     let result: AdminResult;
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ ...base, payload: stream });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload: stream });
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ ...base, payload });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload });
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }
