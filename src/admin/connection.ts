@@ -261,7 +261,9 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     if ((phase === 'payload' || phase === 'running') && header) {
       ctx.log.warn(`client of ${header.method} went away before the reply`);
     }
-    controller.abort();
+    // Only a method still running (or an events stream) listens to the
+    // signal; aborting costs a DOMException with a stack trace per call.
+    if (running) controller.abort();
     if (stream && !streamEnded) stream.destroy(new Error('client disconnected before the end of the payload'));
     socketClosed();
     maybeFinished();

@@ -79,12 +79,52 @@ export interface DispatchContext {
   debug: boolean;
 }
 
-/** Logs to stderr, one line each. */
-export const stderrLog: AdminLog = {
-  info: (m) => process.stderr.write(`qubesd: ${m}\n`),
-  warn: (m) => process.stderr.write(`qubesd: warning: ${m}\n`),
-  error: (m) => process.stderr.write(`qubesd: error: ${m}\n`),
-};
+/** Where a buffered log's text goes (one call per batch of lines). */
+export type LogSink = (text: string) => void;
+
+/**
+ * A log whose lines are gathered and written together once per turn of the
+ * event loop (setImmediate), at the latest when `maxPendingBytes` are waiting,
+ * and at process exit: one write(2) for many calls instead of one per call
+ * (stderr is synchronous for files and pipes). A process killed with SIGKILL
+ * loses at most the lines of its last turn. Errors go out at once.
+ */
+export function bufferedLog(sink: LogSink, maxPendingBytes = 64 * 1024): AdminLog & { flush(): void } {
+  let pending: string[] = [];
+  let pendingBytes = 0;
+  let scheduled = false;
+  let hooked = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const text = pending.join('');
+    pending = [];
+    pendingBytes = 0;
+    sink(text);
+  };
+  const add = (line: string, now: boolean): void => {
+    pending.push(line);
+    pendingBytes += line.length;
+    if (!hooked) {
+      hooked = true;
+      process.once('exit', flush);
+    }
+    if (now || pendingBytes >= maxPendingBytes) return flush();
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  };
+  return {
+    info: (m) => add(`qubesd: ${m}\n`, false),
+    warn: (m) => add(`qubesd: warning: ${m}\n`, false),
+    error: (m) => add(`qubesd: error: ${m}\n`, true),
+    flush,
+  };
+}
+
+/** Logs to stderr, one line each, written in batches (see bufferedLog). */
+export const stderrLog: AdminLog = bufferedLog((text) => process.stderr.write(text));
 
 export const silentLog: AdminLog = { info() {}, warn() {}, error() {} };
 
@@ -152,14 +192,14 @@ export async function executeCall(
   try {
     if ('error' in resolution) throw resolution.error;
     const { spec } = resolution;
-    const base = { ...pickHeader(h), signal, log: ctx.log };
+    const { method, arg, source, dest } = h;
     let result: AdminResult;
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ ...base, payload: stream });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload: stream });
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ ...base, payload });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload });
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }

@@ -203,7 +203,7 @@ export abstract class Domain extends PropertyHolder implements DomainRef, Runner
   // lookups of 10,000 domains): read the stored value without the generic path.
   get name(): string {
     const v = this.values.get('name');
-    return v !== undefined ? String(v) : String(this.prop('name'));
+    return typeof v === 'string' ? v : String(this.prop('name'));
   }
   get qid(): number {
     const v = this.values.get('qid');
@@ -260,6 +260,9 @@ export class AdminVM extends Domain {
   }
   propertyDefs() {
     return AdminVM.defs;
+  }
+  override get name(): string {
+    return String(this.prop('name'));
   }
 }
 

@@ -94,7 +94,11 @@ export abstract class PropertyHolder {
 
   /** The effective value. */
   prop(name: string): PropValue {
-    return this.readProperty(name).value;
+    // readProperty without its result object: names, uuids and the like are
+    // read for every domain of every list.
+    const d = this.propertyDef(name);
+    if (!d.computed && this.values.has(name)) return this.values.get(name)!;
+    return this.propertyDefault(name) ?? null;
   }
 
   isPropertySet(name: string): boolean {

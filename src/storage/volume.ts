@@ -459,7 +459,7 @@ export abstract class Volume {
 
   /** admin.vm.volume.Info fields. */
   async info(): Promise<VolumeInfo> {
-    const [usage, path, is_outdated] = await Promise.all([this.usage(), this.path(), this.isOutdated()]);
+    const { usage, path, is_outdated } = await this.liveInfo();
     return {
       pool: this.pool.name,
       vid: this.vid,
@@ -474,6 +474,16 @@ export abstract class Volume {
       ephemeral: this.ephemeral,
       is_outdated,
     };
+  }
+
+  /**
+   * The Info fields read from storage at each call (they change behind our
+   * back: a domain writing its image changes usage). A driver may override
+   * this to read them in one pass; the answer must equal the three calls'.
+   */
+  protected async liveInfo(): Promise<Pick<VolumeInfo, 'usage' | 'path' | 'is_outdated'>> {
+    const [usage, path, is_outdated] = await Promise.all([this.usage(), this.path(), this.isOutdated()]);
+    return { usage, path, is_outdated };
   }
 
   // ---- what a driver implements (called with the volume's lock held) ---

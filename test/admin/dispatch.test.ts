@@ -6,6 +6,7 @@ import {
   EventBus,
   FramingError,
   MAX_REQUEST_BYTES,
+  bufferedLog,
   createDispatchContext,
   parsePolicy,
   runCall,
@@ -88,4 +89,24 @@ test('debug: traceback sent and the internal message logged with its stack', asy
     assert.ok(e instanceof QubesValueError);
     assert.match((e as { remoteTraceback?: string }).remoteTraceback ?? '', /at /);
   }
+});
+
+test('bufferedLog: the lines of one turn in one write, at once past the limit or on an error', async () => {
+  const writes: string[] = [];
+  const log = bufferedLog((t) => writes.push(t), 100);
+  log.info('a');
+  log.warn('b');
+  assert.deepEqual(writes, [], 'nothing written during the turn');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(writes, ['qubesd: a\nqubesd: warning: b\n']);
+  log.info('x'.repeat(120));
+  assert.equal(writes.length, 2, 'past maxPendingBytes: written at once');
+  log.info('c');
+  log.error('d');
+  assert.deepEqual(writes.slice(2), ['qubesd: c\nqubesd: error: d\n'], 'an error goes out at once, with what waited');
+  log.info('e');
+  log.flush();
+  assert.deepEqual(writes.slice(3), ['qubesd: e\n']);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(writes.length, 4, 'nothing written twice');
 });

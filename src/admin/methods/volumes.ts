@@ -76,25 +76,21 @@ function requireHalted(domain: Domain, what: string): void {
   if (domain.isRunning) throw new QubesVMNotHaltedError(`domain ${domain.name} is running; cannot ${what} while it runs`);
 }
 
+/** A value of an Info line: None empty, booleans as Qubes prints them. */
+const infoValue = (v: string | number | boolean | null): string => (v === null ? '' : typeof v === 'boolean' ? qbool(v) : String(v));
+
 /** admin.vm.volume.Info text: exactly the spec's lines, in order. */
 export async function volumeInfoText(volume: Volume): Promise<string> {
   const i = await volume.info();
-  const s = (v: string | number | boolean | null): string => (v === null ? '' : typeof v === 'boolean' ? qbool(v) : String(v));
-  const lines: [string, string | number | boolean | null][] = [
-    ['pool', i.pool],
-    ['vid', i.vid],
-    ['size', i.size],
-    ['usage', i.usage],
-    ['rw', i.rw],
-    ['source', i.source],
-    ['path', i.path],
-    ['save_on_stop', i.save_on_stop],
-    ['snap_on_start', i.snap_on_start],
-    ['revisions_to_keep', i.revisions_to_keep],
-    ['ephemeral', i.ephemeral],
-  ];
-  if (i.is_outdated !== null) lines.push(['is_outdated', i.is_outdated]);
-  return lines.map(([k, v]) => `${k}=${s(v)}\n`).join('');
+  const v = infoValue;
+  // One template string: Info is the most frequent call (no arrays of pairs per call).
+  return (
+    `pool=${v(i.pool)}\nvid=${v(i.vid)}\nsize=${v(i.size)}\nusage=${v(i.usage)}\nrw=${v(i.rw)}\n` +
+    `source=${v(i.source)}\npath=${v(i.path)}\nsave_on_stop=${v(i.save_on_stop)}\n` +
+    `snap_on_start=${v(i.snap_on_start)}\nrevisions_to_keep=${v(i.revisions_to_keep)}\n` +
+    `ephemeral=${v(i.ephemeral)}\n` +
+    (i.is_outdated === null ? '' : `is_outdated=${v(i.is_outdated)}\n`)
+  );
 }
 
 export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {}): MethodTable {

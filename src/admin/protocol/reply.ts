@@ -29,8 +29,19 @@ const CLASS_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** Success reply. */
 export function encodeOk(result?: string | Uint8Array | void): Buffer {
-  const body = result === undefined ? Buffer.alloc(0) : typeof result === 'string' ? Buffer.from(result, 'utf8') : result;
-  return Buffer.concat([Buffer.from([OK, 0]), body]);
+  if (typeof result === 'string') {
+    // One allocation and one copy: the header, then the text written in place.
+    const out = Buffer.allocUnsafe(2 + Buffer.byteLength(result, 'utf8'));
+    out[0] = OK;
+    out[1] = 0;
+    out.write(result, 2, 'utf8');
+    return out;
+  }
+  const out = Buffer.allocUnsafe(2 + (result?.length ?? 0));
+  out[0] = OK;
+  out[1] = 0;
+  if (result) out.set(result, 2);
+  return out;
 }
 
 /**

@@ -44,22 +44,48 @@ export interface FileNaming {
 export const REFLINK_NAMING: FileNaming = { dirtySuffix: '-dirty.img', volatileAsImage: false };
 export const XEN_NAMING: FileNaming = { dirtySuffix: '-cow.img', volatileAsImage: true };
 
+/**
+ * The names of one volume's files. Only the common prefix is kept (a pool
+ * holds tens of thousands of volumes); each name is made when asked for.
+ */
+class Files implements VolumeFiles {
+  constructor(
+    /** dir_path/VID, absolute. */
+    private readonly full: string,
+    readonly naming: FileNaming,
+    private readonly volatileImage: boolean,
+  ) {}
+  get dir(): string {
+    return path.dirname(this.full);
+  }
+  get name(): string {
+    return path.basename(this.full);
+  }
+  get clean(): string {
+    return `${this.full}.img`;
+  }
+  get dirty(): string {
+    return this.volatileImage ? `${this.full}.img` : `${this.full}${this.naming.dirtySuffix}`;
+  }
+  get base(): string {
+    return `${this.full}-base.img`;
+  }
+  get import(): string {
+    return `${this.full}-import.img`;
+  }
+  tmp(s: string): string {
+    return `${this.full}-tmp-${s}.img`;
+  }
+  exportLink(s: string): string {
+    return `${this.full}-export-${s}.img`;
+  }
+  revision(id: number, time: string): string {
+    return `${this.full}.img.${id}@${time}`;
+  }
+}
+
 export function volumeFiles(dirPath: string, vid: string, naming: FileNaming = REFLINK_NAMING, volatile = false): VolumeFiles {
-  const full = path.join(dirPath, vid);
-  const dir = path.dirname(full);
-  const name = path.basename(full);
-  return {
-    dir,
-    name,
-    naming,
-    clean: `${full}.img`,
-    dirty: volatile && naming.volatileAsImage ? `${full}.img` : `${full}${naming.dirtySuffix}`,
-    base: `${full}-base.img`,
-    import: `${full}-import.img`,
-    tmp: (s) => `${full}-tmp-${s}.img`,
-    exportLink: (s) => `${full}-export-${s}.img`,
-    revision: (id, time) => `${full}.img.${id}@${time}`,
-  };
+  return new Files(path.join(dirPath, vid), naming, volatile && naming.volatileAsImage);
 }
 
 export type FileRole = 'clean' | 'dirty' | 'base' | 'import' | 'tmp' | 'export' | 'revision';

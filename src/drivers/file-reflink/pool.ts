@@ -4,8 +4,10 @@
  * reflinks; on a filesystem without reflink the pool is refused at setup
  * unless setup_check is false, and then copies are sparse.
  */
+import type { Dirent } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { forEachLimit } from '../../files/concurrency.js';
 import { copyFileCow, reflinkSupported, type CopyProgress } from '../../files/files.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
@@ -189,24 +191,24 @@ export class FileReflinkPool extends Pool {
     return new FileReflinkVolume(this, domain, vid, spec);
   }
 
+  /**
+   * The vids of the images on disk (`PREFIX/DOMAIN/NAME.img`), also those this
+   * process did not make. The domain directories (one per domain: thousands)
+   * are read LIST_CONCURRENCY at a time; symlinks are not followed.
+   */
   override async listVolumes(): Promise<string[]> {
+    const root = this.dirPath;
+    const domainDirs: string[] = [];
+    for (const prefix of await readdirEntries(root)) {
+      if (!prefix.isDirectory()) continue;
+      for (const dom of await readdirEntries(path.join(root, prefix.name)))
+        if (dom.isDirectory()) domainDirs.push(`${prefix.name}/${dom.name}`);
+    }
     const out: string[] = [];
-    const walk = async (rel: string, depth: number): Promise<void> => {
-      let entries;
-      try {
-        entries = await fs.readdir(path.join(this.dirPath, rel), { withFileTypes: true });
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-        throw e;
-      }
-      for (const e of entries) {
-        const r = rel ? `${rel}/${e.name}` : e.name;
-        if (e.isDirectory() && depth < 2) await walk(r, depth + 1);
-        else if (e.isFile() && depth === 2 && /^[A-Za-z][A-Za-z0-9_]*\.img$/.test(e.name))
-          out.push(r.slice(0, -'.img'.length));
-      }
-    };
-    await walk('', 0);
+    await forEachLimit(domainDirs, LIST_CONCURRENCY, async (rel) => {
+      for (const f of await readdirEntries(path.join(root, rel)))
+        if (f.isFile() && IMAGE_NAME_RE.test(f.name)) out.push(`${rel}/${f.name.slice(0, -'.img'.length)}`);
+    });
     return out.sort();
   }
 
@@ -243,6 +245,21 @@ export class FileReflinkPool extends Pool {
       }
     }
     return best;
+  }
+}
+
+/** Domain directories listVolumes reads at once. */
+const LIST_CONCURRENCY = 16;
+/** The committed image of a volume: NAME.img (volume names: see volume.ts). */
+const IMAGE_NAME_RE = /^[A-Za-z][A-Za-z0-9_]*\.img$/;
+
+/** A directory's entries with their types; none when it does not exist (any more). */
+async function readdirEntries(dir: string): Promise<Dirent[]> {
+  try {
+    return await fs.readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
   }
 }
 

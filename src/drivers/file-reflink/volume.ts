@@ -28,7 +28,7 @@ import {
 } from '../../files/files.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageError } from '../../storage/errors.js';
-import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
+import { Volume, type DomainRef, type Revision, type VolumeInfo, type VolumeSpec } from '../../storage/volume.js';
 import { classify, utcNow, volumeFiles, type ClassifiedFile, type VolumeFiles } from './layout.js';
 import type { FileReflinkPool } from './pool.js';
 
@@ -541,6 +541,27 @@ export class FileReflinkVolume extends Volume {
   override async storedSize(): Promise<number | null> {
     if (!this.save_on_stop || this.snap_on_start) return null;
     return (await lstatOrNull(this.files.clean))?.size ?? null;
+  }
+
+  /**
+   * usage, path and is_outdated from one round of concurrent lstat calls
+   * (two for most volumes, instead of three one after another): Info is the
+   * most frequent call, and each async stat costs tens of microseconds of
+   * thread-pool hand-off. Same answers as doUsage, path and doIsOutdated.
+   */
+  protected override async liveInfo(): Promise<Pick<VolumeInfo, 'usage' | 'path' | 'is_outdated'>> {
+    const [dirty, clean, base] = await Promise.all([
+      lstatOrNull(this.files.dirty),
+      lstatOrNull(this.files.clean),
+      this.snap_on_start ? lstatOrNull(this.files.base) : null,
+    ]);
+    let is_outdated = false;
+    if (base) {
+      const cur = await lstatOrNull((this.source as FileReflinkVolume).committedImage);
+      is_outdated = !cur || cur.ino !== base.ino || cur.dev !== base.dev;
+    }
+    const image = dirty ?? clean;
+    return { usage: image ? image.blocks * 512 : 0, path: dirty ? this.files.dirty : this.files.clean, is_outdated };
   }
 
   protected async doUsage(): Promise<number> {

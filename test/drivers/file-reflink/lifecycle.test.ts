@@ -72,6 +72,62 @@ describeEachFs('file-reflink volumes', (tfs, ctx) => {
     await s.app.stop();
   });
 
+  it("gives in info() the same usage, path and is_outdated as the separate calls, halted, running and outdated", async () => {
+    // its own pool: the states made here stay out of the other tests
+    const s = scenario(await ctx.tempDir('info'), opts());
+    await s.pool.setup();
+    await s.tpl.create();
+    await s.app.create();
+    await s.disp.create();
+    const check = async (when: string): Promise<void> => {
+      for (const ds of [s.tpl, s.app, s.disp]) {
+        for (const v of ds.volumes.values()) {
+          const info = await v.info();
+          const separate = { usage: await v.usage(), path: await v.path(), is_outdated: await v.isOutdated() };
+          assert.deepEqual({ usage: info.usage, path: info.path, is_outdated: info.is_outdated }, separate, `${v.vid} ${when}`);
+        }
+      }
+    };
+    await check('halted');
+    await s.app.start();
+    await writeAt(await s.app.get('private').path(), 0, 'running private');
+    await check('AppVM running');
+    await s.tpl.start();
+    await writeAt(await s.tpl.get('root').path(), 0, 'root v1');
+    await s.tpl.stop();
+    assert.equal((await s.app.get('root').info()).is_outdated, true, 'the template committed while the AppVM ran');
+    await check('AppVM running, its root outdated');
+    await s.app.stop();
+    await check('halted again');
+  });
+
+  it('lists the images on disk of many domain directories, made outside too, and nothing else', async () => {
+    const root = await ctx.tempDir('list');
+    const pool = makePool(root, opts());
+    const want: string[] = [];
+    // more domain directories than are read at once, in two class directories
+    for (let i = 0; i < 60; i++) {
+      const rel = `${i % 3 ? 'appvms' : 'vm-templates'}/d${i}`;
+      await fs.mkdir(path.join(root, rel), { recursive: true });
+      for (const v of ['private', 'root'].slice(0, 1 + (i % 2))) {
+        await fs.writeFile(path.join(root, rel, `${v}.img`), '');
+        want.push(`${rel}/${v}`);
+      }
+      // not volumes: working copies, revisions, debris, bad names, a directory
+      await fs.writeFile(path.join(root, rel, 'private-dirty.img'), '');
+      await fs.writeFile(path.join(root, rel, 'private.img.1@2026-11-26T07:00:00Z'), '');
+      await fs.writeFile(path.join(root, rel, '1bad.img'), '');
+      await fs.mkdir(path.join(root, rel, 'sub.img'));
+    }
+    await fs.mkdir(path.join(root, 'outside/dom'), { recursive: true });
+    await fs.writeFile(path.join(root, 'outside/dom/private.img'), '');
+    want.push('outside/dom/private');
+    await fs.writeFile(path.join(root, 'appvms/stray.img'), ''); // not at the depth of an image
+    await fs.writeFile(path.join(root, 'loose.img'), '');
+    await fs.symlink(path.join(root, 'appvms/d1'), path.join(root, 'appvms/link')); // not followed
+    assert.deepEqual(await pool.listVolumes(), want.sort());
+  });
+
   it('drops snapshot writes on stop and gives an empty volatile at every start', async () => {
     await s.app.start();
     await writeAt(await s.app.get('root').path(), 0, 'scribble');
