@@ -5,11 +5,17 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { once } from 'node:events';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Readable, type Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { declareFailpoint, failpoint } from '../files/failpoint.js';
+import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../files/files.js';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
 import type { Api } from './common/api.js';
 import { humanSize, json, parseSize, table } from './common/output.js';
-import { busyIndicator, progressBar } from './common/progress.js';
+import { busyIndicator, progressBar, type Progress } from './common/progress.js';
 import { askYesNo } from './common/prompt.js';
 import { dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
@@ -19,6 +25,8 @@ const PROG = 'qvm-volume';
 const INFO_ROWS = ['pool', 'vid', 'rw', 'source', 'save_on_stop', 'snap_on_start', 'size', 'usage', 'revisions_to_keep', 'ephemeral', 'is_outdated'];
 const REVISIONS_HEAD = 'List of available revisions (for revert):';
 const SETTABLE = ['rw', 'revisions_to_keep', 'ephemeral'];
+/** Killed here (QUBES_STORAGE_FAILPOINTS): the export's copy is complete and synced, not yet renamed into place. */
+const FP_EXPORT_BEFORE_RENAME = declareFailpoint('cli.export.before-rename');
 const SIZE_HELP = 'bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)';
 
 const isJson = (p: Parsed) => p.values.get('format') === 'json';
@@ -232,44 +240,182 @@ async function doImport(t: ToolContext, p: Parsed): Promise<void> {
   }
 }
 
+/**
+ * Where an export goes. A regular file (new, or replaced) is made under a
+ * temporary name beside it and renamed over it only once complete and
+ * fsynced: a failure or Ctrl-C removes the temporary file, a crash leaves the
+ * old file whole (and at worst the temporary file). Anything else (stdout, a
+ * FIFO, a device) is written in place, every byte, in order.
+ */
+type ExportOutput =
+  | { readonly kind: 'file'; readonly target: string; readonly temp: string }
+  | { readonly kind: 'stream'; readonly sink: Writable; readonly owned: boolean };
+
+/** How many symbolic links an output path may go through (the kernel's limit). */
+const MAX_LINKS = 40;
+
+function cannotWrite(dest: string, e: unknown): CliError {
+  return new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+}
+
+/** `dest` with its symbolic links followed, as opening it would (it may not exist). */
+async function followLinks(dest: string): Promise<string> {
+  let p = path.resolve(dest);
+  for (let i = 0; i <= MAX_LINKS; i++) {
+    const st = await lstatOrNull(p);
+    if (!st?.isSymbolicLink()) return p;
+    p = path.resolve(path.dirname(p), await fsp.readlink(p));
+  }
+  throw Object.assign(new Error('too many symbolic links'), { code: 'ELOOP' });
+}
+
+/**
+ * A FIFO to write to, as a libuv pipe: writes wait in the event
+ * loop, never in a worker thread that a reader which stopped reading would
+ * hold forever (and that the exit after Ctrl-C would wait for). Opening waits
+ * for a reader, as a blocking open does, but in steps that Ctrl-C stops.
+ */
+async function openPipe(dest: string, signal: AbortSignal): Promise<Writable> {
+  for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
+    signal.throwIfAborted();
+    try {
+      const fd = fs.openSync(dest, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+      return new net.Socket({ fd, readable: false, writable: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e; // ENXIO: no reader yet
+    }
+    await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+/**
+ * Checks that `dest` can be written, as opening it did (same errors), before
+ * any export is asked for. A regular file is not touched here: a temporary
+ * name beside it is tried and removed again.
+ */
+async function openExportOutput(dest: string, signal: AbortSignal): Promise<ExportOutput> {
+  if (dest === '-') return { kind: 'stream', sink: process.stdout, owned: false };
+  try {
+    const st = await fsp.stat(dest).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null; // a new file (maybe through a dangling link)
+      throw e;
+    });
+    if (st?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+    if (st?.isFIFO()) return { kind: 'stream', sink: await openPipe(dest, signal), owned: true };
+    if (st && !st.isFile()) {
+      // A device: every byte in order (holes would leave its old data). A socket file fails here (ENXIO).
+      const fh = await fsp.open(dest, fs.constants.O_WRONLY);
+      return { kind: 'stream', sink: fh.createWriteStream(), owned: true };
+    }
+    const target = await followLinks(dest);
+    if (st) await fsp.access(target, fs.constants.W_OK);
+    const temp = path.join(path.dirname(target), `.${path.basename(target)}.tmp-${randomSuffix()}`);
+    const probe = await fsp.open(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+    try {
+      await probe.close();
+    } finally {
+      await fsp.unlink(temp); // the copy makes it again (a reflink needs a new file)
+    }
+    return { kind: 'file', target, temp };
+  } catch (e) {
+    if (signal.aborted) throw e;
+    throw cannotWrite(dest, e);
+  }
+}
+
+/** Copies a regular file by reflink where the filesystem can, else sparse; then renames it into place. */
+async function exportToFile(src: string, out: { target: string; temp: string }, bar: Progress, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted(); // interrupted before the copy began: make nothing
+  try {
+    const st = await fsp.stat(src);
+    if (st.isFile()) {
+      const how = await copyFileCow(src, out.temp, { allowSparse: true, onProgress: (d) => bar.update(d), signal });
+      if (how === 'reflink') bar.update(st.size);
+    } else {
+      // A pipe (a driver may hand out one): read it to its end, zero blocks left as holes.
+      const fh = await fsp.open(out.temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+      try {
+        const zero = Buffer.alloc(BLOCK);
+        let at = 0;
+        await readExport(src, bar, signal, async (b) => {
+          if (!(b.length === BLOCK && b.equals(zero))) await writeAll(fh, b, at);
+          at += b.length;
+        });
+        await fh.truncate(at);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    signal.throwIfAborted();
+    failpoint(FP_EXPORT_BEFORE_RENAME);
+    await fsp.rename(out.temp, out.target);
+  } catch (e) {
+    await unlinkIfExists(out.temp).catch(() => undefined);
+    throw e;
+  }
+  await fsyncDir(path.dirname(out.target));
+}
+
 const BLOCK = 64 * 1024;
+
+/** Reads `src` to its end in 64 KiB pieces, handing each to `write`. */
+async function readExport(src: string, bar: Progress, signal: AbortSignal, write: (b: Buffer) => Promise<void>): Promise<void> {
+  let done = 0;
+  for await (const c of fs.createReadStream(src, { highWaterMark: BLOCK, signal })) {
+    await write(c as Buffer);
+    done += (c as Buffer).length;
+    bar.update(done);
+  }
+}
+
+/** Every byte of `src`, in order, into a stream (stdout, a pipe, a device); ends the stream if it is ours. */
+async function exportToStream(src: string, out: { sink: Writable; owned: boolean }, bar: Progress, signal: AbortSignal): Promise<void> {
+  const { sink } = out;
+  await readExport(src, bar, signal, async (b) => {
+    if (!sink.write(b)) await once(sink, 'drain'); // rejects on 'error' (EPIPE: the reader left)
+  });
+  if (out.owned) await finished(sink.end());
+}
 
 async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const dest = str(p, 'PATH');
   const api = await t.api();
   await checkVolume(api, v);
-  let out: fsp.FileHandle | null = null;
-  if (dest !== '-') {
-    try {
-      out = await fsp.open(dest, 'w', 0o600);
-    } catch (e) {
-      throw new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-  }
-  const path = (await api.transport.call('admin.vm.volume.Export', v.vm, v.volume)).toString('utf8');
+  const out = await openExportOutput(dest, t.signal);
+  let exporting: Promise<string> | null = null;
+  let copying: Promise<unknown> = Promise.resolve();
+  let ending: Promise<unknown> | null = null;
+  const endExport = (src: string) => (ending ??= api.transport.call('admin.vm.volume.ExportEnd', v.vm, v.volume, src));
+  // Ctrl-C: a file copy stops at its next chunk and removes its temporary
+  // file (waited for); a stream may be stuck on its reader (not waited for).
+  // Either way the export is ended before the tool exits.
+  const off = t.onInterrupt(async () => {
+    const src = await exporting?.catch(() => null);
+    if (!src) return;
+    if (out.kind === 'file') await copying.catch(() => undefined);
+    await endExport(src);
+  });
   try {
-    const total = (await fsp.stat(path)).size;
-    const bar = progressBar(`export ${showVmVolume(v)}`, total);
-    let done = 0;
+    t.signal.throwIfAborted();
+    exporting = api.transport.call('admin.vm.volume.Export', v.vm, v.volume).then((b) => b.toString('utf8'));
+    const src = await exporting;
     try {
-      const zero = Buffer.alloc(BLOCK);
-      for await (const c of fs.createReadStream(path, { highWaterMark: BLOCK })) {
-        const b = c as Buffer;
-        if (out) {
-          // Blocks of zeros are left as holes: the copy stays sparse.
-          if (!(b.length === BLOCK && b.equals(zero))) await out.write(b, 0, b.length, done);
-        } else if (!process.stdout.write(b)) await new Promise((r) => process.stdout.once('drain', r));
-        done += b.length;
-        bar.update(done);
+      const total = (await fsp.stat(src)).size;
+      const bar = progressBar(`export ${showVmVolume(v)}`, total);
+      try {
+        copying = out.kind === 'file' ? exportToFile(src, out, bar, t.signal) : exportToStream(src, out, bar, t.signal);
+        await copying;
+      } finally {
+        bar.finish();
       }
-      if (out) await out.truncate(done);
     } finally {
-      bar.finish();
+      await endExport(src);
     }
   } finally {
-    await api.transport.call('admin.vm.volume.ExportEnd', v.vm, v.volume, path);
-    if (out) await out.close();
+    off();
+    if (out.kind === 'stream' && out.owned) out.sink.destroy();
   }
 }
 
@@ -378,7 +524,13 @@ const SUBS: SubCommand[] = [
     {
       summary: 'copy the committed data of a volume to a file or stdout (-)',
       options: [],
-      positionals: [VMVOL, { name: 'PATH', help: 'a file (written sparse), or - for stdout' }],
+      positionals: [VMVOL, { name: 'PATH', help: 'a file (a reflink, else sparse), or - for stdout' }],
+      epilog:
+        'A file is written under a temporary name beside PATH and renamed over it once\n' +
+        'complete and synced (mode 0600): on failure or Ctrl-C PATH is left as it was.\n' +
+        'On XFS and btrfs, in the filesystem of the pool, the copy is a reflink: it\n' +
+        'shares the volume\'s blocks and takes no time; elsewhere zero blocks become\n' +
+        'holes. A device or FIFO as PATH, and stdout, get every byte, in order.',
     },
     doExport,
   ),

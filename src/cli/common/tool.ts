@@ -39,6 +39,14 @@ export interface ToolContext {
   api(): Promise<Api>;
   /** Parses `argv` for `spec`; prints --help and exits 0 when asked. */
   parse(spec: CommandSpec, argv: readonly string[]): Parsed;
+  /** Aborted on SIGINT/SIGTERM, before the cleanups run. */
+  readonly signal: AbortSignal;
+  /**
+   * Runs `cleanup` if the tool is interrupted (SIGINT/SIGTERM) while it is
+   * registered, before the transport closes (all cleanups together get at
+   * most 5 s). Returns the function that unregisters it.
+   */
+  onInterrupt(cleanup: () => Promise<void>): () => void;
 }
 
 class HelpShown extends Error {}
@@ -49,6 +57,8 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
   let opening: Promise<Api> | null = null;
   const out = (s: string) => void process.stdout.write(s);
   const err = (s: string) => void process.stderr.write(s);
+  const interrupt = new AbortController();
+  const cleanups = new Set<() => Promise<void>>();
   const t: ToolContext = {
     prog,
     out,
@@ -67,6 +77,11 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
       }
       return p;
     },
+    signal: interrupt.signal,
+    onInterrupt(cleanup) {
+      cleanups.add(cleanup);
+      return () => void cleanups.delete(cleanup);
+    },
   };
 
   // A reader that went away (`qvm-volume export x:y - | head`): stop quietly.
@@ -79,19 +94,32 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupted) return;
     interrupted = true;
+    const code = sig === 'SIGINT' ? 130 : 143;
+    process.exitCode = code;
     err(`${prog}: interrupted\n`);
-    const tr = transport as Transport | null;
-    const closing = tr ? tr.close().catch(() => {}) : Promise.resolve();
+    interrupt.abort();
+    const cleaning = Promise.all(
+      [...cleanups].map((c) => c().catch((e: unknown) => err(`${prog}: warning: cleaning up: ${oneLine(e instanceof Error ? e.message : String(e))}\n`))),
+    );
+    const closing = cleaning.then(() => {
+      const tr = transport as Transport | null;
+      return tr ? tr.close().catch(() => {}) : undefined;
+    });
     const cap = new Promise((r) => setTimeout(r, 5000).unref());
-    void Promise.race([closing, cap]).then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+    void Promise.race([closing, cap]).then(() => process.exit(code));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
   let code = 0;
+  // Once interrupted, the signal handler cleans up, closes and exits (130 or 143),
+  // however main ends: it must not close the transport under the cleanups.
+  const leftToSignalHandler = () => new Promise<never>(() => {});
   try {
     code = (await main(t)) ?? 0;
+    if (interrupted) await leftToSignalHandler();
   } catch (e) {
+    if (interrupted) await leftToSignalHandler();
     code = report(prog, e, err);
   } finally {
     const tr = transport as Transport | null;
