@@ -201,18 +201,7 @@ export class RbdVolume extends Volume {
       const held = await this.locks(image);
       if (held.length === 0) continue; // released meanwhile
       if (held.some((l) => l.id === this.lockId)) return 'ours';
-      const other = held[0]!;
-      const otherHost = other.id.startsWith(LOCK_PREFIX) ? other.id.slice(LOCK_PREFIX.length) : null;
-      if (otherHost !== null && otherHost === this.pool.breakLocksOf) {
-        await this.cli.rbd(['lock', 'rm', this.cli.spec(image), other.id, other.locker]);
-        continue;
-      }
-      throw new StoragePoolException(
-        this.what(
-          `in use by ${RbdVolume.holder(other)}; if that host is dead, break its lock explicitly ` +
-            `(pool option break_stale_locks=${otherHost ?? other.id}, or RbdVolume.breakLock)`,
-        ),
-      );
+      await this.breakStaleOrRefuse(image, held[0]!);
     }
     throw new StoragePoolException(this.what('could not take the lock (it keeps changing hands)'));
   }
@@ -239,20 +228,20 @@ export class RbdVolume extends Volume {
 
   /** Before a start: like checkNotForeign, but breaks the lock of the host named by break_stale_locks. */
   private async checkStartable(image: string): Promise<void> {
-    for (const l of await this.locks(image)) {
-      if (l.id === this.lockId) continue;
-      const host = l.id.startsWith(LOCK_PREFIX) ? l.id.slice(LOCK_PREFIX.length) : null;
-      if (host !== null && host === this.pool.breakLocksOf) {
-        await this.cli.rbd(['lock', 'rm', this.cli.spec(image), l.id, l.locker]);
-        continue;
-      }
+    for (const l of await this.locks(image)) if (l.id !== this.lockId) await this.breakStaleOrRefuse(image, l);
+  }
+
+  /** Another host's lock: broken when break_stale_locks names that host, else the volume is in use. */
+  private async breakStaleOrRefuse(image: string, l: Lock): Promise<void> {
+    const host = l.id.startsWith(LOCK_PREFIX) ? l.id.slice(LOCK_PREFIX.length) : null;
+    if (host === null || host !== this.pool.breakLocksOf)
       throw new StoragePoolException(
         this.what(
           `in use by ${RbdVolume.holder(l)}; if that host is dead, break its lock explicitly ` +
             `(pool option break_stale_locks=${host ?? l.id}, or RbdVolume.breakLock)`,
         ),
       );
-    }
+    await this.cli.rbd(['lock', 'rm', this.cli.spec(image), l.id, l.locker]);
   }
 
   /**
