@@ -495,7 +495,8 @@ export class StateDocument {
   private syncDomain(sec: XElement, d: Domain, model: StateModel, unit: string, changes: DomainChanges, at: Map<XNode, number> | null): void {
     const before = mutations;
     let el = this.bound.get(d);
-    const i = !el ? undefined : at ? at.get(el) : sec.children.indexOf(el) >= 0 ? sec.children.indexOf(el) : undefined;
+    const found = !el ? -1 : at ? (at.get(el) ?? -1) : sec.children.indexOf(el);
+    const i = found >= 0 ? found : undefined;
     if (el && i === undefined) {
       // Taken out by a save that failed and was undone: put it back as it was.
       insertElement(sec, el, null, indentOf(this.doc.root, sec), unit);

@@ -67,10 +67,6 @@ export class FileReflinkVolume extends Volume {
     return (this._files ??= volumeFiles(this.pool.dirPath, this.vid, this.pool.flavor.naming, this.kind === 'volatile'));
   }
 
-  constructor(pool: FileReflinkPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
-    super(pool, domain, vid, spec);
-  }
-
   private what(action: string): string {
     return `${this.where}: ${action}`;
   }
