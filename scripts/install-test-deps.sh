@@ -7,7 +7,9 @@
 #                the rbd driver tests (scripts/with-ceph.sh; ~210 MB)
 # As root it runs `apt-get update` once and `apt-get install` quietly; as
 # another user (or without apt-get) it only says what is missing, and the
-# tests for those filesystems are then reported as skipped.
+# tests for those filesystems are then reported as skipped. With
+# QS_TEST_REQUIRE=1 (CI sets it) anything it cannot install, Ceph included,
+# is an error (exit 1): the suites that need it must not be skipped.
 set -euo pipefail
 
 PATH="$PATH:/usr/sbin:/sbin"
@@ -20,7 +22,7 @@ need() { # COMMAND PACKAGE
 need mkfs.xfs xfsprogs
 need mkfs.btrfs btrfs-progs
 need losetup mount
-# Ceph is optional: when it cannot be installed the rbd tests are skipped.
+# Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()
 for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-common; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || ceph+=("${pair#*:}")
@@ -31,13 +33,21 @@ if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
 
-if [ "$(id -u)" != 0 ]; then
-  echo "$me: missing ${missing[*]}; not root, not installing (XFS/btrfs/rbd tests will be skipped)" >&2
+# Without QS_TEST_REQUIRE=1 a missing package only means skipped suites.
+required="${QS_TEST_REQUIRE:-0}"
+cannot() { # MESSAGE
+  if [ "$required" = 1 ]; then
+    echo "$me: $1; QS_TEST_REQUIRE=1, so this is an error" >&2
+    exit 1
+  fi
+  echo "$me: $1 (the tests that need them will be skipped)" >&2
   exit 0
+}
+if [ "$(id -u)" != 0 ]; then
+  cannot "missing ${missing[*]}; not root, not installing"
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "$me: missing ${missing[*]}; no apt-get here, install them by hand (XFS/btrfs/rbd tests will be skipped)" >&2
-  exit 0
+  cannot "missing ${missing[*]}; no apt-get here, install them by hand"
 fi
 
 echo "$me: installing ${missing[*]}" >&2
@@ -50,9 +60,9 @@ if ! apt-get -q update >"$log" 2>&1 ||
     # Perhaps only Ceph is unavailable here: install the rest, skip the rbd tests.
     rest=()
     for p in "${missing[@]}"; do [[ " ${ceph[*]} " == *" $p "* ]] || rest+=("$p"); done
-    echo "$me: installing ${ceph[*]} failed; the rbd tests will be skipped ($(tail -n 1 "$log"))" >&2
     if [ "${#rest[@]}" -eq 0 ] || apt-get -q install -y --no-install-recommends "${rest[@]}" >>"$log" 2>&1 </dev/null; then
-      exit 0
+      cat "$log" >&2
+      cannot "installing ${ceph[*]} failed ($(tail -n 1 "$log"))"
     fi
   fi
   cat "$log" >&2

@@ -2,6 +2,10 @@
 # Runs the compiled test files (dist/test/**/*.test.js) with Node's test
 # runner. Listing them by name keeps helper modules and child-process scripts
 # under dist/test out of the run (Node 20 would run every .js of a directory).
+# Beside the spec reporter, test/helpers/count-reporter.ts counts the tests per
+# filesystem or cluster; the summary ends the output. With QS_TEST_REQUIRE=1
+# (CI) a filesystem or cluster on which no test ran, or some were skipped,
+# fails the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mapfile -t files < <(find dist/test -name '*.test.js' | sort)
@@ -12,4 +16,13 @@ fi
 # Every save the App limits to some domains is checked against a full one
 # (an internal error if it missed a change): the tests prove the scopes.
 export QUBES_STORAGE_CHECK_SAVES=1
-exec node --test --test-concurrency="${QS_TEST_CONCURRENCY:-2}" "$@" "${files[@]}"
+counts="$(mktemp "${TMPDIR:-/tmp}/qs-test-counts.XXXXXX")"
+trap 'rm -f "$counts"' EXIT
+export QS_TEST_COUNTS_FILE="$counts"
+rc=0
+node --test --test-concurrency="${QS_TEST_CONCURRENCY:-2}" \
+  --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=./dist/test/helpers/count-reporter.js --test-reporter-destination=/dev/null \
+  "$@" "${files[@]}" || rc=$?
+node dist/test/helpers/count-summary.js "$counts" || { [ "$rc" -ne 0 ] || rc=1; }
+exit "$rc"

@@ -11,8 +11,8 @@
 # The cluster needs root and the Debian packages ceph-mon ceph-osd ceph-mgr
 # ceph-common (scripts/install-test-deps.sh); without them, or when it does
 # not come up, CMD still runs and the rbd tests are reported as skipped with
-# the reason. QS_TEST_CEPH_REQUIRE=1 makes a missing cluster an error;
-# QS_TEST_CEPH=0 skips it on purpose.
+# the reason. QS_TEST_REQUIRE=1 (CI sets it) makes a missing cluster an
+# error, even with QS_TEST_CEPH=0 (which otherwise skips it on purpose).
 #
 # The daemons are stopped by pid and the directory removed on exit, also
 # when CMD fails or the script is interrupted. The exit code is CMD's.
@@ -68,8 +68,8 @@ trap 'on_signal HUP 129' HUP
 skip() {
   export QS_TEST_CEPH_SKIP="$1"
   say "rbd tests will be skipped: $1"
-  if [ "${QS_TEST_CEPH_REQUIRE:-0}" = 1 ]; then
-    say "QS_TEST_CEPH_REQUIRE=1: a cluster is required"
+  if [ "${QS_TEST_REQUIRE:-0}" = 1 ]; then
+    say "QS_TEST_REQUIRE=1: a cluster is required"
     exit 1
   fi
 }

@@ -13,7 +13,8 @@
 # XFS and btrfs need root (losetup, mount) and mkfs.xfs/mkfs.btrfs (Debian
 # packages xfsprogs/btrfs-progs, see scripts/install-test-deps.sh). Without
 # them the tests for those filesystems are reported as skipped, with the
-# reason. Set QS_TEST_FS_REQUIRE=1 to make any missing filesystem an error.
+# reason. QS_TEST_REQUIRE=1 (CI sets it) makes any missing filesystem an
+# error: the script says why and exits 1 without running CMD.
 #
 # Everything made here (mounts, loop devices, image files, directories) is
 # removed on exit, also when CMD fails or the script is interrupted. The exit
@@ -202,8 +203,8 @@ fi
 
 if [ "${#SKIPS[@]}" -gt 0 ]; then
   export QS_TEST_FS_SKIP="$(IFS=';'; echo "${SKIPS[*]}" | sed 's/;/; /g')"
-  if [ "${QS_TEST_FS_REQUIRE:-0}" = 1 ]; then
-    say "QS_TEST_FS_REQUIRE=1 and some filesystems are missing: $QS_TEST_FS_SKIP"
+  if [ "${QS_TEST_REQUIRE:-0}" = 1 ]; then
+    say "QS_TEST_REQUIRE=1 and some filesystems are missing: $QS_TEST_FS_SKIP"
     exit 1
   fi
 fi

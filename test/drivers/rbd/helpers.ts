@@ -25,9 +25,17 @@ export const CEPH_SKIP: string | false = CEPH_CONF
   ? false
   : `no Ceph cluster: ${process.env['QS_TEST_CEPH_SKIP'] ?? 'QS_TEST_CEPH_CONF not set (run the tests through npm test as root)'}`;
 
-/** A describe() that is skipped, with the reason, when there is no cluster. */
+// In CI (QS_TEST_REQUIRE=1) a missing cluster fails every rbd test file at
+// load instead of skipping: with-ceph.sh should have refused to run already.
+if (CEPH_SKIP && process.env['QS_TEST_REQUIRE'] === '1') throw new Error(`QS_TEST_REQUIRE=1: ${CEPH_SKIP}`);
+
+/**
+ * A describe() that is skipped, with the reason, when there is no cluster.
+ * Its title carries `[ceph]`, by which the test summary counts the tests that
+ * ran on the cluster (test/helpers/count-reporter.ts).
+ */
 export function describeRbd(title: string, body: () => void): void {
-  describe(title, { skip: CEPH_SKIP }, body);
+  describe(`${title} [ceph]`, { skip: CEPH_SKIP }, body);
 }
 
 /** A fresh image prefix, so suites and runs never see each other's images. */

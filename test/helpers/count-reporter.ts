@@ -1,0 +1,62 @@
+// A reporter for Node's test runner (scripts/run-tests.sh passes it beside
+// the spec reporter) that counts the tests that passed, failed and were
+// skipped per place they ran on: the filesystem or cluster named by the
+// `[xfs]`, `[btrfs]`, `[ext4]`, `[ceph]` tag of an enclosing suite
+// (describeEachFs, describeRbd), else `other`. It yields nothing; at the end
+// it writes the counts as JSON to QS_TEST_COUNTS_FILE, which run-tests.sh
+// prints and, with QS_TEST_REQUIRE=1, checks: a place where nothing ran, or
+// where something was skipped, fails the run.
+import { writeFileSync } from 'node:fs';
+
+export const PLACES = ['xfs', 'btrfs', 'ext4', 'ceph'] as const;
+export type Counts = Record<string, { passed: number; failed: number; skipped: number }>;
+
+const TAG = /\[(xfs|btrfs|ext4|ceph)\]/;
+
+interface TestEventData {
+  name: string;
+  nesting: number;
+  skip?: string | boolean;
+  todo?: string | boolean;
+  details?: { type?: string };
+}
+
+/** The place of a test: the innermost tag among its own and its suites' names. */
+function placeOf(names: readonly string[]): string {
+  for (let i = names.length - 1; i >= 0; i--) {
+    const m = TAG.exec(names[i]!);
+    if (m) return m[1]!;
+  }
+  return 'other';
+}
+
+export default async function* countReporter(
+  source: AsyncIterable<{ type: string; data: TestEventData }>,
+): AsyncGenerator<string> {
+  const counts: Counts = {};
+  const bump = (place: string, k: 'passed' | 'failed' | 'skipped'): void => {
+    (counts[place] ??= { passed: 0, failed: 0, skipped: 0 })[k]++;
+  };
+  // Names of the enclosing suites by nesting level. The runner reports the
+  // test files one after another (each file's events in order, also when
+  // they run in parallel), so one stack follows them all. (`data.file` is
+  // where a test was declared: for describeEachFs, filesystems.js.)
+  const stack: string[] = [];
+  for await (const { type, data } of source) {
+    if (type !== 'test:start' && type !== 'test:pass' && type !== 'test:fail') continue;
+    if (type === 'test:start') {
+      stack.length = data.nesting;
+      stack.push(data.name);
+      continue;
+    }
+    const isSuite = data.details?.type === 'suite';
+    const skipped = data.skip !== undefined && data.skip !== false;
+    // A skipped suite stands for the tests it did not run; other suites are
+    // counted through their tests. A failed suite (a hook) counts as a failure.
+    if (isSuite && !skipped && type === 'test:pass') continue;
+    const place = placeOf([...stack.slice(0, data.nesting), data.name]);
+    bump(place, type === 'test:fail' ? 'failed' : skipped || data.todo ? 'skipped' : 'passed');
+  }
+  const file = process.env['QS_TEST_COUNTS_FILE'];
+  if (file) writeFileSync(file, JSON.stringify(counts));
+}
