@@ -335,7 +335,7 @@ export class QubesApp implements DomainHost, StateModel {
     if (this.storageConf) await sweepAtomicTemps(this.storageConf.file);
   }
 
-  /** Releases the state file's lock; the App must not be used afterwards. */
+  /** Folds a journal in, keeps a backup of the state, releases the lock; the App must not be used afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
     try {
@@ -351,6 +351,9 @@ export class QubesApp implements DomainHost, StateModel {
           await this.journal?.close(true);
           this.journal = null;
         }
+        // The state as this App leaves it, complete: a backup (if it is not the newest already).
+        const note = await this.backups.take();
+        if (note) this.notice?.(note);
       });
     } finally {
       await this.journal?.close(false).catch(() => undefined);

@@ -5,9 +5,11 @@
  *
  * Here a backup is taken each time a state file is opened and loaded
  * without error (after a journal found was folded in, so the copy is
- * complete on its own), unless the newest backup already holds the same
- * bytes: a daemon makes one per start, the embedded tools one per run that
- * follows a change. The newest `keep` are kept, older ones removed.
+ * complete on its own) and each time an App closes (the state it leaves),
+ * unless the newest backup already holds the same bytes: in effect one per
+ * daemon run or per tool run that changed something, and one at a start
+ * that finds a state changed since (a crash, a hand edit). The newest
+ * `keep` are kept, older ones removed.
  *
  * - Named `STEM-ISO8601.xml` (`qubes-2026-12-02T03:51:04.123Z.xml`, UTC, so
  *   names sort by age), mode 0600 in a directory of mode 0700.
@@ -39,6 +41,11 @@ const BACKUP_RESERVE_BYTES = 8 * 1024 * 1024;
 
 export function backupDirFor(stateFile: string): string {
   return path.join(path.dirname(stateFile), 'backup');
+}
+
+/** `p` as one shell word (the restore commands are meant to be pasted). */
+function shellWord(p: string): string {
+  return /^[A-Za-z0-9_\/.:@%+=,-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
 }
 
 function escapeRe(s: string): string {
@@ -180,15 +187,15 @@ export class StateBackups {
     const aside = [f, journalFile];
     const present: string[] = [];
     for (const p of aside) if (await lstatOrNull(p).catch(() => null)) present.push(p);
-    const moveAside = present.map((p) => `mv ${p} ${p}.broken; `).join('');
+    const moveAside = present.map((p) => `mv ${shellWord(p)} ${shellWord(`${p}.broken`)}; `).join('');
     const fresh =
-      `To start with a new, empty state instead (the volumes stay on disk, unlisted), move ${present.length ? present.join(' and ') : f} aside ` +
-      `and start with --init (qubesd --init; the tools: QUBES_STORAGE_INIT=1).`;
+      `To start with a new, empty state instead (the volumes stay on disk, unlisted), ${present.length ? `move ${present.join(' and ')} aside and ` : ''}` +
+      `start with --init (qubesd --init; the tools: QUBES_STORAGE_INIT=1).`;
     if (!backup)
       return `No readable backup in ${this.dir}: put back ${f} from a copy of your own. ${fresh}`;
     return (
       `To go back to the newest readable backup, ${backup} (changes made after it are lost), with no qubesd or tool running: ` +
-      `${moveAside}cp -p ${backup} ${f}  (older backups: ${this.dir}). ${fresh}`
+      `${moveAside}cp -p ${shellWord(backup)} ${shellWord(f)}  (older backups: ${this.dir}). ${fresh}`
     );
   }
 }

@@ -7,6 +7,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
@@ -50,24 +51,34 @@ function runRestoreCommands(message: string): string {
 }
 
 describeEachFs('state safety', (tfs, ctx) => {
-  test('an empty directory gets a new state (0600, no backup yet); each later open keeps one backup of what it loaded', async () => {
+  test('an empty directory gets a new state (0600); a close and an open keep a backup of a state not backed up yet', async () => {
     const dir = await ctx.tempDir('fresh');
     const t = await newApp(tfs, dir, { backups: 2 });
+    assert.deepEqual(await backupsIn(dir), [], 'a new state is not backed up at open');
     await t.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
     await t.app.close();
     assert.equal((await fs.stat(t.stateFile)).mode & 0o777, 0o600, 'qubes.xml is 0600');
-    assert.deepEqual(await backupsIn(dir), [], 'a new state is not backed up');
+    const first = await backupsIn(dir);
+    assert.equal(first.length, 1, 'the state left at close is backed up');
 
     const reopen = async () => (await openApp(dir, { backups: 2 })).app;
+    // Changed behind the App's back (a hand edit): the next open backs the new bytes up.
+    await fs.appendFile(t.stateFile, '<!-- edited -->\n');
     let app = await reopen();
-    const first = await backupsIn(dir);
-    assert.equal(first.length, 1, 'the state loaded is backed up');
-    assert.equal((await fs.stat(path.join(dir, 'backup'))).mode & 0o777, 0o700);
-    assert.equal((await fs.stat(path.join(dir, 'backup', first[0]!))).mode & 0o777, 0o600);
-    assert.deepEqual(await fs.readFile(path.join(dir, 'backup', first[0]!)), await fs.readFile(t.stateFile));
+    assert.equal((await backupsIn(dir)).length, 2, 'the state loaded is backed up when it differs from the newest backup');
     await app.close();
+    await fs.writeFile(t.stateFile, (await fs.readFile(t.stateFile, 'utf8')).replace('<!-- edited -->\n', ''));
     app = await reopen();
-    assert.deepEqual(await backupsIn(dir), first, 'an unchanged state is not backed up twice');
+    await app.close();
+    const edits = await backupsIn(dir);
+    assert.equal(edits.length, 2, 'bounded to 2');
+    assert.equal((await fs.stat(path.join(dir, 'backup'))).mode & 0o777, 0o700);
+    assert.equal((await fs.stat(path.join(dir, 'backup', edits[1]!))).mode & 0o777, 0o600);
+    assert.deepEqual(await fs.readFile(path.join(dir, 'backup', edits[1]!)), await fs.readFile(t.stateFile));
+    app = await reopen();
+    await app.close();
+    assert.deepEqual(await backupsIn(dir), edits, 'an unchanged state is not backed up twice');
+    app = await reopen();
     for (const label of ['red', 'blue', 'green']) {
       await app.setPropertyFromText(app.domain('tpl'), 'label', label);
       await app.close();
@@ -142,6 +153,22 @@ describeEachFs('state safety', (tfs, ctx) => {
     });
   }
 
+  test('the restore commands quote a path with spaces and quotes', async () => {
+    const dir = path.join(await ctx.tempDir('quoted'), `it's a "dir"`);
+    await fs.mkdir(dir);
+    const t = await newApp(tfs, dir);
+    await t.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+    await t.app.close();
+    await (await openApp(dir)).app.close();
+    await fs.writeFile(t.stateFile, '<qubes>');
+    let message = '';
+    await assert.rejects(openApp(dir), (e: Error) => ((message = e.message), true));
+    runRestoreCommands(message);
+    const { app } = await openApp(dir);
+    assert.deepEqual(app.domainList().map((d) => d.name).sort(), ['dom0', 'tpl']);
+    await app.close();
+  });
+
   test('unreadable and no backup: refused, saying there is none', async () => {
     const dir = await ctx.tempDir('nobackup');
     await fs.writeFile(path.join(dir, 'qubes.xml'), '<qubes><domains>');
@@ -202,6 +229,52 @@ describeEachFs('state safety', (tfs, ctx) => {
       await app.close();
     }
   });
+});
+
+test('state save errors name what failed: EROFS for real (a tmpfs remounted read-only), EDQUOT and EIO injected', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('mounting a tmpfs needs root');
+  const mnt = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-rofs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'tmpfs', mnt]);
+  try {
+    const { app } = await openApp(mnt, { backups: 0 });
+    execFileSync('mount', ['-o', 'remount,ro', mnt]);
+    await assert.rejects(app.addTag(app.domain('dom0'), 'x'), (e: Error) => {
+      assert.ok(e instanceof StoragePoolException, String(e));
+      assert.equal(e.message, `cannot save the state to ${mnt}/qubes.xml: the filesystem of ${mnt} is read-only (EROFS)`);
+      return true;
+    });
+    execFileSync('mount', ['-o', 'remount,rw', mnt]);
+    await app.close();
+  } finally {
+    execFileSync('umount', [mnt]);
+    await fs.rmdir(mnt);
+  }
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-errs-'));
+  try {
+    const state = { code: '' };
+    const { app } = await openApp(dir, {
+      backups: 0,
+      writeFile: async (file, data) => {
+        if (state.code) throw Object.assign(new Error(`injected ${state.code}`), { code: state.code });
+        await fs.writeFile(file, data, { mode: 0o600 });
+      },
+    });
+    for (const [code, why] of [
+      ['EDQUOT', `the disk quota for ${dir} is used up (EDQUOT)`],
+      ['EIO', `an I/O error on the device of ${dir} (EIO): the disk may be failing`],
+    ]) {
+      state.code = code!;
+      await assert.rejects(app.addTag(app.domain('dom0'), 'x'), (e: Error) => {
+        assert.ok(e instanceof StoragePoolException, String(e));
+        assert.equal(e.message, `cannot save the state to ${dir}/qubes.xml: ${why}`);
+        return true;
+      });
+    }
+    state.code = '';
+    await app.close();
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
 });
 
 const SMALL = [
