@@ -206,6 +206,8 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly writeFile: (file: string, data: string) => Promise<void>;
   private readonly storageConf: QubesAppOptions['storageConf'];
   private readonly backups: StateBackups;
+  /** The state file may differ from the newest backup (written since, or never backed up): close() takes one. */
+  private backupStale = true;
   private readonly notice: ((line: string) => void) | undefined;
   private readonly poolEntries = new Map<string, PoolEntry>();
   private readonly pendingPools = new Set<string>();
@@ -315,6 +317,7 @@ export class QubesApp implements DomainHost, StateModel {
         // The state file now holds everything loaded (no journal): the last good state.
         const note = await app.backups.take();
         if (note) opts.notice?.(note);
+        else app.backupStale = false;
       }
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
@@ -352,8 +355,10 @@ export class QubesApp implements DomainHost, StateModel {
           this.journal = null;
         }
         // The state as this App leaves it, complete: a backup (if it is not the newest already).
-        const note = await this.backups.take();
-        if (note) this.notice?.(note);
+        if (this.backupStale) {
+          const note = await this.backups.take();
+          if (note) this.notice?.(note);
+        }
       });
     } finally {
       await this.journal?.close(false).catch(() => undefined);
@@ -1447,6 +1452,7 @@ export class QubesApp implements DomainHost, StateModel {
           // No journal open means the state file holds every earlier save (see writeFull).
           this.journal ??= await StateJournal.openEmpty(this.journalFile);
           await this.journal.append(record);
+          this.backupStale = true;
           return;
         } catch (e) {
           await this.dropJournal();
@@ -1467,6 +1473,7 @@ export class QubesApp implements DomainHost, StateModel {
     }
     this.baseBytes = Buffer.byteLength(text);
     this.needFull = false;
+    this.backupStale = true;
     if (!this.journal && !this.journalOnDisk) return;
     failpoint(FP.compactAfterWrite);
     try {

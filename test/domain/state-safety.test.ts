@@ -82,6 +82,8 @@ describeEachFs('state safety', (tfs, ctx) => {
     for (const label of ['red', 'blue', 'green']) {
       await app.setPropertyFromText(app.domain('tpl'), 'label', label);
       await app.close();
+      const newest = (await backupsIn(dir)).at(-1)!;
+      assert.deepEqual(await fs.readFile(path.join(dir, 'backup', newest)), await fs.readFile(t.stateFile), 'a close after a change leaves its state backed up');
       app = await reopen();
     }
     const kept = await backupsIn(dir);
