@@ -94,8 +94,8 @@ export interface QubesAppOptions {
   readonly init?: boolean;
   /**
    * Configuration files that may lie beside the state file before its first
-   * start without counting as traces of an earlier state (storage.conf is
-   * counted as such anyway).
+   * start without counting as traces of an earlier state (the policy
+   * file); the storage.conf given below always is one.
    */
   readonly configFiles?: readonly string[];
   /** Backups of the state file to keep in `backup/` beside it (default DEFAULT_STATE_BACKUPS; 0: none). */
