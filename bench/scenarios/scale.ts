@@ -26,10 +26,11 @@ async function runtimeOf(base: string) {
 
 /** A state of `appvms` AppVMs on template `tpl` in BASE, all created through the App; their create times (ms). */
 async function buildState(base: string, appvms: number): Promise<{ createMs: number[]; createTotalMs: number }> {
-  await fs.mkdir(path.join(base, 'kernels', KERNEL), { recursive: true });
-  for (const f of ['vmlinuz', 'initramfs']) await fs.writeFile(path.join(base, 'kernels', KERNEL, f), 'k');
+  // The state first: a new one is made only in an empty base directory.
   const rt = await runtimeOf(base);
   try {
+    await fs.mkdir(path.join(base, 'kernels', KERNEL), { recursive: true });
+    for (const f of ['vmlinuz', 'initramfs']) await fs.writeFile(path.join(base, 'kernels', KERNEL, f), 'k');
     await rt.app.addPool('linux-kernel', 'linux-kernel', { dir_path: path.join(base, 'kernels') });
     await rt.app.setPropertyFromText(rt.app.globals, 'default_pool_kernel', 'linux-kernel');
     await rt.app.setPropertyFromText(rt.app.globals, 'default_kernel', KERNEL);

@@ -20,6 +20,8 @@ export interface DaemonOptions {
   readonly policyFile?: string;
   /** storage.conf to load; default defaultStorageConfPath(baseDir) when it exists. */
   readonly storageConf?: string;
+  /** Make a new state even if the base directory holds traces of an earlier one (qubesd --init). */
+  readonly init?: boolean;
   /** Stack traces in error replies and the log. */
   readonly debug?: boolean;
   readonly log?: AdminLog;
@@ -49,6 +51,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     createDefaultPool: true,
     notice: (line) => log.info(line),
     ...opts.runtime,
+    ...(opts.init ? { init: true } : {}),
+    ...(opts.policyFile !== undefined ? { configFiles: [path.resolve(opts.policyFile)] } : {}),
     baseDir,
     ...(opts.storageConf !== undefined ? { storageConf: opts.storageConf } : {}),
   });

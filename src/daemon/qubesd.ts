@@ -2,13 +2,17 @@
 /**
  * qubesd: the admin daemon.
  *
- *   qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--debug]
+ *   qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]
  *
  * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
  * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
  * flight, save, release the state lock, remove the socket, exit 0. SIGHUP
  * re-reads the policy file. Exit 1 when it cannot start (e.g. another
- * daemon or tool holds the state of the base directory), 2 on bad usage.
+ * daemon or tool holds the state of the base directory, or qubes.xml is
+ * missing from a base directory that is not empty, or cannot be read: the
+ * message says how to restore it), 2 on bad usage. `--init` makes a new,
+ * empty state where qubes.xml is missing even if the base directory is not
+ * empty (an empty one needs no flag); an existing qubes.xml is never replaced.
  */
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
@@ -29,7 +33,7 @@ import { startDaemon, type Daemon } from './daemon.js';
 const HEAP_GROWING_PERCENT = 25;
 setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
 
-const USAGE = 'usage: qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--debug]';
+const USAGE = 'usage: qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]';
 
 async function main(): Promise<number> {
   let values;
@@ -41,6 +45,7 @@ async function main(): Promise<number> {
         'base-dir': { type: 'string' },
         policy: { type: 'string' },
         'storage-conf': { type: 'string' },
+        init: { type: 'boolean', default: false },
         debug: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -62,6 +67,7 @@ async function main(): Promise<number> {
       ...(values.socket !== undefined ? { socketPath: values.socket } : {}),
       ...(values.policy !== undefined ? { policyFile: values.policy } : {}),
       ...(values['storage-conf'] !== undefined ? { storageConf: values['storage-conf'] } : {}),
+      init: values.init ?? false,
       debug: values.debug ?? false,
       log: stderrLog,
     });

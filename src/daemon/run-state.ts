@@ -57,7 +57,7 @@ export function runState(baseDir: string): RunState {
       await fs.rm(file, { force: true });
       return;
     }
-    await writeFileAtomic(file, `boot ${await bootId()}\n` + [...m].map(([n, u]) => `${n} ${u}\n`).join(''));
+    await writeFileAtomic(file, `boot ${await bootId()}\n` + [...m].map(([n, u]) => `${n} ${u}\n`).join(''), 0o600);
   };
   const change = async (d: RunnerDomain, running: boolean): Promise<void> => {
     const m = await read();

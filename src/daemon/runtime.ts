@@ -2,14 +2,19 @@
  * Everything the admin daemon (and a tool running without one) works on,
  * built from one base directory:
  *
- *   BASE/qubes.xml         the state file (and its lock, qubes.xml.lock)
+ *   BASE/qubes.xml         the state file (and its lock, qubes.xml.lock; mode 0600)
+ *   BASE/backup/           backups of the last good states (state-backups.ts)
+ *   BASE/running-domains   which domains run (run-state.ts)
  *   BASE/storage.conf      R3.2 pools, when the file exists (root: /etc/qubes/storage.conf)
  *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
  *   BASE/qubesd.sock       the daemon's socket (defaultSocketPath)
  *
  * `openRuntime` takes the state lock (a second runtime on the same base
  * directory, in this or another process, gets StateLockedError) and holds it
- * until `close()`.
+ * until `close()`. A new state is made only in an empty base directory
+ * (state-dir.ts says what counts) or with `init`; a state file that is
+ * missing there, or cannot be read, refuses the open (StateFileError) with
+ * the way to restore it.
  */
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
@@ -19,8 +24,8 @@ import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
-import { runState } from './run-state.js';
-import { reflinkSupported } from '../files/files.js';
+import { RUN_STATE_FILE, runState } from './run-state.js';
+import { reflinkSupported, sweepAtomicTemps } from '../files/files.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
 
@@ -36,6 +41,10 @@ export interface RuntimeOptions {
   readonly storageConf?: string | null;
   /** node_modules directories scanned for driver packages; default this project's. */
   readonly nodeModules?: readonly string[];
+  /** Make a new state even if the base directory holds traces of an earlier one (qubesd --init). */
+  readonly init?: boolean;
+  /** Configuration files that may lie in the base directory before the first start (the policy file). */
+  readonly configFiles?: readonly string[];
   /** When no pool exists yet, add a file-reflink pool `default` in BASE/pools/default. */
   readonly createDefaultPool?: boolean;
   /** Gets each notice line for the user (also returned in `notices`). */
@@ -56,7 +65,7 @@ export interface Runtime {
   readonly bus: EventBus;
   /** Every admin method, for an AdminServer or runCall. */
   readonly methods: MethodTable;
-  /** Lines for the user (at most one: the default pool lacks reflink). */
+  /** Lines for the user (the default pool lacks reflink, no backup of the state could be taken). */
   readonly notices: readonly string[];
   /** Saves nothing by itself: releases the state lock and stops forwarding events. Idempotent. */
   close(): Promise<void>;
@@ -98,24 +107,30 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const useConf = confFile !== null && (await fileExists(confFile));
   // Without a hypervisor runner, power state is recorded in the base directory (see run-state.ts).
   const power = opts.runner ? null : runState(baseDir);
+  const notices: string[] = [];
+  const notice = (line: string): void => {
+    notices.push(line);
+    opts.notice?.(line);
+  };
   const app = await QubesApp.open({
     stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
     pools: registry,
     runner: opts.runner ?? power!.runner,
+    notice,
+    ...(opts.init ? { init: true } : {}),
+    ...(opts.configFiles ? { configFiles: opts.configFiles } : {}),
     ...(opts.sizes ? { sizes: opts.sizes } : {}),
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
-  const notices: string[] = [];
   try {
+    // Written only under the state lock, which the App now holds: a temporary left is a crash's.
+    if (power) await sweepAtomicTemps(path.join(baseDir, RUN_STATE_FILE));
     await power?.restore(app);
     if (opts.createDefaultPool && app.pools().length === 0) {
       const line = await addDefaultPool(app, path.join(baseDir, 'pools', 'default'));
-      if (line) {
-        notices.push(line);
-        opts.notice?.(line);
-      }
+      if (line) notice(line);
     }
   } catch (e) {
     stopForwarding();

@@ -21,7 +21,7 @@
  * dirty by a crash is picked up by its next start (the storage contract).
  */
 import * as path from 'node:path';
-import { writeFileAtomic } from '../files/files.js';
+import { sweepAtomicTemps, writeFileAtomic } from '../files/files.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { DomainStorage, realSource } from '../storage/domain-storage.js';
 import {
@@ -71,12 +71,37 @@ import {
 } from './state-file.js';
 import { encodeRecord, journalPathFor, readJournal, StateJournal } from './state-journal.js';
 import { StateLock } from './state-lock.js';
+import { DEFAULT_STATE_BACKUPS, StateBackups } from './state-backups.js';
+import { earlierStateTraces } from './state-dir.js';
 import { UnavailablePool } from './unavailable.js';
 import { loadStorageConf, removePoolFromStorageConf, type StorageConfContext } from '../registry/storage-conf.js';
 
 export interface QubesAppOptions {
-  /** The state file (qubes.xml); made if missing (its directory must exist). */
+  /**
+   * The state file (qubes.xml). Made if missing only where no state was
+   * before: its directory (which must exist) holds nothing but what a fresh
+   * start makes (state-dir.ts), or `init` is set. Otherwise, and when it
+   * cannot be read, open() refuses with a StateFileError saying how to
+   * restore it.
+   */
   readonly stateFile: string;
+  /**
+   * Make a new state when the state file is missing even though its
+   * directory holds traces of an earlier one (qubesd --init). An existing
+   * state file is opened as usual, never replaced; a journal with records
+   * and no state file is refused all the same.
+   */
+  readonly init?: boolean;
+  /**
+   * Configuration files that may lie beside the state file before its first
+   * start without counting as traces of an earlier state (the policy
+   * file); the storage.conf given below always is one.
+   */
+  readonly configFiles?: readonly string[];
+  /** Backups of the state file to keep in `backup/` beside it (default DEFAULT_STATE_BACKUPS; 0: none). */
+  readonly backups?: number;
+  /** Gets each line for the user (a backup that could not be taken). */
+  readonly notice?: (line: string) => void;
   /** Makes pools from driver names: the driver registry, or driversPoolFactory([...]). */
   readonly pools: PoolFactory;
   /** Starts and stops domains (default: does nothing). */
@@ -180,6 +205,10 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly sizes: { root: number; private: number };
   private readonly writeFile: (file: string, data: string) => Promise<void>;
   private readonly storageConf: QubesAppOptions['storageConf'];
+  private readonly backups: StateBackups;
+  /** The state file may differ from the newest backup (written since, or never backed up): close() takes one. */
+  private backupStale = true;
+  private readonly notice: ((line: string) => void) | undefined;
   private readonly poolEntries = new Map<string, PoolEntry>();
   private readonly pendingPools = new Set<string>();
   private readonly removingPools = new Set<string>();
@@ -224,7 +253,10 @@ export class QubesApp implements DomainHost, StateModel {
     this.factory = opts.pools;
     this.runner = opts.runner ?? noopRunner;
     this.sizes = { root: opts.sizes?.root ?? DEFAULT_ROOT_SIZE, private: opts.sizes?.private ?? DEFAULT_PRIVATE_SIZE };
-    this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d));
+    // 0600 from creation on: the state names every domain and pool.
+    this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d, 0o600));
+    this.notice = opts.notice;
+    this.backups = new StateBackups(opts.stateFile, opts.backups ?? DEFAULT_STATE_BACKUPS);
     this.storageConf = opts.storageConf;
     this.globals = new GlobalProperties(this);
     this.journalFile = journalPathFor(opts.stateFile);
@@ -233,35 +265,59 @@ export class QubesApp implements DomainHost, StateModel {
   }
 
   /**
-   * Takes the state file's lock and loads it (or starts a new one with dom0
-   * and the eight labels, saved at once). Pools whose driver is not available
-   * load as UnavailablePool, keeping their configuration.
+   * Takes the state file's lock, sweeps the temporaries a crash left, and
+   * loads the state (or, where no state was before or with `init`, starts a
+   * new one with dom0 and the eight labels, saved at once). A state that
+   * loads is copied into a backup (state-backups.ts). Pools whose driver is
+   * not available load as UnavailablePool, keeping their configuration.
    */
   static async open(opts: QubesAppOptions): Promise<QubesApp> {
     const lock = await StateLock.acquire(opts.stateFile);
     try {
       const maxBytes = opts.maxStateBytes ?? MAX_STATE_BYTES;
-      const text = await readStateText(opts.stateFile, maxBytes);
       const app = new QubesApp(opts, lock);
-      const journal = await readJournal(app.journalFile, maxBytes);
-      if (text === null) {
-        if (journal?.records.length)
-          throw new StateFileError(`${app.journalFile}: a state journal without its state file ${opts.stateFile}: restore the state file, or remove the journal to start afresh`);
-        app.doc = StateDocument.empty(opts.stateFile);
-        app.domains.set('dom0', new AdminVM(app));
-        await app.loadStorageConf();
-      } else {
-        app.baseBytes = Buffer.byteLength(text);
-        app.doc = StateDocument.parse(text, opts.stateFile);
-        // Changes saved after the last rewrite, the last record possibly torn by a crash.
-        if (journal) app.doc.applyJournal(journal.records, app.journalFile);
-        await app.load();
+      await app.sweepTemps();
+      let text: string | null;
+      let journal;
+      try {
+        text = await readStateText(opts.stateFile, maxBytes);
+        journal = await readJournal(app.journalFile, maxBytes);
+        if (text === null) {
+          if (journal?.records.length)
+            throw new StateFileError(`${app.journalFile}: a state journal without its state file ${opts.stateFile}`);
+          const traces = opts.init ? [] : await earlierStateTraces(opts.stateFile, [...(opts.configFiles ?? []), ...(opts.storageConf ? [opts.storageConf.file] : [])]);
+          if (traces.length)
+            throw new StateFileError(
+              `${opts.stateFile} is missing, but ${path.dirname(opts.stateFile)} holds ${traces.join(', ')}: a state was there before, ` +
+                `and a new one would forget every domain it had`,
+            );
+          app.doc = StateDocument.empty(opts.stateFile);
+          app.domains.set('dom0', new AdminVM(app));
+          await app.loadStorageConf();
+        } else {
+          app.baseBytes = Buffer.byteLength(text);
+          app.doc = StateDocument.parse(text, opts.stateFile);
+          // Changes saved after the last rewrite, the last record possibly torn by a crash.
+          if (journal) app.doc.applyJournal(journal.records, app.journalFile);
+          await app.load();
+        }
+      } catch (e) {
+        // Never start over a state that cannot be read: say so, and how to get it back.
+        if (e instanceof StateFileError)
+          throw new StateFileError(`${e.message}. Not starting. ${await app.backups.restoreAdvice(maxBytes, app.journalFile)}`, { cause: e });
+        throw e;
       }
       if (journal || text === null) {
         // Fold the journal in now (or write the new state): it starts empty.
         app.journalOnDisk = journal !== null;
         app.needFull = true;
         await app.save();
+      }
+      if (text !== null) {
+        // The state file now holds everything loaded (no journal): the last good state.
+        const note = await app.backups.take();
+        if (note) opts.notice?.(note);
+        else app.backupStale = false;
       }
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
@@ -271,7 +327,18 @@ export class QubesApp implements DomainHost, StateModel {
     }
   }
 
-  /** Releases the state file's lock; the App must not be used afterwards. */
+  /**
+   * Removes what a crash left of earlier saves: temporaries of the state
+   * file, of backups and of storage.conf, each written only under the state
+   * lock, which this App holds.
+   */
+  private async sweepTemps(): Promise<void> {
+    await sweepAtomicTemps(this.stateFile);
+    await this.backups.sweepTemps();
+    if (this.storageConf) await sweepAtomicTemps(this.storageConf.file);
+  }
+
+  /** Folds a journal in, keeps a backup of the state, releases the lock; the App must not be used afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
     try {
@@ -282,10 +349,15 @@ export class QubesApp implements DomainHost, StateModel {
         if (this.journal || this.journalOnDisk) {
           if (this.journalOnDisk || this.needFull || this.journal!.recordBytes > 0) {
             this.doc.sync(this, 'all');
-            await this.writeFull();
+            await this.withRoom(() => this.writeFull());
           }
           await this.journal?.close(true);
           this.journal = null;
+        }
+        // The state as this App leaves it, complete: a backup (if it is not the newest already).
+        if (this.backupStale) {
+          const note = await this.backups.take();
+          if (note) this.notice?.(note);
         }
       });
     } finally {
@@ -1339,13 +1411,15 @@ export class QubesApp implements DomainHost, StateModel {
       const unsaved = [...this.unsaved];
       if (scope !== 'all') for (const d of unsaved) scope.add(d);
       try {
-        await this.writeChanges(scope);
+        let tries = 0;
+        // A retry (after a backup made room) rewrites the whole file: the document already holds the changes.
+        await this.withRoom(() => this.writeChanges(tries++ === 0 ? scope : 'all'));
         for (const d of unsaved) this.unsaved.delete(d);
       } catch (e) {
         // The document now holds changes the model no longer has: the next save looks at everything.
         this.needFull = true;
         for (let i = applied.length - 1; i >= 0; i--) applied[i]!.undo();
-        const err = e instanceof QubesException ? e : new StoragePoolException(`cannot save ${this.stateFile}: ${(e as Error).message}`, { cause: e });
+        const err = e instanceof QubesException ? e : stateWriteError(this.stateFile, e);
         for (const a of applied) a.c.reject(err);
         return;
       }
@@ -1378,10 +1452,11 @@ export class QubesApp implements DomainHost, StateModel {
           // No journal open means the state file holds every earlier save (see writeFull).
           this.journal ??= await StateJournal.openEmpty(this.journalFile);
           await this.journal.append(record);
+          this.backupStale = true;
           return;
         } catch (e) {
           await this.dropJournal();
-          throw e;
+          throw stateWriteError(this.journalFile, e);
         }
       }
     }
@@ -1391,9 +1466,14 @@ export class QubesApp implements DomainHost, StateModel {
   /** Rewrites the whole state file, then empties the journal (its changes are in the file now). */
   private async writeFull(): Promise<void> {
     const text = this.doc.serialize();
-    await this.writeFile(this.stateFile, text);
+    try {
+      await this.writeFile(this.stateFile, text);
+    } catch (e) {
+      throw stateWriteError(this.stateFile, e);
+    }
     this.baseBytes = Buffer.byteLength(text);
     this.needFull = false;
+    this.backupStale = true;
     if (!this.journal && !this.journalOnDisk) return;
     failpoint(FP.compactAfterWrite);
     try {
@@ -1404,6 +1484,24 @@ export class QubesApp implements DomainHost, StateModel {
       // The file is saved; the journal's records are in it and replaying them changes nothing.
       // The next save tries again to empty it.
       await this.dropJournal();
+    }
+  }
+
+  /**
+   * Runs a write; while it fails for lack of space or quota and a backup of
+   * the state is left, removes the oldest backup and runs it again: a backup
+   * must never cost a save that would fit without it. `write` must be
+   * repeatable (a retry after a failed save rewrites the whole file).
+   */
+  private async withRoom(write: () => Promise<void>): Promise<void> {
+    for (;;) {
+      try {
+        return await write();
+      } catch (e) {
+        if (!outOfRoom(e) || !(await this.backups.dropOldest().catch(() => false))) throw e;
+        this.needFull = true;
+        this.notice?.(`note: removed the oldest backup of ${this.stateFile} to make room for a save`);
+      }
     }
   }
 
@@ -1418,6 +1516,39 @@ export class QubesApp implements DomainHost, StateModel {
   private checkOpen(): void {
     if (this.closed) throw new QubesException(`the state of ${this.stateFile} is closed`);
   }
+}
+
+/** The errno code of an error or of its cause (the state errors wrap the system's). */
+function errnoOf(e: unknown): string | undefined {
+  for (let x = e as { code?: unknown; cause?: unknown } | undefined, i = 0; x && i < 4; x = x.cause as typeof x, i++)
+    if (typeof x.code === 'string') return x.code;
+  return undefined;
+}
+
+function outOfRoom(e: unknown): boolean {
+  const code = errnoOf(e);
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/**
+ * A failed write of the state (`file`: the state file or its journal) as the
+ * Qubes-named error the caller gets: what failed, where, and what ran out.
+ */
+export function stateWriteError(file: string, e: unknown): QubesException {
+  if (e instanceof QubesException) return e;
+  const dir = path.dirname(file);
+  const code = errnoOf(e);
+  const why =
+    code === 'ENOSPC'
+      ? `no space left on the filesystem of ${dir} (ENOSPC)`
+      : code === 'EDQUOT'
+        ? `the disk quota for ${dir} is used up (EDQUOT)`
+        : code === 'EIO'
+          ? `an I/O error on the device of ${dir} (EIO): the disk may be failing`
+          : code === 'EROFS'
+            ? `the filesystem of ${dir} is read-only (EROFS)`
+            : (e as Error)?.message ?? String(e);
+  return new StoragePoolException(`cannot save the state to ${file}: ${why}`, { cause: e });
 }
 
 function checkPoolChoice(o: PoolChoice): void {

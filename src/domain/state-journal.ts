@@ -193,11 +193,14 @@ export class StateJournal {
    * compacted).
    */
   static async openEmpty(file: string): Promise<StateJournal> {
-    const fh = await fs.open(file, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o644);
+    // Created 0600, like the state file it holds changes of.
+    const fh = await fs.open(file, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new StateFileError(`${file}: the state journal is not a regular file`);
       await fh.truncate(0);
+      // A journal an older version made with a wider mode: narrowed once it holds nothing.
+      if ((st.mode & 0o777) !== 0o600) await fh.chmod(0o600);
       await writeAll(fh, Buffer.from(JOURNAL_HEADER), 0);
       await fh.sync();
       await fsyncDir(path.dirname(file));

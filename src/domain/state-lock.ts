@@ -98,7 +98,7 @@ export class StateLock {
     const content = `${process.pid} ${typeof start === 'string' ? start : '-'}\n`;
     for (let attempt = 0; attempt < 5; attempt++) {
       const tmp = path.join(dir, `.${path.basename(lockFile)}.${randomSuffix()}`);
-      const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+      const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       try {
         await fh.writeFile(content);
         await fh.sync();

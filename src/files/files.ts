@@ -71,10 +71,40 @@ export async function unlinkIfExists(p: string): Promise<boolean> {
   }
 }
 
-/** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
+/** The temporary name writeFileAtomic writes `file` under (before renaming it into place). */
+function atomicTempName(file: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${randomSuffix()}`);
+}
+
+/**
+ * Removes the temporaries writeFileAtomic left for `file` (a crash between
+ * creating and renaming one): exactly `.NAME.tmp-` and 12 hex digits, nothing
+ * else. Only for files whose writers are excluded by a lock the caller holds,
+ * or a writer's temporary could vanish under it. Returns the names removed.
+ */
+export async function sweepAtomicTemps(file: string): Promise<string[]> {
+  const dir = path.dirname(file);
+  const prefix = `.${path.basename(file)}.tmp-`;
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  const removed: string[] = [];
+  for (const n of names) {
+    if (!n.startsWith(prefix) || !/^[0-9a-f]{12}$/.test(n.slice(prefix.length))) continue;
+    if (await unlinkIfExists(path.join(dir, n))) removed.push(n);
+  }
+  if (removed.length) await fsyncDir(dir);
+  return removed;
+}
+
+/** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir); `mode` is set when the temporary is created. */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
   const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${randomSuffix()}`);
+  const tmp = atomicTempName(file);
   try {
     const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
     try {

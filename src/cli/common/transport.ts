@@ -7,7 +7,10 @@
  *   (openRuntime on the default base directory: QUBES_BASE_DIR, or the
  *   per-user data directory, /var/lib/qubes for root), holding the state
  *   lock for as long as it runs, and runs each call in-process through the
- *   very dispatch the daemon uses (same checks, same reply bytes).
+ *   very dispatch the daemon uses (same checks, same reply bytes). On an
+ *   empty or missing base directory the first tool makes the state; where
+ *   qubes.xml is missing from a base directory that is not empty,
+ *   QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
  *
  * The tools see only `Transport`; the output is the same either way.
  */
@@ -84,7 +87,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
   for (;;) {
     if (await socketAnswers(socketPath)) return socketTransport(socketPath);
     try {
-      return await embeddedTransport(baseDir, opts.notice);
+      return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');
     } catch (e) {
       if (!(e instanceof StateLockedError)) throw e;
       if (Date.now() >= deadline)
@@ -128,10 +131,11 @@ export function socketTransport(socketPath: string): Transport {
   };
 }
 
-export async function embeddedTransport(baseDir: string, notice?: (line: string) => void): Promise<Transport> {
+export async function embeddedTransport(baseDir: string, notice?: (line: string) => void, init = false): Promise<Transport> {
   const rt: Runtime = await openRuntime({
     baseDir,
     createDefaultPool: true,
+    ...(init ? { init: true } : {}),
     ...(notice ? { notice } : {}),
   });
   const ctx: DispatchContext = createDispatchContext({ methods: rt.methods, log: silentLog });
