@@ -263,12 +263,24 @@ export class QubesApp implements DomainHost, StateModel {
         app.needFull = true;
         await app.save();
       }
+      await app.sweepLeftovers();
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
     } catch (e) {
       await lock.release();
       throw e;
     }
+  }
+
+  /**
+   * At open, under the state lock: removes what crashed processes left in
+   * the pools (temporary copies, imports, exports). No other process can be
+   * working in them, so none of it is in flight. A pool that cannot be swept
+   * now (unreadable, read-only) is swept before its next operation, which
+   * then reports the problem.
+   */
+  private async sweepLeftovers(): Promise<void> {
+    await Promise.all(this.pools().map((p) => p.sweepLeftovers().catch(() => undefined)));
   }
 
   /** Releases the state file's lock; the App must not be used afterwards. */
