@@ -239,10 +239,11 @@ export class QubesApp implements DomainHost, StateModel {
    */
   static async open(opts: QubesAppOptions): Promise<QubesApp> {
     const lock = await StateLock.acquire(opts.stateFile);
+    let app: QubesApp | undefined;
     try {
       const maxBytes = opts.maxStateBytes ?? MAX_STATE_BYTES;
       const text = await readStateText(opts.stateFile, maxBytes);
-      const app = new QubesApp(opts, lock);
+      app = new QubesApp(opts, lock);
       const journal = await readJournal(app.journalFile, maxBytes);
       if (text === null) {
         if (journal?.records.length)
@@ -263,10 +264,12 @@ export class QubesApp implements DomainHost, StateModel {
         app.needFull = true;
         await app.save();
       }
-      await app.sweepLeftovers();
+      // In the background: a pool's operations wait for its sweep (reads need not), close() for all.
+      app.leftovers = app.sweepLeftovers();
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
     } catch (e) {
+      await app?.leftovers;
       await lock.release();
       throw e;
     }
@@ -281,6 +284,13 @@ export class QubesApp implements DomainHost, StateModel {
    */
   private async sweepLeftovers(): Promise<void> {
     await Promise.all(this.pools().map((p) => p.sweepLeftovers().catch(() => undefined)));
+  }
+  /** The sweep started at open; the lock is never released before it ends. */
+  private leftovers: Promise<void> = Promise.resolve();
+
+  /** Resolves once the sweep of leftovers started at open is done. */
+  leftoversSwept(): Promise<void> {
+    return this.leftovers;
   }
 
   /** Releases the state file's lock; the App must not be used afterwards. */
@@ -302,6 +312,7 @@ export class QubesApp implements DomainHost, StateModel {
       });
     } finally {
       await this.journal?.close(false).catch(() => undefined);
+      await this.leftovers;
       await this.lock.release();
     }
   }
