@@ -74,11 +74,12 @@ export function storageError(what: string, err: unknown, file?: string): QubesEx
  * exit status, as rbd reports it; its message, naming the call, follows).
  */
 export function storageErrnoError(what: string, err: unknown, file?: string): StoragePoolException | null {
-  const e = err as { code?: unknown; errno?: unknown; path?: unknown; message?: unknown } | null;
+  const e = err as { code?: unknown; errno?: unknown; path?: unknown; dest?: unknown; message?: unknown } | null;
   const fromCommand = typeof e?.code !== 'string' && typeof e?.errno === 'number' && e.errno > 0;
   const code = typeof e?.code === 'string' ? e.code : fromCommand ? ERRNO_NAMES[e!.errno as number] : undefined;
   if (code === undefined || !Object.hasOwn(REASONS, code)) return null;
-  const where = typeof e?.path === 'string' && e.path ? e.path : file;
+  // A copy, link or rename names its destination too: where the new data or entry needed room.
+  const where = typeof e?.dest === 'string' && e.dest ? e.dest : typeof e?.path === 'string' && e.path ? e.path : file;
   let reason = REASONS[code]!(where);
   if (fromCommand && typeof e?.message === 'string') reason += `: ${e.message}`;
   return new StoragePoolException(`${what}: ${reason}`, { cause: err });

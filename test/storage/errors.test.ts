@@ -41,6 +41,9 @@ test('an error without a path (a write through a file handle) names the file giv
   const noPath = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
   assert.match(storageError(WHAT, noPath, '/p/x-import.img').message, /not enough space left \(ENOSPC at \/p\/x-import\.img\)$/);
   assert.match(storageError(WHAT, Object.assign(new Error('EIO'), { code: 'EIO' })).message, /I\/O error on the storage \(EIO\)$/);
+  // A copy names its source and destination: the destination is where the room was needed.
+  const copy = Object.assign(new Error('ENOSPC: copyfile'), { code: 'ENOSPC', syscall: 'copyfile', path: '/src.img', dest: '/dst-tmp-1.img' });
+  assert.match(storageError(WHAT, copy).message, /\(ENOSPC at \/dst-tmp-1\.img\)$/);
 });
 
 test("a command's exit status (rbd) is mapped by number, its message kept", () => {

@@ -300,6 +300,20 @@ for (const small of SMALL) {
           assert.equal((await c.call('admin.vm.volume.ListSnapshots', x.dom, 'private')).toString(), b.snaps);
         }
       }
+      // CloneFrom/CloneTo across the two pools: a data copy on ext4 (refused), maybe a reflink on XFS.
+      {
+        const before = await snapshot(cases[0]!.dir);
+        const token = (await c.call('admin.vm.volume.CloneFrom', 'old', 'private')).toString();
+        const e = await c.call('admin.vm.volume.CloneTo', 'work', 'private', Buffer.from(token)).then(
+          () => null,
+          (err: unknown) => err,
+        );
+        t.diagnostic(`CloneTo answered: ${e === null ? 'ok' : String(e)}`);
+        if (e !== null || !small.reflink) {
+          assertNoSpace(e, 'fullpool', 'CloneTo');
+          assert.deepEqual(await snapshot(cases[0]!.dir), before, 'CloneTo: refused, nothing changed');
+        }
+      }
       assert.doesNotMatch(d.stderr(), /internal error/);
 
       await unlinkAll(fillers);
