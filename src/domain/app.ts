@@ -273,9 +273,10 @@ export class QubesApp implements DomainHost, StateModel {
    */
   static async open(opts: QubesAppOptions): Promise<QubesApp> {
     const lock = await StateLock.acquire(opts.stateFile);
+    let app: QubesApp | undefined;
     try {
       const maxBytes = opts.maxStateBytes ?? MAX_STATE_BYTES;
-      const app = new QubesApp(opts, lock);
+      app = new QubesApp(opts, lock);
       await app.sweepTemps();
       let text: string | null;
       let journal;
@@ -319,9 +320,12 @@ export class QubesApp implements DomainHost, StateModel {
         if (note) opts.notice?.(note);
         else app.backupStale = false;
       }
+      // In the background: a pool's operations wait for its sweep (reads need not), close() for all.
+      app.leftovers = app.sweepLeftovers();
       if (app.loadedMarks.size) await app.finishPending(app.loadedMarks);
       return app;
     } catch (e) {
+      await app?.leftovers;
       await lock.release();
       throw e;
     }
@@ -336,6 +340,25 @@ export class QubesApp implements DomainHost, StateModel {
     await sweepAtomicTemps(this.stateFile);
     await this.backups.sweepTemps();
     if (this.storageConf) await sweepAtomicTemps(this.storageConf.file);
+  }
+
+
+  /**
+   * At open, under the state lock: removes what crashed processes left in
+   * the pools (temporary copies, imports, exports). No other process can be
+   * working in them, so none of it is in flight. A pool that cannot be swept
+   * now (unreadable, read-only) is swept before its next operation, which
+   * then reports the problem.
+   */
+  private async sweepLeftovers(): Promise<void> {
+    await Promise.all(this.pools().map((p) => p.sweepLeftovers().catch(() => undefined)));
+  }
+  /** The sweep started at open; the lock is never released before it ends. */
+  private leftovers: Promise<void> = Promise.resolve();
+
+  /** Resolves once the sweep of leftovers started at open is done. */
+  leftoversSwept(): Promise<void> {
+    return this.leftovers;
   }
 
   /** Folds a journal in, keeps a backup of the state, releases the lock; the App must not be used afterwards. */
@@ -362,6 +385,7 @@ export class QubesApp implements DomainHost, StateModel {
       });
     } finally {
       await this.journal?.close(false).catch(() => undefined);
+      await this.leftovers;
       await this.lock.release();
     }
   }

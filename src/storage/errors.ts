@@ -50,17 +50,48 @@ export class PermissionDenied extends QubesException {}
 /** The request is malformed. */
 export class ProtocolError extends QubesException {}
 
-/** Turns a Node error with `code` into a StoragePoolException naming the place. */
-export function storageError(what: string, err: unknown): QubesException {
+/**
+ * The one mapping of operating-system errors to Qubes-named storage errors,
+ * for every write path (drivers, imports, clones, exports): ENOSPC, EDQUOT,
+ * EIO and EROFS are said in words, with the code and the file where known;
+ * other OS errors keep their code and message. `what` names the place and
+ * the action ("volume VID of pool POOL: import failed", "pool POOL: setup
+ * failed"); `file` is named when the error carries no path of its own
+ * (writes through a file handle). Other Qubes errors pass unchanged.
+ */
+export function storageError(what: string, err: unknown, file?: string): QubesException {
+  const mapped = storageErrnoError(what, err, file);
+  if (mapped) return mapped;
   if (err instanceof QubesException) return err;
   const e = err as NodeJS.ErrnoException;
-  const reason =
-    e?.code === 'ENOSPC' || e?.code === 'EDQUOT'
-      ? 'not enough space left'
-      : e?.code === 'EROFS'
-        ? 'read-only filesystem'
-        : e?.code
-          ? `${e.code}: ${e.message}`
-          : String(err);
+  return new StoragePoolException(`${what}: ${e?.code ? `${e.code}: ${e.message}` : String(err)}`, { cause: err });
+}
+
+/**
+ * The StoragePoolException for an error that says the storage ran out of
+ * space or quota, failed (EIO) or is read-only; null for any other error.
+ * The code comes from `code` (Node) or from a positive `errno` (a command's
+ * exit status, as rbd reports it; its message, naming the call, follows).
+ */
+export function storageErrnoError(what: string, err: unknown, file?: string): StoragePoolException | null {
+  const e = err as { code?: unknown; errno?: unknown; path?: unknown; dest?: unknown; message?: unknown } | null;
+  const fromCommand = typeof e?.code !== 'string' && typeof e?.errno === 'number' && e.errno > 0;
+  const code = typeof e?.code === 'string' ? e.code : fromCommand ? ERRNO_NAMES[e!.errno as number] : undefined;
+  if (code === undefined || !Object.hasOwn(REASONS, code)) return null;
+  // A copy, link or rename names its destination too: where the new data or entry needed room.
+  const where = typeof e?.dest === 'string' && e.dest ? e.dest : typeof e?.path === 'string' && e.path ? e.path : file;
+  let reason = REASONS[code]!(where);
+  if (fromCommand && typeof e?.message === 'string') reason += `: ${e.message}`;
   return new StoragePoolException(`${what}: ${reason}`, { cause: err });
 }
+
+/** What each storage errno means to a user, given the file (if known). */
+const REASONS: Readonly<Record<string, (file: string | undefined) => string>> = {
+  ENOSPC: (f) => `not enough space left (ENOSPC${f ? ` at ${f}` : ''})`,
+  EDQUOT: (f) => `disk quota exceeded (EDQUOT${f ? ` at ${f}` : ''})`,
+  EIO: (f) => `I/O error on ${f ?? 'the storage'} (EIO)`,
+  EROFS: (f) => `the filesystem is read-only (EROFS${f ? ` at ${f}` : ''})`,
+};
+
+/** The codes above by number (Linux), for errors that carry only the number. */
+const ERRNO_NAMES: Readonly<Record<number, string>> = { 5: 'EIO', 28: 'ENOSPC', 30: 'EROFS', 122: 'EDQUOT' };

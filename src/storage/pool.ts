@@ -53,6 +53,14 @@ export abstract class Pool {
     this.options[key] = value;
   }
 
+  /**
+   * Removes what crashed processes left in the pool (temporary files of
+   * copies, imports, exports). The App calls it when it opens, holding the
+   * state lock: nothing of another process can be in flight then. Default:
+   * nothing to do.
+   */
+  async sweepLeftovers(): Promise<void> {}
+
   /** Prepares the pool's place (directories, checks). Idempotent. */
   abstract setup(): Promise<void>;
   /** Forgets the pool; data on disk is left alone. */

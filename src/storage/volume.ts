@@ -12,6 +12,7 @@ import {
   QubesValueError,
   QubesVolumeRevisionNotFoundError,
   StoragePoolException,
+  storageErrnoError,
 } from './errors.js';
 import type { Pool } from './pool.js';
 
@@ -234,8 +235,17 @@ export abstract class Volume {
     });
   }
 
-  protected locked<T>(fn: () => Promise<T>): Promise<T> {
-    return this.pool.locks.run(this.vid, fn);
+  /**
+   * Runs an operation under the volume's lock. Out of space, EIO or a
+   * read-only filesystem met outside the driver's own wrapping (a check of
+   * the image before the driver runs) is still said in words (storageError).
+   */
+  protected async locked<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await this.pool.locks.run(this.vid, fn);
+    } catch (e) {
+      throw storageErrnoError(this.where, e) ?? e;
+    }
   }
 
   // ---- property changes -------------------------------------------------

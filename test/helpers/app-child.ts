@@ -37,6 +37,13 @@ async function main(): Promise<void> {
       case 'remove':
         await app.removeDomain(args[0]!);
         break;
+      case 'import': {
+        // DOMAIN VOLUME: an import of zeros through the library (killed midway by a failpoint).
+        const v = app.findDomain(args[0]!)!.storage.get(args[1]!);
+        await v.importData(v.size);
+        await v.importDataEnd(true);
+        break;
+      }
       default:
         throw new Error(`unknown op ${op}`);
     }

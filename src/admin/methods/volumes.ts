@@ -28,6 +28,7 @@ import {
   ProtocolError,
   QubesValueError,
   QubesVMNotHaltedError,
+  storageError,
 } from '../../storage/errors.js';
 import type { Volume } from '../../storage/volume.js';
 import { createSparseWriter } from '../../files/sparse-writer.js';
@@ -210,7 +211,10 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     emit(domain, 'domain-volume-import-begin', { volume: volume.name, size: String(size) });
     let ok = false;
     try {
-      await writeImport(call, domain, volume, path, size, call.payload, first);
+      // Writing the data is this method's own write path: its OS errors (ENOSPC...) are mapped here.
+      await writeImport(call, domain, volume, path, size, call.payload, first).catch((e: unknown) => {
+        throw storageError(`${volume.where}: import failed`, e, path);
+      });
       await volume.importDataEnd(true);
       ok = true;
     } catch (e) {

@@ -104,6 +104,10 @@ export class CallbackPool extends Pool {
 
   // ---- the pool contract -------------------------------------------------
 
+  override sweepLeftovers(): Promise<void> {
+    return this.backend.sweepLeftovers();
+  }
+
   async setup(): Promise<void> {
     await this.around('setup', `pool ${this.name}`, {}, () => this.backend.setup());
   }

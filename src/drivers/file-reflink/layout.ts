@@ -101,6 +101,19 @@ export interface ClassifiedFile {
 const REVISION_RE = /^\.img\.([1-9][0-9]{0,15})@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$/;
 const RAND_RE = /^-(tmp|export)-[0-9a-f]{1,32}\.img$/;
 
+/**
+ * The last part of a vid: the stem of its files. No '-' or '.', so no
+ * volume's file can take the shape of another's temporary file.
+ */
+export const FILE_STEM_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+
+/**
+ * A temporary file of some volume: a copy in progress (NAME-tmp-RAND.img),
+ * an export (NAME-export-RAND.img) or an import (NAME-import.img). Debris
+ * once no process holds it (see FileReflinkPool.sweepLeftovers).
+ */
+export const TEMP_FILE_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}-(?:(?:tmp|export)-[0-9a-f]{1,32}|import)\.img$/;
+
 /** Which of a directory entry is this volume's, and as what (null: not ours). */
 export function classify(files: VolumeFiles, entry: string): ClassifiedFile | null {
   if (!entry.startsWith(files.name)) return null;

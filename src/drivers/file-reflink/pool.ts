@@ -14,7 +14,7 @@ import type { PoolOptions } from '../../storage/options.js';
 import { Pool } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { FileReflinkVolume } from './volume.js';
-import { REFLINK_NAMING, type FileNaming } from './layout.js';
+import { FILE_STEM_RE, REFLINK_NAMING, TEMP_FILE_RE, type FileNaming } from './layout.js';
 
 /** What distinguishes the drivers built on this pool: file-reflink, file, xen. */
 export interface FilePoolFlavor {
@@ -56,11 +56,20 @@ export class FileReflinkPool extends Pool {
   }
 
   /**
-   * Once per process, before the first operation: removes what a crashed
-   * process left anywhere in the pool (temporary copies, imports, exports).
-   * Each volume also cleans its own files at every operation; this catches
-   * debris of volumes nobody touches next (e.g. the source of a copy).
+   * Removes what a crashed process left in the pool: temporary copies,
+   * imports and exports (layout.ts TEMP_FILE_RE) anywhere under dir_path, and
+   * reflink probes. Called when the App opens (it holds the state lock, so no
+   * other process works in its pools and every such file not held by this
+   * process is debris), and awaited before the first operation of this
+   * process in the pool (a pool added later). Each volume also cleans its own
+   * files at every operation; this catches debris of volumes nobody touches
+   * next (e.g. the source of a copy, a volume removed from the state).
    */
+  override sweepLeftovers(): Promise<void> {
+    return this.sweepOnce();
+  }
+
+  /** sweepLeftovers, once per process (again after a failure). */
   sweepOnce(): Promise<void> {
     this.swept ??= this.sweep().catch((e: unknown) => {
       this.swept = undefined; // try again at the next operation
@@ -70,17 +79,24 @@ export class FileReflinkPool extends Pool {
   }
   private swept: Promise<void> | undefined;
 
+  /**
+   * Walks every directory under dir_path (vids have any depth); symlinks are
+   * never followed (a Dirent's type is the entry's own) and only regular
+   * files of the exact temporary names go.
+   */
   private async sweep(): Promise<void> {
-    const debris = /^[A-Za-z][A-Za-z0-9_]*-(tmp-[0-9a-f]+|export-[0-9a-f]+|import)\.img$/;
     await this.removeProbeDebris();
-    for (const prefix of await readdirOrEmpty(this.dirPath)) {
-      const p1 = path.join(this.dirPath, prefix);
-      for (const dom of await readdirOrEmpty(p1)) {
-        const p2 = path.join(p1, dom);
-        const names = await readdirOrEmpty(p2);
-        const gone = names.filter((n) => debris.test(n) && !this.held.has(path.join(p2, n)));
-        for (const n of gone) await fs.unlink(path.join(p2, n)).catch(() => undefined);
-      }
+    // Level by level, LIST_CONCURRENCY directories at a time (thousands of domain directories).
+    for (let level = [this.dirPath]; level.length; ) {
+      const next: string[] = [];
+      await forEachLimit(level, LIST_CONCURRENCY, async (dir) => {
+        for (const d of await readdirEntries(dir)) {
+          const p = path.join(dir, d.name);
+          if (d.isDirectory()) next.push(p);
+          else if (d.isFile() && TEMP_FILE_RE.test(d.name) && !this.held.has(p)) await fs.unlink(p).catch(() => undefined);
+        }
+      });
+      level = next;
     }
   }
 
@@ -188,6 +204,10 @@ export class FileReflinkPool extends Pool {
     checkVid(vid);
     if (vid.split('/').length < 2)
       throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must be DIR/NAME (e.g. appvms/work/private)`);
+    if (!FILE_STEM_RE.test(path.basename(vid)))
+      throw new QubesValueError(
+        `pool ${this.name}: volume id '${vid}': its last part names the image files and must be a letter, then letters, digits or '_'`,
+      );
     return new FileReflinkVolume(this, domain, vid, spec);
   }
 

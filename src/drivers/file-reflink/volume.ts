@@ -71,13 +71,16 @@ export class FileReflinkVolume extends Volume {
     return `${this.where}: ${action}`;
   }
 
-  /** Runs a state change, turning OS errors (ENOSPC...) into StoragePoolException. */
+  /**
+   * Runs a state change, turning OS errors (ENOSPC, EIO...) into
+   * StoragePoolException (an error without a path names the volume's directory).
+   */
   private async guarded<T>(action: string, fn: () => Promise<T>): Promise<T> {
     try {
       await this.pool.sweepOnce();
       return await fn();
     } catch (e) {
-      throw storageError(this.what(action), e);
+      throw storageError(this.what(action), e, this.files.dir);
     }
   }
 
@@ -470,8 +473,13 @@ export class FileReflinkVolume extends Volume {
 
   protected async doExportEnd(path: string): Promise<void> {
     if (!this.pool.isHeld(path)) throw new StoragePoolException(this.what(`not an export in progress: ${path}`));
-    await unlinkIfExists(path);
-    this.pool.release(path);
+    try {
+      await unlinkIfExists(path);
+    } catch (e) {
+      throw storageError(this.what('ending the export failed'), e, path);
+    } finally {
+      this.pool.release(path); // if it could not go, the next open's sweep takes it
+    }
   }
 
   protected async doImportData(size: number): Promise<string> {
@@ -487,12 +495,12 @@ export class FileReflinkVolume extends Volume {
 
   protected async doImportDataEnd(success: boolean): Promise<void> {
     try {
-      if (!success) {
-        await unlinkIfExists(this.files.import);
-        await fsyncDir(this.files.dir);
-        return;
-      }
-      await this.guarded('import failed', async () => {
+      await this.guarded(success ? 'import failed' : 'dropping the import failed', async () => {
+        if (!success) {
+          await unlinkIfExists(this.files.import);
+          await fsyncDir(this.files.dir);
+          return;
+        }
         const s = await this.scan();
         await this.commit(this.files.import, s);
       });

@@ -105,6 +105,10 @@ export class RbdPool extends Pool {
    * and export files that processes no longer alive left in tmp_dir (a crash
    * or a kill in the middle of one).
    */
+  override sweepLeftovers(): Promise<void> {
+    return this.sweepTmpOnce();
+  }
+
   sweepTmpOnce(): Promise<void> {
     this.swept ??= this.sweepTmp().catch(() => undefined);
     return this.swept;

@@ -34,7 +34,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
-import { StoragePoolException } from '../../storage/errors.js';
+import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { CephCommandError, EBUSY, EEXIST, ENOENT, isErrno } from './cli.js';
 import { fileAsDiff } from './diff.js';
@@ -115,6 +115,9 @@ export class RbdVolume extends Volume {
     try {
       return await fn();
     } catch (e) {
+      // Out of space or quota, EIO, read-only: in the Ceph cluster (the command's exit status) or in tmp_dir.
+      const mapped = storageErrnoError(this.what(action), e);
+      if (mapped) throw mapped;
       if (e instanceof CephCommandError) throw new StoragePoolException(this.what(`${action}: ${e.message}`), { cause: e });
       if (e instanceof StoragePoolException) throw e;
       throw new StoragePoolException(this.what(`${action}: ${String(e)}`), { cause: e });
@@ -587,8 +590,11 @@ export class RbdVolume extends Volume {
 
   protected async doExportEnd(p: string): Promise<void> {
     if (!this.exportsHeld.has(p)) throw new StoragePoolException(this.what(`not an export in progress: ${p}`));
-    await fs.rm(p, { force: true });
-    this.exportsHeld.delete(p);
+    try {
+      await this.guarded('ending the export failed', () => fs.rm(p, { force: true }));
+    } finally {
+      this.exportsHeld.delete(p);
+    }
   }
 
   protected async doImportData(size: number): Promise<string> {
