@@ -140,8 +140,13 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     await create('other');
   });
   after(() => rig?.stop());
-  afterEach(() => {
+  // Each test starts from a quiet daemon (a failed one may have left a call
+  // streaming or a domain running), so that each fails only for its own reason.
+  afterEach(async () => {
     for (const sock of liveSockets) sock.destroy();
+    const app = rig.rt.app;
+    await waitFor(() => app.domainList().every((d) => app.holdersOf(d.name).length === 0), 90_000).catch(() => undefined);
+    for (const d of app.domainList()) if (d.isRunning && d.klass !== 'AdminVM') await app.kill(d.name).catch(() => undefined);
   });
 
   test('Start while an import streams is refused at once, naming it; the import then commits exactly its data', LIMIT, async () => {
@@ -240,6 +245,11 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
       await gate;
     });
     const waiting = (what: string) => rig.rt.app.holdersOf('work').some((h) => h.what === what && !h.holding);
+    // A revision to revert to, and known data to grow.
+    assertOk(await call(rig, 'admin.vm.volume.Set.revisions_to_keep', 'work', 'private', '1'), 'revisions_to_keep=1');
+    await importWhole('work', pattern(PRIVATE_SIZE, 15));
+    const base = pattern(PRIVATE_SIZE, 16);
+    await importWhole('work', base);
     try {
       const from = rig.events.length;
       const start = call(rig, 'admin.vm.Start', 'work');
@@ -274,7 +284,7 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     }
     assertOk(await call(rig, 'admin.vm.Shutdown', 'work'), 'Shutdown');
     // The resize grew the committed image (zeros at the end); the rest is what was imported before.
-    const grown = Buffer.concat([pattern(PRIVATE_SIZE, 5), Buffer.alloc(2 * MiB)]);
+    const grown = Buffer.concat([base, Buffer.alloc(2 * MiB)]);
     committed.set('work', hash(grown));
     await checkState();
   });
@@ -376,19 +386,25 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     assert.equal(await sha256(snap2), hash(newRoot), 'a new start sees the imported root');
     assertOk(await call(rig, 'admin.vm.Shutdown', 'app2'), 'Shutdown');
     await checkState();
+    await remove('app2');
+    await remove('tpl2');
+    await checkState();
   });
 
   test('a change of the template\'s kernel is refused while an import streams into a domain based on it (its volumes would be rebuilt)', LIMIT, async () => {
+    await create('tpl3', 'TemplateVM', '');
+    committed.delete('tpl3');
+    await create('app3', 'AppVM', 'tpl3');
     const data = pattern(PRIVATE_SIZE, 13);
-    const live = await importBegun(rig, 'app2', 'private', data);
-    assertError(await call(rig, 'admin.vm.property.Set', 'tpl2', 'kernel', ''), 'QubesVMInUseError', busy('app2', 'import into volume private'), 'kernel of tpl2');
+    const live = await importBegun(rig, 'app3', 'private', data);
+    assertError(await call(rig, 'admin.vm.property.Set', 'tpl3', 'kernel', ''), 'QubesVMInUseError', busy('app3', 'import into volume private'), 'kernel of tpl3');
     live.end(data.subarray(MiB));
     assertOk(decode(await live.reply), 'the import');
-    committed.set('app2', hash(data));
-    assertOk(await call(rig, 'admin.vm.property.Set', 'tpl2', 'kernel', ''), 'kernel of tpl2 afterwards');
+    committed.set('app3', hash(data));
+    assertOk(await call(rig, 'admin.vm.property.Set', 'tpl3', 'kernel', ''), 'kernel of tpl3 afterwards');
     await checkState();
-    await remove('app2');
-    await remove('tpl2');
+    await remove('app3');
+    await remove('tpl3');
     await checkState();
   });
 
