@@ -14,6 +14,8 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { createDispatchContext, runCall, silentLog } from '../../../src/admin/index.js';
 import { decodeReply } from '../../../src/admin/protocol/index.js';
 import { describeEachFs } from '../../helpers/filesystems.js';
 import { listFiles, MiB, pattern, sha256 } from '../../helpers/data.js';
@@ -425,6 +427,24 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     await checkState();
     await remove('work');
     await create('work');
+    await checkState();
+  });
+  test('in-process, as the embedded tools call: the same hold (an import fed by the tool keeps Start and Remove out until it ends)', LIMIT, async () => {
+    const ctx = createDispatchContext({ methods: rig.rt.methods, log: silentLog });
+    const inProcess = async (method: string, dest: string, arg = '', payload: Buffer | PassThrough = Buffer.alloc(0)) =>
+      decode(await runCall(ctx, { method, dest, arg }, payload));
+    const data = pattern(PRIVATE_SIZE, 17);
+    const feed = new PassThrough();
+    const from = rig.events.length;
+    const imp = inProcess(IMPORT, 'work', 'private', feed);
+    feed.write(data.subarray(0, MiB));
+    await eventAfter(rig, from, 'work', 'domain-volume-import-begin');
+    assertError(await inProcess('admin.vm.Start', 'work'), 'QubesVMInUseError', busy('work', 'import into volume private'), 'Start in-process');
+    // The socket and the in-process calls share the App: a socket call is refused alike.
+    assertError(await call(rig, 'admin.vm.Remove', 'work'), 'QubesVMInUseError', busy('work', 'import into volume private'), 'Remove over the socket');
+    feed.end(data.subarray(MiB));
+    assertOk(await imp, 'the in-process import');
+    committed.set('work', hash(data));
     await checkState();
   });
 });
