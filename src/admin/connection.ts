@@ -139,6 +139,10 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
         }
       },
     });
+    // A dropped or vanished client destroys the stream with an error; a method
+    // that stopped reading (aborted, refused) no longer listens, and an
+    // 'error' nobody listens to would take the whole daemon down.
+    stream.on('error', () => {});
     if (rest.length > 0) stream.push(rest);
     idle();
     run(executeCall(ctx, h, res, stream, controller.signal, started));

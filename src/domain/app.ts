@@ -10,11 +10,13 @@
  *   itself all-or-nothing), then commit; a failed commit removes the
  *   volumes again; removeDomain commits first, then removes the volumes;
  * - operations on one domain (start, shutdown, kill, remove, property
- *   changes) run one at a time under its per-domain lock (KeyedMutex);
- *   different domains proceed in parallel;
+ *   changes, and the volume operations of the admin methods) hold it
+ *   (holds.ts, `holdDomain`): one at a time, a change behind a streamed
+ *   import refused at once; different domains proceed in parallel;
  * - a domain another one depends on (template, clone source, default_dispvm,
- *   netvm, a global default) cannot be removed: the check and the marking
- *   happen in one synchronous step, so a concurrent create cannot slip in.
+ *   netvm, a global default) or that an operation reads (`useDomain`: a
+ *   clone's source, an export) cannot be removed, and a removal in progress
+ *   refuses new uses, so a concurrent create cannot slip in.
  *
  * Power state lives in memory (Qubes asks the hypervisor; here the runner
  * is the hypervisor): after a load every domain is Halted, and a volume left
@@ -38,6 +40,7 @@ import {
   StoragePoolException,
 } from '../storage/errors.js';
 import { KeyedMutex } from '../storage/lock.js';
+import { DomainHolds, type HoldSpec } from './holds.js';
 import { checkOptionChange, parseBool, parseInt10, type OptionSpec, type OptionValue } from '../storage/options.js';
 import { checkPoolName, type Pool } from '../storage/pool.js';
 import { DEFAULT_PRIVATE_SIZE, DEFAULT_ROOT_SIZE, defaultVolumeConfigs } from '../storage/volume-sets.js';
@@ -159,8 +162,6 @@ interface PoolEntry {
 
 interface Reservation {
   readonly qid: number;
-  /** Names of the domains the new one depends on (template, clone source). */
-  readonly uses: readonly string[];
   storage: DomainStorage | null;
 }
 
@@ -219,8 +220,8 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly loadedMarks = new Map<Domain, PendingChange>();
   /** Domains whose volumes are being made (saved with a 'create' mark, not listed yet). */
   private readonly creating = new Map<string, Domain>();
-  /** Per-domain operations, keyed by name. */
-  private readonly domainLocks = new KeyedMutex();
+  /** Who holds or uses each domain, keyed by name (holds.ts). */
+  private readonly holds = new DomainHolds();
   /** Saves, one at a time. */
   private readonly commitLock = new KeyedMutex();
   /** Changes waiting for the next save (see commit). */
@@ -865,12 +866,14 @@ export class QubesApp implements DomainHost, StateModel {
     const storage = DomainStorage.init({ domain: d, volumes: configs, template: template?.storage ?? null }, (n) => this.poolOrThrow(n));
     // Everything above is synchronous: the name, qid and the domains used are reserved atomically.
     const uses = [template?.name, copyFrom?.name].filter((x): x is string => !!x);
-    this.reserved.set(o.name, { qid, uses, storage });
+    const release = this.useDomains(uses, `${o.name} (being created from it)`);
+    this.reserved.set(o.name, { qid, storage });
     try {
       d.storage = storage;
       await this.makeVolumes(d, () => (copyFrom ? storage.createAsClone(copyFrom.storage) : storage.create()));
     } finally {
       this.reserved.delete(o.name);
+      release();
     }
     this.announceNewDomain(d);
     return d;
@@ -911,12 +914,14 @@ export class QubesApp implements DomainHost, StateModel {
     }
     this.checkPoolChoiceNames(o, configs);
     const storage = DomainStorage.init({ domain: d, volumes: configs, template: template?.storage ?? null }, (n) => this.poolOrThrow(n));
-    this.reserved.set(dstName, { qid, uses: [src.name, ...(template ? [template.name] : [])], storage });
+    const release = this.useDomains([src.name, ...(template ? [template.name] : [])], `${dstName} (being created from it)`);
+    this.reserved.set(dstName, { qid, storage });
     try {
       d.storage = storage;
       await this.makeVolumes(d, () => storage.createAsClone(src.storage));
     } finally {
       this.reserved.delete(dstName);
+      release();
     }
     this.announceNewDomain(d);
     return d;
@@ -996,7 +1001,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.events.emit('dom0', 'domain-add', { vm: d.name });
   }
 
-  /** Who uses a domain: template of, clone source of, default of, netvm of. */
+  /** Who uses a domain: template of, clone source of, default of, netvm of; what reads it now (useDomain). */
   domainUsers(d: Domain): string[] {
     const users: string[] = [];
     const name = d.name;
@@ -1009,7 +1014,7 @@ export class QubesApp implements DomainHost, StateModel {
     for (const p of this.globals.setPropertyNames()) {
       if (this.globals.propertyDef(p).type === 'vm' && this.globals.prop(p) === d.name) users.push(`global property ${p}`);
     }
-    for (const [n, r] of this.reserved) if (r.uses.includes(d.name)) users.push(`${n} (being created from it)`);
+    users.push(...this.holds.usesOf(d.name));
     return users;
   }
 
@@ -1022,8 +1027,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.checkOpen();
     const d = this.domain(name);
     if (d.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be removed');
-    await this.domainLocks.run(name, async () => {
-      if (this.domains.get(name) !== d) throw new QubesVMNotFoundError(`no such domain: '${printable(name)}'`);
+    await this.holdDomain(d, { what: 'removal', excludesUses: true }, async () => {
       if (d.isRunning) throw new QubesVMNotHaltedError(`domain ${name} is running; shut it down first`);
       const users = this.domainUsers(d);
       if (users.length) throw new QubesVMInUseError(`domain ${name} is in use by: ${users.join(', ')}`);
@@ -1139,8 +1143,7 @@ export class QubesApp implements DomainHost, StateModel {
     const d = this.domain(name);
     if (d.klass === 'AdminVM') return;
     let started = false;
-    await this.domainLocks.run(name, async () => {
-      if (this.domains.get(name) !== d) throw new QubesVMNotFoundError(`no such domain: '${printable(name)}'`);
+    await this.holdDomain(d, { what: 'start' }, async () => {
       if (d.isRunning) return;
       // Every template up the chain must still be there (it cannot be removed while d exists).
       d.templateChain();
@@ -1179,7 +1182,7 @@ export class QubesApp implements DomainHost, StateModel {
     const d = this.domain(name);
     if (d.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be stopped');
     let storageError: unknown = null;
-    await this.domainLocks.run(name, async () => {
+    await this.holdDomain(d, { what: kill ? 'kill' : 'shutdown' }, async () => {
       if (!d.isRunning) throw new QubesVMNotStartedError(`domain ${name} is not running`);
       if (!kill) await this.events.fireVetoable(name, 'domain-pre-shutdown');
       if (kill) await this.runner.kill(d);
@@ -1208,7 +1211,8 @@ export class QubesApp implements DomainHost, StateModel {
     const def = target.propertyDef(name);
     if (def.computed || def.writeOnce)
       throw new QubesPropertyValueError(`${target.holderName}: property ${name} cannot be changed`);
-    await this.onTarget(target, async () => {
+    const refersTo = def.type === 'vm' && typeof value === 'string' ? value : null;
+    await this.onTarget(target, name, refersTo, async () => {
       if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
       const before = propertyText(target.prop(name));
       target.checkProperty(name, value);
@@ -1242,7 +1246,8 @@ export class QubesApp implements DomainHost, StateModel {
     const def = target.propertyDef(name);
     if (def.computed || def.writeOnce)
       throw new QubesPropertyValueError(`${target.holderName}: property ${name} cannot be reset`);
-    await this.onTarget(target, async () => {
+    const dfltRef = def.type === 'vm' ? target.propertyDefault(name) : null;
+    await this.onTarget(target, name, typeof dfltRef === 'string' ? dfltRef : null, async () => {
       if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
       if (!target.isPropertySet(name)) return;
       const before = propertyText(target.prop(name));
@@ -1271,8 +1276,67 @@ export class QubesApp implements DomainHost, StateModel {
     });
   }
 
-  private onTarget<T>(target: PropertyTarget, fn: () => Promise<T>): Promise<T> {
-    return target instanceof Domain ? this.domainLocks.run(target.name, fn) : fn();
+  /**
+   * Runs a property change: holding the domain (for template and kernel also
+   * the domains based on it, whose volume objects are rebuilt), and using the
+   * domain the new value refers to, so that it cannot be removed meanwhile.
+   */
+  private async onTarget<T>(target: PropertyTarget, name: string, refersTo: string | null, fn: () => Promise<T>): Promise<T> {
+    const release = refersTo === null ? () => undefined : this.useDomains([refersTo], `${target.holderName} (setting ${name})`);
+    try {
+      if (!(target instanceof Domain)) return await fn();
+      const also = name === 'template' || name === 'kernel' ? this.dependents(target) : [];
+      return await this.holdDomain(target, { what: `change of property ${name}` }, fn, also);
+    } finally {
+      release();
+    }
+  }
+
+  // ---- holding domains (holds.ts) -----------------------------------------------------------
+
+  /**
+   * Runs `fn` holding the domain `d` (and `also`) against every other change
+   * of it (see holds.ts: waits behind short changes, refused at once behind a
+   * long one). Inside, `d` is still the domain of its name and not being
+   * removed (else QubesVMNotFoundError): a caller that waited finds it as it
+   * now is (e.g. its volume objects, rebuilt by a template change).
+   */
+  async holdDomain<T>(d: Domain, spec: HoldSpec, fn: () => Promise<T>, also: readonly Domain[] = []): Promise<T> {
+    this.checkOpen();
+    return this.holds.run([d.name, ...also.map((x) => x.name)], spec, async () => {
+      if (this.domains.get(d.name) !== d || this.removingDomains.has(d))
+        throw new QubesVMNotFoundError(`no such domain: '${printable(d.name)}'`);
+      return fn();
+    });
+  }
+
+  /**
+   * Records that `what` reads the domain `d` (without changing it) until the
+   * returned function is called: it cannot be removed meanwhile (its removal
+   * lists `what` among its users). Refused while it is being removed.
+   */
+  useDomain(d: Domain, what: string): () => void {
+    this.checkOpen();
+    if (this.domains.get(d.name) !== d || this.removingDomains.has(d))
+      throw new QubesVMNotFoundError(`no such domain: '${printable(d.name)}'`);
+    return this.holds.use(d.name, what);
+  }
+
+  /** Uses several domains by name (no check that they exist: the caller's checks follow); one release for all. */
+  private useDomains(names: readonly string[], what: string): () => void {
+    const releases: Array<() => void> = [];
+    try {
+      for (const n of names) releases.push(this.holds.use(n, what));
+    } catch (e) {
+      for (const r of releases) r();
+      throw e;
+    }
+    return () => releases.forEach((r) => r());
+  }
+
+  /** The changes holding or waiting for domain `name`, the holder first (`import into volume private`). */
+  holdersOf(name: string): Array<{ what: string; holding: boolean }> {
+    return this.holds.holdersOf(name);
   }
 
   private subjectOf(target: PropertyTarget): string {

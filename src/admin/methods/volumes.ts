@@ -18,15 +18,26 @@
  * Our additions to the reference: admin.vm.volume.Export (returns the path
  * of a read-only export of the committed data on this host) and
  * admin.vm.volume.ExportEnd (payload: that path) for `qvm-volume export`.
+ *
+ * Every call that changes a volume holds its domain for its whole duration
+ * (`changeVolume`, App.holdDomain, src/domain/holds.ts): an import from
+ * before its first byte is read until it is committed or rolled back. A
+ * start, shutdown, removal or other volume change of that domain meanwhile
+ * waits for a short call and is refused at once (QubesVMInUseError) behind
+ * an import, which a client paces. The source of a clone and an export in
+ * progress are uses of their domain (App.useDomain): it cannot be removed
+ * until they end.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Domain } from '../../domain/domain.js';
+import type { HoldSpec } from '../../domain/holds.js';
 import {
   PermissionDenied,
   ProtocolError,
   QubesValueError,
+  QubesVMNotFoundError,
   QubesVMNotHaltedError,
   storageError,
 } from '../../storage/errors.js';
@@ -66,7 +77,10 @@ interface CloneToken {
 }
 
 interface HeldExport {
+  readonly domain: Domain;
   readonly volume: Volume;
+  /** Ends the export's use of its domain (App.useDomain). */
+  readonly release: () => void;
 }
 
 function volumePairs(v: Volume): Record<string, string> {
@@ -106,6 +120,21 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
   const exports = new Map<string, HeldExport>();
 
   const emit = (domain: Domain, event: string, pairs: Record<string, string>): void => app.events.emit(domain.name, event, pairs);
+
+  /**
+   * Runs a change of the call's volume holding its domain; `what` names it
+   * in refusals (`import into volume private`). The volume is looked up again
+   * once held: a change that ran before (a template change) may have rebuilt it.
+   */
+  async function changeVolume<T>(
+    call: CallContext,
+    what: (volume: string) => string,
+    fn: (domain: Domain, volume: Volume) => Promise<T>,
+    spec: Omit<HoldSpec, 'what'> = {},
+  ): Promise<T> {
+    const { domain, volume } = destVolume(ctx, call);
+    return app.holdDomain(domain, { ...spec, what: what(volume.name) }, () => fn(domain, destVolume(ctx, call).volume));
+  }
 
   /** A property change of a volume, saved; undone in memory when the save fails. */
   async function changeProperty(domain: Domain, volume: Volume, key: string, apply: () => () => void, value: string): Promise<void> {
@@ -201,8 +230,12 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     }
   }
 
-  async function importCall(call: AdminStreamCall, withSize: boolean): Promise<void> {
-    const { domain, volume } = destVolume(ctx, call);
+  /** Held from before the payload is read until the import is committed or rolled back: a client paces it, hence `long`. */
+  function importCall(call: AdminStreamCall, withSize: boolean): Promise<void> {
+    return changeVolume(call, (v) => `import into volume ${v}`, (domain, volume) => importInto(call, domain, volume, withSize), { long: true });
+  }
+
+  async function importInto(call: AdminStreamCall, domain: Domain, volume: Volume, withSize: boolean): Promise<void> {
     requireHalted(domain, `import into volume ${volume.name}`);
     let size = volume.size;
     let first: Buffer = Buffer.alloc(0);
@@ -254,35 +287,41 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
 
     'admin.vm.volume.Revert': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       // An empty payload reverts to the newest revision.
       const revision = call.payload.length ? validateRevisionId(decodeAscii(call.payload, 'revision')) : undefined;
-      requireHalted(domain, `revert volume ${volume.name}`);
-      const target = revision ?? (await volume.revisions()).at(-1)?.id;
-      await volume.revert(target);
-      await app.save(domain);
-      emit(domain, 'volume-reverted', { ...volumePairs(volume), revision: target ?? '' });
+      await changeVolume(call, (v) => `revert of volume ${v}`, async (domain, volume) => {
+        requireHalted(domain, `revert volume ${volume.name}`);
+        const target = revision ?? (await volume.revisions()).at(-1)?.id;
+        await volume.revert(target);
+        await app.save(domain);
+        emit(domain, 'volume-reverted', { ...volumePairs(volume), revision: target ?? '' });
+      });
     }),
 
     'admin.vm.volume.Resize': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       const size = parseInteger(call.payload, { min: 0, what: 'size' });
-      await volume.resize(size);
-      await app.save(domain);
-      emit(domain, 'volume-resized', { ...volumePairs(volume), size: String(volume.size) });
+      await changeVolume(call, (v) => `resize of volume ${v}`, async (domain, volume) => {
+        await volume.resize(size);
+        await app.save(domain);
+        emit(domain, 'volume-resized', { ...volumePairs(volume), size: String(volume.size) });
+      });
     }),
 
     'admin.vm.volume.Clear': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       requireNoPayload(call);
-      requireHalted(domain, `clear volume ${volume.name}`);
-      const size = volume.size;
-      await volume.importData(size);
-      await volume.importDataEnd(true);
-      await app.save(domain);
-      emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
+      await changeVolume(call, (v) => `clear of volume ${v}`, async (domain, volume) => {
+        requireHalted(domain, `clear volume ${volume.name}`);
+        const size = volume.size;
+        await volume.importData(size);
+        await volume.importDataEnd(true);
+        await app.save(domain);
+        emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
+      });
     }),
 
     'admin.vm.volume.CloneFrom': method(async (call) => {
@@ -303,52 +342,77 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       const entry = tokens.get(text);
       tokens.delete(text);
       if (!entry || entry.expires <= now()) throw new PermissionDenied('unknown or expired clone token');
-      const { domain, volume } = destVolume(ctx, call);
-      const src = entry.volume;
-      if (entry.domain.storage.volumes.get(src.name) !== src || !app.findDomain(entry.domain.name))
-        throw new QubesValueError(`the source volume ${entry.domain.name}:${src.name} no longer exists`);
-      requireHalted(domain, `clone into volume ${volume.name}`);
-      await volume.importVolume(src);
-      await app.save(domain);
-      emit(domain, 'volume-cloned', {
-        ...volumePairs(volume),
-        size: String(volume.size),
-        source: `${entry.domain.name}:${src.name}`,
+      destVolume(ctx, call);
+      const from = entry.domain;
+      const gone = () => new QubesValueError(`the source volume ${from.name}:${entry.volume.name} no longer exists`);
+      await changeVolume(call, (v) => `clone into volume ${v}`, async (domain, volume) => {
+        if (app.findDomain(from.name) !== from) throw gone();
+        // The source domain is used (not held) while its data is copied: it
+        // may start or change meanwhile (the copy is of its committed data,
+        // taken at once), but not be removed.
+        let release: () => void;
+        try {
+          release = from === domain ? () => undefined : app.useDomain(from, `clone of volume ${entry.volume.name} into ${domain.name}:${volume.name}`);
+        } catch (e) {
+          if (e instanceof QubesVMNotFoundError) throw gone();
+          throw e;
+        }
+        try {
+          // The volume as it now is (a template change may have rebuilt the objects since CloneFrom).
+          const src = from.storage.volumes.get(entry.volume.name);
+          if (!src || src.vid !== entry.volume.vid || src.pool !== entry.volume.pool) throw gone();
+          requireHalted(domain, `clone into volume ${volume.name}`);
+          await volume.importVolume(src);
+          await app.save(domain);
+        } finally {
+          release();
+        }
+        emit(domain, 'volume-cloned', {
+          ...volumePairs(volume),
+          size: String(volume.size),
+          source: `${from.name}:${entry.volume.name}`,
+        });
       });
     }),
 
     'admin.vm.volume.Set.revisions_to_keep': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       const n = parseInteger(call.payload, { allowNegative: true, min: -1, what: 'revisions_to_keep' });
-      const old = volume.config().revisions_to_keep ?? null;
-      await changeProperty(domain, volume, 'revisions_to_keep', () => {
-        volume.setRevisionsToKeep(n);
-        return () => volume.setRevisionsToKeep(old);
-      }, String(n));
+      await changeVolume(call, (v) => `change of revisions_to_keep of volume ${v}`, async (domain, volume) => {
+        const old = volume.config().revisions_to_keep ?? null;
+        await changeProperty(domain, volume, 'revisions_to_keep', () => {
+          volume.setRevisionsToKeep(n);
+          return () => volume.setRevisionsToKeep(old);
+        }, String(n));
+      });
     }),
 
     'admin.vm.volume.Set.rw': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       const rw = parseBoolean(call.payload, 'rw');
-      requireHalted(domain, `change rw of volume ${volume.name}`);
-      const old = volume.rw;
-      await changeProperty(domain, volume, 'rw', () => {
-        volume.setRw(rw);
-        return () => volume.setRw(old);
-      }, qbool(rw));
+      await changeVolume(call, (v) => `change of rw of volume ${v}`, async (domain, volume) => {
+        requireHalted(domain, `change rw of volume ${volume.name}`);
+        const old = volume.rw;
+        await changeProperty(domain, volume, 'rw', () => {
+          volume.setRw(rw);
+          return () => volume.setRw(old);
+        }, qbool(rw));
+      });
     }),
 
     'admin.vm.volume.Set.ephemeral': method(async (call) => {
       requireArg(call);
-      const { domain, volume } = destVolume(ctx, call);
+      destVolume(ctx, call);
       const e = parseBoolean(call.payload, 'ephemeral');
-      const old = volume.config().ephemeral ?? null;
-      await changeProperty(domain, volume, 'ephemeral', () => {
-        volume.setEphemeral(e);
-        return () => volume.setEphemeral(old);
-      }, qbool(e));
+      await changeVolume(call, (v) => `change of ephemeral of volume ${v}`, async (domain, volume) => {
+        const old = volume.config().ephemeral ?? null;
+        await changeProperty(domain, volume, 'ephemeral', () => {
+          volume.setEphemeral(e);
+          return () => volume.setEphemeral(old);
+        }, qbool(e));
+      });
     }),
 
     'admin.vm.volume.Import': streamingMethod(async (call) => {
@@ -363,22 +427,34 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
 
     'admin.vm.volume.Export': method(async (call) => {
       requireArg(call);
-      const { volume } = destVolume(ctx, call);
+      const { domain, volume } = destVolume(ctx, call);
       requireNoPayload(call);
-      const path = await volume.export();
-      exports.set(path, { volume });
-      return path;
+      // Until ExportEnd the domain cannot be removed (the export's file lives with its volume).
+      const release = app.useDomain(domain, `export of volume ${volume.name}`);
+      try {
+        const path = await volume.export();
+        exports.set(path, { domain, volume, release });
+        return path;
+      } catch (e) {
+        release();
+        throw e;
+      }
     }),
 
     'admin.vm.volume.ExportEnd': method(async (call) => {
       requireArg(call);
-      const { volume } = destVolume(ctx, call);
+      const { domain, volume } = destVolume(ctx, call);
       const path = decodeUtf8(call.payload, 'export path');
       const held = exports.get(path);
-      if (!held || held.volume !== volume)
+      // The same domain and volume name: the volume object may have been rebuilt since (a template change).
+      if (!held || held.domain !== domain || held.volume.name !== volume.name)
         throw new PermissionDenied(`not an export of volume ${volume.name} in progress: ${JSON.stringify(path.slice(0, 200))}`);
       exports.delete(path);
-      await volume.exportEnd(path);
+      try {
+        await held.volume.exportEnd(path);
+      } finally {
+        held.release();
+      }
     }),
   };
 }

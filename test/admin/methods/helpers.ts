@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { AdminClient, AdminServer, type AdminEvent } from '../../../src/admin/index.js';
+import { AdminClient, AdminServer, type AdminEvent, type AdminServerOptions } from '../../../src/admin/index.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../../../src/daemon/runtime.js';
 import type { TestFs } from '../../helpers/filesystems.js';
 import { MiB } from '../../helpers/data.js';
@@ -32,7 +32,12 @@ export interface Rig {
  * pool `default` in `dir/pool` and serves it on a socket (in a short
  * temporary directory: socket paths are limited to 107 bytes).
  */
-export async function startRig(tfs: TestFs, dir: string, over: Partial<RuntimeOptions> = {}): Promise<Rig> {
+export async function startRig(
+  tfs: TestFs,
+  dir: string,
+  over: Partial<RuntimeOptions> = {},
+  serverOptions: Partial<Pick<AdminServerOptions, 'requestTimeoutMs'>> = {},
+): Promise<Rig> {
   const rt = await openRuntime({
     baseDir: dir,
     storageConf: null,
@@ -45,7 +50,7 @@ export async function startRig(tfs: TestFs, dir: string, over: Partial<RuntimeOp
   const sockDir = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-m-'));
   const socketPath = path.join(sockDir, 's');
   const log = collectingLog();
-  const server = new AdminServer({ socketPath, methods: rt.methods, log, lingerMs: 500 });
+  const server = new AdminServer({ socketPath, methods: rt.methods, log, lingerMs: 500, ...serverOptions });
   await server.listen();
   const events: AdminEvent[] = [];
   const off = rt.bus.subscribe((e) => events.push(e));
