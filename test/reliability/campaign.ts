@@ -17,6 +17,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import type { Stats } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FAILPOINTS } from '../../src/files/failpoint.js';
@@ -26,6 +27,7 @@ import type { QubesApp } from '../../src/domain/app.js';
 import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js';
 import { sha256 } from '../helpers/data.js';
 import { addCampaignPool, openCampaignApp, PAGE, poolDir, PRIVATE_SIZE, REVISIONS_TO_KEEP, ROOT_SIZE, type Op, type Step } from './child.js';
+import { checkBaseDir, KNOWN_PENDING_FIXES } from './base-dir.js';
 import { describeMismatch, expectFrom, revisionsMatch, type Expect } from './expect.js';
 import {
   applyOp,
@@ -331,6 +333,8 @@ export interface Summary {
   checks: { hashesCompared: number; revisionsVerified: number; volumesVerified: number; filesWalked: number };
   /** Recorded sizes found stale (image resized or committed at another size without a state save). */
   staleSizes: number;
+  /** What fixes not merged yet would make violations (base-dir.ts KNOWN_PENDING_FIXES). */
+  pendingFindings: string[];
   violations: string[];
   ms: number;
 }
@@ -420,11 +424,23 @@ export async function runCampaign(o: CampaignOptions): Promise<Summary> {
     opsInterrupted: {},
     checks: { hashesCompared: 0, revisionsVerified: 0, volumesVerified: 0, filesWalked: 0 },
     staleSizes: 0,
+    pendingFindings: [],
     violations: [],
     ms: 0,
   };
+  // The child's journal lives outside the base directory (and, for power cuts, outside the cut filesystem).
+  const journalDir = await fs.mkdtemp(path.join(os.tmpdir(), 'campaign-journal-'));
+  const journal = path.join(journalDir, 'journal.log');
+  try {
+    return await campaignLoop(o, s, rng, journal, t0);
+  } finally {
+    await fs.rm(journalDir, { recursive: true, force: true });
+  }
+}
+
+async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: string, t0: number): Promise<Summary> {
+  const label = o.label ?? '';
   const allFps = declaredFailpoints();
-  const journal = path.join(o.dir, 'journal.log');
 
   // Setup (not crashed): pool `default` and template `tpl`.
   {
@@ -616,6 +632,12 @@ async function checkAfterChild(
       }
     }
 
+    // Every other file of the base directory: a known kind; no temporary file of the state after this open.
+    const base = await checkBaseDir(o.dir, ['default', 'extra'].map((p) => poolDir(o.dir, p)));
+    s.checks.filesWalked += base.files;
+    for (const v of base.violations) fail(v);
+    for (const p of base.pending) s.pendingFindings.push(`seed ${o.seed} iteration ${it}: ${p}`);
+
     // Files in the pools: every one belongs to a volume of a domain; debris goes at the next operation.
     const current = new Map<string, { volKey: string; pool: string; what: string }>();
     for (const pool of ['default', 'extra']) {
@@ -699,6 +721,10 @@ export function formatSummary(s: Summary): string {
     `  checks: ${s.checks.hashesCompared} images and working copies compared by hash, ${s.checks.revisionsVerified} revisions verified, ${s.checks.volumesVerified} volume verify() calls, ${s.checks.filesWalked} pool files classified`,
   );
   lines.push(`  recorded sizes found stale without an interrupted resize/import/revert (harmless: the image's size wins): ${s.staleSizes}`);
+  if (s.pendingFindings.length) {
+    lines.push(`  findings of fixes not merged yet (${[...KNOWN_PENDING_FIXES].join(', ')}): ${s.pendingFindings.length}`);
+    for (const f of s.pendingFindings.slice(0, 5)) lines.push(`    ${f}`);
+  }
   lines.push(`  violations: ${s.violations.length}`);
   for (const v of s.violations.slice(0, 30)) lines.push(`    ${v}`);
   if (s.violations.length > 30) lines.push(`    ... ${s.violations.length - 30} more`);
