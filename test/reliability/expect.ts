@@ -22,7 +22,8 @@ import {
   originVols,
   reverted,
   volKeys,
-  written,
+  withPage,
+  contentKey,
   type Content,
   type DomModel,
   type Model,
@@ -53,7 +54,12 @@ export function short(h: string | null | undefined): string {
 }
 
 /** Applies the journal of a child to (a copy of) the model. */
-export function expectFrom(before: Model, ops: Op[], steps: Step[]): Expect {
+/**
+ * `powerLoss`: the child's end was a power cut, so a domain's writes it did
+ * not flush (the campaign's domains never flush: only a commit makes their
+ * data durable) may each be lost while the data is not committed.
+ */
+export function expectFrom(before: Model, ops: Op[], steps: Step[], powerLoss = false): Expect {
   const m = cloneModel(before);
   const e: Expect = {
     model: m,
@@ -119,7 +125,7 @@ export function expectFrom(before: Model, ops: Op[], steps: Step[]): Expect {
           touch(volKeys(d));
           applyOp(m, op);
         } else {
-          for (const vn of originVols(d)) e.alts.set(`${d.name}/${vn}`, runOutcomes(d.vols.get(vn)!, op, vn, st));
+          for (const vn of originVols(d)) e.alts.set(`${d.name}/${vn}`, runOutcomes(d.vols.get(vn)!, op, vn, st, powerLoss));
           d.running = true;
         }
         break;
@@ -190,22 +196,27 @@ function checkSeen(e: Expect, d: DomModel, started: Step | undefined): void {
 /**
  * The outcomes a run cut short may leave on one origin volume: before the
  * start, the old state (or a working copy of the committed data); after it,
- * a working copy holding every acknowledged write (and maybe the one under
- * way); once the stop began, also that data committed.
+ * a working copy holding every write made (the one under way maybe not;
+ * after a power cut, any of them maybe not: none was flushed); once the stop
+ * began, also all of that data committed (a commit makes it durable before
+ * it renames, so a committed image never lacks a write).
  */
-function runOutcomes(v: VolModel, op: Extract<Op, { kind: 'run' }>, vn: 'private' | 'root', st: Step[]): VolModel[] {
+function runOutcomes(v: VolModel, op: Extract<Op, { kind: 'run' }>, vn: 'private' | 'root', st: Step[], powerLoss: boolean): VolModel[] {
   if (!st.some((s) => s.s === 'started')) return v.work ? [v] : [v, { ...cloneVol(v), work: v.cur }];
   const start = v.work ?? v.cur;
-  let works: Content[] = [start];
-  for (const s of st) {
-    if (s['vol'] !== vn) continue;
-    const k = s['w'] as number;
-    if (s.s === 'writing') works = [written(op, vn, start, k), written(op, vn, start, k + 1)];
-    if (s.s === 'wrote') works = [written(op, vn, start, k + 1)];
-  }
-  const outcomes: VolModel[] = works.map((w) => ({ ...cloneVol(v), work: w }));
-  if (st.some((s) => s.s === 'stopping')) outcomes.push(...works.map((w) => committed(v, w)));
+  const begun = st.filter((s) => s.s === 'writing' && s['vol'] === vn).map((s) => s['w'] as number);
+  const acked = st.filter((s) => s.s === 'wrote' && s['vol'] === vn).map((s) => s['w'] as number);
+  const apply = (ws: number[]): Content => ws.reduce((c, k) => withPage(c, op.writes[k]!.offset, op.writes[k]!.seed), start);
+  const sets = powerLoss ? subsets(begun) : [acked, begun];
+  const works = new Map(sets.map((ws) => apply(ws)).map((c) => [contentKey(c), c]));
+  const outcomes: VolModel[] = [...works.values()].map((w) => ({ ...cloneVol(v), work: w }));
+  if (st.some((s) => s.s === 'stopping')) outcomes.push(committed(v, apply(acked)));
   return outcomes;
+}
+
+/** Every subsequence of `xs`, in order. */
+function subsets(xs: number[]): number[][] {
+  return xs.reduce<number[][]>((acc, x) => [...acc, ...acc.map((a) => [...a, x])], [[]]);
 }
 
 /**
