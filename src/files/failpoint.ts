@@ -42,6 +42,13 @@ export function failpoint(name: string): void {
 
 /** Dies as a failpoint does: SIGKILL, after a power cut of the filesystem when QUBES_STORAGE_FAILPOINT_ACTION asks for one. */
 export function crashNow(): never {
+  cutPowerIfAsked();
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable: SIGKILL did not stop the process');
+}
+
+/** The power cut of QUBES_STORAGE_FAILPOINT_ACTION=shutdown:MOUNTPOINT, if set; else nothing. */
+export function cutPowerIfAsked(): void {
   const action = process.env['QUBES_STORAGE_FAILPOINT_ACTION'] ?? '';
   if (action.startsWith('shutdown:')) {
     const r = spawnSync('xfs_io', ['-x', '-c', 'shutdown', action.slice('shutdown:'.length)], {
@@ -50,8 +57,6 @@ export function crashNow(): never {
     });
     if (r.status !== 0) process.stderr.write(`failpoint: shutdown of ${action.slice(9)} failed (${r.error?.message ?? `exit ${r.status}`})\n`);
   }
-  process.kill(process.pid, 'SIGKILL');
-  throw new Error('unreachable: SIGKILL did not stop the process');
 }
 
 /** Failpoint names declared by the code, so tests can iterate over all of them. */

@@ -26,9 +26,10 @@ const KNOWN_FILES: { re: RegExp; what: string }[] = [
   { re: /^qubes\.xml\.journal$/, what: 'state journal' },
   { re: /^qubes\.xml\.lock$/, what: 'state lock (ours: the checker has the App open)' },
   { re: new RegExp(`^${RUN_STATE_FILE}$`), what: 'daemon run state' },
+  { re: /^storage\.conf$/, what: 'pool configuration' },
 ];
 /** Debris of an atomic write cut short (writeFileAtomic's temporary name). */
-const TEMP_RE = /^\.(qubes\.xml|running-domains)\.tmp-[0-9a-f]+$/;
+const TEMP_RE = /^\.(qubes\.xml|running-domains|storage\.conf)\.tmp-[0-9a-f]+$/;
 /** StateLock.acquire's temporary file (linked as the lock, then unlinked). */
 const LOCK_TEMP_RE = /^\.qubes\.xml\.lock\.[0-9a-f]+$/;
 

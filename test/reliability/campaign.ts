@@ -28,6 +28,7 @@ import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js
 import { sha256 } from '../helpers/data.js';
 import { addCampaignPool, openCampaignApp, PAGE, poolDir, PRIVATE_SIZE, REVISIONS_TO_KEEP, ROOT_SIZE, type Op, type Step } from './child.js';
 import type { LoopFs } from './power-cut.js';
+import { DAEMON_DIED } from './child-daemon.js';
 import { checkBaseDir, KNOWN_PENDING_FIXES } from './base-dir.js';
 import { describeMismatch, expectFrom, revisionsMatch, type Expect } from './expect.js';
 import {
@@ -136,7 +137,7 @@ const WEIGHTS: [Op['kind'], number][] = [
  * same child touches them, since the size of a clone's first revision is one
  * of two (see cloneEmptySizes) and only the checker can tell which.
  */
-function planOp(m: Model, rng: Rng, fresh: Set<string>): Op {
+function planOp(m: Model, rng: Rng, fresh: Set<string>, viaDaemon: boolean): Op {
   const all = [...m.domains.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
   const doms = all.filter((d) => !fresh.has(d.name));
   const templates = all.filter((d) => d.klass === 'TemplateVM');
@@ -152,7 +153,8 @@ function planOp(m: Model, rng: Rng, fresh: Set<string>): Op {
       case 'create':
         return freeA.length > 0;
       case 'clone':
-        return doms.some((d) => (d.klass === 'TemplateVM' ? freeT : freeA).length > 0);
+        // no admin call clones a domain (qvm-clone is create + CloneFrom/CloneTo per volume)
+        return !viaDaemon && doms.some((d) => (d.klass === 'TemplateVM' ? freeT : freeA).length > 0);
       case 'remove':
         return doms.some((d) => d.name !== 'tpl' && !used(d));
       case 'resize':
@@ -319,6 +321,8 @@ export interface CampaignOptions {
    * finished), then a remount, before the check.
    */
   powerCut?: LoopFs;
+  /** Share of children that run their operations through a daemon over its socket (default 0.25). */
+  daemonShare?: number;
 }
 
 export interface Summary {
@@ -329,6 +333,8 @@ export interface Summary {
   crashes: number;
   crashesByFailpoint: Record<string, number>;
   timerKills: number;
+  /** Children that ran their operations through the daemon. */
+  daemonChildren: number;
   /** Power cuts (power-loss campaign): one per child. */
   powerCuts: number;
   /** `run` that ended with the domain running: a host crash while running. */
@@ -374,11 +380,12 @@ function runChild(
   failpoint: string,
   timerAfter: number | null,
   stateJournal: boolean,
+  viaDaemon: boolean,
 ): Promise<ChildResult> {
   const { dir, reflink, powerCut } = o;
   return new Promise((resolve) => {
     const t0 = Date.now();
-    const child = spawn(process.execPath, [CHILD, dir, String(reflink), journal, JSON.stringify(ops)], {
+    const child = spawn(process.execPath, [CHILD, dir, String(reflink), journal, JSON.stringify(ops), viaDaemon ? 'daemon' : 'app'], {
       env: {
         ...process.env,
         QUBES_STORAGE_FAILPOINTS: failpoint,
@@ -389,31 +396,55 @@ function runChild(
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
+    let stdout = '';
+    let daemonPid: number | null = null;
     let timerFired = false;
     let timer: NodeJS.Timeout | undefined;
-    const hang = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
+    const killAll = (): void => {
+      if (daemonPid !== null) killIfAlive(daemonPid);
+      child.kill('SIGKILL');
+    };
+    const hang = setTimeout(killAll, CHILD_TIMEOUT_MS);
     child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
     child.stdout.on('data', (b: Buffer) => {
-      if (timerAfter !== null && timer === undefined && b.toString().includes('R'))
+      stdout += b.toString();
+      const d = /^D (\d+)$/m.exec(stdout);
+      if (d) daemonPid = Number(d[1]);
+      if (timerAfter !== null && timer === undefined && /^R$/m.test(stdout))
         timer = setTimeout(() => {
           timerFired = true;
-          powerCut?.cut(); // the power goes first: the child writes nothing after it
-          child.kill('SIGKILL');
+          powerCut?.cut(); // the power goes first: nothing is written after it
+          killAll();
         }, timerAfter);
     });
-    child.on('close', (code, signal) => {
+    child.on('close', async (code, signal) => {
       clearTimeout(hang);
       if (timer) clearTimeout(timer);
+      // The daemon of a daemon run is gone before anything else looks at its files.
+      if (daemonPid !== null) await killAndWait(daemonPid);
       const ms = Date.now() - t0;
       // After a power cut by the timer the child may fail on EIO before the SIGKILL lands.
       if (timerFired) return resolve({ how: 'timer', stderr, ms });
-      if (signal === 'SIGKILL') {
+      if (signal === 'SIGKILL' || code === DAEMON_DIED) {
         if (ms >= CHILD_TIMEOUT_MS) return resolve({ how: 'error', stderr: `child hung for ${ms} ms\n${stderr}`, ms });
         return resolve({ how: 'failpoint', stderr, ms });
       }
       resolve({ how: code === 0 ? 'done' : 'error', stderr: stderr || `exit ${code} signal ${signal}`, ms });
     });
   });
+}
+
+function killIfAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false; // already gone
+  }
+}
+
+async function killAndWait(pid: number): Promise<void> {
+  while (killIfAlive(pid)) await new Promise((r) => setTimeout(r, 20));
 }
 
 async function readJournal(file: string): Promise<Step[]> {
@@ -443,6 +474,7 @@ export async function runCampaign(o: CampaignOptions): Promise<Summary> {
     crashesByFailpoint: {},
     timerKills: 0,
     powerCuts: 0,
+    daemonChildren: 0,
     crashesWhileRunning: 0,
     failpointNotReached: 0,
     completed: 0,
@@ -493,10 +525,11 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     };
     // Plan.
     const plan = cloneModel(model);
+    const viaDaemon = rng.chance(o.daemonShare ?? 0.25);
     const n = rng.chance(0.6) ? 1 : rng.chance(0.6) ? 2 : 3;
     const ops: Op[] = [];
     const fresh = new Set<string>();
-    for (let k = 0; k < (o.maxOpsPerChild ? Math.min(n, o.maxOpsPerChild) : n); k++) ops.push(planOp(plan, rng, fresh));
+    for (let k = 0; k < (o.maxOpsPerChild ? Math.min(n, o.maxOpsPerChild) : n); k++) ops.push(planOp(plan, rng, fresh, viaDaemon));
     for (const op of ops) bump(s.opsPlanned, op.kind);
     const mode = rng.next();
     const stateJournal = rng.chance(0.5);
@@ -514,7 +547,8 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     context = ` [ops ${JSON.stringify(ops)}, kill ${failpoint || (timerAfter !== null ? `timer ${timerAfter} ms` : 'none')}]`;
     // Run the child.
     await fs.rm(journal, { force: true });
-    const r = await runChild(o, journal, ops, failpoint, timerAfter, stateJournal);
+    const r = await runChild(o, journal, ops, failpoint, timerAfter, stateJournal, viaDaemon);
+    if (viaDaemon) s.daemonChildren++;
     if (o.powerCut) {
       // Every child ends with a power cut (a second one, after a cut at a failpoint or by the
       // timer, changes nothing), then the reboot: unmount, mount, log recovery.
@@ -750,7 +784,7 @@ export function formatSummary(s: Summary): string {
   const lines: string[] = [];
   const sec = (s.ms / 1000).toFixed(1);
   const kind = s.powerCuts ? 'power-loss campaign' : 'crash campaign';
-  lines.push(`${kind}${s.label ? ` on ${s.label}` : ''}: seed ${s.seed}, ${s.iterations} iterations (${s.children} children) in ${sec} s`);
+  lines.push(`${kind}${s.label ? ` on ${s.label}` : ''}: seed ${s.seed}, ${s.iterations} iterations (${s.children} children, ${s.daemonChildren} of them through the daemon's socket) in ${sec} s`);
   if (s.powerCuts) lines.push(`  power cuts (shutdown without log flush, then remount): ${s.powerCuts}, one per child; those during an operation are the crashes below`);
   lines.push(
     `  crashes: ${s.crashes} = ${Object.values(s.crashesByFailpoint).reduce((a, b) => a + b, 0)} at failpoints + ${s.timerKills} by timer + ${s.crashesWhileRunning} while running (domain left running)`,

@@ -7,13 +7,16 @@
 // lets it finish; a `run` that does not stop the domain ends with a SIGKILL
 // of its own (a host crash while the domain runs).
 //
-// Usage: node child.js DIR REFLINK(true|false) JOURNAL OPS_JSON
+// Usage: node child.js DIR REFLINK(true|false) JOURNAL OPS_JSON [app|daemon]
 // Prints "R\n" on stdout once the App is open, just before the first op.
+// `daemon`: the operations go to a daemon over its socket instead
+// (child-daemon.ts).
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { QubesApp } from '../../src/domain/app.js';
 import { crashNow } from '../../src/files/failpoint.js';
+import { runViaDaemon } from './child-daemon.js';
 import { DriverRegistry } from '../../src/registry/drivers.js';
 import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js';
 import type { Volume } from '../../src/storage/volume.js';
@@ -193,9 +196,13 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
 }
 
 async function main(): Promise<void> {
-  const [dir, reflink, journal, opsJson] = process.argv.slice(2);
+  const [dir, reflink, journal, opsJson, mode] = process.argv.slice(2);
   const ops = JSON.parse(opsJson!) as Op[];
   const j = new Journal(journal!);
+  if (mode === 'daemon') {
+    const log = (i: number, s: string, extra: Record<string, unknown> = {}): void => j.log({ i, s, ...extra });
+    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, (pool) => poolDir(dir!, pool));
+  }
   const app = await openCampaignApp(dir!);
   process.stdout.write('R\n');
   try {

@@ -1,6 +1,9 @@
 // npm run crash -- [--iterations N] [--seed S] [--fs xfs|ext4|btrfs|tmp] [--no-timer] [--json FILE] [--quiet]
 // npm run crash -- --power-loss [--iterations N] [--seed S] [--fs xfs|ext4] [--no-timer] [--json FILE] [--quiet]
 //
+// --daemon-share X (0..1, default 0.25): the share of children whose
+// operations go to a real daemon over its socket instead of the App.
+//
 // --power-loss: the power-loss campaign, on its own loop-mounted XFS
 // (default) or ext4 made for the run (power-cut.ts): every child ends with
 // a shutdown of that filesystem without log flush, then a remount; root only.
@@ -24,10 +27,11 @@ interface Args {
   json: string | null;
   quiet: boolean;
   powerLoss: boolean;
+  daemonShare: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false, powerLoss: false };
+  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false, powerLoss: false, daemonShare: 0.25 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const val = (): string => {
@@ -42,6 +46,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--json') a.json = val();
     else if (k === '--quiet' || k === '-q') a.quiet = true;
     else if (k === '--power-loss') a.powerLoss = true;
+    else if (k === '--daemon-share') a.daemonShare = Number(val());
     else throw new Error(`unknown argument ${k}`);
   }
   if (!Number.isSafeInteger(a.iterations) || a.iterations < 1) throw new Error('--iterations must be a positive integer');
@@ -91,6 +96,7 @@ async function main(): Promise<void> {
       timer: a.timer,
       label: where.name,
       powerCut,
+      daemonShare: a.daemonShare,
       onIteration: (i, sum) => {
         if (a.quiet || Date.now() - last < 10_000) return;
         last = Date.now();
