@@ -295,7 +295,8 @@ interface StrayInfo {
   pool: string;
   what: string;
   firstIter: number;
-  mustBeGone: boolean;
+  /** The iteration (and its operations) after which it had to be gone; null: not yet. */
+  mustBeGoneSince: string | null;
 }
 
 // ---- the campaign -------------------------------------------------------------------
@@ -588,7 +589,7 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     // Check.
     const e = expectFrom(model, ops, steps, o.powerCut !== undefined);
     for (const v of e.violations) fail(v);
-    const next = await checkAfterChild(o, e, strays, sizePending, it, s, fail);
+    const next = await checkAfterChild(o, e, strays, sizePending, it, context, s, fail);
     if (next === null) {
       fail('the model cannot follow the observed state; campaign stopped');
       break;
@@ -611,6 +612,8 @@ async function checkAfterChild(
   strays: Map<string, StrayInfo>,
   sizePending: Set<string>,
   it: number,
+  /** This iteration's operations and kill, for messages. */
+  context: string,
   s: Summary,
   fail: (msg: string) => void,
 ): Promise<Model | null> {
@@ -766,12 +769,13 @@ async function checkAfterChild(
       const poolLevel = info.what.startsWith('temporary');
       // (a crash in the interrupted op may have made it again: ext4 reuses inode numbers at once)
       if (e.inFlight.some((n) => info.volKey.includes(`/${n}/`))) continue;
-      if (e.touched.has(info.volKey) || (poolLevel && e.swept.has(info.pool))) info.mustBeGone = true;
+      if (info.mustBeGoneSince === null && (e.touched.has(info.volKey) || (poolLevel && e.swept.has(info.pool))))
+        info.mustBeGoneSince = `iteration ${it} ${context}`;
     }
     for (const [key, cur] of current) {
       const old = strays.get(key);
-      if (old?.mustBeGone) fail(`${key.split('#')[0]}: ${old.what} (first seen after iteration ${old.firstIter}) still there after the next operation`);
-      if (!old) strays.set(key, { ...cur, firstIter: it, mustBeGone: false });
+      if (old?.mustBeGoneSince) fail(`${key.split('#')[0]}: ${old.what} (first seen after iteration ${old.firstIter}) still there after an operation on it completed (${old.mustBeGoneSince})`);
+      if (!old) strays.set(key, { ...cur, firstIter: it, mustBeGoneSince: null });
     }
     for (const key of [...strays.keys()]) if (!current.has(key)) strays.delete(key);
   } finally {
