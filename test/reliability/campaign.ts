@@ -1,10 +1,12 @@
 /**
  * The crash campaign: a seeded, repeatable random walk over the operations
- * users run on domains and volumes, each run in a child process that is
- * killed with SIGKILL at a random failpoint (name and hit count), at a
- * random moment (timer), or not at all; after every child the parent opens
- * the App itself and checks the invariants of the storage contract against
- * a reference model (see checkAfterChild and docs/reliability.md).
+ * users run on domains and volumes, each run in a child process (through the
+ * App, or through a daemon over its socket) that is killed with SIGKILL at a
+ * random failpoint (name and hit count), at a random moment (timer), or not
+ * at all; in the power-loss campaign (`powerCut`) every child also ends with
+ * a power cut of its filesystem and a remount. After every child the parent
+ * opens the App itself and checks the invariants of the storage contract
+ * against a reference model (see checkAfterChild and docs/reliability.md).
  *
  * The model (model.ts) is the campaign's own record of what every origin
  * volume must hold: its committed data, its working copy while a crash left
