@@ -7,7 +7,6 @@
 // call (killed at its failpoint).
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -39,12 +38,14 @@ export async function runViaDaemon(
   log: Log,
   sha: (b: Buffer) => string,
   poolDirOf: (pool: string) => string,
+  socketDir: string,
 ): Promise<void> {
   // Every child is a new boot as far as domains go (there is no hypervisor whose domains outlive a
   // crash of the daemon): what a killed daemon recorded as running is not running any more.
   fs.rmSync(path.join(dir, RUN_STATE_FILE), { force: true });
-  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'qs-cd-'));
-  const socketPath = path.join(sockDir, 'qubesd.sock');
+  // Beside the journal: the parent's temporary directory, removed by the parent even when this
+  // child is killed (a socket path must be short: at most 107 bytes).
+  const socketPath = path.join(socketDir, 'qubesd.sock');
   const daemon = spawn(process.execPath, [DAEMON, dir, socketPath], { stdio: ['ignore', 'ignore', 'pipe'] });
   process.stdout.write(`D ${daemon.pid}\n`);
   let died = false;
@@ -161,5 +162,4 @@ export async function runViaDaemon(
   }
   daemon.kill('SIGTERM');
   await exited;
-  fs.rmSync(sockDir, { recursive: true, force: true });
 }

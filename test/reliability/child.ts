@@ -201,7 +201,7 @@ async function main(): Promise<void> {
   const j = new Journal(journal!);
   if (mode === 'daemon') {
     const log = (i: number, s: string, extra: Record<string, unknown> = {}): void => j.log({ i, s, ...extra });
-    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, (pool) => poolDir(dir!, pool));
+    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, (pool) => poolDir(dir!, pool), path.dirname(journal!));
   }
   const app = await openCampaignApp(dir!);
   process.stdout.write('R\n');
