@@ -2,8 +2,17 @@
  * Named failpoints in the state-changing steps, for crash tests. Off unless
  * QUBES_STORAGE_FAILPOINTS names them: `name` or `name:N` (the Nth time it is
  * reached), several separated by commas. A matching point kills the process
- * with SIGKILL, as a power cut would, so nothing after it runs.
+ * with SIGKILL, so nothing after it runs.
+ *
+ * QUBES_STORAGE_FAILPOINT_ACTION=shutdown:MOUNTPOINT makes it a power cut:
+ * before the SIGKILL, the filesystem at MOUNTPOINT is shut down without
+ * flushing its log (`xfs_io -x -c shutdown`, the FS_IOC_SHUTDOWN ioctl with
+ * NOLOGFLUSH, on XFS and ext4), so whatever was not made durable is lost
+ * once it is mounted again, as after a power cut. For the power-loss
+ * campaign (test/reliability/power-cut.ts); root only.
  */
+import { spawnSync } from 'node:child_process';
+
 const spec = parse(process.env['QUBES_STORAGE_FAILPOINTS'] ?? '');
 const hits = new Map<string, number>();
 /** Every failpoint name reached so far in this process (for tests that list them). */
@@ -27,7 +36,26 @@ export function failpoint(name: string): void {
   hits.set(name, n);
   if (n === want) {
     if (process.env['QUBES_STORAGE_FAILPOINT_TRACE']) process.stderr.write(`failpoint ${name} hit\n`);
-    process.kill(process.pid, 'SIGKILL');
+    crashNow();
+  }
+}
+
+/** Dies as a failpoint does: SIGKILL, after a power cut of the filesystem when QUBES_STORAGE_FAILPOINT_ACTION asks for one. */
+export function crashNow(): never {
+  cutPowerIfAsked();
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable: SIGKILL did not stop the process');
+}
+
+/** The power cut of QUBES_STORAGE_FAILPOINT_ACTION=shutdown:MOUNTPOINT, if set; else nothing. */
+export function cutPowerIfAsked(): void {
+  const action = process.env['QUBES_STORAGE_FAILPOINT_ACTION'] ?? '';
+  if (action.startsWith('shutdown:')) {
+    const r = spawnSync('xfs_io', ['-x', '-c', 'shutdown', action.slice('shutdown:'.length)], {
+      stdio: 'ignore',
+      env: { ...process.env, PATH: `${process.env['PATH'] ?? ''}:/usr/sbin:/sbin` },
+    });
+    if (r.status !== 0) process.stderr.write(`failpoint: shutdown of ${action.slice(9)} failed (${r.error?.message ?? `exit ${r.status}`})\n`);
   }
 }
 

@@ -5,6 +5,7 @@
 // separate connections, compared after every step with the model.
 import { it } from 'node:test';
 import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { describeEachFs } from '../helpers/filesystems.js';
@@ -49,7 +50,16 @@ function daemonSubject(c: AdminClient): Subject {
     templateRoot: () => exported('tpl', 'root'),
     async revisions(n) {
       const ids = (await call('admin.vm.volume.ListSnapshots', n, 'private')).split('\n').filter(Boolean);
-      return { count: ids.length, tags: null };
+      // The API lists ids only: each revision's data is read from its file (IMAGE.ID@TIME), for the
+      // model to compare with what it must hold.
+      const image = (await info(n, 'private'))['path']!.replace(/-dirty\.img$/, '.img');
+      const names = await fs.readdir(path.dirname(image));
+      const tags = [];
+      for (const id of ids) {
+        const file = names.find((f) => f.startsWith(`${path.basename(image)}.${id}@`));
+        tags.push(file ? await read(path.join(path.dirname(image), file)) : `(revision ${id}: no file)`);
+      }
+      return { count: ids.length, tags };
     },
     size: async (n) => Number((await info(n, 'private'))['size']),
     async running(n) {

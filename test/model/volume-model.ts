@@ -10,8 +10,8 @@ export interface OriginModel {
   committed: string;
   /** The working copy while its domain runs. */
   dirty: string | null;
-  /** Oldest first. */
-  revisions: string[];
+  /** Oldest first; each keeps the data and the size it had when committed. */
+  revisions: { data: string; size: number }[];
   size: number;
 }
 
@@ -40,16 +40,17 @@ export function origin(size: number): OriginModel {
 
 /** A commit: the old data becomes the newest revision, the oldest past the limit go. */
 export function commit(o: OriginModel, data: string): void {
-  o.revisions.push(o.committed);
+  o.revisions.push({ data: o.committed, size: o.size });
   while (o.revisions.length > REVISIONS_TO_KEEP) o.revisions.shift();
   o.committed = data;
 }
 
-/** Revert to the newest revision: it leaves the list; the current data becomes the newest. */
+/** Revert to the newest revision: it leaves the list; the current data becomes the newest; the size is the revision's. */
 export function revertNewest(o: OriginModel): void {
   const target = o.revisions.pop()!;
-  o.revisions.push(o.committed);
-  o.committed = target;
+  o.revisions.push({ data: o.committed, size: o.size });
+  o.committed = target.data;
+  o.size = target.size;
 }
 
 export function startVm(m: Model, name: string): void {

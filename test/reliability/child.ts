@@ -1,16 +1,22 @@
 // Crash-campaign child: opens the App of DIR and runs the operations it is
 // given, logging every step to a journal (one JSON line per step, appended
-// and fsynced before the step it announces is taken). The parent kills it
+// and fsynced before the step it announces is taken). The journal says how
+// far the child got; it carries no expected data (the parent's model computes
+// that from the plan), only what a start showed, to be checked. The parent kills it
 // with SIGKILL at a failpoint (QUBES_STORAGE_FAILPOINTS) or on a timer, or
 // lets it finish; a `run` that does not stop the domain ends with a SIGKILL
 // of its own (a host crash while the domain runs).
 //
-// Usage: node child.js DIR REFLINK(true|false) JOURNAL OPS_JSON
+// Usage: node child.js DIR REFLINK(true|false) JOURNAL OPS_JSON [app|daemon]
 // Prints "R\n" on stdout once the App is open, just before the first op.
+// `daemon`: the operations go to a daemon over its socket instead
+// (child-daemon.ts).
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { QubesApp } from '../../src/domain/app.js';
+import { crashNow } from '../../src/files/failpoint.js';
+import { runViaDaemon } from './child-daemon.js';
 import { DriverRegistry } from '../../src/registry/drivers.js';
 import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js';
 import type { Volume } from '../../src/storage/volume.js';
@@ -64,20 +70,6 @@ export function sha(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
 }
 
-/** sha256 of `data` followed by zeros up to `size` bytes. */
-export function shaPadded(data: Buffer, size: number): string {
-  const h = createHash('sha256');
-  h.update(data.subarray(0, Math.min(data.length, size)));
-  let left = size - Math.min(data.length, size);
-  const zeros = Buffer.alloc(1024 * 1024);
-  while (left > 0) {
-    const n = Math.min(left, zeros.length);
-    h.update(zeros.subarray(0, n));
-    left -= n;
-  }
-  return h.digest('hex');
-}
-
 function exists(file: string): boolean {
   try {
     fs.lstatSync(file);
@@ -95,6 +87,15 @@ class Journal {
   log(step: Step): void {
     fs.writeSync(this.fd, JSON.stringify(step) + '\n');
     fs.fsyncSync(this.fd);
+  }
+}
+
+function writeUnflushed(file: string, offset: number, data: Buffer): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
@@ -124,32 +125,25 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
     case 'run': {
       const d = app.domain(op.name);
       await app.start(op.name);
-      // What the domain sees of each origin volume right after the start.
-      const bufs = new Map<string, Buffer>();
+      // What the domain sees of each origin volume right after the start: an
+      // observation the parent checks against its model.
       const seen: Record<string, string> = {};
       for (const name of ['private', 'root']) {
         const v = d.storage.volumes.get(name);
         if (!v || !v.save_on_stop || v.snap_on_start) continue;
-        const b = fs.readFileSync(await v.path());
-        bufs.set(name, b);
-        seen[name] = sha(b);
+        seen[name] = sha(fs.readFileSync(await v.path()));
       }
       log('started', { seen });
-      for (const w of op.writes) {
-        const v = d.storage.get(w.vol);
-        const b = bufs.get(w.vol)!;
-        const data = pattern(PAGE, w.seed);
-        const off = Math.min(w.offset, Math.max(0, b.length - PAGE)) & ~(PAGE - 1);
-        data.copy(b, off);
-        log('writing', { vol: w.vol, h: sha(b) });
-        // One page at a page offset: a kill cannot leave it half written.
-        await writeAt(await v.path(), off, data);
-        log('wrote', { vol: w.vol });
+      for (const [k, w] of op.writes.entries()) {
+        log('writing', { vol: w.vol, w: k });
+        // One page at a page offset: a kill cannot leave it half written. Not flushed, as a
+        // domain's writes often are not: only the commit at the stop makes it durable.
+        writeUnflushed(await d.storage.get(w.vol).path(), w.offset, pattern(PAGE, w.seed));
+        log('wrote', { vol: w.vol, w: k });
       }
       if (!op.stop) {
         log('left-running');
-        process.kill(process.pid, 'SIGKILL');
-        await new Promise(() => undefined);
+        crashNow(); // a host crash (a power cut in the power-loss campaign) while the domain runs
       }
       log('stopping');
       await app.shutdown(op.name);
@@ -157,10 +151,7 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
     }
     case 'resize': {
       const v = app.domain(op.name).storage.get('private');
-      const f = files(v);
-      const clean = fs.readFileSync(f.clean);
-      const work = exists(f.dirty) ? fs.readFileSync(f.dirty) : null;
-      log('resizing', { clean: shaPadded(clean, op.size), work: work ? shaPadded(work, op.size) : null, size: op.size, cleanSize: clean.length });
+      log('resizing');
       try {
         await v.resize(op.size);
       } catch (e) {
@@ -175,14 +166,11 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
     }
     case 'revert': {
       const v = app.domain(op.name).storage.get('private');
-      const revs = await v.revisions();
-      const newest = revs.at(-1);
-      if (!newest || exists(files(v).dirty)) {
-        log('skip', { why: newest ? 'dirty' : 'no revision' });
+      if ((await v.revisions()).length === 0 || exists(files(v).dirty)) {
+        log('skip', { why: exists(files(v).dirty) ? 'dirty' : 'no revision' });
         break;
       }
-      const h = sha(fs.readFileSync(files(v).revision(Number(newest.id), newest.time)));
-      log('reverting', { h });
+      log('reverting');
       await v.revert();
       log('reverted');
       await app.save(); // as admin.vm.volume.Revert does: the size may have changed
@@ -196,12 +184,8 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
       }
       const p = await v.importData(op.size);
       log('import-open');
-      const data = pattern(PAGE, op.seed);
-      const img = Buffer.alloc(op.size);
-      const off = Math.min(op.offset, op.size - PAGE) & ~(PAGE - 1);
-      data.copy(img, off);
-      log('importing', { h: sha(img), size: op.size });
-      await writeAt(p, off, data);
+      await writeAt(p, op.offset, pattern(PAGE, op.seed));
+      log('importing');
       await v.importDataEnd(true);
       log('imported');
       await app.save();
@@ -212,9 +196,13 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
 }
 
 async function main(): Promise<void> {
-  const [dir, reflink, journal, opsJson] = process.argv.slice(2);
+  const [dir, reflink, journal, opsJson, mode] = process.argv.slice(2);
   const ops = JSON.parse(opsJson!) as Op[];
   const j = new Journal(journal!);
+  if (mode === 'daemon') {
+    const log = (i: number, s: string, extra: Record<string, unknown> = {}): void => j.log({ i, s, ...extra });
+    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, (pool) => poolDir(dir!, pool), path.dirname(journal!));
+  }
   const app = await openCampaignApp(dir!);
   process.stdout.write('R\n');
   try {

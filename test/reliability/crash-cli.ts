@@ -1,4 +1,12 @@
 // npm run crash -- [--iterations N] [--seed S] [--fs xfs|ext4|btrfs|tmp] [--no-timer] [--json FILE] [--quiet]
+// npm run crash -- --power-loss [--iterations N] [--seed S] [--fs xfs|ext4] [--no-timer] [--json FILE] [--quiet]
+//
+// --daemon-share X (0..1, default 0.25): the share of children whose
+// operations go to a real daemon over its socket instead of the App.
+//
+// --power-loss: the power-loss campaign, on its own loop-mounted XFS
+// (default) or ext4 made for the run (power-cut.ts): every child ends with
+// a shutdown of that filesystem without log flush, then a remount; root only.
 //
 // A long crash campaign (see campaign.ts and docs/reliability.md) on a
 // filesystem prepared by scripts/with-test-fs.sh: XFS by default, else
@@ -9,6 +17,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatSummary, runCampaign } from './campaign.js';
+import { LoopFs, type PowerCutFs } from './power-cut.js';
 
 interface Args {
   iterations: number;
@@ -17,10 +26,12 @@ interface Args {
   timer: boolean;
   json: string | null;
   quiet: boolean;
+  powerLoss: boolean;
+  daemonShare: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false };
+  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false, powerLoss: false, daemonShare: 0.25 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const val = (): string => {
@@ -34,10 +45,13 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--no-timer') a.timer = false;
     else if (k === '--json') a.json = val();
     else if (k === '--quiet' || k === '-q') a.quiet = true;
+    else if (k === '--power-loss') a.powerLoss = true;
+    else if (k === '--daemon-share') a.daemonShare = Number(val());
     else throw new Error(`unknown argument ${k}`);
   }
   if (!Number.isSafeInteger(a.iterations) || a.iterations < 1) throw new Error('--iterations must be a positive integer');
   if (!Number.isSafeInteger(a.seed)) throw new Error('--seed must be an integer');
+  if (a.powerLoss && a.fs !== null && a.fs !== 'xfs' && a.fs !== 'ext4') throw new Error('--power-loss runs on xfs or ext4');
   return a;
 }
 
@@ -62,7 +76,13 @@ function pickRoot(want: string | null): { name: string; root: string; reflink: b
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
-  const where = pickRoot(a.fs);
+  let where: { name: string; root: string; reflink: boolean; note: string };
+  let powerCut: LoopFs | undefined;
+  if (a.powerLoss) {
+    const kind = (a.fs ?? 'xfs') as PowerCutFs;
+    powerCut = LoopFs.create(kind);
+    where = { name: kind, root: powerCut.mnt, reflink: kind === 'xfs', note: '' };
+  } else where = pickRoot(a.fs);
   if (where.note) process.stderr.write(`${where.note}\n`);
   const dir = await fs.mkdtemp(path.join(where.root, `crash-${a.seed}-`));
   const t0 = Date.now();
@@ -75,6 +95,8 @@ async function main(): Promise<void> {
       iterations: a.iterations,
       timer: a.timer,
       label: where.name,
+      powerCut,
+      daemonShare: a.daemonShare,
       onIteration: (i, sum) => {
         if (a.quiet || Date.now() - last < 10_000) return;
         last = Date.now();
@@ -85,13 +107,14 @@ async function main(): Promise<void> {
     if (a.json) await fs.writeFile(a.json, JSON.stringify(s, null, 2) + '\n');
     if (s.violations.length) {
       process.stdout.write(
-        `replay: npm run crash -- --fs ${where.name} --seed ${a.seed} --iterations N (N = the iteration named above; ` +
+        `replay: npm run crash --${a.powerLoss ? ' --power-loss' : ''} --fs ${where.name} --seed ${a.seed} --iterations N (N = the iteration named above; ` +
           `add --no-timer if no timer kill led to it: timer moments are not reproducible)\n`,
       );
       process.exitCode = 1;
     }
   } finally {
-    await fs.rm(dir, { recursive: true, force: true });
+    if (powerCut) powerCut.disposeSync();
+    else await fs.rm(dir, { recursive: true, force: true });
   }
 }
 
