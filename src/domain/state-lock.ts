@@ -78,6 +78,36 @@ async function ownerAlive(o: Owner): Promise<boolean> {
   return start === o.start;
 }
 
+/**
+ * Temporary files of acquire and reclaimIfStale that a process killed
+ * between making and removing them left beside the lock: `.FILE.lock.PID-HEX`
+ * and `FILE.lock.stale-PID-HEX`. Only the lock's owner sweeps them (no other
+ * process makes them while it holds the lock, except a reclaimer that read
+ * the stale lock just before us: its files carry its pid, alive), and only
+ * those whose process is gone. A stale-* file of a live reclaimer may hold
+ * our own lock for a moment: it is never touched.
+ */
+async function sweepLockLeftovers(lockFile: string): Promise<void> {
+  const dir = path.dirname(lockFile);
+  const base = path.basename(lockFile).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const re = new RegExp(`^(?:\\.${base}\\.|${base}\\.stale-)([1-9][0-9]{0,9})-[0-9a-f]{12}$`);
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch {
+    return;
+  }
+  let removed = false;
+  for (const name of names) {
+    const m = re.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || pidAlive(pid)) continue;
+    removed = (await unlinkIfExists(path.join(dir, name))) || removed;
+  }
+  if (removed) await fsyncDir(dir);
+}
+
 export class StateLock {
   private constructor(
     readonly lockFile: string,
@@ -97,7 +127,8 @@ export class StateLock {
     const start = await processStart(process.pid);
     const content = `${process.pid} ${typeof start === 'string' ? start : '-'}\n`;
     for (let attempt = 0; attempt < 5; attempt++) {
-      const tmp = path.join(dir, `.${path.basename(lockFile)}.${randomSuffix()}`);
+      // The pid in the name lets the next owner sweep it if we die before the unlink below.
+      const tmp = path.join(dir, `.${path.basename(lockFile)}.${process.pid}-${randomSuffix()}`);
       const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       try {
         await fh.writeFile(content);
@@ -108,6 +139,7 @@ export class StateLock {
       try {
         await fs.link(tmp, lockFile);
         await fsyncDir(dir);
+        await sweepLockLeftovers(lockFile);
         return new StateLock(lockFile, content);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
@@ -139,7 +171,7 @@ export class StateLock {
       throw new StateLockedError(
         `state file ${stateFile} is in use by process ${owner.pid}${owner.pid === process.pid ? ' (this process)' : ''} (lock file ${lockFile})`,
       );
-    const aside = `${lockFile}.stale-${randomSuffix()}`;
+    const aside = `${lockFile}.stale-${process.pid}-${randomSuffix()}`;
     try {
       await fs.rename(lockFile, aside);
     } catch (e) {

@@ -74,6 +74,27 @@ describe('state file lock', () => {
     }
   });
 
+  it("sweeps the temporary files of dead processes' acquires and reclaims, and keeps live ones", async () => {
+    const child = spawn(process.execPath, ['-e', '0']);
+    const dead = child.pid!;
+    await new Promise((resolve) => child.on('exit', resolve));
+    // What a process killed inside acquire or reclaimIfStale leaves, by a dead and by a live pid.
+    const hex = 'a1b2c3d4e5f6';
+    const deadFiles = [`.qubes.xml.lock.${dead}-${hex}`, `qubes.xml.lock.stale-${dead}-${hex}`];
+    const liveFiles = [`.qubes.xml.lock.${process.ppid}-${hex}`, `qubes.xml.lock.stale-${process.ppid}-${hex}`];
+    const others = ['.qubes.xml.lock.x', `.qubes.xml.lock.${dead}-${hex}0`, `.qubes.xml.tmp.lock.${dead}-${hex}`];
+    for (const n of [...deadFiles, ...liveFiles, ...others]) await fs.writeFile(path.join(dir, n), `${dead} 1\n`);
+    const { app } = await openApp(dir);
+    try {
+      const left = await fs.readdir(dir);
+      for (const n of deadFiles) assert.ok(!left.includes(n), `${n} (dead process) is swept`);
+      for (const n of [...liveFiles, ...others]) assert.ok(left.includes(n), `${n} is kept`);
+    } finally {
+      await app.close();
+      for (const n of [...liveFiles, ...others]) await fs.rm(path.join(dir, n));
+    }
+  });
+
   it('refuses a lock file with unexpected content instead of guessing', async () => {
     await fs.writeFile(lockFile(), 'garbage');
     await assert.rejects(openApp(dir), /unexpected content/);

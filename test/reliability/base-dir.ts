@@ -12,13 +12,11 @@ import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
  * Fixes that are being made elsewhere and not merged here yet. While a name
  * is listed, what it would catch is counted as a finding (printed in the
  * summary) instead of a violation; remove the name once the fix is in.
- * - `state-temp-sweep`: the App removes `.qubes.xml.tmp-*` left by a crash at
- *   its next open (being added to the App);
- * - `lock-temp-sweep`: the same for `.qubes.xml.lock.*`, the temporary file
- *   StateLock.acquire links as the lock (a crash between its creation and
- *   its unlink leaves it; found by this check, not fixed yet).
+ * Empty now: the App sweeps the state's temporaries at open
+ * (`state-temp-sweep`), StateLock.acquire those of dead processes' acquires
+ * (`lock-temp-sweep`, found by this check).
  */
-export const KNOWN_PENDING_FIXES = new Set<string>(['state-temp-sweep', 'lock-temp-sweep']);
+export const KNOWN_PENDING_FIXES = new Set<string>();
 
 /** Files of the state and of the daemon that may be in the base directory, by name. */
 const KNOWN_FILES: { re: RegExp; what: string }[] = [
@@ -30,8 +28,12 @@ const KNOWN_FILES: { re: RegExp; what: string }[] = [
 ];
 /** Debris of an atomic write cut short (writeFileAtomic's temporary name). */
 const TEMP_RE = /^\.(qubes\.xml|running-domains|storage\.conf)\.tmp-[0-9a-f]+$/;
-/** StateLock.acquire's temporary file (linked as the lock, then unlinked). */
-const LOCK_TEMP_RE = /^\.qubes\.xml\.lock\.[0-9a-f]+$/;
+/** StateLock's temporary files: acquire's (linked as the lock, then unlinked) and a reclaim's stale lock set aside. */
+const LOCK_TEMP_RE = /^(\.qubes\.xml\.lock\.|qubes\.xml\.lock\.stale-)([0-9]+-)?[0-9a-f]+$/;
+/** The backups of the last good states (src/domain/state-backups.ts), in BACKUP_DIR. */
+const BACKUP_DIR = 'backup';
+const BACKUP_RE = /^qubes-[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z(-[0-9]+)?\.xml$/;
+const BACKUP_TEMP_RE = /^\.qubes-backup\.tmp-[0-9a-f]+$/;
 
 export interface BaseDirReport {
   files: number;
@@ -60,11 +62,22 @@ export async function checkBaseDir(base: string, poolDirs: string[]): Promise<Ba
       const rel = path.relative(base, full);
       if (en.isDirectory()) {
         if (skip.has(full)) continue;
+        if (dir === base && en.name === BACKUP_DIR) {
+          await visit(full);
+          continue;
+        }
         r.violations.push(`unknown directory ${rel} in the base directory`);
         continue;
       }
       r.files++;
       if (dir === base && KNOWN_FILES.some((k) => k.re.test(en.name)) && en.isFile()) continue;
+      if (path.basename(dir) === BACKUP_DIR && path.dirname(dir) === base) {
+        if (BACKUP_RE.test(en.name) && en.isFile()) continue;
+        if (BACKUP_TEMP_RE.test(en.name)) {
+          r.violations.push(`${rel}: a temporary file of a state backup, still there after the next open`);
+          continue;
+        }
+      }
       if (dir === base && TEMP_RE.test(en.name)) {
         const msg = `${rel}: a temporary file of an atomic state write, still there after the next open`;
         (KNOWN_PENDING_FIXES.has('state-temp-sweep') ? r.pending : r.violations).push(msg);
