@@ -3,18 +3,18 @@
 // the way back, backups of the last good states (bounded, 0600, crash-safe),
 // temporaries of the state swept at open, and state saves on a really full
 // filesystem answering a Qubes-named error while the old state stays.
-import { describe, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describeEachFs } from '../helpers/filesystems.js';
-import { MiB } from '../helpers/data.js';
 import { openApp, newApp } from './helpers.js';
 import { StateFileError } from '../../src/domain/xml.js';
 import { StoragePoolException } from '../../src/storage/errors.js';
 import { readStateText, StateDocument } from '../../src/domain/state-file.js';
+import { describeEachSmallFs, fillFilesystem, unfill } from '../helpers/small-fs.js';
 
 async function exists(p: string): Promise<boolean> {
   return fs.lstat(p).then(
@@ -279,106 +279,72 @@ test('state save errors name what failed: EROFS for real (a tmpfs remounted read
   }
 });
 
-const SMALL = [
-  { name: 'small-xfs', root: process.env['QS_TEST_SMALL_XFS'] },
-  { name: 'small-ext4', root: process.env['QS_TEST_SMALL_EXT4'] },
-];
-
-/** Writes into `file` until the filesystem refuses (big chunks, then small ones); returns the bytes written. */
-async function fill(file: string): Promise<number> {
-  const fh = await fs.open(file, 'w');
-  let pos = 0;
-  try {
-    for (const chunk of [MiB, 64 * 1024, 4096, 512]) {
-      const buf = Buffer.alloc(chunk, 1);
-      for (;;) {
-        try {
-          const { bytesWritten } = await fh.write(buf, 0, chunk, pos);
-          pos += bytesWritten;
-          if (bytesWritten < chunk) break;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw e;
-        }
+describeEachSmallFs('state saves on a full filesystem', (small) => {
+  test('a save that does not fit answers a StoragePoolException naming the place and ENOSPC; the old state stays loadable', async () => {
+    const dir = await fs.mkdtemp(path.join(small.root, 'state-full-'));
+    const fillers: string[] = [];
+    try {
+      const { app } = await openApp(dir, { backups: 0 });
+      await app.addPool('file-reflink', 'default', { dir_path: path.join(dir, 'pool'), setup_check: false });
+      await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+      const before = await fs.readFile(path.join(dir, 'qubes.xml'));
+      await fillFilesystem(dir, fillers);
+      for (const change of [
+        () => app.setFeature(app.domain('tpl'), 'big', 'x'.repeat(4000)),
+        () => app.createDomain({ klass: 'TemplateVM', name: 'tpl2', label: 'red' }),
+      ]) {
+        await assert.rejects(change(), (e: Error) => {
+          assert.ok(e instanceof StoragePoolException, `${e.name}: ${e.message}`);
+          assert.match(e.message, new RegExp(`^cannot save the state to ${dir}/qubes\\.xml: no space left on the filesystem of ${dir} \\(ENOSPC\\)$`));
+          return true;
+        });
       }
-    }
-    await fh.sync().catch(() => undefined);
-  } finally {
-    await fh.close();
-  }
-  return pos;
-}
-
-for (const small of SMALL) {
-  describe_(`state saves on a full filesystem [${small.name}]`, small.root, () => {
-    test('a save that does not fit answers a StoragePoolException naming the place and ENOSPC; the old state stays loadable', async () => {
-      const dir = await fs.mkdtemp(path.join(small.root!, 'state-full-'));
+      // Still full: the file on disk is the old state, whole, and it parses.
+      assert.deepEqual(await fs.readFile(path.join(dir, 'qubes.xml')), before);
+      StateDocument.parse((await readStateText(path.join(dir, 'qubes.xml')))!, 'qubes.xml');
+      assert.deepEqual((await fs.readdir(dir)).filter((n) => n.includes('.tmp-')), [], 'no temporary left');
+      assert.ok(!app.domain('tpl').features.has('big'), 'the failed change was undone in memory');
+      await unfill(fillers);
+      await app.close();
+      const { app: again } = await openApp(dir, { backups: 0 });
       try {
-        const { app } = await openApp(dir, { backups: 0 });
-        await app.addPool('file-reflink', 'default', { dir_path: path.join(dir, 'pool'), setup_check: false });
-        await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
-        const before = await fs.readFile(path.join(dir, 'qubes.xml'));
-        await fill(path.join(dir, 'filler'));
-        for (const change of [
-          () => app.setFeature(app.domain('tpl'), 'big', 'x'.repeat(4000)),
-          () => app.createDomain({ klass: 'TemplateVM', name: 'tpl2', label: 'red' }),
-        ]) {
-          await assert.rejects(change(), (e: Error) => {
-            assert.ok(e instanceof StoragePoolException, `${e.name}: ${e.message}`);
-            assert.match(e.message, new RegExp(`^cannot save the state to ${dir}/qubes\\.xml: no space left on the filesystem of ${dir} \\(ENOSPC\\)$`));
-            return true;
-          });
-        }
-        // Still full: the file on disk is the old state, whole, and it parses.
-        assert.deepEqual(await fs.readFile(path.join(dir, 'qubes.xml')), before);
-        StateDocument.parse((await readStateText(path.join(dir, 'qubes.xml')))!, 'qubes.xml');
-        assert.deepEqual((await fs.readdir(dir)).filter((n) => n.includes('.tmp-')), [], 'no temporary left');
-        assert.ok(!app.domain('tpl').features.has('big'), 'the failed change was undone in memory');
-        await fs.unlink(path.join(dir, 'filler'));
-        await app.close();
-        const { app: again } = await openApp(dir, { backups: 0 });
-        try {
-          assert.deepEqual(again.domainList().map((d) => d.name).sort(), ['dom0', 'tpl']);
-        } finally {
-          await again.close();
-        }
+        assert.deepEqual(again.domainList().map((d) => d.name).sort(), ['dom0', 'tpl']);
       } finally {
-        await fs.rm(dir, { recursive: true, force: true });
+        await again.close();
       }
-    });
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
 
-    test('a save that fits once backups are gone removes backups (oldest first) instead of failing', async () => {
-      const dir = await fs.mkdtemp(path.join(small.root!, 'state-room-'));
-      try {
-        let { app } = await openApp(dir, { backups: 3 });
-        // A state of some size, so that each backup holds real blocks.
-        await app.addPool('file-reflink', 'default', { dir_path: path.join(dir, 'pool'), setup_check: false });
-        await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
-        for (let i = 0; i < 3; i++) {
-          for (let f = 0; f < 20; f++) await app.setFeature(app.domain('tpl'), `f${f}`, `${i}`.repeat(4000));
-          await app.close();
-          ({ app } = await openApp(dir, { backups: 3 }));
-        }
-        assert.equal((await backupsIn(dir)).length, 3);
-        const notes: string[] = [];
-        await app.close();
-        ({ app } = await openApp(dir, { backups: 3, notice: (l) => notes.push(l) }));
-        await fill(path.join(dir, 'filler'));
-        await app.setFeature(app.domain('tpl'), 'f0', 'changed'.repeat(500));
-        assert.ok(notes.some((l) => /removed the oldest backup/.test(l)), notes.join('\n'));
-        assert.ok((await backupsIn(dir)).length < 3, 'backups gave their room');
-        await fs.unlink(path.join(dir, 'filler'));
+  test('a save that fits once backups are gone removes backups (oldest first) instead of failing', async () => {
+    const dir = await fs.mkdtemp(path.join(small.root, 'state-room-'));
+    const fillers: string[] = [];
+    try {
+      let { app } = await openApp(dir, { backups: 3 });
+      // A state of some size, so that each backup holds real blocks.
+      await app.addPool('file-reflink', 'default', { dir_path: path.join(dir, 'pool'), setup_check: false });
+      await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+      for (let i = 0; i < 3; i++) {
+        for (let f = 0; f < 20; f++) await app.setFeature(app.domain('tpl'), `f${f}`, `${i}`.repeat(4000));
         await app.close();
         ({ app } = await openApp(dir, { backups: 3 }));
-        assert.equal(app.domain('tpl').features.get('f0'), 'changed'.repeat(500));
-        await app.close();
-      } finally {
-        await fs.rm(dir, { recursive: true, force: true });
       }
-    });
+      assert.equal((await backupsIn(dir)).length, 3);
+      const notes: string[] = [];
+      await app.close();
+      ({ app } = await openApp(dir, { backups: 3, notice: (l) => notes.push(l) }));
+      await fillFilesystem(dir, fillers);
+      await app.setFeature(app.domain('tpl'), 'f0', 'changed'.repeat(500));
+      assert.ok(notes.some((l) => /removed the oldest backup/.test(l)), notes.join('\n'));
+      assert.ok((await backupsIn(dir)).length < 3, 'backups gave their room');
+      await unfill(fillers);
+      await app.close();
+      ({ app } = await openApp(dir, { backups: 3 }));
+      assert.equal(app.domain('tpl').features.get('f0'), 'changed'.repeat(500));
+      await app.close();
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
-}
-
-function describe_(title: string, root: string | undefined, body: () => void): void {
-  describe(title, { skip: root ? false : `${title}: QS_TEST_SMALL_* not set: run through scripts/with-test-fs.sh as root` }, body);
-}
+});

@@ -2,7 +2,8 @@
 // the spec reporter) that counts the tests that passed, failed and were
 // skipped per place they ran on: the filesystem or cluster named by the
 // `[xfs]`, `[btrfs]`, `[ext4]`, `[ceph]` tag of an enclosing suite
-// (describeEachFs, describeRbd), else `other`. It yields nothing; at the end
+// (describeEachFs, describeRbd; `[small-xfs]` of describeEachSmallFs counts
+// as xfs), else `other`. It yields nothing; at the end
 // it writes the counts as JSON to QS_TEST_COUNTS_FILE, which run-tests.sh
 // prints and, with QS_TEST_REQUIRE=1, checks: a place where nothing ran, or
 // where something was skipped, fails the run.
@@ -11,7 +12,7 @@ import { writeFileSync } from 'node:fs';
 export const PLACES = ['xfs', 'btrfs', 'ext4', 'ceph'] as const;
 export type Counts = Record<string, { passed: number; failed: number; skipped: number }>;
 
-const TAG = /\[(xfs|btrfs|ext4|ceph)\]/;
+const TAG = /\[(?:small-)?(xfs|btrfs|ext4|ceph)\]/;
 
 interface TestEventData {
   name: string;
