@@ -28,6 +28,7 @@ import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { fsyncDir, randomSuffix, unlinkIfExists } from '../files/files.js';
+import { processAlive } from '../files/process.js';
 import { QubesException } from '../storage/errors.js';
 
 export class StateLockedError extends QubesException {}
@@ -46,7 +47,7 @@ async function processStart(pid: number): Promise<string | null | 'gone'> {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ESRCH') {
       // Either the process is gone or there is no /proc: ask the kernel.
-      return pidAlive(pid) ? null : 'gone';
+      return processAlive(pid) ? null : 'gone';
     }
     return null;
   }
@@ -55,14 +56,6 @@ async function processStart(pid: number): Promise<string | null | 'gone'> {
   return rest[19] ?? null; // field 22 = index 19 after (pid, comm)
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function parseOwner(text: string): Owner | null {
   const m = /^([1-9][0-9]{0,9})(?: ([0-9]{1,20}|-))?\n?$/.exec(text);
@@ -74,7 +67,7 @@ function parseOwner(text: string): Owner | null {
 async function ownerAlive(o: Owner): Promise<boolean> {
   const start = await processStart(o.pid);
   if (start === 'gone') return false;
-  if (start === null || o.start === null) return pidAlive(o.pid);
+  if (start === null || o.start === null) return processAlive(o.pid);
   return start === o.start;
 }
 
@@ -102,7 +95,7 @@ async function sweepLockLeftovers(lockFile: string): Promise<void> {
     const m = re.exec(name);
     if (!m) continue;
     const pid = Number(m[1]);
-    if (pid === process.pid || pidAlive(pid)) continue;
+    if (pid === process.pid || processAlive(pid)) continue;
     removed = (await unlinkIfExists(path.join(dir, name))) || removed;
   }
   if (removed) await fsyncDir(dir);

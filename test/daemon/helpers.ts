@@ -1,5 +1,6 @@
 // Runs the real qubesd as a child process for the daemon tests.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { after } from 'node:test';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -84,4 +85,26 @@ export async function ensureDead(d: DaemonProc | undefined): Promise<void> {
   if (!d || d.child.exitCode !== null || d.child.signalCode !== null) return;
   d.child.kill('SIGKILL');
   await d.exited;
+}
+
+/**
+ * What a test file's daemons need, cleaned up after all its tests: `sock()`
+ * gives a socket path in a fresh directory, `running` takes the daemons to
+ * kill if a test left them running.
+ */
+export function daemonScope(): { sock(): Promise<string>; running: DaemonProc[] } {
+  const running: DaemonProc[] = [];
+  const dirs: string[] = [];
+  after(async () => {
+    for (const d of running) await ensureDead(d);
+    for (const s of dirs) await fs.rm(s, { recursive: true, force: true });
+  });
+  return {
+    running,
+    async sock() {
+      const d = await socketDir();
+      dirs.push(d);
+      return path.join(d, 'qubesd.sock');
+    },
+  };
 }

@@ -2,7 +2,7 @@
 // restart (state loads, volumes recover per the crash contract), SIGTERM
 // finishing an in-flight call, the state lock against a second daemon, the
 // policy file and the per-call log line.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -12,20 +12,9 @@ import { openRuntime } from '../../src/daemon/runtime.js';
 import { PermissionDenied } from '../../src/storage/errors.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { listFiles, MiB, pattern, readAt, sha256, writeAt } from '../helpers/data.js';
-import { ensureDead, socketDir, spawnQubesd, startQubesd, type DaemonProc } from './helpers.js';
+import { daemonScope, spawnQubesd, startQubesd, type DaemonProc } from './helpers.js';
 
-const running: DaemonProc[] = [];
-const sockDirs: string[] = [];
-after(async () => {
-  for (const d of running) await ensureDead(d);
-  for (const s of sockDirs) await fs.rm(s, { recursive: true, force: true });
-});
-
-async function sock(): Promise<string> {
-  const d = await socketDir();
-  sockDirs.push(d);
-  return path.join(d, 'qubesd.sock');
-}
+const { sock, running } = daemonScope();
 
 async function start(base: string, socketPath: string, extra: string[] = []): Promise<DaemonProc> {
   const d = await startQubesd(base, socketPath, extra);

@@ -2,7 +2,7 @@
 // qubes.xml is missing or broken: refused at start, exit 1, the reason and
 // the way back on stderr; --init / QUBES_STORAGE_INIT=1 on purpose; and the
 // modes of everything they write under the base directory.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
@@ -12,20 +12,9 @@ import { openRuntime } from '../../src/daemon/runtime.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
 import { CLI_DIR } from '../cli/helpers.js';
-import { ensureDead, socketDir, spawnQubesd, startQubesd, type DaemonProc } from './helpers.js';
+import { daemonScope, spawnQubesd, startQubesd } from './helpers.js';
 
-const running: DaemonProc[] = [];
-const sockDirs: string[] = [];
-after(async () => {
-  for (const d of running) await ensureDead(d);
-  for (const s of sockDirs) await fs.rm(s, { recursive: true, force: true });
-});
-
-async function sock(): Promise<string> {
-  const d = await socketDir();
-  sockDirs.push(d);
-  return path.join(d, 'qubesd.sock');
-}
+const { sock, running } = daemonScope();
 
 async function exists(p: string): Promise<boolean> {
   return fs.lstat(p).then(

@@ -12,6 +12,7 @@ import { after, before, describe } from 'node:test';
 import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { processAlive } from '../../src/files/process.js';
 import { MiB } from './data.js';
 
 export interface SmallFs {
@@ -34,14 +35,6 @@ export const SMALL_FILESYSTEMS: SmallFs[] = [
 
 const LOCK = '.qs-test-exclusive';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Takes the filesystem at `root` for this process: waits while another live process holds it. */
 async function holdFs(root: string): Promise<void> {
@@ -57,7 +50,7 @@ async function holdFs(root: string): Promise<void> {
     }
     const holder = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
     // An empty file is a holder between its open and its write: wait for it too.
-    if (Number.isSafeInteger(holder) && holder > 0 && !alive(holder)) await fs.rm(lock, { force: true });
+    if (Number.isSafeInteger(holder) && holder > 0 && !processAlive(holder)) await fs.rm(lock, { force: true });
     else await new Promise((r) => setTimeout(r, 200));
   }
 }

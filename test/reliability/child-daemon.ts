@@ -14,27 +14,18 @@ import { AdminClient } from '../../src/admin/client.js';
 import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
 import { cutPowerIfAsked } from '../../src/files/failpoint.js';
 import { pattern } from '../helpers/data.js';
+import type { Op } from './child.js';
 
 export const DAEMON_DIED = 3;
 const DAEMON = path.join(path.dirname(fileURLToPath(import.meta.url)), 'daemon-proc.js');
 const PAGE = 4096;
 
 type Log = (i: number, s: string, extra?: Record<string, unknown>) => void;
-type DaemonOp =
-  | { kind: 'create'; name: string; template: string; pool: string }
-  | { kind: 'remove'; name: string }
-  | { kind: 'run'; name: string; writes: { vol: 'private' | 'root'; offset: number; seed: number }[]; stop: boolean }
-  | { kind: 'resize'; name: string; size: number }
-  | { kind: 'revert'; name: string }
-  | { kind: 'import'; name: string; size: number; offset: number; seed: number }
-  | { kind: 'pool-add' }
-  | { kind: 'pool-remove' }
-  | { kind: 'clone' };
 
 export async function runViaDaemon(
   dir: string,
   reflink: boolean,
-  ops: DaemonOp[],
+  ops: Op[],
   log: Log,
   sha: (b: Buffer) => string,
   poolDirOf: (pool: string) => string,

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { processAlive } from '../../files/process.js';
 import { QubesValueError, StoragePoolException } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
@@ -119,7 +120,7 @@ export class RbdPool extends Pool {
     const re = /^qs-rbd-(?:import|export)-([1-9][0-9]{0,9})-[0-9a-f]+\.img$/;
     for (const name of await fs.readdir(this.tmpDir)) {
       const m = re.exec(name);
-      if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+      if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
       await fs.rm(path.join(this.tmpDir, name), { force: true });
     }
   }
@@ -221,11 +222,3 @@ export class RbdPool extends Pool {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
