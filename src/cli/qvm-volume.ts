@@ -10,6 +10,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { storageErrnoError } from '../storage/errors.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../files/files.js';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
@@ -255,7 +256,13 @@ type ExportOutput =
 const MAX_LINKS = 40;
 
 function cannotWrite(dest: string, e: unknown): CliError {
-  return new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  return fullOrFailing(dest, e) ?? new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+}
+
+/** A destination that is full, over quota, read-only or failing, said as the daemon says it of a pool; null for other errors. */
+function fullOrFailing(dest: string, e: unknown): CliError | null {
+  const mapped = storageErrnoError(`cannot write the export to ${dest}`, e, dest);
+  return mapped && new CliError(mapped.message);
 }
 
 /** `dest` with its symbolic links followed, as opening it would (it may not exist). */
@@ -406,7 +413,9 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
       const bar = progressBar(`export ${showVmVolume(v)}`, total);
       try {
         copying = out.kind === 'file' ? exportToFile(src, out, bar, t.signal) : exportToStream(src, out, bar, t.signal);
-        await copying;
+        await copying.catch((e: unknown) => {
+          throw fullOrFailing(dest, e) ?? e;
+        });
       } finally {
         bar.finish();
       }

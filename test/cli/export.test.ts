@@ -13,12 +13,14 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { before, it } from 'node:test';
 import { sparseCopy } from '../../src/files/files.js';
 import { allocated, listFiles, MiB, pattern, sha256, writeAt } from '../helpers/data.js';
 import { describeEachFs } from '../helpers/filesystems.js';
+import { describeEachSmallFs, fillFilesystem, unfill } from '../helpers/small-fs.js';
 import { CLI_DIR, run, toolEnv } from './helpers.js';
 
 const exec = promisify(execFile);
@@ -281,3 +283,41 @@ function runShell(script: string, args: readonly string[], env: NodeJS.ProcessEn
     c.on('close', (code) => resolve({ code, stderr }));
   });
 }
+
+// An output on a filesystem with no room left (when the export is asked
+// for, or midway): the tool says so as the daemon says it of a pool (not
+// the raw errno text), exits 1, leaves the old
+// file and no temporary file, and ends the export. The pool is elsewhere
+// (the machine's filesystem), so the copy must write data.
+describeEachSmallFs('qvm-volume export to a full filesystem', (small) => {
+  it('answers "not enough space left (ENOSPC at ...)" naming the output, and changes nothing', async (t) => {
+    const base = await fsp.mkdtemp(path.join(os.tmpdir(), 'qs-export-full-'));
+    const out = await fsp.mkdtemp(path.join(small.root, 'export-full-'));
+    const fillers: string[] = [];
+    t.after(async () => {
+      await unfill(fillers);
+      await fsp.rm(out, { recursive: true, force: true });
+      await fsp.rm(base, { recursive: true, force: true });
+    });
+    const env = toolEnv(base);
+    assert.equal((await run('qvm-create', ['--class', 'StandaloneVM', '--label', 'green', 'sa'], env)).code, 0);
+    const img = path.join(base, 'in.img');
+    await fsp.writeFile(img, '');
+    await fsp.truncate(img, 16 * MiB);
+    await writeAt(img, 0, pattern(8 * MiB, 7));
+    const imp = await run('qvm-volume', ['import', 'sa:private', img], env);
+    assert.equal(imp.code, 0, imp.stderr);
+    const file = path.join(out, 'backup.img');
+    const old = Buffer.from('old contents\n');
+    await fsp.writeFile(file, old);
+    await fillFilesystem(out, fillers);
+    const r = await run('qvm-volume', ['export', 'sa:private', file], env);
+    t.diagnostic(`exit ${r.code}: ${r.stderr.trim()}`);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^qvm-volume: error: cannot write the export to ${file}: not enough space left \\(ENOSPC at ${out}/[^\\n]*\\)\\n$`));
+    assert.ok((await fsp.readFile(file)).equals(old), 'the old file is untouched');
+    assert.deepEqual(await tempFiles(out), []);
+    const pool = JSON.parse((await run('qvm-pool', ['info', 'default', '--format', 'json'], env)).stdout)['dir_path'] as string;
+    assert.deepEqual(await exportLinks(pool), [], 'the export was ended');
+  });
+});
