@@ -11,6 +11,7 @@ import { forEachLimit } from '../../files/concurrency.js';
 import { copyFileCow, reflinkSupported, type CopyProgress } from '../../files/files.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
+import type { PoolPlace } from '../../storage/places.js';
 import { Pool } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { FileReflinkVolume } from './volume.js';
@@ -156,8 +157,19 @@ export class FileReflinkPool extends Pool {
     return true;
   }
 
+  /** dir_path, owned: nothing else may be there (see storage/places.ts). */
+  override async places(): Promise<PoolPlace[]> {
+    return [{ kind: 'directory', path: this.dirPath, access: 'own', option: 'dir_path', entries: POOL_DIR_ENTRIES }];
+  }
+
+  /**
+   * Makes dir_path (and its missing parents) and the class directories, and
+   * checks reflink (before the class directories, so a filesystem without
+   * it gets none). A failure removes the directories it made again.
+   */
   override async setup(): Promise<void> {
     const root = this.dirPath;
+    const made: string[] = [];
     try {
       const st = await fs.lstat(root).catch((e: NodeJS.ErrnoException) => {
         if (e.code === 'ENOENT') return null;
@@ -165,17 +177,35 @@ export class FileReflinkPool extends Pool {
       });
       if (st?.isSymbolicLink())
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
-      await fs.mkdir(root, { recursive: true, mode: 0o755 });
-      for (const sub of this.flavor.classDirs) await this.ensureVolumeDir(path.join(root, sub));
+      const missing: string[] = [];
+      for (let p = root; !(await pathExists(p)); p = path.dirname(p)) missing.unshift(p);
+      for (const p of missing) {
+        await fs.mkdir(p, { mode: 0o755 });
+        made.push(p);
+      }
       await this.removeProbeDebris();
       if (this.setupCheck && !(await reflinkSupported(root)))
         throw new StoragePoolException(
           `pool ${this.name}: the filesystem of ${root} does not support reflink; ` +
             `add the pool with setup_check=False to use sparse copies (slower, and copies use space)`,
         );
+      for (const sub of this.flavor.classDirs) {
+        const dir = path.join(root, sub);
+        if (!(await pathExists(dir))) made.push(dir);
+        await this.ensureVolumeDir(dir);
+      }
     } catch (e) {
+      await removeEmptyDirs(made);
       throw storageError(`pool ${this.name}: setup failed`, e);
     }
+    this.madeBySetup = made;
+  }
+  /** Directories the last setup made (undoSetup removes them while empty). */
+  private madeBySetup: string[] = [];
+
+  override async undoSetup(): Promise<void> {
+    await removeEmptyDirs(this.madeBySetup);
+    this.madeBySetup = [];
   }
 
   override async destroy(): Promise<void> {
@@ -246,6 +276,28 @@ export class FileReflinkPool extends Pool {
     }
     return best;
   }
+}
+
+/**
+ * What a file pool's directory may hold at its top when a pool moves in: its
+ * class directories (of every flavor: an R3.2 xen directory may be reused),
+ * the probe files of a setup cut short, and an ext* mount point's lost+found.
+ */
+const POOL_DIR_ENTRIES = /^(appvms|vm-templates|servicevms|lost\+found|\.reflink-probe-[0-9a-f]+(-copy)?)$/;
+
+async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/** Removes the directories (made in this order) that are still empty, last first. */
+async function removeEmptyDirs(made: readonly string[]): Promise<void> {
+  for (const dir of [...made].reverse()) await fs.rmdir(dir).catch(() => undefined);
 }
 
 /** Domain directories listVolumes reads at once. */
