@@ -104,6 +104,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     runner: opts.runner ?? power!.runner,
     ...(opts.sizes ? { sizes: opts.sizes } : {}),
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
+    baseDir,
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));

@@ -33,10 +33,12 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
       assert.equal(app.pool('fp').revisions_to_keep, 0);
       assert.equal(app.pool('fp').ephemeral_volatile, true);
 
+      // A pool inside another's directory is refused (test/domain/pool-places.test.ts has the rule); beside it is fine.
       const nested = path.join(dir, 'pool', 'nested');
-      await app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink });
-      assert.equal(app.pool('inner').includedIn(app.pools())?.name, 'default');
-      assert.equal(app.pool('default').includedIn(app.pools()), null);
+      await assert.rejects(app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink }), /lies inside pool default/);
+      await assert.rejects(fs.stat(nested), 'the refused pool made nothing');
+      await app.addPool('file-reflink', 'inner', { dir_path: path.join(dir, 'inner'), setup_check: tfs.reflink });
+      assert.equal(app.pool('inner').includedIn(app.pools()), null);
       const details = await app.pool('fp').usageDetails();
       assert.ok(details['data_size']! > 0 && details['data_usage']! > 0);
 

@@ -1,0 +1,318 @@
+// Pool places compared as the kernel sees them (storage/places.ts): a pool
+// is refused when its directory is, holds or lies inside another pool's
+// directory, the base directory or the state file's directory, through
+// symlinks and bind mounts too; and a refused add changes nothing on disk.
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { describeEachFs } from '../helpers/filesystems.js';
+import { builtinRegistry, failingWriter, newApp, openApp } from './helpers.js';
+import { QubesValueError, StoragePoolException } from '../../src/storage/errors.js';
+import { UnavailablePool } from '../../src/domain/unavailable.js';
+
+const run = promisify(execFile);
+
+/** Every entry under `root` (not following symlinks): path, type, mode, size; sorted. */
+async function walk(root: string): Promise<string[]> {
+  const out: string[] = [];
+  const visit = async (dir: string): Promise<void> => {
+    for (const name of await fs.readdir(dir)) {
+      const p = path.join(dir, name);
+      const st = await fs.lstat(p);
+      const type = st.isDirectory() ? 'd' : st.isSymbolicLink() ? `l->${await fs.readlink(p)}` : 'f';
+      out.push(`${path.relative(root, p)} ${type} ${(st.mode & 0o7777).toString(8)} ${st.isDirectory() ? '' : st.size}`);
+      if (st.isDirectory()) await visit(p);
+    }
+  };
+  await visit(root);
+  return out.sort();
+}
+
+/** Asserts `add` is refused with a QubesValueError matching `re`, and that nothing under `root` changed. */
+async function refusedUnchanged(root: string, add: () => Promise<unknown>, re: RegExp): Promise<void> {
+  const before = await walk(root);
+  await assert.rejects(add(), (e: unknown) => {
+    assert.ok(e instanceof QubesValueError, `a QubesValueError, got ${String(e)}`);
+    assert.match((e as Error).message, re);
+    return true;
+  });
+  assert.deepEqual(await walk(root), before, 'a refused add changes nothing on disk');
+}
+
+const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+describeEachFs('pool places', (tfs, ctx) => {
+  it('refuses a dir_path that reaches another pool through a symlink, names both and the real path', async () => {
+    const dir = await ctx.tempDir('symlink');
+    const t = await newApp(tfs, dir);
+    try {
+      await fs.symlink(t.poolDir, path.join(dir, 'alias'));
+      await refusedUnchanged(
+        dir,
+        () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(dir, 'alias'), setup_check: false }),
+        new RegExp(`^pool twin: dir_path ${esc(dir)}/alias \\(real path ${esc(t.poolDir)}\\) is pool default \\(dir_path ${esc(t.poolDir)}\\)$`),
+      );
+      // A symlink higher up, the pool's directory below it.
+      await fs.symlink(dir, path.join(dir, 'up'));
+      await refusedUnchanged(
+        dir,
+        () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(dir, 'up', 'pool', 'appvms', 'x'), setup_check: false }),
+        /lies inside pool default/,
+      );
+      // A symlink to nothing on the way is refused, not guessed.
+      await fs.symlink(path.join(dir, 'nowhere'), path.join(dir, 'dangling'));
+      await assert.rejects(
+        t.app.addPool('file-reflink', 'dang', { dir_path: path.join(dir, 'dangling', 'p'), setup_check: false }),
+        (e: unknown) => e instanceof StoragePoolException && /passes through .*dangling, a symlink to nothing/.test(String(e)),
+      );
+      await assert.rejects(fs.lstat(path.join(dir, 'nowhere')));
+      assert.deepEqual(t.app.poolNames(), ['default']);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('refuses the parent of a pool directory and a folder inside one; accepts a sibling', async () => {
+    const dir = await ctx.tempDir('nest');
+    const t = await newApp(tfs, dir);
+    try {
+      const deep = path.join(dir, 'a', 'b');
+      await t.app.addPool('file', 'deep', { dir_path: deep });
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'parent', { dir_path: path.join(dir, 'a') }), new RegExp(`^pool parent: dir_path ${esc(dir)}/a holds pool deep \\(dir_path ${esc(deep)}\\)$`));
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'inner', { dir_path: path.join(deep, 'sub', 'x') }), /^pool inner: dir_path .*\/a\/b\/sub\/x lies inside pool deep/);
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'vols', { dir_path: path.join(t.poolDir, 'appvms') }), /lies inside pool default/);
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'same', { dir_path: deep + '/./' }), /^pool same: dir_path .* is pool deep/);
+      const sibling = path.join(dir, 'a', 'c');
+      await t.app.addPool('file', 'sibling', { dir_path: sibling });
+      assert.deepEqual((await fs.readdir(sibling)).sort(), ['appvms', 'vm-templates'], 'a pool beside another is accepted and set up');
+      assert.deepEqual(t.app.poolNames(), ['default', 'deep', 'sibling']);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it("refuses the state file's directory, the base directory and what holds them; a pool inside them is fine", async () => {
+    const dir = await ctx.tempDir('base');
+    const base = path.join(dir, 'base');
+    const stateDir = path.join(dir, 'state');
+    await fs.mkdir(base);
+    await fs.mkdir(stateDir);
+    const { app } = await openApp(stateDir, { baseDir: base });
+    try {
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: stateDir }), new RegExp(`^pool p: dir_path ${esc(stateDir)} is the directory of the state file ${esc(stateDir)}/qubes.xml \\(${esc(stateDir)}\\)$`));
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: base }), new RegExp(`^pool p: dir_path ${esc(base)} is the base directory \\(${esc(base)}\\)$`));
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: dir }), /^pool p: dir_path .* holds the directory of the state file/);
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: '/' }), /^pool p: dir_path \/ holds the directory of the state file/);
+      await fs.symlink(base, path.join(dir, 'b'));
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: path.join(dir, 'b') }), /\(real path .*\/base\) is the base directory/);
+      await app.addPool('file', 'inbase', { dir_path: path.join(base, 'pools', 'x') });
+      await app.addPool('file', 'instate', { dir_path: path.join(stateDir, 'pool') });
+      assert.deepEqual(app.poolNames(), ['inbase', 'instate']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('refuses a bind mount of a pool directory (and of a folder of it) under another path', async () => {
+    const dir = await ctx.tempDir('bind');
+    const t = await newApp(tfs, dir);
+    const alias = path.join(dir, 'alias');
+    const sub = path.join(dir, 'sub');
+    await fs.mkdir(alias);
+    await fs.mkdir(sub);
+    const mounted: string[] = [];
+    try {
+      await run('mount', ['--bind', t.poolDir, alias]);
+      mounted.push(alias);
+      await run('mount', ['--bind', path.join(t.poolDir, 'appvms'), sub]);
+      mounted.push(sub);
+      await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: alias, setup_check: false }), /^pool twin: dir_path .*\/alias is pool default .*through a mount/);
+      await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(alias, 'new') }), /lies inside pool default .*through a mount/);
+      await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: sub, setup_check: false }), /^pool twin: dir_path .*\/sub lies inside pool default .*through a mount/);
+    } finally {
+      for (const m of mounted.reverse()) await run('umount', [m]);
+      await t.app.close();
+    }
+  });
+
+  it('refuses a directory that holds what is not a pool\'s (a populated system-like directory), leaving it exactly as it was', async () => {
+    const dir = await ctx.tempDir('etc');
+    const t = await newApp(tfs, dir);
+    try {
+      const etc = path.join(dir, 'etc');
+      await fs.mkdir(path.join(etc, 'ssh'), { recursive: true });
+      await fs.writeFile(path.join(etc, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
+      await fs.writeFile(path.join(etc, 'ssh', 'sshd_config'), 'Port 22\n');
+      const st = await fs.stat(etc);
+      for (const driver of ['file-reflink', 'file', 'xen'])
+        await refusedUnchanged(dir, () => t.app.addPool(driver, 'etc', { dir_path: etc }), /^pool etc: dir_path .*\/etc already holds 'passwd', 'ssh', which are not a pool's/);
+      const after = await fs.stat(etc);
+      assert.equal(after.mtimeMs, st.mtimeMs);
+      assert.equal(after.ctimeMs, st.ctimeMs);
+      // What a pool leaves (its class directories, an ext* lost+found) is fine: a removed pool comes back.
+      const reused = path.join(dir, 'reused');
+      for (const d of ['appvms', 'vm-templates', 'servicevms', 'lost+found']) await fs.mkdir(path.join(reused, d), { recursive: true });
+      await t.app.addPool('xen', 'reused', { dir_path: reused });
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('refuses /etc and writes nothing there', async () => {
+    const dir = await ctx.tempDir('real-etc');
+    const t = await newApp(tfs, dir);
+    try {
+      const before = { names: (await fs.readdir('/etc')).sort(), st: await fs.stat('/etc') };
+      await assert.rejects(t.app.addPool('file', 'etc', { dir_path: '/etc' }), (e: unknown) => e instanceof QubesValueError && /^pool etc: dir_path \/etc already holds /.test((e as Error).message));
+      const st = await fs.stat('/etc');
+      assert.deepEqual((await fs.readdir('/etc')).sort(), before.names);
+      assert.equal(st.mtimeMs, before.st.mtimeMs);
+      assert.equal(st.ctimeMs, before.st.ctimeMs);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('a setup that fails, or a save that fails, leaves no directory behind', async () => {
+    const dir = await ctx.tempDir('undo');
+    const writer = { fail: false };
+    const t = await newApp(tfs, dir, { writeFile: failingWriter(writer) });
+    try {
+      if (!tfs.reflink) {
+        const before = await walk(dir);
+        await assert.rejects(t.app.addPool('file-reflink', 'strict', { dir_path: path.join(dir, 'new', 'strict') }), /does not support reflink/);
+        assert.deepEqual(await walk(dir), before, 'the failed setup removed the directories it made');
+      }
+      const before = await walk(dir);
+      writer.fail = true;
+      await assert.rejects(t.app.addPool('file', 'unsaved', { dir_path: path.join(dir, 'x', 'unsaved') }), /no space left/);
+      writer.fail = false;
+      assert.deepEqual(await walk(dir), before, 'an add whose save failed removed the directories its setup made');
+      assert.deepEqual(t.app.poolNames(), ['default']);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('a callback pool is checked by the places of the pool it wraps', async () => {
+    const dir = await ctx.tempDir('callback');
+    const t = await newApp(tfs, dir);
+    try {
+      const conf = path.join(dir, 'callback.json');
+      await fs.symlink(t.poolDir, path.join(dir, 'alias'));
+      const backend = (p: string) => ({ backend: { driver: 'file-reflink', options: { dir_path: p, setup_check: 'False' } } });
+      await fs.writeFile(conf, JSON.stringify({ over: backend(path.join(dir, 'alias')), own: backend(path.join(dir, 'cbdata')) }));
+      await refusedUnchanged(dir, () => t.app.addPool('callback', 'cb', { conf_id: 'over', conf_path: conf }), /^pool cb: dir_path .*\/alias \(real path .*\/pool\) is pool default/);
+      await t.app.addPool('callback', 'cb', { conf_id: 'own', conf_path: conf });
+      // ...and other pools by the callback pool's places.
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'under', { dir_path: path.join(dir, 'cbdata', 'x') }), /lies inside pool cb \(dir_path .*\/cbdata\)/);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('kernel directories: shared between kernel pools, kept apart from pools that write', async () => {
+    const dir = await ctx.tempDir('kernels');
+    const t = await newApp(tfs, dir);
+    try {
+      const kdir = path.join(dir, 'kernels');
+      await fs.mkdir(path.join(kdir, '6.1.0'), { recursive: true });
+      await t.app.addPool('linux-kernel', 'k1', { dir_path: kdir });
+      await t.app.addPool('linux-kernel', 'k2', { dir_path: kdir });
+      await t.app.addPool('linux-kernel', 'k3', { dir_path: path.join(kdir, '6.1.0') });
+      await refusedUnchanged(dir, () => t.app.addPool('linux-kernel', 'kin', { dir_path: path.join(t.poolDir, 'appvms') }), /^pool kin: dir_path .*\/pool\/appvms lies inside pool default/);
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'fk', { dir_path: path.join(kdir, 'store') }), /^pool fk: dir_path .*\/kernels\/store lies inside pool k1 \(dir_path .*\/kernels\)/);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('two adds of one place at once: one is accepted, the other refused', async () => {
+    const dir = await ctx.tempDir('race');
+    const t = await newApp(tfs, dir);
+    try {
+      const target = path.join(dir, 'target');
+      await fs.mkdir(target);
+      await fs.symlink(target, path.join(dir, 'alias'));
+      const results = await Promise.allSettled([
+        t.app.addPool('file', 'one', { dir_path: target }),
+        t.app.addPool('file', 'two', { dir_path: path.join(dir, 'alias') }),
+      ]);
+      assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+      assert.equal(t.app.poolNames().length, 2);
+    } finally {
+      await t.app.close();
+    }
+  });
+
+  it('a pool loaded from the state keeps its place: a new pool cannot move in while it is unavailable', async () => {
+    const dir = await ctx.tempDir('loaded');
+    const t = await newApp(tfs, dir);
+    await t.app.close();
+    const stateFile = path.join(dir, 'qubes.xml');
+    const lost = path.join(dir, 'lost');
+    const nested = path.join(t.poolDir, 'nested');
+    const text = await fs.readFile(stateFile, 'utf8');
+    await fs.writeFile(
+      stateFile,
+      text.replace(
+        '</pools>',
+        `  <pool dir_path="${lost}" driver="no-such-driver" name="lost"/>\n` +
+          `  <pool dir_path="${nested}" driver="file-reflink" name="nested" setup_check="False"/>\n` +
+          `  <pool ceph_pool="rbd" image_prefix="qubes-" driver="rbd" name="ceph"/>\n  </pools>`,
+      ),
+    );
+    const { app } = await openApp(dir);
+    try {
+      assert.ok(app.pool('lost') instanceof UnavailablePool);
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: lost }), /^pool p: dir_path .*\/lost is pool lost/);
+      // Pools a state already nests (Qubes' own layout: vm-kernels in /var/lib/qubes) load, and included_in says so.
+      assert.equal(app.pool('nested').includedIn(app.pools())?.name, 'default');
+      // RBD image names: a prefix that covers another pool's (or is the same), in the same Ceph pool, is refused before any Ceph call.
+      await assert.rejects(app.addPool('rbd', 'c2', { ceph_pool: 'rbd', image_prefix: 'q' }), /^QubesValueError: pool c2: image_prefix 'q' in Ceph pool rbd covers image_prefix 'qubes-' of pool ceph/);
+      await assert.rejects(app.addPool('rbd', 'c2', { ceph_pool: 'rbd', image_prefix: 'qubes-' }), /^QubesValueError: pool c2: image_prefix 'qubes-' in Ceph pool rbd is also image_prefix 'qubes-' of pool ceph/);
+      await assert.rejects(app.addPool('rbd', 'c2', { ceph_pool: 'rbd', image_prefix: 'qubes-x' }), /^QubesValueError: .* lies within image_prefix 'qubes-'/);
+      assert.deepEqual(app.poolNames(), ['default', 'lost', 'nested', 'ceph']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a storage.conf pool whose place conflicts stays listed, unavailable, with the reason; the others load', async () => {
+    const dir = await ctx.tempDir('conf');
+    const t = await newApp(tfs, dir);
+    await t.app.close();
+    await fs.symlink(t.poolDir, path.join(dir, 'alias'));
+    const conf = path.join(dir, 'storage.conf');
+    const good = path.join(dir, 'good');
+    await fs.writeFile(
+      conf,
+      [
+        '[twin]', 'driver=file', `dir_path=${dir}/alias`, '',
+        '[good]', 'driver=file', `dir_path=${good}`, '',
+        '[inner]', 'driver=file', `dir_path=${good}/inner`, '',
+        '[state]', 'driver=file', `dir_path=${dir}`, '',
+      ].join('\n'),
+    );
+    const before = await walk(t.poolDir);
+    const storageConf = { file: conf, context: { registry: await builtinRegistry(), baseDir: dir } };
+    const { app } = await openApp(dir, { storageConf });
+    try {
+      assert.deepEqual(app.poolNames(), ['default', 'twin', 'good', 'inner', 'state']);
+      assert.ok(app.isPoolAvailable('good'));
+      const reason = (n: string): string => (app.pool(n) as UnavailablePool).reason;
+      assert.match(reason('twin'), new RegExp(`^${esc(conf)}:1: pool twin: dir_path ${esc(dir)}/alias \\(real path ${esc(t.poolDir)}\\) is pool default`));
+      assert.match(reason('inner'), new RegExp(`^${esc(conf)}:9: pool inner: dir_path .* lies inside pool good`));
+      assert.match(reason('state'), new RegExp(`^${esc(conf)}:13: pool state: dir_path ${esc(dir)} is the directory of the state file`));
+      await assert.rejects(app.pool('twin').listVolumes(), /pool twin \(driver file\) is unavailable: .*is pool default/);
+      assert.deepEqual(await walk(t.poolDir), before, 'the conflicting pool set nothing up');
+      await assert.rejects(fs.stat(path.join(good, 'inner')), 'nor did the one inside another');
+      assert.deepEqual((await fs.readdir(dir)).filter((n) => n === 'appvms' || n === 'vm-templates'), [], 'nor the one at the state directory');
+    } finally {
+      await app.close();
+    }
+  });
+});
