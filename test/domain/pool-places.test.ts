@@ -12,6 +12,7 @@ import { describeEachFs } from '../helpers/filesystems.js';
 import { builtinRegistry, failingWriter, newApp, openApp } from './helpers.js';
 import { QubesValueError, StoragePoolException } from '../../src/storage/errors.js';
 import { UnavailablePool } from '../../src/domain/unavailable.js';
+import { checkPlacesAgainst, resolvePlaces } from '../../src/storage/places.js';
 
 const run = promisify(execFile);
 
@@ -132,6 +133,13 @@ describeEachFs('pool places', (tfs, ctx) => {
       await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: alias, setup_check: false }), /^pool twin: dir_path .*\/alias is pool default .*through a mount/);
       await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(alias, 'new') }), /lies inside pool default .*through a mount/);
       await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: sub, setup_check: false }), /^pool twin: dir_path .*\/sub lies inside pool default .*through a mount/);
+      // Without /proc (no mount table), device and inode still see the alias and what lies inside it.
+      const at = (p: string) => resolvePlaces([{ kind: 'directory', path: p, access: 'own', option: 'dir_path' }], 'test', null);
+      const other = { pool: 'default', what: 'pool default', places: await at(t.poolDir) };
+      const sameByInode = await at(alias);
+      assert.throws(() => checkPlacesAgainst({ pool: 'twin', places: sameByInode }, other), /^QubesValueError: pool twin: dir_path .*\/alias is pool default \(dir_path .*\/pool\) \(the same device and inode\)$/);
+      const insideByInode = await at(path.join(alias, 'appvms', 'new'));
+      assert.throws(() => checkPlacesAgainst({ pool: 'twin', places: insideByInode }, other), /lies inside pool default .*\(by device and inode\)$/);
     } finally {
       for (const m of mounted.reverse()) await run('umount', [m]);
       await t.app.close();
@@ -230,19 +238,27 @@ describeEachFs('pool places', (tfs, ctx) => {
     }
   });
 
-  it('two adds of one place at once: one is accepted, the other refused', async () => {
+  it('two adds of one place at once: the second waits for the first, then is refused', async () => {
     const dir = await ctx.tempDir('race');
     const t = await newApp(tfs, dir);
     try {
       const target = path.join(dir, 'target');
       await fs.mkdir(target);
       await fs.symlink(target, path.join(dir, 'alias'));
-      const results = await Promise.allSettled([
-        t.app.addPool('file', 'one', { dir_path: target }),
-        t.app.addPool('file', 'two', { dir_path: path.join(dir, 'alias') }),
-      ]);
-      assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
-      assert.equal(t.app.poolNames().length, 2);
+      // `one` sits in its setup (a pre_setup command) until `two` has settled, or 2 s at most: an
+      // add that did not wait for it would be accepted meanwhile, and both would own the directory.
+      const release = path.join(dir, 'release');
+      const conf = path.join(dir, 'callback.json');
+      const wait = `i=0; while [ ! -e '${release}' ] && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done`;
+      await fs.writeFile(conf, JSON.stringify({ slow: { backend: { driver: 'file', options: { dir_path: target } }, shell: true, hooks: { pre_setup: wait } } }));
+      const one = t.app.addPool('callback', 'one', { conf_id: 'slow', conf_path: conf });
+      const two = t.app.addPool('file', 'two', { dir_path: path.join(dir, 'alias') });
+      void two.catch(() => undefined).finally(() => fs.writeFile(release, ''));
+      const results = await Promise.allSettled([one, two]);
+      assert.equal(results[0].status, 'fulfilled', String((results[0] as PromiseRejectedResult).reason));
+      assert.equal(results[1].status, 'rejected');
+      assert.match(String((results[1] as PromiseRejectedResult).reason), /^QubesValueError: pool two: dir_path .*\/alias \(real path .*\/target\) is pool one/);
+      assert.deepEqual(t.app.poolNames(), ['default', 'one']);
     } finally {
       await t.app.close();
     }
