@@ -174,7 +174,7 @@ export async function resolveDirectory(place: DirectoryPlace, where: string, mou
     }
   }
   const st = await fs.stat(real, { bigint: true });
-  if (!st.isDirectory()) throw refuse(where, place, `passes through ${real}, which is not a directory`);
+  if (!st.isDirectory()) throw refuse(where, place, missing.length ? `passes through ${real}, which is not a directory` : 'is not a directory');
   const full = path.join(real, ...missing);
   const ancestors = new Set<string>();
   for (let p = missing.length ? real : path.dirname(real); ; p = path.dirname(p)) {

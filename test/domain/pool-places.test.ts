@@ -70,6 +70,10 @@ describeEachFs('pool places', (tfs, ctx) => {
         (e: unknown) => e instanceof StoragePoolException && /passes through .*dangling, a symlink to nothing/.test(String(e)),
       );
       await assert.rejects(fs.lstat(path.join(dir, 'nowhere')));
+      // A file where the directory, or one on its way, should be.
+      await fs.writeFile(path.join(dir, 'afile'), 'x');
+      await assert.rejects(t.app.addPool('file', 'f', { dir_path: path.join(dir, 'afile') }), /^StoragePoolException: pool f: dir_path .*\/afile is not a directory$/);
+      await assert.rejects(t.app.addPool('file', 'f', { dir_path: path.join(dir, 'afile', 'p') }), /^StoragePoolException: pool f: dir_path .*\/afile\/p cannot be resolved \(ENOTDIR at /);
       assert.deepEqual(t.app.poolNames(), ['default']);
     } finally {
       await t.app.close();
