@@ -19,7 +19,7 @@ import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
-import { runState } from './run-state.js';
+import { RUN_STATE_FILE, runState } from './run-state.js';
 import { reflinkSupported } from '../files/files.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
@@ -105,6 +105,8 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(opts.sizes ? { sizes: opts.sizes } : {}),
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
     baseDir,
+    // What the runtime keeps in the base directory: no pool may be at, in or around it.
+    baseKeeps: ['qubesd.sock', RUN_STATE_FILE, 'storage.conf'],
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));

@@ -106,6 +106,12 @@ export interface QubesAppOptions {
    * it (storage/places.ts), as for the state file's directory.
    */
   readonly baseDir?: string;
+  /**
+   * Names in the base directory that are the runtime's (its socket, the
+   * run state): no pool may be at, in or around them. The state file's own
+   * (it, its journal, lock and backup/) are kept in any case.
+   */
+  readonly baseKeeps?: readonly string[];
 }
 
 /** pool=P for all volumes, or pool:VOLUME=P per volume (not both). */
@@ -192,6 +198,7 @@ export class QubesApp implements DomainHost, StateModel {
   /** Pool adds, one at a time: a pool's places are checked against every pool there (and being added). */
   private readonly poolLock = new KeyedMutex();
   private readonly baseDir: string | undefined;
+  private readonly baseKeeps: readonly string[];
   private readonly removingPools = new Set<string>();
   private readonly domains = new Map<string, Domain>();
   private readonly reserved = new Map<string, Reservation>();
@@ -237,6 +244,7 @@ export class QubesApp implements DomainHost, StateModel {
     this.writeFile = opts.writeFile ?? ((f, d) => writeFileAtomic(f, d));
     this.storageConf = opts.storageConf;
     this.baseDir = opts.baseDir;
+    this.baseKeeps = opts.baseKeeps ?? [];
     this.globals = new GlobalProperties(this);
     this.journalFile = journalPathFor(opts.stateFile);
     const fromEnv = process.env['QUBES_STORAGE_JOURNAL_FROM'];
@@ -653,20 +661,29 @@ export class QubesApp implements DomainHost, StateModel {
   }
 
   /**
-   * Refuses a pool whose places are, hold or lie inside another pool's, or
-   * are or hold the state file's directory or the base directory; and an own
-   * directory already holding what is not a pool's (storage/places.ts has
-   * the rule). Compared as real paths, filesystems and inodes. Reads only.
+   * Refuses a pool whose places (their extents: a file pool's class folders)
+   * are, hold or lie inside another pool's; that holds the state file's
+   * directory or the base directory, or is one of them without being
+   * confined to its class folders, or reaches what they keep (qubes.xml,
+   * its journal, lock and backups...); and an own directory already holding
+   * what is not a pool's (storage/places.ts has the rule). Compared as real
+   * paths, filesystems and inodes. Reads only.
    */
   private async checkPoolPlaces(pool: Pool): Promise<void> {
     const where = `pool ${pool.name}`;
     const mounts = await readMounts();
     const mine = { pool: pool.name, places: await resolvePlaces(await pool.places(), where, mounts) };
     if (!mine.places.length) return;
-    const reserved: [string, string][] = [[path.dirname(path.resolve(this.stateFile)), `the directory of the state file ${this.stateFile}`]];
-    if (this.baseDir !== undefined) reserved.push([path.resolve(this.baseDir), 'the base directory']);
-    for (const [dir, what] of reserved) {
-      const places = await resolvePlaces([{ kind: 'directory', path: dir, access: 'own', option: 'directory' }], what, mounts, true);
+    // The state's directories are homes: pools may be in them (or at them, when
+    // confined to their class folders), never around them or in what they keep.
+    const stateName = path.basename(this.stateFile);
+    const stateKeeps = [stateName, path.basename(this.journalFile), `${stateName}.lock`, 'backup'];
+    const homes: [string, string, readonly string[]][] = [
+      [path.dirname(path.resolve(this.stateFile)), `the directory of the state file ${this.stateFile}`, stateKeeps],
+    ];
+    if (this.baseDir !== undefined) homes.push([path.resolve(this.baseDir), 'the base directory', [...stateKeeps, ...this.baseKeeps]]);
+    for (const [dir, what, keeps] of homes) {
+      const places = await resolvePlaces([{ kind: 'directory', path: dir, access: 'home', option: 'directory', keeps }], what, mounts, true);
       checkPlacesAgainst(mine, { pool: null, what, places });
     }
     for (const e of this.poolEntries.values()) {

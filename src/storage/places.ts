@@ -3,24 +3,44 @@
  * pools (and no pool and the state) step on each other's files.
  *
  * A pool declares its places (`Pool.places()`); the App compares them with
- * every other pool's places and with the reserved directories (the base
+ * every other pool's places and with the state's directories (the base
  * directory and the state file's directory) before the pool is accepted,
  * that is before its setup makes anything on disk.
  *
+ * A place's extent is where its pool writes: the whole directory, or, for a
+ * confined place (`confinedTo`: a file pool's class folders `appvms/`,
+ * `vm-templates/`, `servicevms/`), only those subfolders; anything else it
+ * writes at its top is a uniquely named probe file that is nobody else's.
+ *
  * The rule:
  * - An `own` place is the pool's alone: it creates and deletes files
- *   anywhere under it (a file pool's first-use sweep removes debris it finds
- *   there). It may be neither the same as, nor inside, nor around any other
- *   pool's place, read-only ones included: a kernel directory inside a file
- *   pool's directory would hand that pool's files (a volume named `modules`)
- *   to a domain as its kernel.
+ *   anywhere in its extent. Its extent may be neither the same as, nor
+ *   inside, nor around the extent of any other pool's place, read-only ones
+ *   included: a kernel directory among a file pool's volumes would hand that
+ *   pool's files (a volume named `modules`) to a domain as its kernel. So a
+ *   file pool at DIR and another pool at DIR/x do not meet (Qubes'
+ *   `varlibqubes` at /var/lib/qubes holds vm-kernels and, here, the embedded
+ *   BASE/pools/default), while a pool at DIR/appvms lies among the first
+ *   pool's volumes and is refused. (So "inside or around another pool's
+ *   directory" is refused for what a pool writes, not for its dir_path: the
+ *   two-sided rule keeps the order of adds from mattering.)
  * - A `read` place is only read (linux-kernel). Read places may be shared and
  *   nested among themselves; against an own place the rule above applies.
- * - No place may be the base directory or the state file's directory, nor
- *   hold one of them. A place inside them is fine: BASE/pools/NAME is where
- *   pools belong by default.
+ * - A `home` place is a directory of the state (the base directory, the
+ *   state file's directory). A pool may lie inside it, or be at it when
+ *   confined (its extent then lies inside it: Qubes' R3.2 `[default]` pool
+ *   and R4's `varlibqubes` have dir_path=/var/lib/qubes, beside qubes.xml),
+ *   but never hold it: no pool at a parent of it, or at /, although a
+ *   confined one would write only beside it (no Qubes layout puts the state
+ *   inside a pool's directory, and "/" is a typing error). The names it
+ *   `keeps` (qubes.xml, its journal, lock and backups, the socket,
+ *   running-domains) no extent may be, hold or lie inside. This is why the
+ *   base directory is allowed although "equal to the base directory" reads
+ *   as refused: Qubes' own varlibqubes and R3.2 default pools live there.
  * - An own directory that exists must hold nothing but what such a pool puts
- *   there (`entries`; e.g. `appvms/`, `lost+found`): `/etc` is no pool.
+ *   there (`entries`): at its top, or, for a confined place, in each of its
+ *   class folders (domain directories only), its top being none of its
+ *   business (it may be the base directory).
  *
  * Directories are compared as the kernel sees them, not as text: each path
  * is resolved to its real path (symlinks followed; a missing tail is taken as
@@ -46,14 +66,22 @@ export interface DirectoryPlace {
   readonly kind: 'directory';
   /** Absolute path, as configured. */
   readonly path: string;
-  readonly access: 'own' | 'read';
+  readonly access: 'own' | 'read' | 'home';
   /** What the configuration calls it, for messages (e.g. `dir_path`). */
   readonly option: string;
   /**
-   * Names an existing own directory may already hold at its top when the pool
-   * moves in (anything else is someone else's); absent: not checked.
+   * The subfolders the pool writes in (its extent); absent: the whole
+   * directory. Besides them it may write only uniquely named files at its top.
+   */
+  readonly confinedTo?: readonly string[];
+  /**
+   * Names an existing own directory may already hold when the pool moves in
+   * (anything else is someone else's): at its top, or for a confined place in
+   * each of its subfolders, which then hold directories only; absent: not checked.
    */
   readonly entries?: RegExp;
+  /** For a home place: the names in it that are the state's (files or directories). */
+  readonly keeps?: readonly string[];
 }
 
 /** Names in a shared name space (e.g. RBD images of a Ceph pool and namespace). */
@@ -80,6 +108,10 @@ interface ResolvedDirectory {
   readonly id: string | null;
   /** dev:ino of its existing proper ancestors. */
   readonly ancestors: ReadonlySet<string>;
+  /** A confined place's subfolders (its extent), resolved; else null. */
+  readonly folders: readonly ResolvedDirectory[] | null;
+  /** A home place's kept names, resolved (they need not be directories); else empty. */
+  readonly kept: readonly ResolvedDirectory[];
 }
 
 export type ResolvedPlace = ResolvedDirectory | { readonly place: NamesPlace };
@@ -182,13 +214,30 @@ export async function resolveDirectory(place: DirectoryPlace, where: string, mou
     if (id) ancestors.add(id);
     if (p === path.dirname(p)) break;
   }
-  return {
+  const me = {
     place,
     real: full,
     fsPath: fsPathOf(full, mounts),
     id: missing.length ? null : `${st.dev}:${st.ino}`,
     ancestors,
   };
+  const folders: ResolvedDirectory[] = [];
+  for (const sub of place.confinedTo ?? [])
+    folders.push(await resolveDirectory({ ...place, path: path.join(place.path, sub), confinedTo: undefined, keeps: undefined }, where, mounts));
+  return { ...me, folders: place.confinedTo ? folders : null, kept: await resolveKept(me, mounts) };
+}
+
+/** The kept names of a home place, each as a place inside it (existing or not, file or directory). */
+async function resolveKept(home: Omit<ResolvedDirectory, 'folders' | 'kept'>, mounts: readonly Mount[] | null): Promise<ResolvedDirectory[]> {
+  const out: ResolvedDirectory[] = [];
+  const ancestors = new Set(home.ancestors);
+  if (home.id) ancestors.add(home.id);
+  for (const name of home.place.keeps ?? []) {
+    const real = path.join(home.real, name);
+    const place: DirectoryPlace = { kind: 'directory', path: path.join(home.place.path, name), access: 'own', option: 'entry' };
+    out.push({ place, real, fsPath: fsPathOf(real, mounts), id: await idOf(real), ancestors, folders: null, kept: [] });
+  }
+  return out;
 }
 
 /**
@@ -210,7 +259,14 @@ export async function resolvePlaces(
       out.push(
         await resolveDirectory(p, where, mounts).catch(() => {
           const real = path.resolve(p.path);
-          return { place: p, real, fsPath: fsPathOf(real, mounts), id: null, ancestors: new Set<string>() };
+          const folders = p.confinedTo
+            ? p.confinedTo.map((sub) => {
+                const r = path.join(real, sub);
+                const place: DirectoryPlace = { ...p, path: path.join(p.path, sub), confinedTo: undefined };
+                return { place, real: r, fsPath: fsPathOf(r, mounts), id: null, ancestors: new Set<string>(), folders: null, kept: [] };
+              })
+            : null;
+          return { place: p, real, fsPath: fsPathOf(real, mounts), id: null, ancestors: new Set<string>(), folders, kept: [] };
         }),
       );
   }
@@ -239,11 +295,33 @@ function namesRelation(a: NamesPlace, b: NamesPlace): Relation | null {
   return a.prefix === b.prefix ? 'same' : b.prefix.startsWith(a.prefix) ? 'around' : a.prefix.startsWith(b.prefix) ? 'inside' : null;
 }
 
+/** Where a place's pool writes: its confined subfolders, else the whole directory. */
+function extent(d: ResolvedDirectory): readonly ResolvedDirectory[] {
+  return d.folders ?? [d];
+}
+
+/** The first relation between an extent of `a` and one of `b` that `counts`, with both directories. */
+function extentRelation(
+  as: readonly ResolvedDirectory[],
+  bs: readonly ResolvedDirectory[],
+  counts: (rel: Relation) => boolean,
+): { rel: Relation; how: string; a: ResolvedDirectory; b: ResolvedDirectory } | null {
+  for (const x of as)
+    for (const y of bs) {
+      const r = directoryRelation(x, y);
+      if (r && counts(r.rel)) return { ...r, a: x, b: y };
+    }
+  return null;
+}
+
+const any = (): boolean => true;
+
 /**
  * Refuses (QubesValueError, naming both sides and the real paths) a place of
- * `mine` that conflicts with a place of `other` under the rule above.
- * Reserved directories (`other.pool === null`) only refuse being the same
- * or being held.
+ * `mine` that conflicts with a place of `other` under the rule above:
+ * extents of pools may not meet; a home place may be neither held by a
+ * place nor be or lie inside its extent, and its kept names may not meet
+ * any extent.
  */
 export function checkPlacesAgainst(mine: { readonly pool: string; readonly places: readonly ResolvedPlace[] }, other: PlaceHolder): void {
   for (const a of mine.places) {
@@ -261,39 +339,90 @@ export function checkPlacesAgainst(mine: { readonly pool: string; readonly place
       }
       const ra = a as ResolvedDirectory;
       const rb = b as ResolvedDirectory;
-      const found = directoryRelation(ra, rb);
+      const whole = directoryRelation(ra, rb);
+      let found: { rel: Relation; how: string; a: ResolvedDirectory; b: ResolvedDirectory } | null;
+      if (rb.place.access === 'home') {
+        // Not held by the place itself; not the same as, nor inside, its extent; its kept names untouched.
+        found =
+          whole?.rel === 'around'
+            ? { ...whole, a: ra, b: rb }
+            : extentRelation(extent(ra), [rb], (r) => r !== 'inside') ?? extentRelation(extent(ra), rb.kept, any);
+      } else {
+        found = extentRelation(extent(ra), extent(rb), any);
+      }
       if (!found) continue;
-      if (other.pool === null && found.rel === 'inside') continue;
-      const mineText = `${ra.place.option} ${ra.place.path}${ra.real !== path.resolve(ra.place.path) ? ` (real path ${ra.real})` : ''}`;
-      const theirs = `${other.what} (${other.pool === null ? '' : `${rb.place.option} `}${rb.real})`;
-      const text = found.rel === 'same' ? 'is' : found.rel === 'inside' ? 'lies inside' : 'holds';
-      throw new QubesValueError(`pool ${mine.pool}: ${mineText} ${text} ${theirs}${found.how}`);
+      throw new QubesValueError(`pool ${mine.pool}: ${describe(ra, rb, other, whole, found)}`);
     }
   }
 }
 
 /**
+ * The conflict in words: the relation of the two places as configured when
+ * they have one, else of the extents that met; then the extents that met
+ * when they are not the places themselves.
+ */
+function describe(
+  ra: ResolvedDirectory,
+  rb: ResolvedDirectory,
+  other: PlaceHolder,
+  whole: { rel: Relation; how: string } | null,
+  found: { rel: Relation; how: string; a: ResolvedDirectory; b: ResolvedDirectory },
+): string {
+  const name = (d: ResolvedDirectory): string => `${d.place.option} ${d.place.path}${d.real !== path.resolve(d.place.path) ? ` (real path ${d.real})` : ''}`;
+  const verb = (rel: Relation): string => (rel === 'same' ? 'is' : rel === 'inside' ? 'lies inside' : 'holds');
+  const theirs = (d: ResolvedDirectory): string => `${other.what} (${other.pool === null ? '' : `${d.place.option} `}${d.real})`;
+  const kept = rb.kept.includes(found.b);
+  if (kept) {
+    const r = directoryRelation(ra, found.b) ?? found;
+    return `${name(ra)} ${verb(r.rel)} ${found.b.real}, which ${theirs(rb)} keeps${r.how}`;
+  }
+  const viaExtents = found.a !== ra || found.b !== rb;
+  if (whole && !(rb.place.access === 'home' && viaExtents)) {
+    const detail = viaExtents && whole.rel !== 'same' ? `: ${found.a.real} ${verb(found.rel)} ${found.b.real}` : '';
+    return `${name(ra)} ${verb(whole.rel)} ${theirs(rb)}${whole.how}${detail}`;
+  }
+  return `${name(found.a)} ${verb(found.rel)} ${theirs(found.b)}${found.how}`;
+}
+
+/**
  * Refuses an own directory that exists and holds entries its pool would not
- * put there (see DirectoryPlace.entries). Reads only.
+ * put there (see DirectoryPlace.entries): at its top, or for a confined
+ * place in each of its subfolders, which must be real directories holding
+ * only directories. Reads only.
  */
 export async function checkPlaceContents(pool: string, places: readonly ResolvedPlace[]): Promise<void> {
   for (const r of places) {
     const p = r.place;
     if (p.kind !== 'directory' || p.access !== 'own' || !p.entries) continue;
     const d = r as ResolvedDirectory;
-    if (d.id === null) continue; // does not exist yet
-    let names: string[];
-    try {
-      names = await fs.readdir(d.real);
-    } catch (e) {
-      throw refuse(`pool ${pool}`, p, `cannot be read (${(e as NodeJS.ErrnoException).code ?? String(e)})`, e);
+    if (d.folders) {
+      for (const f of d.folders) {
+        const st = await fs.lstat(f.place.path).catch(() => null);
+        if (!st) continue; // does not exist yet
+        if (st.isSymbolicLink())
+          throw new QubesValueError(`pool ${pool}: ${f.place.option} ${f.place.path} is a symlink; a pool keeps its volumes in real directories`);
+        await checkEntries(pool, f, p.entries, true);
+      }
+    } else {
+      await checkEntries(pool, d, p.entries, false);
     }
-    const foreign = names.filter((n) => !p.entries!.test(n)).sort();
-    if (foreign.length)
-      throw new QubesValueError(
-        `pool ${pool}: ${p.option} ${p.path}${d.real !== path.resolve(p.path) ? ` (real path ${d.real})` : ''} already holds ` +
-          `${foreign.slice(0, 3).map((n) => `'${n.replace(/[\x00-\x1f\x7f]/g, '?')}'`).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''}, ` +
-          `which are not a pool's: give a new or empty directory, or one a pool of this kind used`,
-      );
   }
+}
+
+async function checkEntries(pool: string, d: ResolvedDirectory, entries: RegExp, dirsOnly: boolean): Promise<void> {
+  const p = d.place;
+  if (d.id === null) return; // does not exist yet
+  let found: import('node:fs').Dirent[];
+  try {
+    found = await fs.readdir(d.real, { withFileTypes: true });
+  } catch (e) {
+    throw refuse(`pool ${pool}`, p, `cannot be read (${(e as NodeJS.ErrnoException).code ?? String(e)})`, e);
+  }
+  const foreign = found.filter((e) => !entries.test(e.name) || (dirsOnly && !e.isDirectory())).map((e) => e.name).sort();
+  if (foreign.length)
+    throw new QubesValueError(
+      `pool ${pool}: ${p.option} ${p.path}${d.real !== path.resolve(p.path) ? ` (real path ${d.real})` : ''} already holds ` +
+        `${foreign.slice(0, 3).map((n) => `'${n.replace(/[\x00-\x1f\x7f]/g, '?')}'`).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''}, ` +
+        `which are not a pool's: give a new or empty directory, or one a pool of this kind used`,
+    );
 }

@@ -1,7 +1,8 @@
 // Pool places compared as the kernel sees them (storage/places.ts): a pool
-// is refused when its directory is, holds or lies inside another pool's
-// directory, the base directory or the state file's directory, through
-// symlinks and bind mounts too; and a refused add changes nothing on disk.
+// is refused when its extent (a file pool's class folders) is, holds or lies
+// inside another pool's, or when it holds the base directory or the state
+// file's directory, is one without being confined, or reaches what they keep;
+// through symlinks and bind mounts too; and a refused add changes nothing on disk.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -80,42 +81,58 @@ describeEachFs('pool places', (tfs, ctx) => {
     }
   });
 
-  it('refuses the parent of a pool directory and a folder inside one; accepts a sibling', async () => {
+  it("refuses a pool among another's volumes (or holding another among its own) and at the same place; accepts one beside the class folders", async () => {
     const dir = await ctx.tempDir('nest');
     const t = await newApp(tfs, dir);
     try {
       const deep = path.join(dir, 'a', 'b');
       await t.app.addPool('file', 'deep', { dir_path: deep });
-      await refusedUnchanged(dir, () => t.app.addPool('file', 'parent', { dir_path: path.join(dir, 'a') }), new RegExp(`^pool parent: dir_path ${esc(dir)}/a holds pool deep \\(dir_path ${esc(deep)}\\)$`));
-      await refusedUnchanged(dir, () => t.app.addPool('file', 'inner', { dir_path: path.join(deep, 'sub', 'x') }), /^pool inner: dir_path .*\/a\/b\/sub\/x lies inside pool deep/);
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'inner', { dir_path: path.join(deep, 'appvms', 'x') }), /^pool inner: dir_path .*\/a\/b\/appvms\/x lies inside pool deep \(dir_path .*\/a\/b\): .*\/a\/b\/appvms\/x\/appvms lies inside .*\/a\/b\/appvms$/);
       await refusedUnchanged(dir, () => t.app.addPool('file', 'vols', { dir_path: path.join(t.poolDir, 'appvms') }), /lies inside pool default/);
       await refusedUnchanged(dir, () => t.app.addPool('file', 'same', { dir_path: deep + '/./' }), /^pool same: dir_path .* is pool deep/);
+      // A pool whose class folder another pool is in.
+      const low = path.join(dir, 'h', 'vm-templates', 'low');
+      await t.app.addPool('file', 'low', { dir_path: low });
+      await refusedUnchanged(dir, () => t.app.addPool('xen', 'hold', { dir_path: path.join(dir, 'h') }), new RegExp(`^pool hold: dir_path ${esc(dir)}/h holds pool low \\(dir_path ${esc(low)}\\): `));
       const sibling = path.join(dir, 'a', 'c');
       await t.app.addPool('file', 'sibling', { dir_path: sibling });
       assert.deepEqual((await fs.readdir(sibling)).sort(), ['appvms', 'vm-templates'], 'a pool beside another is accepted and set up');
-      assert.deepEqual(t.app.poolNames(), ['default', 'deep', 'sibling']);
+      // A pool's folders are its class folders: a pool around it, or inside it beside them, meets none of them.
+      await t.app.addPool('file', 'parent', { dir_path: path.join(dir, 'a') });
+      await t.app.addPool('file', 'beside', { dir_path: path.join(deep, 'sub', 'x') });
+      assert.deepEqual(t.app.poolNames(), ['default', 'deep', 'low', 'sibling', 'parent', 'beside']);
     } finally {
       await t.app.close();
     }
   });
 
-  it("refuses the state file's directory, the base directory and what holds them; a pool inside them is fine", async () => {
+  it("a file pool may be at the state file's directory or the base directory, or inside them; not around them, nor in what they keep", async () => {
     const dir = await ctx.tempDir('base');
     const base = path.join(dir, 'base');
     const stateDir = path.join(dir, 'state');
     await fs.mkdir(base);
     await fs.mkdir(stateDir);
-    const { app } = await openApp(stateDir, { baseDir: base });
+    const { app } = await openApp(stateDir, { baseDir: base, baseKeeps: ['qubesd.sock', 'running-domains'] });
     try {
-      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: stateDir }), new RegExp(`^pool p: dir_path ${esc(stateDir)} is the directory of the state file ${esc(stateDir)}/qubes.xml \\(${esc(stateDir)}\\)$`));
-      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: base }), new RegExp(`^pool p: dir_path ${esc(base)} is the base directory \\(${esc(base)}\\)$`));
+      // (Until deliverable 6 was corrected, both directories themselves were refused too.)
       await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: dir }), /^pool p: dir_path .* holds the directory of the state file/);
       await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: '/' }), /^pool p: dir_path \/ holds the directory of the state file/);
+      // A place not confined to class folders may not be at them.
+      await refusedUnchanged(dir, () => app.addPool('linux-kernel', 'k', { dir_path: base }), new RegExp(`^pool k: dir_path ${esc(base)} is the base directory \\(${esc(base)}\\)$`));
+      // What they keep: the state's backups, its journal, the run state.
+      await fs.mkdir(path.join(stateDir, 'backup'));
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: path.join(stateDir, 'backup', 'x') }), new RegExp(`^pool p: dir_path ${esc(stateDir)}/backup/x lies inside ${esc(stateDir)}/backup, which the directory of the state file ${esc(stateDir)}/qubes.xml \\(${esc(stateDir)}\\) keeps$`));
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: path.join(stateDir, 'qubes.xml.journal') }), /^pool p: dir_path .*\/state\/qubes.xml.journal is .*\/state\/qubes.xml.journal, which the directory of the state file .* keeps$/);
+      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: path.join(base, 'running-domains', 'x') }), /^pool p: dir_path .*\/base\/running-domains\/x lies inside .*\/base\/running-domains, which the base directory \(.*\) keeps$/);
+      await app.addPool('file', 'atstate', { dir_path: stateDir });
+      await app.addPool('file-reflink', 'atbase', { dir_path: base, setup_check: false });
       await fs.symlink(base, path.join(dir, 'b'));
-      await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: path.join(dir, 'b') }), /\(real path .*\/base\) is the base directory/);
+      await refusedUnchanged(dir, () => app.addPool('xen', 'p', { dir_path: path.join(dir, 'b') }), new RegExp(`^pool p: dir_path ${esc(dir)}/b \\(real path ${esc(base)}\\) is pool atbase \\(dir_path ${esc(base)}\\)$`));
+      await refusedUnchanged(dir, () => app.addPool('file', 'vols', { dir_path: path.join(base, 'appvms') }), new RegExp(`^pool vols: dir_path ${esc(base)}/appvms lies inside pool atbase \\(dir_path ${esc(base)}\\): ${esc(base)}/appvms/appvms lies inside ${esc(base)}/appvms$`));
       await app.addPool('file', 'inbase', { dir_path: path.join(base, 'pools', 'x') });
       await app.addPool('file', 'instate', { dir_path: path.join(stateDir, 'pool') });
-      assert.deepEqual(app.poolNames(), ['inbase', 'instate']);
+      assert.deepEqual(app.poolNames(), ['atstate', 'atbase', 'inbase', 'instate']);
+      assert.deepEqual((await fs.readdir(base)).sort(), ['appvms', 'pools', 'vm-templates']);
     } finally {
       await app.close();
     }
@@ -135,7 +152,7 @@ describeEachFs('pool places', (tfs, ctx) => {
       await run('mount', ['--bind', path.join(t.poolDir, 'appvms'), sub]);
       mounted.push(sub);
       await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: alias, setup_check: false }), /^pool twin: dir_path .*\/alias is pool default .*through a mount/);
-      await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(alias, 'new') }), /lies inside pool default .*through a mount/);
+      await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: path.join(alias, 'appvms', 'new') }), /lies inside pool default .*through a mount/);
       await refusedUnchanged(t.poolDir, () => t.app.addPool('file-reflink', 'twin', { dir_path: sub, setup_check: false }), /^pool twin: dir_path .*\/sub lies inside pool default .*through a mount/);
       // Without /proc (no mount table), device and inode still see the alias and what lies inside it.
       const at = (p: string) => resolvePlaces([{ kind: 'directory', path: p, access: 'own', option: 'dir_path' }], 'test', null);
@@ -150,39 +167,36 @@ describeEachFs('pool places', (tfs, ctx) => {
     }
   });
 
-  it('refuses a directory that holds what is not a pool\'s (a populated system-like directory), leaving it exactly as it was', async () => {
+  it("refuses a class folder that holds what is not a domain's directory, leaving it exactly as it was; the top of the directory is not the pool's business", async () => {
     const dir = await ctx.tempDir('etc');
     const t = await newApp(tfs, dir);
     try {
+      // (Until deliverable 6 was corrected, any entry at the top but class folders was refused: that refused /var/lib/qubes.)
       const etc = path.join(dir, 'etc');
+      await fs.mkdir(path.join(etc, 'appvms', 'work'), { recursive: true });
+      await fs.writeFile(path.join(etc, 'appvms', 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
       await fs.mkdir(path.join(etc, 'ssh'), { recursive: true });
-      await fs.writeFile(path.join(etc, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
       await fs.writeFile(path.join(etc, 'ssh', 'sshd_config'), 'Port 22\n');
-      const st = await fs.stat(etc);
+      const st = await fs.stat(path.join(etc, 'appvms'));
       for (const driver of ['file-reflink', 'file', 'xen'])
-        await refusedUnchanged(dir, () => t.app.addPool(driver, 'etc', { dir_path: etc }), /^pool etc: dir_path .*\/etc already holds 'passwd', 'ssh', which are not a pool's/);
-      const after = await fs.stat(etc);
+        await refusedUnchanged(dir, () => t.app.addPool(driver, 'etc', { dir_path: etc, ...(driver === 'file-reflink' ? { setup_check: false } : {}) }), /^pool etc: dir_path .*\/etc\/appvms already holds 'passwd', which are not a pool's/);
+      const after = await fs.stat(path.join(etc, 'appvms'));
       assert.equal(after.mtimeMs, st.mtimeMs);
       assert.equal(after.ctimeMs, st.ctimeMs);
-      // What a pool leaves (its class directories, an ext* lost+found) is fine: a removed pool comes back.
-      const reused = path.join(dir, 'reused');
-      for (const d of ['appvms', 'vm-templates', 'servicevms', 'lost+found']) await fs.mkdir(path.join(reused, d), { recursive: true });
-      await t.app.addPool('xen', 'reused', { dir_path: reused });
-    } finally {
-      await t.app.close();
-    }
-  });
-
-  it('refuses /etc and writes nothing there', async () => {
-    const dir = await ctx.tempDir('real-etc');
-    const t = await newApp(tfs, dir);
-    try {
-      const before = { names: (await fs.readdir('/etc')).sort(), st: await fs.stat('/etc') };
-      await assert.rejects(t.app.addPool('file', 'etc', { dir_path: '/etc' }), (e: unknown) => e instanceof QubesValueError && /^pool etc: dir_path \/etc already holds /.test((e as Error).message));
-      const st = await fs.stat('/etc');
-      assert.deepEqual((await fs.readdir('/etc')).sort(), before.names);
-      assert.equal(st.mtimeMs, before.st.mtimeMs);
-      assert.equal(st.ctimeMs, before.st.ctimeMs);
+      // A symlink for a class folder, or a domain directory that is a symlink, is refused too.
+      await fs.rm(path.join(etc, 'appvms', 'passwd'));
+      await fs.symlink(path.join(dir, 'ssh'), path.join(etc, 'appvms', 'other'));
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'etc', { dir_path: etc }), /^pool etc: dir_path .*\/etc\/appvms already holds 'other'/);
+      await fs.rm(path.join(etc, 'appvms', 'other'));
+      await fs.symlink(path.join(etc, 'ssh'), path.join(etc, 'vm-templates'));
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'etc', { dir_path: etc }), /^pool etc: dir_path .*\/etc\/vm-templates is a symlink/);
+      await fs.rm(path.join(etc, 'vm-templates'));
+      // What a pool leaves (domain directories, an ext* lost+found) is fine; what lies beside the class folders is left alone.
+      await fs.mkdir(path.join(etc, 'servicevms', 'lost+found'), { recursive: true });
+      const beside = await walk(path.join(etc, 'ssh'));
+      await t.app.addPool('xen', 'etc', { dir_path: etc });
+      assert.deepEqual((await fs.readdir(etc)).sort(), ['appvms', 'servicevms', 'ssh', 'vm-templates']);
+      assert.deepEqual(await walk(path.join(etc, 'ssh')), beside);
     } finally {
       await t.app.close();
     }
@@ -220,7 +234,7 @@ describeEachFs('pool places', (tfs, ctx) => {
       await refusedUnchanged(dir, () => t.app.addPool('callback', 'cb', { conf_id: 'over', conf_path: conf }), /^pool cb: dir_path .*\/alias \(real path .*\/pool\) is pool default/);
       await t.app.addPool('callback', 'cb', { conf_id: 'own', conf_path: conf });
       // ...and other pools by the callback pool's places.
-      await refusedUnchanged(dir, () => t.app.addPool('file', 'under', { dir_path: path.join(dir, 'cbdata', 'x') }), /lies inside pool cb \(dir_path .*\/cbdata\)/);
+      await refusedUnchanged(dir, () => t.app.addPool('file', 'under', { dir_path: path.join(dir, 'cbdata', 'appvms', 'x') }), /lies inside pool cb \(dir_path .*\/cbdata\)/);
     } finally {
       await t.app.close();
     }
@@ -313,24 +327,88 @@ describeEachFs('pool places', (tfs, ctx) => {
       [
         '[twin]', 'driver=file', `dir_path=${dir}/alias`, '',
         '[good]', 'driver=file', `dir_path=${good}`, '',
-        '[inner]', 'driver=file', `dir_path=${good}/inner`, '',
-        '[state]', 'driver=file', `dir_path=${dir}`, '',
+        '[inner]', 'driver=file', `dir_path=${good}/appvms/inner`, '',
+        '[up]', 'driver=file', `dir_path=${path.dirname(dir)}`, '',
       ].join('\n'),
     );
     const before = await walk(t.poolDir);
     const storageConf = { file: conf, context: { registry: await builtinRegistry(), baseDir: dir } };
     const { app } = await openApp(dir, { storageConf });
     try {
-      assert.deepEqual(app.poolNames(), ['default', 'twin', 'good', 'inner', 'state']);
+      assert.deepEqual(app.poolNames(), ['default', 'twin', 'good', 'inner', 'up']);
       assert.ok(app.isPoolAvailable('good'));
       const reason = (n: string): string => (app.pool(n) as UnavailablePool).reason;
       assert.match(reason('twin'), new RegExp(`^${esc(conf)}:1: pool twin: dir_path ${esc(dir)}/alias \\(real path ${esc(t.poolDir)}\\) is pool default`));
       assert.match(reason('inner'), new RegExp(`^${esc(conf)}:9: pool inner: dir_path .* lies inside pool good`));
-      assert.match(reason('state'), new RegExp(`^${esc(conf)}:13: pool state: dir_path ${esc(dir)} is the directory of the state file`));
+      assert.match(reason('up'), new RegExp(`^${esc(conf)}:13: pool up: dir_path ${esc(path.dirname(dir))} holds the directory of the state file`));
       await assert.rejects(app.pool('twin').listVolumes(), /pool twin \(driver file\) is unavailable: .*is pool default/);
       assert.deepEqual(await walk(t.poolDir), before, 'the conflicting pool set nothing up');
-      await assert.rejects(fs.stat(path.join(good, 'inner')), 'nor did the one inside another');
-      assert.deepEqual((await fs.readdir(dir)).filter((n) => n === 'appvms' || n === 'vm-templates'), [], 'nor the one at the state directory');
+      await assert.rejects(fs.stat(path.join(good, 'appvms', 'inner')), 'nor did the one inside another');
+      assert.deepEqual((await fs.readdir(path.dirname(dir))).filter((n) => n === 'appvms' || n === 'vm-templates'), [], 'nor the one around the state directory');
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("an R3.2 storage.conf [default] (xen, no dir_path) loads available in the base directory, serves a domain there, and survives reopening", async () => {
+    const dir = await ctx.tempDir('r32');
+    const conf = path.join(dir, 'storage.conf');
+    await fs.writeFile(conf, '[default]\ndriver=xen\n');
+    const opts = { storageConf: { file: conf, context: { registry: await builtinRegistry(), baseDir: dir } }, baseDir: dir };
+    let { app } = await openApp(dir, opts);
+    try {
+      assert.ok(app.isPoolAvailable('default'), app.pool('default') instanceof UnavailablePool ? (app.pool('default') as UnavailablePool).reason : '');
+      assert.equal(app.pool('default').config()['dir_path'], dir);
+      await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+      await app.createDomain({ klass: 'AppVM', name: 'work', label: 'red', template: 'tpl' });
+      assert.ok((await fs.readdir(path.join(dir, 'appvms', 'work'))).includes('private.img'));
+      assert.ok((await fs.readdir(path.join(dir, 'vm-templates', 'tpl'))).includes('root.img'));
+      await app.close();
+      ({ app } = await openApp(dir, opts));
+      assert.ok(app.isPoolAvailable('default'));
+      assert.deepEqual(app.domainList().map((d) => d.name).sort(), ['dom0', 'tpl', 'work']);
+      assert.deepEqual(await app.pool('default').listVolumes(), ['appvms/work/private', 'vm-templates/tpl/private', 'vm-templates/tpl/root']);
+      await app.start('work');
+      await app.shutdown('work');
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a pool at the base directory (beside qubes.xml, its journal and backups, and a pool in BASE/pools) never touches them', async () => {
+    const dir = await ctx.tempDir('varlibqubes');
+    const { app: first } = await openApp(dir, { baseDir: dir });
+    await first.addPool('file-reflink', 'default', { dir_path: path.join(dir, 'pools', 'default'), setup_check: tfs.reflink });
+    await first.createDomain({ klass: 'StandaloneVM', name: 'other', label: 'red' });
+    // A backup of the state, and in it a file named like a pool's leftover copy: a sweep that left the class folders would take it.
+    const backup = path.join(dir, 'backup', '2026-12-01');
+    await fs.mkdir(backup, { recursive: true });
+    await fs.writeFile(path.join(backup, 'qubes.xml'), await fs.readFile(path.join(dir, 'qubes.xml')));
+    await fs.writeFile(path.join(backup, 'work-tmp-0a1b.img'), 'not the pool\'s');
+    const untouched = async (): Promise<string[]> => (await walk(dir)).filter((l) => /^(backup|pools)\//.test(l));
+    const before = await untouched();
+    let app = first;
+    try {
+      await app.addPool('file-reflink', 'varlibqubes', { dir_path: dir, setup_check: tfs.reflink });
+      // Its volumes are only ever in its class folders: a volume id elsewhere (from a hand-edited state) is refused.
+      assert.throws(() => app.pool('varlibqubes').initVolume(null, { name: 'work-tmp-0a1b', vid: 'backup/2026-12-01/work-tmp-0a1b' }), /^QubesValueError: pool varlibqubes: volume id 'backup\/2026-12-01\/work-tmp-0a1b' must lie in a class folder/);
+      await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black', pool: 'varlibqubes' });
+      await app.createDomain({ klass: 'AppVM', name: 'work', label: 'red', template: 'tpl', pool: 'varlibqubes' });
+      await app.start('work');
+      await app.shutdown('work');
+      await app.close();
+      ({ app } = await openApp(dir, { baseDir: dir }));
+      await app.start('work');
+      await app.shutdown('work');
+      await app.removeDomain('work');
+      await app.removeDomain('tpl');
+      await app.removePool('varlibqubes');
+      assert.deepEqual(await untouched(), before, 'backups and the other pool are as they were');
+      await app.close();
+      ({ app } = await openApp(dir, { baseDir: dir }));
+      assert.deepEqual(app.poolNames(), ['default']);
+      assert.deepEqual(app.domainList().map((d) => d.name).sort(), ['dom0', 'other']);
+      assert.ok((await app.pool('default').listVolumes()).includes('appvms/other/private'));
     } finally {
       await app.close();
     }

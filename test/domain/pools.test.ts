@@ -33,12 +33,14 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
       assert.equal(app.pool('fp').revisions_to_keep, 0);
       assert.equal(app.pool('fp').ephemeral_volatile, true);
 
-      // A pool inside another's directory is refused (test/domain/pool-places.test.ts has the rule); beside it is fine.
+      // A pool among another's volumes is refused (test/domain/pool-places.test.ts has the rule); inside its
+      // directory beside its class folders it is fine, and included_in says where.
+      await assert.rejects(app.addPool('file-reflink', 'vols', { dir_path: path.join(dir, 'pool', 'appvms', 'x'), setup_check: tfs.reflink }), /lies inside pool default/);
+      await assert.rejects(fs.stat(path.join(dir, 'pool', 'appvms', 'x')), 'the refused pool made nothing');
       const nested = path.join(dir, 'pool', 'nested');
-      await assert.rejects(app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink }), /lies inside pool default/);
-      await assert.rejects(fs.stat(nested), 'the refused pool made nothing');
-      await app.addPool('file-reflink', 'inner', { dir_path: path.join(dir, 'inner'), setup_check: tfs.reflink });
-      assert.equal(app.pool('inner').includedIn(app.pools()), null);
+      await app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink });
+      assert.equal(app.pool('inner').includedIn(app.pools())?.name, 'default');
+      assert.equal(app.pool('default').includedIn(app.pools()), null);
       const details = await app.pool('fp').usageDetails();
       assert.ok(details['data_size']! > 0 && details['data_usage']! > 0);
 

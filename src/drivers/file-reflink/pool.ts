@@ -74,7 +74,7 @@ export class FileReflinkPool extends Pool {
   private async sweep(): Promise<void> {
     const debris = /^[A-Za-z][A-Za-z0-9_]*-(tmp-[0-9a-f]+|export-[0-9a-f]+|import)\.img$/;
     await this.removeProbeDebris();
-    for (const prefix of await readdirOrEmpty(this.dirPath)) {
+    for (const prefix of CLASS_FOLDERS) {
       const p1 = path.join(this.dirPath, prefix);
       for (const dom of await readdirOrEmpty(p1)) {
         const p2 = path.join(p1, dom);
@@ -157,9 +157,16 @@ export class FileReflinkPool extends Pool {
     return true;
   }
 
-  /** dir_path, owned: nothing else may be there (see storage/places.ts). */
+  /**
+   * dir_path, owned but confined to the class folders (see
+   * storage/places.ts): volumes, sweeps and listings stay in them, and the
+   * only other writes are the uniquely named reflink probe files at the top.
+   * So dir_path may be the base directory beside qubes.xml, as Qubes'
+   * varlibqubes and R3.2 default pools are, and hold other pools outside
+   * its class folders.
+   */
   override async places(): Promise<PoolPlace[]> {
-    return [{ kind: 'directory', path: this.dirPath, access: 'own', option: 'dir_path', entries: POOL_DIR_ENTRIES }];
+    return [{ kind: 'directory', path: this.dirPath, access: 'own', option: 'dir_path', confinedTo: CLASS_FOLDERS, entries: CLASS_FOLDER_ENTRIES }];
   }
 
   /**
@@ -218,6 +225,8 @@ export class FileReflinkPool extends Pool {
     checkVid(vid);
     if (vid.split('/').length < 2)
       throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must be DIR/NAME (e.g. appvms/work/private)`);
+    if (!CLASS_FOLDERS.includes(vid.split('/')[0]!))
+      throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must lie in a class folder (${CLASS_FOLDERS.join(', ')}): the pool writes nowhere else`);
     return new FileReflinkVolume(this, domain, vid, spec);
   }
 
@@ -229,10 +238,11 @@ export class FileReflinkPool extends Pool {
   override async listVolumes(): Promise<string[]> {
     const root = this.dirPath;
     const domainDirs: string[] = [];
-    for (const prefix of await readdirEntries(root)) {
-      if (!prefix.isDirectory()) continue;
-      for (const dom of await readdirEntries(path.join(root, prefix.name)))
-        if (dom.isDirectory()) domainDirs.push(`${prefix.name}/${dom.name}`);
+    for (const prefix of CLASS_FOLDERS) {
+      const st = await fs.lstat(path.join(root, prefix)).catch(() => null);
+      if (!st?.isDirectory()) continue;
+      for (const dom of await readdirEntries(path.join(root, prefix)))
+        if (dom.isDirectory()) domainDirs.push(`${prefix}/${dom.name}`);
     }
     const out: string[] = [];
     await forEachLimit(domainDirs, LIST_CONCURRENCY, async (rel) => {
@@ -279,11 +289,12 @@ export class FileReflinkPool extends Pool {
 }
 
 /**
- * What a file pool's directory may hold at its top when a pool moves in: its
- * class directories (of every flavor: an R3.2 xen directory may be reused),
- * the probe files of a setup cut short, and an ext* mount point's lost+found.
+ * The folders a file pool keeps volumes in: the class folders of every
+ * flavor (an R3.2 xen directory, with servicevms/, may be reused by any).
  */
-const POOL_DIR_ENTRIES = /^(appvms|vm-templates|servicevms|lost\+found|\.reflink-probe-[0-9a-f]+(-copy)?)$/;
+const CLASS_FOLDERS: readonly string[] = ['appvms', 'vm-templates', 'servicevms'];
+/** What a class folder may hold when a pool moves in: domain directories (and an ext* mount point's lost+found). */
+const CLASS_FOLDER_ENTRIES = /^([A-Za-z][A-Za-z0-9_.-]*|lost\+found)$/;
 
 async function pathExists(p: string): Promise<boolean> {
   try {

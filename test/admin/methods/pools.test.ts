@@ -134,21 +134,40 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     const alias = path.join(rig.dir, 'alias');
     await fs.symlink(rig.poolDir, alias);
     const etc = path.join(rig.dir, 'etc');
-    await fs.mkdir(etc);
-    await fs.writeFile(path.join(etc, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
+    await fs.mkdir(path.join(etc, 'appvms'), { recursive: true });
+    await fs.writeFile(path.join(etc, 'appvms', 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
     try {
       const before = await listTree(rig.dir);
       await failsWith(S, 'QubesValueError', add('twin', alias), new RegExp(`^pool twin: dir_path ${esc(alias)} \\(real path ${esc(rig.poolDir)}\\) is pool default \\(dir_path ${esc(rig.poolDir)}\\)$`));
-      await failsWith(S, 'QubesValueError', add('inside', path.join(rig.poolDir, 'sub')), /^pool inside: dir_path .*\/pool\/sub lies inside pool default/);
-      await failsWith(S, 'QubesValueError', add('base', rig.dir), new RegExp(`^pool base: dir_path ${esc(rig.dir)} is the directory of the state file`));
+      await failsWith(S, 'QubesValueError', add('inside', path.join(rig.poolDir, 'appvms', 'sub')), /^pool inside: dir_path .*\/pool\/appvms\/sub lies inside pool default/);
       await failsWith(S, 'QubesValueError', add('up', path.dirname(rig.dir)), /^pool up: dir_path .* holds the directory of the state file/);
-      await failsWith(S, 'QubesValueError', add('etc', etc), /^pool etc: dir_path .*\/etc already holds 'passwd', which are not a pool's/);
+      await failsWith(S, 'QubesValueError', add('etc', etc), /^pool etc: dir_path .*\/etc\/appvms already holds 'passwd', which are not a pool's/);
       assert.deepEqual(await listTree(rig.dir), before, 'refused adds made nothing');
       assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\n');
     } finally {
       await fs.rm(alias);
       await fs.rm(etc, { recursive: true });
     }
+  });
+
+  test("Add varlibqubes at the base directory (Qubes' own layout): accepted beside the state and BASE/pool; BASE/appvms then refused", async () => {
+    const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const add = (name: string, dir: string): [string, string, string, string] => ['admin.pool.Add', 'dom0', 'file-reflink', `name=${name}\ndir_path=${dir}\nsetup_check=${tfs.reflink ? 'True' : 'False'}\n`];
+    const state = await fs.readFile(path.join(rig.dir, 'qubes.xml'), 'utf8');
+    assert.equal(await ok(S, ...add('varlibqubes', rig.dir)), '');
+    try {
+      assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\nvarlibqubes\n');
+      assert.match(await ok(S, 'admin.pool.Info', 'dom0', 'varlibqubes'), new RegExp(`^dir_path=${esc(rig.dir)}\ndriver=file-reflink\n`));
+      assert.ok((await fs.readdir(rig.dir)).includes('appvms'));
+      await failsWith(S, 'QubesValueError', add('vols', path.join(rig.dir, 'appvms')), new RegExp(`^pool vols: dir_path ${esc(rig.dir)}/appvms lies inside pool varlibqubes \\(dir_path ${esc(rig.dir)}\\): `));
+      await failsWith(S, 'QubesValueError', add('up', path.dirname(rig.dir)), /^pool up: dir_path .* holds the directory of the state file/);
+    } finally {
+      assert.equal(await ok(S, 'admin.pool.Remove', 'dom0', 'varlibqubes'), '');
+    }
+    assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\n');
+    assert.equal(await fs.readFile(path.join(rig.dir, 'qubes.xml'), 'utf8'), state, 'the state is as before the add and remove');
+    await fs.rmdir(path.join(rig.dir, 'appvms'));
+    await fs.rmdir(path.join(rig.dir, 'vm-templates'));
   });
 
   test('argument and destination errors', async () => {
