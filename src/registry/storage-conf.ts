@@ -8,9 +8,9 @@
  * Loading makes the pools only. The App then checks each one's places
  * against the pools before it, and the base and state directories, as an
  * add would (storage/places.ts), and sets it up; one that fails stays listed
- * as unavailable with the reason. So an R3.2 `[default]` without dir_path,
- * whose directory is the base directory holding qubes.xml, is unavailable
- * here until it names a directory of its own.
+ * as unavailable with the reason. An R3.2 `[default]` without dir_path
+ * (file pools: xen, file, file-reflink) lives in the base directory beside
+ * qubes.xml, as in Qubes: its writes stay in its class folders, so it loads.
  *
  * The INI reader and writer keep the file as lines, so adding or removing a
  * pool changes only that pool's lines: comments, blank lines, the order of
