@@ -101,9 +101,9 @@ export interface QubesAppOptions {
    */
   readonly storageConf?: { readonly file: string; readonly context: StorageConfContext };
   /**
-   * The base directory of the runtime (run state, the default pool's home),
-   * when it is not the state file's directory: no pool may be at it or hold
-   * it (storage/places.ts), as for the state file's directory.
+   * The base directory of the runtime (run state, the default pool's home):
+   * as for the state file's directory, no pool may hold it, and only a pool
+   * confined to its class folders may be at it (storage/places.ts).
    */
   readonly baseDir?: string;
   /**
