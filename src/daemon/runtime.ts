@@ -121,6 +121,9 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(opts.configFiles ? { configFiles: opts.configFiles } : {}),
     ...(opts.sizes ? { sizes: opts.sizes } : {}),
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
+    baseDir,
+    // What the runtime keeps in the base directory: no pool may be at, in or around it.
+    baseKeeps: ['qubesd.sock', RUN_STATE_FILE, 'storage.conf'],
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));

@@ -42,6 +42,7 @@ import {
 import { KeyedMutex } from '../storage/lock.js';
 import { DomainHolds, type HoldSpec } from './holds.js';
 import { checkOptionChange, parseBool, parseInt10, type OptionSpec, type OptionValue } from '../storage/options.js';
+import { checkPlaceContents, checkPlacesAgainst, readMounts, resolvePlaces } from '../storage/places.js';
 import { checkPoolName, type Pool } from '../storage/pool.js';
 import { DEFAULT_PRIVATE_SIZE, DEFAULT_ROOT_SIZE, defaultVolumeConfigs } from '../storage/volume-sets.js';
 import { printable, type BlockDevice, type VolumeConfig } from '../storage/volume.js';
@@ -127,6 +128,18 @@ export interface QubesAppOptions {
    * later go to the state file. A name in both is an error at open.
    */
   readonly storageConf?: { readonly file: string; readonly context: StorageConfContext };
+  /**
+   * The base directory of the runtime (run state, the default pool's home):
+   * as for the state file's directory, no pool may hold it, and only a pool
+   * confined to its class folders may be at it (storage/places.ts).
+   */
+  readonly baseDir?: string;
+  /**
+   * Names in the base directory that are the runtime's (its socket, the
+   * run state): no pool may be at, in or around them. The state file's own
+   * (it, its journal, lock and backup/) are kept in any case.
+   */
+  readonly baseKeeps?: readonly string[];
 }
 
 /** pool=P for all volumes, or pool:VOLUME=P per volume (not both). */
@@ -212,6 +225,10 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly notice: ((line: string) => void) | undefined;
   private readonly poolEntries = new Map<string, PoolEntry>();
   private readonly pendingPools = new Set<string>();
+  /** Pool adds, one at a time: a pool's places are checked against every pool there (and being added). */
+  private readonly poolLock = new KeyedMutex();
+  private readonly baseDir: string | undefined;
+  private readonly baseKeeps: readonly string[];
   private readonly removingPools = new Set<string>();
   private readonly domains = new Map<string, Domain>();
   private readonly reserved = new Map<string, Reservation>();
@@ -259,6 +276,8 @@ export class QubesApp implements DomainHost, StateModel {
     this.notice = opts.notice;
     this.backups = new StateBackups(opts.stateFile, opts.backups ?? DEFAULT_STATE_BACKUPS);
     this.storageConf = opts.storageConf;
+    this.baseDir = opts.baseDir;
+    this.baseKeeps = opts.baseKeeps ?? [];
     this.globals = new GlobalProperties(this);
     this.journalFile = journalPathFor(opts.stateFile);
     const fromEnv = process.env['QUBES_STORAGE_JOURNAL_FROM'];
@@ -651,13 +670,17 @@ export class QubesApp implements DomainHost, StateModel {
         );
       const { name: _n, driver, ...opts } = pool.config();
       const options = Object.fromEntries(Object.entries(opts).map(([k, v]) => [k, optionText(v)]));
-      // storage.conf pools were never "added": set them up here (idempotent). One
-      // that cannot be set up stays listed, unavailable, with the reason.
+      // storage.conf pools were never "added": checked and set up here, as an
+      // add would (setup is idempotent). One whose places conflict with a pool
+      // before it (or the state's), or that cannot be set up, stays listed,
+      // unavailable, with the reason.
       let usable: Pool = pool;
       try {
+        await this.checkPoolPlaces(pool);
         await pool.setup();
       } catch (e) {
-        usable = new UnavailablePool(def.name, String(driver), options, `${conf.file}:${def.line}: ${e instanceof Error ? e.message : String(e)}`);
+        const reason = `${conf.file}:${def.line}: ${e instanceof Error ? e.message : String(e)}`;
+        usable = new UnavailablePool(def.name, String(driver), options, reason, await pool.places().catch(() => undefined));
       }
       this.poolEntries.set(def.name, { pool: usable, record: { name: def.name, driver: String(driver), options }, origin: 'storage.conf' });
     }
@@ -692,8 +715,12 @@ export class QubesApp implements DomainHost, StateModel {
   }
 
   /**
-   * Adds a pool: makes it from its driver and raw options, runs its setup,
-   * saves. A taken name is QubesPoolInUseError.
+   * Adds a pool: makes it from its driver and raw options, checks its places
+   * (nothing on disk is made or changed until here), runs its setup, saves.
+   * A taken name is QubesPoolInUseError; places that conflict with another
+   * pool's or the state's are a QubesValueError naming both. Adds run one at
+   * a time, so two pools cannot move into one place together. A failed setup
+   * or save leaves no directory the setup made.
    */
   async addPool(driver: string, name: string, options: Record<string, OptionValue>): Promise<Pool> {
     this.checkOpen();
@@ -702,53 +729,66 @@ export class QubesApp implements DomainHost, StateModel {
       throw new QubesPoolInUseError(`pool ${name} already exists`);
     this.pendingPools.add(name);
     try {
-      const pool = await this.factory.createPool(driver, name, { ...options });
-      this.checkPoolPlace(pool);
-      await pool.setup();
-      const record: PoolRecord = {
-        name,
-        driver,
-        options: Object.fromEntries(Object.entries(options).map(([k, v]) => [k, optionText(v)])),
-      };
-      try {
-        await this.commit(() => {
-          this.poolEntries.set(name, { pool, record, origin: 'state' });
-          return () => this.poolEntries.delete(name);
-        }, NO_DOMAINS);
-      } catch (e) {
-        await pool.destroy().catch(() => undefined);
-        throw e;
-      }
-      this.events.emit('', 'pool-add', { pool: name });
-      return pool;
+      return await this.poolLock.run('add', async () => {
+        const pool = await this.factory.createPool(driver, name, { ...options });
+        await this.checkPoolPlaces(pool);
+        this.checkOpen();
+        await pool.setup();
+        const record: PoolRecord = {
+          name,
+          driver,
+          options: Object.fromEntries(Object.entries(options).map(([k, v]) => [k, optionText(v)])),
+        };
+        try {
+          await this.commit(() => {
+            this.poolEntries.set(name, { pool, record, origin: 'state' });
+            return () => this.poolEntries.delete(name);
+          }, NO_DOMAINS);
+        } catch (e) {
+          await pool.undoSetup().catch(() => undefined);
+          await pool.destroy().catch(() => undefined);
+          throw e;
+        }
+        this.events.emit('', 'pool-add', { pool: name });
+        return pool;
+      });
     } finally {
       this.pendingPools.delete(name);
     }
   }
 
   /**
-   * A directory pool must not share its directory with another pool, nor lie
-   * among another pool's volumes (or hold another among its own): their
-   * volume ids would collide. A pool inside another's directory but outside
-   * its volume folders is fine (Qubes' included_in, e.g. vm-kernels).
+   * Refuses a pool whose places (their extents: a file pool's class folders)
+   * are, hold or lie inside another pool's; that holds the state file's
+   * directory or the base directory, or is one of them without being
+   * confined to its class folders, or reaches what they keep (qubes.xml,
+   * its journal, lock and backups...); and an own directory already holding
+   * what is not a pool's (storage/places.ts has the rule). Compared as real
+   * paths, filesystems and inodes. Reads only.
    */
-  private checkPoolPlace(pool: Pool): void {
-    const mine = pool.config()['dir_path'];
-    if (typeof mine !== 'string' || !mine) return;
-    const a = path.resolve(mine);
-    const volumeDirs = new Set(['appvms', 'vm-templates', 'servicevms']);
-    const inVolumesOf = (inner: string, outer: string): boolean => {
-      const rel = path.relative(outer, inner);
-      return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) && volumeDirs.has(rel.split(path.sep)[0]!);
-    };
-    for (const e of this.poolEntries.values()) {
-      const theirs = e.pool.config()['dir_path'];
-      if (typeof theirs !== 'string' || !theirs) continue;
-      const b = path.resolve(theirs);
-      if (a === b) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} is already the directory of pool ${e.pool.name}`);
-      if (inVolumesOf(a, b)) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} lies among the volumes of pool ${e.pool.name}`);
-      if (inVolumesOf(b, a)) throw new QubesValueError(`pool ${pool.name}: dir_path ${a} would hold pool ${e.pool.name} among its volumes`);
+  private async checkPoolPlaces(pool: Pool): Promise<void> {
+    const where = `pool ${pool.name}`;
+    const mounts = await readMounts();
+    const mine = { pool: pool.name, places: await resolvePlaces(await pool.places(), where, mounts) };
+    if (!mine.places.length) return;
+    // The state's directories are homes: pools may be in them (or at them, when
+    // confined to their class folders), never around them or in what they keep.
+    const stateName = path.basename(this.stateFile);
+    const stateKeeps = [stateName, path.basename(this.journalFile), `${stateName}.lock`, 'backup'];
+    const homes: [string, string, readonly string[]][] = [
+      [path.dirname(path.resolve(this.stateFile)), `the directory of the state file ${this.stateFile}`, stateKeeps],
+    ];
+    if (this.baseDir !== undefined) homes.push([path.resolve(this.baseDir), 'the base directory', [...stateKeeps, ...this.baseKeeps]]);
+    for (const [dir, what, keeps] of homes) {
+      const places = await resolvePlaces([{ kind: 'directory', path: dir, access: 'home', option: 'directory', keeps }], what, mounts, true);
+      checkPlacesAgainst(mine, { pool: null, what, places });
     }
+    for (const e of this.poolEntries.values()) {
+      if (e.pool === pool) continue;
+      const places = await resolvePlaces(await e.pool.places(), `pool ${e.pool.name}`, mounts, true);
+      checkPlacesAgainst(mine, { pool: e.pool.name, what: `pool ${e.pool.name}`, places });
+    }
+    await checkPlaceContents(pool.name, mine.places);
   }
 
   /** Domains (and volumes) using a pool, and global settings naming it. */

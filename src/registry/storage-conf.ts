@@ -5,6 +5,13 @@
  * driver. The pool named `default` gets `dir_path` = the base directory
  * unless it sets one (when its driver takes a dir_path).
  *
+ * Loading makes the pools only. The App then checks each one's places
+ * against the pools before it, and the base and state directories, as an
+ * add would (storage/places.ts), and sets it up; one that fails stays listed
+ * as unavailable with the reason. An R3.2 `[default]` without dir_path
+ * (file pools: xen, file, file-reflink) lives in the base directory beside
+ * qubes.xml, as in Qubes: its writes stay in its class folders, so it loads.
+ *
  * The INI reader and writer keep the file as lines, so adding or removing a
  * pool changes only that pool's lines: comments, blank lines, the order of
  * keys and the other sections stay byte for byte. Writes are atomic.

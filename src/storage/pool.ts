@@ -1,11 +1,16 @@
 /**
  * The pool contract: a named place where volumes live, served by one driver
  * with driver-specific options. `initVolume` only makes the object (nothing
- * on disk); `setup` prepares the place; `destroy` forgets it (data kept).
+ * on disk); `places` says where the pool works (see places.ts: the App
+ * refuses a pool whose places are, hold or lie inside another pool's, the
+ * base directory or the state file's directory, before anything is made);
+ * `setup` prepares the place, `undoSetup` takes back what a setup made when
+ * the pool is not accepted after all; `destroy` forgets it (data kept).
  */
 import { QubesValueError } from './errors.js';
 import { KeyedMutex } from './lock.js';
 import type { OptionValue, PoolOptions } from './options.js';
+import type { PoolPlace } from './places.js';
 import type { DomainRef, Volume, VolumeSpec } from './volume.js';
 
 /** admin.pool.UsageDetails: data_size, data_usage and driver extras. */
@@ -61,8 +66,25 @@ export abstract class Pool {
    */
   async sweepLeftovers(): Promise<void> {}
 
-  /** Prepares the pool's place (directories, checks). Idempotent. */
+  /**
+   * Where the pool works: the directories (or names) it owns or reads. Read
+   * from the options only; touches nothing. A driver that keeps data on this
+   * host must declare it here, or nothing keeps another pool out of it.
+   */
+  async places(): Promise<PoolPlace[]> {
+    return [];
+  }
+  /**
+   * Prepares the pool's place (directories, checks). Idempotent. A setup that
+   * fails leaves nothing it made behind.
+   */
   abstract setup(): Promise<void>;
+  /**
+   * Takes back what the last setup() made (directories it created, while
+   * still empty), for a pool that was set up but then not accepted (its save
+   * failed). Data is never removed.
+   */
+  async undoSetup(): Promise<void> {}
   /** Forgets the pool; data on disk is left alone. */
   abstract destroy(): Promise<void>;
   /** Makes a volume object for a domain; touches nothing on disk. */

@@ -33,6 +33,10 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
       assert.equal(app.pool('fp').revisions_to_keep, 0);
       assert.equal(app.pool('fp').ephemeral_volatile, true);
 
+      // A pool among another's volumes is refused (test/domain/pool-places.test.ts has the rule); inside its
+      // directory beside its class folders it is fine, and included_in says where.
+      await assert.rejects(app.addPool('file-reflink', 'vols', { dir_path: path.join(dir, 'pool', 'appvms', 'x'), setup_check: tfs.reflink }), /lies inside pool default/);
+      await assert.rejects(fs.stat(path.join(dir, 'pool', 'appvms', 'x')), 'the refused pool made nothing');
       const nested = path.join(dir, 'pool', 'nested');
       await app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink });
       assert.equal(app.pool('inner').includedIn(app.pools())?.name, 'default');

@@ -7,6 +7,7 @@
  */
 import { QubesValueError, StoragePoolException } from '../../storage/errors.js';
 import type { OptionValue, PoolOptions } from '../../storage/options.js';
+import type { PoolPlace } from '../../storage/places.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
 import type { DomainRef, Volume, VolumeSpec } from '../../storage/volume.js';
 import { hookEnv, runHook } from './hooks.js';
@@ -110,6 +111,15 @@ export class CallbackPool extends Pool {
 
   async setup(): Promise<void> {
     await this.around('setup', `pool ${this.name}`, {}, () => this.backend.setup());
+  }
+
+  /** The backend's: the commands change nothing about where the data lives. */
+  override places(): Promise<PoolPlace[]> {
+    return this.backend.places();
+  }
+
+  override undoSetup(): Promise<void> {
+    return this.backend.undoSetup();
   }
 
   async destroy(): Promise<void> {

@@ -11,6 +11,7 @@ import { forEachLimit } from '../../files/concurrency.js';
 import { copyFileCow, reflinkSupported, type CopyProgress } from '../../files/files.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
+import type { PoolPlace } from '../../storage/places.js';
 import { Pool } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { FileReflinkVolume } from './volume.js';
@@ -86,8 +87,9 @@ export class FileReflinkPool extends Pool {
    */
   private async sweep(): Promise<void> {
     await this.removeProbeDebris();
-    // Level by level, LIST_CONCURRENCY directories at a time (thousands of domain directories).
-    for (let level = [this.dirPath]; level.length; ) {
+    // Level by level from the class folders (the pool writes nowhere else), LIST_CONCURRENCY
+    // directories at a time (thousands of domain directories).
+    for (let level = CLASS_FOLDERS.map((c) => path.join(this.dirPath, c)); level.length; ) {
       const next: string[] = [];
       await forEachLimit(level, LIST_CONCURRENCY, async (dir) => {
         for (const d of await readdirEntries(dir)) {
@@ -172,8 +174,26 @@ export class FileReflinkPool extends Pool {
     return true;
   }
 
+  /**
+   * dir_path, owned but confined to the class folders (see
+   * storage/places.ts): volumes, sweeps and listings stay in them, and the
+   * only other writes are the uniquely named reflink probe files at the top.
+   * So dir_path may be the base directory beside qubes.xml, as Qubes'
+   * varlibqubes and R3.2 default pools are, and hold other pools outside
+   * its class folders.
+   */
+  override async places(): Promise<PoolPlace[]> {
+    return [{ kind: 'directory', path: this.dirPath, access: 'own', option: 'dir_path', confinedTo: CLASS_FOLDERS, entries: CLASS_FOLDER_ENTRIES }];
+  }
+
+  /**
+   * Makes dir_path (and its missing parents) and the class directories, and
+   * checks reflink (before the class directories, so a filesystem without
+   * it gets none). A failure removes the directories it made again.
+   */
   override async setup(): Promise<void> {
     const root = this.dirPath;
+    const made: string[] = [];
     try {
       const st = await fs.lstat(root).catch((e: NodeJS.ErrnoException) => {
         if (e.code === 'ENOENT') return null;
@@ -181,17 +201,35 @@ export class FileReflinkPool extends Pool {
       });
       if (st?.isSymbolicLink())
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
-      await fs.mkdir(root, { recursive: true, mode: 0o755 });
-      for (const sub of this.flavor.classDirs) await this.ensureVolumeDir(path.join(root, sub));
+      const missing: string[] = [];
+      for (let p = root; !(await pathExists(p)); p = path.dirname(p)) missing.unshift(p);
+      for (const p of missing) {
+        await fs.mkdir(p, { mode: 0o755 });
+        made.push(p);
+      }
       await this.removeProbeDebris();
       if (this.setupCheck && !(await reflinkSupported(root)))
         throw new StoragePoolException(
           `pool ${this.name}: the filesystem of ${root} does not support reflink; ` +
             `add the pool with setup_check=False to use sparse copies (slower, and copies use space)`,
         );
+      for (const sub of this.flavor.classDirs) {
+        const dir = path.join(root, sub);
+        if (!(await pathExists(dir))) made.push(dir);
+        await this.ensureVolumeDir(dir);
+      }
     } catch (e) {
+      await removeEmptyDirs(made);
       throw storageError(`pool ${this.name}: setup failed`, e);
     }
+    this.madeBySetup = made;
+  }
+  /** Directories the last setup made (undoSetup removes them while empty). */
+  private madeBySetup: string[] = [];
+
+  override async undoSetup(): Promise<void> {
+    await removeEmptyDirs(this.madeBySetup);
+    this.madeBySetup = [];
   }
 
   override async destroy(): Promise<void> {
@@ -208,6 +246,8 @@ export class FileReflinkPool extends Pool {
       throw new QubesValueError(
         `pool ${this.name}: volume id '${vid}': its last part names the image files and must be a letter, then letters, digits or '_'`,
       );
+    if (!CLASS_FOLDERS.includes(vid.split('/')[0]!))
+      throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must lie in a class folder (${CLASS_FOLDERS.join(', ')}): the pool writes nowhere else`);
     return new FileReflinkVolume(this, domain, vid, spec);
   }
 
@@ -219,10 +259,11 @@ export class FileReflinkPool extends Pool {
   override async listVolumes(): Promise<string[]> {
     const root = this.dirPath;
     const domainDirs: string[] = [];
-    for (const prefix of await readdirEntries(root)) {
-      if (!prefix.isDirectory()) continue;
-      for (const dom of await readdirEntries(path.join(root, prefix.name)))
-        if (dom.isDirectory()) domainDirs.push(`${prefix.name}/${dom.name}`);
+    for (const prefix of CLASS_FOLDERS) {
+      const st = await fs.lstat(path.join(root, prefix)).catch(() => null);
+      if (!st?.isDirectory()) continue;
+      for (const dom of await readdirEntries(path.join(root, prefix)))
+        if (dom.isDirectory()) domainDirs.push(`${prefix}/${dom.name}`);
     }
     const out: string[] = [];
     await forEachLimit(domainDirs, LIST_CONCURRENCY, async (rel) => {
@@ -266,6 +307,29 @@ export class FileReflinkPool extends Pool {
     }
     return best;
   }
+}
+
+/**
+ * The folders a file pool keeps volumes in: the class folders of every
+ * flavor (an R3.2 xen directory, with servicevms/, may be reused by any).
+ */
+const CLASS_FOLDERS: readonly string[] = ['appvms', 'vm-templates', 'servicevms'];
+/** What a class folder may hold when a pool moves in: domain directories (and an ext* mount point's lost+found). */
+const CLASS_FOLDER_ENTRIES = /^([A-Za-z][A-Za-z0-9_.-]*|lost\+found)$/;
+
+async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/** Removes the directories (made in this order) that are still empty, last first. */
+async function removeEmptyDirs(made: readonly string[]): Promise<void> {
+  for (const dir of [...made].reverse()) await fs.rmdir(dir).catch(() => undefined);
 }
 
 /** Domain directories listVolumes reads at once. */

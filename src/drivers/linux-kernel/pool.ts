@@ -7,6 +7,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { OptionValue, PoolOptions } from '../../storage/options.js';
+import type { PoolPlace } from '../../storage/places.js';
 import { Pool } from '../../storage/pool.js';
 import type { DomainRef, VolumeSpec } from '../../storage/volume.js';
 import { checkKernelVersion, kernelBytes, LinuxKernelVolume } from './volume.js';
@@ -33,6 +34,11 @@ export class LinuxKernelPool extends Pool {
 
   override config(): Record<string, OptionValue> {
     return { ...super.config(), revisions_to_keep: 0, ephemeral_volatile: false };
+  }
+
+  /** dir_path, read only: other kernel pools may share it, no pool that writes may come near it. */
+  override async places(): Promise<PoolPlace[]> {
+    return [{ kind: 'directory', path: this.dirPath, access: 'read', option: 'dir_path' }];
   }
 
   async setup(): Promise<void> {

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { processAlive } from '../../files/process.js';
 import { QubesValueError, StoragePoolException } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
+import type { PoolPlace } from '../../storage/places.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { CephCli, ENOENT, isErrno, type CephTarget } from './cli.js';
@@ -127,6 +128,17 @@ export class RbdPool extends Pool {
 
   imageOf(vid: string): string {
     return imageOfVid(this.prefix, vid);
+  }
+
+  /**
+   * The image names of this pool: image_prefix in the Ceph pool and
+   * namespace. tmp_dir is no place: the pool only makes uniquely named files
+   * there (and sweeps only those of dead processes), beside anyone's.
+   */
+  override async places(): Promise<PoolPlace[]> {
+    const t = this.cli.target;
+    const space = `Ceph pool ${t.pool}${t.namespace ? `, namespace ${t.namespace}` : ''}`;
+    return [{ kind: 'names', space, prefix: this.prefix, access: 'own', option: 'image_prefix' }];
   }
 
   /** Checks that the Ceph pool answers; makes the namespace when it is missing. */

@@ -9,6 +9,20 @@ import { fails, failsWith, ok, raw, startRig, type Rig } from './helpers.js';
 
 const NUM = '(0|[1-9][0-9]*)';
 
+/** Every path under `root` with its type (directories included), sorted. */
+async function listTree(root: string): Promise<string[]> {
+  const out: string[] = [];
+  const visit = async (dir: string): Promise<void> => {
+    for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      out.push(`${path.relative(root, p)} ${e.isDirectory() ? 'd' : e.isSymbolicLink() ? 'l' : 'f'}`);
+      if (e.isDirectory()) await visit(p);
+    }
+  };
+  await visit(root);
+  return out.sort();
+}
+
 describeEachFs('admin.pool methods', (tfs, fsx) => {
   let rig: Rig;
   let S: string;
@@ -59,8 +73,8 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     assert.equal(Number(m[1]), st.blocks * st.bsize);
   });
 
-  test('Add, Info with included_in, volume.List, Set.*, Remove', async () => {
-    const inner = path.join(rig.poolDir, 'inner');
+  test('Add, Info, volume.List, Set.*, Remove', async () => {
+    const inner = path.join(rig.dir, 'inner');
     assert.equal(
       await ok(S, 'admin.pool.Add', 'dom0', 'file-reflink', `name=inner\ndir_path=${inner}\nsetup_check=False\nrevisions_to_keep=3\n`),
       '',
@@ -72,7 +86,7 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
       info,
       new RegExp(
         `^dir_path=${inner.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\ndriver=file-reflink\nephemeral_volatile=False\nname=inner\n` +
-          `revisions_to_keep=3\nsetup_check=False\nsize=${NUM}\nusage=${NUM}\nincluded_in=default\n$`,
+          `revisions_to_keep=3\nsetup_check=False\nsize=${NUM}\nusage=${NUM}\n$`,
       ),
     );
     // The state file has it (durable before the reply).
@@ -112,6 +126,48 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     if (!tfs.reflink)
       await failsWith(S, 'StoragePoolException', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\ndir_path=${d}\n`], /reflink/);
     assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\n', 'nothing was added');
+  });
+
+  test('Add refuses places that are, hold or lie inside another pool or the base directory, changing nothing', async () => {
+    const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const add = (name: string, dir: string): [string, string, string, string] => ['admin.pool.Add', 'dom0', 'file-reflink', `name=${name}\ndir_path=${dir}\nsetup_check=False\n`];
+    const alias = path.join(rig.dir, 'alias');
+    await fs.symlink(rig.poolDir, alias);
+    const etc = path.join(rig.dir, 'etc');
+    await fs.mkdir(path.join(etc, 'appvms'), { recursive: true });
+    await fs.writeFile(path.join(etc, 'appvms', 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
+    try {
+      const before = await listTree(rig.dir);
+      await failsWith(S, 'QubesValueError', add('twin', alias), new RegExp(`^pool twin: dir_path ${esc(alias)} \\(real path ${esc(rig.poolDir)}\\) is pool default \\(dir_path ${esc(rig.poolDir)}\\)$`));
+      await failsWith(S, 'QubesValueError', add('inside', path.join(rig.poolDir, 'appvms', 'sub')), /^pool inside: dir_path .*\/pool\/appvms\/sub lies inside pool default/);
+      await failsWith(S, 'QubesValueError', add('up', path.dirname(rig.dir)), /^pool up: dir_path .* holds the directory of the state file/);
+      await failsWith(S, 'QubesValueError', add('etc', etc), /^pool etc: dir_path .*\/etc\/appvms already holds 'passwd', which are not a pool's/);
+      assert.deepEqual(await listTree(rig.dir), before, 'refused adds made nothing');
+      assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\n');
+    } finally {
+      await fs.rm(alias);
+      await fs.rm(etc, { recursive: true });
+    }
+  });
+
+  test("Add varlibqubes at the base directory (Qubes' own layout): accepted beside the state and BASE/pool; BASE/appvms then refused", async () => {
+    const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const add = (name: string, dir: string): [string, string, string, string] => ['admin.pool.Add', 'dom0', 'file-reflink', `name=${name}\ndir_path=${dir}\nsetup_check=${tfs.reflink ? 'True' : 'False'}\n`];
+    const state = await fs.readFile(path.join(rig.dir, 'qubes.xml'), 'utf8');
+    assert.equal(await ok(S, ...add('varlibqubes', rig.dir)), '');
+    try {
+      assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\nvarlibqubes\n');
+      assert.match(await ok(S, 'admin.pool.Info', 'dom0', 'varlibqubes'), new RegExp(`^dir_path=${esc(rig.dir)}\ndriver=file-reflink\n`));
+      assert.ok((await fs.readdir(rig.dir)).includes('appvms'));
+      await failsWith(S, 'QubesValueError', add('vols', path.join(rig.dir, 'appvms')), new RegExp(`^pool vols: dir_path ${esc(rig.dir)}/appvms lies inside pool varlibqubes \\(dir_path ${esc(rig.dir)}\\): `));
+      await failsWith(S, 'QubesValueError', add('up', path.dirname(rig.dir)), /^pool up: dir_path .* holds the directory of the state file/);
+    } finally {
+      assert.equal(await ok(S, 'admin.pool.Remove', 'dom0', 'varlibqubes'), '');
+    }
+    assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\n');
+    assert.equal(await fs.readFile(path.join(rig.dir, 'qubes.xml'), 'utf8'), state, 'the state is as before the add and remove');
+    await fs.rmdir(path.join(rig.dir, 'appvms'));
+    await fs.rmdir(path.join(rig.dir, 'vm-templates'));
   });
 
   test('argument and destination errors', async () => {
