@@ -385,7 +385,9 @@ describeEachFs('pool places', (tfs, ctx) => {
     await fs.mkdir(backup, { recursive: true });
     await fs.writeFile(path.join(backup, 'qubes.xml'), await fs.readFile(path.join(dir, 'qubes.xml')));
     await fs.writeFile(path.join(backup, 'work-tmp-0a1b.img'), 'not the pool\'s');
-    const untouched = async (): Promise<string[]> => (await walk(dir)).filter((l) => /^(backup|pools)\//.test(l));
+    // The App's own backups of the state (backup/qubes-TIME.xml) come and go; the rest must not change.
+    const untouched = async (): Promise<string[]> =>
+      (await walk(dir)).filter((l) => /^(backup|pools)\//.test(l) && !/^backup\/qubes-[^/]*\.xml /.test(l));
     const before = await untouched();
     let app = first;
     try {

@@ -49,7 +49,7 @@ test("a file pool refuses a vid whose files could take a temporary file's shape"
       (e: unknown) => e instanceof QubesValueError && /its last part names the image files/.test((e as Error).message),
       vid,
     );
-  assert.doesNotThrow(() => pool.initVolume(null, { name: 'private', vid: 'app-vms/sys-net/private_2', rw: true, save_on_stop: true, size: MiB }));
+  assert.doesNotThrow(() => pool.initVolume(null, { name: 'private', vid: 'appvms/sys-net/private_2', rw: true, save_on_stop: true, size: MiB }));
 });
 
 describeEachFs('leftovers swept at open', (tfs, fsx) => {
@@ -75,8 +75,8 @@ describeEachFs('leftovers swept at open', (tfs, fsx) => {
         'appvms/work/private-import.img', // an import cut short
         'vm-templates/tpl/root-tmp-abc.img',
         'servicevms/net/volatile-import.img',
-        'custom/data-tmp-1.img', // vid custom/data: its files one level down
-        'a/b/c/d/data-export-9.img', // vid a/b/c/d/data
+        'appvms/data-tmp-1.img', // vid appvms/data: its files one level down
+        'vm-templates/a/b/c/data-export-9.img', // vid vm-templates/a/b/c/data
         '.reflink-probe-0123456789ab',
         '.reflink-probe-0123456789ab-copy',
       ])
@@ -94,6 +94,8 @@ describeEachFs('leftovers swept at open', (tfs, fsx) => {
         'appvms/work/private-export-ab.raw',
         'appvms/work/README',
         'appvms/work/-tmp-ab.img',
+        'custom/data-tmp-1.img', // outside the class folders: not the pool's to remove
+        'backup/x-export-0a1b2c3d4e5f.img',
       ])
         await put(path.join(dir, f), kept);
       // A planted directory symlink leading out of the pool, and a symlink with a temporary name.

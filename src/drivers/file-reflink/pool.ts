@@ -242,12 +242,12 @@ export class FileReflinkPool extends Pool {
     checkVid(vid);
     if (vid.split('/').length < 2)
       throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must be DIR/NAME (e.g. appvms/work/private)`);
+    if (!CLASS_FOLDERS.includes(vid.split('/')[0]!))
+      throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must lie in a class folder (${CLASS_FOLDERS.join(', ')}): the pool writes nowhere else`);
     if (!FILE_STEM_RE.test(path.basename(vid)))
       throw new QubesValueError(
         `pool ${this.name}: volume id '${vid}': its last part names the image files and must be a letter, then letters, digits or '_'`,
       );
-    if (!CLASS_FOLDERS.includes(vid.split('/')[0]!))
-      throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must lie in a class folder (${CLASS_FOLDERS.join(', ')}): the pool writes nowhere else`);
     return new FileReflinkVolume(this, domain, vid, spec);
   }
 
