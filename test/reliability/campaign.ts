@@ -28,8 +28,6 @@ import '../../src/domain/app.js'; // declares the app.* failpoints
 import type { QubesApp } from '../../src/domain/app.js';
 import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js';
 import { sha256 } from '../helpers/data.js';
-import type { FileReflinkPool } from '../../src/drivers/file-reflink/pool.js';
-import { REFLINK_NAMING, XEN_NAMING, type FileNaming } from '../../src/drivers/file-reflink/layout.js';
 import { addCampaignPool, CAMPAIGN_DRIVERS, openCampaignApp, PAGE, poolDir, PRIVATE_SIZE, ROOT_SIZE, type Op, type PoolSpec, type Step } from './child.js';
 import type { LoopFs } from './power-cut.js';
 import { DAEMON_DIED } from './child-daemon.js';
@@ -310,6 +308,21 @@ async function walk(dir: string): Promise<string[]> {
   await rec('');
   return out;
 }
+
+/**
+ * The file names of each driver's layout, as Qubes has them (not taken from
+ * the code under test): the working copy, and whether a volatile volume's
+ * running image is NAME.img (the R3.2/R4 file layout's `volatile.img`).
+ */
+interface Layout {
+  dirtySuffix: '-dirty.img' | '-cow.img';
+  volatileAsImage: boolean;
+}
+const LAYOUTS: Record<string, Layout> = {
+  'file-reflink': { dirtySuffix: '-dirty.img', volatileAsImage: false },
+  file: { dirtySuffix: '-cow.img', volatileAsImage: true },
+  xen: { dirtySuffix: '-cow.img', volatileAsImage: true },
+};
 
 const FILE_RE = /^([A-Za-z][A-Za-z0-9_]*)(\.img|-dirty\.img|-cow\.img|-base\.img|-import\.img|-tmp-[0-9a-f]+\.img|-export-[0-9a-f]+\.img|\.img\.[1-9][0-9]*@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$/;
 
@@ -686,12 +699,13 @@ async function checkAfterChild(
     if (hasExtra !== m.pools.has('extra') && !e.maybeExtra) fail(`pool extra ${hasExtra ? 'exists' : 'is missing'}, the model says otherwise`);
     if (!hasExtra) m.pools.delete('extra');
     else if (!m.pools.has('extra')) m.pools.set('extra', e.extraIfAdded ?? { driver: '(unknown)', keep: -2 });
-    const namingOf = new Map<string, FileNaming>();
+    const namingOf = new Map<string, Layout>();
     for (const [name, spec] of m.pools) {
       const p = app.pool(name);
       if (p.driver !== spec.driver || p.revisions_to_keep !== spec.keep)
         fail(`pool ${name}: driver ${p.driver}, revisions_to_keep=${p.revisions_to_keep}; the model says ${spec.driver}, ${spec.keep}`);
-      namingOf.set(name, (p as FileReflinkPool).flavor.naming);
+      const layout = LAYOUTS[spec.driver];
+      if (layout) namingOf.set(name, layout);
     }
 
     // Domains.
@@ -782,8 +796,8 @@ async function checkAfterChild(
       s.checks.filesWalked += files.length;
       const byVol = new Map<string, string[]>();
       // (a removed pool holds no volume file: any is a violation, whatever its naming)
-      const naming = namingOf.get(pool) ?? REFLINK_NAMING;
-      const otherDirty = naming.dirtySuffix === '-dirty.img' ? XEN_NAMING.dirtySuffix : REFLINK_NAMING.dirtySuffix;
+      const naming = namingOf.get(pool) ?? LAYOUTS['file-reflink']!;
+      const otherDirty = naming.dirtySuffix === '-dirty.img' ? '-cow.img' : '-dirty.img';
       for (const rel of files) {
         const parts = rel.split('/');
         const mm = parts.length === 3 ? FILE_RE.exec(parts[2]!) : null;
