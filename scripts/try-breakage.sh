@@ -5,8 +5,9 @@
 # clones this checkout's HEAD into a scratch directory, applies
 # test/reliability/breakages/NAME.diff there (never here), builds it, and
 # runs the campaign against it (default: --power-loss --fs xfs --iterations
-# 100 --seed 101). Expect violations. The scratch directory is removed
-# afterwards. Root (loop mounts). See docs/reliability.md.
+# 100 --seed 101 --drivers file-reflink, as measured in docs/reliability.md).
+# Expect violations. The scratch directory is removed afterwards. Root
+# (loop mounts). See docs/reliability.md.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 name="${1:?usage: $0 NAME [crash-cli args...]  (NAME: $(cd "$here/test/reliability/breakages" && ls *.diff | sed 's/\.diff$//' | tr '\n' ' '))}"
@@ -20,5 +21,5 @@ ln -s "$(readlink -f "$here/node_modules")" "$scratch/repo/node_modules"
 git -C "$scratch/repo" apply "$patch"
 (cd "$scratch/repo" && npx tsc -p tsconfig.json)
 args=("$@")
-[ "${#args[@]}" -gt 0 ] || args=(--power-loss --fs xfs --iterations 100 --seed 101)
+[ "${#args[@]}" -gt 0 ] || args=(--power-loss --fs xfs --iterations 100 --seed 101 --drivers file-reflink)
 node "$scratch/repo/dist/test/reliability/crash-cli.js" "${args[@]}" -q

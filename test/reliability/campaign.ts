@@ -28,7 +28,7 @@ import '../../src/domain/app.js'; // declares the app.* failpoints
 import type { QubesApp } from '../../src/domain/app.js';
 import type { FileReflinkVolume } from '../../src/drivers/file-reflink/volume.js';
 import { sha256 } from '../helpers/data.js';
-import { addCampaignPool, openCampaignApp, PAGE, poolDir, PRIVATE_SIZE, REVISIONS_TO_KEEP, ROOT_SIZE, type Op, type Step } from './child.js';
+import { addCampaignPool, CAMPAIGN_DRIVERS, openCampaignApp, PAGE, poolDir, PRIVATE_SIZE, ROOT_SIZE, type Op, type PoolSpec, type Step } from './child.js';
 import type { LoopFs } from './power-cut.js';
 import { DAEMON_DIED } from './child-daemon.js';
 import { checkBaseDir, KNOWN_PENDING_FIXES } from './base-dir.js';
@@ -38,6 +38,7 @@ import {
   cloneModel,
   cloneVol,
   contentHash,
+  keepOf,
   newDom,
   originVols,
   poolUsed,
@@ -80,6 +81,21 @@ export class Rng {
 }
 
 // ---- planning --------------------------------------------------------------------
+
+/**
+ * Draws the driver and revisions_to_keep of a pool (the default pool once
+ * per run, the extra pool at each add) from `drivers`: file-reflink keeps 2
+ * revisions, file and xen their most, 1, or (a quarter of the extra pools)
+ * 0. From a random stream of its own, so that with the single driver
+ * file-reflink a seed plans what it planned before the file driver joined.
+ */
+export function poolDrawer(seed: number, drivers: readonly string[]): (extra: boolean) => PoolSpec {
+  const rng = new Rng(seed ^ 0x2f6b9d1);
+  return (extra) => {
+    const driver = drivers.length === 1 ? drivers[0]! : rng.pick(drivers);
+    return { driver, keep: driver === 'file-reflink' ? 2 : extra && rng.chance(0.25) ? 0 : 1 };
+  };
+}
 
 /** The state journal's points: reached by any op that saves, when the child saves through the journal. */
 const STATE_FAILPOINTS = ['state.journal.before-sync', 'state.journal.after-sync', 'app.compact.after-write'];
@@ -139,14 +155,15 @@ const WEIGHTS: [Op['kind'], number][] = [
  * same child touches them, since the size of a clone's first revision is one
  * of two (see cloneEmptySizes) and only the checker can tell which.
  */
-function planOp(m: Model, rng: Rng, fresh: Set<string>, viaDaemon: boolean): Op {
+function planOp(m: Model, rng: Rng, fresh: Set<string>, viaDaemon: boolean, drawPool: () => PoolSpec): Op {
   const all = [...m.domains.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
   const doms = all.filter((d) => !fresh.has(d.name));
   const templates = all.filter((d) => d.klass === 'TemplateVM');
   const used = (d: DomModel) => all.some((x) => x.template === d.name);
   const freeA = APPVM_NAMES.filter((n) => !m.domains.has(n));
   const freeT = TEMPLATE_NAMES.filter((n) => !m.domains.has(n));
-  const pools = m.extra ? ['default', 'extra'] : ['default'];
+  const hasExtra = m.pools.has('extra');
+  const pools = hasExtra ? ['default', 'extra'] : ['default'];
   const priv = (d: DomModel) => d.vols.get('private')!;
   const feasible = (k: Op['kind']): boolean => {
     switch (k) {
@@ -166,9 +183,9 @@ function planOp(m: Model, rng: Rng, fresh: Set<string>, viaDaemon: boolean): Op 
       case 'import':
         return doms.some((d) => priv(d).work === null);
       case 'pool-add':
-        return !m.extra;
+        return !hasExtra;
       case 'pool-remove':
-        return m.extra && !poolUsed(m, 'extra');
+        return hasExtra && !poolUsed(m, 'extra');
     }
   };
   const choices = WEIGHTS.filter(([k]) => feasible(k));
@@ -224,6 +241,8 @@ function planOp(m: Model, rng: Rng, fresh: Set<string>, viaDaemon: boolean): Op 
       break;
     }
     case 'pool-add':
+      op = { kind, ...drawPool() };
+      break;
     case 'pool-remove':
       op = { kind };
       break;
@@ -290,7 +309,22 @@ async function walk(dir: string): Promise<string[]> {
   return out;
 }
 
-const FILE_RE = /^([A-Za-z][A-Za-z0-9_]*)(\.img|-dirty\.img|-base\.img|-import\.img|-tmp-[0-9a-f]+\.img|-export-[0-9a-f]+\.img|\.img\.[1-9][0-9]*@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$/;
+/**
+ * The file names of each driver's layout, as Qubes has them (not taken from
+ * the code under test): the working copy, and whether a volatile volume's
+ * running image is NAME.img (the R3.2/R4 file layout's `volatile.img`).
+ */
+interface Layout {
+  dirtySuffix: '-dirty.img' | '-cow.img';
+  volatileAsImage: boolean;
+}
+const LAYOUTS: Record<string, Layout> = {
+  'file-reflink': { dirtySuffix: '-dirty.img', volatileAsImage: false },
+  file: { dirtySuffix: '-cow.img', volatileAsImage: true },
+  xen: { dirtySuffix: '-cow.img', volatileAsImage: true },
+};
+
+const FILE_RE = /^([A-Za-z][A-Za-z0-9_]*)(\.img|-dirty\.img|-cow\.img|-base\.img|-import\.img|-tmp-[0-9a-f]+\.img|-export-[0-9a-f]+\.img|\.img\.[1-9][0-9]*@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$/;
 
 interface StrayInfo {
   volKey: string;
@@ -326,6 +360,8 @@ export interface CampaignOptions {
   powerCut?: LoopFs;
   /** Share of children that run their operations through a daemon over its socket (default 0.25). */
   daemonShare?: number;
+  /** Drivers the pools draw from (poolDrawer); default CAMPAIGN_DRIVERS: file-reflink, file, xen. */
+  drivers?: readonly string[];
 }
 
 export interface Summary {
@@ -335,6 +371,12 @@ export interface Summary {
   children: number;
   crashes: number;
   crashesByFailpoint: Record<string, number>;
+  /** Per driver: crashes at failpoints whose interrupted operation had a volume (or was the add/remove) of a pool of that driver. */
+  crashesByDriver: Record<string, Record<string, number>>;
+  /** Per driver: operations on its pools planned / completed (a domain's operation counts for each driver its pools have). */
+  opsByDriver: Record<string, { planned: number; completed: number }>;
+  /** Driver and revisions_to_keep of the default pool, and of each extra pool added. */
+  poolsMade: Record<string, number>;
   timerKills: number;
   /** Children that ran their operations through the daemon. */
   daemonChildren: number;
@@ -475,6 +517,9 @@ export async function runCampaign(o: CampaignOptions): Promise<Summary> {
     children: 0,
     crashes: 0,
     crashesByFailpoint: {},
+    crashesByDriver: {},
+    opsByDriver: {},
+    poolsMade: {},
     timerKills: 0,
     powerCuts: 0,
     daemonChildren: 0,
@@ -504,17 +549,23 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
   const label = o.label ?? '';
   const allFps = declaredFailpoints();
 
+  const drawPool = poolDrawer(o.seed, o.drivers ?? CAMPAIGN_DRIVERS);
   // Setup (not crashed): pool `default` and template `tpl`.
+  const defaultPool = drawPool(false);
+  bump(s.poolsMade, `default ${defaultPool.driver} keep=${defaultPool.keep}`);
   {
     const app = await openCampaignApp(o.dir);
     try {
-      await addCampaignPool(app, o.dir, 'default', o.reflink);
+      await addCampaignPool(app, o.dir, 'default', o.reflink, defaultPool);
       await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
     } finally {
       await app.close();
     }
   }
-  let model: Model = { domains: new Map([['tpl', newDom('tpl', 'TemplateVM', null, 'default', 'default')]]), extra: false };
+  let model: Model = {
+    domains: new Map([['tpl', newDom('tpl', 'TemplateVM', null, 'default', 'default', defaultPool.keep)]]),
+    pools: new Map([['default', defaultPool]]),
+  };
   const strays = new Map<string, StrayInfo>();
   const sizePending = new Set<string>();
   let emaMs = 150;
@@ -532,8 +583,12 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     const n = rng.chance(0.6) ? 1 : rng.chance(0.6) ? 2 : 3;
     const ops: Op[] = [];
     const fresh = new Set<string>();
-    for (let k = 0; k < (o.maxOpsPerChild ? Math.min(n, o.maxOpsPerChild) : n); k++) ops.push(planOp(plan, rng, fresh, viaDaemon));
+    for (let k = 0; k < (o.maxOpsPerChild ? Math.min(n, o.maxOpsPerChild) : n); k++) ops.push(planOp(plan, rng, fresh, viaDaemon, () => drawPool(true)));
     for (const op of ops) bump(s.opsPlanned, op.kind);
+    for (const op of ops) if (op.kind === 'pool-add') bump(s.poolsMade, `extra ${op.driver} keep=${op.keep}`);
+    // The drivers each op works with, from the model before the child (as planned, in order).
+    const opDrivers = driversOfOps(model, ops);
+    for (const ds of opDrivers) for (const d of ds) (s.opsByDriver[d] ??= { planned: 0, completed: 0 }).planned++;
     const mode = rng.next();
     const stateJournal = rng.chance(0.5);
     let failpoint = '';
@@ -574,6 +629,8 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     } else if (r.how === 'failpoint') {
       s.crashes++;
       bump(s.crashesByFailpoint, failpoint.split(':')[0]!);
+      const cut = ops.findIndex((_, i) => steps.some((x) => x.i === i) && !steps.some((x) => x.i === i && x.s === 'done'));
+      for (const d of opDrivers[cut] ?? []) bump((s.crashesByDriver[d] ??= {}), failpoint.split(':')[0]!);
     } else if (r.how === 'timer') {
       s.crashes++;
       s.timerKills++;
@@ -584,7 +641,10 @@ async function campaignLoop(o: CampaignOptions, s: Summary, rng: Rng, journal: s
     }
     for (let i = 0; i < ops.length; i++) {
       const st = steps.filter((x) => x.i === i);
-      if (st.some((x) => x.s === 'done')) bump(s.opsCompleted, ops[i]!.kind);
+      if (st.some((x) => x.s === 'done')) {
+        bump(s.opsCompleted, ops[i]!.kind);
+        for (const d of opDrivers[i]!) s.opsByDriver[d]!.completed++;
+      }
       else if (st.length) bump(s.opsInterrupted, ops[i]!.kind);
     }
 
@@ -634,10 +694,19 @@ async function checkAfterChild(
     const xml = await fs.readFile(path.join(o.dir, 'qubes.xml'), 'utf8');
     if (/qubes-storage-pending/.test(xml)) fail('a write-ahead mark is left in the state file after open');
 
-    // Pools.
+    // Pools: exactly the model's, with its driver and revisions_to_keep.
     const hasExtra = app.poolNames().includes('extra');
-    if (hasExtra !== m.extra && !e.maybeExtra) fail(`pool extra ${hasExtra ? 'exists' : 'is missing'}, the model says otherwise`);
-    m.extra = hasExtra;
+    if (hasExtra !== m.pools.has('extra') && !e.maybeExtra) fail(`pool extra ${hasExtra ? 'exists' : 'is missing'}, the model says otherwise`);
+    if (!hasExtra) m.pools.delete('extra');
+    else if (!m.pools.has('extra')) m.pools.set('extra', e.extraIfAdded ?? { driver: '(unknown)', keep: -2 });
+    const namingOf = new Map<string, Layout>();
+    for (const [name, spec] of m.pools) {
+      const p = app.pool(name);
+      if (p.driver !== spec.driver || p.revisions_to_keep !== spec.keep)
+        fail(`pool ${name}: driver ${p.driver}, revisions_to_keep=${p.revisions_to_keep}; the model says ${spec.driver}, ${spec.keep}`);
+      const layout = LAYOUTS[spec.driver];
+      if (layout) namingOf.set(name, layout);
+    }
 
     // Domains.
     const names = app.domainList().map((d) => d.name).filter((n) => n !== 'dom0');
@@ -682,7 +751,7 @@ async function checkAfterChild(
         }
         const alts = e.alts.get(id) ?? [dm.vols.get(vn)!];
         const match = alts.find(
-          (a) => obs.cur === contentHash(a.cur) && obs.work === (a.work && contentHash(a.work)) && revisionsMatch(obs.revs, a.revs),
+          (a) => obs.cur === contentHash(a.cur) && obs.work === (a.work && contentHash(a.work)) && revisionsMatch(obs.revs, a.revs, a.keep),
         );
         if (!match) {
           fail(`${id}: neither the old nor the new state: ${alts.map((a, k) => `[outcome ${k + 1}: ${describeMismatch(obs, a)}]`).join(' ')}`);
@@ -726,10 +795,13 @@ async function checkAfterChild(
       const files = await walk(root);
       s.checks.filesWalked += files.length;
       const byVol = new Map<string, string[]>();
+      // (a removed pool holds no volume file: any is a violation, whatever its naming)
+      const naming = namingOf.get(pool) ?? LAYOUTS['file-reflink']!;
+      const otherDirty = naming.dirtySuffix === '-dirty.img' ? '-cow.img' : '-dirty.img';
       for (const rel of files) {
         const parts = rel.split('/');
         const mm = parts.length === 3 ? FILE_RE.exec(parts[2]!) : null;
-        if (!mm) {
+        if (!mm || (namingOf.has(pool) && mm[2] === otherDirty)) {
           fail(`unknown file ${pool}:${rel}`);
           continue;
         }
@@ -751,17 +823,20 @@ async function checkAfterChild(
           if (!st) continue;
           const add = (what: string): void => void current.set(`${file}#${st.ino}`, { volKey, pool, what });
           if (/^-(tmp|export)-|^-import/.test(sfx)) add(`temporary file ${sfx}`);
-          else if (sfx === '-base.img' && !suffixes.includes('-dirty.img')) add('-base without -dirty');
-          else if (sfx === '.img' && owner.kind !== 'origin') fail(`${volKey}: committed image for a ${owner.kind} volume`);
+          else if (sfx === '-base.img' && !suffixes.includes(naming.dirtySuffix)) add(`-base without ${naming.dirtySuffix}`);
+          // (the file layout names a volatile volume's running image NAME.img: its working copy, checked above)
+          else if (sfx === '.img' && owner.kind !== 'origin' && !(owner.kind === 'volatile' && naming.volatileAsImage))
+            fail(`${volKey}: committed image for a ${owner.kind} volume`);
           else if (sfx.startsWith('.img.')) {
             if (clean && st.ino === clean.ino) add(`revision ${sfx} sharing the committed image's inode`);
             else revs.push({ sfx, id: Number(sfx.slice(5).split('@')[0]) });
           }
         }
         revs.sort((a, b) => a.id - b.id);
-        for (const r of revs.slice(0, Math.max(0, revs.length - REVISIONS_TO_KEEP))) {
+        const keep = Math.max(0, keepOf(m, pool));
+        for (const r of revs.slice(0, Math.max(0, revs.length - keep))) {
           const st = await lstatOrNull(`${dirOf}${r.sfx}`);
-          if (st) current.set(`${dirOf}${r.sfx}#${st.ino}`, { volKey, pool, what: `revision ${r.sfx} beyond the limit of ${REVISIONS_TO_KEEP}` });
+          if (st) current.set(`${dirOf}${r.sfx}#${st.ino}`, { volKey, pool, what: `revision ${r.sfx} beyond the limit of ${keep}` });
         }
       }
     }
@@ -798,6 +873,15 @@ export function formatSummary(s: Summary): string {
   lines.push(`  children that finished: ${s.completed} (failpoint set but not reached: ${s.failpointNotReached})`);
   lines.push('  crashes by failpoint:');
   for (const fp of declaredFailpoints()) lines.push(`    ${fp.padEnd(40)} ${s.crashesByFailpoint[fp] ?? 0}`);
+  lines.push(`  pools made: ${Object.entries(s.poolsMade).sort().map(([k, n]) => `${k}: ${n}`).join(', ')}`);
+  for (const d of Object.keys(s.opsByDriver).sort()) {
+    const fps = Object.entries(s.crashesByDriver[d] ?? {}).sort();
+    const o = s.opsByDriver[d]!;
+    lines.push(
+      `  driver ${d}: ${o.planned} operations planned, ${o.completed} completed; ${fps.reduce((a, [, n]) => a + n, 0)} crashes at failpoints` +
+        (fps.length ? `: ${fps.map(([f, n]) => `${f} ${n}`).join(', ')}` : ''),
+    );
+  }
   lines.push('  operations (planned / completed / interrupted by a crash):');
   for (const k of Object.keys(s.opsPlanned).sort())
     lines.push(`    ${k.padEnd(12)} ${String(s.opsPlanned[k]).padStart(6)} ${String(s.opsCompleted[k] ?? 0).padStart(6)} ${String(s.opsInterrupted[k] ?? 0).padStart(6)}`);
@@ -814,4 +898,39 @@ export function formatSummary(s: Summary): string {
   if (s.violations.length > 30) lines.push(`    ... ${s.violations.length - 30} more`);
   lines.push(`${s.crashes} crashes${s.powerCuts ? ` (${s.powerCuts} power cuts)` : ''}, ${s.violations.length} violations`);
   return lines.join('\n');
+}
+
+/**
+ * The drivers of the pools each op works with, following the ops on a copy
+ * of the model (for the summary): a domain's pools, a create's or clone's
+ * target, the extra pool an add or remove makes or drops.
+ */
+function driversOfOps(before: Model, ops: Op[]): string[][] {
+  const m = cloneModel(before);
+  return ops.map((op) => {
+    const pools = new Set<string>();
+    const domPools = (n: string) => {
+      const d = m.domains.get(n);
+      if (d) [d.pool, d.rootPool].forEach((p) => pools.add(p));
+    };
+    switch (op.kind) {
+      case 'create':
+        pools.add(op.pool);
+        domPools(op.template);
+        break;
+      case 'clone':
+        domPools(op.src);
+        if (op.pool) pools.add(op.pool);
+        break;
+      case 'pool-add':
+      case 'pool-remove':
+        pools.add('extra');
+        break;
+      default:
+        domPools(op.name);
+    }
+    const drivers = [...pools].map((p) => (op.kind === 'pool-add' ? op.driver : m.pools.get(p)?.driver ?? '?'));
+    applyOp(m, op);
+    return [...new Set(drivers)];
+  });
 }

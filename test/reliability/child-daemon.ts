@@ -14,7 +14,7 @@ import { AdminClient } from '../../src/admin/client.js';
 import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
 import { cutPowerIfAsked } from '../../src/files/failpoint.js';
 import { pattern } from '../helpers/data.js';
-import type { Op } from './child.js';
+import { campaignPoolOptions, type Op } from './child.js';
 
 export const DAEMON_DIED = 3;
 const DAEMON = path.join(path.dirname(fileURLToPath(import.meta.url)), 'daemon-proc.js');
@@ -28,7 +28,6 @@ export async function runViaDaemon(
   ops: Op[],
   log: Log,
   sha: (b: Buffer) => string,
-  poolDirOf: (pool: string) => string,
   socketDir: string,
 ): Promise<void> {
   // Every child is a new boot as far as domains go (there is no hypervisor whose domains outlive a
@@ -78,7 +77,12 @@ export async function runViaDaemon(
         await call('admin.vm.Remove', op.name);
         break;
       case 'pool-add':
-        await call('admin.pool.Add', 'dom0', 'file-reflink', `name=extra\ndir_path=${poolDirOf('extra')}\nrevisions_to_keep=2\nsetup_check=${reflink ? 'True' : 'False'}\n`);
+        {
+          const opts = Object.entries(campaignPoolOptions(dir, 'extra', reflink, op))
+            .map(([k, v]) => `${k}=${typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v)}\n`)
+            .join('');
+          await call('admin.pool.Add', 'dom0', op.driver, `name=extra\n${opts}`);
+        }
         break;
       case 'pool-remove':
         await call('admin.pool.Remove', 'dom0', 'extra');

@@ -25,7 +25,20 @@ import { pattern, writeAt } from '../helpers/data.js';
 export const PAGE = 4096;
 export const ROOT_SIZE = 4 * 1024 * 1024;
 export const PRIVATE_SIZE = 2 * 1024 * 1024;
-export const REVISIONS_TO_KEEP = 2;
+
+/**
+ * The file-based drivers the campaigns run pools of: file-reflink (keeps 2
+ * revisions here), and file and its R3.2 name xen (the same volume code with
+ * the Qubes file layout, `NAME-cow.img`, at most 1 revision; 0 too).
+ */
+export const CAMPAIGN_DRIVERS = ['file-reflink', 'file', 'xen'] as const;
+export type CampaignDriver = (typeof CAMPAIGN_DRIVERS)[number];
+/** What a pool of the campaign is made with. */
+export interface PoolSpec {
+  driver: string;
+  /** The pool's revisions_to_keep. */
+  keep: number;
+}
 
 /** One operation, as the parent plans it. */
 export type Op =
@@ -36,7 +49,7 @@ export type Op =
   | { kind: 'resize'; name: string; size: number }
   | { kind: 'revert'; name: string }
   | { kind: 'import'; name: string; size: number; offset: number; seed: number }
-  | { kind: 'pool-add' }
+  | { kind: 'pool-add'; driver: string; keep: number }
   | { kind: 'pool-remove' };
 
 /** One journal line. `i` is the index of the op in the child's list. */
@@ -58,12 +71,17 @@ export async function openCampaignApp(dir: string): Promise<QubesApp> {
   });
 }
 
-export async function addCampaignPool(app: QubesApp, dir: string, name: string, reflink: boolean): Promise<void> {
-  await app.addPool('file-reflink', name, {
+/** The options of a campaign pool (setup_check is file-reflink's alone: the file driver always allows sparse copies). */
+export function campaignPoolOptions(dir: string, name: string, reflink: boolean, spec: PoolSpec): Record<string, string | number | boolean> {
+  return {
     dir_path: poolDir(dir, name),
-    setup_check: reflink,
-    revisions_to_keep: REVISIONS_TO_KEEP,
-  });
+    ...(spec.driver === 'file-reflink' ? { setup_check: reflink } : {}),
+    revisions_to_keep: spec.keep,
+  };
+}
+
+export async function addCampaignPool(app: QubesApp, dir: string, name: string, reflink: boolean, spec: PoolSpec): Promise<void> {
+  await app.addPool(spec.driver, name, campaignPoolOptions(dir, name, reflink, spec));
 }
 
 export function sha(buf: Buffer): string {
@@ -117,7 +135,7 @@ async function runOp(app: QubesApp, dir: string, reflink: boolean, op: Op, i: nu
       await app.removeDomain(op.name);
       break;
     case 'pool-add':
-      await addCampaignPool(app, dir, 'extra', reflink);
+      await addCampaignPool(app, dir, 'extra', reflink, op);
       break;
     case 'pool-remove':
       await app.removePool('extra');
@@ -201,7 +219,7 @@ async function main(): Promise<void> {
   const j = new Journal(journal!);
   if (mode === 'daemon') {
     const log = (i: number, s: string, extra: Record<string, unknown> = {}): void => j.log({ i, s, ...extra });
-    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, (pool) => poolDir(dir!, pool), path.dirname(journal!));
+    return runViaDaemon(dir!, reflink === 'true', ops, log, sha, path.dirname(journal!));
   }
   const app = await openCampaignApp(dir!);
   process.stdout.write('R\n');

@@ -4,6 +4,11 @@
 // --daemon-share X (0..1, default 0.25): the share of children whose
 // operations go to a real daemon over its socket instead of the App.
 //
+// --drivers LIST (default file-reflink,file,xen): the drivers the pools are
+// made with, drawn per seed: the default pool's once per run, the extra
+// pool's at each add. `--drivers file-reflink` plans what a seed planned
+// before the file driver joined; `--drivers file` runs file pools only.
+//
 // --power-loss: the power-loss campaign, on its own loop-mounted XFS
 // (default) or ext4 made for the run (power-cut.ts): every child ends with
 // a shutdown of that filesystem without log flush, then a remount; root only.
@@ -18,6 +23,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatSummary, runCampaign } from './campaign.js';
 import { LoopFs, type PowerCutFs } from './power-cut.js';
+import { CAMPAIGN_DRIVERS } from './child.js';
 
 interface Args {
   iterations: number;
@@ -28,10 +34,11 @@ interface Args {
   quiet: boolean;
   powerLoss: boolean;
   daemonShare: number;
+  drivers: string[];
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false, powerLoss: false, daemonShare: 0.25 };
+  const a: Args = { iterations: 200, seed: 1, fs: null, timer: true, json: null, quiet: false, powerLoss: false, daemonShare: 0.25, drivers: [...CAMPAIGN_DRIVERS] };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const val = (): string => {
@@ -47,10 +54,14 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--quiet' || k === '-q') a.quiet = true;
     else if (k === '--power-loss') a.powerLoss = true;
     else if (k === '--daemon-share') a.daemonShare = Number(val());
+    else if (k === '--drivers') a.drivers = val().split(',').filter(Boolean);
     else throw new Error(`unknown argument ${k}`);
   }
   if (!Number.isSafeInteger(a.iterations) || a.iterations < 1) throw new Error('--iterations must be a positive integer');
   if (!Number.isSafeInteger(a.seed)) throw new Error('--seed must be an integer');
+  for (const d of a.drivers)
+    if (!(CAMPAIGN_DRIVERS as readonly string[]).includes(d)) throw new Error(`--drivers: ${d} is not one of ${CAMPAIGN_DRIVERS.join(', ')}`);
+  if (!a.drivers.length) throw new Error('--drivers needs at least one driver');
   if (a.powerLoss && a.fs !== null && a.fs !== 'xfs' && a.fs !== 'ext4') throw new Error('--power-loss runs on xfs or ext4');
   return a;
 }
@@ -97,6 +108,7 @@ async function main(): Promise<void> {
       label: where.name,
       powerCut,
       daemonShare: a.daemonShare,
+      drivers: a.drivers,
       onIteration: (i, sum) => {
         if (a.quiet || Date.now() - last < 10_000) return;
         last = Date.now();
@@ -107,7 +119,7 @@ async function main(): Promise<void> {
     if (a.json) await fs.writeFile(a.json, JSON.stringify(s, null, 2) + '\n');
     if (s.violations.length) {
       process.stdout.write(
-        `replay: npm run crash --${a.powerLoss ? ' --power-loss' : ''} --fs ${where.name} --seed ${a.seed} --iterations N (N = the iteration named above; ` +
+        `replay: npm run crash --${a.powerLoss ? ' --power-loss' : ''} --fs ${where.name} --drivers ${a.drivers.join(',')} --seed ${a.seed} --iterations N (N = the iteration named above; ` +
           `add --no-timer if no timer kill led to it: timer moments are not reproducible)\n`,
       );
       process.exitCode = 1;

@@ -7,7 +7,7 @@
  * from the plan and the model (model.ts); the child's journal says only how
  * far it got, and what its start showed (checked, never trusted).
  */
-import { REVISIONS_TO_KEEP, type Op, type Step } from './child.js';
+import type { Op, PoolSpec, Step } from './child.js';
 import {
   applyOp,
   cloneEmptySizes,
@@ -18,6 +18,7 @@ import {
   contentHash,
   grown,
   importedContent,
+  keepOf,
   newDom,
   originVols,
   reverted,
@@ -36,6 +37,8 @@ export interface Expect {
   /** Domains that may or may not exist (the in-flight create, clone or remove). */
   maybeDomains: Set<string>;
   maybeExtra: boolean;
+  /** The extra pool the in-flight pool-add makes, if it took effect. */
+  extraIfAdded: PoolSpec | null;
   /** Per "domain/volume": the acceptable outcomes (absent: exactly the model's). */
   alts: Map<string, VolModel[]>;
   /** pool:vid of volumes an operation completed on (their recover() ran). */
@@ -65,6 +68,7 @@ export function expectFrom(before: Model, ops: Op[], steps: Step[], powerLoss = 
     model: m,
     maybeDomains: new Set(),
     maybeExtra: false,
+    extraIfAdded: null,
     alts: new Map(),
     touched: new Set(),
     swept: new Set(),
@@ -90,11 +94,14 @@ export function expectFrom(before: Model, ops: Op[], steps: Step[], powerLoss = 
       case 'pool-add':
       case 'pool-remove':
         if (done) applyOp(m, op);
-        else e.maybeExtra = true;
+        else {
+          e.maybeExtra = true;
+          if (op.kind === 'pool-add') e.extraIfAdded = { driver: op.driver, keep: op.keep };
+        }
         break;
       case 'create': {
         const t = m.domains.get(op.template)!;
-        const d = newDom(op.name, 'AppVM', op.template, op.pool, t.rootPool);
+        const d = newDom(op.name, 'AppVM', op.template, op.pool, t.rootPool, keepOf(m, op.pool));
         m.domains.set(op.name, d);
         if (done) touch(volKeys(d));
         else e.maybeDomains.add(op.name);
@@ -106,7 +113,7 @@ export function expectFrom(before: Model, ops: Op[], steps: Step[], powerLoss = 
         const d = m.domains.get(op.dst)!;
         for (const vn of originVols(s)) {
           const sizes = cloneEmptySizes(s.vols.get(vn)!);
-          if (sizes.length > 1) e.alts.set(`${op.dst}/${vn}`, sizes.map((z) => clonedVol(s.vols.get(vn)!, z)));
+          if (sizes.length > 1) e.alts.set(`${op.dst}/${vn}`, sizes.map((z) => clonedVol(s.vols.get(vn)!, z, d.vols.get(vn)!.keep)));
         }
         if (done) {
           touch(volKeys(d));
@@ -223,11 +230,12 @@ function subsets(xs: number[]): number[][] {
  * Observed revisions match the expected ones: the same hashes in the same
  * order; older ones past the limit (a commit cut before its prune, or a
  * prune a power cut undid) are debris the stray check follows, not data.
+ * `keep`: the volume's revisions_to_keep.
  */
-export function revisionsMatch(observed: string[], expected: Content[]): boolean {
+export function revisionsMatch(observed: string[], expected: Content[], keep: number): boolean {
   const want = expected.map(contentHash);
   if (observed.length < want.length) return false;
-  if (observed.length > want.length && want.length < REVISIONS_TO_KEEP) return false;
+  if (observed.length > want.length && want.length < keep) return false;
   return observed.slice(observed.length - want.length).every((h, k) => h === want[k]);
 }
 
@@ -237,7 +245,7 @@ export function describeMismatch(obs: { cur: string; work: string | null; revs: 
   if (obs.cur !== contentHash(v.cur)) out.push(`committed ${short(obs.cur)} not ${short(contentHash(v.cur))}`);
   const w = v.work && contentHash(v.work);
   if (obs.work !== w) out.push(`working copy ${short(obs.work)} not ${short(w)}`);
-  if (!revisionsMatch(obs.revs, v.revs)) {
+  if (!revisionsMatch(obs.revs, v.revs, v.keep)) {
     const want = v.revs.map(contentHash);
     const missing = want.filter((h) => !obs.revs.includes(h)).length;
     out.push(`revisions [${obs.revs.map(short).join(',')}] not [${want.map(short).join(',')}]${missing ? ` (${missing} missing)` : ''}`);

@@ -9,7 +9,9 @@
  * The operations' effects on revisions follow the volume contract
  * (src/storage/volume.ts, src/drivers/file-reflink/README.md):
  * - a commit (stop, import, clone's copy) pushes the old committed data as
- *   the newest revision, then drops the oldest past revisions_to_keep;
+ *   the newest revision, then drops the oldest past the revisions_to_keep
+ *   of the volume's pool (each pool has its own: file-reflink 2, file and
+ *   xen at most 1; a clone into another pool takes the target's);
  * - a revert pops the newest revision as the committed data and pushes the
  *   old committed data as the newest revision (so it can be undone);
  * - a resize grows the committed image and the working copy in place,
@@ -19,7 +21,7 @@
  */
 import { createHash } from 'node:crypto';
 import { pattern } from '../helpers/data.js';
-import { PAGE, PRIVATE_SIZE, REVISIONS_TO_KEEP, ROOT_SIZE, type Op } from './child.js';
+import { PAGE, PRIVATE_SIZE, ROOT_SIZE, type Op, type PoolSpec } from './child.js';
 
 // ---- contents --------------------------------------------------------------
 
@@ -93,8 +95,10 @@ export interface VolModel {
   cur: Content;
   /** The working copy; null: it must not exist (the domain is not running). */
   work: Content | null;
-  /** Exactly the revisions that must exist, oldest first (at most REVISIONS_TO_KEEP). */
+  /** Exactly the revisions that must exist, oldest first (at most `keep`). */
   revs: Content[];
+  /** revisions_to_keep of the volume: its pool's (the campaign sets none per volume). */
+  keep: number;
   /** Size the state file records (differs from cur.size only after a crash between a resize/import and the save). */
   stateSize: number;
 }
@@ -114,24 +118,25 @@ export interface DomModel {
 
 export interface Model {
   domains: Map<string, DomModel>;
-  /** The pool `extra` exists. */
-  extra: boolean;
+  /** The pools that exist: `default` always, `extra` while added; driver and revisions_to_keep of each. */
+  pools: Map<string, PoolSpec>;
 }
 
 export function cloneVol(v: VolModel): VolModel {
-  return { cur: v.cur, work: v.work, revs: [...v.revs], stateSize: v.stateSize };
+  return { cur: v.cur, work: v.work, revs: [...v.revs], keep: v.keep, stateSize: v.stateSize };
 }
 export function cloneDom(d: DomModel): DomModel {
   return { ...d, vols: new Map([...d.vols].map(([k, v]) => [k, cloneVol(v)])) };
 }
 export function cloneModel(m: Model): Model {
-  return { domains: new Map([...m.domains].map(([k, d]) => [k, cloneDom(d)])), extra: m.extra };
+  return { domains: new Map([...m.domains].map(([k, d]) => [k, cloneDom(d)])), pools: new Map(m.pools) };
 }
 
-export function newDom(name: string, klass: 'TemplateVM' | 'AppVM', template: string | null, pool: string, rootPool: string): DomModel {
+/** `keep`: revisions_to_keep of `pool`, where its origin volumes live. */
+export function newDom(name: string, klass: 'TemplateVM' | 'AppVM', template: string | null, pool: string, rootPool: string, keep: number): DomModel {
   const vols = new Map<VolName, VolModel>();
-  vols.set('private', { cur: zeros(PRIVATE_SIZE), work: null, revs: [], stateSize: PRIVATE_SIZE });
-  if (klass === 'TemplateVM') vols.set('root', { cur: zeros(ROOT_SIZE), work: null, revs: [], stateSize: ROOT_SIZE });
+  vols.set('private', { cur: zeros(PRIVATE_SIZE), work: null, revs: [], keep, stateSize: PRIVATE_SIZE });
+  if (klass === 'TemplateVM') vols.set('root', { cur: zeros(ROOT_SIZE), work: null, revs: [], keep, stateSize: ROOT_SIZE });
   return { name, klass, template, pool, rootPool, vols, running: false };
 }
 
@@ -146,6 +151,12 @@ export function volKeys(d: DomModel): string[] {
 export function originVols(d: DomModel): VolName[] {
   return d.klass === 'TemplateVM' ? ['private', 'root'] : ['private'];
 }
+/** revisions_to_keep of an existing pool of the model. */
+export function keepOf(m: Model, pool: string): number {
+  const p = m.pools.get(pool);
+  if (!p) throw new Error(`model: no pool ${pool}`);
+  return p.keep;
+}
 export function poolUsed(m: Model, pool: string): boolean {
   return [...m.domains.values()].some((d) => d.pool === pool || d.rootPool === pool);
 }
@@ -154,8 +165,8 @@ export function poolUsed(m: Model, pool: string): boolean {
 
 /** `data` becomes the committed image; the old one the newest revision; the oldest past the limit go. */
 export function committed(v: VolModel, data: Content): VolModel {
-  const revs = [...v.revs, v.cur].slice(-REVISIONS_TO_KEEP);
-  return { cur: data, work: null, revs, stateSize: v.stateSize };
+  const revs = v.keep > 0 ? [...v.revs, v.cur].slice(-v.keep) : [];
+  return { cur: data, work: null, revs, keep: v.keep, stateSize: v.stateSize };
 }
 
 /** Revert to the newest revision; the current data becomes the newest revision. */
@@ -164,13 +175,13 @@ export function reverted(v: VolModel): VolModel {
   const target = revs.pop();
   if (!target) throw new Error('model: revert without a revision');
   revs.push(v.cur);
-  return { cur: target, work: null, revs, stateSize: target.size };
+  return { cur: target, work: null, revs, keep: v.keep, stateSize: target.size };
 }
 
 /** A resize: refused (unchanged) when it would shrink the image; else image and working copy grow. */
 export function grown(v: VolModel, size: number): VolModel {
   if (size < v.cur.size) return v;
-  return { cur: resized(v.cur, size), work: v.work && resized(v.work, size), revs: v.revs, stateSize: size };
+  return { cur: resized(v.cur, size), work: v.work && resized(v.work, size), revs: v.revs, keep: v.keep, stateSize: size };
 }
 
 export function importedContent(op: Extract<Op, { kind: 'import' }>): Content {
@@ -187,10 +198,11 @@ export function written(op: Extract<Op, { kind: 'run' }>, vol: VolName, start: C
 /**
  * The clone of one origin volume: the empty image made at the size the
  * source's record had in the cloning process (`emptySize`), then a commit
- * of the source's committed image over it.
+ * of the source's committed image over it, under the revisions_to_keep
+ * (`keep`) of the pool it is made in.
  */
-export function clonedVol(src: VolModel, emptySize: number): VolModel {
-  return { cur: src.cur, work: null, revs: [zeros(emptySize)].slice(-REVISIONS_TO_KEEP), stateSize: src.cur.size };
+export function clonedVol(src: VolModel, emptySize: number, keep: number): VolModel {
+  return committed({ cur: zeros(emptySize), work: null, revs: [], keep, stateSize: emptySize }, src.cur);
 }
 
 /** The sizes the cloning process may have recorded for the source (its record, or the image's once adopted). */
@@ -198,13 +210,14 @@ export function cloneEmptySizes(src: VolModel): number[] {
   return [...new Set([src.cur.size, src.stateSize])];
 }
 
-export function clonedDom(s: DomModel, dst: string, pool: string | null, emptySize: (v: VolModel) => number): DomModel {
+/** `keep`: revisions_to_keep of the clone's pool (its origin volumes all live there). */
+export function clonedDom(s: DomModel, dst: string, pool: string | null, keep: number, emptySize: (v: VolModel) => number): DomModel {
   const d = cloneDom(s);
   d.name = dst;
   d.pool = pool ?? s.pool;
   if (s.klass === 'TemplateVM') d.rootPool = d.pool;
   d.running = false;
-  for (const [k, v] of s.vols) d.vols.set(k, clonedVol(v, emptySize(v)));
+  for (const [k, v] of s.vols) d.vols.set(k, clonedVol(v, emptySize(v), keep));
   return d;
 }
 
@@ -218,12 +231,14 @@ export function applyOp(m: Model, op: Op, cloneSize: (v: VolModel) => number = (
   switch (op.kind) {
     case 'create': {
       const t = dom(op.template);
-      m.domains.set(op.name, newDom(op.name, 'AppVM', op.template, op.pool, t.rootPool));
+      m.domains.set(op.name, newDom(op.name, 'AppVM', op.template, op.pool, t.rootPool, keepOf(m, op.pool)));
       break;
     }
-    case 'clone':
-      m.domains.set(op.dst, clonedDom(dom(op.src), op.dst, op.pool, cloneSize));
+    case 'clone': {
+      const s = dom(op.src);
+      m.domains.set(op.dst, clonedDom(s, op.dst, op.pool, keepOf(m, op.pool ?? s.pool), cloneSize));
       break;
+    }
     case 'remove':
       m.domains.delete(op.name);
       break;
@@ -255,10 +270,10 @@ export function applyOp(m: Model, op: Op, cloneSize: (v: VolModel) => number = (
       break;
     }
     case 'pool-add':
-      m.extra = true;
+      m.pools.set('extra', { driver: op.driver, keep: op.keep });
       break;
     case 'pool-remove':
-      m.extra = false;
+      m.pools.delete('extra');
       break;
   }
 }
