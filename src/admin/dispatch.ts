@@ -9,7 +9,7 @@ import { PermissionDenied, ProtocolError, QubesException } from '../storage/erro
 import { printable } from '../storage/volume.js';
 import { encodeError, encodeOk, type AdminEvent } from './protocol/reply.js';
 import { MAX_REQUEST_BYTES, FramingError, encodeHeader, validateHeader, type RequestHeader } from './protocol/header.js';
-import { findAllowingRule, type AccessPolicy } from './policy.js';
+import { DEFAULT_POLICY, findAllowingRule, type AccessPolicy } from './policy.js';
 
 export interface AdminLog {
   info(message: string): void;
@@ -66,6 +66,7 @@ export function eventsMethod(handler: AdminEventsMethod): MethodSpec {
 
 export interface DispatchOptions {
   readonly methods: MethodTable;
+  /** Undefined: DEFAULT_POLICY (only dom0 may call). */
   readonly policy?: AccessPolicy | undefined;
   readonly log?: AdminLog;
   /** Send stack traces in error replies and log them. Off by default. */
@@ -140,8 +141,9 @@ export type Resolution = { readonly spec: MethodSpec } | { readonly error: Qubes
  * reference daemon answers for methods it does not serve.
  */
 export function resolveMethod(ctx: DispatchContext, h: RequestHeader): Resolution {
-  if (ctx.policy && !findAllowingRule(ctx.policy, h)) {
-    return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${ctx.policy.origin}`) };
+  const policy = ctx.policy ?? DEFAULT_POLICY;
+  if (!findAllowingRule(policy, h)) {
+    return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${policy.origin}`) };
   }
   if (!Object.hasOwn(ctx.methods, h.method)) {
     return { error: new PermissionDenied(`no such method: ${h.method}`) };

@@ -8,7 +8,8 @@
  *   mgmt       admin.vm.volume.*     work
  *
  * `*` matches any run of characters in any field. Rules only allow; a call
- * that matches no rule is denied.
+ * that matches no rule is denied. Without a policy file, DEFAULT_POLICY
+ * applies: only dom0 may call.
  */
 import { readFile } from 'node:fs/promises';
 
@@ -43,6 +44,16 @@ export class PolicyError extends Error {
 }
 
 const FIELD_RE = /^[A-Za-z0-9_.:+@*-]+$/;
+
+/**
+ * Used when no policy file is given: the admin domain may call everything,
+ * every other source nothing (as Qubes' default policy denies what it does
+ * not allow).
+ */
+export const DEFAULT_POLICY: AccessPolicy = {
+  rules: [{ source: 'dom0', method: '*', dest: '*', line: 0 }],
+  origin: 'the default policy (no policy file: only dom0 may call)',
+};
 
 export function parsePolicy(text: string, origin = 'policy'): AccessPolicy {
   const rules: PolicyRule[] = [];

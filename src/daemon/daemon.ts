@@ -16,7 +16,7 @@ export interface DaemonOptions {
   readonly baseDir?: string;
   /** Default: defaultSocketPath(baseDir). */
   readonly socketPath?: string;
-  /** An access policy file (see src/admin/README.md); none: every caller may call everything. */
+  /** An access policy file (see src/admin/README.md); none: DEFAULT_POLICY, only dom0 may call. */
   readonly policyFile?: string;
   /** storage.conf to load; default defaultStorageConfPath(baseDir) when it exists. */
   readonly storageConf?: string;

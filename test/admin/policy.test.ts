@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PolicyError, findAllowingRule, isAllowed, matchPattern, parsePolicy } from '../../src/admin/policy.js';
+import { DEFAULT_POLICY, PolicyError, findAllowingRule, isAllowed, matchPattern, parsePolicy } from '../../src/admin/policy.js';
 
 test('matchPattern: table', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -51,4 +51,13 @@ test('parsePolicy: errors name the line', () => {
   assert.throws(() => parsePolicy('a b c d'), PolicyError);
   assert.throws(() => parsePolicy('dom0 admin/x'), PolicyError);
   assert.throws(() => parsePolicy('dom0 admin.?'), PolicyError);
+});
+
+test('DEFAULT_POLICY: dom0 may call anything, every other source nothing', () => {
+  const q = (source: string, method: string) => isAllowed(DEFAULT_POLICY, { source, method, arg: '', dest: 'work' });
+  assert.equal(q('dom0', 'admin.vm.Create.AppVM'), true);
+  assert.equal(q('dom0', 'admin.vm.volume.Import'), true);
+  assert.equal(q('sys-net', 'admin.vm.Create.AppVM'), false);
+  assert.equal(q('evilvm', 'admin.pool.List'), false);
+  assert.equal(q('dom0x', 'admin.pool.List'), false);
 });

@@ -243,8 +243,10 @@ test('access policy: allowed calls pass, others are PermissionDenied and logged'
     assert.equal(data.subarray(0, 20).toString('latin1'), '2\0PermissionDenied\0\0');
     // A denied events call is answered at once.
     await assert.rejects(mgmt.events('dom0', () => {}).established, PermissionDenied);
+    // No policy: the default, only dom0 may call.
     h.server.setPolicy(undefined);
-    assert.equal((await mgmt.call('test.Echo', 'dom0', '', 'ok')).toString(), 'ok');
+    await assert.rejects(mgmt.call('test.Echo', 'dom0', '', 'no'), PermissionDenied);
+    assert.equal((await dom0.call('test.Echo', 'dom0', '', 'ok')).toString(), 'ok');
   } finally {
     await h.stop();
   }
