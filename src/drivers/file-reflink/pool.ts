@@ -16,6 +16,14 @@ import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.
 import { FileReflinkVolume } from './volume.js';
 import { FILE_STEM_RE, REFLINK_NAMING, TEMP_FILE_RE, type FileNaming } from './layout.js';
 
+/**
+ * Mode of the directories a pool makes (dir_path and its volume
+ * directories, also parents of dir_path it has to make): the images are
+ * the VMs' disks, for the daemon only; never world-writable (nor readable).
+ * Directories that already exist keep their mode: they are the user's.
+ */
+export const POOL_DIR_MODE = 0o750;
+
 /** What distinguishes the drivers built on this pool: file-reflink, file, xen. */
 export interface FilePoolFlavor {
   readonly driver: string;
@@ -149,7 +157,7 @@ export class FileReflinkPool extends Pool {
       cur = path.join(cur, part);
       if (await this.checkRealDir(cur, true)) continue;
       try {
-        await fs.mkdir(cur, { mode: 0o755 });
+        await fs.mkdir(cur, { mode: POOL_DIR_MODE });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
@@ -181,7 +189,7 @@ export class FileReflinkPool extends Pool {
       });
       if (st?.isSymbolicLink())
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
-      await fs.mkdir(root, { recursive: true, mode: 0o755 });
+      await fs.mkdir(root, { recursive: true, mode: POOL_DIR_MODE });
       for (const sub of this.flavor.classDirs) await this.ensureVolumeDir(path.join(root, sub));
       await this.removeProbeDebris();
       if (this.setupCheck && !(await reflinkSupported(root)))
