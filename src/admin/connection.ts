@@ -13,6 +13,7 @@ import {
   executeCall,
   resolveMethod,
   runEvents,
+  type Caller,
   type DispatchContext,
   type EventSend,
   type MethodSpec,
@@ -46,7 +47,7 @@ export interface Connection {
   drop(reason: string): void;
 }
 
-export function serveConnection(socket: Socket, ctx: DispatchContext, limits: ConnectionLimits): Connection {
+export function serveConnection(socket: Socket, ctx: DispatchContext, limits: ConnectionLimits, caller: Caller): Connection {
   const started = performance.now();
   const controller = new AbortController();
   let phase: ConnectionPhase = 'header';
@@ -145,7 +146,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     stream.on('error', () => {});
     if (rest.length > 0) stream.push(rest);
     idle();
-    run(executeCall(ctx, h, res, stream, controller.signal, started));
+    run(executeCall(ctx, h, caller, res, stream, controller.signal, started));
   }
 
   function startEvents(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'events' }>): void {
@@ -160,7 +161,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       socket.write(encodeEvent(e.subject, e.event, e.pairs));
       return true;
     };
-    run(runEvents(ctx, h, spec, send, controller.signal, started));
+    run(runEvents(ctx, h, caller, spec, send, controller.signal, started));
   }
 
   function onHeaderData(chunk: Buffer): void {
@@ -184,7 +185,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     chunks = [];
     header = h;
     clearTimer();
-    const res = resolveMethod(ctx, h);
+    const res = resolveMethod(ctx, h, caller);
     resolution = res;
     const kind = Object.hasOwn(ctx.methods, h.method) ? ctx.methods[h.method]!.kind : 'call';
     if ('spec' in res && res.spec.kind === 'events') return startEvents(h, res.spec);
@@ -192,7 +193,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     if (kind === 'events') {
       // Refused events call: answer now, an events client may not half-close.
       phase = 'running';
-      return run(executeCall(ctx, h, res, Buffer.alloc(0), controller.signal, started));
+      return run(executeCall(ctx, h, caller, res, Buffer.alloc(0), controller.signal, started));
     }
     discardPayload = kind === 'streaming';
     phase = 'payload';
@@ -241,7 +242,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
         clearTimer();
         const payload = Buffer.concat(chunks);
         chunks = [];
-        return run(executeCall(ctx, header!, resolution!, payload, controller.signal, started));
+        return run(executeCall(ctx, header!, caller, resolution!, payload, controller.signal, started));
       }
       case 'running':
         if (stream && !streamEnded) {

@@ -9,7 +9,7 @@ import { PermissionDenied, ProtocolError, QubesException } from '../storage/erro
 import { printable } from '../storage/volume.js';
 import { encodeError, encodeOk, type AdminEvent } from './protocol/reply.js';
 import { MAX_REQUEST_BYTES, FramingError, encodeHeader, validateHeader, type RequestHeader } from './protocol/header.js';
-import { findAllowingRule, type AccessPolicy } from './policy.js';
+import { DEFAULT_POLICY, findAllowingRule, mayRelay, type AccessPolicy } from './policy.js';
 
 export interface AdminLog {
   info(message: string): void;
@@ -64,8 +64,29 @@ export function eventsMethod(handler: AdminEventsMethod): MethodSpec {
   return { kind: 'events', handler };
 }
 
+/**
+ * Who makes a call, as far as the daemon can know it: the kernel's
+ * credentials of the socket's peer (the server fills this in), or the
+ * process itself for in-process calls.
+ */
+export interface Caller {
+  /** Undefined when the credentials could not be read (then `refusal` says why). */
+  readonly uid: number | undefined;
+  readonly pid: number | undefined;
+  /** Why this caller may not call at all (not root nor in the socket's group, credentials unreadable). */
+  readonly refusal?: string;
+  /** May name any SOURCE without a relay rule: root (as qrexec runs) or the daemon's own user. */
+  readonly relays: boolean;
+}
+
+/** The process calling itself (the tools without a daemon): it holds the state already. */
+export function inProcessCaller(): Caller {
+  return { uid: process.getuid?.(), pid: process.pid, relays: true };
+}
+
 export interface DispatchOptions {
   readonly methods: MethodTable;
+  /** Undefined: DEFAULT_POLICY (only dom0 may call). */
   readonly policy?: AccessPolicy | undefined;
   readonly log?: AdminLog;
   /** Send stack traces in error replies and log them. Off by default. */
@@ -135,13 +156,24 @@ export function createDispatchContext(opts: DispatchOptions): DispatchContext {
 export type Resolution = { readonly spec: MethodSpec } | { readonly error: QubesException };
 
 /**
- * Policy first (so that a caller without rights cannot probe which methods
- * exist), then the table. Both failures are PermissionDenied, as the
- * reference daemon answers for methods it does not serve.
+ * The caller first (who may use the socket at all, who may name a source
+ * other than dom0), then the policy (so that a caller without rights cannot
+ * probe which methods exist), then the table. Every failure is
+ * PermissionDenied, as the reference daemon answers for methods it does not
+ * serve.
  */
-export function resolveMethod(ctx: DispatchContext, h: RequestHeader): Resolution {
-  if (ctx.policy && !findAllowingRule(ctx.policy, h)) {
-    return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${ctx.policy.origin}`) };
+export function resolveMethod(ctx: DispatchContext, h: RequestHeader, caller: Caller): Resolution {
+  const policy = ctx.policy ?? DEFAULT_POLICY;
+  if (caller.refusal !== undefined) return { error: new PermissionDenied(caller.refusal) };
+  if (h.source !== 'dom0' && !caller.relays && !(caller.uid !== undefined && mayRelay(policy, caller.uid, h.source))) {
+    return {
+      error: new PermissionDenied(
+        `uid ${caller.uid} may not call as ${h.source}: only root relays calls for other domains, or a user an @relay line of the policy names`,
+      ),
+    };
+  }
+  if (!findAllowingRule(policy, h)) {
+    return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${policy.origin}`) };
   }
   if (!Object.hasOwn(ctx.methods, h.method)) {
     return { error: new PermissionDenied(`no such method: ${h.method}`) };
@@ -150,13 +182,13 @@ export function resolveMethod(ctx: DispatchContext, h: RequestHeader): Resolutio
 }
 
 /** The reply bytes for an exception, and the class name it went out as. */
-export function errorReply(ctx: DispatchContext, h: RequestHeader, err: unknown): { reply: Buffer; name: string } {
+export function errorReply(ctx: DispatchContext, h: RequestHeader, caller: Caller, err: unknown): { reply: Buffer; name: string } {
   const trace = ctx.debug && err instanceof Error ? (err.stack ?? '') : '';
   if (err instanceof QubesException) {
     return { reply: encodeError(err.qubesName, err.message, trace), name: err.qubesName };
   }
   ctx.log.error(
-    `unexpected error in ${describe(h)}: ${err instanceof Error ? (ctx.debug ? err.stack : `${err.name}: ${err.message}`) : String(err)}`,
+    `unexpected error in ${describe(h, caller)}: ${err instanceof Error ? (ctx.debug ? err.stack : `${err.name}: ${err.message}`) : String(err)}`,
   );
   return {
     reply: encodeError('QubesException', 'An internal error occurred in qubesd; see its log', trace),
@@ -164,17 +196,31 @@ export function errorReply(ctx: DispatchContext, h: RequestHeader, err: unknown)
   };
 }
 
-/** The one line logged per call. */
-export function logCall(ctx: DispatchContext, h: RequestHeader, result: string, startedMs: number, reason?: string): void {
+/** The one line logged per call; the caller's uid and pid last (`-` when unknown). */
+export function logCall(
+  ctx: DispatchContext,
+  h: RequestHeader,
+  caller: Caller,
+  result: string,
+  startedMs: number,
+  reason?: string,
+): void {
   const why = reason === undefined ? '' : ` reason=${JSON.stringify(printable(reason))}`;
-  const line = `call ${describe(h)} result=${result}${why} duration_ms=${Math.round(performance.now() - startedMs)}`;
+  const line =
+    `call ${describe(h)} result=${result}${why} duration_ms=${Math.round(performance.now() - startedMs)}` +
+    ` ${describeCaller(caller)}`;
   if (result === 'ok') ctx.log.info(line);
   else ctx.log.warn(line);
 }
 
 /** The call's fields for a log line; untrusted bytes are escaped so a name cannot forge log lines. */
-function describe(h: RequestHeader): string {
-  return `method=${printable(h.method)} arg=${h.arg === '' ? '-' : printable(h.arg)} source=${printable(h.source)} dest=${printable(h.dest)}`;
+function describe(h: RequestHeader, caller?: Caller): string {
+  const fields = `method=${printable(h.method)} arg=${h.arg === '' ? '-' : printable(h.arg)} source=${printable(h.source)} dest=${printable(h.dest)}`;
+  return caller ? `${fields} ${describeCaller(caller)}` : fields;
+}
+
+export function describeCaller(caller: Caller): string {
+  return `uid=${caller.uid ?? '-'} pid=${caller.pid ?? '-'}`;
 }
 
 /**
@@ -184,6 +230,7 @@ function describe(h: RequestHeader): string {
 export async function executeCall(
   ctx: DispatchContext,
   h: RequestHeader,
+  caller: Caller,
   resolution: Resolution,
   payload: Buffer | Readable,
   signal: AbortSignal,
@@ -204,11 +251,11 @@ export async function executeCall(
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }
     const reply = encodeOk(result);
-    logCall(ctx, h, 'ok', startedMs);
+    logCall(ctx, h, caller, 'ok', startedMs);
     return reply;
   } catch (err) {
-    const { reply, name } = errorReply(ctx, h, err);
-    logCall(ctx, h, name, startedMs, err instanceof Error ? err.message : String(err));
+    const { reply, name } = errorReply(ctx, h, caller, err);
+    logCall(ctx, h, caller, name, startedMs, err instanceof Error ? err.message : String(err));
     return reply;
   }
 }
@@ -220,6 +267,7 @@ export async function executeCall(
 export async function runEvents(
   ctx: DispatchContext,
   h: RequestHeader,
+  caller: Caller,
   spec: Extract<MethodSpec, { kind: 'events' }>,
   send: EventSend,
   signal: AbortSignal,
@@ -232,11 +280,11 @@ export async function runEvents(
   };
   try {
     await spec.handler({ ...pickHeader(h), signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
-    logCall(ctx, h, 'ok', startedMs);
+    logCall(ctx, h, caller, 'ok', startedMs);
     return undefined;
   } catch (err) {
-    const { reply, name } = errorReply(ctx, h, err);
-    logCall(ctx, h, name, startedMs, err instanceof Error ? err.message : String(err));
+    const { reply, name } = errorReply(ctx, h, caller, err);
+    logCall(ctx, h, caller, name, startedMs, err instanceof Error ? err.message : String(err));
     return sent ? undefined : reply;
   }
 }
@@ -263,14 +311,15 @@ export async function runCall(
 ): Promise<Buffer> {
   const started = performance.now();
   const h = validateHeader({ method: req.method, arg: req.arg ?? '', source: req.source ?? 'dom0', dest: req.dest });
-  const resolution = resolveMethod(ctx, h);
+  const caller = inProcessCaller();
+  const resolution = resolveMethod(ctx, h, caller);
   let body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
   if (!('spec' in resolution && resolution.spec.kind === 'streaming')) {
     const limit = MAX_REQUEST_BYTES - encodeHeader(h).length;
     body = Buffer.isBuffer(body) ? body : await collect(body, limit);
     if (body.length > limit) throw new FramingError('request larger than 64 KiB');
   }
-  return executeCall(ctx, h, resolution, body, signal, started);
+  return executeCall(ctx, h, caller, resolution, body, signal, started);
 }
 
 function pickHeader(h: RequestHeader): RequestHeader {

@@ -5,4 +5,5 @@ export * from './policy.js';
 export * from './events.js';
 export * from './connection.js';
 export * from './server.js';
+export * from './peer.js';
 export * from './client.js';

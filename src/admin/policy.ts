@@ -8,7 +8,13 @@
  *   mgmt       admin.vm.volume.*     work
  *
  * `*` matches any run of characters in any field. Rules only allow; a call
- * that matches no rule is denied.
+ * that matches no rule is denied. Without a policy file, DEFAULT_POLICY
+ * applies: only dom0 may call.
+ *
+ * A second line form lets a non-root local user relay calls for other
+ * domains (name a SOURCE other than dom0 in the header), as root may:
+ *
+ *   @relay     uid:1000              mgmt*
  */
 import { readFile } from 'node:fs/promises';
 
@@ -21,8 +27,17 @@ export interface PolicyRule {
   readonly line: number;
 }
 
+/** `@relay uid:N SOURCE`: the local user N may name SOURCE (a pattern) as the caller. */
+export interface RelayRule {
+  readonly uid: number;
+  readonly source: string;
+  readonly line: number;
+}
+
 export interface AccessPolicy {
   readonly rules: readonly PolicyRule[];
+  /** Who besides root may name a source other than dom0 (see mayRelay). */
+  readonly relays: readonly RelayRule[];
   /** Where it came from (file path), for logs. */
   readonly origin: string;
 }
@@ -43,9 +58,23 @@ export class PolicyError extends Error {
 }
 
 const FIELD_RE = /^[A-Za-z0-9_.:+@*-]+$/;
+const UID_RE = /^uid:(0|[1-9][0-9]{0,9})$/;
+
+/**
+ * Used when no policy file is given: the admin domain may call everything,
+ * every other source nothing (as Qubes' default policy denies what it does
+ * not allow). No relays: only root may name another source, and then only
+ * to be refused here.
+ */
+export const DEFAULT_POLICY: AccessPolicy = {
+  rules: [{ source: 'dom0', method: '*', dest: '*', line: 0 }],
+  relays: [],
+  origin: 'the default policy (no policy file: only dom0 may call)',
+};
 
 export function parsePolicy(text: string, origin = 'policy'): AccessPolicy {
   const rules: PolicyRule[] = [];
+  const relays: RelayRule[] = [];
   text.split('\n').forEach((raw, i) => {
     const line = i + 1;
     const hash = raw.indexOf('#');
@@ -57,10 +86,18 @@ export function parsePolicy(text: string, origin = 'policy'): AccessPolicy {
     for (const f of fields) {
       if (!FIELD_RE.test(f)) throw new PolicyError(`${origin}:${line}: bad pattern ${JSON.stringify(f)}`);
     }
+    // Domain names never start with `@`, so the keyword cannot be a SOURCE.
+    if (fields[0]!.startsWith('@')) {
+      const uid = fields[1] === undefined ? null : UID_RE.exec(fields[1]);
+      if (fields[0] !== '@relay' || fields.length !== 3 || !uid || Number(uid[1]) > 0xffffffff)
+        throw new PolicyError(`${origin}:${line}: expected @relay uid:N SOURCE, got ${JSON.stringify(body)}`);
+      relays.push({ uid: Number(uid[1]), source: fields[2]!, line });
+      return;
+    }
     const [source, method, dest = '*'] = fields as [string, string, string?];
     rules.push({ source, method, dest, line });
   });
-  return { rules, origin };
+  return { rules, relays, origin };
 }
 
 export async function loadPolicy(path: string): Promise<AccessPolicy> {
@@ -76,6 +113,11 @@ export function findAllowingRule(policy: AccessPolicy, q: PolicyQuery): PolicyRu
       matchPattern(r.method, r.method.includes('+') ? methodArg : q.method) &&
       matchPattern(r.dest, q.dest),
   );
+}
+
+/** Whether the local user `uid` (not root) may name `source` as the calling domain. */
+export function mayRelay(policy: AccessPolicy, uid: number, source: string): boolean {
+  return policy.relays.some((r) => r.uid === uid && matchPattern(r.source, source));
 }
 
 export function isAllowed(policy: AccessPolicy, q: PolicyQuery): boolean {

@@ -7,16 +7,23 @@ import * as net from 'node:net';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { MAX_REQUEST_BYTES } from './protocol/header.js';
-import { createDispatchContext, type DispatchContext, type DispatchOptions, type MethodTable } from './dispatch.js';
+import { createDispatchContext, type Caller, type DispatchContext, type DispatchOptions, type MethodTable } from './dispatch.js';
 import { serveConnection, type Connection, type ConnectionLimits } from './connection.js';
 import type { AccessPolicy } from './policy.js';
+import { peerCredentialsReader, type PeerCredentialsReader } from './peer.js';
 
 export interface AdminServerOptions extends DispatchOptions {
   readonly socketPath: string;
   /** Mode of the socket file; default 0o660. */
   readonly socketMode?: number;
-  /** Group (gid) of the socket file, e.g. the `qubes` group; default unchanged. */
+  /**
+   * Group (gid) of the socket file, e.g. the `qubes` group; default unchanged
+   * (the daemon's group). Its members may call; other users than root and
+   * the daemon's own are refused even if the mode lets them connect.
+   */
   readonly socketGroup?: number;
+  /** How callers are identified; default SO_PEERCRED through koffi (listen() fails without it). */
+  readonly peerCredentials?: PeerCredentialsReader;
   /** Default 10 s. */
   readonly headerTimeoutMs?: number;
   /** Default 60 s (see ConnectionLimits). */
@@ -46,6 +53,9 @@ export class AdminServer {
   private closing: Promise<void> | undefined;
   /** Identity of the socket file we made, so we only ever remove our own. */
   private socketId: { dev: number; ino: number } | undefined;
+  private readPeer: PeerCredentialsReader | undefined;
+  /** The socket file's group: its members may call. */
+  private socketGid = -1;
 
   constructor(opts: AdminServerOptions) {
     this.opts = opts;
@@ -81,6 +91,8 @@ export class AdminServer {
    */
   async listen(): Promise<void> {
     if (this.server) throw new Error('AdminServer: already listening');
+    // Fail closed: without the callers' credentials there is no serving.
+    this.readPeer = this.opts.peerCredentials ?? (await peerCredentialsReader());
     await prepareSocketPath(this.socketPath);
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
     server.maxConnections = this.opts.maxConnections ?? 1024;
@@ -103,6 +115,7 @@ export class AdminServer {
     await fs.rmdir(tmpDir);
     const st = await fs.lstat(this.socketPath);
     this.socketId = { dev: st.dev, ino: st.ino };
+    this.socketGid = st.gid;
     this.server = server;
     this.context.log.info(`listening on ${this.socketPath}`);
   }
@@ -155,9 +168,34 @@ export class AdminServer {
       socket.destroy();
       return;
     }
-    const conn = serveConnection(socket, this.context, this.limits);
+    const conn = serveConnection(socket, this.context, this.limits, this.identify(socket));
     this.connections.add(conn);
     void conn.finished.then(() => this.connections.delete(conn));
+  }
+
+  /**
+   * The caller by its kernel credentials: root and the daemon's own user may
+   * call and relay (name any source); members of the socket's group may call
+   * as dom0; anyone else, or a peer whose credentials cannot be read, gets
+   * PermissionDenied for whatever it asks (after its header, so that the
+   * refusal is answered and logged like any other).
+   */
+  private identify(socket: net.Socket): Caller {
+    let cred;
+    try {
+      cred = this.readPeer!(socket);
+    } catch (e) {
+      return { uid: undefined, pid: undefined, relays: false, refusal: `cannot read the caller's credentials: ${(e as Error).message}` };
+    }
+    const admin = cred.uid === 0 || cred.uid === process.getuid?.();
+    const member = cred.gid === this.socketGid || cred.groups.includes(this.socketGid);
+    if (admin || member) return { uid: cred.uid, pid: cred.pid, relays: admin };
+    return {
+      uid: cred.uid,
+      pid: cred.pid,
+      relays: false,
+      refusal: `uid ${cred.uid} is neither root nor in the group of the socket (gid ${this.socketGid})`,
+    };
   }
 
   private async removeOwnSocket(): Promise<void> {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { stderrLog, type AdminLog } from '../admin/dispatch.js';
 import { loadPolicy } from '../admin/policy.js';
 import { AdminServer } from '../admin/server.js';
+import { peerCredentialsReader } from '../admin/peer.js';
 import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime, type RuntimeOptions } from './runtime.js';
 
 export interface DaemonOptions {
@@ -16,8 +17,13 @@ export interface DaemonOptions {
   readonly baseDir?: string;
   /** Default: defaultSocketPath(baseDir). */
   readonly socketPath?: string;
-  /** An access policy file (see src/admin/README.md); none: every caller may call everything. */
+  /** An access policy file (see src/admin/README.md); none: DEFAULT_POLICY, only dom0 may call. */
   readonly policyFile?: string;
+  /**
+   * Group of the socket (a name from /etc/group, or a gid): its members may
+   * call as dom0. Default: see defaultSocketGroup().
+   */
+  readonly socketGroup?: string | number;
   /** storage.conf to load; default defaultStorageConfPath(baseDir) when it exists. */
   readonly storageConf?: string;
   /** Make a new state even if the base directory holds traces of an earlier one (qubesd --init). */
@@ -47,6 +53,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   const socketPath = path.resolve(opts.socketPath ?? defaultSocketPath(baseDir));
   // The policy first: a bad file must not leave anything half started.
   const policy = opts.policyFile !== undefined ? await loadPolicy(opts.policyFile) : undefined;
+  const socketGroup = opts.socketGroup !== undefined ? await groupId(opts.socketGroup) : await defaultSocketGroup();
+  // No serving without knowing who calls (fail closed), and no state opened for nothing.
+  const peerCredentials = await peerCredentialsReader();
   const runtime = await openRuntime({
     createDefaultPool: true,
     notice: (line) => log.info(line),
@@ -59,7 +68,15 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   let server: AdminServer;
   try {
     await fs.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-    server = new AdminServer({ socketPath, methods: runtime.methods, policy, log, debug: opts.debug ?? false });
+    server = new AdminServer({
+      socketPath,
+      methods: runtime.methods,
+      policy,
+      log,
+      debug: opts.debug ?? false,
+      peerCredentials,
+      ...(socketGroup !== undefined ? { socketGroup } : {}),
+    });
     await server.listen();
   } catch (e) {
     await runtime.close();
@@ -95,4 +112,44 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       return stopping;
     },
   };
+}
+
+/** The group file consulted for group names (local groups only: no NSS, LDAP or the like). */
+export const GROUP_FILE = '/etc/group';
+
+/**
+ * The socket's group when none is given: for root, `qubes` if that group
+ * exists (as on Qubes), else root's group 0; for another user, undefined
+ * (the socket keeps the user's own group: it could not give it away).
+ */
+export async function defaultSocketGroup(groupFile = GROUP_FILE): Promise<number | undefined> {
+  if (process.getuid?.() !== 0) return undefined;
+  return (await lookupGroup('qubes', groupFile)) ?? 0;
+}
+
+/** A gid given as a number or a group name; an unknown name is an error saying so. */
+export async function groupId(group: string | number, groupFile = GROUP_FILE): Promise<number> {
+  if (typeof group === 'number' || /^[0-9]+$/.test(group)) {
+    const gid = Number(group);
+    if (!Number.isSafeInteger(gid) || gid > 0xfffffffe) throw new Error(`bad group id ${group}`);
+    return gid;
+  }
+  const gid = await lookupGroup(group, groupFile);
+  if (gid === undefined) throw new Error(`no such group: ${JSON.stringify(group)} (not in ${groupFile})`);
+  return gid;
+}
+
+async function lookupGroup(name: string, groupFile: string): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(groupFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  for (const line of text.split('\n')) {
+    const [groupName, , gid] = line.split(':');
+    if (groupName === name && gid !== undefined && /^[0-9]+$/.test(gid)) return Number(gid);
+  }
+  return undefined;
 }

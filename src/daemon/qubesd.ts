@@ -2,7 +2,7 @@
 /**
  * qubesd: the admin daemon.
  *
- *   qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]
+ *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]
  *
  * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
  * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
@@ -33,7 +33,8 @@ import { startDaemon, type Daemon } from './daemon.js';
 const HEAP_GROWING_PERCENT = 25;
 setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
 
-const USAGE = 'usage: qubesd [--socket PATH] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]';
+const USAGE =
+  'usage: qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]';
 
 async function main(): Promise<number> {
   let values;
@@ -42,6 +43,7 @@ async function main(): Promise<number> {
       args: process.argv.slice(2),
       options: {
         socket: { type: 'string' },
+        'socket-group': { type: 'string' },
         'base-dir': { type: 'string' },
         policy: { type: 'string' },
         'storage-conf': { type: 'string' },
@@ -66,6 +68,7 @@ async function main(): Promise<number> {
       ...(values['base-dir'] !== undefined ? { baseDir: values['base-dir'] } : {}),
       ...(values.socket !== undefined ? { socketPath: values.socket } : {}),
       ...(values.policy !== undefined ? { policyFile: values.policy } : {}),
+      ...(values['socket-group'] !== undefined ? { socketGroup: values['socket-group'] } : {}),
       ...(values['storage-conf'] !== undefined ? { storageConf: values['storage-conf'] } : {}),
       init: values.init ?? false,
       debug: values.debug ?? false,

@@ -28,6 +28,7 @@ import { RUN_STATE_FILE, runState } from './run-state.js';
 import { reflinkSupported, sweepAtomicTemps } from '../files/files.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
+import { POOL_DIR_MODE } from '../drivers/file-reflink/pool.js';
 
 export interface RuntimeOptions {
   /** Where the state, the default pool and the socket live. */
@@ -165,7 +166,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
  * notice line saying so (returned).
  */
 async function addDefaultPool(app: QubesApp, dir: string): Promise<string | null> {
-  await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+  await fs.mkdir(dir, { recursive: true, mode: POOL_DIR_MODE });
   const reflink = await reflinkSupported(dir);
   await app.addPool('file-reflink', 'default', { dir_path: dir, setup_check: reflink });
   if (reflink) return null;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PolicyError, findAllowingRule, isAllowed, matchPattern, parsePolicy } from '../../src/admin/policy.js';
+import { DEFAULT_POLICY, PolicyError, findAllowingRule, isAllowed, matchPattern, mayRelay, parsePolicy } from '../../src/admin/policy.js';
 
 test('matchPattern: table', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -51,4 +51,34 @@ test('parsePolicy: errors name the line', () => {
   assert.throws(() => parsePolicy('a b c d'), PolicyError);
   assert.throws(() => parsePolicy('dom0 admin/x'), PolicyError);
   assert.throws(() => parsePolicy('dom0 admin.?'), PolicyError);
+});
+
+test('DEFAULT_POLICY: dom0 may call anything, every other source nothing', () => {
+  const q = (source: string, method: string) => isAllowed(DEFAULT_POLICY, { source, method, arg: '', dest: 'work' });
+  assert.equal(q('dom0', 'admin.vm.Create.AppVM'), true);
+  assert.equal(q('dom0', 'admin.vm.volume.Import'), true);
+  assert.equal(q('sys-net', 'admin.vm.Create.AppVM'), false);
+  assert.equal(q('evilvm', 'admin.pool.List'), false);
+  assert.equal(q('dom0x', 'admin.pool.List'), false);
+  assert.deepEqual(DEFAULT_POLICY.relays, []);
+});
+
+test('parsePolicy: @relay lines name a uid and the sources it may claim; they are not rules', () => {
+  const p = parsePolicy('dom0 *\n@relay uid:1000 mgmt*\n@relay\tuid:0 backup # root relays anyway\n', 'r.policy');
+  assert.equal(p.rules.length, 1);
+  assert.deepEqual(
+    p.relays.map((r) => [r.uid, r.source, r.line]),
+    [
+      [1000, 'mgmt*', 2],
+      [0, 'backup', 3],
+    ],
+  );
+  assert.equal(mayRelay(p, 1000, 'mgmt'), true);
+  assert.equal(mayRelay(p, 1000, 'mgmt-2'), true);
+  assert.equal(mayRelay(p, 1000, 'backup'), false);
+  assert.equal(mayRelay(p, 1001, 'mgmt'), false);
+  // A relay line allows no call by itself.
+  assert.equal(isAllowed(p, { source: 'mgmt', method: 'admin.pool.List', arg: '', dest: 'dom0' }), false);
+  for (const bad of ['@relay mgmt', '@relay 1000 mgmt', '@relay uid:x mgmt', '@relay uid:01 mgmt', '@relay uid:4294967296 mgmt', '@relays uid:1 a', '@anyvm admin.pool.List'])
+    assert.throws(() => parsePolicy(bad, 'f'), (e: Error) => e instanceof PolicyError && /f:1/.test(e.message), bad);
 });

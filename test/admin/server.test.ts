@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PermissionDenied, QubesException, QubesValueError } from '../../src/storage/errors.js';
-import { AdminClient, AdminServer, MAX_REQUEST_BYTES, parsePolicy } from '../../src/admin/index.js';
+import { AdminClient, AdminServer, MAX_REQUEST_BYTES, PeerCredentialsError, parsePolicy } from '../../src/admin/index.js';
 import { OK_HELLO, echo, rawExchange, slowProbe, startServer, tempDir, toyMethods, waitFor, type Harness } from './helpers.js';
 
 const b = (s: string) => Buffer.from(s, 'latin1');
@@ -50,8 +50,8 @@ describe('replies', () => {
     await rawExchange(h.socketPath, b('test.Fail dom0 name w2\0'));
     const lines = h.log.lines.slice(before);
     assert.equal(lines.length, 2, lines.join('\n'));
-    assert.match(lines[0]!, /^info call method=test\.Arg arg=a1 source=dom0 dest=work result=ok duration_ms=\d+$/);
-    assert.match(lines[1]!, /^warn call method=test\.Fail arg=- source=dom0 dest=w2 result=QubesValueError reason="bad value: x" duration_ms=\d+$/);
+    assert.match(lines[0]!, /^info call method=test\.Arg arg=a1 source=dom0 dest=work result=ok duration_ms=\d+ uid=0 pid=\d+$/);
+    assert.match(lines[1]!, /^warn call method=test\.Fail arg=- source=dom0 dest=w2 result=QubesValueError reason="bad value: x" duration_ms=\d+ uid=0 pid=\d+$/);
   });
 
   test('socket mode is 0660', async () => {
@@ -243,8 +243,10 @@ test('access policy: allowed calls pass, others are PermissionDenied and logged'
     assert.equal(data.subarray(0, 20).toString('latin1'), '2\0PermissionDenied\0\0');
     // A denied events call is answered at once.
     await assert.rejects(mgmt.events('dom0', () => {}).established, PermissionDenied);
+    // No policy: the default, only dom0 may call.
     h.server.setPolicy(undefined);
-    assert.equal((await mgmt.call('test.Echo', 'dom0', '', 'ok')).toString(), 'ok');
+    await assert.rejects(mgmt.call('test.Echo', 'dom0', '', 'no'), PermissionDenied);
+    assert.equal((await dom0.call('test.Echo', 'dom0', '', 'ok')).toString(), 'ok');
   } finally {
     await h.stop();
   }
@@ -382,6 +384,22 @@ test('client maps error classes', async () => {
     const client = new AdminClient({ socketPath: h.socketPath });
     await assert.rejects(client.call('test.Fail', 'dom0'), (e: Error) => e instanceof QubesValueError && e.message === 'bad value: x');
     await assert.rejects(client.call('test.Crash', 'dom0'), (e: Error) => e.constructor === QubesException);
+  } finally {
+    await h.stop();
+  }
+});
+
+test('fail closed: a caller whose credentials cannot be read is refused, whatever it asks, and logged', async () => {
+  const h = await startServer({
+    peerCredentials: () => {
+      throw new PeerCredentialsError('getsockopt(SO_PEERCRED) failed: errno 9');
+    },
+  });
+  try {
+    const { data } = await rawExchange(h.socketPath, b('test.Echo dom0 name dom0\0hi'));
+    assert.equal(data.toString('latin1'), "2\0PermissionDenied\0\0cannot read the caller's credentials: getsockopt(SO_PEERCRED) failed: errno 9\0");
+    await waitFor(() => h.log.lines.some((l) => l.includes('method=test.Echo')));
+    assert.ok(h.log.lines.some((l) => /^warn call method=test\.Echo .*result=PermissionDenied .* uid=- pid=-$/.test(l)), h.log.lines.join('\n'));
   } finally {
     await h.stop();
   }

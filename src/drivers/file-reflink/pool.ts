@@ -17,6 +17,14 @@ import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.
 import { FileReflinkVolume } from './volume.js';
 import { FILE_STEM_RE, REFLINK_NAMING, TEMP_FILE_RE, type FileNaming } from './layout.js';
 
+/**
+ * Mode of the directories a pool makes (dir_path and its volume
+ * directories, also parents of dir_path it has to make): the images are
+ * the VMs' disks, for the daemon only; never world-writable (nor readable).
+ * Directories that already exist keep their mode: they are the user's.
+ */
+export const POOL_DIR_MODE = 0o750;
+
 /** What distinguishes the drivers built on this pool: file-reflink, file, xen. */
 export interface FilePoolFlavor {
   readonly driver: string;
@@ -151,7 +159,7 @@ export class FileReflinkPool extends Pool {
       cur = path.join(cur, part);
       if (await this.checkRealDir(cur, true)) continue;
       try {
-        await fs.mkdir(cur, { mode: 0o755 });
+        await fs.mkdir(cur, { mode: POOL_DIR_MODE });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
@@ -204,7 +212,7 @@ export class FileReflinkPool extends Pool {
       const missing: string[] = [];
       for (let p = root; !(await pathExists(p)); p = path.dirname(p)) missing.unshift(p);
       for (const p of missing) {
-        await fs.mkdir(p, { mode: 0o755 });
+        await fs.mkdir(p, { mode: POOL_DIR_MODE });
         made.push(p);
       }
       await this.removeProbeDebris();

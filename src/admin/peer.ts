@@ -1,0 +1,106 @@
+/**
+ * Who is on the other end of a Unix socket, as the kernel says: the peer's
+ * pid, uid and gid at connect time (SO_PEERCRED) and its supplementary groups
+ * (SO_PEERGROUPS, Linux 4.13+). The request header's SOURCE is only what the
+ * caller claims; these cannot be forged by the caller.
+ *
+ * Node has no API for either option, so getsockopt(2) is called through the
+ * koffi FFI (loaded on first use: a tool that never serves a socket never
+ * loads it). Linux only.
+ */
+import type { Socket } from 'node:net';
+
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** Supplementary groups of the peer when it connected. */
+  readonly groups: readonly number[];
+}
+
+/** Reads the credentials of an accepted socket's peer; throws PeerCredentialsError. */
+export type PeerCredentialsReader = (socket: Socket) => PeerCredentials;
+
+export class PeerCredentialsError extends Error {
+  override readonly name = 'PeerCredentialsError';
+}
+
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+const SO_PEERGROUPS = 59;
+const ERANGE = 34;
+/** struct ucred { pid_t pid; uid_t uid; gid_t gid; }: three 32-bit fields on Linux. */
+const UCRED_BYTES = 12;
+
+type Koffi = Pick<typeof import('koffi'), 'load' | 'errno'>;
+type GetSockOpt = (fd: number, level: number, name: number, value: Buffer, length: number[]) => number;
+
+let loaded: Promise<PeerCredentialsReader> | undefined;
+
+/**
+ * The reader, or a PeerCredentialsError saying why there is none (not Linux,
+ * koffi or its prebuilt binary missing). The daemon does not start without it.
+ */
+export function peerCredentialsReader(): Promise<PeerCredentialsReader> {
+  loaded ??= load();
+  return loaded;
+}
+
+async function load(): Promise<PeerCredentialsReader> {
+  if (process.platform !== 'linux')
+    throw new PeerCredentialsError(`reading a caller's credentials (SO_PEERCRED) needs Linux, not ${process.platform}`);
+  let koffi: Koffi;
+  try {
+    koffi = await import('koffi');
+  } catch (e) {
+    throw new PeerCredentialsError(
+      `cannot load koffi, needed to read a caller's credentials (SO_PEERCRED): ${(e as Error).message} ` +
+        `(reinstall with npm ci; its prebuilt binary for ${process.platform}-${process.arch} comes as an optional package)`,
+    );
+  }
+  let getsockopt: GetSockOpt;
+  try {
+    // The process's own symbols (dlopen(NULL)) include libc's, glibc or musl alike.
+    const libc = koffi.load(null);
+    getsockopt = libc.func(
+      'int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)',
+    ) as GetSockOpt;
+  } catch (e) {
+    throw new PeerCredentialsError(`cannot find getsockopt in libc through koffi: ${(e as Error).message}`);
+  }
+  return (socket) => readCredentials(koffi, getsockopt, socket);
+}
+
+function socketFd(socket: Socket): number {
+  // Not a public API: the libuv handle of an accepted pipe has its descriptor here.
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0)
+    throw new PeerCredentialsError('the socket has no file descriptor (already closed?)');
+  return fd;
+}
+
+function readCredentials(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket): PeerCredentials {
+  const fd = socketFd(socket);
+  const cred = Buffer.alloc(UCRED_BYTES);
+  const credLen = [UCRED_BYTES];
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, credLen) !== 0)
+    throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) failed: errno ${koffi.errno()}`);
+  if (credLen[0] !== UCRED_BYTES) throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) gave ${credLen[0]} bytes`);
+  const pid = cred.readInt32LE(0);
+  const uid = cred.readUInt32LE(4);
+  const gid = cred.readUInt32LE(8);
+  // The kernel says how much room the groups need when the first guess is short (ERANGE).
+  let room = 64 * 4;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const groups = Buffer.alloc(room);
+    const len = [room];
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, len) === 0) {
+      const n = Math.floor(Math.min(len[0]!, room) / 4);
+      return { pid, uid, gid, groups: Array.from({ length: n }, (_, i) => groups.readUInt32LE(i * 4)) };
+    }
+    const errno = koffi.errno();
+    if (errno !== ERANGE || len[0]! <= room) throw new PeerCredentialsError(`getsockopt(SO_PEERGROUPS) failed: errno ${errno}`);
+    room = len[0]!;
+  }
+  throw new PeerCredentialsError('getsockopt(SO_PEERGROUPS): the group list kept growing');
+}
