@@ -31,6 +31,9 @@ export interface ConnectionLimits {
   readonly maxEventBacklogBytes: number;
   /** How long to wait for the client's EOF after the reply was sent. */
   readonly lingerMs: number;
+  /** Streaming calls: a client sending fewer bytes than this in a window (while the method was reading) is dropped. */
+  readonly minStreamBytesPerWindow: number;
+  readonly minStreamWindowMs: number;
 }
 
 export type ConnectionPhase = 'header' | 'payload' | 'running' | 'events' | 'done';
@@ -60,6 +63,8 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
   let stream: Readable | undefined;
   let streamEnded = false;
   let timer: NodeJS.Timeout | undefined;
+  /** Streaming: the minimum-rate window's timer. */
+  let rateTimer: NodeJS.Timeout | undefined;
   let running = false;
   let closed = false;
   let settle: () => void = () => {};
@@ -70,6 +75,10 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
   const clearTimer = () => {
     if (timer) clearTimeout(timer);
     timer = undefined;
+  };
+  const clearRateTimer = () => {
+    if (rateTimer) clearTimeout(rateTimer);
+    rateTimer = undefined;
   };
   const setTimer = (ms: number, onTimeout: () => void) => {
     clearTimer();
@@ -84,12 +93,14 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     ctx.log.warn(`dropped connection${header ? ` (${header.method} from ${header.source})` : ''}: ${reason}`);
     phase = 'done';
     clearTimer();
+    clearRateTimer();
     socket.destroy();
   }
 
   function sendReply(reply: Buffer | undefined): void {
     phase = 'done';
     clearTimer();
+    clearRateTimer();
     if (stream && !streamEnded) stream.destroy();
     if (socket.destroyed || !socket.writable) return;
     if (reply) socket.end(reply);
@@ -122,8 +133,27 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     else drop('client stalled while sending its payload');
   }
 
+  /**
+   * Streaming: the minimum data rate. A window in which the socket was paused
+   * (the method was slower than the client) is not held against the client.
+   */
+  let windowBytes = 0;
+  let pausedInWindow = false;
+  function rateCheck(): void {
+    rateTimer = undefined;
+    if (phase !== 'running' || streamEnded) return;
+    if (!pausedInWindow && !socket.isPaused() && windowBytes < limits.minStreamBytesPerWindow) {
+      return drop(`client sends its payload too slowly: ${windowBytes} bytes in ${limits.minStreamWindowMs} ms, the minimum is ${limits.minStreamBytesPerWindow}`);
+    }
+    windowBytes = 0;
+    pausedInWindow = false;
+    rateTimer = setTimeout(rateCheck, limits.minStreamWindowMs);
+  }
+
   function startStreaming(h: RequestHeader, res: Resolution, rest: Buffer): void {
     phase = 'running';
+    windowBytes = rest.length;
+    rateTimer = setTimeout(rateCheck, limits.minStreamWindowMs);
     const idle = () => {
       if (streamEnded) return;
       lastData = performance.now();
@@ -216,8 +246,10 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       case 'running':
         if (stream && !streamEnded) {
           lastData = performance.now();
+          windowBytes += chunk.length;
           if (!stream.push(chunk)) {
             socket.pause();
+            pausedInWindow = true;
             clearTimer();
           } else if (!timer) {
             setTimer(limits.requestTimeoutMs, stallCheck);
@@ -248,6 +280,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
         if (stream && !streamEnded) {
           streamEnded = true;
           clearTimer();
+          clearRateTimer();
           stream.push(null);
         }
         return;
@@ -263,6 +296,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
   socket.on('close', () => {
     closed = true;
     clearTimer();
+    clearRateTimer();
     if ((phase === 'payload' || phase === 'running') && header) {
       ctx.log.warn(`client of ${header.method} went away before the reply`);
     }

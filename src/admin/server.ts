@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { MAX_REQUEST_BYTES } from './protocol/header.js';
+import { encodeError } from './protocol/reply.js';
 import { createDispatchContext, type Caller, type DispatchContext, type DispatchOptions, type MethodTable } from './dispatch.js';
 import { serveConnection, type Connection, type ConnectionLimits } from './connection.js';
 import type { AccessPolicy } from './policy.js';
@@ -34,8 +35,25 @@ export interface AdminServerOptions extends DispatchOptions {
   readonly maxEventBacklogBytes?: number;
   /** Default 5 s. */
   readonly lingerMs?: number;
-  /** Connections beyond this are closed at once; default 1024. */
+  /** Streamed payloads (imports): fewer bytes than this in a window of `minStreamWindowMs` cut the call; default 1 MiB. */
+  readonly minStreamBytesPerWindow?: number;
+  /** Default 30 s. */
+  readonly minStreamWindowMs?: number;
+  /** Connections of callers other than root (and the daemon's user) beyond this are closed at once; default 1024. */
   readonly maxConnections?: number;
+  /** Extra connections only root (and the daemon's user) may use once `maxConnections` is reached; default 64. */
+  readonly rootReserveConnections?: number;
+  /** Connections of one uid other than root's (and the daemon's); default 64. */
+  readonly maxConnectionsPerUid?: number;
+  /** Connections of one process (pid at connect time), root's included; default 16. */
+  readonly maxConnectionsPerPid?: number;
+}
+
+/** Who holds how many connections, to refuse a caller over its share at accept. */
+interface PeerKey {
+  readonly admin: boolean;
+  readonly uid: number | undefined;
+  readonly pid: number | undefined;
 }
 
 export interface CloseOptions {
@@ -67,8 +85,21 @@ export class AdminServer {
       maxRequestBytes: opts.maxRequestBytes ?? MAX_REQUEST_BYTES,
       maxEventBacklogBytes: opts.maxEventBacklogBytes ?? 4 * 1024 * 1024,
       lingerMs: opts.lingerMs ?? 5_000,
+      minStreamBytesPerWindow: opts.minStreamBytesPerWindow ?? 1 << 20,
+      minStreamWindowMs: opts.minStreamWindowMs ?? 30_000,
+    };
+    this.shares = {
+      maxConnections: opts.maxConnections ?? 1024,
+      rootReserve: opts.rootReserveConnections ?? 64,
+      perUid: opts.maxConnectionsPerUid ?? 64,
+      perPid: opts.maxConnectionsPerPid ?? 16,
     };
   }
+
+  private readonly shares: { maxConnections: number; rootReserve: number; perUid: number; perPid: number };
+  private readonly byUid = new Map<number | undefined, number>();
+  private readonly byPid = new Map<number | undefined, number>();
+  private nonAdminCount = 0;
 
   /** The live method table; adding entries takes effect for the next call. */
   get methods(): MethodTable {
@@ -95,7 +126,8 @@ export class AdminServer {
     this.readPeer = this.opts.peerCredentials ?? (await peerCredentialsReader());
     await prepareSocketPath(this.socketPath);
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
-    server.maxConnections = this.opts.maxConnections ?? 1024;
+    // The kernel-level cap only as a backstop: the shares are counted in accept().
+    server.maxConnections = this.shares.maxConnections + this.shares.rootReserve;
     server.on('error', (err) => this.context.log.error(`socket server: ${err.message}`));
     // Bind inside a private directory, set mode (and group), then rename into
     // place: no client can connect while the socket still has the umask's mode.
@@ -168,9 +200,58 @@ export class AdminServer {
       socket.destroy();
       return;
     }
-    const conn = serveConnection(socket, this.context, this.limits, this.identify(socket));
+    const caller = this.identify(socket);
+    const peer: PeerKey = { admin: caller.relays, uid: caller.uid, pid: caller.pid };
+    const over = this.overShare(peer);
+    if (over !== undefined) return this.refuseAtAccept(socket, peer, over);
+    this.count(peer, 1);
+    const conn = serveConnection(socket, this.context, this.limits, caller);
     this.connections.add(conn);
-    void conn.finished.then(() => this.connections.delete(conn));
+    void conn.finished.then(() => {
+      this.connections.delete(conn);
+      this.count(peer, -1);
+    });
+  }
+
+  /**
+   * Which limit a new connection of this peer would exceed, if any: the
+   * connections of one pid (everyone, root included), of one uid (not
+   * root's), of all callers but root; root has a reserve beyond that, so
+   * that an administrator can always get in.
+   */
+  private overShare(peer: PeerKey): string | undefined {
+    const { maxConnections, rootReserve, perUid, perPid } = this.shares;
+    if ((this.byPid.get(peer.pid) ?? 0) >= perPid) return `${perPid} connections per process`;
+    if (peer.admin) {
+      if (this.connections.size >= maxConnections + rootReserve) return `${maxConnections + rootReserve} connections in all`;
+      return undefined;
+    }
+    if ((this.byUid.get(peer.uid) ?? 0) >= perUid) return `${perUid} connections per user`;
+    if (this.nonAdminCount >= maxConnections) return `${maxConnections} connections of users other than root`;
+    return undefined;
+  }
+
+  private count(peer: PeerKey, delta: number): void {
+    const bump = (m: Map<number | undefined, number>, k: number | undefined) => {
+      const n = (m.get(k) ?? 0) + delta;
+      if (n > 0) m.set(k, n);
+      else m.delete(k);
+    };
+    bump(this.byPid, peer.pid);
+    if (!peer.admin) {
+      bump(this.byUid, peer.uid);
+      this.nonAdminCount += delta;
+    }
+  }
+
+  /** Over its share: a PermissionDenied reply, without reading the request, then closed. */
+  private refuseAtAccept(socket: net.Socket, peer: PeerKey, limit: string): void {
+    this.context.log.warn(`refused connection of uid=${peer.uid ?? '?'} pid=${peer.pid ?? '?'}: over the limit of ${limit}`);
+    socket.on('error', () => {});
+    socket.setTimeout(this.limits.lingerMs, () => socket.destroy());
+    // Closed once the reply is out; whatever the client sends meanwhile is thrown away.
+    socket.resume();
+    socket.end(encodeError('PermissionDenied', `too many connections: over the limit of ${limit}`), () => socket.destroy());
   }
 
   /**

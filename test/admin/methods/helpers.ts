@@ -36,7 +36,7 @@ export async function startRig(
   tfs: TestFs,
   dir: string,
   over: Partial<RuntimeOptions> = {},
-  serverOptions: Partial<Pick<AdminServerOptions, 'requestTimeoutMs'>> = {},
+  serverOptions: Partial<Omit<AdminServerOptions, 'socketPath' | 'methods' | 'log'>> = {},
 ): Promise<Rig> {
   const rt = await openRuntime({
     baseDir: dir,
