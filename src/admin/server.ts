@@ -45,7 +45,7 @@ export interface AdminServerOptions extends DispatchOptions {
   readonly rootReserveConnections?: number;
   /** Connections of one uid other than root's (and the daemon's); default 64. */
   readonly maxConnectionsPerUid?: number;
-  /** Connections of one process (pid at connect time), root's included; default 16. */
+  /** Connections of one process (pid at connect time), root's included; default 128 (a test or tool may run many clients in one process; a user other than root is bounded by its 64 first). */
   readonly maxConnectionsPerPid?: number;
 }
 
@@ -92,7 +92,7 @@ export class AdminServer {
       maxConnections: opts.maxConnections ?? 1024,
       rootReserve: opts.rootReserveConnections ?? 64,
       perUid: opts.maxConnectionsPerUid ?? 64,
-      perPid: opts.maxConnectionsPerPid ?? 16,
+      perPid: opts.maxConnectionsPerPid ?? 128,
     };
   }
 
