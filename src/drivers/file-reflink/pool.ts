@@ -8,7 +8,7 @@ import type { Dirent } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { forEachLimit } from '../../files/concurrency.js';
-import { copyFileCow, reflinkSupported, type CopyProgress } from '../../files/files.js';
+import { copyFileCow, exists, reflinkSupported, type CopyProgress } from '../../files/files.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
 import type { PoolPlace } from '../../storage/places.js';
@@ -210,7 +210,7 @@ export class FileReflinkPool extends Pool {
       if (st?.isSymbolicLink())
         throw new StoragePoolException(`pool ${this.name}: dir_path ${root} is a symlink; give the real path`);
       const missing: string[] = [];
-      for (let p = root; !(await pathExists(p)); p = path.dirname(p)) missing.unshift(p);
+      for (let p = root; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
       for (const p of missing) {
         await fs.mkdir(p, { mode: POOL_DIR_MODE });
         made.push(p);
@@ -223,7 +223,7 @@ export class FileReflinkPool extends Pool {
         );
       for (const sub of this.flavor.classDirs) {
         const dir = path.join(root, sub);
-        if (!(await pathExists(dir))) made.push(dir);
+        if (!(await exists(dir))) made.push(dir);
         await this.ensureVolumeDir(dir);
       }
     } catch (e) {
@@ -325,15 +325,6 @@ const CLASS_FOLDERS: readonly string[] = ['appvms', 'vm-templates', 'servicevms'
 /** What a class folder may hold when a pool moves in: domain directories (and an ext* mount point's lost+found). */
 const CLASS_FOLDER_ENTRIES = /^([A-Za-z][A-Za-z0-9_.-]*|lost\+found)$/;
 
-async function pathExists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
-  }
-}
 
 /** Removes the directories (made in this order) that are still empty, last first. */
 async function removeEmptyDirs(made: readonly string[]): Promise<void> {
