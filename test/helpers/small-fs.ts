@@ -37,7 +37,7 @@ const LOCK = '.qs-test-exclusive';
 
 
 /** Takes the filesystem at `root` for this process: waits while another live process holds it. */
-async function holdFs(root: string): Promise<void> {
+export async function holdFs(root: string): Promise<void> {
   const lock = path.join(root, LOCK);
   for (;;) {
     try {
@@ -55,7 +55,7 @@ async function holdFs(root: string): Promise<void> {
   }
 }
 
-async function releaseFs(root: string): Promise<void> {
+export async function releaseFs(root: string): Promise<void> {
   const lock = path.join(root, LOCK);
   if ((await fs.readFile(lock, 'utf8').catch(() => '')).trim() === String(process.pid)) await fs.rm(lock, { force: true });
 }
