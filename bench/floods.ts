@@ -5,7 +5,6 @@
 //   npm run build && node dist/bench/floods.js
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs/promises';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnQubesd, ensureDead } from '../test/daemon/helpers.js';

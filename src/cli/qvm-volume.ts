@@ -55,7 +55,7 @@ function typed(v: string): string | number | boolean | null {
   return v;
 }
 
-async function confirm(t: ToolContext, question: string, force: boolean): Promise<void> {
+async function confirm(question: string, force: boolean): Promise<void> {
   if (force) return;
   const a = await askYesNo(question);
   if (a.yes) return;
@@ -437,7 +437,6 @@ async function doClone(t: ToolContext, p: Parsed): Promise<void> {
   const srcInfo = await checkVolume(api, src);
   await checkVolume(api, dst);
   await confirm(
-    t,
     `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(Number(srcInfo.get('size') ?? 0))}). Continue?`,
     p.flags.has('force'),
   );
@@ -454,7 +453,7 @@ async function doClear(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const api = await t.api();
   await checkVolume(api, v);
-  await confirm(t, `This replaces all data of ${showVmVolume(v)} with zeros. Continue?`, p.flags.has('force'));
+  await confirm(`This replaces all data of ${showVmVolume(v)} with zeros. Continue?`, p.flags.has('force'));
   await api.transport.call('admin.vm.volume.Clear', v.vm, v.volume);
 }
 

@@ -394,7 +394,7 @@ export class StateDocument {
     if (scope === 'all') this.syncDomains(sec, model, unit, domains);
     else this.syncSomeDomains(sec, model, scope, unit, domains);
     let unkeyed = false;
-    for (const [el, key] of domains.removed) {
+    for (const [, key] of domains.removed) {
       if (key === null) unkeyed = true;
       else units.push({ domain: key, xml: null });
     }

@@ -17,7 +17,6 @@
 import * as fs from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import {
-  copyFileCow,
   createSparse,
   fsyncDir,
   fsyncFile,
@@ -28,7 +27,7 @@ import {
 } from '../../files/files.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageError } from '../../storage/errors.js';
-import { Volume, type DomainRef, type Revision, type VolumeInfo, type VolumeSpec } from '../../storage/volume.js';
+import { Volume, type Revision, type VolumeInfo } from '../../storage/volume.js';
 import { classify, utcNow, volumeFiles, type ClassifiedFile, type VolumeFiles } from './layout.js';
 import type { FileReflinkPool } from './pool.js';
 

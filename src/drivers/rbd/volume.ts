@@ -32,7 +32,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
-import * as path from 'node:path';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';

@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 import { describeEachFs } from '../../helpers/filesystems.js';
 import { listFiles, sha256 } from '../../helpers/data.js';
 import { scenario, type Scenario } from '../../helpers/reflink-scenario.js';
-import { OPS } from '../../helpers/reflink-child.js';
 import { FAILPOINTS } from '../../../src/files/failpoint.js';
 import '../../../src/drivers/file-reflink/volume.js'; // declares the failpoints
 
