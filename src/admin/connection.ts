@@ -113,7 +113,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
 
   function run(work: Promise<Buffer | undefined>): void {
     running = true;
-    work
+    void work
       .catch((err: unknown) => {
         ctx.log.error(`internal error while serving a call: ${String(err)}`);
         return undefined;
@@ -121,8 +121,15 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       .then((reply) => {
         running = false;
         sendReply(reply);
-        maybeFinished();
-      });
+      })
+      // A throw while replying is a bug of ours: it ends this connection,
+      // not the daemon (as an unhandled rejection would).
+      .catch((err: unknown) => {
+        running = false;
+        ctx.log.error(`internal error while sending a reply: ${String(err)}`);
+        socket.destroy();
+      })
+      .finally(maybeFinished);
   }
 
   /** Streaming: when the client last sent payload bytes (one timer re-armed lazily, not one per chunk). */

@@ -428,7 +428,7 @@ function runChild(
   viaDaemon: boolean,
 ): Promise<ChildResult> {
   const { dir, reflink, powerCut } = o;
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [CHILD, dir, String(reflink), journal, JSON.stringify(ops), viaDaemon ? 'daemon' : 'app'], {
       env: {
@@ -462,7 +462,7 @@ function runChild(
           killAll();
         }, timerAfter);
     });
-    child.on('close', async (code, signal) => {
+    const onClose = async (code: number | null, signal: NodeJS.Signals | null): Promise<void> => {
       clearTimeout(hang);
       if (timer) clearTimeout(timer);
       // The daemon of a daemon run is gone before anything else looks at its files.
@@ -475,6 +475,9 @@ function runChild(
         return resolve({ how: 'failpoint', stderr, ms });
       }
       resolve({ how: code === 0 ? 'done' : 'error', stderr: stderr || `exit ${code} signal ${signal}`, ms });
+    };
+    child.on('close', (code, signal) => {
+      onClose(code, signal).catch(reject);
     });
   });
 }
