@@ -53,7 +53,7 @@ await runTool(PROG, async (t) => {
     for (const [f, v] of await api.features(src)) await api.transport.call('admin.vm.feature.Set', dst, f, v);
     await cloneVolumes(api, src, dst, (vol, size) => busyIndicator(`clone ${src}:${vol} (${humanSize(size)})`));
   } catch (e) {
-    await undoCreate(api, dst, t.warn);
+    await undoCreate(api, dst, (m) => t.warn(m));
     throw e;
   }
 });

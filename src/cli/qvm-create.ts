@@ -72,7 +72,7 @@ await runTool(PROG, async (t) => {
     if (copyFrom !== undefined)
       await cloneVolumes(api, copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
   } catch (e) {
-    await undoCreate(api, name, t.warn);
+    await undoCreate(api, name, (m) => t.warn(m));
     throw e;
   }
 });

@@ -1239,7 +1239,7 @@ export class QubesApp implements DomainHost, StateModel {
       }
     });
     this.events.emit(name, 'domain-shutdown');
-    if (storageError) throw storageError;
+    if (storageError) throw storageError as Error;
     if (d.klass === 'DispVM' && d.prop('auto_cleanup') === true) await this.removeDomain(name);
   }
 

@@ -89,7 +89,7 @@ export class DomainHolds {
     if (holder?.spec.excludesUses) throw busy(name, holder.spec);
     const key = Symbol(what);
     let map = this.uses.get(name);
-    if (!map) this.uses.set(name, (map = new Map()));
+    if (!map) this.uses.set(name, (map = new Map<symbol, string>()));
     map.set(key, what);
     return () => {
       const m = this.uses.get(name);

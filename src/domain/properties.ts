@@ -58,6 +58,8 @@ export abstract class PropertyHolder {
   protected readonly values = new Map<string, PropValue>();
 
   /** The declarations of this holder, by name. */
+  // PropertyDef<H> takes the holder as a parameter: no narrower type fits every subclass's.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   abstract propertyDefs(): ReadonlyMap<string, PropertyDef<any>>;
   /** For messages: `domain work`, `global settings`. */
   abstract get holderName(): string;
@@ -67,6 +69,7 @@ export abstract class PropertyHolder {
     return [...this.propertyDefs().keys()].sort();
   }
 
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   propertyDef(name: string): PropertyDef<any> {
     const d = this.propertyDefs().get(name);
     if (!d) throw new QubesNoSuchPropertyError(`${this.holderName} has no property '${printable(name)}'`);

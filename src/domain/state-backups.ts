@@ -45,7 +45,7 @@ export function backupDirFor(stateFile: string): string {
 
 /** `p` as one shell word (the restore commands are meant to be pasted). */
 function shellWord(p: string): string {
-  return /^[A-Za-z0-9_\/.:@%+=,-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
+  return /^[A-Za-z0-9_/.:@%+=,-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
 }
 
 function escapeRe(s: string): string {

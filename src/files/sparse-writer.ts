@@ -96,7 +96,10 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
     if (!failure && pendingBytes >= maxPending / 2) return;
     const ws = waiters;
     waiters = [];
-    for (const w of ws) failure ? w.reject(failure.error) : w.resolve();
+    for (const w of ws) {
+      if (failure) w.reject(failure.error);
+      else w.resolve();
+    }
   };
   const fail = (e: unknown) => {
     failure ??= { error: e };

@@ -374,7 +374,7 @@ export function checkDriverShape(d: unknown): StorageDriver {
   const lo = DRIVER_API_VERSION - DRIVER_API_AGE;
   if ((v as number) < lo || (v as number) > DRIVER_API_VERSION)
     bad(
-      `driver '${o['name']}' was written for driver API version ${v}; this program supports ` +
+      `driver '${o['name'] as string}' was written for driver API version ${v as number}; this program supports ` +
         (lo === DRIVER_API_VERSION ? `version ${lo}` : `versions ${lo} to ${DRIVER_API_VERSION}`),
     );
   if (typeof o['description'] !== 'string') bad(`'description' must be a string`);
@@ -425,14 +425,14 @@ async function importDriver(file: string, exportName: string): Promise<StorageDr
   try {
     st = await fs.stat(file);
   } catch (e) {
-    throw new Error((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : reasonOf(e));
+    throw new Error((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : reasonOf(e), { cause: e });
   }
   if (!st.isFile()) throw new Error('not a regular file');
   let mod: Record<string, unknown>;
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`import failed: ${reasonOf(e)}`);
+    throw new Error(`import failed: ${reasonOf(e)}`, { cause: e });
   }
   if (!Object.prototype.hasOwnProperty.call(mod, exportName)) {
     const names = Object.keys(mod).slice(0, 20).join(', ') || 'none';
@@ -441,7 +441,7 @@ async function importDriver(file: string, exportName: string): Promise<StorageDr
   try {
     return checkDriverShape(mod[exportName]);
   } catch (e) {
-    throw new Error(`export '${exportName}' is ${reasonOf(e)}`);
+    throw new Error(`export '${exportName}' is ${reasonOf(e)}`, { cause: e });
   }
 }
 
@@ -492,7 +492,7 @@ async function readJson(file: string): Promise<unknown> {
   try {
     return JSON.parse(await fs.readFile(file, 'utf8'));
   } catch (e) {
-    throw new Error(`${file}: ${reasonOf(e)}`);
+    throw new Error(`${file}: ${reasonOf(e)}`, { cause: e });
   }
 }
 
@@ -593,7 +593,7 @@ async function readDriverDeclarations(pkgDir: string): Promise<Record<string, st
   try {
     manifest = JSON.parse(text);
   } catch (e) {
-    throw new Error(`package.json: ${reasonOf(e)}`);
+    throw new Error(`package.json: ${reasonOf(e)}`, { cause: e });
   }
   const field = (manifest as Record<string, unknown> | null)?.['qubes-storage'];
   if (field === undefined) return null;

@@ -89,7 +89,7 @@ describeEachFs('qvm-volume export', (tfs, ctx) => {
     const imp = await run('qvm-volume', ['import', 'sa:private', img], env);
     assert.equal(imp.code, 0, imp.stderr);
     await fsp.unlink(img);
-    pool = JSON.parse((await run('qvm-pool', ['info', 'default', '--format', 'json'], env)).stdout)['dir_path'] as string;
+    pool = (JSON.parse((await run('qvm-pool', ['info', 'default', '--format', 'json'], env)).stdout) as Record<string, string>)['dir_path']!;
     const vid = (await run('qvm-volume', ['info', 'sa:private', 'vid'], env)).stdout.trim();
     committed = path.join(pool, `${vid}.img`);
     assert.equal(await sha256(committed), want, 'the import made the volume');
@@ -317,7 +317,7 @@ describeEachSmallFs('qvm-volume export to a full filesystem', (small) => {
     assert.match(r.stderr, new RegExp(`^qvm-volume: error: cannot write the export to ${file}: not enough space left \\(ENOSPC at ${out}/[^\\n]*\\)\\n$`));
     assert.ok((await fsp.readFile(file)).equals(old), 'the old file is untouched');
     assert.deepEqual(await tempFiles(out), []);
-    const pool = JSON.parse((await run('qvm-pool', ['info', 'default', '--format', 'json'], env)).stdout)['dir_path'] as string;
+    const pool = (JSON.parse((await run('qvm-pool', ['info', 'default', '--format', 'json'], env)).stdout) as Record<string, string>)['dir_path']!;
     assert.deepEqual(await exportLinks(pool), [], 'the export was ended');
   });
 });

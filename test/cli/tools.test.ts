@@ -75,7 +75,7 @@ describe('on the embedded default', () => {
     assert.equal(Object.keys(obj)[0], 'name');
     assert.equal(obj['revisions_to_keep'], '1');
     assert.equal((await run('qvm-pool', ['-s', 'p1', '-o', 'revisions_to_keep=4'], env)).code, 0);
-    assert.equal(JSON.parse((await run('qvm-pool', ['info', 'p1', '--format=json'], env)).stdout)['revisions_to_keep'], '4');
+    assert.equal((JSON.parse((await run('qvm-pool', ['info', 'p1', '--format=json'], env)).stdout) as Record<string, string>)['revisions_to_keep'], '4');
     const drivers = await run('qvm-pool', ['--help-drivers'], env);
     assert.match(drivers.stdout, /^DRIVER +OPTIONS\n/);
     assert.match(drivers.stdout, /\nfile-reflink +dir_path, setup_check, revisions_to_keep, ephemeral_volatile\n/);

@@ -92,7 +92,7 @@ export async function ensureDead(d: DaemonProc | undefined): Promise<void> {
  * gives a socket path in a fresh directory, `running` takes the daemons to
  * kill if a test left them running.
  */
-export function daemonScope(): { sock(): Promise<string>; running: DaemonProc[] } {
+export function daemonScope(): { sock: () => Promise<string>; running: DaemonProc[] } {
   const running: DaemonProc[] = [];
   const dirs: string[] = [];
   after(async () => {

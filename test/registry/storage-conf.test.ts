@@ -282,7 +282,7 @@ dir_path = /var/lib/qubes/vm-kernels
     assert.equal(await fs.readFile(fresh, 'utf8'), '[default]\ndriver=toy\n');
   });
 
-  const refusals: { name: string; pool: Parameters<typeof addPoolToStorageConf>[1]; error: RegExp; type: Function }[] = [
+  const refusals: { name: string; pool: Parameters<typeof addPoolToStorageConf>[1]; error: RegExp; type: new (...args: never[]) => Error }[] = [
     { name: 'a taken name', pool: { name: 'kernels', driver: 'toy', options: { dir_path: '/x' } }, error: /:9: pool 'kernels' already exists/, type: QubesPoolInUseError },
     { name: 'an unknown driver', pool: { name: 'n', driver: 'nosuch', options: {} }, error: /unknown driver 'nosuch'/, type: StoragePoolException },
     { name: 'an unknown option', pool: { name: 'n', driver: 'toy', options: { dir_path: '/x', colour: 'red' } }, error: /unknown option 'colour'/, type: StoragePoolException },

@@ -199,7 +199,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
           call.signal.removeEventListener('abort', onAbort);
           payload.pause();
           if (err === undefined) resolve();
-          else reject(err);
+          else reject(err as Error);
         };
         const onData = (c: Buffer | Uint8Array) => {
           try {

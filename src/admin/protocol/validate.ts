@@ -149,7 +149,7 @@ export function parseKeyValues(payload: string | Uint8Array, rule: KeyValueRule)
   if (typeof payload === 'string' && /[^\x01-\x7f]/.test(text)) throw new ProtocolError(`${what} must be ASCII text`);
   const allowed =
     typeof rule.keys === 'function' ? rule.keys : ((set: Set<string>) => (k: string) => set.has(k))(new Set(rule.keys));
-  const result: Record<string, string> = Object.create(null);
+  const result = Object.create(null) as Record<string, string>;
   const items = rule.separator === 'line' ? text.split('\n') : text.split(' ');
   for (const item of items) {
     if (item === '') continue;

@@ -111,7 +111,7 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  let code = 0;
+  let code: number;
   // Once interrupted, the signal handler cleans up, closes and exits (130 or 143),
   // however main ends: it must not close the transport under the cleanups.
   const leftToSignalHandler = () => new Promise<never>(() => {});

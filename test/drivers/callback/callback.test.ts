@@ -414,7 +414,7 @@ describe('callback pool: configuration', () => {
       () => other.initVolume(domain, { name: 'root', vid: 'appvms/x/root', rw: true, snap_on_start: true, source: tpl, size: 1 }),
       /source vm-templates\/t\/root is not a volume of this pool/,
     );
-    await snap.setRevisionsToKeep(0);
+    snap.setRevisionsToKeep(0);
     assert.equal(snap.backend.revisions_to_keep, 0);
     assert.equal((await snap.info()).pool, pool.name);
     assert.equal(snap.config().pool, pool.name);

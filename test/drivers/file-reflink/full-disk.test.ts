@@ -244,7 +244,7 @@ describeEachSmallFs('full disk', (small) => {
       const token = (await c.call('admin.vm.volume.CloneFrom', 'old', 'private')).toString();
       const e = await c.call('admin.vm.volume.CloneTo', 'work', 'private', Buffer.from(token)).then(
         () => null,
-        (err: unknown) => err,
+        (err: Error) => err,
       );
       t.diagnostic(`CloneTo answered: ${e === null ? 'ok' : String(e)}`);
       if (e !== null || !small.reflink) {

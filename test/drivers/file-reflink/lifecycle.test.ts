@@ -169,7 +169,7 @@ describeEachFs('file-reflink volumes', (tfs, ctx) => {
     const revs = await v.revisions();
     assert.equal(revs.length, 2);
     const ids = revs.map((r) => Number(r.id));
-    assert.ok(ids[0]! < ids[1]! && ids[1]! > before, `ids increase: ${ids}`);
+    assert.ok(ids[0]! < ids[1]! && ids[1]! > before, `ids increase: ${ids.join(',')}`);
     for (const r of revs) {
       assert.match(r.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
       assert.ok(Math.abs(Date.parse(r.time) - Date.now()) < 120_000, 'time is now, in UTC');

@@ -184,7 +184,7 @@ describe('linux-kernel volumes', () => {
     await v.create();
     await v.remove();
     assert.equal(await treeDigest(kernels), before);
-    await v.setRw(false);
-    await v.setRevisionsToKeep(0);
+    v.setRw(false);
+    v.setRevisionsToKeep(0);
   });
 });

@@ -73,7 +73,7 @@ describeRbd('rbd volumes', () => {
       `${prefix}vm-templates=tpl=private`,
       `${prefix}vm-templates=tpl=root`,
     ]);
-    const info = JSON.parse((await import('./helpers.js')).rbdSync(['info', `${CEPH_POOL}/${prefix}vm-templates=tpl=root`, '--format', 'json']));
+    const info = JSON.parse((await import('./helpers.js')).rbdSync(['info', `${CEPH_POOL}/${prefix}vm-templates=tpl=root`, '--format', 'json'])) as { size: number };
     assert.equal(info.size, 8 * MiB);
     assert.match(await tpl.get('root').path(), new RegExp(`^rbd:${CEPH_POOL}/${prefix}vm-templates=tpl=root:conf=`));
   });
@@ -163,7 +163,7 @@ describeRbd('rbd volumes', () => {
     const revs = await v.revisions();
     assert.equal(revs.length, 2);
     const ids = revs.map((r) => Number(r.id));
-    assert.ok(ids[0]! < ids[1]! && ids[1]! > before, `ids increase: ${ids}`);
+    assert.ok(ids[0]! < ids[1]! && ids[1]! > before, `ids increase: ${ids.join(',')}`);
     for (const r of revs) {
       assert.match(r.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
       assert.ok(Math.abs(Date.parse(r.time) - Date.now()) < 120_000, 'time is now, in UTC');
