@@ -6,7 +6,7 @@
 import { str, strs, UsageError, type CommandSpec, type OptionSpec, parseArgs } from './common/args.js';
 import type { Api } from './common/api.js';
 import { humanSize, json, table } from './common/output.js';
-import { dispatchSub, FORMAT_OPTION, parseOptionPairs, topHelp, type SubCommand } from './common/subcommands.js';
+import { boolArg, dispatchSub, FORMAT_OPTION, parseOptionPairs, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, runTool, type ToolContext } from './common/tool.js';
 
 const PROG = 'qvm-pool';
@@ -87,15 +87,9 @@ async function doSet(t: ToolContext, pool: string, options: readonly string[]): 
   const api = await t.api();
   await checkPoolsExist(api, [pool]);
   for (const [k, v] of pairs) {
-    const value = k === 'ephemeral_volatile' ? boolWord(v, k) : v;
+    const value = k === 'ephemeral_volatile' ? boolArg(v, k) : v;
     await api.transport.call(`admin.pool.Set.${k}`, 'dom0', pool, value);
   }
-}
-
-function boolWord(v: string, what: string): string {
-  if (/^(true|yes|on|1)$/i.test(v)) return 'True';
-  if (/^(false|no|off|0)$/i.test(v)) return 'False';
-  throw new CliError(`${what} must be True or False, not '${v}'`);
 }
 
 interface UsageRow {

@@ -18,7 +18,7 @@ import type { Api } from './common/api.js';
 import { humanSize, json, parseSize, table } from './common/output.js';
 import { busyIndicator, progressBar, type Progress } from './common/progress.js';
 import { askYesNo } from './common/prompt.js';
-import { dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
+import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
 import { parseVmVolume, showVmVolume, type VmVolume } from './common/vmvolume.js';
 
@@ -152,12 +152,6 @@ async function doInfo(t: ToolContext, p: Parsed): Promise<void> {
 
 // ---- config ----------------------------------------------------------------------------
 
-function boolWord(v: string, what: string): string {
-  if (/^(true|yes|on|1)$/i.test(v)) return 'True';
-  if (/^(false|no|off|0)$/i.test(v)) return 'False';
-  throw new CliError(`${what} must be True or False, not '${v}'`);
-}
-
 async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const prop = str(p, 'PROPERTY');
@@ -166,7 +160,7 @@ async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
   let value = raw;
   if (prop === 'revisions_to_keep') {
     if (!/^(-1|0|[1-9]\d{0,8})$/.test(raw)) throw new CliError(`revisions_to_keep must be an integer from -1 up, not '${raw}'`);
-  } else value = boolWord(raw, prop);
+  } else value = boolArg(raw, prop);
   const api = await t.api();
   await checkVolume(api, v);
   await api.transport.call(`admin.vm.volume.Set.${prop}`, v.vm, v.volume, value);

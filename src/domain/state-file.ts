@@ -65,6 +65,7 @@ import {
   type XElement,
   type XNode,
 } from './xml.js';
+import { boolFromWord } from '../storage/options.js';
 import type { Volume } from '../storage/volume.js';
 import type { JournalUnit } from './state-journal.js';
 
@@ -192,7 +193,7 @@ function firstInvalidUtf8Line(buf: Buffer): number {
   return line;
 }
 
-const boolAttr = (v: string | undefined): boolean => v !== undefined && ['true', '1', 'yes', 'on'].includes(v.trim().toLowerCase());
+const boolAttr = (v: string | undefined): boolean => v !== undefined && boolFromWord(v.trim()) === true;
 
 export class StateDocument {
   private readonly bound = new WeakMap<object, XElement>();

@@ -45,12 +45,28 @@ export const COMMON_POOL_OPTIONS: readonly OptionSpec[] = [
 
 const INT_RE = /^(0|-?[1-9][0-9]{0,15})$/;
 
-/** Parses True/False the way Qubes writes them, plus the usual spellings. */
+const TRUE_WORDS: ReadonlySet<string> = new Set(['true', '1', 'yes', 'on']);
+const FALSE_WORDS: ReadonlySet<string> = new Set(['false', '0', 'no', 'off']);
+
+/**
+ * The words Qubes takes for a boolean, in any case: True/1/yes/on and
+ * False/0/no/off; null for anything else. Every lenient boolean (options,
+ * property values, qubes.xml attributes, tool arguments) is read with it;
+ * the admin API's own arguments are exactly True or False (protocol/validate.ts).
+ */
+export function boolFromWord(word: string): boolean | null {
+  const w = word.toLowerCase();
+  if (TRUE_WORDS.has(w)) return true;
+  if (FALSE_WORDS.has(w)) return false;
+  return null;
+}
+
+/** Parses True/False the way Qubes writes them, plus the usual spellings; blank is False. */
 export function parseBool(raw: string, what: string): boolean {
-  const v = raw.trim().toLowerCase();
-  if (['true', '1', 'yes', 'on'].includes(v)) return true;
-  if (['false', '0', 'no', 'off', ''].includes(v)) return false;
-  throw new QubesValueError(`${what}: expected True or False, got '${raw}'`);
+  const v = raw.trim();
+  const b = v === '' ? false : boolFromWord(v);
+  if (b === null) throw new QubesValueError(`${what}: expected True or False, got '${raw}'`);
+  return b;
 }
 
 export function parseInt10(raw: string, what: string): number {

@@ -28,6 +28,7 @@
  */
 import type { PropertyTarget } from '../../domain/app.js';
 import type { Label } from '../../domain/labels.js';
+import { domainNameProblem } from '../../domain/names.js';
 import { propertyText, type PropValue, type PropType } from '../../domain/properties.js';
 import {
   QubesLabelNotFoundError,
@@ -36,9 +37,9 @@ import {
   QubesValueError,
   QubesVMNotFoundError,
 } from '../../storage/errors.js';
+import { boolFromWord } from '../../storage/options.js';
 import { printable } from '../../storage/volume.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
-import { domainNameProblem } from '../protocol/validate.js';
 import { destDomain, requireDom0, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
 
 /** The `default=... type=T VALUE` text of admin.*.property.Get. */
@@ -142,18 +143,15 @@ export function propertyMethods(ctx: MethodContext): MethodTable {
 
 const PRINTABLE_RE = /^[\x20-\x7e\t\n\r\x0b\x0c]*$/;
 const INT_RE = /^\s*[+-]?[0-9]+\s*$/;
-const TRUE_WORDS = new Set(['1', 'yes', 'true', 'on']);
-const FALSE_WORDS = new Set(['0', 'no', 'false', 'off']);
 
 /** Turns an untrusted Set payload into a typed value, as the reference sanitizes it. */
 export function sanitizeValue(ctx: MethodContext, type: PropType, payload: Uint8Array): PropValue {
   const text = asciiValue(payload);
   switch (type) {
     case 'bool': {
-      const w = text.toLowerCase();
-      if (TRUE_WORDS.has(w)) return true;
-      if (FALSE_WORDS.has(w)) return false;
-      throw new QubesValueError(`Invalid literal for boolean property: '${printable(text)}'`);
+      const b = boolFromWord(text);
+      if (b === null) throw new QubesValueError(`Invalid literal for boolean property: '${printable(text)}'`);
+      return b;
     }
     case 'int': {
       if (!INT_RE.test(text)) throw new QubesValueError(`Invalid literal for integer property: '${printable(text)}'`);

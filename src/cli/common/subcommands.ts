@@ -2,8 +2,9 @@
  * Tools with sub-commands (qvm-pool, qvm-volume): the sub-command and its
  * aliases are the first argument; without one, the default runs.
  */
+import { boolFromWord } from '../../storage/options.js';
 import { UsageError, type CommandSpec, type OptionSpec } from './args.js';
-import type { ToolContext } from './tool.js';
+import { CliError, type ToolContext } from './tool.js';
 
 export interface SubCommand {
   readonly names: readonly string[];
@@ -74,4 +75,11 @@ export function parseOptionPairs(values: readonly string[], flag = '-o'): [strin
       out.push([part.slice(0, eq), part.slice(eq + 1)]);
     }
   return out;
+}
+
+/** A boolean value as users write it (yes, on, 1, true, any case) -> `True` or `False`, as the admin API takes it. */
+export function boolArg(value: string, what: string): 'True' | 'False' {
+  const b = boolFromWord(value);
+  if (b === null) throw new CliError(`${what} must be True or False, not '${value}'`);
+  return b ? 'True' : 'False';
 }
