@@ -20,6 +20,7 @@ import { QubesPropertyValueError, QubesValueError } from '../storage/errors.js';
 import { dirPrefixOf, type DomainClass } from '../storage/volume-sets.js';
 import { printable, type DomainRef } from '../storage/volume.js';
 import type { Labels } from './labels.js';
+import { domainNameProblem } from './names.js';
 import { PropertyHolder, propertyTable, type PropertyDef, type PropValue } from './properties.js';
 import type { RunnerDomain } from './runner.js';
 
@@ -28,19 +29,10 @@ export type PowerState = 'Halted' | 'Running';
 
 export const DOMAIN_CLASSES: readonly DomainClass[] = ['AdminVM', 'AppVM', 'DispVM', 'StandaloneVM', 'TemplateVM'];
 
-const DOMAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
-const RESERVED_NAMES = new Set(['Domain-0', 'none', 'default']);
-
-/** Domain names per the admin API: <= 31 characters, a letter then letters, digits, '_', '.', '-'. */
+/** Domain names per the admin API (names.ts): <= 31 characters, a letter then letters, digits, '_', '.', '-'. */
 export function checkDomainName(name: string): void {
-  const bad = (why: string): never => {
-    throw new QubesValueError(`invalid domain name '${printable(name)}': ${why}`);
-  };
-  if (typeof name !== 'string' || name === '') bad('it is empty');
-  if (name.length > 31) bad('longer than 31 characters');
-  if (!DOMAIN_NAME_RE.test(name)) bad(`use a letter, then letters, digits, '_', '.' or '-'`);
-  if (RESERVED_NAMES.has(name)) bad('this name is reserved');
-  if (name.endsWith('-dm')) bad(`names ending in '-dm' are reserved (device-model domains)`);
+  const problem = typeof name === 'string' ? domainNameProblem(name) : 'it is empty';
+  if (problem) throw new QubesValueError(`invalid domain name '${printable(name)}': ${problem}`);
 }
 
 export function isDomainClass(s: string): s is DomainClass {

@@ -6,6 +6,7 @@
  * - a number out of the method's range, a bad domain name -> QubesValueError;
  * - a `uuid:` destination that cannot name a domain -> QubesVMNotFoundError.
  */
+import { domainNameProblem } from '../../domain/names.js';
 import { ProtocolError, QubesValueError, QubesVMNotFoundError } from '../../storage/errors.js';
 
 export interface IntegerRule {
@@ -56,8 +57,6 @@ export function parseBoolean(raw: string | Uint8Array, what = 'value'): boolean 
 
 const POOL_NAME_RE = /^[A-Za-z0-9_.-]+$/;
 const REVISION_RE = /^[A-Za-z0-9:_.-]+$/;
-const DOMAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
-const RESERVED_DOMAIN_NAMES: ReadonlySet<string> = new Set(['Domain-0', 'none', 'default']);
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export function isPoolName(name: string): boolean {
@@ -78,17 +77,6 @@ export function isRevisionId(rev: string): boolean {
 export function validateRevisionId(rev: string): string {
   if (!isRevisionId(rev)) throw new ProtocolError(`invalid revision id ${show(rev)}`);
   return rev;
-}
-
-/** Why `name` is not a valid domain name, or undefined when it is. */
-export function domainNameProblem(name: string): string | undefined {
-  if (name.length === 0) return 'it is empty';
-  if (name.length > 31) return 'it is longer than 31 characters';
-  if (!/^[A-Za-z]/.test(name)) return 'it must start with a letter';
-  if (!DOMAIN_NAME_RE.test(name)) return 'it may contain only letters, digits, _, . and -';
-  if (RESERVED_DOMAIN_NAMES.has(name)) return 'it is reserved';
-  if (name.endsWith('-dm')) return 'it must not end in -dm';
-  return undefined;
 }
 
 /** Domain names: at most 31 characters, a letter then `[A-Za-z0-9_.-]`, not reserved, not `-dm`. */

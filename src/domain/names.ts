@@ -1,0 +1,19 @@
+/**
+ * The rule for domain names, in one place: the admin API checks names with
+ * it before anything else (protocol/validate.ts), and the domain model
+ * (new domains, qubes.xml) with the same rule.
+ */
+
+const DOMAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+const RESERVED_DOMAIN_NAMES: ReadonlySet<string> = new Set(['Domain-0', 'none', 'default']);
+
+/** Why `name` is not a valid domain name (at most 31 characters, a letter then `[A-Za-z0-9_.-]`, not reserved, not `-dm`), or undefined when it is. */
+export function domainNameProblem(name: string): string | undefined {
+  if (name.length === 0) return 'it is empty';
+  if (name.length > 31) return 'it is longer than 31 characters';
+  if (!/^[A-Za-z]/.test(name)) return 'it must start with a letter';
+  if (!DOMAIN_NAME_RE.test(name)) return 'it may contain only letters, digits, _, . and -';
+  if (RESERVED_DOMAIN_NAMES.has(name)) return 'it is reserved';
+  if (name.endsWith('-dm')) return 'it must not end in -dm';
+  return undefined;
+}
