@@ -25,7 +25,7 @@ import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
 import { RUN_STATE_FILE, runState } from './run-state.js';
-import { reflinkSupported, sweepAtomicTemps } from '../files/files.js';
+import { exists, reflinkSupported, sweepAtomicTemps } from '../files/files.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
 import { POOL_DIR_MODE } from '../drivers/file-reflink/pool.js';
@@ -90,22 +90,12 @@ export function defaultSocketPath(baseDir: string, env: NodeJS.ProcessEnv = proc
   return path.join(baseDir, 'qubesd.sock');
 }
 
-async function fileExists(p: string): Promise<boolean> {
-  try {
-    await fs.stat(p);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
-  }
-}
-
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const baseDir = path.resolve(opts.baseDir);
   await fs.mkdir(baseDir, { recursive: true, mode: 0o750 });
   const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
   const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
-  const useConf = confFile !== null && (await fileExists(confFile));
+  const useConf = confFile !== null && (await exists(confFile));
   // Without a hypervisor runner, power state is recorded in the base directory (see run-state.ts).
   const power = opts.runner ? null : runState(baseDir);
   const notices: string[] = [];

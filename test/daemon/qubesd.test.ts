@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { AdminClient, QubesDaemonCommunicationError } from '../../src/admin/client.js';
 import { openRuntime } from '../../src/daemon/runtime.js';
+import { exists } from '../../src/files/files.js';
 import { PermissionDenied } from '../../src/storage/errors.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { listFiles, MiB, pattern, readAt, sha256, writeAt } from '../helpers/data.js';
@@ -20,13 +21,6 @@ async function start(base: string, socketPath: string, extra: string[] = []): Pr
   const d = await startQubesd(base, socketPath, extra);
   running.push(d);
   return d;
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fs.lstat(p).then(
-    () => true,
-    () => false,
-  );
 }
 
 async function waitForFile(p: string, ms = 10_000): Promise<void> {

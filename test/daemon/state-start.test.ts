@@ -9,19 +9,13 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { AdminClient } from '../../src/admin/client.js';
 import { openRuntime } from '../../src/daemon/runtime.js';
+import { exists } from '../../src/files/files.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
 import { CLI_DIR } from '../cli/helpers.js';
 import { daemonScope, spawnQubesd, startQubesd } from './helpers.js';
 
 const { sock, running } = daemonScope();
-
-async function exists(p: string): Promise<boolean> {
-  return fs.lstat(p).then(
-    () => true,
-    () => false,
-  );
-}
 
 /** A base directory with a pool and a domain, started once more (so that it has a backup). */
 async function stateWithDomain(base: string, reflink: boolean): Promise<void> {

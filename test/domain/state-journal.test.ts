@@ -16,6 +16,7 @@ import { openTestApp } from '../helpers/app-child.js';
 import { modelAfter, modelOf, type SessionModel } from './journal-child.js';
 import { encodeRecord, JOURNAL_HEADER, readJournal, type JournalUnit } from '../../src/domain/state-journal.js';
 import { StateFileError } from '../../src/domain/xml.js';
+import { exists } from '../../src/files/files.js';
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'journal-child.js');
 const STEPS = 40;
@@ -44,13 +45,6 @@ const sorted = (m: SessionModel): unknown =>
 async function normalisedState(dir: string): Promise<string> {
   const xml = await fs.readFile(path.join(dir, 'qubes.xml'), 'utf8');
   return xml.replace(/<property name="uuid">[^<]*<\/property>/g, '<property name="uuid"/>').replaceAll(dir, 'DIR');
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fs.access(p).then(
-    () => true,
-    () => false,
-  );
 }
 
 describeEachFs('state journal', (tfs, ctx) => {

@@ -12,16 +12,10 @@ import * as path from 'node:path';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { openApp, newApp } from './helpers.js';
 import { StateFileError } from '../../src/domain/xml.js';
+import { exists } from '../../src/files/files.js';
 import { StoragePoolException } from '../../src/storage/errors.js';
 import { readStateText, StateDocument } from '../../src/domain/state-file.js';
 import { describeEachSmallFs, fillFilesystem, unfill } from '../helpers/small-fs.js';
-
-async function exists(p: string): Promise<boolean> {
-  return fs.lstat(p).then(
-    () => true,
-    () => false,
-  );
-}
 
 async function backupsIn(dir: string): Promise<string[]> {
   return (await fs.readdir(path.join(dir, 'backup')).catch(() => [] as string[])).filter((n) => /^qubes-.*Z\.xml$/.test(n)).sort();
