@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkOptionChange, parseOptions, type OptionSpec } from '../../src/storage/options.js';
+import { boolFromWord, checkOptionChange, parseBool, parseOptions, type OptionSpec } from '../../src/storage/options.js';
 import { FILE_REFLINK_OPTIONS } from '../../src/drivers/file-reflink/options.js';
 
 const specs: readonly OptionSpec[] = FILE_REFLINK_OPTIONS;
@@ -26,5 +26,20 @@ describe('declared driver options', () => {
     const cur = parseOptions(specs, { dir_path: '/x' }, 'pool p');
     assert.equal(checkOptionChange(specs, cur, { revisions_to_keep: '5' }, 'pool p')['revisions_to_keep'], 5);
     assert.throws(() => checkOptionChange(specs, cur, { dir_path: '/y' }, 'pool p'), /'dir_path' cannot be changed/);
+  });
+});
+
+describe('boolean words (one reader for options, properties, qubes.xml and the tools)', () => {
+  const cases: [string, boolean | null][] = [
+    ['True', true], ['true', true], ['TRUE', true], ['1', true], ['yes', true], ['Yes', true], ['on', true], ['ON', true],
+    ['False', false], ['false', false], ['0', false], ['no', false], ['NO', false], ['off', false], ['Off', false],
+    ['', null], [' yes', null], ['yes ', null], ['y', null], ['n', null], ['2', null], ['truee', null], ['None', null],
+  ];
+  for (const [word, want] of cases) it(`${JSON.stringify(word)} -> ${want}`, () => assert.equal(boolFromWord(word), want));
+  it('options: blank is False, surrounding blanks are ignored, anything else is refused', () => {
+    assert.equal(parseBool('', 'o'), false);
+    assert.equal(parseBool('  ', 'o'), false);
+    assert.equal(parseBool(' on\n', 'o'), true);
+    assert.throws(() => parseBool('maybe', 'pool p: option x'), /^QubesValueError: pool p: option x: expected True or False, got 'maybe'$/);
   });
 });
