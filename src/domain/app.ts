@@ -56,6 +56,7 @@ import {
   type DomainClass,
   type DomainHost,
 } from './domain.js';
+import { isTagName } from './names.js';
 import { AppEvents } from './events.js';
 import { DEFAULT_LABELS, Labels } from './labels.js';
 import type { PoolFactory } from './pool-factory.js';
@@ -205,7 +206,6 @@ const FP = {
   removeAfterVolumes: declareFailpoint('app.remove.after-volumes'),
   compactAfterWrite: declareFailpoint('app.compact.after-write'),
 };
-const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const FEATURE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const VOLUME_NAMES = ['root', 'private', 'volatile', 'kernel'] as const;
 
@@ -1444,7 +1444,7 @@ export class QubesApp implements DomainHost, StateModel {
 
   async addTag(d: Domain, tag: string): Promise<void> {
     this.checkOpen();
-    if (!TAG_RE.test(tag)) throw new QubesValueError(`invalid tag '${printable(tag)}'`);
+    if (!isTagName(tag)) throw new QubesValueError(`invalid tag '${printable(tag)}'`);
     if (d.tags.has(tag)) return;
     await this.commit(() => {
       d.tags.add(tag);

@@ -16,7 +16,7 @@ export {
   makeDomain,
 } from './domain.js';
 export type { DomainClass, PowerState, DomainHost, DomainInit } from './domain.js';
-export { domainNameProblem } from './names.js';
+export { domainNameProblem, isTagName } from './names.js';
 export { AppEvents } from './events.js';
 export type { AppEvent, AppEventHandler } from './events.js';
 export { DEFAULT_LABELS, Labels, labelId } from './labels.js';

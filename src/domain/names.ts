@@ -1,7 +1,8 @@
 /**
- * The rule for domain names, in one place: the admin API checks names with
- * it before anything else (protocol/validate.ts), and the domain model
- * (new domains, qubes.xml) with the same rule.
+ * The rules for domain names and tags, in one place: the admin API checks
+ * names with them before anything else (protocol/validate.ts,
+ * admin/methods), and the domain model (new domains, qubes.xml, tags) with
+ * the same rules.
  */
 
 const DOMAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
@@ -16,4 +17,11 @@ export function domainNameProblem(name: string): string | undefined {
   if (RESERVED_DOMAIN_NAMES.has(name)) return 'it is reserved';
   if (name.endsWith('-dm')) return 'it must not end in -dm';
   return undefined;
+}
+
+const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Tags: 1 to 64 letters, digits, `_` and `-`. */
+export function isTagName(tag: string): boolean {
+  return TAG_RE.test(tag);
 }

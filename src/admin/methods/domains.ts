@@ -26,6 +26,7 @@
  *   QubesVMNotStartedError.
  */
 import { DOMAIN_CLASSES, type Domain, type DomainClass } from '../../domain/domain.js';
+import { isTagName } from '../../domain/names.js';
 import {
   PermissionDenied,
   ProtocolError,
@@ -50,7 +51,6 @@ export const CREATABLE_CLASSES: readonly DomainClass[] = DOMAIN_CLASSES.filter((
 /** Volumes a `pool:VOLUME=` key may name (the reference's fixed list). */
 const POOL_VOLUMES: ReadonlySet<string> = new Set(['root', 'private', 'volatile', 'kernel']);
 const LABEL_NAME_RE = /^[A-Za-z0-9_.-]+$/;
-const TAG_SAFE_RE = /^[A-Za-z0-9_-]+$/;
 
 /** The line admin.vm.List gives for one domain. */
 export function vmListLine(d: Domain): string {
@@ -227,7 +227,7 @@ async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainCl
   // As the reference does: mark who made it (a source name with characters
   // a tag cannot hold gets no mark).
   const tag = `created-by-${call.source}`;
-  if (!TAG_SAFE_RE.test(tag) || tag.length > 64 || app.findDomain(name) !== d) return;
+  if (!isTagName(tag) || app.findDomain(name) !== d) return;
   try {
     await app.addTag(d, tag);
   } catch (e) {
