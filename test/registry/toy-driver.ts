@@ -5,18 +5,20 @@
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { DRIVER_API_VERSION, type StorageDriver } from '../../src/storage/driver.js';
-import { StoragePoolException } from '../../src/storage/errors.js';
-import { COMMON_POOL_OPTIONS, type PoolOptions } from '../../src/storage/options.js';
-import { Pool } from '../../src/storage/pool.js';
-import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../src/storage/volume.js';
-
-async function exists(p: string): Promise<boolean> {
-  return fs.access(p).then(
-    () => true,
-    () => false,
-  );
-}
+// Written as a driver outside this repository would be: everything from the package's public surface.
+import {
+  COMMON_POOL_OPTIONS,
+  DRIVER_API_VERSION,
+  Pool,
+  StoragePoolException,
+  Volume,
+  exists,
+  type DomainRef,
+  type PoolOptions,
+  type Revision,
+  type StorageDriver,
+  type VolumeSpec,
+} from 'qubes-storage';
 
 export class ToyPool extends Pool {
   constructor(name: string, options: PoolOptions) {
