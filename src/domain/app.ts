@@ -26,6 +26,7 @@ import * as path from 'node:path';
 import { sweepAtomicTemps, writeFileAtomic } from '../files/files.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { DomainStorage, realSource } from '../storage/domain-storage.js';
+import { poolOptionSpecs } from '../storage/driver.js';
 import {
   QubesException,
   QubesFeatureNotFoundError,
@@ -599,33 +600,19 @@ export class QubesApp implements DomainHost, StateModel {
     const usable = [...this.poolEntries.values()].filter((e) => !(e.pool instanceof UnavailablePool));
     const def = usable.find((e) => e.pool.name === 'default');
     if (def) return def.pool.name;
-    const fits = usable.find((e) => {
-      const caps = this.capabilitiesOf(e.pool.driver);
-      return caps ? caps.writable && caps.volumeKinds.includes('origin') : false;
-    });
+    const fits = usable.find((e) => e.pool.capabilities.writable && e.pool.capabilities.volumeKinds.includes('origin'));
     return fits?.pool.name ?? '';
   }
 
   autoKernelPool(): string {
-    const fits = [...this.poolEntries.values()].find((e) => {
-      if (e.pool instanceof UnavailablePool) return false;
-      const caps = this.capabilitiesOf(e.pool.driver);
-      return caps ? !caps.writable : false;
-    });
+    const fits = [...this.poolEntries.values()].find((e) => !(e.pool instanceof UnavailablePool) && !e.pool.capabilities.writable);
     return fits?.pool.name ?? '';
-  }
-
-  private capabilitiesOf(driver: string) {
-    try {
-      return this.factory.get?.(driver).capabilities ?? null;
-    } catch {
-      return null;
-    }
   }
 
   private driverOptions(driver: string): readonly OptionSpec[] | null {
     try {
-      return this.factory.get?.(driver).options ?? null;
+      const declared = this.factory.get?.(driver);
+      return declared ? poolOptionSpecs(declared) : null;
     } catch {
       return null;
     }

@@ -39,8 +39,8 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
       await assert.rejects(fs.stat(path.join(dir, 'pool', 'appvms', 'x')), 'the refused pool made nothing');
       const nested = path.join(dir, 'pool', 'nested');
       await app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink });
-      assert.equal(app.pool('inner').includedIn(app.pools())?.name, 'default');
-      assert.equal(app.pool('default').includedIn(app.pools()), null);
+      assert.equal((await app.pool('inner').includedIn(app.pools()))?.name, 'default');
+      assert.equal(await app.pool('default').includedIn(app.pools()), null);
       const details = await app.pool('fp').usageDetails();
       assert.ok(details['data_size']! > 0 && details['data_usage']! > 0);
 

@@ -39,7 +39,7 @@ export async function poolInfoText(ctx: MethodContext, pool: Pool): Promise<stri
   const [size, usage] = await Promise.all([pool.size(), pool.usage()]);
   if (size !== null) text += `size=${size}\n`;
   if (usage !== null) text += `usage=${usage}\n`;
-  const outer = pool.includedIn(ctx.app.pools().filter((p) => p !== pool));
+  const outer = await pool.includedIn(ctx.app.pools().filter((p) => p !== pool));
   if (outer) text += `included_in=${outer.name}\n`;
   return text;
 }
