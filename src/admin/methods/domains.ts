@@ -101,11 +101,14 @@ export function domainMethods(ctx: MethodContext): MethodTable {
     // `force`, `wait` or both joined by '+'. Shutdowns here finish before
     // the reply (so `wait` holds), and nothing depends on a running domain
     // being kept up (so `force` changes nothing).
-    'admin.vm.Shutdown': method(aboutDomain(ctx, { scope: 'local', access: 'execute', arg: 'any', argNames: 'mode: force, wait or force+wait', checkArg: checkShutdownMode }), async (call) => {
-      const d = destDomain(ctx, call);
-      if (d.klass === 'AdminVM') throw new QubesVMError('Cannot shutdown Dom0 fake domain!');
-      await app.shutdown(d.name);
-    }),
+    'admin.vm.Shutdown': method(
+      aboutDomain(ctx, { scope: 'local', access: 'execute', arg: 'any', argNames: 'mode: force, wait or force+wait', checkArg: checkShutdownMode }),
+      async (call) => {
+        const d = destDomain(ctx, call);
+        if (d.klass === 'AdminVM') throw new QubesVMError('Cannot shutdown Dom0 fake domain!');
+        await app.shutdown(d.name);
+      },
+    ),
 
     'admin.vm.Kill': method(localExecute, async (call) => {
       const d = destDomain(ctx, call);

@@ -48,7 +48,8 @@ export function poolMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
   /** A global call on the pool its argument names. */
   const onPool = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
-    globalCall({ ...s, scope: 'global', arg: 'required', argNames: 'pool', checkArg: (h) => void argPool(ctx, h) });
+    globalCall({ ...s, scope: 'global', arg: 'required', argNames: 'pool', checkArg: (h) => { argPool(ctx, h); } });
+  const addShape = globalCall({ scope: 'global', access: 'write', arg: 'required', argNames: 'driver', payload: 'bounded' });
   return {
     'admin.pool.List': method(globalCall({ scope: 'global', access: 'read' }), async () => {
       return app.poolNames().map((n) => `${n}\n`).join('');
@@ -66,7 +67,7 @@ export function poolMethods(ctx: MethodContext): MethodTable {
       return sortedKeyValues(await argPool(ctx, call).usageDetails());
     }),
 
-    'admin.pool.Add': method(globalCall({ scope: 'global', access: 'write', arg: 'required', argNames: 'driver', payload: 'bounded' }), async (call) => {
+    'admin.pool.Add': method(addShape, async (call) => {
       const driver = call.arg;
       // Unknown (or broken) driver: the registry's error names it and the known ones.
       const declared = ctx.registry.get(driver);

@@ -67,7 +67,8 @@ export function propertyMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
   const table: MethodTable = {};
 
-  const kinds: Array<[prefix: string, shape: (s: Omit<ShapeSpec, 'scope'>) => MethodShape, target: (call: Pick<AdminCall, 'dest'>) => PropertyTarget]> = [
+  type Kind = [prefix: string, shape: (s: Omit<ShapeSpec, 'scope'>) => MethodShape, target: (call: Pick<AdminCall, 'dest'>) => PropertyTarget];
+  const kinds: Kind[] = [
     ['admin.vm.property', (s) => aboutDomain(ctx, { ...s, scope: 'local' }), (call) => destDomain(ctx, call)],
     ['admin.property', (s) => globalCall({ ...s, scope: 'global' }, ctx), () => app.globals],
   ];
@@ -82,7 +83,7 @@ export function propertyMethods(ctx: MethodContext): MethodTable {
     };
     // Any argument: an empty or unknown name is QubesNoSuchPropertyError, as the reference answers.
     const onProperty = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
-      shape({ ...s, arg: 'any', argNames: 'property', checkArg: (h) => void named(h) });
+      shape({ ...s, arg: 'any', argNames: 'property', checkArg: (h) => { named(h); } });
 
     table[`${prefix}.List`] = method(shape({ access: 'read' }), async (call) => {
       return targetOf(call).propertyNames().map((n) => `${n}\n`).join('');

@@ -262,7 +262,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
 
   /** A call on the volume the argument names, of the domain DEST names. */
   const onVolume = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
-    aboutDomain(ctx, { ...s, scope: 'local', arg: 'required', argNames: 'volume', checkArg: (h) => void destVolume(ctx, h) });
+    aboutDomain(ctx, { ...s, scope: 'local', arg: 'required', argNames: 'volume', checkArg: (h) => { destVolume(ctx, h); } });
 
   return {
     'admin.vm.volume.List': method(aboutDomain(ctx, { scope: 'local', access: 'read' }), async (call) => {
