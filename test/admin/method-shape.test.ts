@@ -185,6 +185,20 @@ describe("the daemon's method table", () => {
     assert.equal(inReadme, await daemonMethodList(), 'src/admin/README.md is out of date: run npm run methods-doc');
   });
 
+  test('a class rule over the real table: a read-only manager of work reads its volumes, changes nothing', async () => {
+    const policy = parsePolicy('dom0 *\nmgmt @admin-local-ro work\nmgmt @admin-global-ro dom0\n');
+    const ctx = createDispatchContext({ methods: rt.methods, log: silentLog, policy });
+    const as = (method: string, dest: string, arg = '', payload = '') => runCall(ctx, { method, dest, arg, source: 'mgmt' }, payload);
+    assert.match((await as('admin.vm.volume.Info', 'work', 'private')).toString('latin1'), /^0\0pool=default\n/);
+    assert.equal((await as('admin.pool.List', 'dom0')).toString('latin1'), '0\0default\n');
+    const denied = (m: string) => refused('PermissionDenied', `${m} is not allowed for mgmt by policy`);
+    assert.deepEqual(await as('admin.vm.volume.Resize', 'work', 'private', String(2 << 20)), denied('admin.vm.volume.Resize'));
+    assert.deepEqual(await as('admin.vm.Start', 'work'), denied('admin.vm.Start'));
+    assert.deepEqual(await as('admin.vm.volume.Export', 'work', 'private'), denied('admin.vm.volume.Export'));
+    assert.deepEqual(await as('admin.vm.volume.Info', 'tpl', 'root'), denied('admin.vm.volume.Info'));
+    assert.deepEqual(await as('admin.pool.Remove', 'dom0', 'default'), denied('admin.pool.Remove'));
+  });
+
   /** An argument the method accepts, by what it names. */
   const goodArg = (m: string, argNames: string): string =>
     argNames === 'property' && m.startsWith('admin.property.')
