@@ -8,6 +8,7 @@
 import * as path from 'node:path';
 import type { DomainStorage } from '../storage/domain-storage.js';
 import { QubesPoolInUseError, QubesValueError, StoragePoolException } from '../storage/errors.js';
+import { KeyedMutex } from '../storage/lock.js';
 import { checkOptionChange, parseBool, parseInt10, type OptionSpec, type OptionValue } from '../storage/options.js';
 import { checkPlaceContents, checkPlacesAgainst, readMounts, resolvePlaces } from '../storage/places.js';
 import { checkPoolName, type Pool } from '../storage/pool.js';
@@ -20,7 +21,6 @@ import type { PoolFactory } from './pool-factory.js';
 import type { PoolRecord, SaveScope, StateDocument } from './state-file.js';
 import type { StateSaves } from './state-store.js';
 import { UnavailablePool } from './unavailable.js';
-import { KeyedMutex } from '../storage/lock.js';
 
 /** A save that looks at no domain (pools, labels, global properties only). */
 const NO_DOMAINS: SaveScope = new Set();
@@ -38,7 +38,7 @@ export interface PoolsContext {
   readonly saves: StateSaves;
   readonly events: AppEvents;
   /** For the users of a pool: the domains' volumes and the default_pool* settings. */
-  readonly domains: DomainTable;
+  readonly domains: Pick<DomainTable, 'list' | 'reserved'>;
   readonly globals: GlobalProperties;
   /** The state file, and the names beside it that are the state's own. */
   readonly stateFile: string;
