@@ -71,7 +71,7 @@ export class QubesApp implements DomainHost, StateModel {
   private leftovers: Promise<void> = Promise.resolve();
 
   private constructor(
-    opts: QubesAppOptions,
+    private readonly opts: QubesAppOptions,
     private readonly lock: StateLock,
   ) {
     this.stateFile = opts.stateFile;
@@ -157,6 +157,7 @@ export class QubesApp implements DomainHost, StateModel {
       domains: this.domains,
       pools: this.poolSet,
       volumeDefaults: this.volumeDefaults,
+      notice: this.opts.notice,
     });
   }
 

@@ -23,6 +23,8 @@ export interface LoadContext {
   readonly domains: DomainTable;
   readonly pools: Pools;
   readonly volumeDefaults: VolumeDefaults;
+  /** Where a value loaded differently from what the file says is reported. */
+  readonly notice?: ((line: string) => void) | undefined;
 }
 
 /**
@@ -103,7 +105,7 @@ export async function loadState(doc: StateDocument, ctx: LoadContext): Promise<M
   for (const d of ordered) {
     if (d.klass === 'AdminVM') continue;
     const rec = recordOf.get(d);
-    const configs = rec && rec.volumes.length ? volumeConfigsFromRecord(doc, pools, d, rec) : newVolumeConfigs(d, {}, ctx.volumeDefaults);
+    const configs = rec && rec.volumes.length ? volumeConfigsFromRecord(doc, pools, d, rec, ctx.notice) : newVolumeConfigs(d, {}, ctx.volumeDefaults);
     try {
       d.storage = DomainStorage.init({ domain: d, volumes: configs, template: d.template?.storage ?? null }, (n) => pools.forVolume(n));
     } catch (e) {
@@ -130,7 +132,13 @@ function loadProperties(doc: StateDocument, host: DomainHost, holder: PropertyHo
   return lines;
 }
 
-function volumeConfigsFromRecord(doc: StateDocument, pools: Pools, d: Domain, rec: DomainRecord): VolumeConfig[] {
+function volumeConfigsFromRecord(
+  doc: StateDocument,
+  pools: Pools,
+  d: Domain,
+  rec: DomainRecord,
+  notice: ((line: string) => void) | undefined,
+): VolumeConfig[] {
   return rec.volumes.map(({ attrs, line }) => {
     const fail = (why: string): never => {
       throw doc.error(line, `domain ${d.name}: volume ${attrs['name'] ?? '?'}: ${why}`);
@@ -166,9 +174,24 @@ function volumeConfigsFromRecord(doc: StateDocument, pools: Pools, d: Domain, re
     };
     if (attrs['vid'] !== undefined) c.vid = attrs['vid'];
     const rtk = num('revisions_to_keep');
-    if (rtk !== undefined) c.revisions_to_keep = rtk;
+    if (rtk !== undefined) c.revisions_to_keep = keepableRevisions(pools, pool, rtk, (most) =>
+      notice?.(`${doc.file}:${line}: note: domain ${d.name}: volume ${name}: revisions_to_keep ${rtk} is more than driver ${pools.get(pool).declaredBy} keeps; using ${most} (saved so at the next change)`),
+    );
     const eph = bool('ephemeral');
     if (eph !== undefined) c.ephemeral = eph;
     return c;
   });
+}
+
+/**
+ * A loaded revisions_to_keep above what the pool's driver keeps (a state
+ * written before the limit was enforced) is lowered to the limit, with a
+ * notice: refusing it would keep the whole state from loading over a
+ * setting the driver cannot honour anyway.
+ */
+function keepableRevisions(pools: Pools, pool: string, n: number, lowered: (most: number) => void): number {
+  const most = pools.get(pool).capabilities.maxRevisions;
+  if (n <= most) return n;
+  lowered(most);
+  return most;
 }
