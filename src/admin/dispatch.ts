@@ -10,6 +10,7 @@ import { printable } from '../storage/volume.js';
 import { encodeError, encodeOk, type AdminEvent } from './protocol/reply.js';
 import { MAX_REQUEST_BYTES, FramingError, encodeHeader, validateHeader, type RequestHeader } from './protocol/header.js';
 import { DEFAULT_POLICY, findAllowingRule, mayRelay, type AccessPolicy } from './policy.js';
+import { checkShape, type MethodShape } from './method-shape.js';
 
 export interface AdminLog {
   info(message: string): void;
@@ -41,27 +42,40 @@ export type EventSend = (event: AdminEvent) => boolean;
 /** Streams events through `send` until `call.signal` aborts, then returns. */
 export type AdminEventsMethod = (call: AdminCall, send: EventSend) => Promise<void>;
 
+/**
+ * One method: how its payload and reply travel (`kind`), its handler, and
+ * its declared shape (method-shape.ts), which the dispatcher enforces
+ * before the handler runs. Without a shape nothing is checked for it (ad-hoc
+ * tables, such as tests'); every method of the daemon's table declares one.
+ */
 export type MethodSpec =
-  | { readonly kind: 'call'; readonly handler: AdminMethod }
-  | { readonly kind: 'streaming'; readonly handler: AdminStreamMethod }
-  | { readonly kind: 'events'; readonly handler: AdminEventsMethod };
+  | { readonly kind: 'call'; readonly handler: AdminMethod; readonly shape?: MethodShape | undefined }
+  | { readonly kind: 'streaming'; readonly handler: AdminStreamMethod; readonly shape?: MethodShape | undefined }
+  | { readonly kind: 'events'; readonly handler: AdminEventsMethod; readonly shape?: MethodShape | undefined };
 
 /** Method name (without `+ARG`) -> spec. Extend by spreading tables together. */
 export type MethodTable = Record<string, MethodSpec>;
 
-/** An ordinary method: payload buffered, at most 64 KiB with the header. */
-export function method(handler: AdminMethod): MethodSpec {
-  return { kind: 'call', handler };
+/** An ordinary method: payload buffered, at most 64 KiB with the header; `shape.payload` is `none` or `bounded`. */
+export function method(shape: MethodShape, handler: AdminMethod): MethodSpec;
+/** Undeclared (nothing checked before the handler). */
+export function method(handler: AdminMethod): MethodSpec;
+export function method(a: MethodShape | AdminMethod, b?: AdminMethod): MethodSpec {
+  return typeof a === 'function' ? { kind: 'call', handler: a } : { kind: 'call', handler: b!, shape: a };
 }
 
-/** A method that reads its payload as a stream (imports). */
-export function streamingMethod(handler: AdminStreamMethod): MethodSpec {
-  return { kind: 'streaming', handler };
+/** A method that reads its payload as a stream (imports); `shape.payload` is `streaming`. */
+export function streamingMethod(shape: MethodShape, handler: AdminStreamMethod): MethodSpec;
+export function streamingMethod(handler: AdminStreamMethod): MethodSpec;
+export function streamingMethod(a: MethodShape | AdminStreamMethod, b?: AdminStreamMethod): MethodSpec {
+  return typeof a === 'function' ? { kind: 'streaming', handler: a } : { kind: 'streaming', handler: b!, shape: a };
 }
 
-/** A method whose reply is a stream of event frames (admin.Events). */
-export function eventsMethod(handler: AdminEventsMethod): MethodSpec {
-  return { kind: 'events', handler };
+/** A method whose reply is a stream of event frames (admin.Events); its payload is not read. */
+export function eventsMethod(shape: MethodShape, handler: AdminEventsMethod): MethodSpec;
+export function eventsMethod(handler: AdminEventsMethod): MethodSpec;
+export function eventsMethod(a: MethodShape | AdminEventsMethod, b?: AdminEventsMethod): MethodSpec {
+  return typeof a === 'function' ? { kind: 'events', handler: a } : { kind: 'events', handler: b!, shape: a };
 }
 
 /**
@@ -172,13 +186,13 @@ export function resolveMethod(ctx: DispatchContext, h: RequestHeader, caller: Ca
       ),
     };
   }
-  if (!findAllowingRule(policy, h)) {
+  const spec = Object.hasOwn(ctx.methods, h.method) ? ctx.methods[h.method] : undefined;
+  // The declaration lets rules name classes of methods (@admin-local-ro, ...).
+  if (!findAllowingRule(policy, { ...h, shape: spec?.shape })) {
     return { error: new PermissionDenied(`${h.method} is not allowed for ${h.source} by ${policy.origin}`) };
   }
-  if (!Object.hasOwn(ctx.methods, h.method)) {
-    return { error: new PermissionDenied(`no such method: ${h.method}`) };
-  }
-  return { spec: ctx.methods[h.method]! };
+  if (!spec) return { error: new PermissionDenied(`no such method: ${h.method}`) };
+  return { spec };
 }
 
 /** The reply bytes for an exception, and the class name it went out as. */
@@ -241,6 +255,7 @@ export async function executeCall(
     const { spec } = resolution;
     const { method, arg, source, dest } = h;
     let result: AdminResult;
+    if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
       result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload: stream });
@@ -279,6 +294,7 @@ export async function runEvents(
     return send(e);
   };
   try {
+    if (spec.shape) await checkShape(spec.shape, h, undefined);
     await spec.handler({ ...pickHeader(h), signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
     logCall(ctx, h, caller, 'ok', startedMs);
     return undefined;

@@ -4,6 +4,7 @@
  */
 import { checkEvent, eventPairs, type AdminEvent, type EventPairs } from './protocol/reply.js';
 import { eventsMethod as eventsSpec, type MethodSpec } from './dispatch.js';
+import type { MethodShape } from './method-shape.js';
 
 export type EventListener = (event: AdminEvent) => void;
 
@@ -43,7 +44,11 @@ export class EventBus {
 }
 
 export interface EventsMethodOptions {
-  /** Refuses a destination (e.g. QubesVMNotFoundError for an unknown domain) before streaming starts. */
+  /**
+   * Refuses a destination (e.g. QubesVMNotFoundError for an unknown domain)
+   * before streaming starts: the declaration's `lookupDest` (dest `domain`);
+   * without it any destination is taken (dest `any`).
+   */
   readonly checkDest?: (dest: string) => void | Promise<void>;
 }
 
@@ -53,8 +58,16 @@ export interface EventsMethodOptions {
  * subject is DEST, until the connection ends.
  */
 export function adminEventsMethod(bus: EventBus, opts: EventsMethodOptions = {}): MethodSpec {
-  return eventsSpec(async (call, send) => {
-    await opts.checkDest?.(call.dest);
+  // As Qubes declares it: global, read; no argument is checked (one is ignored, as before).
+  const shape: MethodShape = {
+    arg: 'any',
+    argNames: 'ignored',
+    payload: 'none',
+    scope: 'global',
+    access: 'read',
+    ...(opts.checkDest ? { dest: 'domain', lookupDest: opts.checkDest } : { dest: 'any' }),
+  };
+  return eventsSpec(shape, async (call, send) => {
     if (call.signal.aborted) return;
     const all = call.dest === 'dom0';
     const unsubscribe = bus.subscribe((e) => {

@@ -15,12 +15,21 @@
  * domains (name a SOURCE other than dom0 in the header), as root may:
  *
  *   @relay     uid:1000              mgmt*
+ *
+ * A method field may also name a class of methods by their declaration
+ * (method-shape.ts), as Qubes' include files admin-local-ro, ... do:
+ *
+ *   mgmt       @admin-local-rwx      work
  */
 import { readFile } from 'node:fs/promises';
+import { inPolicyClass, POLICY_CLASSES, type MethodShape, type PolicyClass } from './method-shape.js';
 
 export interface PolicyRule {
   readonly source: string;
-  /** Matched against `METHOD` alone, or against `METHOD+ARG` when it contains `+`. */
+  /**
+   * Matched against `METHOD` alone, or against `METHOD+ARG` when it
+   * contains `+`; `@admin-SCOPE-ro|rwx` matches the methods of that class.
+   */
   readonly method: string;
   readonly dest: string;
   /** Line in the policy text, for messages. */
@@ -47,6 +56,8 @@ export interface PolicyQuery {
   readonly method: string;
   readonly arg: string;
   readonly dest: string;
+  /** The called method's declaration, when the table has one: class rules match only declared methods. */
+  readonly shape?: Pick<MethodShape, 'scope' | 'access'> | undefined;
 }
 
 /** A policy text that cannot be parsed; names the line. */
@@ -95,6 +106,10 @@ export function parsePolicy(text: string, origin = 'policy'): AccessPolicy {
       return;
     }
     const [source, method, dest = '*'] = fields as [string, string, string?];
+    if (method.startsWith('@') && !isPolicyClass(method.slice(1)))
+      throw new PolicyError(
+        `${origin}:${line}: unknown method class ${JSON.stringify(method)} (known: ${POLICY_CLASSES.map((c) => `@${c}`).join(', ')})`,
+      );
     rules.push({ source, method, dest, line });
   });
   return { rules, relays, origin };
@@ -110,9 +125,15 @@ export function findAllowingRule(policy: AccessPolicy, q: PolicyQuery): PolicyRu
   return policy.rules.find(
     (r) =>
       matchPattern(r.source, q.source) &&
-      matchPattern(r.method, r.method.includes('+') ? methodArg : q.method) &&
+      (r.method.startsWith('@')
+        ? q.shape !== undefined && inPolicyClass(q.shape, r.method.slice(1) as PolicyClass)
+        : matchPattern(r.method, r.method.includes('+') ? methodArg : q.method)) &&
       matchPattern(r.dest, q.dest),
   );
+}
+
+function isPolicyClass(name: string): name is PolicyClass {
+  return (POLICY_CLASSES as readonly string[]).includes(name);
 }
 
 /** Whether the local user `uid` (not root) may name `source` as the calling domain. */

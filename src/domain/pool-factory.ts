@@ -4,10 +4,10 @@
  * (src/registry/drivers.ts, `DriverRegistry`) has this shape; so does
  * `driversPoolFactory`, for embedders and tests that name their drivers.
  */
-import type { StorageDriver } from '../storage/driver.js';
+import { createPoolFrom, type StorageDriver } from '../storage/driver.js';
 import { StoragePoolException } from '../storage/errors.js';
-import { parseOptions, type OptionValue } from '../storage/options.js';
-import { checkPoolName, type Pool } from '../storage/pool.js';
+import type { OptionValue } from '../storage/options.js';
+import type { Pool } from '../storage/pool.js';
 
 export interface PoolFactory {
   /** Makes the pool object (nothing on disk); an unknown driver is a StoragePoolException. */
@@ -27,9 +27,7 @@ export function driversPoolFactory(drivers: readonly StorageDriver[]): PoolFacto
   return {
     get,
     async createPool(driver, name, rawOptions) {
-      checkPoolName(name);
-      const d = get(driver);
-      return d.createPool(name, parseOptions(d.options, rawOptions, `pool ${name}`));
+      return createPoolFrom(get(driver), name, rawOptions);
     },
   };
 }

@@ -6,9 +6,8 @@
  * too) but every operation that needs the driver fails with a
  * StoragePoolException naming the pool and the reason.
  */
-import * as path from 'node:path';
 import { StoragePoolException } from '../storage/errors.js';
-import type { PoolPlace } from '../storage/places.js';
+import { placesWithoutDriver, type PoolPlace } from '../storage/places.js';
 import type { OptionValue, PoolOptions } from '../storage/options.js';
 import { Pool } from '../storage/pool.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../storage/volume.js';
@@ -20,9 +19,10 @@ export class UnavailablePool extends Pool {
 
   /**
    * `places`: those of the pool as its driver made it, when it was made (it
-   * then failed its setup or its place check); else, when the options name an
-   * absolute dir_path, that directory as the pool's own: a pool that cannot
-   * be used here still keeps new pools out of its data.
+   * then failed its setup or its place check); else what the storage
+   * contract assumes of a pool whose driver cannot answer
+   * (places.ts placesWithoutDriver): a pool that cannot be used here still
+   * keeps new pools out of its data.
    */
   constructor(name: string, driver: string, rawOptions: PoolOptions, reason: string, places?: readonly PoolPlace[]) {
     // Only the common options are interpreted (so revisions_to_keep reads right); the rest is kept raw.
@@ -34,14 +34,17 @@ export class UnavailablePool extends Pool {
     super(name, driver, common);
     this.raw = { ...rawOptions };
     this.reason = reason;
-    const dir = rawOptions['dir_path'];
-    this.knownPlaces =
-      places ?? (typeof dir === 'string' && path.isAbsolute(dir) ? [{ kind: 'directory', path: dir, access: 'own', option: 'dir_path' }] : []);
+    this.knownPlaces = places ?? placesWithoutDriver(rawOptions);
   }
   private readonly knownPlaces: readonly PoolPlace[];
 
   override async places(): Promise<PoolPlace[]> {
     return [...this.knownPlaces];
+  }
+
+  /** Nothing, as before its places were known: they keep new pools out, they say nothing of its storage. */
+  override async includedIn(_others: readonly Pool[]): Promise<Pool | null> {
+    return null;
   }
 
   unavailableError(what: string): StoragePoolException {

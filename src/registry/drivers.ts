@@ -22,10 +22,10 @@ import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { builtinDrivers } from '../drivers/builtin.js';
 import { resolveInside } from '../files/files.js';
-import { DRIVER_API_AGE, DRIVER_API_VERSION, type StorageDriver } from '../storage/driver.js';
-import { QubesException, StoragePoolException } from '../storage/errors.js';
-import { parseOptions, type OptionSpec, type OptionValue } from '../storage/options.js';
-import { checkPoolName, Pool } from '../storage/pool.js';
+import { createPoolFrom, DRIVER_API_AGE, DRIVER_API_VERSION, type StorageDriver } from '../storage/driver.js';
+import { oneLineReason, StoragePoolException } from '../storage/errors.js';
+import type { OptionSpec, OptionValue } from '../storage/options.js';
+import { checkPoolName, type Pool } from '../storage/pool.js';
 import { printable } from '../storage/volume.js';
 
 // ---- types ---------------------------------------------------------------
@@ -181,7 +181,7 @@ export class DriverRegistry {
       exportName = parsed.exportName;
       file = await this.resolveModule(parsed.module, ctx.baseDir ?? process.cwd());
     } catch (e) {
-      throw new StoragePoolException(`${pre}: ${reasonOf(e)}`, { cause: e });
+      throw new StoragePoolException(`${pre}: ${oneLineReason(e)}`, { cause: e });
     }
     const key = `${file}#${exportName}`;
     let p = this.classCache.get(key);
@@ -194,7 +194,7 @@ export class DriverRegistry {
     try {
       return await p;
     } catch (e) {
-      throw new StoragePoolException(`${pre}: module ${file}: ${reasonOf(e)}`, { cause: e });
+      throw new StoragePoolException(`${pre}: module ${file}: ${oneLineReason(e)}`, { cause: e });
     }
   }
 
@@ -211,9 +211,9 @@ export class DriverRegistry {
 
   /**
    * Makes a pool: resolves the driver (a name, or `MODULE#EXPORT`), checks the
-   * name, validates the raw options against the driver's declaration
-   * (unknown, missing or mistyped keys are QubesValueErrors naming the key)
-   * and calls the driver's factory. Nothing on disk is touched.
+   * name, and makes the pool from the driver's declaration (storage/driver.ts
+   * createPoolFrom: raw options validated, capabilities bound). Nothing on
+   * disk is touched.
    */
   async createPool(
     ref: DriverRef | string,
@@ -223,13 +223,13 @@ export class DriverRegistry {
   ): Promise<Pool> {
     checkPoolName(name);
     const driver = await this.resolve(ref, { ...ctx, pool: name });
-    return makePool(driver, name, rawOptions);
+    return createPoolFrom(driver, name, rawOptions);
   }
 
   /** createPool for a registered driver name, synchronously (for drivers that wrap others). */
   createPoolSync(driverName: string, name: string, rawOptions: Record<string, OptionValue>): Pool {
     checkPoolName(name);
-    return makePool(this.get(driverName, { pool: name }), name, rawOptions);
+    return createPoolFrom(this.get(driverName, { pool: name }), name, rawOptions);
   }
 
   /** Every usable driver with its option names (admin.pool.ListDrivers), sorted by name. */
@@ -261,7 +261,7 @@ export class DriverRegistry {
       try {
         decl = await readDriverDeclarations(pkgDir);
       } catch (e) {
-        this.problem({ name: null, package: pkgName, module: null, reason: reasonOf(e) });
+        this.problem({ name: null, package: pkgName, module: null, reason: oneLineReason(e) });
         continue;
       }
       if (!decl) continue;
@@ -283,7 +283,7 @@ export class DriverRegistry {
       if (!parsed.module.startsWith('./')) throw new Error(`'${printable(target)}' must start with './' (a file in the package)`);
       file = resolveInside(pkgDir, parsed.module);
     } catch (e) {
-      return fail(null, reasonOf(e));
+      return fail(null, oneLineReason(e));
     }
     const existing = this.entries.get(name);
     if (existing?.origin.kind === 'package') {
@@ -308,7 +308,7 @@ export class DriverRegistry {
       if (driver.name !== name)
         throw new Error(`the export is driver '${printable(driver.name)}', but package.json declares it as '${name}'`);
     } catch (e) {
-      return fail(file, reasonOf(e));
+      return fail(file, oneLineReason(e));
     }
     this.entries.set(name, { driver, origin: { kind: 'package', package: pkgName, module: file } });
   }
@@ -327,35 +327,6 @@ export class DriverRegistry {
     if (this.nodeModules.length === 0) throw new Error(`no node_modules directory is configured to find package '${pkg}' in`);
     return resolvePackageFile(this.nodeModules, pkg, sub);
   }
-}
-
-// ---- pools -----------------------------------------------------------------
-
-function makePool(driver: StorageDriver, name: string, rawOptions: Record<string, OptionValue>): Pool {
-  const options = parseOptions(driver.options, rawOptions, `pool ${name}`);
-  let pool: unknown;
-  try {
-    pool = driver.createPool(name, options);
-  } catch (e) {
-    if (e instanceof QubesException) throw e;
-    throw new StoragePoolException(`pool ${name}: driver ${driver.name} failed to make the pool: ${reasonOf(e)}`, { cause: e });
-  }
-  if (!looksLikePool(pool, name))
-    throw new StoragePoolException(`pool ${name}: driver ${driver.name} did not return a pool named '${name}'`);
-  return pool;
-}
-
-/** Duck-typed, so a driver built against another copy of this package still works. */
-function looksLikePool(p: unknown, name: string): p is Pool {
-  if (p instanceof Pool) return p.name === name;
-  if (typeof p !== 'object' || p === null) return false;
-  const o = p as Record<string, unknown>;
-  return (
-    o['name'] === name &&
-    ['setup', 'destroy', 'initVolume', 'listVolumes', 'getVolume', 'size', 'usage', 'config'].every(
-      (m) => typeof o[m] === 'function',
-    )
-  );
 }
 
 // ---- driver shape -----------------------------------------------------------
@@ -425,14 +396,14 @@ async function importDriver(file: string, exportName: string): Promise<StorageDr
   try {
     st = await fs.stat(file);
   } catch (e) {
-    throw new Error((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : reasonOf(e), { cause: e });
+    throw new Error((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : oneLineReason(e), { cause: e });
   }
   if (!st.isFile()) throw new Error('not a regular file');
   let mod: Record<string, unknown>;
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`import failed: ${reasonOf(e)}`, { cause: e });
+    throw new Error(`import failed: ${oneLineReason(e)}`, { cause: e });
   }
   if (!Object.prototype.hasOwnProperty.call(mod, exportName)) {
     const names = Object.keys(mod).slice(0, 20).join(', ') || 'none';
@@ -441,7 +412,7 @@ async function importDriver(file: string, exportName: string): Promise<StorageDr
   try {
     return checkDriverShape(mod[exportName]);
   } catch (e) {
-    throw new Error(`export '${exportName}' is ${reasonOf(e)}`, { cause: e });
+    throw new Error(`export '${exportName}' is ${oneLineReason(e)}`, { cause: e });
   }
 }
 
@@ -492,7 +463,7 @@ async function readJson(file: string): Promise<unknown> {
   try {
     return JSON.parse(await fs.readFile(file, 'utf8'));
   } catch (e) {
-    throw new Error(`${file}: ${reasonOf(e)}`, { cause: e });
+    throw new Error(`${file}: ${oneLineReason(e)}`, { cause: e });
   }
 }
 
@@ -593,7 +564,7 @@ async function readDriverDeclarations(pkgDir: string): Promise<Record<string, st
   try {
     manifest = JSON.parse(text);
   } catch (e) {
-    throw new Error(`package.json: ${reasonOf(e)}`, { cause: e });
+    throw new Error(`package.json: ${oneLineReason(e)}`, { cause: e });
   }
   const field = (manifest as Record<string, unknown> | null)?.['qubes-storage'];
   if (field === undefined) return null;
@@ -658,11 +629,3 @@ function describeOrigin(o: DriverOrigin): string {
 function describeValue(v: unknown): string {
   return typeof v === 'string' ? `'${printable(v)}'` : v === null ? 'null' : typeof v;
 }
-
-/** One line, control characters escaped, at most 400 characters. */
-function reasonOf(e: unknown): string {
-  const s = e instanceof Error ? e.message : String(e);
-  const line = s.length > 400 ? s.slice(0, 400) + '...' : s;
-  return line.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
-}
-

@@ -24,6 +24,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../files/files.js';
+import { poolOptionSpecs } from '../storage/driver.js';
 import { QubesException, QubesPoolInUseError, QubesValueError, StoragePoolException } from '../storage/errors.js';
 import { KeyedMutex } from '../storage/lock.js';
 import { parseOptions, type OptionValue } from '../storage/options.js';
@@ -309,7 +310,7 @@ async function makePool(def: PoolDefinition, file: string, ctx: StorageConfConte
   if (def.name === 'default' && raw['dir_path'] === undefined && driver.options.some((o) => o.name === 'dir_path'))
     raw['dir_path'] = ctx.baseDir;
   // Each given key on its own first, so an error points at its line.
-  const specs = new Map(driver.options.map((o) => [o.name, o]));
+  const specs = new Map(poolOptionSpecs(driver).map((o) => [o.name, o]));
   for (const [k, v] of Object.entries(def.options)) {
     const spec = specs.get(k);
     if (!spec) {

@@ -50,6 +50,13 @@ export class PermissionDenied extends QubesException {}
 /** The request is malformed. */
 export class ProtocolError extends QubesException {}
 
+/** An error's message on one line, control characters escaped, at most 400 characters (untrusted text). */
+export function oneLineReason(e: unknown): string {
+  const s = e instanceof Error ? e.message : String(e);
+  const line = s.length > 400 ? s.slice(0, 400) + '...' : s;
+  return line.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 /**
  * The one mapping of operating-system errors to Qubes-named storage errors,
  * for every write path (drivers, imports, clones, exports): ENOSPC, EDQUOT,

@@ -97,6 +97,18 @@ export interface NamesPlace {
 
 export type PoolPlace = DirectoryPlace | NamesPlace;
 
+/**
+ * The places of a pool whose driver cannot answer (not installed, or it
+ * refused the options): the contract's conventional `dir_path` option, when
+ * it is an absolute path, is taken as the pool's own directory, so a pool
+ * that cannot be used here still keeps new pools out of its data. Reads the
+ * raw options only: nothing else may guess at a driver's options.
+ */
+export function placesWithoutDriver(rawOptions: Readonly<Record<string, unknown>>): PoolPlace[] {
+  const dir = rawOptions['dir_path'];
+  return typeof dir === 'string' && path.isAbsolute(dir) ? [{ kind: 'directory', path: dir, access: 'own', option: 'dir_path' }] : [];
+}
+
 /** A directory place as the kernel sees it. */
 interface ResolvedDirectory {
   readonly place: DirectoryPlace;

@@ -4,14 +4,31 @@
  * on disk); `places` says where the pool works (see places.ts: the App
  * refuses a pool whose places are, hold or lie inside another pool's, the
  * base directory or the state file's directory, before anything is made);
- * `setup` prepares the place, `undoSetup` takes back what a setup made when
- * the pool is not accepted after all; `destroy` forgets it (data kept).
+ * `includedIn` answers from the places too; `setup` prepares the place,
+ * `undoSetup` takes back what a setup made when the pool is not accepted
+ * after all; `destroy` forgets it (data kept). `capabilities` is the
+ * driver's declaration, which the base classes enforce (driver.ts).
  */
+import * as path from 'node:path';
+import type { DriverCapabilities } from './driver.js';
 import { QubesValueError } from './errors.js';
 import { KeyedMutex } from './lock.js';
 import type { OptionValue, PoolOptions } from './options.js';
 import type { PoolPlace } from './places.js';
 import type { DomainRef, Volume, VolumeSpec } from './volume.js';
+
+/**
+ * What a pool answers to until its driver's declaration is bound (a pool made
+ * without createPoolFrom, by a driver that does not pass its declaration to
+ * the constructor): every kind, any number of revisions, writable. The
+ * property rules of volume.ts hold all the same.
+ */
+export const UNDECLARED_CAPABILITIES: DriverCapabilities = Object.freeze({
+  volumeKinds: Object.freeze(['volatile', 'snapshot', 'origin', 'origin_snapshot'] as const),
+  maxRevisions: Infinity,
+  remote: false,
+  writable: true,
+});
 
 /** admin.pool.UsageDetails: data_size, data_usage and driver extras. */
 export type UsageDetails = Record<string, number>;
@@ -33,16 +50,45 @@ export abstract class Pool {
   protected readonly options: PoolOptions;
   /** One lock per vid: see Volume. */
   readonly locks = new KeyedMutex();
+  private declared: DriverCapabilities;
 
-  constructor(name: string, driver: string, options: PoolOptions) {
+  /**
+   * `capabilities`: the driver's declaration, for pools made without
+   * createPoolFrom (which binds it anyway); a driver written before this
+   * parameter existed gets it bound there.
+   */
+  constructor(name: string, driver: string, options: PoolOptions, capabilities: DriverCapabilities = UNDECLARED_CAPABILITIES) {
     checkPoolName(name);
     this.name = name;
     this.driver = driver;
     this.options = { ...options };
+    this.declared = capabilities;
   }
 
+  /**
+   * What the driver declared this pool can do; the base classes refuse the
+   * rest before the driver is called. A pool that stands in front of another
+   * (callback) answers with that pool's.
+   */
+  get capabilities(): DriverCapabilities {
+    return this.declared;
+  }
+  /** The driver whose declaration `capabilities` is, for messages (a callback pool's backend driver). */
+  get declaredBy(): string {
+    return this.driver;
+  }
+
+  /**
+   * Binds the driver's declaration (createPoolFrom does, for every pool it
+   * makes). The options were validated against it already (poolOptionSpecs).
+   */
+  bindCapabilities(capabilities: DriverCapabilities): void {
+    this.declared = capabilities;
+  }
+
+  /** The option, else 1, or fewer when the driver keeps fewer (a kernel pool: 0). */
   get revisions_to_keep(): number {
-    return Number(this.options['revisions_to_keep'] ?? 1);
+    return Number(this.options['revisions_to_keep'] ?? Math.min(1, this.capabilities.maxRevisions));
   }
   get ephemeral_volatile(): boolean {
     return Boolean(this.options['ephemeral_volatile'] ?? false);
@@ -53,8 +99,14 @@ export abstract class Pool {
     return { name: this.name, driver: this.driver, ...this.options };
   }
 
-  /** Changes a mutable option (already validated by the caller against the declaration). */
+  /**
+   * Changes a mutable option, validated by the caller against
+   * poolOptionSpecs of the declaration. revisions_to_keep above the
+   * driver's maxRevisions is refused here all the same (QubesValueError,
+   * nothing changed): no caller can set more than the driver keeps.
+   */
   setOption(key: string, value: OptionValue): void {
+    if (key === 'revisions_to_keep') checkRevisionsLimit(this, Number(value), `pool ${this.name}: option revisions_to_keep`);
     this.options[key] = value;
   }
 
@@ -105,8 +157,45 @@ export abstract class Pool {
     if (usage !== null) d['data_usage'] = usage;
     return d;
   }
-  /** The pool among `others` whose storage contains this one, if any. */
-  includedIn(_others: readonly Pool[]): Pool | null {
-    return null;
+  /**
+   * The pool among `others` whose storage holds this one's (admin.pool.Info
+   * `included_in`): the one with the deepest directory place that one of
+   * this pool's own directory places lies strictly inside. Each pool answers
+   * for itself through places(), from its own options; none reads
+   * another's.
+   */
+  async includedIn(others: readonly Pool[]): Promise<Pool | null> {
+    const mine = ownDirectories(await this.places());
+    if (!mine.length) return null;
+    let best: Pool | null = null;
+    let bestLen = -1;
+    for (const p of others) {
+      if (p === this) continue;
+      for (const place of await p.places()) {
+        if (place.kind !== 'directory') continue;
+        const theirs = path.resolve(place.path);
+        if (theirs.length > bestLen && mine.some((d) => d.startsWith(theirs + path.sep))) {
+          best = p;
+          bestLen = theirs.length;
+        }
+      }
+    }
+    return best;
   }
+}
+
+function ownDirectories(places: readonly PoolPlace[]): string[] {
+  return places.filter((p) => p.kind === 'directory' && p.access === 'own').map((p) => path.resolve((p as { path: string }).path));
+}
+
+/**
+ * Refuses (QubesValueError naming `what`) a revisions_to_keep above what the
+ * pool's driver keeps (capabilities.maxRevisions).
+ */
+export function checkRevisionsLimit(pool: Pool, n: number, what: string): void {
+  const most = pool.capabilities.maxRevisions;
+  if (n > most)
+    throw new QubesValueError(
+      `${what}: ${n} is more than driver ${pool.declaredBy} keeps (at most ${most} revision${most === 1 ? '' : 's'})`,
+    );
 }

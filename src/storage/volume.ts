@@ -2,8 +2,11 @@
  * The volume contract. A volume is one virtual disk of a domain, living in
  * one pool. The rules users rely on (which property combinations are legal,
  * resize only grows unless forced, revert is refused while dirty, export of a
- * running volume gives its pre-start data, ...) are enforced here, once, for
- * every driver; a driver implements only the mechanics (the `do*` methods).
+ * running volume gives its pre-start data, ...) and what the driver's
+ * declaration rules out (pool.capabilities: kinds it does not serve, rw
+ * volumes and changes of data in a read-only driver, more revisions than it
+ * keeps) are enforced here, once, for every driver, before the driver is
+ * called; a driver implements only the mechanics (the `do*` methods).
  * Every public operation takes the pool's lock for this volume's vid, so
  * operations on one volume run one at a time and different volumes run in
  * parallel.
@@ -14,7 +17,7 @@ import {
   StoragePoolException,
   storageErrnoError,
 } from './errors.js';
-import type { Pool } from './pool.js';
+import { checkRevisionsLimit, type Pool } from './pool.js';
 
 /** The four kinds that follow from snap_on_start and save_on_stop. */
 export type VolumeKind = 'volatile' | 'snapshot' | 'origin' | 'origin_snapshot';
@@ -112,6 +115,8 @@ export function checkSize(size: unknown, what: string): number {
   return size;
 }
 
+const pyBool = (b: boolean): string => (b ? 'True' : 'False');
+
 /** Makes untrusted text safe to put in a one-line message. */
 export function printable(s: string): string {
   const cut = s.length > 80 ? s.slice(0, 80) + '...' : s;
@@ -177,6 +182,7 @@ export abstract class Volume {
     this._size = checkSize(spec.size ?? 0, this.where);
     this._revisions_to_keep = spec.revisions_to_keep ?? null;
     this._ephemeral = spec.ephemeral ?? null;
+    this.checkDeclared();
     if (this.source && this.source.pool !== pool)
       throw new QubesValueError(`${this.where}: source ${this.source.vid} is in pool ${this.source.pool.name}, not ${pool.name}`);
     this.checkProperties();
@@ -224,6 +230,34 @@ export abstract class Volume {
     return c;
   }
 
+  /**
+   * What the driver's declaration rules out for this volume object: a kind it
+   * does not serve, rw in a read-only driver, an explicit revisions_to_keep
+   * above what it keeps (QubesValueError). Runs when the object is made,
+   * before the driver's volume constructor goes on.
+   */
+  private checkDeclared(): void {
+    const caps = this.pool.capabilities;
+    if (!caps.volumeKinds.includes(this.kind))
+      throw new QubesValueError(
+        `${this.where}: driver ${this.pool.declaredBy} does not serve ${this.kind} volumes ` +
+          `(snap_on_start=${pyBool(this.snap_on_start)}, save_on_stop=${pyBool(this.save_on_stop)}); ` +
+          `it serves ${caps.volumeKinds.join(', ') || 'none'}`,
+      );
+    if (this._rw && !caps.writable) throw this.readOnlyDriver('be writable', QubesValueError);
+    if (this._revisions_to_keep !== null) checkRevisionsLimit(this.pool, this._revisions_to_keep, `${this.where}: revisions_to_keep`);
+  }
+
+  /** The refusal of `what` in a read-only driver (capabilities.writable false). */
+  private readOnlyDriver(what: string, Err: typeof QubesValueError | typeof StoragePoolException): Error {
+    return new Err(`${this.where}: cannot ${what}: driver ${this.pool.declaredBy} serves read-only volumes`);
+  }
+
+  /** Refuses an operation that changes data when the driver is read-only (StoragePoolException, as Qubes). */
+  private checkWritableDriver(what: string): void {
+    if (!this.pool.capabilities.writable) throw this.readOnlyDriver(what, StoragePoolException);
+  }
+
   private checkProperties(over: { revisions_to_keep?: number; ephemeral?: boolean; rw?: boolean } = {}): void {
     checkVolumeProperties(this.where, {
       rw: over.rw ?? this._rw,
@@ -251,10 +285,14 @@ export abstract class Volume {
   // ---- property changes -------------------------------------------------
 
   setRevisionsToKeep(n: number | null): void {
-    if (n !== null) this.checkProperties({ revisions_to_keep: n });
+    if (n !== null) {
+      checkRevisionsLimit(this.pool, n, `${this.where}: revisions_to_keep`);
+      this.checkProperties({ revisions_to_keep: n });
+    }
     this._revisions_to_keep = n;
   }
   setRw(rw: boolean): void {
+    if (rw && !this.pool.capabilities.writable) throw this.readOnlyDriver('be writable', QubesValueError);
     this.checkProperties({ rw });
     this._rw = rw;
   }
@@ -322,6 +360,7 @@ export abstract class Volume {
 
   /** Grows the volume (shrinks only with force); a running copy follows. */
   async resize(size: number, opts: ResizeOptions = {}): Promise<void> {
+    this.checkWritableDriver('resize');
     checkSize(size, this.where);
     if (!this._rw) throw new QubesValueError(`${this.where}: cannot resize a read-only volume`);
     await this.locked(async () => {
@@ -345,7 +384,8 @@ export abstract class Volume {
    * Makes `revision` (default: the newest) the current data. The current data
    * becomes a revision itself, so a revert can be undone. Refused while dirty.
    */
-  revert(revision?: string): Promise<void> {
+  async revert(revision?: string): Promise<void> {
+    this.checkWritableDriver('revert');
     return this.locked(async () => {
       if (await this.doIsDirty())
         throw new StoragePoolException(`${this.where}: cannot revert while the volume is in use (dirty)`);
@@ -383,6 +423,7 @@ export abstract class Volume {
    * Refused while the volume is in use, and for kinds that keep no data.
    */
   async importData(size: number): Promise<string> {
+    this.checkWritableDriver('import data');
     checkSize(size, this.where);
     this.checkKeepsData('import into');
     return this.locked(async () => {
@@ -416,6 +457,7 @@ export abstract class Volume {
    * deadlock.
    */
   async importVolume(src: Volume): Promise<void> {
+    this.checkWritableDriver('import a volume');
     this.checkKeepsData('import into');
     if (src === this || (src.pool === this.pool && src.vid === this.vid))
       throw new QubesValueError(`${this.where}: cannot import a volume into itself`);

@@ -304,7 +304,7 @@ describeEachFs('pool places', (tfs, ctx) => {
       assert.ok(app.pool('lost') instanceof UnavailablePool);
       await refusedUnchanged(dir, () => app.addPool('file', 'p', { dir_path: lost }), /^pool p: dir_path .*\/lost is pool lost/);
       // Pools a state already nests (Qubes' own layout: vm-kernels in /var/lib/qubes) load, and included_in says so.
-      assert.equal(app.pool('nested').includedIn(app.pools())?.name, 'default');
+      assert.equal((await app.pool('nested').includedIn(app.pools()))?.name, 'default');
       // RBD image names: a prefix that covers another pool's (or is the same), in the same Ceph pool, is refused before any Ceph call.
       await assert.rejects(app.addPool('rbd', 'c2', { ceph_pool: 'rbd', image_prefix: 'q' }), /^QubesValueError: pool c2: image_prefix 'q' in Ceph pool rbd covers image_prefix 'qubes-' of pool ceph/);
       await assert.rejects(app.addPool('rbd', 'c2', { ceph_pool: 'rbd', image_prefix: 'qubes-' }), /^QubesValueError: pool c2: image_prefix 'qubes-' in Ceph pool rbd is also image_prefix 'qubes-' of pool ceph/);

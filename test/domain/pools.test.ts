@@ -39,8 +39,8 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
       await assert.rejects(fs.stat(path.join(dir, 'pool', 'appvms', 'x')), 'the refused pool made nothing');
       const nested = path.join(dir, 'pool', 'nested');
       await app.addPool('file-reflink', 'inner', { dir_path: nested, setup_check: tfs.reflink });
-      assert.equal(app.pool('inner').includedIn(app.pools())?.name, 'default');
-      assert.equal(app.pool('default').includedIn(app.pools()), null);
+      assert.equal((await app.pool('inner').includedIn(app.pools()))?.name, 'default');
+      assert.equal(await app.pool('default').includedIn(app.pools()), null);
       const details = await app.pool('fp').usageDetails();
       assert.ok(details['data_size']! > 0 && details['data_usage']! > 0);
 
@@ -61,6 +61,37 @@ describeEachFs('pool lifecycle', (tfs, ctx) => {
     } finally {
       await again.app.close();
     }
+  });
+});
+
+describeEachFs('a state written before the driver limits were enforced', (tfs, ctx) => {
+  it('loads a file volume keeping more revisions than its driver keeps, lowered to the limit with a notice, and saves it so', async () => {
+    const dir = await ctx.tempDir('oldstate');
+    const { app } = await newApp(tfs, dir);
+    try {
+      await app.addPool('file', 'fp', { dir_path: path.join(dir, 'filepool') });
+      await app.createDomain({ klass: 'StandaloneVM', name: 'old', label: 'red', pool: 'fp' });
+    } finally {
+      await app.close();
+    }
+    const stateFile = path.join(dir, 'qubes.xml');
+    const xml = await fs.readFile(stateFile, 'utf8');
+    const edited = xml.replace(/(<volume name="private" pool="fp"[^>]*?)\/>/, '$1 revisions_to_keep="3"/>');
+    assert.notEqual(edited, xml, 'the state has the private volume to edit');
+    await fs.writeFile(stateFile, edited);
+
+    const notices: string[] = [];
+    const again = await openApp(dir, { notice: (l) => notices.push(l) });
+    try {
+      const priv = again.app.domain('old').storage.get('private');
+      assert.equal(priv.revisions_to_keep, 1);
+      assert.equal(notices.length, 1);
+      assert.match(notices[0]!, /qubes\.xml:\d+: note: domain old: volume private: revisions_to_keep 3 is more than driver file keeps; using 1/);
+      await again.app.setProperty(again.app.domain('old'), 'label', 'blue');
+    } finally {
+      await again.app.close();
+    }
+    assert.match(await fs.readFile(stateFile, 'utf8'), /<volume name="private" pool="fp"[^>]*revisions_to_keep="1"/, 'the next save writes the limit');
   });
 });
 

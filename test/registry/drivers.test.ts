@@ -69,6 +69,8 @@ describe('driver registry: pool options are validated against the declaration', 
     { name: 'int below the minimum', options: { dir_path: '/x', revisions_to_keep: -2 }, error: /option revisions_to_keep: must be at least -1/ },
     { name: 'bool of the wrong type', options: { dir_path: '/x', ephemeral_volatile: 'perhaps' }, error: /option ephemeral_volatile: expected True or False/ },
     { name: 'relative path', options: { dir_path: 'relative/dir' }, error: /option dir_path: must be an absolute path/ },
+    // The toy driver declares maxRevisions 1: the option's bound follows the declaration.
+    { name: 'more revisions than the driver keeps', options: { dir_path: '/x', revisions_to_keep: '3' }, error: /option revisions_to_keep: must be at most 1, got 3/ },
   ];
   for (const c of cases)
     it(`refuses ${c.name}`, async () => {
@@ -76,8 +78,9 @@ describe('driver registry: pool options are validated against the declaration', 
     });
 
   it('fills defaults and converts strings', async () => {
-    const pool = await reg.createPool('toy', 'p', { dir_path: '/x', revisions_to_keep: '3' });
-    assert.deepEqual(pool.config(), { name: 'p', driver: 'toy', dir_path: '/x', revisions_to_keep: 3, ephemeral_volatile: false });
+    const pool = await reg.createPool('toy', 'p', { dir_path: '/x', revisions_to_keep: '0' });
+    assert.deepEqual(pool.config(), { name: 'p', driver: 'toy', dir_path: '/x', revisions_to_keep: 0, ephemeral_volatile: false });
+    assert.equal(pool.capabilities, toyDriver.capabilities, 'the registry binds the declaration to a pool of a driver that does not pass it');
   });
 
   it('refuses an invalid pool name before anything else', async () => {

@@ -1,14 +1,17 @@
 /**
- * What every admin method works on, and the checks they share. Method files
- * (pools.ts, volumes.ts, domains.ts, ...) each export a function
- * `(ctx: MethodContext) => MethodTable`; index.ts joins them.
+ * What every admin method works on, and the shapes and lookups they share.
+ * Method files (pools.ts, volumes.ts, domains.ts, ...) each export a
+ * function `(ctx: MethodContext) => MethodTable`; index.ts joins them. Each
+ * method declares its shape (argument, payload, destination, scope,
+ * access), which the dispatcher enforces before the method runs.
  */
 import type { QubesApp } from '../../domain/app.js';
 import type { Domain } from '../../domain/domain.js';
 import type { DriverRegistry } from '../../registry/drivers.js';
-import { PermissionDenied, ProtocolError, QubesVMNotFoundError } from '../../storage/errors.js';
+import { PermissionDenied, QubesVMNotFoundError } from '../../storage/errors.js';
 import type { Volume } from '../../storage/volume.js';
 import type { CallContext } from '../dispatch.js';
+import type { MethodShape } from '../method-shape.js';
 import type { EventBus } from '../events.js';
 
 export interface MethodContext {
@@ -17,26 +20,32 @@ export interface MethodContext {
   readonly bus: EventBus;
 }
 
-/** Global calls (pools, labels, global properties) go to dom0. */
-export function requireDom0(call: CallContext): void {
-  if (call.dest !== 'dom0') throw new PermissionDenied(`${call.method} is a global call: its destination must be dom0`);
+/** What a method file declares per method besides the destination (method-shape.ts); no argument and no payload unless given. */
+export type ShapeSpec = Pick<MethodShape, 'scope' | 'access'> & Partial<Pick<MethodShape, 'arg' | 'argNames' | 'payload' | 'checkArg'>>;
+
+/** A method about the domain DEST names (dom0 included); an unknown one is QubesVMNotFoundError before anything else. */
+export function aboutDomain(ctx: MethodContext, s: ShapeSpec): MethodShape {
+  return { arg: 'none', argNames: '', payload: 'none', ...s, dest: 'domain', lookupDest: domainLookup(ctx) };
 }
 
-export function requireNoArg(call: CallContext): void {
-  if (call.arg !== '') throw new PermissionDenied(`${call.method} takes no argument`);
+/**
+ * A global call: DEST must be dom0 (PermissionDenied). With `ctx`, a DEST
+ * naming no domain is QubesVMNotFoundError first, as for the domain
+ * methods; the pool methods check the name only.
+ */
+export function globalCall(s: ShapeSpec, ctx?: MethodContext): MethodShape {
+  return { arg: 'none', argNames: '', payload: 'none', ...s, dest: 'dom0', ...(ctx ? { lookupDest: domainLookup(ctx) } : {}) };
 }
 
-export function requireArg(call: CallContext): string {
-  if (call.arg === '') throw new PermissionDenied(`${call.method} needs an argument`);
-  return call.arg;
-}
-
-export function requireNoPayload(call: CallContext & { payload: Buffer }): void {
-  if (call.payload.length !== 0) throw new ProtocolError(`${call.method} takes no payload`);
+/** Throws QubesVMNotFoundError when `dest` (a name or uuid:UUID) names no domain. */
+export function domainLookup(ctx: MethodContext): (dest: string) => void {
+  return (dest) => {
+    destDomain(ctx, { dest });
+  };
 }
 
 /** The destination domain (a name or uuid:UUID); QubesVMNotFoundError if none. */
-export function destDomain(ctx: MethodContext, call: CallContext): Domain {
+export function destDomain(ctx: MethodContext, call: Pick<CallContext, 'dest'>): Domain {
   try {
     return ctx.app.domain(call.dest);
   } catch (e) {
@@ -50,7 +59,7 @@ export function destDomain(ctx: MethodContext, call: CallContext): Domain {
  * does not have is an argument the method does not accept: PermissionDenied,
  * as the reference answers.
  */
-export function destVolume(ctx: MethodContext, call: CallContext): { domain: Domain; volume: Volume } {
+export function destVolume(ctx: MethodContext, call: Pick<CallContext, 'dest' | 'arg'>): { domain: Domain; volume: Volume } {
   const domain = destDomain(ctx, call);
   const volume = domain.storage?.volumes.get(call.arg);
   if (!volume) throw new PermissionDenied(`domain ${domain.name} has no volume '${call.arg.slice(0, 64)}'`);

@@ -40,7 +40,7 @@ import {
 import { printable } from '../../storage/volume.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
 import { decodeAscii, parseKeyValues, validateDomainName, validatePoolName } from '../protocol/validate.js';
-import { destDomain, requireDom0, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
+import { aboutDomain, destDomain, globalCall, type MethodContext } from './context.js';
 import { labelMethods } from './labels.js';
 import { propertyMethods } from './properties.js';
 import { tagFeatureMethods } from './tags-features.js';
@@ -65,81 +65,68 @@ export function currentStateText(d: Domain): string {
 export function domainMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
 
-  /** Dest, no argument, no payload: the shape of most calls here. */
-  const plain = (call: AdminCall): Domain => {
-    const d = destDomain(ctx, call);
-    requireNoArg(call);
-    requireNoPayload(call);
-    return d;
-  };
+  /** Shapes (facts: qubes-core-admin's declarations): no argument, no payload unless given. */
+  const localRead = aboutDomain(ctx, { scope: 'local', access: 'read' });
+  const localExecute = aboutDomain(ctx, { scope: 'local', access: 'execute' });
+  const globalRead = globalCall({ scope: 'global', access: 'read' }, ctx);
 
   const table: MethodTable = {
-    'admin.vmclass.List': method(async (call) => {
-      destDomain(ctx, call);
-      requireDom0(call);
-      requireNoArg(call);
-      requireNoPayload(call);
+    'admin.vmclass.List': method(globalRead, async () => {
       return [...DOMAIN_CLASSES].sort().map((c) => `${c}\n`).join('');
     }),
 
-    'admin.vm.List': method(async (call) => {
-      const d = plain(call);
+    // Global in Qubes' policy classes, although DEST may be any domain (then only it is listed).
+    'admin.vm.List': method(aboutDomain(ctx, { scope: 'global', access: 'read' }), async (call) => {
+      const d = destDomain(ctx, call);
       const domains = d.klass === 'AdminVM' ? app.domainList() : [d];
       return domains.map(vmListLine).join('');
     }),
 
-    'admin.vm.CurrentState': method(async (call) => currentStateText(plain(call))),
+    'admin.vm.CurrentState': method(localRead, async (call) => currentStateText(destDomain(ctx, call))),
 
-    'admin.vm.Remove': method(async (call) => {
-      const d = plain(call);
+    'admin.vm.Remove': method(aboutDomain(ctx, { scope: 'global', access: 'write' }), async (call) => {
+      const d = destDomain(ctx, call);
       if (d.klass === 'AdminVM') throw new QubesVMInUseError(`'dom0' cannot be removed`);
       if (d.prop('installed_by_rpm') === true)
         throw new QubesVMInUseError(`VM installed by package manager: ${d.name}`);
       await app.removeDomain(d.name);
     }),
 
-    'admin.vm.Start': method(async (call) => {
-      const d = plain(call);
+    'admin.vm.Start': method(localExecute, async (call) => {
+      const d = destDomain(ctx, call);
       if (d.klass === 'AdminVM') throw new QubesVMNotHaltedError('Cannot start Dom0 fake domain!');
       await app.start(d.name);
     }),
 
-    'admin.vm.Shutdown': method(async (call) => {
-      const d = destDomain(ctx, call);
-      // `force`, `wait` or both joined by '+'. Shutdowns here finish before
-      // the reply (so `wait` holds), and nothing depends on a running domain
-      // being kept up (so `force` changes nothing).
-      if (call.arg !== '' && !call.arg.split('+').every((a) => a === 'force' || a === 'wait'))
-        throw new PermissionDenied(`admin.vm.Shutdown takes force, wait or force+wait, not '${printable(call.arg)}'`);
-      requireNoPayload(call);
-      if (d.klass === 'AdminVM') throw new QubesVMError('Cannot shutdown Dom0 fake domain!');
-      await app.shutdown(d.name);
-    }),
+    // `force`, `wait` or both joined by '+'. Shutdowns here finish before
+    // the reply (so `wait` holds), and nothing depends on a running domain
+    // being kept up (so `force` changes nothing).
+    'admin.vm.Shutdown': method(
+      aboutDomain(ctx, { scope: 'local', access: 'execute', arg: 'any', argNames: 'mode: force, wait or force+wait', checkArg: checkShutdownMode }),
+      async (call) => {
+        const d = destDomain(ctx, call);
+        if (d.klass === 'AdminVM') throw new QubesVMError('Cannot shutdown Dom0 fake domain!');
+        await app.shutdown(d.name);
+      },
+    ),
 
-    'admin.vm.Kill': method(async (call) => {
-      const d = plain(call);
+    'admin.vm.Kill': method(localExecute, async (call) => {
+      const d = destDomain(ctx, call);
       if (d.klass === 'AdminVM') throw new QubesVMError('Cannot kill Dom0 fake domain!');
       await app.kill(d.name);
     }),
 
     // ---- what qvm-clone calls besides properties, tags, features and volumes ----
 
-    'admin.deviceclass.List': method(async (call) => {
-      destDomain(ctx, call);
-      requireDom0(call);
-      requireNoArg(call);
-      requireNoPayload(call);
+    'admin.deviceclass.List': method(globalRead, async () => {
       return ''; // no device classes: this daemon attaches no devices
     }),
 
-    'admin.vm.firewall.Get': method(async (call) => {
-      plain(call);
+    'admin.vm.firewall.Get': method(localRead, async () => {
       return `${ACCEPT_ALL}\n`;
     }),
 
-    'admin.vm.firewall.Set': method(async (call) => {
-      destDomain(ctx, call);
-      requireNoArg(call);
+    'admin.vm.firewall.Set': method(aboutDomain(ctx, { scope: 'local', access: 'write', payload: 'bounded' }), async (call) => {
       const lines = decodeAscii(call.payload, 'firewall rules').split('\n').filter((l) => l !== '');
       // Firewall rules are not kept here: every domain accepts everything,
       // and only that rule (what Get answers, so what qvm-clone copies) is
@@ -148,27 +135,25 @@ export function domainMethods(ctx: MethodContext): MethodTable {
         throw new QubesNotImplementedError(`firewall rules are not kept by this daemon: only '${ACCEPT_ALL}' can be set`);
     }),
 
-    'admin.vm.firewall.Reload': method(async (call) => {
-      plain(call);
-    }),
+    'admin.vm.firewall.Reload': method(localExecute, async () => {}),
 
-    'admin.vm.notes.Get': method(async (call) => {
-      const d = plain(call);
+    'admin.vm.notes.Get': method(localRead, async (call) => {
+      const d = destDomain(ctx, call);
       if (d.klass === 'AdminVM') throw new PermissionDenied('dom0 has no notes');
       return '';
     }),
 
-    'admin.vm.notes.Set': method(async (call) => {
+    'admin.vm.notes.Set': method(aboutDomain(ctx, { scope: 'local', access: 'write', payload: 'bounded' }), async (call) => {
       const d = destDomain(ctx, call);
-      requireNoArg(call);
       if (d.klass === 'AdminVM') throw new PermissionDenied('dom0 has no notes');
       if (call.payload.length !== 0) throw new QubesNotImplementedError('notes are not kept by this daemon');
     }),
   };
 
+  const create = globalCall({ scope: 'global', access: 'write', arg: 'any', argNames: 'template', payload: 'bounded' }, ctx);
   for (const klass of CREATABLE_CLASSES) {
-    table[`admin.vm.Create.${klass}`] = method((call) => createDomain(ctx, call, klass, false));
-    table[`admin.vm.CreateInPool.${klass}`] = method((call) => createDomain(ctx, call, klass, true));
+    table[`admin.vm.Create.${klass}`] = method(create, (call) => createDomain(ctx, call, klass, false));
+    table[`admin.vm.CreateInPool.${klass}`] = method(create, (call) => createDomain(ctx, call, klass, true));
   }
 
   return { ...table, ...propertyMethods(ctx), ...labelMethods(ctx), ...tagFeatureMethods(ctx) };
@@ -176,11 +161,13 @@ export function domainMethods(ctx: MethodContext): MethodTable {
 
 const ACCEPT_ALL = 'action=accept';
 
+function checkShutdownMode(h: { readonly arg: string }): void {
+  if (h.arg !== '' && !h.arg.split('+').every((a) => a === 'force' || a === 'wait'))
+    throw new PermissionDenied(`admin.vm.Shutdown takes force, wait or force+wait, not '${printable(h.arg)}'`);
+}
+
 async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainClass, inPool: boolean): Promise<void> {
   const { app } = ctx;
-  destDomain(ctx, call);
-  requireDom0(call);
-
   let template: string | undefined;
   if (call.arg !== '') {
     if (klass !== 'AppVM' && klass !== 'DispVM') throw new QubesValueError(`${klass} cannot be based on template`);

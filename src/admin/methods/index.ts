@@ -4,7 +4,7 @@
  */
 import type { MethodTable } from '../dispatch.js';
 import { adminEventsMethod } from '../events.js';
-import { destDomain, type MethodContext } from './context.js';
+import { domainLookup, type MethodContext } from './context.js';
 import { domainMethods } from './domains.js';
 import { poolMethods } from './pools.js';
 import { volumeMethods, type VolumeMethodsOptions } from './volumes.js';
@@ -23,10 +23,6 @@ export function allMethods(ctx: MethodContext, opts: AllMethodsOptions = {}): Me
     ...domainMethods(ctx),
     ...poolMethods(ctx),
     ...volumeMethods(ctx, opts.volumes),
-    'admin.Events': adminEventsMethod(ctx.bus, {
-      checkDest: (dest) => {
-        if (dest !== 'dom0') destDomain(ctx, { dest } as Parameters<typeof destDomain>[1]);
-      },
-    }),
+    'admin.Events': adminEventsMethod(ctx.bus, { checkDest: domainLookup(ctx) }),
   };
 }

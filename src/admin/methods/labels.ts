@@ -11,18 +11,12 @@
  */
 import { QubesLabelNotFoundError, QubesValueError } from '../../storage/errors.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
-import { destDomain, requireDom0, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
+import { globalCall, type MethodContext } from './context.js';
 import { findLabel } from './properties.js';
 import type { Label } from '../../domain/labels.js';
 
 export function labelMethods(ctx: MethodContext): MethodTable {
-  const global = (call: AdminCall): void => {
-    destDomain(ctx, call);
-    requireDom0(call);
-  };
   const named = (call: AdminCall): Label => {
-    global(call);
-    requireNoPayload(call);
     try {
       return findLabel(ctx.app.labels.list(), call.arg, false);
     } catch (e) {
@@ -30,14 +24,13 @@ export function labelMethods(ctx: MethodContext): MethodTable {
       throw e;
     }
   };
+  // Any argument: an empty or unknown label is the lookup's QubesValueError.
+  const onLabel = globalCall({ scope: 'global', access: 'read', arg: 'any', argNames: 'label (name or index)' }, ctx);
   return {
-    'admin.label.List': method(async (call) => {
-      global(call);
-      requireNoArg(call);
-      requireNoPayload(call);
+    'admin.label.List': method(globalCall({ scope: 'global', access: 'read' }, ctx), async () => {
       return ctx.app.labels.list().map((l) => `${l.name}\n`).join('');
     }),
-    'admin.label.Get': method(async (call) => named(call).color),
-    'admin.label.Index': method(async (call) => String(named(call).index)),
+    'admin.label.Get': method(onLabel, async (call) => named(call).color),
+    'admin.label.Index': method(onLabel, async (call) => String(named(call).index)),
   };
 }

@@ -1,7 +1,8 @@
 /**
  * admin.pool.*: the pools of the App (list, drivers, info, usage, add,
  * remove, the two mutable options) and the volumes a pool holds. Global
- * calls: the destination must be dom0. A pool argument that names no pool
+ * calls: the destination must be dom0 (its name only is checked: an unknown
+ * destination is PermissionDenied here). A pool argument that names no pool
  * is an argument the method does not accept: PermissionDenied, as the
  * reference answers.
  */
@@ -10,15 +11,14 @@ import type { Pool } from '../../storage/pool.js';
 import { formatListDrivers } from '../../registry/drivers.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
 import { parseBoolean, parseInteger, parseKeyValues, validatePoolName } from '../protocol/validate.js';
-import { requireArg, requireDom0, requireNoArg, requireNoPayload, sortedKeyValues, type MethodContext } from './context.js';
+import { globalCall, sortedKeyValues, type MethodContext, type ShapeSpec } from './context.js';
 
 /** Option names as admin.pool.Add accepts them on the wire (the driver then checks them). */
 const OPTION_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
 /** The pool named by the argument; PermissionDenied when there is none. */
-export function argPool(ctx: MethodContext, call: AdminCall): Pool {
-  requireDom0(call);
-  const name = validatePoolName(requireArg(call));
+export function argPool(ctx: MethodContext, call: Pick<AdminCall, 'arg'>): Pool {
+  const name = validatePoolName(call.arg);
   if (!ctx.app.hasPool(name)) throw new PermissionDenied(`no such pool '${name}'`);
   return ctx.app.pool(name);
 }
@@ -39,43 +39,36 @@ export async function poolInfoText(ctx: MethodContext, pool: Pool): Promise<stri
   const [size, usage] = await Promise.all([pool.size(), pool.usage()]);
   if (size !== null) text += `size=${size}\n`;
   if (usage !== null) text += `usage=${usage}\n`;
-  const outer = pool.includedIn(ctx.app.pools().filter((p) => p !== pool));
+  const outer = await pool.includedIn(ctx.app.pools().filter((p) => p !== pool));
   if (outer) text += `included_in=${outer.name}\n`;
   return text;
 }
 
 export function poolMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
+  /** A global call on the pool its argument names. */
+  const onPool = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
+    globalCall({ ...s, scope: 'global', arg: 'required', argNames: 'pool', checkArg: (h) => { argPool(ctx, h); } });
+  const addShape = globalCall({ scope: 'global', access: 'write', arg: 'required', argNames: 'driver', payload: 'bounded' });
   return {
-    'admin.pool.List': method(async (call) => {
-      requireDom0(call);
-      requireNoArg(call);
-      requireNoPayload(call);
+    'admin.pool.List': method(globalCall({ scope: 'global', access: 'read' }), async () => {
       return app.poolNames().map((n) => `${n}\n`).join('');
     }),
 
-    'admin.pool.ListDrivers': method(async (call) => {
-      requireDom0(call);
-      requireNoArg(call);
-      requireNoPayload(call);
+    'admin.pool.ListDrivers': method(globalCall({ scope: 'global', access: 'read' }), async () => {
       return formatListDrivers(ctx.registry.listDrivers());
     }),
 
-    'admin.pool.Info': method(async (call) => {
-      const pool = argPool(ctx, call);
-      requireNoPayload(call);
-      return poolInfoText(ctx, pool);
+    'admin.pool.Info': method(onPool({ access: 'read' }), async (call) => {
+      return poolInfoText(ctx, argPool(ctx, call));
     }),
 
-    'admin.pool.UsageDetails': method(async (call) => {
-      const pool = argPool(ctx, call);
-      requireNoPayload(call);
-      return sortedKeyValues(await pool.usageDetails());
+    'admin.pool.UsageDetails': method(onPool({ access: 'read' }), async (call) => {
+      return sortedKeyValues(await argPool(ctx, call).usageDetails());
     }),
 
-    'admin.pool.Add': method(async (call) => {
-      requireDom0(call);
-      const driver = requireArg(call);
+    'admin.pool.Add': method(addShape, async (call) => {
+      const driver = call.arg;
       // Unknown (or broken) driver: the registry's error names it and the known ones.
       const declared = ctx.registry.get(driver);
       const raw = parseKeyValues(call.payload, {
@@ -100,28 +93,24 @@ export function poolMethods(ctx: MethodContext): MethodTable {
       await app.addPool(driver, name, raw);
     }),
 
-    'admin.pool.Remove': method(async (call) => {
-      const pool = argPool(ctx, call);
-      requireNoPayload(call);
-      await app.removePool(pool.name);
+    'admin.pool.Remove': method(onPool({ access: 'write' }), async (call) => {
+      await app.removePool(argPool(ctx, call).name);
     }),
 
-    'admin.pool.Set.revisions_to_keep': method(async (call) => {
+    'admin.pool.Set.revisions_to_keep': method(onPool({ access: 'write', payload: 'bounded' }), async (call) => {
       const pool = argPool(ctx, call);
       const n = parseInteger(call.payload, { allowNegative: true, min: -1, what: 'revisions_to_keep' });
       await app.setPoolOption(pool.name, 'revisions_to_keep', n);
     }),
 
-    'admin.pool.Set.ephemeral_volatile': method(async (call) => {
+    'admin.pool.Set.ephemeral_volatile': method(onPool({ access: 'write', payload: 'bounded' }), async (call) => {
       const pool = argPool(ctx, call);
       const v = parseBoolean(call.payload, 'ephemeral_volatile');
       await app.setPoolOption(pool.name, 'ephemeral_volatile', v);
     }),
 
-    'admin.pool.volume.List': method(async (call) => {
-      const pool = argPool(ctx, call);
-      requireNoPayload(call);
-      const vids = [...(await pool.listVolumes())].sort();
+    'admin.pool.volume.List': method(onPool({ access: 'read' }), async (call) => {
+      const vids = [...(await argPool(ctx, call).listVolumes())].sort();
       return vids.map((v) => `${v}\n`).join('');
     }),
   };

@@ -40,7 +40,8 @@ import {
 import { boolFromWord } from '../../storage/options.js';
 import { printable } from '../../storage/volume.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
-import { destDomain, requireDom0, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
+import { aboutDomain, destDomain, globalCall, type MethodContext, type ShapeSpec } from './context.js';
+import type { MethodShape } from '../method-shape.js';
 
 /** The `default=... type=T VALUE` text of admin.*.property.Get. */
 export function propertyGetText(target: PropertyTarget, name: string): string {
@@ -67,68 +68,55 @@ export function propertyMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
   const table: MethodTable = {};
 
-  const kinds: Array<[prefix: string, target: (call: AdminCall) => PropertyTarget]> = [
-    ['admin.vm.property', (call) => destDomain(ctx, call)],
-    [
-      'admin.property',
-      (call) => {
-        destDomain(ctx, call);
-        requireDom0(call);
-        return app.globals;
-      },
-    ],
+  type Kind = [prefix: string, shape: (s: Omit<ShapeSpec, 'scope'>) => MethodShape, target: (call: Pick<AdminCall, 'dest'>) => PropertyTarget];
+  const kinds: Kind[] = [
+    ['admin.vm.property', (s) => aboutDomain(ctx, { ...s, scope: 'local' }), (call) => destDomain(ctx, call)],
+    ['admin.property', (s) => globalCall({ ...s, scope: 'global' }, ctx), () => app.globals],
   ];
 
-  for (const [prefix, targetOf] of kinds) {
+  for (const [prefix, shape, targetOf] of kinds) {
     /** The target and the property named by the argument. */
-    const named = (call: AdminCall): { target: PropertyTarget; name: string } => {
+    const named = (call: Pick<AdminCall, 'dest' | 'arg'>): { target: PropertyTarget; name: string } => {
       const target = targetOf(call);
       if (!target.hasProperty(call.arg))
         throw new QubesNoSuchPropertyError(`${target.holderName} has no property '${printable(call.arg)}'`);
       return { target, name: call.arg };
     };
+    // Any argument: an empty or unknown name is QubesNoSuchPropertyError, as the reference answers.
+    const onProperty = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
+      shape({ ...s, arg: 'any', argNames: 'property', checkArg: (h) => { named(h); } });
 
-    table[`${prefix}.List`] = method(async (call) => {
-      const target = targetOf(call);
-      requireNoArg(call);
-      requireNoPayload(call);
-      return target.propertyNames().map((n) => `${n}\n`).join('');
+    table[`${prefix}.List`] = method(shape({ access: 'read' }), async (call) => {
+      return targetOf(call).propertyNames().map((n) => `${n}\n`).join('');
     });
 
-    table[`${prefix}.Get`] = method(async (call) => {
+    table[`${prefix}.Get`] = method(onProperty({ access: 'read' }), async (call) => {
       const { target, name } = named(call);
-      requireNoPayload(call);
       return propertyGetText(target, name);
     });
 
-    table[`${prefix}.GetAll`] = method(async (call) => {
-      const target = targetOf(call);
-      requireNoArg(call);
-      requireNoPayload(call);
-      return propertyGetAllText(target);
+    table[`${prefix}.GetAll`] = method(shape({ access: 'read' }), async (call) => {
+      return propertyGetAllText(targetOf(call));
     });
 
-    table[`${prefix}.GetDefault`] = method(async (call) => {
+    table[`${prefix}.GetDefault`] = method(onProperty({ access: 'read' }), async (call) => {
       const { target, name } = named(call);
-      requireNoPayload(call);
       return propertyDefaultText(target, name);
     });
 
-    table[`${prefix}.Help`] = method(async (call) => {
+    table[`${prefix}.Help`] = method(onProperty({ access: 'read' }), async (call) => {
       const { target, name } = named(call);
-      requireNoPayload(call);
       return target.propertyDef(name).help;
     });
 
-    table[`${prefix}.Set`] = method(async (call) => {
+    table[`${prefix}.Set`] = method(onProperty({ access: 'write', payload: 'bounded' }), async (call) => {
       const { target, name } = named(call);
       const value = sanitizeValue(ctx, target.propertyDef(name).type, call.payload);
       await app.setProperty(target, name, value);
     });
 
-    table[`${prefix}.Reset`] = method(async (call) => {
+    table[`${prefix}.Reset`] = method(onProperty({ access: 'write' }), async (call) => {
       const { target, name } = named(call);
-      requireNoPayload(call);
       // A property without a default (label) would be left without a value:
       // the App allows that, a domain without a label is not something the
       // clients expect, so it is refused here.

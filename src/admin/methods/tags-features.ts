@@ -19,7 +19,7 @@ import { QubesFeatureNotFoundError, QubesValueError } from '../../storage/errors
 import { printable } from '../../storage/volume.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
 import { decodeAscii } from '../protocol/validate.js';
-import { destDomain, requireArg, requireNoArg, requireNoPayload, type MethodContext } from './context.js';
+import { aboutDomain, destDomain, type MethodContext, type ShapeSpec } from './context.js';
 
 const TAG_CHARS_RE = /^[A-Za-z0-9_-]*$/;
 /** Longest chain followed by the CheckWith* methods (a loop guard). */
@@ -27,25 +27,27 @@ const MAX_CHAIN = 32;
 
 export function tagFeatureMethods(ctx: MethodContext): MethodTable {
   const { app } = ctx;
-  const tagCall = (call: AdminCall): { d: Domain; tag: string } => {
-    const d = destDomain(ctx, call);
-    if (!TAG_CHARS_RE.test(call.arg)) throw new QubesValueError(`invalid tag '${printable(call.arg)}': disallowed characters`);
-    requireNoPayload(call);
-    return { d, tag: call.arg };
-  };
-  const featureCall = (call: AdminCall): { d: Domain; feature: string } => {
-    const d = destDomain(ctx, call);
-    return { d, feature: requireArg(call) };
-  };
+  const tagCall = (call: AdminCall): { d: Domain; tag: string } => ({ d: destDomain(ctx, call), tag: call.arg });
+  const local = (s: Omit<ShapeSpec, 'scope'>) => aboutDomain(ctx, { ...s, scope: 'local' });
+  // Any argument, the empty one included, of the characters a tag may have.
+  const onTag = (s: Pick<ShapeSpec, 'access'>) =>
+    local({
+      ...s,
+      arg: 'any',
+      argNames: 'tag',
+      checkArg: (h) => {
+        if (!TAG_CHARS_RE.test(h.arg)) throw new QubesValueError(`invalid tag '${printable(h.arg)}': disallowed characters`);
+      },
+    });
+  const onFeature = (s: Omit<ShapeSpec, 'scope' | 'arg' | 'argNames'>) => local({ ...s, arg: 'required', argNames: 'feature' });
   const checkWith = (chain: (d: Domain) => Domain[]) =>
-    method(async (call) => {
-      const { d, feature } = featureCall(call);
-      requireNoPayload(call);
+    method(onFeature({ access: 'read' }), async (call) => {
+      const d = destDomain(ctx, call);
       for (const x of [d, ...chain(d)]) {
-        const v = x.features.get(feature);
+        const v = x.features.get(call.arg);
         if (v !== undefined) return v;
       }
-      throw notFound(d, feature);
+      throw notFound(d, call.arg);
     });
   const dom0 = (): Domain[] => {
     const a = app.findDomain('dom0');
@@ -53,46 +55,36 @@ export function tagFeatureMethods(ctx: MethodContext): MethodTable {
   };
 
   return {
-    'admin.vm.tag.List': method(async (call) => {
-      const d = destDomain(ctx, call);
-      requireNoArg(call);
-      requireNoPayload(call);
-      return [...d.tags].sort().map((t) => `${t}\n`).join('');
+    'admin.vm.tag.List': method(local({ access: 'read' }), async (call) => {
+      return [...destDomain(ctx, call).tags].sort().map((t) => `${t}\n`).join('');
     }),
-    'admin.vm.tag.Get': method(async (call) => {
+    'admin.vm.tag.Get': method(onTag({ access: 'read' }), async (call) => {
       const { d, tag } = tagCall(call);
       return d.tags.has(tag) ? '1' : '0';
     }),
-    'admin.vm.tag.Set': method(async (call) => {
+    'admin.vm.tag.Set': method(onTag({ access: 'write' }), async (call) => {
       const { d, tag } = tagCall(call);
       await app.addTag(d, tag);
     }),
-    'admin.vm.tag.Remove': method(async (call) => {
+    'admin.vm.tag.Remove': method(onTag({ access: 'write' }), async (call) => {
       const { d, tag } = tagCall(call);
       await app.removeTag(d, tag);
     }),
 
-    'admin.vm.feature.List': method(async (call) => {
-      const d = destDomain(ctx, call);
-      requireNoArg(call);
-      requireNoPayload(call);
-      return [...d.features.keys()].map((f) => `${f}\n`).join('');
+    'admin.vm.feature.List': method(local({ access: 'read' }), async (call) => {
+      return [...destDomain(ctx, call).features.keys()].map((f) => `${f}\n`).join('');
     }),
-    'admin.vm.feature.Get': method(async (call) => {
-      const { d, feature } = featureCall(call);
-      requireNoPayload(call);
-      const v = d.features.get(feature);
-      if (v === undefined) throw notFound(d, feature);
+    'admin.vm.feature.Get': method(onFeature({ access: 'read' }), async (call) => {
+      const d = destDomain(ctx, call);
+      const v = d.features.get(call.arg);
+      if (v === undefined) throw notFound(d, call.arg);
       return v;
     }),
-    'admin.vm.feature.Set': method(async (call) => {
-      const { d, feature } = featureCall(call);
-      await app.setFeature(d, feature, decodeAscii(call.payload, `feature ${feature} value`));
+    'admin.vm.feature.Set': method(onFeature({ access: 'write', payload: 'bounded' }), async (call) => {
+      await app.setFeature(destDomain(ctx, call), call.arg, decodeAscii(call.payload, `feature ${call.arg} value`));
     }),
-    'admin.vm.feature.Remove': method(async (call) => {
-      const { d, feature } = featureCall(call);
-      requireNoPayload(call);
-      await app.removeFeature(d, feature);
+    'admin.vm.feature.Remove': method(onFeature({ access: 'write' }), async (call) => {
+      await app.removeFeature(destDomain(ctx, call), call.arg);
     }),
     'admin.vm.feature.CheckWithTemplate': checkWith((d) => templateChain(d)),
     'admin.vm.feature.CheckWithNetvm': checkWith((d) => netvmChain(d)),

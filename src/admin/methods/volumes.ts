@@ -45,7 +45,7 @@ import type { Volume } from '../../storage/volume.js';
 import { createSparseWriter } from '../../files/sparse-writer.js';
 import { method, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable } from '../dispatch.js';
 import { decodeAscii, decodeUtf8, parseBoolean, parseInteger, validateRevisionId } from '../protocol/validate.js';
-import { destDomain, destVolume, qbool, requireArg, requireNoPayload, type MethodContext } from './context.js';
+import { aboutDomain, destDomain, destVolume, qbool, type MethodContext, type ShapeSpec } from './context.js';
 
 export interface VolumeMethodsOptions {
   /** How long a CloneFrom token stays valid; default 10 minutes. */
@@ -260,33 +260,30 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     emit(domain, 'volume-imported', { ...volumePairs(volume), size: String(volume.size) });
   }
 
+  /** A call on the volume the argument names, of the domain DEST names. */
+  const onVolume = (s: Pick<ShapeSpec, 'access' | 'payload'>) =>
+    aboutDomain(ctx, { ...s, scope: 'local', arg: 'required', argNames: 'volume', checkArg: (h) => { destVolume(ctx, h); } });
+
   return {
-    'admin.vm.volume.List': method(async (call) => {
+    'admin.vm.volume.List': method(aboutDomain(ctx, { scope: 'local', access: 'read' }), async (call) => {
       const domain = destDomain(ctx, call);
-      if (call.arg !== '') throw new PermissionDenied(`${call.method} takes no argument`);
-      requireNoPayload(call);
       return [...domain.storage.volumes.keys()]
         .sort()
         .map((n) => `${n}\n`)
         .join('');
     }),
 
-    'admin.vm.volume.Info': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Info': method(onVolume({ access: 'read' }), async (call) => {
       const { volume } = destVolume(ctx, call);
-      requireNoPayload(call);
       return volumeInfoText(volume);
     }),
 
-    'admin.vm.volume.ListSnapshots': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.ListSnapshots': method(onVolume({ access: 'read' }), async (call) => {
       const { volume } = destVolume(ctx, call);
-      requireNoPayload(call);
       return (await volume.revisions()).map((r) => `${r.id}\n`).join('');
     }),
 
-    'admin.vm.volume.Revert': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Revert': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       // An empty payload reverts to the newest revision.
       const revision = call.payload.length ? validateRevisionId(decodeAscii(call.payload, 'revision')) : undefined;
@@ -299,8 +296,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Resize': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Resize': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       const size = parseInteger(call.payload, { min: 0, what: 'size' });
       await changeVolume(call, (v) => `resize of volume ${v}`, async (domain, volume) => {
@@ -310,10 +306,8 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Clear': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Clear': method(onVolume({ access: 'write' }), async (call) => {
       destVolume(ctx, call);
-      requireNoPayload(call);
       await changeVolume(call, (v) => `clear of volume ${v}`, async (domain, volume) => {
         requireHalted(domain, `clear volume ${volume.name}`);
         const size = volume.size;
@@ -324,18 +318,16 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.CloneFrom': method(async (call) => {
-      requireArg(call);
+    // Write, as in Qubes: the token lets the caller copy the data into a domain it may change.
+    'admin.vm.volume.CloneFrom': method(onVolume({ access: 'write' }), async (call) => {
       const { domain, volume } = destVolume(ctx, call);
-      requireNoPayload(call);
       dropExpiredTokens();
       const token = randomBytes(16).toString('hex');
       tokens.set(token, { domain, volume, expires: now() + ttl });
       return token;
     }),
 
-    'admin.vm.volume.CloneTo': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.CloneTo': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       const text = decodeAscii(call.payload, 'token');
       if (!TOKEN_RE.test(text)) throw new ProtocolError('the clone token must be 32 hexadecimal digits');
       // Used up by any CloneTo naming it, whatever happens next.
@@ -375,8 +367,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Set.revisions_to_keep': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Set.revisions_to_keep': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       const n = parseInteger(call.payload, { allowNegative: true, min: -1, what: 'revisions_to_keep' });
       await changeVolume(call, (v) => `change of revisions_to_keep of volume ${v}`, async (domain, volume) => {
@@ -388,8 +379,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Set.rw': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Set.rw': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       const rw = parseBoolean(call.payload, 'rw');
       await changeVolume(call, (v) => `change of rw of volume ${v}`, async (domain, volume) => {
@@ -402,8 +392,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Set.ephemeral': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Set.ephemeral': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       const e = parseBoolean(call.payload, 'ephemeral');
       await changeVolume(call, (v) => `change of ephemeral of volume ${v}`, async (domain, volume) => {
@@ -415,20 +404,17 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       });
     }),
 
-    'admin.vm.volume.Import': streamingMethod(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.Import': streamingMethod(onVolume({ access: 'write', payload: 'streaming' }), async (call) => {
       await importCall(call, false);
     }),
 
-    'admin.vm.volume.ImportWithSize': streamingMethod(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.ImportWithSize': streamingMethod(onVolume({ access: 'write', payload: 'streaming' }), async (call) => {
       await importCall(call, true);
     }),
 
-    'admin.vm.volume.Export': method(async (call) => {
-      requireArg(call);
+    // Write, as CloneFrom: it hands out the volume's data.
+    'admin.vm.volume.Export': method(onVolume({ access: 'write' }), async (call) => {
       const { domain, volume } = destVolume(ctx, call);
-      requireNoPayload(call);
       // Until ExportEnd the domain cannot be removed (the export's file lives with its volume).
       const release = app.useDomain(domain, `export of volume ${volume.name}`);
       try {
@@ -441,8 +427,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       }
     }),
 
-    'admin.vm.volume.ExportEnd': method(async (call) => {
-      requireArg(call);
+    'admin.vm.volume.ExportEnd': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       const { domain, volume } = destVolume(ctx, call);
       const path = decodeUtf8(call.payload, 'export path');
       const held = exports.get(path);

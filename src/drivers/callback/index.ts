@@ -31,7 +31,7 @@ export function makeCallbackDriver(backends: BackendPoolFactory): StorageDriver 
     description: 'a pool of another driver, with user commands run before and after pool and volume events',
     options: CALLBACK_OPTIONS,
     capabilities: {
-      // What the backend serves; refused by the backend at initVolume otherwise.
+      // The widest a backend may declare: each callback pool answers with its backend's (CallbackPool.capabilities).
       volumeKinds: ['volatile', 'snapshot', 'origin', 'origin_snapshot'],
       maxRevisions: Infinity,
       remote: false,

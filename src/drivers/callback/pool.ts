@@ -5,6 +5,7 @@
  * in the error, before anything is done; a failing post_ command is reported
  * as an error although the event itself was done.
  */
+import type { DriverCapabilities } from '../../storage/driver.js';
 import { QubesValueError, StoragePoolException } from '../../storage/errors.js';
 import type { OptionValue, PoolOptions } from '../../storage/options.js';
 import type { PoolPlace } from '../../storage/places.js';
@@ -43,6 +44,14 @@ export class CallbackPool extends Pool {
         { cause: e },
       );
     }
+  }
+
+  /** The backend's declaration: what the backend serves is what this pool serves. */
+  override get capabilities(): DriverCapabilities {
+    return this.backend.capabilities;
+  }
+  override get declaredBy(): string {
+    return this.backend.declaredBy;
   }
 
   override get revisions_to_keep(): number {
@@ -158,11 +167,5 @@ export class CallbackPool extends Pool {
   }
   override usageDetails(): Promise<UsageDetails> {
     return this.backend.usageDetails();
-  }
-  override includedIn(others: readonly Pool[]): Pool | null {
-    const unwrapped = others.map((o) => (o instanceof CallbackPool ? o.backend : o));
-    const hit = this.backend.includedIn(unwrapped);
-    if (!hit) return null;
-    return others[unwrapped.indexOf(hit)] ?? hit;
   }
 }

@@ -1,6 +1,6 @@
 /** The file-reflink driver: declared options and capabilities, and its factory. */
 import { DRIVER_API_VERSION, type StorageDriver } from '../../storage/driver.js';
-import { FILE_REFLINK_OPTIONS } from './options.js';
+import { FILE_REFLINK_CAPABILITIES, FILE_REFLINK_OPTIONS } from './options.js';
 import { FileReflinkPool } from './pool.js';
 
 export { FileReflinkPool } from './pool.js';
@@ -11,11 +11,6 @@ export const fileReflinkDriver: StorageDriver = {
   apiVersion: DRIVER_API_VERSION,
   description: 'image files in a directory; copies, snapshots and revisions are reflinks (XFS, btrfs)',
   options: FILE_REFLINK_OPTIONS,
-  capabilities: {
-    volumeKinds: ['volatile', 'snapshot', 'origin', 'origin_snapshot'],
-    maxRevisions: Infinity,
-    remote: false,
-    writable: true,
-  },
+  capabilities: FILE_REFLINK_CAPABILITIES,
   createPool: (name, options) => new FileReflinkPool(name, options),
 };

@@ -1,5 +1,13 @@
-/** Options of the file-reflink driver, declared once (see storage/options.ts). */
+/** Options and capabilities of the file-reflink driver, declared once (see storage/options.ts, storage/driver.ts). */
+import type { DriverCapabilities } from '../../storage/driver.js';
 import { COMMON_POOL_OPTIONS, type OptionSpec } from '../../storage/options.js';
+
+export const FILE_REFLINK_CAPABILITIES: DriverCapabilities = {
+  volumeKinds: ['volatile', 'snapshot', 'origin', 'origin_snapshot'],
+  maxRevisions: Infinity,
+  remote: false,
+  writable: true,
+};
 
 export const FILE_REFLINK_OPTIONS: readonly OptionSpec[] = [
   { name: 'dir_path', type: 'path', required: true, help: 'directory holding the images (absolute path)' },

@@ -9,6 +9,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { forEachLimit } from '../../files/concurrency.js';
 import { copyFileCow, exists, reflinkSupported, type CopyProgress } from '../../files/files.js';
+import type { DriverCapabilities } from '../../storage/driver.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
 import type { PoolPlace } from '../../storage/places.js';
@@ -16,6 +17,7 @@ import { Pool } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { FileReflinkVolume } from './volume.js';
 import { FILE_STEM_RE, REFLINK_NAMING, TEMP_FILE_RE, type FileNaming } from './layout.js';
+import { FILE_REFLINK_CAPABILITIES } from './options.js';
 
 /**
  * Mode of the directories a pool makes (dir_path and its volume
@@ -33,6 +35,8 @@ export interface FilePoolFlavor {
   readonly requireReflink: boolean;
   /** Class directories made at setup. */
   readonly classDirs: readonly string[];
+  /** The driver's declaration (the base classes enforce it). */
+  readonly capabilities: DriverCapabilities;
 }
 
 export const REFLINK_FLAVOR: FilePoolFlavor = {
@@ -40,6 +44,7 @@ export const REFLINK_FLAVOR: FilePoolFlavor = {
   naming: REFLINK_NAMING,
   requireReflink: true,
   classDirs: ['appvms', 'vm-templates'],
+  capabilities: FILE_REFLINK_CAPABILITIES,
 };
 
 export class FileReflinkPool extends Pool {
@@ -50,7 +55,7 @@ export class FileReflinkPool extends Pool {
   onCopyProgress: CopyProgress | undefined;
 
   constructor(name: string, options: PoolOptions, flavor: FilePoolFlavor = REFLINK_FLAVOR) {
-    super(name, flavor.driver, options);
+    super(name, flavor.driver, options, flavor.capabilities);
     this.flavor = flavor;
     const dir = String(options['dir_path'] ?? '');
     if (!path.isAbsolute(dir)) throw new QubesValueError(`pool ${name}: dir_path must be an absolute path`);
@@ -297,23 +302,6 @@ export class FileReflinkPool extends Pool {
   override async usage(): Promise<number | null> {
     const s = await fs.statfs(this.dirPath).catch(() => null);
     return s ? (s.blocks - s.bfree) * s.bsize : null;
-  }
-
-  override includedIn(others: readonly Pool[]): Pool | null {
-    const mine = this.dirPath;
-    let best: Pool | null = null;
-    let bestLen = -1;
-    for (const p of others) {
-      if (p === this) continue;
-      const dir = p.config()['dir_path'];
-      if (typeof dir !== 'string' || !dir) continue;
-      const theirs = path.resolve(dir);
-      if (theirs !== mine && mine.startsWith(theirs + path.sep) && theirs.length > bestLen) {
-        best = p;
-        bestLen = theirs.length;
-      }
-    }
-    return best;
   }
 }
 

@@ -10,12 +10,14 @@
 import { FileReflinkPool, type FilePoolFlavor } from '../file-reflink/pool.js';
 import { XEN_NAMING } from '../file-reflink/layout.js';
 import type { PoolOptions } from '../../storage/options.js';
+import { FILE_CAPABILITIES } from './options.js';
 
 export const FILE_FLAVOR: FilePoolFlavor = {
   driver: 'file',
   naming: XEN_NAMING,
   requireReflink: false,
   classDirs: ['appvms', 'vm-templates'],
+  capabilities: FILE_CAPABILITIES,
 };
 
 /** R3.2 layout: service VMs (net, firewall) had their own directory. */

@@ -1,6 +1,6 @@
 /** The linux-kernel driver: read-only `kernel` volumes from a directory of kernels. */
 import { DRIVER_API_VERSION, type StorageDriver } from '../../storage/driver.js';
-import { LINUX_KERNEL_OPTIONS } from './options.js';
+import { LINUX_KERNEL_CAPABILITIES, LINUX_KERNEL_OPTIONS } from './options.js';
 import { LinuxKernelPool } from './pool.js';
 
 export { LinuxKernelPool } from './pool.js';
@@ -11,12 +11,6 @@ export const linuxKernelDriver: StorageDriver = {
   apiVersion: DRIVER_API_VERSION,
   description: 'read-only kernel volumes from DIR/VERSION/ (vmlinuz, initramfs, modules.img)',
   options: LINUX_KERNEL_OPTIONS,
-  capabilities: {
-    // Read-only volumes with neither snap_on_start nor save_on_stop.
-    volumeKinds: ['volatile'],
-    maxRevisions: 0,
-    remote: false,
-    writable: false,
-  },
+  capabilities: LINUX_KERNEL_CAPABILITIES,
   createPool: (name, options) => new LinuxKernelPool(name, options),
 };

@@ -7,6 +7,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { OptionValue, PoolOptions } from '../../storage/options.js';
+import { LINUX_KERNEL_CAPABILITIES } from './options.js';
 import type { PoolPlace } from '../../storage/places.js';
 import { Pool } from '../../storage/pool.js';
 import type { DomainRef, VolumeSpec } from '../../storage/volume.js';
@@ -17,21 +18,14 @@ export const MAX_KERNEL_VERSIONS = 4096;
 
 export class LinuxKernelPool extends Pool {
   constructor(name: string, options: PoolOptions) {
-    super(name, 'linux-kernel', options);
+    super(name, 'linux-kernel', options, LINUX_KERNEL_CAPABILITIES);
   }
 
   get dirPath(): string {
     return String(this.options['dir_path']);
   }
 
-  /** Kernels have no revisions. */
-  override get revisions_to_keep(): number {
-    return 0;
-  }
-  override get ephemeral_volatile(): boolean {
-    return false;
-  }
-
+  /** The pool's revisions_to_keep (0: capabilities.maxRevisions) and ephemeral_volatile (False) are reported too. */
   override config(): Record<string, OptionValue> {
     return { ...super.config(), revisions_to_keep: 0, ephemeral_volatile: false };
   }
@@ -54,25 +48,16 @@ export class LinuxKernelPool extends Pool {
   async destroy(): Promise<void> {}
 
   /**
-   * A kernel volume for `spec.vid` (the version). Only read-only volumes with
-   * neither snap_on_start nor save_on_stop; the version is checked for form
-   * only: whether it exists is found at start or verify.
+   * A kernel volume for `spec.vid` (the version), checked for form only:
+   * whether it exists is found at start or verify. What the declaration
+   * rules out (rw, snap_on_start, save_on_stop, revisions) the base class
+   * refuses.
    */
   initVolume(domain: DomainRef | null, spec: VolumeSpec): LinuxKernelVolume {
     const where = `pool ${this.name}`;
     if (spec.vid === undefined || spec.vid === '')
       throw new QubesValueError(`${where}: volume ${spec.name} needs a kernel version as its vid`);
     checkKernelVersion(spec.vid, where);
-    const refuse = (what: string): never => {
-      throw new QubesValueError(`${where}: kernel volume ${spec.vid} ${what}: kernel volumes are read-only`);
-    };
-    if (spec.rw) refuse('cannot be writable');
-    if (spec.snap_on_start) refuse('cannot have snap_on_start');
-    if (spec.save_on_stop) refuse('cannot have save_on_stop');
-    if (spec.source) refuse('cannot have a source');
-    if (spec.ephemeral) refuse('cannot be ephemeral');
-    if (spec.revisions_to_keep !== undefined && spec.revisions_to_keep !== null && spec.revisions_to_keep !== 0)
-      refuse('cannot keep revisions');
     return new LinuxKernelVolume(this, domain, this.dirPath, { ...spec, vid: spec.vid });
   }
 

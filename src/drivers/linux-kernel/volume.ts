@@ -3,21 +3,15 @@
  * `initramfs` and optionally `modules.img`. The volume's vid is the version.
  * Nothing is ever written: create and remove touch nothing (the kernels
  * belong to the system, not to the domain), and every operation that would
- * change data is refused. A missing version is found at start or verify,
- * never when the volume object is made.
+ * change data is refused by the base class (the driver declares itself
+ * read-only), so the mechanics below for them are never reached. A missing
+ * version is found at start or verify, never when the volume object is made.
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { Pool } from '../../storage/pool.js';
-import {
-  printable,
-  Volume,
-  type DomainRef,
-  type ResizeOptions,
-  type Revision,
-  type VolumeSpec,
-} from '../../storage/volume.js';
+import { printable, Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 
 /** Files a kernel version must have. */
 export const KERNEL_FILES = ['vmlinuz', 'initramfs'] as const;
@@ -48,7 +42,7 @@ export class LinuxKernelVolume extends Volume {
 
   constructor(pool: Pool, domain: DomainRef | null, kernelsDir: string, spec: VolumeSpec & { vid: string }) {
     checkKernelVersion(spec.vid, `pool ${pool.name}`);
-    super(pool, domain, spec.vid, { ...spec, rw: false, snap_on_start: false, save_on_stop: false, source: null });
+    super(pool, domain, spec.vid, spec);
     this.versionDir = path.join(kernelsDir, spec.vid);
   }
 
@@ -74,36 +68,6 @@ export class LinuxKernelVolume extends Volume {
     }
   }
 
-  // ---- refusals, before any lock or check of the base class ----------------
-
-  override async resize(_size: number, _opts?: ResizeOptions): Promise<void> {
-    throw this.refuse('resize');
-  }
-  override async revert(_revision?: string): Promise<void> {
-    throw this.refuse('revert');
-  }
-  override async importData(_size: number): Promise<string> {
-    throw this.refuse('import data');
-  }
-  override async importDataEnd(_success: boolean): Promise<void> {
-    throw this.refuse('import data');
-  }
-  override async importVolume(_src: Volume): Promise<void> {
-    throw this.refuse('import a volume');
-  }
-  override async export(): Promise<string> {
-    throw this.refuse('export');
-  }
-  override setRw(rw: boolean): void {
-    if (rw) throw this.refuse('make the volume writable');
-  }
-  override setRevisionsToKeep(n: number | null): void {
-    if (n !== null && n !== 0) throw this.refuse('keep revisions');
-  }
-  override setEphemeral(e: boolean | null): void {
-    if (e) throw this.refuse('make the volume ephemeral');
-  }
-
   /** The modules image when there is one, else the version directory. */
   async path(): Promise<string> {
     const img = path.join(this.versionDir, MODULES_IMG);
@@ -125,6 +89,7 @@ export class LinuxKernelVolume extends Volume {
     await this.checkPresent();
     return true;
   }
+  // Never reached for a change of data: the base class refuses it first (writable: false).
   protected async doResize(_size: number): Promise<void> {
     throw this.refuse('resize');
   }
@@ -134,6 +99,7 @@ export class LinuxKernelVolume extends Volume {
   protected async doRevert(_revision: string): Promise<void> {
     throw this.refuse('revert');
   }
+  /** A kernel is no image: there is nothing to export. */
   protected async doExport(): Promise<string> {
     throw this.refuse('export');
   }

@@ -1,6 +1,6 @@
 /** The rbd driver: declared options and capabilities, and its factory. */
 import { DRIVER_API_VERSION, type StorageDriver } from '../../storage/driver.js';
-import { RBD_OPTIONS } from './options.js';
+import { RBD_CAPABILITIES, RBD_OPTIONS } from './options.js';
 import { RbdPool } from './pool.js';
 
 export { RbdPool, imageOfVid, vidOfImage } from './pool.js';
@@ -11,11 +11,6 @@ export const rbdDriver: StorageDriver = {
   apiVersion: DRIVER_API_VERSION,
   description: 'Ceph RBD images, shared by several hosts; revisions are RBD snapshots, snapshots are layered clones',
   options: RBD_OPTIONS,
-  capabilities: {
-    volumeKinds: ['volatile', 'snapshot', 'origin'],
-    maxRevisions: Infinity,
-    remote: true,
-    writable: true,
-  },
+  capabilities: RBD_CAPABILITIES,
   createPool: (name, options) => new RbdPool(name, options),
 };

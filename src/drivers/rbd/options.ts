@@ -1,5 +1,14 @@
-/** Options of the rbd driver, declared once (see storage/options.ts). */
+/** Options and capabilities of the rbd driver, declared once (see storage/options.ts, storage/driver.ts). */
+import type { DriverCapabilities } from '../../storage/driver.js';
 import { COMMON_POOL_OPTIONS, type OptionSpec } from '../../storage/options.js';
+
+/** No origin_snapshot (snap_on_start with save_on_stop): refused before the driver is called. */
+export const RBD_CAPABILITIES: DriverCapabilities = {
+  volumeKinds: ['volatile', 'snapshot', 'origin'],
+  maxRevisions: Infinity,
+  remote: true,
+  writable: true,
+};
 
 export const RBD_OPTIONS: readonly OptionSpec[] = [
   { name: 'ceph_pool', type: 'string', default: 'rbd', help: 'Ceph (RADOS) pool holding the images' },

@@ -14,6 +14,7 @@ import type { PoolPlace } from '../../storage/places.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
 import { CephCli, ENOENT, isErrno, type CephTarget } from './cli.js';
+import { RBD_CAPABILITIES } from './options.js';
 import { RbdVolume } from './volume.js';
 
 const PREFIX_RE = /^[A-Za-z0-9_.-]{0,64}$/;
@@ -49,7 +50,7 @@ export class RbdPool extends Pool {
   /** Set by tests and benchmarks: called with every command line (debugging aid). */
 
   constructor(name: string, options: PoolOptions) {
-    super(name, 'rbd', options);
+    super(name, 'rbd', options, RBD_CAPABILITIES);
     const prefix = String(options['image_prefix'] ?? 'qubes-');
     if (!PREFIX_RE.test(prefix))
       throw new QubesValueError(`pool ${name}: image_prefix '${prefix}' may hold only letters, digits, '_', '.', '-' (at most 64)`);
@@ -164,10 +165,6 @@ export class RbdPool extends Pool {
     checkVid(vid);
     if (vid.split('/').length < 2)
       throw new QubesValueError(`pool ${this.name}: volume id '${vid}' must be DIR/NAME (e.g. appvms/work/private)`);
-    if (spec.snap_on_start && spec.save_on_stop)
-      throw new QubesValueError(
-        `pool ${this.name}: volume ${vid}: the rbd driver does not serve origin_snapshot volumes (snap_on_start and save_on_stop)`,
-      );
     return new RbdVolume(this, domain, vid, spec);
   }
 

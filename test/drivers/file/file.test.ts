@@ -9,6 +9,7 @@ import { MiB, allocated, listFiles, pattern, readAt, sha256, writeAt } from '../
 import { fileDriver, xenDriver } from '../../../src/drivers/file/index.js';
 import type { FileReflinkPool } from '../../../src/drivers/file-reflink/pool.js';
 import { parseOptions } from '../../../src/storage/options.js';
+import { poolOptionSpecs } from '../../../src/storage/driver.js';
 import { DomainStorage } from '../../../src/storage/domain-storage.js';
 import { defaultVolumeConfigs, dirPrefixOf, type DomainClass } from '../../../src/storage/volume-sets.js';
 
@@ -27,7 +28,8 @@ function dom(pool: FileReflinkPool, name: string, klass: DomainClass, template: 
 for (const driver of [fileDriver, xenDriver]) {
   describeEachFs(`${driver.name} driver`, (tfs, ctx) => {
     it('accepts at most one revision', () => {
-      assert.throws(() => parseOptions(driver.options, { dir_path: '/x', revisions_to_keep: '2' }, 'pool p'), /at most 1/);
+      // The bound follows the declaration (capabilities.maxRevisions 1): storage/driver.ts poolOptionSpecs.
+      assert.throws(() => parseOptions(poolOptionSpecs(driver), { dir_path: '/x', revisions_to_keep: '2' }, 'pool p'), /at most 1/);
       assert.throws(() => parseOptions(driver.options, { dir_path: '/x', setup_check: 'False' }, 'pool p'), /unknown option 'setup_check'/);
     });
 

@@ -133,12 +133,13 @@ describe('linux-kernel volumes', () => {
       assert.throws(() => kernel(vid), QubesValueError);
     });
 
+  // Refused by the base class from the driver's declaration (test/storage/declaration.test.ts has the table).
   const badKinds: { name: string; spec: Partial<VolumeSpec>; error: RegExp }[] = [
-    { name: 'rw', spec: { rw: true }, error: /cannot be writable/ },
-    { name: 'snap_on_start', spec: { snap_on_start: true }, error: /cannot have snap_on_start/ },
-    { name: 'save_on_stop', spec: { save_on_stop: true }, error: /cannot have save_on_stop/ },
-    { name: 'ephemeral', spec: { ephemeral: true }, error: /cannot be ephemeral/ },
-    { name: 'revisions', spec: { revisions_to_keep: 2 }, error: /cannot keep revisions/ },
+    { name: 'rw', spec: { rw: true }, error: /cannot be writable: driver linux-kernel serves read-only volumes/ },
+    { name: 'snap_on_start', spec: { snap_on_start: true }, error: /driver linux-kernel does not serve snapshot volumes/ },
+    { name: 'save_on_stop', spec: { save_on_stop: true }, error: /driver linux-kernel does not serve origin volumes/ },
+    { name: 'ephemeral', spec: { ephemeral: true }, error: /ephemeral is only allowed for rw volumes/ },
+    { name: 'revisions', spec: { revisions_to_keep: 2 }, error: /revisions_to_keep: 2 is more than driver linux-kernel keeps \(at most 0 revisions\)/ },
   ];
   for (const c of badKinds)
     it(`refuses a ${c.name} kernel volume at init`, () => {
@@ -149,33 +150,50 @@ describe('linux-kernel volumes', () => {
     assert.throws(() => pool.initVolume(domain, { name: 'kernel' }), /needs a kernel version as its vid/);
   });
 
-  const refusals: { op: string; run: (v: LinuxKernelVolume, other: Volume) => Promise<unknown>; what: string }[] = [
-    { op: 'resize', run: (v) => v.resize(1 << 20), what: 'resize' },
-    { op: 'forced shrink', run: (v) => v.resize(0, { force: true }), what: 'resize' },
-    { op: 'revert', run: (v) => v.revert(), what: 'revert' },
-    { op: 'revert to a named revision', run: (v) => v.revert('1'), what: 'revert' },
-    { op: 'importData', run: (v) => v.importData(10), what: 'import data' },
-    { op: 'importDataEnd', run: (v) => v.importDataEnd(true), what: 'import data' },
-    { op: 'importVolume', run: (v, other) => v.importVolume(other), what: 'import a volume' },
-    { op: 'export', run: (v) => v.export(), what: 'export' },
-    { op: 'setRw(true)', run: async (v) => v.setRw(true), what: 'make the volume writable' },
-    { op: 'setRevisionsToKeep(1)', run: async (v) => v.setRevisionsToKeep(1), what: 'keep revisions' },
-    { op: 'setEphemeral(true)', run: async (v) => v.setEphemeral(true), what: 'make the volume ephemeral' },
+  // What would change data is refused by the base class (the driver declares writable: false), as
+  // StoragePoolException like Qubes' LinuxModules; the property setters as QubesValueError, as Qubes'.
+  const readOnly = (what: string): string => `volume 6.1.0-1.fc37 of pool linux-kernel: cannot ${what}: driver linux-kernel serves read-only volumes`;
+  const refusals: { op: string; run: (v: LinuxKernelVolume, other: Volume) => Promise<unknown>; error: typeof QubesValueError; message: string }[] = [
+    { op: 'resize', run: (v) => v.resize(1 << 20), error: StoragePoolException, message: readOnly('resize') },
+    { op: 'forced shrink', run: (v) => v.resize(0, { force: true }), error: StoragePoolException, message: readOnly('resize') },
+    { op: 'revert', run: (v) => v.revert(), error: StoragePoolException, message: readOnly('revert') },
+    { op: 'revert to a named revision', run: (v) => v.revert('1'), error: StoragePoolException, message: readOnly('revert') },
+    { op: 'importData', run: (v) => v.importData(10), error: StoragePoolException, message: readOnly('import data') },
+    { op: 'importDataEnd', run: (v) => v.importDataEnd(true), error: StoragePoolException, message: 'volume 6.1.0-1.fc37 of pool linux-kernel: no import in progress' },
+    { op: 'importVolume', run: (v, other) => v.importVolume(other), error: StoragePoolException, message: readOnly('import a volume') },
+    {
+      op: 'export',
+      run: (v) => v.export(),
+      error: StoragePoolException,
+      message: `volume 6.1.0-1.fc37 of pool linux-kernel: cannot export: kernel volumes are read-only (kernel 6.1.0-1.fc37 comes from ${path.join('KERNELS', '6.1.0-1.fc37')})`,
+    },
+    { op: 'setRw(true)', run: async (v) => v.setRw(true), error: QubesValueError, message: readOnly('be writable') },
+    {
+      op: 'setRevisionsToKeep(1)',
+      run: async (v) => v.setRevisionsToKeep(1),
+      error: QubesValueError,
+      message: 'volume 6.1.0-1.fc37 of pool linux-kernel: revisions_to_keep: 1 is more than driver linux-kernel keeps (at most 0 revisions)',
+    },
+    {
+      op: 'setEphemeral(true)',
+      run: async (v) => v.setEphemeral(true),
+      error: QubesValueError,
+      message: 'volume 6.1.0-1.fc37 of pool linux-kernel: ephemeral is only allowed for rw volumes with neither snap_on_start nor save_on_stop',
+    },
   ];
   for (const c of refusals)
     it(`refuses ${c.op} and leaves the kernels untouched`, async () => {
       const before = await treeDigest(kernels);
       const v = kernel('6.1.0-1.fc37');
       await assert.rejects(c.run(v, kernel('5.15.0')), (e: unknown) => {
-        assert.ok(e instanceof StoragePoolException, String(e));
-        assert.equal(
-          e.message,
-          `volume 6.1.0-1.fc37 of pool linux-kernel: cannot ${c.what}: kernel volumes are read-only (kernel 6.1.0-1.fc37 comes from ${path.join(kernels, '6.1.0-1.fc37')})`,
-        );
+        assert.ok(e instanceof c.error, String(e));
+        assert.equal(e.message, c.message.replace('KERNELS', kernels));
         return true;
       });
       assert.equal(await treeDigest(kernels), before);
       assert.equal(v.rw, false);
+      assert.equal(v.revisions_to_keep, 0);
+      assert.equal(v.ephemeral, false);
     });
 
   it('creates and removes nothing: the kernel is the system’s', async () => {
