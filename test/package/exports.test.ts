@@ -21,6 +21,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 const DRIVER_NAMES = [
   'DRIVER_API_VERSION',
   'DRIVER_API_AGE',
+  'createPoolFrom',
   'Pool',
   'Volume',
   'COMMON_POOL_OPTIONS',
