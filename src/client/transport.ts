@@ -1,26 +1,27 @@
 /**
- * How the tools reach the admin API. One interface, two ways:
+ * How a client reaches the admin API. One interface, two ways:
  *
  * - socket: a daemon (qubesd) answers at `QUBESD_SOCKET`, or at the default
  *   socket path of the default base directory;
- * - embedded: no daemon answers, so the tool opens the runtime itself
+ * - embedded: no daemon answers, so the client opens the runtime itself
  *   (openRuntime on the default base directory: QUBES_BASE_DIR, or the
  *   per-user data directory, /var/lib/qubes for root), holding the state
- *   lock for as long as it runs, and runs each call in-process through the
+ *   lock until close(), and runs each call in-process through the
  *   very dispatch the daemon uses (same checks, same reply bytes). On an
  *   empty or missing base directory the first tool makes the state; where
  *   qubes.xml is missing from a base directory that is not empty,
  *   QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
  *
- * The tools see only `Transport`; the output is the same either way.
+ * QubesClient (client.ts) sees only `Transport`; the replies are the same
+ * bytes either way.
  */
 import * as net from 'node:net';
 import type { Readable } from 'node:stream';
-import { AdminClient, unwrapReply } from '../../admin/client.js';
-import { createDispatchContext, runCall, silentLog, type DispatchContext } from '../../admin/dispatch.js';
-import type { AdminEvent } from '../../admin/protocol/reply.js';
-import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime } from '../../daemon/runtime.js';
-import { StateLockedError } from '../../domain/state-lock.js';
+import { AdminClient, unwrapReply } from '../admin/client.js';
+import { createDispatchContext, runCall, silentLog, type DispatchContext } from '../admin/dispatch.js';
+import type { AdminEvent } from '../admin/protocol/reply.js';
+import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime } from '../daemon/runtime.js';
+import { StateLockedError } from '../domain/state-lock.js';
 
 export interface EventsSubscription {
   /** Resolves once the subscription is live (after `connection-established`). */
@@ -29,7 +30,7 @@ export interface EventsSubscription {
 }
 
 export interface Transport {
-  /** 'socket' or 'embedded' (for messages and tests only; the tools do not branch on it). */
+  /** 'socket' or 'embedded' (for messages and tests only; nothing else branches on it). */
   readonly kind: 'socket' | 'embedded';
   /** One call; resolves to the result bytes or throws the mapped Qubes exception. */
   call(method: string, dest: string, arg?: string, payload?: string | Buffer): Promise<Buffer>;
@@ -115,8 +116,9 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export function socketTransport(socketPath: string): Transport {
-  const client = new AdminClient({ socketPath });
+/** Calls over the socket of a running qubesd (`source`: the caller written in each header, default dom0). */
+export function socketTransport(socketPath: string, opts: { readonly source?: string; readonly timeoutMs?: number } = {}): Transport {
+  const client = new AdminClient({ socketPath, ...opts });
   return {
     kind: 'socket',
     call: (m, dest, arg = '', payload = '') => client.call(m, dest, arg, payload),
@@ -131,6 +133,7 @@ export function socketTransport(socketPath: string): Transport {
   };
 }
 
+/** Calls run in this process on the state in `baseDir` (its lock held until close()). */
 export async function embeddedTransport(baseDir: string, notice?: (line: string) => void, init = false): Promise<Transport> {
   const rt: Runtime = await openRuntime({
     baseDir,
