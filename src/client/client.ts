@@ -13,7 +13,8 @@ import { Readable } from 'node:stream';
 import type { AdminEvent } from '../admin/protocol/reply.js';
 import { QubesVMNotFoundError } from '../storage/errors.js';
 import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, type PropertyValue } from './replies.js';
-import { connect, embeddedTransport, socketTransport, type ConnectOptions, type EventsSubscription, type Transport } from './transport.js';
+import type { ConnectOptions } from './connect.js';
+import { socketTransport, type EventsSubscription, type Transport } from './transport.js';
 import { DEFAULT_USAGE_THRESHOLD, checkThreshold, poolUsageRow, type PoolUsageRow } from './usage.js';
 
 export interface DomainEntry {
@@ -99,13 +100,18 @@ export class QubesClient {
     return new QubesClient(socketTransport(socketPath, opts));
   }
 
+  // The runtime (drivers, state) is loaded only when a client runs embedded:
+  // a program that talks to a daemon does not load it.
+
   /** In this process, on the state in `baseDir` (made there if it is empty); holds its lock until close(). */
   static async embedded(baseDir: string, opts: { readonly notice?: (line: string) => void } = {}): Promise<QubesClient> {
+    const { embeddedTransport } = await import('./embedded.js');
     return new QubesClient(await embeddedTransport(baseDir, opts.notice));
   }
 
   /** As the tools connect: the default qubesd socket if one answers, else embedded on the default base directory. */
   static async connect(opts: ConnectOptions = {}): Promise<QubesClient> {
+    const { connect } = await import('./connect.js');
     return new QubesClient(await connect(opts));
   }
 
@@ -118,7 +124,7 @@ export class QubesClient {
     return (await this.transport.call(method, dest, arg, payload)).toString('utf8');
   }
 
-  private async void(method: string, dest: string, arg = '', payload: string | Buffer = ''): Promise<void> {
+  private async send(method: string, dest: string, arg = '', payload: string | Buffer = ''): Promise<void> {
     await this.transport.call(method, dest, arg, payload);
   }
 
@@ -163,15 +169,15 @@ export class QubesClient {
   /** admin.pool.Add: a pool `name` of `driver` with these options (`dir_path`, `revisions_to_keep`, ...). */
   async addPool(name: string, driver: string, options: Iterable<readonly [string, string | number | boolean]> = []): Promise<void> {
     const payload = [`name=${name}`, ...[...options].map(([k, v]) => `${k}=${payloadText(v)}`)].map((l) => `${l}\n`).join('');
-    await this.void('admin.pool.Add', 'dom0', driver, payload);
+    await this.send('admin.pool.Add', 'dom0', driver, payload);
   }
 
   async removePool(name: string): Promise<void> {
-    await this.void('admin.pool.Remove', 'dom0', name);
+    await this.send('admin.pool.Remove', 'dom0', name);
   }
 
   async setPoolOption(pool: string, option: PoolSetting, value: string | number | boolean): Promise<void> {
-    await this.void(`admin.pool.Set.${option}`, 'dom0', pool, payloadText(value));
+    await this.send(`admin.pool.Set.${option}`, 'dom0', pool, payloadText(value));
   }
 
   // ---- domains ----
@@ -203,21 +209,21 @@ export class QubesClient {
     if (d.pool !== undefined) payload += ` pool=${d.pool}`;
     for (const [vol, p] of volumePools) payload += ` pool:${vol}=${p}`;
     const inPool = d.pool !== undefined || volumePools.length > 0;
-    await this.void(`admin.vm.${inPool ? 'CreateInPool' : 'Create'}.${d.klass}`, 'dom0', d.template ?? '', payload);
+    await this.send(`admin.vm.${inPool ? 'CreateInPool' : 'Create'}.${d.klass}`, 'dom0', d.template ?? '', payload);
   }
 
   async removeDomain(name: string): Promise<void> {
-    await this.void('admin.vm.Remove', name);
+    await this.send('admin.vm.Remove', name);
   }
 
   async startDomain(name: string): Promise<void> {
-    await this.void('admin.vm.Start', name);
+    await this.send('admin.vm.Start', name);
   }
 
   /** `force`: also when other domains depend on it; `wait`: the reply comes once it is halted. */
   async shutdownDomain(name: string, opts: { readonly force?: boolean; readonly wait?: boolean } = {}): Promise<void> {
     const arg = [opts.force ? 'force' : '', opts.wait ? 'wait' : ''].filter(Boolean).join('+');
-    await this.void('admin.vm.Shutdown', name, arg);
+    await this.send('admin.vm.Shutdown', name, arg);
   }
 
   /**
@@ -256,11 +262,11 @@ export class QubesClient {
   }
 
   async setProperty(vm: string, prop: string, value: string | number | boolean): Promise<void> {
-    await this.void('admin.vm.property.Set', vm, prop, payloadText(value));
+    await this.send('admin.vm.property.Set', vm, prop, payloadText(value));
   }
 
   async resetProperty(vm: string, prop: string): Promise<void> {
-    await this.void('admin.vm.property.Reset', vm, prop);
+    await this.send('admin.vm.property.Reset', vm, prop);
   }
 
   async tags(vm: string): Promise<string[]> {
@@ -268,7 +274,7 @@ export class QubesClient {
   }
 
   async addTag(vm: string, tag: string): Promise<void> {
-    await this.void('admin.vm.tag.Set', vm, tag);
+    await this.send('admin.vm.tag.Set', vm, tag);
   }
 
   /** Every feature and its value. */
@@ -279,7 +285,7 @@ export class QubesClient {
   }
 
   async setFeature(vm: string, feature: string, value: string): Promise<void> {
-    await this.void('admin.vm.feature.Set', vm, feature, value);
+    await this.send('admin.vm.feature.Set', vm, feature, value);
   }
 
   async labels(): Promise<string[]> {
@@ -319,27 +325,27 @@ export class QubesClient {
   }
 
   async setVolumeOption(vm: string, volume: string, option: VolumeSetting, value: string | number | boolean): Promise<void> {
-    await this.void(`admin.vm.volume.Set.${option}`, vm, volume, payloadText(value));
+    await this.send(`admin.vm.volume.Set.${option}`, vm, volume, payloadText(value));
   }
 
   async resizeVolume(vm: string, volume: string, size: number): Promise<void> {
-    await this.void('admin.vm.volume.Resize', vm, volume, String(size));
+    await this.send('admin.vm.volume.Resize', vm, volume, String(size));
   }
 
   /** Back to `revision`, or to the newest when not given. */
   async revertVolume(vm: string, volume: string, revision?: string): Promise<void> {
-    await this.void('admin.vm.volume.Revert', vm, volume, revision ?? '');
+    await this.send('admin.vm.volume.Revert', vm, volume, revision ?? '');
   }
 
   /** Replaces all its data with zeros. */
   async clearVolume(vm: string, volume: string): Promise<void> {
-    await this.void('admin.vm.volume.Clear', vm, volume);
+    await this.send('admin.vm.volume.Clear', vm, volume);
   }
 
   /** Replaces the data of dstVm:dstVolume with a copy of srcVm:srcVolume. */
   async cloneVolume(srcVm: string, srcVolume: string, dstVm: string, dstVolume: string): Promise<void> {
     const token = await this.text('admin.vm.volume.CloneFrom', srcVm, srcVolume);
-    await this.void('admin.vm.volume.CloneTo', dstVm, dstVolume, token);
+    await this.send('admin.vm.volume.CloneTo', dstVm, dstVolume, token);
   }
 
   /** Replaces the data of a volume with `data`, streamed (Import, or ImportWithSize when `size` is given). */
@@ -363,7 +369,7 @@ export class QubesClient {
   async exportVolume(vm: string, volume: string): Promise<VolumeExport> {
     const path = await this.text('admin.vm.volume.Export', vm, volume);
     let ending: Promise<void> | null = null;
-    return { path, end: () => (ending ??= this.void('admin.vm.volume.ExportEnd', vm, volume, path)) };
+    return { path, end: () => (ending ??= this.send('admin.vm.volume.ExportEnd', vm, volume, path)) };
   }
 
   // ---- events ----

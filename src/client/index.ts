@@ -5,6 +5,7 @@
  */
 export * from './client.js';
 export * from './transport.js';
+export type { ConnectOptions } from './connect.js';
 export * from './usage.js';
 export * from './replies.js';
 export { QubesDaemonCommunicationError } from '../admin/client.js';

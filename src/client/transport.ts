@@ -1,27 +1,20 @@
 /**
- * How a client reaches the admin API. One interface, two ways:
+ * How a client reaches the admin API: a Transport makes one call and gives
+ * the result bytes, or throws the Qubes-named exception of an error reply.
+ * Two kinds, the same reply bytes either way:
  *
- * - socket: a daemon (qubesd) answers at `QUBESD_SOCKET`, or at the default
- *   socket path of the default base directory;
- * - embedded: no daemon answers, so the client opens the runtime itself
- *   (openRuntime on the default base directory: QUBES_BASE_DIR, or the
- *   per-user data directory, /var/lib/qubes for root), holding the state
- *   lock until close(), and runs each call in-process through the
- *   very dispatch the daemon uses (same checks, same reply bytes). On an
- *   empty or missing base directory the first tool makes the state; where
- *   qubes.xml is missing from a base directory that is not empty,
- *   QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
+ * - socket (here): calls to a running qubesd over its Unix socket;
+ * - embedded (embedded.ts): the runtime opened in this process, each call run
+ *   through the very dispatch the daemon uses.
  *
- * QubesClient (client.ts) sees only `Transport`; the replies are the same
- * bytes either way.
+ * connect.ts chooses between them as the tools do. This file loads no more
+ * than the wire protocol: a program that only talks to a daemon (a web page
+ * of pool usage) does not load the drivers and the state.
  */
 import * as net from 'node:net';
 import type { Readable } from 'node:stream';
-import { AdminClient, unwrapReply } from '../admin/client.js';
-import { createDispatchContext, runCall, silentLog, type DispatchContext } from '../admin/dispatch.js';
+import { AdminClient } from '../admin/client.js';
 import type { AdminEvent } from '../admin/protocol/reply.js';
-import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime } from '../daemon/runtime.js';
-import { StateLockedError } from '../domain/state-lock.js';
 
 export interface EventsSubscription {
   /** Resolves once the subscription is live (after `connection-established`). */
@@ -42,23 +35,9 @@ export interface Transport {
   close(): Promise<void>;
 }
 
-export interface ConnectOptions {
-  readonly env?: NodeJS.ProcessEnv;
-  /** Notices for the user (first-use default pool, waiting for the lock), one line each. */
-  readonly notice?: (line: string) => void;
-  /** How long to wait for another tool's state lock; default QUBES_LOCK_TIMEOUT (seconds) or 30 s. */
-  readonly lockTimeoutMs?: number;
-}
-
-/** The state lock stayed taken for the whole wait. */
+/** Embedded: another tool or daemon held the state lock for the whole wait (see connect.ts). */
 export class StateBusyError extends Error {
   override readonly name = 'StateBusyError';
-}
-
-export function socketPathFor(env: NodeJS.ProcessEnv): { socketPath: string; baseDir: string } {
-  const baseDir = defaultBaseDir(env);
-  const socketPath = defaultSocketPath(baseDir, env);
-  return { socketPath, baseDir };
 }
 
 /** True when something accepts connections at `socketPath`. */
@@ -76,46 +55,6 @@ export function socketAnswers(socketPath: string, timeoutMs = 1000): Promise<boo
   });
 }
 
-/** Chooses the transport as described at the top of this file. */
-export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
-  const env = opts.env ?? process.env;
-  const { socketPath, baseDir } = socketPathFor(env);
-  const timeoutMs = opts.lockTimeoutMs ?? lockTimeoutFromEnv(env);
-  const deadline = Date.now() + timeoutMs;
-  let waitingSaid = false;
-  let delay = 50;
-  const started = Date.now();
-  for (;;) {
-    if (await socketAnswers(socketPath)) return socketTransport(socketPath);
-    try {
-      return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');
-    } catch (e) {
-      if (!(e instanceof StateLockedError)) throw e;
-      if (Date.now() >= deadline)
-        throw new StateBusyError(
-          `${e.message}; gave up waiting after ${Math.round(timeoutMs / 1000)} s` +
-            ' (another tool still running? QUBES_LOCK_TIMEOUT=SECONDS waits longer)',
-        );
-      if (!waitingSaid && Date.now() - started >= 1000) {
-        opts.notice?.(`waiting for another tool to release the state in ${baseDir}...`);
-        waitingSaid = true;
-      }
-      await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
-      delay = Math.min(delay * 2, 500);
-    }
-  }
-}
-
-function lockTimeoutFromEnv(env: NodeJS.ProcessEnv): number {
-  const raw = env['QUBES_LOCK_TIMEOUT'];
-  if (raw !== undefined && /^\d+(\.\d+)?$/.test(raw)) return Number(raw) * 1000;
-  return 30_000;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 /** Calls over the socket of a running qubesd (`source`: the caller written in each header, default dom0). */
 export function socketTransport(socketPath: string, opts: { readonly source?: string; readonly timeoutMs?: number } = {}): Transport {
   const client = new AdminClient({ socketPath, ...opts });
@@ -129,35 +68,6 @@ export function socketTransport(socketPath: string, opts: { readonly source?: st
       });
       return { established: h.established, close: () => h.close() };
     },
-    close: async () => {},
-  };
-}
-
-/** Calls run in this process on the state in `baseDir` (its lock held until close()). */
-export async function embeddedTransport(baseDir: string, notice?: (line: string) => void, init = false): Promise<Transport> {
-  const rt: Runtime = await openRuntime({
-    baseDir,
-    createDefaultPool: true,
-    ...(init ? { init: true } : {}),
-    ...(notice ? { notice } : {}),
-  });
-  const ctx: DispatchContext = createDispatchContext({ methods: rt.methods, log: silentLog });
-  let closed = false;
-  return {
-    kind: 'embedded',
-    call: async (m, dest, arg = '', payload = '') =>
-      unwrapReply(await runCall(ctx, { method: m, arg, dest }, typeof payload === 'string' ? Buffer.from(payload) : payload)),
-    callStream: async (m, dest, arg, payload) => unwrapReply(await runCall(ctx, { method: m, arg, dest }, payload)),
-    events(dest, onEvent) {
-      const off = rt.bus.subscribe((e) => {
-        if (dest === 'dom0' || e.subject === dest) onEvent(e);
-      });
-      return { established: Promise.resolve(), close: off };
-    },
-    close: async () => {
-      if (closed) return;
-      closed = true;
-      await rt.close();
-    },
+    close: () => Promise.resolve(),
   };
 }
