@@ -52,7 +52,7 @@ await runTool(PROG, async (t) => {
     for (const [f, v] of await qubes.features(src)) await qubes.setFeature(dst, f, v);
     await qubes.copyVolumes(src, dst, (vol, size) => busyIndicator(`clone ${src}:${vol} (${humanSize(size)})`));
   } catch (e) {
-    await undoCreate(qubes, dst, t.warn);
+    await undoCreate(qubes, dst, (m) => t.warn(m));
     throw e;
   }
 });

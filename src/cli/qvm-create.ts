@@ -78,7 +78,7 @@ await runTool(PROG, async (t) => {
     if (copyFrom !== undefined)
       await qubes.copyVolumes(copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
   } catch (e) {
-    await undoCreate(qubes, name, t.warn);
+    await undoCreate(qubes, name, (m) => t.warn(m));
     throw e;
   }
 });

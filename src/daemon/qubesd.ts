@@ -76,7 +76,7 @@ async function main(): Promise<number> {
       log: stderrLog,
     });
   } catch (e) {
-    stderrLog.error(`cannot start: ${debug ? ((e as Error).stack ?? e) : (e as Error).message}`);
+    stderrLog.error(`cannot start: ${debug ? String((e as Error).stack ?? e) : (e as Error).message}`);
     return 1;
   }
   return new Promise<number>((resolve) => {
