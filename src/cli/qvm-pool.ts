@@ -112,7 +112,7 @@ async function doUsage(t: ToolContext, pools: readonly string[], thresholdText: 
   }
   const qubes = await t.client();
   if (pools.length) await checkPoolsExist(qubes, pools);
-  const rows = await qubes.poolUsage(pools.length ? pools : undefined, threshold);
+  const rows = await qubes.poolUsage({ pools: pools.length ? pools : undefined, threshold });
   if (asJson) {
     t.out(json(rows.map(usageJson)));
   } else {

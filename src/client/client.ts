@@ -150,10 +150,10 @@ export class QubesClient {
     return out;
   }
 
-  /** Usage rows of `pools` (default: all, in admin.pool.List order), flagged above `threshold` percent. */
-  async poolUsage(pools?: readonly string[], threshold = DEFAULT_USAGE_THRESHOLD): Promise<PoolUsageRow[]> {
-    checkThreshold(threshold);
-    const names = pools ?? (await this.pools());
+  /** Usage rows of `pools` (default: all, in admin.pool.List order), flagged above `threshold` percent (default 90). */
+  async poolUsage(opts: { readonly pools?: readonly string[]; readonly threshold?: number } = {}): Promise<PoolUsageRow[]> {
+    const threshold = checkThreshold(opts.threshold ?? DEFAULT_USAGE_THRESHOLD);
+    const names = opts.pools ?? (await this.pools());
     const rows: PoolUsageRow[] = [];
     for (const pool of names) rows.push(poolUsageRow(pool, await this.poolUsageDetails(pool), threshold));
     return rows;

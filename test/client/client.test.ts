@@ -115,10 +115,10 @@ for (const kind of ['socket', 'embedded'] as const) {
       assert.equal(p2.metadata, undefined, 'file-reflink reports no metadata');
       assert.equal(p2.threshold, 90);
       // Threshold 0: any pool with data in use is above it.
-      const [zero] = await q().poolUsage(['p2'], 0);
+      const [zero] = await q().poolUsage({ pools: ['p2'], threshold: 0 });
       assert.deepEqual(zero!.above, zero!.data.percent! > 0 ? ['data'] : []);
-      await assert.rejects(q().poolUsage(['nosuch']), PermissionDenied);
-      await assert.rejects(q().poolUsage(['p2'], 101), QubesValueError);
+      await assert.rejects(q().poolUsage({ pools: ['nosuch'] }), PermissionDenied);
+      await assert.rejects(q().poolUsage({ pools: ['p2'], threshold: 101 }), QubesValueError);
     });
 
     it('domains: labels, create in pools, list, refusals', async () => {
