@@ -6,7 +6,7 @@
  * new domain is removed again.
  */
 import { str, type CommandSpec } from './common/args.js';
-import { checkPools, cloneVolumes, createPayload, undoCreate } from './common/domains.js';
+import { checkPools, undoCreate } from './common/domains.js';
 import { busyIndicator } from './common/progress.js';
 import { humanSize } from './common/output.js';
 import { CliError, runTool } from './common/tool.js';
@@ -30,30 +30,29 @@ await runTool(PROG, async (t) => {
   const src = str(p, 'SRC');
   const dst = str(p, 'DST');
   const pool = p.values.get('pool');
-  const api = await t.api();
-  const domains = await api.domains();
+  const qubes = await t.client();
+  const domains = await qubes.domains();
   const s = domains.find((d) => d.name === src);
   if (!s) throw new CliError(`no such domain: '${src}'`);
   if (s.klass === 'AdminVM') throw new CliError('dom0 cannot be cloned');
   if (domains.some((d) => d.name === dst)) throw new CliError(`a domain named '${dst}' already exists`);
-  if (pool !== undefined) await checkPools(api, [pool]);
+  if (pool !== undefined) await checkPools(qubes, [pool]);
 
-  const props = await api.allProperties(src);
+  const props = await qubes.properties(src);
   const label = props.get('label')?.value ?? '';
   const template = s.klass === 'AppVM' || s.klass === 'DispVM' ? (props.get('template')?.value ?? '') : '';
-  const method = `admin.vm.${pool !== undefined ? 'CreateInPool' : 'Create'}.${s.klass}`;
-  await api.transport.call(method, 'dom0', template, createPayload(dst, label, pool, []));
+  await qubes.createDomain({ name: dst, klass: s.klass, label, template, ...(pool !== undefined ? { pool } : {}) });
   try {
     for (const [name, v] of props) {
       if (NOT_COPIED.has(name) || v.isDefault) continue;
-      await api.setProperty(dst, name, v.value);
+      await qubes.setProperty(dst, name, v.value);
     }
-    const have = new Set(await api.tags(dst));
-    for (const tag of await api.tags(src)) if (!have.has(tag)) await api.transport.call('admin.vm.tag.Set', dst, tag);
-    for (const [f, v] of await api.features(src)) await api.transport.call('admin.vm.feature.Set', dst, f, v);
-    await cloneVolumes(api, src, dst, (vol, size) => busyIndicator(`clone ${src}:${vol} (${humanSize(size)})`));
+    const have = new Set(await qubes.tags(dst));
+    for (const tag of await qubes.tags(src)) if (!have.has(tag)) await qubes.addTag(dst, tag);
+    for (const [f, v] of await qubes.features(src)) await qubes.setFeature(dst, f, v);
+    await qubes.copyVolumes(src, dst, (vol, size) => busyIndicator(`clone ${src}:${vol} (${humanSize(size)})`));
   } catch (e) {
-    await undoCreate(api, dst, (m) => t.warn(m));
+    await undoCreate(qubes, dst, (m) => t.warn(m));
     throw e;
   }
 });

@@ -6,7 +6,7 @@
  * --template gets a copy of that domain's volumes.
  */
 import { str, UsageError, type CommandSpec } from './common/args.js';
-import { checkPools, cloneVolumes, createPayload, DOMAIN_CLASSES, undoCreate } from './common/domains.js';
+import { checkPools, DOMAIN_CLASSES, undoCreate } from './common/domains.js';
 import { busyIndicator } from './common/progress.js';
 import { CliError, runTool } from './common/tool.js';
 
@@ -54,25 +54,31 @@ await runTool(PROG, async (t) => {
   if (template !== undefined && klass !== 'AppVM' && klass !== 'DispVM' && copyFrom === undefined)
     throw new UsageError(`a ${klass} takes no --template`);
 
-  const api = await t.api();
+  const qubes = await t.client();
   // Everything checked before anything is made.
-  const labels = await api.labels();
+  const labels = await qubes.labels();
   if (!labels.includes(label)) throw new CliError(`no such label '${label}' (labels: ${labels.join(', ')})`);
-  const domains = await api.domains();
+  const domains = await qubes.domains();
   if (domains.some((d) => d.name === name)) throw new CliError(`a domain named '${name}' already exists`);
   if (template !== undefined && !domains.some((d) => d.name === template)) throw new CliError(`no such domain: '${template}' (given as --template)`);
-  await checkPools(api, [...(pool !== undefined ? [pool] : []), ...pools.map(([, pl]) => pl)]);
+  await checkPools(qubes, [...(pool !== undefined ? [pool] : []), ...pools.map(([, pl]) => pl)]);
 
-  const inPool = pool !== undefined || pools.length > 0;
-  const method = `admin.vm.${inPool ? 'CreateInPool' : 'Create'}.${klass}`;
-  const arg = copyFrom === undefined ? (template ?? '') : '';
-  await api.transport.call(method, 'dom0', arg, createPayload(name, label, pool, pools));
+  // A copied template is not the new domain's template (a StandaloneVM or TemplateVM takes none).
+  const templateArg = copyFrom === undefined ? template : undefined;
+  await qubes.createDomain({
+    name,
+    klass,
+    label,
+    ...(templateArg !== undefined ? { template: templateArg } : {}),
+    ...(pool !== undefined ? { pool } : {}),
+    volumePools: pools,
+  });
   try {
-    for (const [k, v] of props) await api.setProperty(name, k, v);
+    for (const [k, v] of props) await qubes.setProperty(name, k, v);
     if (copyFrom !== undefined)
-      await cloneVolumes(api, copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
+      await qubes.copyVolumes(copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
   } catch (e) {
-    await undoCreate(api, name, (m) => t.warn(m));
+    await undoCreate(qubes, name, (m) => t.warn(m));
     throw e;
   }
 });

@@ -39,8 +39,8 @@ interface Row {
 await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const wanted = strs(p, 'VM');
-  const api = await t.api();
-  let doms = await api.domains();
+  const qubes = await t.client();
+  let doms = await qubes.domains();
   const missing = wanted.filter((n) => !doms.some((d) => d.name === n));
   if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
   if (wanted.length) doms = doms.filter((d) => wanted.includes(d.name));
@@ -48,14 +48,14 @@ await runTool(PROG, async (t) => {
   if (p.flags.has('halted')) doms = doms.filter((d) => d.state === 'Halted');
   const rows: Row[] = [];
   for (const d of doms) {
-    const props = await api.allProperties(d.name);
+    const props = await qubes.properties(d.name);
     const get = (k: string) => {
       const v = props.get(k)?.value;
       return v === undefined || v === '' ? null : v;
     };
-    const vols = await api.volumes(d.name);
+    const vols = await qubes.volumes(d.name);
     const which = vols.includes('private') ? 'private' : vols.includes('root') ? 'root' : null;
-    const pool = which ? ((await api.volumeInfo(d.name, which)).get('pool') ?? null) : null;
+    const pool = which ? (await qubes.volumeInfo(d.name, which)).pool : null;
     rows.push({ name: d.name, state: d.state, class: d.klass, label: get('label') ?? '', template: get('template'), netvm: get('netvm'), pool });
   }
   if (p.values.get('format') === 'json') return void t.out(json(rows));

@@ -4,7 +4,7 @@
  * their usage. Also the R4.0 flags (-l, -i, -a, -r, -s, --help-drivers).
  */
 import { str, strs, UsageError, type CommandSpec, type OptionSpec, parseArgs } from './common/args.js';
-import type { Api } from './common/api.js';
+import type { PoolSetting, PoolUsageRow, QubesClient, UsageFigures } from '../client/index.js';
 import { humanSize, json, table } from './common/output.js';
 import { boolArg, dispatchSub, FORMAT_OPTION, parseOptionPairs, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, runTool, type ToolContext } from './common/tool.js';
@@ -12,7 +12,7 @@ import { CliError, runTool, type ToolContext } from './common/tool.js';
 const PROG = 'qvm-pool';
 /** Exit code of `usage` when a pool is above the threshold. */
 export const EXIT_ABOVE_THRESHOLD = 3;
-const SETTABLE = ['revisions_to_keep', 'ephemeral_volatile'];
+const SETTABLE: readonly string[] = ['revisions_to_keep', 'ephemeral_volatile'] satisfies PoolSetting[];
 
 const OPT_O: OptionSpec = {
   names: ['-o', '--option'],
@@ -26,29 +26,29 @@ function isJson(p: { values: ReadonlyMap<string, string> }): boolean {
   return p.values.get('format') === 'json';
 }
 
-async function poolDrivers(api: Api, pools: string[]): Promise<[string, string][]> {
+async function poolDrivers(qubes: QubesClient, pools: string[]): Promise<[string, string][]> {
   return Promise.all(
-    pools.map(async (p) => [p, (await api.poolInfo(p)).find(([k]) => k === 'driver')?.[1] ?? ''] as [string, string]),
+    pools.map(async (p) => [p, (await qubes.poolInfo(p)).driver] as [string, string]),
   );
 }
 
-async function checkPoolsExist(api: Api, names: readonly string[]): Promise<void> {
-  const known = new Set(await api.pools());
+async function checkPoolsExist(qubes: QubesClient, names: readonly string[]): Promise<void> {
+  const known = new Set(await qubes.pools());
   const missing = names.filter((n) => !known.has(n));
   if (missing.length) throw new CliError(`no such pool: ${missing.map((n) => `'${n}'`).join(', ')}`);
 }
 
 async function doList(t: ToolContext, asJson: boolean): Promise<void> {
-  const api = await t.api();
-  const rows = await poolDrivers(api, await api.pools());
+  const qubes = await t.client();
+  const rows = await poolDrivers(qubes, await qubes.pools());
   if (asJson) t.out(json(rows.map(([name, driver]) => ({ name, driver }))));
   else t.out(table([['NAME', 'DRIVER'], ...rows]));
 }
 
 async function doInfo(t: ToolContext, pool: string, asJson: boolean): Promise<void> {
-  const api = await t.api();
-  await checkPoolsExist(api, [pool]);
-  const info = await api.poolInfo(pool);
+  const qubes = await t.client();
+  await checkPoolsExist(qubes, [pool]);
+  const info = (await qubes.poolInfo(pool)).fields;
   const name = info.find(([k]) => k === 'name');
   const rest = info.filter(([k]) => k !== 'name').sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const rows = name ? [name, ...rest] : rest;
@@ -57,8 +57,8 @@ async function doInfo(t: ToolContext, pool: string, asJson: boolean): Promise<vo
 }
 
 async function doDrivers(t: ToolContext, asJson: boolean): Promise<void> {
-  const api = await t.api();
-  const drivers = await api.drivers();
+  const qubes = await t.client();
+  const drivers = await qubes.drivers();
   if (asJson) t.out(json(drivers.map((d) => ({ driver: d.driver, options: d.options }))));
   else t.out(table([['DRIVER', 'OPTIONS'], ...drivers.map((d) => [d.driver, d.options.join(', ')])]));
 }
@@ -66,83 +66,51 @@ async function doDrivers(t: ToolContext, asJson: boolean): Promise<void> {
 async function doAdd(t: ToolContext, pool: string, driver: string, options: readonly string[]): Promise<void> {
   const pairs = parseOptionPairs(options);
   if (pairs.some(([k]) => k === 'name')) throw new UsageError("the pool's name is given as POOL, not as -o name=...");
-  const api = await t.api();
-  const drivers = await api.drivers();
+  const qubes = await t.client();
+  const drivers = await qubes.drivers();
   if (!drivers.some((d) => d.driver === driver))
     throw new CliError(`no such driver '${driver}' (available: ${drivers.map((d) => d.driver).join(', ')})`);
-  const payload = [`name=${pool}`, ...pairs.map(([k, v]) => `${k}=${v}`)].map((l) => `${l}\n`).join('');
-  await api.transport.call('admin.pool.Add', 'dom0', driver, payload);
+  await qubes.addPool(pool, driver, pairs);
 }
 
 async function doRemove(t: ToolContext, pools: readonly string[]): Promise<void> {
-  const api = await t.api();
-  await checkPoolsExist(api, pools);
-  for (const p of pools) await api.transport.call('admin.pool.Remove', 'dom0', p);
+  const qubes = await t.client();
+  await checkPoolsExist(qubes, pools);
+  for (const p of pools) await qubes.removePool(p);
 }
 
 async function doSet(t: ToolContext, pool: string, options: readonly string[]): Promise<void> {
   const pairs = parseOptionPairs(options);
   if (pairs.length === 0) throw new UsageError('nothing to set: give -o KEY=VALUE');
   for (const [k] of pairs) if (!SETTABLE.includes(k)) throw new CliError(`Setting option ${k} is not supported for pool ${pool}`);
-  const api = await t.api();
-  await checkPoolsExist(api, [pool]);
+  const qubes = await t.client();
+  await checkPoolsExist(qubes, [pool]);
   for (const [k, v] of pairs) {
     const value = k === 'ephemeral_volatile' ? boolArg(v, k) : v;
-    await api.transport.call(`admin.pool.Set.${k}`, 'dom0', pool, value);
+    await qubes.setPoolOption(pool, k as PoolSetting, value);
   }
 }
 
-interface UsageRow {
-  pool: string;
-  data_size: number | null;
-  data_usage: number | null;
-  data_percent: number | null;
-  metadata_size?: number | null;
-  metadata_usage?: number | null;
-  metadata_percent?: number | null;
-}
-
-function percent(used: number | null | undefined, size: number | null | undefined): number | null {
-  if (used === null || used === undefined || !size) return null;
-  return Math.round((used / size) * 1000) / 10;
+/** A usage row as `--format json` shows it (the admin API's key names). */
+function usageJson(r: PoolUsageRow): Record<string, unknown> {
+  const part = (prefix: string, f: UsageFigures) => ({ [`${prefix}_size`]: f.size, [`${prefix}_usage`]: f.usage, [`${prefix}_percent`]: f.percent });
+  return { pool: r.pool, ...part('data', r.data), ...(r.metadata ? part('metadata', r.metadata) : {}), above_threshold: r.above.length > 0 };
 }
 
 async function doUsage(t: ToolContext, pools: readonly string[], thresholdText: string | undefined, asJson: boolean): Promise<number> {
-  let threshold = 90;
+  let threshold: number | undefined;
   if (thresholdText !== undefined) {
     if (!/^\d+(\.\d+)?$/.test(thresholdText) || Number(thresholdText) > 100)
       throw new UsageError(`--threshold expects a percentage from 0 to 100, got '${thresholdText}'`);
     threshold = Number(thresholdText);
   }
-  const api = await t.api();
-  const names = pools.length ? [...pools] : await api.pools();
-  if (pools.length) await checkPoolsExist(api, pools);
-  const rows: UsageRow[] = [];
-  for (const pool of names) {
-    const d = await api.poolUsage(pool);
-    const row: UsageRow = {
-      pool,
-      data_size: d['data_size'] ?? null,
-      data_usage: d['data_usage'] ?? null,
-      data_percent: percent(d['data_usage'], d['data_size']),
-    };
-    if ('metadata_size' in d || 'metadata_usage' in d) {
-      row.metadata_size = d['metadata_size'] ?? null;
-      row.metadata_usage = d['metadata_usage'] ?? null;
-      row.metadata_percent = percent(d['metadata_usage'], d['metadata_size']);
-    }
-    rows.push(row);
-  }
-  const above: string[] = [];
-  for (const r of rows) {
-    if (r.data_percent !== null && r.data_percent > threshold) above.push(`pool ${r.pool}: data ${r.data_percent}% used (threshold ${threshold}%)`);
-    if (r.metadata_percent != null && r.metadata_percent > threshold)
-      above.push(`pool ${r.pool}: metadata ${r.metadata_percent}% used (threshold ${threshold}%)`);
-  }
+  const qubes = await t.client();
+  if (pools.length) await checkPoolsExist(qubes, pools);
+  const rows = await qubes.poolUsage({ pools: pools.length ? pools : undefined, threshold });
   if (asJson) {
-    t.out(json(rows.map((r) => ({ ...r, above_threshold: above.some((a) => a.startsWith(`pool ${r.pool}:`)) }))));
+    t.out(json(rows.map(usageJson)));
   } else {
-    const meta = rows.some((r) => r.metadata_size !== undefined);
+    const meta = rows.some((r) => r.metadata !== undefined);
     const sz = (n: number | null | undefined) => (n === null || n === undefined ? '-' : humanSize(n));
     const pc = (n: number | null | undefined) => (n === null || n === undefined ? '-' : `${n.toFixed(1)}%`);
     const head = ['POOL', 'USED', 'SIZE', 'USE%', ...(meta ? ['METADATA_USED', 'METADATA_SIZE', 'METADATA_USE%'] : [])];
@@ -151,16 +119,21 @@ async function doUsage(t: ToolContext, pools: readonly string[], thresholdText: 
         head,
         ...rows.map((r) => [
           r.pool,
-          sz(r.data_usage),
-          sz(r.data_size),
-          pc(r.data_percent),
-          ...(meta ? [sz(r.metadata_usage), sz(r.metadata_size), pc(r.metadata_percent)] : []),
+          sz(r.data.usage),
+          sz(r.data.size),
+          pc(r.data.percent),
+          ...(meta ? [sz(r.metadata?.usage), sz(r.metadata?.size), pc(r.metadata?.percent)] : []),
         ]),
       ]),
     );
   }
-  for (const a of above) t.warn(a);
-  return above.length ? EXIT_ABOVE_THRESHOLD : 0;
+  let above = 0;
+  for (const r of rows)
+    for (const part of r.above) {
+      t.warn(`pool ${r.pool}: ${part} ${r[part]!.percent}% used (threshold ${r.threshold}%)`);
+      above++;
+    }
+  return above ? EXIT_ABOVE_THRESHOLD : 0;
 }
 
 function sub(names: string[], spec: Omit<CommandSpec, 'prog'>, run: SubCommand['run']): SubCommand {

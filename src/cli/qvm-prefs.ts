@@ -32,10 +32,10 @@ await runTool(PROG, async (t) => {
   const value = optStr(p, 'VALUE');
   const reset = p.flags.has('default');
   if (reset && (prop === undefined || value !== undefined)) throw new CliError('-D takes VM and PROPERTY, and no VALUE');
-  const api = await t.api();
-  await api.domain(vm);
+  const qubes = await t.client();
+  await qubes.domain(vm);
   if (prop === undefined) {
-    const all = await api.allProperties(vm);
+    const all = await qubes.properties(vm);
     if (p.values.get('format') === 'json') {
       t.out(json(Object.fromEntries([...all].map(([k, v]) => [k, { value: v.value, default: v.isDefault, type: v.type }]))));
       return;
@@ -44,10 +44,10 @@ await runTool(PROG, async (t) => {
     for (const [k, v] of all) t.out(`${k.padEnd(width)}  ${v.isDefault ? 'D' : '-'}  ${v.value}`.replace(/\s+$/, '') + '\n');
     return;
   }
-  const names = await api.propertyNames(vm);
+  const names = await qubes.propertyNames(vm);
   if (!names.includes(prop)) throw new CliError(`domain ${vm} has no property '${prop}'`);
-  if (reset) return void (await api.resetProperty(vm, prop));
-  if (value !== undefined) return void (await api.setProperty(vm, prop, value));
-  const v = await api.property(vm, prop);
+  if (reset) return void (await qubes.resetProperty(vm, prop));
+  if (value !== undefined) return void (await qubes.setProperty(vm, prop, value));
+  const v = await qubes.property(vm, prop);
   t.out(p.values.get('format') === 'json' ? json({ value: v.value, default: v.isDefault, type: v.type }) : `${v.value}\n`);
 });

@@ -16,8 +16,8 @@ const SPEC: CommandSpec = {
 await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const names = [...new Set(strs(p, 'VM'))];
-  const api = await t.api();
-  await checkDomains(api, names);
+  const qubes = await t.client();
+  await checkDomains(qubes, names);
   if (!p.flags.has('force')) {
     t.note(`This will completely remove these domains and all their data:\n${names.map((n) => `  ${n}`).join('\n')}`);
     const a = await askYesNo('Are you sure?');
@@ -26,7 +26,7 @@ await runTool(PROG, async (t) => {
   let failed = 0;
   for (const n of names) {
     try {
-      await api.transport.call('admin.vm.Remove', n);
+      await qubes.removeDomain(n);
     } catch (e) {
       failed++;
       t.note(`${PROG}: error: ${n}: ${(e as Error).message}`);

@@ -26,12 +26,12 @@ await runTool(PROG, async (t) => {
   const wait = p.flags.has('wait');
   const timeoutText = p.values.get('timeout') ?? '60';
   if (!/^\d+$/.test(timeoutText)) throw new UsageError(`--timeout expects seconds, got '${timeoutText}'`);
-  const api = await t.api();
-  await checkDomains(api, names);
+  const qubes = await t.client();
+  await checkDomains(qubes, names);
 
   const halted = new Set<string>();
   const sub = wait
-    ? api.events('dom0', (e) => {
+    ? qubes.events('dom0', (e) => {
         if (e.event === 'domain-shutdown') halted.add(e.subject);
       })
     : null;
@@ -41,9 +41,8 @@ await runTool(PROG, async (t) => {
     const pending: string[] = [];
     for (const n of names) {
       try {
-        if ((await api.powerState(n)) !== 'Running') continue;
-        const arg = [p.flags.has('force') ? 'force' : '', wait ? 'wait' : ''].filter(Boolean).join('+');
-        await api.transport.call('admin.vm.Shutdown', n, arg);
+        if ((await qubes.powerState(n)) !== 'Running') continue;
+        await qubes.shutdownDomain(n, { force: p.flags.has('force'), wait });
         pending.push(n);
       } catch (e) {
         failed++;
@@ -54,7 +53,7 @@ await runTool(PROG, async (t) => {
       const deadline = Date.now() + Number(timeoutText) * 1000;
       for (;;) {
         const left: string[] = [];
-        for (const n of pending) if (!halted.has(n) && (await api.powerState(n)) !== 'Halted') left.push(n);
+        for (const n of pending) if (!halted.has(n) && (await qubes.powerState(n)) !== 'Halted') left.push(n);
         if (!left.length) break;
         if (Date.now() >= deadline) {
           t.note(`${PROG}: error: still running after ${timeoutText} s: ${left.join(', ')}`);

@@ -15,16 +15,16 @@ const SPEC: CommandSpec = {
 await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const names = [...new Set(strs(p, 'VM'))];
-  const api = await t.api();
-  await checkDomains(api, names);
+  const qubes = await t.client();
+  await checkDomains(qubes, names);
   let failed = 0;
   for (const n of names) {
     try {
-      if ((await api.powerState(n)) === 'Running') {
+      if ((await qubes.powerState(n)) === 'Running') {
         if (p.flags.has('skip')) continue;
         throw new Error(`domain ${n} is already running`);
       }
-      await api.transport.call('admin.vm.Start', n);
+      await qubes.startDomain(n);
     } catch (e) {
       failed++;
       t.note(`${PROG}: error: ${(e as Error).message}`);

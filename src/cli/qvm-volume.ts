@@ -14,7 +14,7 @@ import { storageErrnoError } from '../storage/errors.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../files/files.js';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
-import type { Api } from './common/api.js';
+import type { QubesClient, VolumeExport, VolumeInfo, VolumeSetting } from '../client/index.js';
 import { humanSize, json, parseSize, table } from './common/output.js';
 import { busyIndicator, progressBar, type Progress } from './common/progress.js';
 import { askYesNo } from './common/prompt.js';
@@ -25,7 +25,7 @@ import { parseVmVolume, showVmVolume, type VmVolume } from './common/vmvolume.js
 const PROG = 'qvm-volume';
 const INFO_ROWS = ['pool', 'vid', 'rw', 'source', 'save_on_stop', 'snap_on_start', 'size', 'usage', 'revisions_to_keep', 'ephemeral', 'is_outdated'];
 const REVISIONS_HEAD = 'List of available revisions (for revert):';
-const SETTABLE = ['rw', 'revisions_to_keep', 'ephemeral'];
+const SETTABLE: readonly string[] = ['rw', 'revisions_to_keep', 'ephemeral'] satisfies VolumeSetting[];
 /** Killed here (QUBES_STORAGE_FAILPOINTS): the export's copy is complete and synced, not yet renamed into place. */
 const FP_EXPORT_BEFORE_RENAME = declareFailpoint('cli.export.before-rename');
 const SIZE_HELP = 'bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)';
@@ -33,12 +33,12 @@ const SIZE_HELP = 'bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti
 const isJson = (p: Parsed) => p.values.get('format') === 'json';
 
 /** The domain and volume exist (else an error naming which), and the volume's Info. */
-async function checkVolume(api: Api, v: VmVolume): Promise<Map<string, string>> {
-  await api.domain(v.vm);
-  const names = await api.volumes(v.vm);
+async function checkVolume(qubes: QubesClient, v: VmVolume): Promise<VolumeInfo> {
+  await qubes.domain(v.vm);
+  const names = await qubes.volumes(v.vm);
   if (!names.includes(v.volume))
     throw new CliError(`no such volume: '${showVmVolume(v)}' (${v.vm} has ${names.length ? names.join(', ') : 'no volumes'})`);
-  return api.volumeInfo(v.vm, v.volume);
+  return qubes.volumeInfo(v.vm, v.volume);
 }
 
 function size(text: string): number {
@@ -73,26 +73,26 @@ interface ListRow {
 }
 
 async function doList(t: ToolContext, p: Parsed): Promise<void> {
-  const api = await t.api();
-  const all = await api.domains();
+  const qubes = await t.client();
+  const all = await qubes.domains();
   const wanted = strs(p, 'VM');
   const excluded = new Set(p.lists.get('exclude') ?? []);
   if (wanted.length && p.flags.has('all')) throw new UsageError('give VM names or --all, not both');
   for (const n of [...wanted, ...excluded]) if (!all.some((d) => d.name === n)) throw new CliError(`no such domain: '${n}'`);
   const pools = p.lists.get('pool') ?? [];
   if (pools.length) {
-    const known = new Set(await api.pools());
+    const known = new Set(await qubes.pools());
     for (const pl of pools) if (!known.has(pl)) throw new CliError(`no such pool: '${pl}'`);
   }
   const doms = (wanted.length ? all.filter((d) => wanted.includes(d.name)) : all).filter((d) => !excluded.has(d.name));
   const rows: ListRow[] = [];
   for (const d of doms) {
-    for (const vol of await api.volumes(d.name)) {
-      const info = await api.volumeInfo(d.name, vol);
-      const pool = info.get('pool') ?? '';
+    for (const vol of await qubes.volumes(d.name)) {
+      const info = await qubes.volumeInfo(d.name, vol);
+      const pool = info.pool;
       if (pools.length && !pools.includes(pool)) continue;
-      const revs = await api.revisions(d.name, vol);
-      rows.push({ pool, vid: info.get('vid') ?? '', vm: d.name, volume: vol, revert_possible: revs.length > 0 });
+      const revs = await qubes.revisions(d.name, vol);
+      rows.push({ pool, vid: info.vid, vm: d.name, volume: vol, revert_possible: revs.length > 0 });
     }
   }
   const key = (r: ListRow) => `${r.pool}:${r.vid}`;
@@ -116,9 +116,9 @@ function cmp(a: string, b: string): number {
 async function doInfo(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const prop = optStr(p, 'PROPERTY');
-  const api = await t.api();
-  const info = await checkVolume(api, v);
-  const revs = await api.revisions(v.vm, v.volume);
+  const qubes = await t.client();
+  const info = (await checkVolume(qubes, v)).fields;
+  const revs = await qubes.revisions(v.vm, v.volume);
   if (prop !== undefined) {
     if (prop === 'revisions') {
       if (isJson(p)) t.out(json(revs));
@@ -161,9 +161,9 @@ async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
   if (prop === 'revisions_to_keep') {
     if (!/^(-1|0|[1-9]\d{0,8})$/.test(raw)) throw new CliError(`revisions_to_keep must be an integer from -1 up, not '${raw}'`);
   } else value = boolArg(raw, prop);
-  const api = await t.api();
-  await checkVolume(api, v);
-  await api.transport.call(`admin.vm.volume.Set.${prop}`, v.vm, v.volume, value);
+  const qubes = await t.client();
+  await checkVolume(qubes, v);
+  await qubes.setVolumeOption(v.vm, v.volume, prop as VolumeSetting, value);
 }
 
 // ---- resize, revert ----------------------------------------------------------------------
@@ -171,24 +171,23 @@ async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
 async function doResize(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const n = size(str(p, 'SIZE'));
-  const api = await t.api();
-  const info = await checkVolume(api, v);
-  const cur = Number(info.get('size') ?? '0');
+  const qubes = await t.client();
+  const cur = (await checkVolume(qubes, v)).size;
   if (n < cur && !p.flags.has('force'))
     throw new CliError(`shrinking ${showVmVolume(v)} from ${cur} to ${n} bytes would lose data; refused without -f`);
-  await api.transport.call('admin.vm.volume.Resize', v.vm, v.volume, String(n));
+  await qubes.resizeVolume(v.vm, v.volume, n);
 }
 
 async function doRevert(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const rev = optStr(p, 'REVISION');
-  const api = await t.api();
-  await checkVolume(api, v);
-  const revs = await api.revisions(v.vm, v.volume);
+  const qubes = await t.client();
+  await checkVolume(qubes, v);
+  const revs = await qubes.revisions(v.vm, v.volume);
   if (revs.length === 0) throw new CliError(`volume ${showVmVolume(v)} has no revision to revert to`);
   if (rev !== undefined && !revs.includes(rev))
     throw new CliError(`volume ${showVmVolume(v)} has no revision '${rev}' (available: ${revs.join(', ')})`);
-  await api.transport.call('admin.vm.volume.Revert', v.vm, v.volume, rev ?? '');
+  await qubes.revertVolume(v.vm, v.volume, rev);
 }
 
 // ---- import, export --------------------------------------------------------------------
@@ -212,23 +211,12 @@ async function doImport(t: ToolContext, p: Parsed): Promise<void> {
     if (want === null && !noResize && st.isFile()) want = st.size;
     input = fs.createReadStream(src);
   }
-  const api = await t.api();
-  const info = await checkVolume(api, v);
-  const total = noResize || want === null ? Number(info.get('size') ?? '0') : want;
+  const qubes = await t.client();
+  const info = await checkVolume(qubes, v);
+  const total = noResize || want === null ? info.size : want;
   const bar = progressBar(`import ${showVmVolume(v)}`, total);
-  let done = 0;
-  const withSize = !noResize && want !== null;
-  async function* body(): AsyncGenerator<Buffer> {
-    if (withSize) yield Buffer.from(`${want}\n`);
-    for await (const c of input) {
-      const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
-      done += b.length;
-      bar.update(done);
-      yield b;
-    }
-  }
   try {
-    await api.importStream(v.vm, v.volume, withSize ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import', Readable.from(body()));
+    await qubes.importVolume(v.vm, v.volume, input, { ...(!noResize && want !== null ? { size: want } : {}), onProgress: (n) => bar.update(n) });
   } finally {
     bar.finish();
     if (input !== process.stdin) input.destroy();
@@ -382,26 +370,25 @@ async function exportToStream(src: string, out: { sink: Writable; owned: boolean
 async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const dest = str(p, 'PATH');
-  const api = await t.api();
-  await checkVolume(api, v);
+  const qubes = await t.client();
+  await checkVolume(qubes, v);
   const out = await openExportOutput(dest, t.signal);
-  let exporting: Promise<string> | null = null;
+  let exporting: Promise<VolumeExport> | null = null;
   let copying: Promise<unknown> = Promise.resolve();
-  let ending: Promise<unknown> | null = null;
-  const endExport = (src: string) => (ending ??= api.transport.call('admin.vm.volume.ExportEnd', v.vm, v.volume, src));
   // Ctrl-C: a file copy stops at its next chunk and removes its temporary
   // file (waited for); a stream may be stuck on its reader (not waited for).
   // Either way the export is ended before the tool exits.
   const off = t.onInterrupt(async () => {
-    const src = await exporting?.catch(() => null);
-    if (!src) return;
+    const held = await exporting?.catch(() => null);
+    if (!held) return;
     if (out.kind === 'file') await copying.catch(() => undefined);
-    await endExport(src);
+    await held.end();
   });
   try {
     t.signal.throwIfAborted();
-    exporting = api.transport.call('admin.vm.volume.Export', v.vm, v.volume).then((b) => b.toString('utf8'));
-    const src = await exporting;
+    exporting = qubes.exportVolume(v.vm, v.volume);
+    const held = await exporting;
+    const src = held.path;
     try {
       const total = (await fsp.stat(src)).size;
       const bar = progressBar(`export ${showVmVolume(v)}`, total);
@@ -414,7 +401,7 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
         bar.finish();
       }
     } finally {
-      await endExport(src);
+      await held.end();
     }
   } finally {
     off();
@@ -427,17 +414,16 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
 async function doClone(t: ToolContext, p: Parsed): Promise<void> {
   const src = parseVmVolume(str(p, 'SRC_VM:VOLUME'));
   const dst = parseVmVolume(str(p, 'DST_VM:VOLUME'));
-  const api = await t.api();
-  const srcInfo = await checkVolume(api, src);
-  await checkVolume(api, dst);
+  const qubes = await t.client();
+  const srcInfo = await checkVolume(qubes, src);
+  await checkVolume(qubes, dst);
   await confirm(
-    `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(Number(srcInfo.get('size') ?? 0))}). Continue?`,
+    `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(srcInfo.size)}). Continue?`,
     p.flags.has('force'),
   );
-  const token = (await api.transport.call('admin.vm.volume.CloneFrom', src.vm, src.volume)).toString('utf8');
   const busy = busyIndicator(`clone ${showVmVolume(src)} -> ${showVmVolume(dst)}`);
   try {
-    await api.transport.call('admin.vm.volume.CloneTo', dst.vm, dst.volume, token);
+    await qubes.cloneVolume(src.vm, src.volume, dst.vm, dst.volume);
   } finally {
     busy.finish();
   }
@@ -445,10 +431,10 @@ async function doClone(t: ToolContext, p: Parsed): Promise<void> {
 
 async function doClear(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
-  const api = await t.api();
-  await checkVolume(api, v);
+  const qubes = await t.client();
+  await checkVolume(qubes, v);
   await confirm(`This replaces all data of ${showVmVolume(v)} with zeros. Continue?`, p.flags.has('force'));
-  await api.transport.call('admin.vm.volume.Clear', v.vm, v.volume);
+  await qubes.clearVolume(v.vm, v.volume);
 }
 
 // ---- commands -------------------------------------------------------------------------

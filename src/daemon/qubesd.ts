@@ -14,9 +14,10 @@
  * empty state where qubes.xml is missing even if the base directory is not
  * empty (an empty one needs no flag); an existing qubes.xml is never replaced.
  */
-import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { stderrLog } from '../admin/dispatch.js';
+// The tools' parser: one argument parser in the project (why not node:util parseArgs: src/cli/README.md).
+import { helpText, parseArgs, usageLine, type CommandSpec } from '../cli/common/args.js';
 import { startDaemon, type Daemon } from './daemon.js';
 
 /**
@@ -33,49 +34,49 @@ import { startDaemon, type Daemon } from './daemon.js';
 const HEAP_GROWING_PERCENT = 25;
 setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
 
-const USAGE =
-  'usage: qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]';
+const SPEC: CommandSpec = {
+  prog: 'qubesd',
+  summary: 'The admin daemon: answers the Qubes admin API on a Unix socket.',
+  options: [
+    { names: ['--socket'], kind: 'value', metavar: 'PATH', help: 'the socket (default QUBESD_SOCKET, else BASE/qubesd.sock; mode 0660)' },
+    { names: ['--socket-group'], kind: 'value', metavar: 'GROUP', help: "the socket's group (default qubes if it exists, else 0)" },
+    { names: ['--base-dir'], kind: 'value', metavar: 'DIR', help: 'the state (default QUBES_BASE_DIR, else /var/lib/qubes for root)' },
+    { names: ['--policy'], kind: 'value', metavar: 'FILE', help: 'which caller may call which method (default: dom0 only)' },
+    { names: ['--storage-conf'], kind: 'value', metavar: 'FILE', help: 'R3.2 pools (default BASE/storage.conf, /etc/qubes/storage.conf for root)' },
+    { names: ['--init'], kind: 'flag', help: 'make a new, empty state where qubes.xml is missing' },
+    { names: ['--debug'], kind: 'flag', help: 'stack traces in the log' },
+  ],
+  positionals: [],
+};
 
 async function main(): Promise<number> {
-  let values;
+  let parsed;
   try {
-    ({ values } = parseArgs({
-      args: process.argv.slice(2),
-      options: {
-        socket: { type: 'string' },
-        'socket-group': { type: 'string' },
-        'base-dir': { type: 'string' },
-        policy: { type: 'string' },
-        'storage-conf': { type: 'string' },
-        init: { type: 'boolean', default: false },
-        debug: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
+    parsed = parseArgs(SPEC, process.argv.slice(2));
   } catch (e) {
-    process.stderr.write(`qubesd: ${(e as Error).message}\n${USAGE}\n`);
+    process.stderr.write(`qubesd: error: ${(e as Error).message}\n${usageLine(SPEC)}\n`);
     return 2;
   }
-  if (values.help) {
-    process.stdout.write(`${USAGE}\n`);
+  if (parsed.help) {
+    process.stdout.write(helpText(SPEC));
     return 0;
   }
+  const { values, flags } = parsed;
+  const debug = flags.has('debug');
   let daemon: Daemon;
   try {
     daemon = await startDaemon({
-      ...(values['base-dir'] !== undefined ? { baseDir: values['base-dir'] } : {}),
-      ...(values.socket !== undefined ? { socketPath: values.socket } : {}),
-      ...(values.policy !== undefined ? { policyFile: values.policy } : {}),
-      ...(values['socket-group'] !== undefined ? { socketGroup: values['socket-group'] } : {}),
-      ...(values['storage-conf'] !== undefined ? { storageConf: values['storage-conf'] } : {}),
-      init: values.init ?? false,
-      debug: values.debug ?? false,
+      ...(values.has('base_dir') ? { baseDir: values.get('base_dir')! } : {}),
+      ...(values.has('socket') ? { socketPath: values.get('socket')! } : {}),
+      ...(values.has('policy') ? { policyFile: values.get('policy')! } : {}),
+      ...(values.has('socket_group') ? { socketGroup: values.get('socket_group')! } : {}),
+      ...(values.has('storage_conf') ? { storageConf: values.get('storage_conf')! } : {}),
+      init: flags.has('init'),
+      debug,
       log: stderrLog,
     });
   } catch (e) {
-    stderrLog.error(`cannot start: ${values.debug ? String((e as Error).stack ?? e) : (e as Error).message}`);
+    stderrLog.error(`cannot start: ${debug ? String((e as Error).stack ?? e) : (e as Error).message}`);
     return 1;
   }
   return new Promise<number>((resolve) => {

@@ -19,22 +19,6 @@ export function json(value: unknown): string {
   return `${JSON.stringify(value, null, 2)}\n`;
 }
 
-/** `key=value` lines (admin API replies) in their order. */
-export function parseKeyValueLines(text: string): [string, string][] {
-  const out: [string, string][] = [];
-  for (const line of text.split('\n')) {
-    if (line === '') continue;
-    const eq = line.indexOf('=');
-    if (eq < 0) out.push([line, '']);
-    else out.push([line.slice(0, eq), line.slice(eq + 1)]);
-  }
-  return out;
-}
-
-export function lines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '');
-}
-
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
 /** 1536 -> "1.5 KiB"; below 1 KiB in bytes. */

@@ -1,14 +1,13 @@
 /**
- * The frame every tool runs in: argument parsing with --help, the transport
- * (opened only when a call is made, closed at the end and on Ctrl-C), and
+ * The frame every tool runs in: argument parsing with --help, the admin API
+ * client (connected only when a call is made, closed at the end and on Ctrl-C), and
  * errors turned into one line `PROG: error: MESSAGE` with an exit code:
  * 2 for a mistake on the command line, 1 for a refused or failed operation,
  * or the code a tool chose (CliExit).
  */
 import { QubesException } from '../../storage/errors.js';
 import { helpText, parseArgs, UsageError, type CommandSpec, type Parsed } from './args.js';
-import { Api } from './api.js';
-import { connect, StateBusyError, type Transport } from './transport.js';
+import { QubesClient, StateBusyError } from '../../client/index.js';
 
 /** Ends the tool with this exit code after printing `message` (if any) as an error line. */
 export class CliExit extends Error {
@@ -35,15 +34,15 @@ export interface ToolContext {
   warn(message: string): void;
   /** A plain line on stderr. */
   note(message: string): void;
-  /** The admin API (connects on first use). */
-  api(): Promise<Api>;
+  /** The admin API client (connects on first use). */
+  client(): Promise<QubesClient>;
   /** Parses `argv` for `spec`; prints --help and exits 0 when asked. */
   parse(spec: CommandSpec, argv: readonly string[]): Parsed;
   /** Aborted on SIGINT/SIGTERM, before the cleanups run. */
   readonly signal: AbortSignal;
   /**
    * Runs `cleanup` if the tool is interrupted (SIGINT/SIGTERM) while it is
-   * registered, before the transport closes (all cleanups together get at
+   * registered, before the client closes (all cleanups together get at
    * most 5 s). Returns the function that unregisters it.
    */
   onInterrupt(cleanup: () => Promise<void>): () => void;
@@ -53,8 +52,8 @@ class HelpShown extends Error {}
 
 /** Runs `main` as the tool `prog` and exits the process with its code. */
 export async function runTool(prog: string, main: (t: ToolContext) => Promise<number | void>): Promise<void> {
-  let transport: Transport | null = null;
-  let opening: Promise<Api> | null = null;
+  let client: QubesClient | null = null;
+  let opening: Promise<QubesClient> | null = null;
   const out = (s: string) => void process.stdout.write(s);
   const err = (s: string) => void process.stderr.write(s);
   const interrupt = new AbortController();
@@ -64,10 +63,10 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     out,
     warn: (m) => err(`${prog}: warning: ${m}\n`),
     note: (m) => err(`${m}\n`),
-    api: () =>
-      (opening ??= connect({ notice: (line) => err(`${prog}: ${line}\n`) }).then((tr) => {
-        transport = tr;
-        return new Api(tr);
+    client: () =>
+      (opening ??= QubesClient.connect({ notice: (line) => err(`${prog}: ${line}\n`) }).then((c) => {
+        client = c;
+        return c;
       })),
     parse(spec, argv) {
       const p = parseArgs(spec, argv);
@@ -102,8 +101,8 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
       [...cleanups].map((c) => c().catch((e: unknown) => err(`${prog}: warning: cleaning up: ${oneLine(e instanceof Error ? e.message : String(e))}\n`))),
     );
     const closing = cleaning.then(() => {
-      const tr = transport as Transport | null;
-      return tr ? tr.close().catch(() => {}) : undefined;
+      const c = client as QubesClient | null;
+      return c ? c.close().catch(() => {}) : undefined;
     });
     const cap = new Promise((r) => setTimeout(r, 5000).unref());
     void Promise.race([closing, cap]).then(() => process.exit(code));
@@ -113,7 +112,7 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
 
   let code: number;
   // Once interrupted, the signal handler cleans up, closes and exits (130 or 143),
-  // however main ends: it must not close the transport under the cleanups.
+  // however main ends: it must not close the client under the cleanups.
   const leftToSignalHandler = () => new Promise<never>(() => {});
   try {
     code = (await main(t)) ?? 0;
@@ -122,10 +121,10 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     if (interrupted) await leftToSignalHandler();
     code = report(prog, e, err);
   } finally {
-    const tr = transport as Transport | null;
-    if (tr) {
+    const c = client as QubesClient | null;
+    if (c) {
       try {
-        await tr.close();
+        await c.close();
       } catch (e) {
         err(`${prog}: warning: closing: ${(e as Error).message}\n`);
       }

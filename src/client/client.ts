@@ -1,0 +1,381 @@
+/**
+ * QubesClient: the admin API as typed calls. Every call goes through one
+ * Transport (a qubesd socket, or embedded in this process), so a program
+ * behaves the same either way. Replies come back parsed; an error reply is
+ * thrown as the Qubes-named exception the daemon gave (QubesValueError,
+ * QubesVMNotFoundError, PermissionDenied, ... from storage/errors), and a
+ * failed connection as QubesDaemonCommunicationError.
+ *
+ * The calls check nothing the daemon checks: a program gets the daemon's
+ * own refusal. (The tools check names first to word their errors.)
+ */
+import { Readable } from 'node:stream';
+import type { AdminEvent } from '../admin/protocol/reply.js';
+import { QubesVMNotFoundError } from '../storage/errors.js';
+import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, type PropertyValue } from './replies.js';
+import type { ConnectOptions } from './connect.js';
+import { socketTransport, type EventsSubscription, type Transport } from './transport.js';
+import { DEFAULT_USAGE_THRESHOLD, checkThreshold, poolUsageRow, type PoolUsageRow } from './usage.js';
+
+export interface DomainEntry {
+  readonly name: string;
+  /** AdminVM, AppVM, TemplateVM, StandaloneVM, DispVM. */
+  readonly klass: string;
+  /** Halted, Running, ... */
+  readonly state: string;
+  readonly uuid: string;
+}
+
+export interface DriverEntry {
+  readonly driver: string;
+  /** The option names its pools take. */
+  readonly options: string[];
+}
+
+export interface PoolInfo {
+  readonly name: string;
+  readonly driver: string;
+  /** Bytes, where the pool knows them. */
+  readonly size: number | null;
+  readonly usage: number | null;
+  /** Every `key=value` of admin.pool.Info as text, in the reply's order (options, revisions_to_keep, ...). */
+  readonly fields: readonly (readonly [string, string])[];
+}
+
+export interface VolumeInfo {
+  readonly pool: string;
+  readonly vid: string;
+  readonly size: number;
+  readonly usage: number;
+  readonly rw: boolean;
+  /** The volume it is made from (a template's root), or null. */
+  readonly source: string | null;
+  readonly path: string;
+  readonly saveOnStop: boolean;
+  readonly snapOnStart: boolean;
+  readonly revisionsToKeep: number;
+  readonly ephemeral: boolean;
+  /** Null where the volume has no source to be outdated against. */
+  readonly isOutdated: boolean | null;
+  /** Every `key=value` of admin.vm.volume.Info as text, in the reply's order. */
+  readonly fields: ReadonlyMap<string, string>;
+}
+
+export interface NewDomain {
+  readonly name: string;
+  /** AppVM, TemplateVM, StandaloneVM, DispVM. */
+  readonly klass: string;
+  readonly label: string;
+  /** The template (AppVM, DispVM); a class that takes none gets none. */
+  readonly template?: string;
+  /** All its volumes in this pool. */
+  readonly pool?: string;
+  /** Some volumes (root, private, volatile, kernel) in given pools; not with `pool`. */
+  readonly volumePools?: readonly (readonly [volume: string, pool: string])[];
+}
+
+export interface ImportOptions {
+  /** The data's length: the volume is resized to it first (ImportWithSize); without it, the data must be the volume's size. */
+  readonly size?: number;
+  /** Called with the bytes sent so far, after each chunk. */
+  readonly onProgress?: (bytesSent: number) => void;
+}
+
+/** A volume held for export: read `path`, then end() (idempotent) releases it. */
+export interface VolumeExport {
+  readonly path: string;
+  end(): Promise<void>;
+}
+
+/** The settable options of a pool (admin.pool.Set.*). */
+export type PoolSetting = 'revisions_to_keep' | 'ephemeral_volatile';
+/** The settable properties of a volume (admin.vm.volume.Set.*). */
+export type VolumeSetting = 'rw' | 'revisions_to_keep' | 'ephemeral';
+
+export class QubesClient {
+  constructor(readonly transport: Transport) {}
+
+  /** Over the socket of a running qubesd. */
+  static overSocket(socketPath: string, opts: { readonly source?: string; readonly timeoutMs?: number } = {}): QubesClient {
+    return new QubesClient(socketTransport(socketPath, opts));
+  }
+
+  // The runtime (drivers, state) is loaded only when a client runs embedded:
+  // a program that talks to a daemon does not load it.
+
+  /** In this process, on the state in `baseDir` (made there if it is empty); holds its lock until close(). */
+  static async embedded(baseDir: string, opts: { readonly notice?: (line: string) => void } = {}): Promise<QubesClient> {
+    const { embeddedTransport } = await import('./embedded.js');
+    return new QubesClient(await embeddedTransport(baseDir, opts.notice));
+  }
+
+  /** As the tools connect: the default qubesd socket if one answers, else embedded on the default base directory. */
+  static async connect(opts: ConnectOptions = {}): Promise<QubesClient> {
+    const { connect } = await import('./connect.js');
+    return new QubesClient(await connect(opts));
+  }
+
+  /** Releases what the transport holds (the state lock, embedded). */
+  close(): Promise<void> {
+    return this.transport.close();
+  }
+
+  private async text(method: string, dest = 'dom0', arg = '', payload: string | Buffer = ''): Promise<string> {
+    return (await this.transport.call(method, dest, arg, payload)).toString('utf8');
+  }
+
+  private async send(method: string, dest: string, arg = '', payload: string | Buffer = ''): Promise<void> {
+    await this.transport.call(method, dest, arg, payload);
+  }
+
+  // ---- pools ----
+
+  async pools(): Promise<string[]> {
+    return lines(await this.text('admin.pool.List'));
+  }
+
+  async poolInfo(pool: string): Promise<PoolInfo> {
+    const fields = keyValueLines(await this.text('admin.pool.Info', 'dom0', pool));
+    const get = (k: string) => fields.find(([key]) => key === k)?.[1];
+    return { name: get('name') ?? pool, driver: get('driver') ?? '', size: numberOrNull(get('size')), usage: numberOrNull(get('usage')), fields };
+  }
+
+  /** admin.pool.UsageDetails: its numeric fields (`data_size`, `data_usage`, `metadata_*`, ...). */
+  async poolUsageDetails(pool: string): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const [k, v] of keyValueLines(await this.text('admin.pool.UsageDetails', 'dom0', pool))) {
+      const n = numberOrNull(v);
+      if (n !== null) out[k] = n;
+    }
+    return out;
+  }
+
+  /** Usage rows of `pools` (default: all, in admin.pool.List order), flagged above `threshold` percent (default 90). */
+  async poolUsage(opts: { readonly pools?: readonly string[]; readonly threshold?: number } = {}): Promise<PoolUsageRow[]> {
+    const threshold = checkThreshold(opts.threshold ?? DEFAULT_USAGE_THRESHOLD);
+    const names = opts.pools ?? (await this.pools());
+    const rows: PoolUsageRow[] = [];
+    for (const pool of names) rows.push(poolUsageRow(pool, await this.poolUsageDetails(pool), threshold));
+    return rows;
+  }
+
+  async drivers(): Promise<DriverEntry[]> {
+    return lines(await this.text('admin.pool.ListDrivers')).map((l) => {
+      const [driver, ...options] = l.split(' ').filter((w) => w !== '');
+      return { driver: driver!, options };
+    });
+  }
+
+  /** admin.pool.Add: a pool `name` of `driver` with these options (`dir_path`, `revisions_to_keep`, ...). */
+  async addPool(name: string, driver: string, options: Iterable<readonly [string, string | number | boolean]> = []): Promise<void> {
+    const payload = [`name=${name}`, ...[...options].map(([k, v]) => `${k}=${payloadText(v)}`)].map((l) => `${l}\n`).join('');
+    await this.send('admin.pool.Add', 'dom0', driver, payload);
+  }
+
+  async removePool(name: string): Promise<void> {
+    await this.send('admin.pool.Remove', 'dom0', name);
+  }
+
+  async setPoolOption(pool: string, option: PoolSetting, value: string | number | boolean): Promise<void> {
+    await this.send(`admin.pool.Set.${option}`, 'dom0', pool, payloadText(value));
+  }
+
+  // ---- domains ----
+
+  async domains(): Promise<DomainEntry[]> {
+    return lines(await this.text('admin.vm.List')).map((l) => {
+      const [name, ...rest] = l.split(' ');
+      const kv = keyValueWords(rest);
+      return { name: name!, klass: kv.get('class') ?? '', state: kv.get('state') ?? '', uuid: kv.get('uuid') ?? '' };
+    });
+  }
+
+  /** The domain's entry; QubesVMNotFoundError (as the daemon words it) if there is none. */
+  async domain(name: string): Promise<DomainEntry> {
+    const d = (await this.domains()).find((x) => x.name === name);
+    if (!d) throw new QubesVMNotFoundError(`no such domain: '${name}'`);
+    return d;
+  }
+
+  /** Halted, Running, ... */
+  async powerState(vm: string): Promise<string> {
+    return keyValueWords((await this.text('admin.vm.CurrentState', vm)).trim().split(' ')).get('power_state') ?? 'Halted';
+  }
+
+  /** admin.vm.Create.CLASS, or CreateInPool.CLASS when a pool is named. */
+  async createDomain(d: NewDomain): Promise<void> {
+    const volumePools = d.volumePools ?? [];
+    let payload = `name=${d.name} label=${d.label}`;
+    if (d.pool !== undefined) payload += ` pool=${d.pool}`;
+    for (const [vol, p] of volumePools) payload += ` pool:${vol}=${p}`;
+    const inPool = d.pool !== undefined || volumePools.length > 0;
+    await this.send(`admin.vm.${inPool ? 'CreateInPool' : 'Create'}.${d.klass}`, 'dom0', d.template ?? '', payload);
+  }
+
+  async removeDomain(name: string): Promise<void> {
+    await this.send('admin.vm.Remove', name);
+  }
+
+  async startDomain(name: string): Promise<void> {
+    await this.send('admin.vm.Start', name);
+  }
+
+  /** `force`: also when other domains depend on it; `wait`: the reply comes once it is halted. */
+  async shutdownDomain(name: string, opts: { readonly force?: boolean; readonly wait?: boolean } = {}): Promise<void> {
+    const arg = [opts.force ? 'force' : '', opts.wait ? 'wait' : ''].filter(Boolean).join('+');
+    await this.send('admin.vm.Shutdown', name, arg);
+  }
+
+  /**
+   * Copies the data of every volume of `dst` that keeps its data
+   * (save_on_stop) from the same-named volume of `src` (CloneFrom/CloneTo).
+   * `onVolume` is told of each copy before it starts; its finish() runs after.
+   */
+  async copyVolumes(src: string, dst: string, onVolume?: (volume: string, size: number) => { finish(): void }): Promise<void> {
+    const srcVolumes = new Set(await this.volumes(src));
+    for (const vol of await this.volumes(dst)) {
+      if (!srcVolumes.has(vol)) continue;
+      if (!(await this.volumeInfo(dst, vol)).saveOnStop) continue;
+      const ind = onVolume?.(vol, (await this.volumeInfo(src, vol)).size);
+      try {
+        await this.cloneVolume(src, vol, dst, vol);
+      } finally {
+        ind?.finish();
+      }
+    }
+  }
+
+  // ---- properties, tags, features, labels ----
+
+  /** The property names of `vm`; `dom0-global` names the global properties. */
+  async propertyNames(vm: string): Promise<string[]> {
+    return vm === 'dom0-global' ? lines(await this.text('admin.property.List')) : lines(await this.text('admin.vm.property.List', vm));
+  }
+
+  async property(vm: string, prop: string): Promise<PropertyValue> {
+    return parseProperty(await this.text('admin.vm.property.Get', vm, prop));
+  }
+
+  /** All properties (admin.vm.property.GetAll), in the reply's order (sorted by name). */
+  async properties(vm: string): Promise<Map<string, PropertyValue>> {
+    return new Map(lines(await this.text('admin.vm.property.GetAll', vm)).map(parsePropertyLine));
+  }
+
+  async setProperty(vm: string, prop: string, value: string | number | boolean): Promise<void> {
+    await this.send('admin.vm.property.Set', vm, prop, payloadText(value));
+  }
+
+  async resetProperty(vm: string, prop: string): Promise<void> {
+    await this.send('admin.vm.property.Reset', vm, prop);
+  }
+
+  async tags(vm: string): Promise<string[]> {
+    return lines(await this.text('admin.vm.tag.List', vm));
+  }
+
+  async addTag(vm: string, tag: string): Promise<void> {
+    await this.send('admin.vm.tag.Set', vm, tag);
+  }
+
+  /** Every feature and its value. */
+  async features(vm: string): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    for (const f of lines(await this.text('admin.vm.feature.List', vm))) out.set(f, await this.text('admin.vm.feature.Get', vm, f));
+    return out;
+  }
+
+  async setFeature(vm: string, feature: string, value: string): Promise<void> {
+    await this.send('admin.vm.feature.Set', vm, feature, value);
+  }
+
+  async labels(): Promise<string[]> {
+    return lines(await this.text('admin.label.List'));
+  }
+
+  // ---- volumes ----
+
+  async volumes(vm: string): Promise<string[]> {
+    return lines(await this.text('admin.vm.volume.List', vm));
+  }
+
+  async volumeInfo(vm: string, volume: string): Promise<VolumeInfo> {
+    const fields = new Map(keyValueLines(await this.text('admin.vm.volume.Info', vm, volume)));
+    const bool = (k: string) => fields.get(k) === 'True';
+    const outdated = fields.get('is_outdated');
+    return {
+      pool: fields.get('pool') ?? '',
+      vid: fields.get('vid') ?? '',
+      size: numberOrNull(fields.get('size')) ?? 0,
+      usage: numberOrNull(fields.get('usage')) ?? 0,
+      rw: bool('rw'),
+      source: fields.get('source') || null,
+      path: fields.get('path') ?? '',
+      saveOnStop: bool('save_on_stop'),
+      snapOnStart: bool('snap_on_start'),
+      revisionsToKeep: numberOrNull(fields.get('revisions_to_keep')) ?? 0,
+      ephemeral: bool('ephemeral'),
+      isOutdated: outdated === undefined || outdated === '' ? null : outdated === 'True',
+      fields,
+    };
+  }
+
+  /** The revisions a revert can go back to, oldest first. */
+  async revisions(vm: string, volume: string): Promise<string[]> {
+    return lines(await this.text('admin.vm.volume.ListSnapshots', vm, volume));
+  }
+
+  async setVolumeOption(vm: string, volume: string, option: VolumeSetting, value: string | number | boolean): Promise<void> {
+    await this.send(`admin.vm.volume.Set.${option}`, vm, volume, payloadText(value));
+  }
+
+  async resizeVolume(vm: string, volume: string, size: number): Promise<void> {
+    await this.send('admin.vm.volume.Resize', vm, volume, String(size));
+  }
+
+  /** Back to `revision`, or to the newest when not given. */
+  async revertVolume(vm: string, volume: string, revision?: string): Promise<void> {
+    await this.send('admin.vm.volume.Revert', vm, volume, revision ?? '');
+  }
+
+  /** Replaces all its data with zeros. */
+  async clearVolume(vm: string, volume: string): Promise<void> {
+    await this.send('admin.vm.volume.Clear', vm, volume);
+  }
+
+  /** Replaces the data of dstVm:dstVolume with a copy of srcVm:srcVolume. */
+  async cloneVolume(srcVm: string, srcVolume: string, dstVm: string, dstVolume: string): Promise<void> {
+    const token = await this.text('admin.vm.volume.CloneFrom', srcVm, srcVolume);
+    await this.send('admin.vm.volume.CloneTo', dstVm, dstVolume, token);
+  }
+
+  /** Replaces the data of a volume with `data`, streamed (Import, or ImportWithSize when `size` is given). */
+  async importVolume(vm: string, volume: string, data: Readable | AsyncIterable<Uint8Array>, opts: ImportOptions = {}): Promise<void> {
+    const { size, onProgress } = opts;
+    async function* body(): AsyncGenerator<Buffer> {
+      if (size !== undefined) yield Buffer.from(`${size}\n`);
+      let sent = 0;
+      for await (const c of data) {
+        const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+        sent += b.length;
+        onProgress?.(sent);
+        yield b;
+      }
+    }
+    const method = size === undefined ? 'admin.vm.volume.Import' : 'admin.vm.volume.ImportWithSize';
+    await this.transport.callStream(method, vm, volume, Readable.from(body()));
+  }
+
+  /** Holds the committed data of a volume for reading at the returned path (admin.vm.volume.Export). */
+  async exportVolume(vm: string, volume: string): Promise<VolumeExport> {
+    const path = await this.text('admin.vm.volume.Export', vm, volume);
+    let ending: Promise<void> | null = null;
+    return { path, end: () => (ending ??= this.send('admin.vm.volume.ExportEnd', vm, volume, path)) };
+  }
+
+  // ---- events ----
+
+  /** admin.Events for `dest` (`dom0`: every domain); `onEvent` gets each event after the subscription is live. */
+  events(dest: string, onEvent: (e: AdminEvent) => void): EventsSubscription {
+    return this.transport.events(dest, onEvent);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * How the tools connect (QubesClient.connect): over the socket when a daemon
+ * (qubesd) answers at `QUBESD_SOCKET`, or at the default socket path of the
+ * default base directory; else embedded on the default base directory
+ * (QUBES_BASE_DIR, or the per-user data directory, /var/lib/qubes for root),
+ * waiting for another tool's state lock up to QUBES_LOCK_TIMEOUT seconds.
+ * QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
+ */
+import { defaultBaseDir, defaultSocketPath } from '../daemon/runtime.js';
+import { StateLockedError } from '../domain/state-lock.js';
+import { embeddedTransport } from './embedded.js';
+import { socketAnswers, socketTransport, StateBusyError, type Transport } from './transport.js';
+
+export interface ConnectOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  /** Notices for the user (first-use default pool, waiting for the lock), one line each. */
+  readonly notice?: (line: string) => void;
+  /** How long to wait for another tool's state lock; default QUBES_LOCK_TIMEOUT (seconds) or 30 s. */
+  readonly lockTimeoutMs?: number;
+}
+
+export function socketPathFor(env: NodeJS.ProcessEnv): { socketPath: string; baseDir: string } {
+  const baseDir = defaultBaseDir(env);
+  const socketPath = defaultSocketPath(baseDir, env);
+  return { socketPath, baseDir };
+}
+
+/** Chooses the transport as described at the top of this file. */
+export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
+  const env = opts.env ?? process.env;
+  const { socketPath, baseDir } = socketPathFor(env);
+  const timeoutMs = opts.lockTimeoutMs ?? lockTimeoutFromEnv(env);
+  const deadline = Date.now() + timeoutMs;
+  let waitingSaid = false;
+  let delay = 50;
+  const started = Date.now();
+  for (;;) {
+    if (await socketAnswers(socketPath)) return socketTransport(socketPath);
+    try {
+      return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');
+    } catch (e) {
+      if (!(e instanceof StateLockedError)) throw e;
+      if (Date.now() >= deadline)
+        throw new StateBusyError(
+          `${e.message}; gave up waiting after ${Math.round(timeoutMs / 1000)} s` +
+            ' (another tool still running? QUBES_LOCK_TIMEOUT=SECONDS waits longer)',
+        );
+      if (!waitingSaid && Date.now() - started >= 1000) {
+        opts.notice?.(`waiting for another tool to release the state in ${baseDir}...`);
+        waitingSaid = true;
+      }
+      await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
+      delay = Math.min(delay * 2, 500);
+    }
+  }
+}
+
+function lockTimeoutFromEnv(env: NodeJS.ProcessEnv): number {
+  const raw = env['QUBES_LOCK_TIMEOUT'];
+  if (raw !== undefined && /^\d+(\.\d+)?$/.test(raw)) return Number(raw) * 1000;
+  return 30_000;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
