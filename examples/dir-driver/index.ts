@@ -25,6 +25,7 @@ import {
   QubesException,
   QubesValueError,
   StoragePoolException,
+  storageErrnoError,
   Volume,
   type DomainRef,
   type PoolOptions,
@@ -144,12 +145,16 @@ export class DirVolume extends Volume {
     return (this.source as DirVolume).file;
   }
 
-  /** Runs a change; an OS error becomes a StoragePoolException naming the volume and the action. */
+  /**
+   * Runs a change; an OS error becomes a StoragePoolException naming the
+   * volume and the action. Out of space, EIO and a read-only filesystem are
+   * left to the volume contract, which says them in words for every driver.
+   */
   private async guarded<T>(action: string, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
     } catch (e) {
-      if (e instanceof QubesException) throw e;
+      if (e instanceof QubesException || storageErrnoError(this.where, e)) throw e;
       throw new StoragePoolException(`${this.where}: ${action} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
   }
