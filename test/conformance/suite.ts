@@ -246,6 +246,7 @@ export function describeConformance(target: ConformanceTarget): void {
           assert.ok((await pool.listVolumes()).includes(v.vid));
           await v.remove();
           assert.ok(!(await pool.listVolumes()).includes(v.vid));
+          assert.deepEqual(await v.revisions(), [], 'its revisions went too');
           await assert.rejects(v.verify(), isError(StoragePoolException));
           await noDebris();
         });
@@ -384,6 +385,21 @@ export function describeConformance(target: ConformanceTarget): void {
         assert.equal(await exportedSize(v), SIZE);
         assert.equal(await committed(v), 'keep me');
       });
+
+      if (kinds.has('snapshot'))
+        it('resizes a running snapshot: its running data follows', async () => {
+          const d = volumesOf(pool, dom());
+          const src = d.templateRoot();
+          await src.create();
+          const snap = d.snapshot(src);
+          await snap.create();
+          await snap.start();
+          await snap.resize(SIZE + 2 * MiB);
+          await write(snap, 'at the end', SIZE + 2 * MiB - TAG);
+          assert.equal(untag(await io.read(await snap.path(), SIZE + 2 * MiB - TAG, TAG)), 'at the end');
+          await snap.stop();
+          assert.equal(snap.size, SIZE + 2 * MiB);
+        });
 
       it('refuses to resize a read-only volume (QubesValueError)', async () => {
         const v = volumesOf(pool, dom()).origin();
@@ -558,6 +574,16 @@ export function describeConformance(target: ConformanceTarget): void {
           assert.ok(info.usage >= 0 && info.usage <= info.size + 8 * MiB, `usage ${info.usage}`);
           const separate = { usage: await x.usage(), path: await x.path(), is_outdated: await x.isOutdated() };
           assert.deepEqual({ usage: info.usage, path: info.path, is_outdated: info.is_outdated }, separate, x.vid);
+        }
+        if (vols.length > 1) {
+          await session(v, 'data 2'); // the running snapshot is outdated now
+          const x = vols[1]!;
+          const info = await x.info();
+          assert.deepEqual(
+            { usage: info.usage, path: info.path, is_outdated: info.is_outdated },
+            { usage: await x.usage(), path: await x.path(), is_outdated: await x.isOutdated() },
+            `${x.vid}, its source committed since it started`,
+          );
         }
         for (const x of vols.slice(1)) await x.stop();
         const details = await pool.usageDetails();

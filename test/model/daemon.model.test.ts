@@ -12,7 +12,7 @@ import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB, readAt, writeAt } from '../helpers/data.js';
 import { startRig } from '../admin/methods/helpers.js';
 import { TAG_BYTES, newModel, tagBytes, tagOf } from '../conformance/volume-model.js';
-import { VMS, commands, type Subject, type VmName } from '../conformance/model-commands.js';
+import { VMS, commands, type Subject } from '../conformance/model-commands.js';
 import type { AdminClient } from '../../src/admin/client.js';
 
 const RUNS = Number(process.env['QS_MODEL_RUNS'] ?? 15);
