@@ -1,5 +1,5 @@
 // Crash recovery at the driver's failpoints, for any driver. Each case runs
-// its set-up in a child process, then its operation in a child traced for
+// its set-up in this process, then its operation in a child traced for
 // the failpoints it passes (src/files/failpoint.ts); for each of those a
 // fresh pool gets the same set-up and a child killed (SIGKILL) there. The
 // next operation, in this process, must find the old or the new data (by
@@ -20,7 +20,7 @@ import type { Pool } from '../../src/storage/pool.js';
 import type { Volume } from '../../src/storage/volume.js';
 import { sha256 } from '../helpers/data.js';
 import { openPool, reopenOptions } from './open-pool.js';
-import { crashScenario, type CrashScenario } from './crash-scenario.js';
+import { crashOps, crashScenario, type CrashScenario } from './crash-scenario.js';
 import type { ConformanceTarget } from './target.js';
 import { untag } from './volumes.js';
 
@@ -137,13 +137,18 @@ export function describeCrashRecovery(target: ConformanceTarget): void {
     const everyCase = process.env['QS_CONFORMANCE_CRASH'] === 'all';
     const reopen = async (p: Pool): Promise<CrashScenario> =>
       crashScenario(await openPool(p.driver, p.name, reopenOptions(p)), withSnapshot);
+    /** The set-up operations, here (no failpoint is armed in this process), on objects of their own. */
+    const setUp = async (p: Pool, ops: string[]): Promise<void> => {
+      const run = crashOps(await reopen(p), target.io);
+      for (const op of ops) await run[op]!();
+    };
 
     for (const [name, c] of Object.entries(CASES)) {
       if (c.snapshot && !withSnapshot) continue; // the refusal of the kind is checked by the suite
       it(`${name}: killed at each failpoint of ${c.op}, the next operation finds old or new data, nothing lost, no debris`, async (t) => {
         // Reference run without a crash: the old and the new data, and the failpoints passed.
         const ref = await target.makePool({ revisions_to_keep: keep });
-        child(ref, target, withSnapshot, c.setup, {});
+        await setUp(ref, c.setup);
         const refS = await reopen(ref);
         const oldHash = await committedHash(refS[c.check]);
         const traced = child(ref, target, withSnapshot, [c.op], { QUBES_STORAGE_FAILPOINT_TRACE: '1' });
@@ -158,7 +163,7 @@ export function describeCrashRecovery(target: ConformanceTarget): void {
           reachedAll.add(fp);
           await t.test(`killed at ${fp}`, async () => {
             const pool = await target.makePool({ revisions_to_keep: keep });
-            child(pool, target, withSnapshot, c.setup, {});
+            await setUp(pool, c.setup);
             assert.equal(child(pool, target, withSnapshot, [c.op], { QUBES_STORAGE_FAILPOINTS: fp }).killed, true, `killed at ${fp}`);
             const s = await reopen(pool);
             await s.pool.sweepLeftovers();
