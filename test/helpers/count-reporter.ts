@@ -28,7 +28,7 @@ interface TestEventData {
   nesting: number;
   skip?: string | boolean;
   todo?: string | boolean;
-  details?: { type?: string };
+  details?: { type?: string; error?: { failureType?: string } };
 }
 
 /** The place of a test: the innermost tag among its own and its suites' names. */
@@ -71,8 +71,11 @@ export default async function* countReporter(
     const isSuite = data.details?.type === 'suite';
     const skipped = data.skip !== undefined && data.skip !== false;
     // A skipped suite stands for the tests it did not run; other suites are
-    // counted through their tests. A failed suite (a hook) counts as a failure.
+    // counted through their tests. A failed suite (a hook) counts as a
+    // failure; one that failed only because tests in it did is counted
+    // through them.
     if (isSuite && !skipped && type === 'test:pass') continue;
+    if (isSuite && type === 'test:fail' && data.details?.error?.failureType === 'subtestsFailed') continue;
     const names = [...stack.slice(0, data.nesting), data.name];
     const outcome = type === 'test:fail' ? 'failed' : skipped || data.todo ? 'skipped' : 'passed';
     bump(counts.places, placeOf(names), outcome);

@@ -6,5 +6,4 @@ import '../../conformance/rbd.js';
 import './layout.js';
 import './hosts.js';
 import './daemons.js';
-import './crash.js';
 import './failure.js';
