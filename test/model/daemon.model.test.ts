@@ -11,8 +11,8 @@ import fc from 'fast-check';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB, readAt, writeAt } from '../helpers/data.js';
 import { startRig } from '../admin/methods/helpers.js';
-import { TAG_BYTES, newModel, tagBytes, tagOf } from './volume-model.js';
-import { VMS, commands, type Subject } from './commands.js';
+import { TAG_BYTES, newModel, tagBytes, tagOf } from '../conformance/volume-model.js';
+import { VMS, commands, type Subject } from '../conformance/model-commands.js';
 import type { AdminClient } from '../../src/admin/client.js';
 
 const RUNS = Number(process.env['QS_MODEL_RUNS'] ?? 15);

@@ -17,7 +17,7 @@ import {
 } from '../../src/registry/storage-conf.js';
 import { QubesPoolInUseError, QubesValueError, StoragePoolException } from '../../src/storage/errors.js';
 import { driverModuleSource, installDemoPackage, makeTmp, removeTmp } from './fixtures.js';
-import { toyDriver } from './toy-driver.js';
+import { dirDriver } from '../../examples/dir-driver/index.js';
 
 let tmp: string;
 let ctx: StorageConfContext;
@@ -29,7 +29,7 @@ before(async () => {
   await installDemoPackage(nm);
   await fs.writeFile(path.join(tmp, 'package.json'), '{"type": "module"}\n');
   await fs.writeFile(path.join(tmp, 'local-driver.js'), driverModuleSource({ name: 'local', exportName: 'LocalDriver' }));
-  const registry = await DriverRegistry.open({ drivers: [toyDriver], nodeModules: [nm] });
+  const registry = await DriverRegistry.open({ drivers: [dirDriver], nodeModules: [nm] });
   ctx = { registry, baseDir: path.join(tmp, 'base') };
 });
 after(() => removeTmp(tmp));
@@ -45,7 +45,7 @@ const ORIGINAL = `# storage.conf: one section per pool.
 # Keep this header.
 
 [default]
-driver=toy
+driver=dir
 ; the default pool's dir_path comes from the base directory
 
 # kernels shipped with the system
@@ -58,10 +58,10 @@ dir_path = /var/lib/qubes/vm-kernels
 describe('storage.conf: INI reading and writing', () => {
   const texts: { name: string; text: string }[] = [
     { name: 'comments, blanks and spacing', text: ORIGINAL },
-    { name: 'no final newline', text: '[a]\ndriver=toy' },
-    { name: 'CRLF line endings', text: '# c\r\n[a]\r\ndriver=toy\r\n\r\n' },
+    { name: 'no final newline', text: '[a]\ndriver=dir' },
+    { name: 'CRLF line endings', text: '# c\r\n[a]\r\ndriver=dir\r\n\r\n' },
     { name: 'an empty file', text: '' },
-    { name: 'a value holding = and #', text: '[a]\ndriver=toy\nlabel=x=1 # not a comment\n' },
+    { name: 'a value holding = and #', text: '[a]\ndriver=dir\nlabel=x=1 # not a comment\n' },
   ];
   for (const t of texts)
     it(`gives back ${t.name} byte for byte`, () => {
@@ -73,7 +73,7 @@ describe('storage.conf: INI reading and writing', () => {
     assert.deepEqual(
       doc.sections.map((s) => [s.name, s.line, s.entries.map((e) => [e.key, e.value, e.line])]),
       [
-        ['default', 4, [['driver', 'toy', 5]]],
+        ['default', 4, [['driver', 'dir', 5]]],
         ['kernels', 9, [['driver', 'linux-kernel', 10], ['dir_path', '/var/lib/qubes/vm-kernels', 11]]],
       ],
     );
@@ -90,33 +90,33 @@ describe('storage.conf: which lines a removed section takes', () => {
   const cases: { name: string; text: string; remove: string; expect: string }[] = [
     {
       name: 'comments leading into the next header stay with it',
-      text: '[a]\ndriver=toy\n# about b\n[b]\ndriver=toy\n',
+      text: '[a]\ndriver=dir\n# about b\n[b]\ndriver=dir\n',
       remove: 'a',
-      expect: '# about b\n[b]\ndriver=toy\n',
+      expect: '# about b\n[b]\ndriver=dir\n',
     },
     {
       name: 'comments after the last key, before a blank line, go with the section',
-      text: '[a]\ndriver=toy\n# a note on a\n\n[b]\ndriver=toy\n',
+      text: '[a]\ndriver=dir\n# a note on a\n\n[b]\ndriver=dir\n',
       remove: 'a',
-      expect: '\n[b]\ndriver=toy\n',
+      expect: '\n[b]\ndriver=dir\n',
     },
     {
       name: 'the comment above the header stays',
-      text: '# header\n[a]\ndriver=toy\n',
+      text: '# header\n[a]\ndriver=dir\n',
       remove: 'a',
       expect: '# header\n',
     },
     {
       name: 'the last section takes one of the blank lines around it',
-      text: '[a]\ndriver=toy\n\n[b]\ndriver=toy\n',
+      text: '[a]\ndriver=dir\n\n[b]\ndriver=dir\n',
       remove: 'b',
-      expect: '[a]\ndriver=toy\n',
+      expect: '[a]\ndriver=dir\n',
     },
     {
       name: 'comments between keys go with the section',
-      text: '[a]\ndriver=toy\n; inner\ndir_path=/x\n[b]\ndriver=toy\n',
+      text: '[a]\ndriver=dir\n; inner\ndir_path=/x\n[b]\ndriver=dir\n',
       remove: 'a',
-      expect: '[b]\ndriver=toy\n',
+      expect: '[b]\ndriver=dir\n',
     },
   ];
   for (const c of cases)
@@ -135,13 +135,13 @@ describe('storage.conf: loading', () => {
   });
 
   it("keeps the default pool's own dir_path", async () => {
-    const loaded = await loadStorageConf(await conf('[default]\ndriver=toy\ndir_path=/srv/own\n'), ctx);
+    const loaded = await loadStorageConf(await conf('[default]\ndriver=dir\ndir_path=/srv/own\n'), ctx);
     assert.equal(loaded.pools.get('default')!.config()['dir_path'], '/srv/own');
   });
 
   it('does not give dir_path to a pool not named default', async () => {
-    const file = await conf('[other]\ndriver=toy\n');
-    await assert.rejects(loadStorageConf(file, ctx), new RegExp(`^StoragePoolException: ${file}:1: pool other: driver toy requires option 'dir_path'`));
+    const file = await conf('[other]\ndriver=dir\n');
+    await assert.rejects(loadStorageConf(file, ctx), new RegExp(`^StoragePoolException: ${file}:1: pool other: driver dir requires option 'dir_path'`));
   });
 
   it('reads a missing file as no pools', async () => {
@@ -195,19 +195,19 @@ describe('storage.conf: loading', () => {
   const bad: { name: string; text: string; line: number; what: RegExp }[] = [
     { name: 'unknown driver', text: '[a]\ndriver=nosuchdriver\n', line: 2, what: /pool a: unknown driver 'nosuchdriver'/ },
     { name: 'class path without #EXPORT', text: '[a]\nclass=qubes.storage.xen.XenStorage\n', line: 2, what: /pool a: cannot load driver class .*expected MODULE#EXPORT/ },
-    { name: 'class file missing', text: '[a]\ndriver=toy\nclass=./missing.js#X\n', line: 3, what: /missing\.js: no such file/ },
+    { name: 'class file missing', text: '[a]\ndriver=dir\nclass=./missing.js#X\n', line: 3, what: /missing\.js: no such file/ },
     { name: 'missing dir_path', text: '# kernels\n[k]\ndriver=linux-kernel\n', line: 2, what: /pool k: driver linux-kernel requires option 'dir_path', which is missing/ },
-    { name: 'duplicate section', text: '[a]\ndriver=toy\ndir_path=/x\n\n[a]\ndriver=toy\n', line: 5, what: /duplicate section \[a\] \(first at line 1\)/ },
-    { name: 'duplicate key', text: '[a]\ndriver=toy\ndriver=toy\n', line: 3, what: /duplicate key 'driver' in section \[a\] \(first at line 2\)/ },
-    { name: 'key with no value', text: '[a]\ndriver=toy\ndir_path=\n', line: 3, what: /key 'dir_path' has no value/ },
-    { name: "line without '='", text: '[a]\ndriver toy\n', line: 2, what: /expected KEY=VALUE, got 'driver toy'/ },
-    { name: 'key before any section', text: '# c\ndriver=toy\n[a]\n', line: 2, what: /key 'driver' outside of any section/ },
+    { name: 'duplicate section', text: '[a]\ndriver=dir\ndir_path=/x\n\n[a]\ndriver=dir\n', line: 5, what: /duplicate section \[a\] \(first at line 1\)/ },
+    { name: 'duplicate key', text: '[a]\ndriver=dir\ndriver=dir\n', line: 3, what: /duplicate key 'driver' in section \[a\] \(first at line 2\)/ },
+    { name: 'key with no value', text: '[a]\ndriver=dir\ndir_path=\n', line: 3, what: /key 'dir_path' has no value/ },
+    { name: "line without '='", text: '[a]\ndriver dir\n', line: 2, what: /expected KEY=VALUE, got 'driver dir'/ },
+    { name: 'key before any section', text: '# c\ndriver=dir\n[a]\n', line: 2, what: /key 'driver' outside of any section/ },
     { name: 'section with neither driver nor class', text: '[a]\ndir_path=/x\n', line: 1, what: /pool a: neither driver= nor class= is given/ },
-    { name: 'unknown option', text: '[a]\ndriver=toy\ndir_path=/x\ncolour=red\n', line: 4, what: /pool a: unknown option 'colour' for driver toy \(known: dir_path, revisions_to_keep, ephemeral_volatile\)/ },
-    { name: 'option of the wrong type', text: '[a]\ndriver=toy\nrevisions_to_keep=lots\ndir_path=/x\n', line: 3, what: /pool a: option revisions_to_keep: expected an integer, got 'lots'/ },
-    { name: 'relative dir_path', text: '[a]\ndriver=toy\ndir_path=var/lib\n', line: 3, what: /option dir_path: must be an absolute path/ },
-    { name: 'malformed header', text: '[a\ndriver=toy\n', line: 1, what: /malformed section header '\[a'/ },
-    { name: 'invalid pool name', text: '[a b]\ndriver=toy\n', line: 1, what: /invalid pool name 'a b'/ },
+    { name: 'unknown option', text: '[a]\ndriver=dir\ndir_path=/x\ncolour=red\n', line: 4, what: /pool a: unknown option 'colour' for driver dir \(known: dir_path, revisions_to_keep, ephemeral_volatile\)/ },
+    { name: 'option of the wrong type', text: '[a]\ndriver=dir\nrevisions_to_keep=lots\ndir_path=/x\n', line: 3, what: /pool a: option revisions_to_keep: expected an integer, got 'lots'/ },
+    { name: 'relative dir_path', text: '[a]\ndriver=dir\ndir_path=var/lib\n', line: 3, what: /option dir_path: must be an absolute path/ },
+    { name: 'malformed header', text: '[a\ndriver=dir\n', line: 1, what: /malformed section header '\[a'/ },
+    { name: 'invalid pool name', text: '[a b]\ndriver=dir\n', line: 1, what: /invalid pool name 'a b'/ },
     { name: 'missing key', text: '[a]\n=toy\n', line: 2, what: /missing key before '='/ },
   ];
   for (const c of bad)
@@ -240,10 +240,10 @@ describe('storage.conf: adding and removing pools', () => {
 
   it('round trips: load, add, reload, remove, reload, keeping every other byte', async () => {
     await loadStorageConf(file, ctx);
-    const pool = await addPoolToStorageConf(file, { name: 'extra', driver: 'toy', options: { dir_path: '/srv/extra', ephemeral_volatile: true } }, ctx);
+    const pool = await addPoolToStorageConf(file, { name: 'extra', driver: 'dir', options: { dir_path: '/srv/extra', ephemeral_volatile: true } }, ctx);
     assert.equal(pool.name, 'extra');
     const added = await fs.readFile(file, 'utf8');
-    assert.equal(added, `${ORIGINAL}\n[extra]\ndriver=toy\ndir_path=/srv/extra\nephemeral_volatile=True\n`);
+    assert.equal(added, `${ORIGINAL}\n[extra]\ndriver=dir\ndir_path=/srv/extra\nephemeral_volatile=True\n`);
     const reloaded = await loadStorageConf(file, ctx);
     assert.deepEqual([...reloaded.pools.keys()], ['default', 'kernels', 'extra']);
     assert.equal(reloaded.pools.get('extra')!.ephemeral_volatile, true);
@@ -270,27 +270,27 @@ dir_path = /var/lib/qubes/vm-kernels
   });
 
   it('adds a class= pool and keeps CRLF line endings', async () => {
-    const crlf = await conf('# c\r\n[default]\r\ndriver=toy\r\n');
+    const crlf = await conf('# c\r\n[default]\r\ndriver=dir\r\n');
     await addPoolToStorageConf(crlf, { name: 'z', class: './local-driver.js#LocalDriver', options: { dir_path: '/srv/z', depth: 3 } }, ctx);
-    assert.equal(await fs.readFile(crlf, 'utf8'), '# c\r\n[default]\r\ndriver=toy\r\n\r\n[z]\r\nclass=./local-driver.js#LocalDriver\r\ndir_path=/srv/z\r\ndepth=3\r\n');
+    assert.equal(await fs.readFile(crlf, 'utf8'), '# c\r\n[default]\r\ndriver=dir\r\n\r\n[z]\r\nclass=./local-driver.js#LocalDriver\r\ndir_path=/srv/z\r\ndepth=3\r\n');
     assert.equal((await loadStorageConf(crlf, ctx)).pools.get('z')!.driver, 'local');
   });
 
   it('creates the file when it does not exist', async () => {
     const fresh = path.join(tmp, `fresh-${++n}.conf`);
-    await addPoolToStorageConf(fresh, { name: 'default', driver: 'toy', options: {} }, ctx);
-    assert.equal(await fs.readFile(fresh, 'utf8'), '[default]\ndriver=toy\n');
+    await addPoolToStorageConf(fresh, { name: 'default', driver: 'dir', options: {} }, ctx);
+    assert.equal(await fs.readFile(fresh, 'utf8'), '[default]\ndriver=dir\n');
   });
 
   const refusals: { name: string; pool: Parameters<typeof addPoolToStorageConf>[1]; error: RegExp; type: new (...args: never[]) => Error }[] = [
-    { name: 'a taken name', pool: { name: 'kernels', driver: 'toy', options: { dir_path: '/x' } }, error: /:9: pool 'kernels' already exists/, type: QubesPoolInUseError },
+    { name: 'a taken name', pool: { name: 'kernels', driver: 'dir', options: { dir_path: '/x' } }, error: /:9: pool 'kernels' already exists/, type: QubesPoolInUseError },
     { name: 'an unknown driver', pool: { name: 'n', driver: 'nosuch', options: {} }, error: /unknown driver 'nosuch'/, type: StoragePoolException },
-    { name: 'an unknown option', pool: { name: 'n', driver: 'toy', options: { dir_path: '/x', colour: 'red' } }, error: /unknown option 'colour'/, type: StoragePoolException },
+    { name: 'an unknown option', pool: { name: 'n', driver: 'dir', options: { dir_path: '/x', colour: 'red' } }, error: /unknown option 'colour'/, type: StoragePoolException },
     { name: 'a missing required option', pool: { name: 'n', driver: 'linux-kernel', options: {} }, error: /requires option 'dir_path'/, type: StoragePoolException },
-    { name: 'a value with a newline', pool: { name: 'n', driver: 'toy', options: { dir_path: '/x\n[evil]' } }, error: /option dir_path: a value in storage.conf must be/, type: QubesValueError },
-    { name: 'an empty value', pool: { name: 'n', driver: 'toy', options: { dir_path: '' } }, error: /must be non-empty/, type: QubesValueError },
-    { name: 'a bad pool name', pool: { name: 'a]b', driver: 'toy', options: {} }, error: /invalid pool name/, type: QubesValueError },
-    { name: 'driver as an option', pool: { name: 'n', driver: 'toy', options: { driver: 'x' } }, error: /'driver' is not an option/, type: QubesValueError },
+    { name: 'a value with a newline', pool: { name: 'n', driver: 'dir', options: { dir_path: '/x\n[evil]' } }, error: /option dir_path: a value in storage.conf must be/, type: QubesValueError },
+    { name: 'an empty value', pool: { name: 'n', driver: 'dir', options: { dir_path: '' } }, error: /must be non-empty/, type: QubesValueError },
+    { name: 'a bad pool name', pool: { name: 'a]b', driver: 'dir', options: {} }, error: /invalid pool name/, type: QubesValueError },
+    { name: 'driver as an option', pool: { name: 'n', driver: 'dir', options: { driver: 'x' } }, error: /'driver' is not an option/, type: QubesValueError },
   ];
   for (const c of refusals)
     it(`refuses to add ${c.name} and leaves the file as it was`, async () => {
@@ -309,14 +309,14 @@ dir_path = /var/lib/qubes/vm-kernels
 
   it('serializes concurrent additions to one file', async () => {
     await Promise.all(
-      ['c1', 'c2', 'c3'].map((name) => addPoolToStorageConf(file, { name, driver: 'toy', options: { dir_path: `/srv/${name}` } }, ctx)),
+      ['c1', 'c2', 'c3'].map((name) => addPoolToStorageConf(file, { name, driver: 'dir', options: { dir_path: `/srv/${name}` } }, ctx)),
     );
     const names = [...(await loadStorageConf(file, ctx)).pools.keys()].sort();
     assert.deepEqual(names, ['c1', 'c2', 'c3', 'default', 'kernels']);
   });
 
   it('leaves no temporary file behind', async () => {
-    await addPoolToStorageConf(file, { name: 't', driver: 'toy', options: { dir_path: '/x' } }, ctx);
+    await addPoolToStorageConf(file, { name: 't', driver: 'dir', options: { dir_path: '/x' } }, ctx);
     const leftovers = (await fs.readdir(tmp)).filter((f) => f.includes('.tmp-'));
     assert.deepEqual(leftovers, []);
   });

@@ -1,8 +1,9 @@
 // The driver's declaration (capabilities) is the contract: the storage base classes refuse, once and
 // before the driver is called, what it rules out. One table of expectations, derived from each driver's
 // declared capabilities, run against real pools: file and file-reflink on the test filesystems,
-// linux-kernel on a directory of kernels, the toy test driver (a third-party driver that does not pass
-// its declaration to the Pool constructor: the registry binds it), and a callback pool in front of
+// linux-kernel on a directory of kernels, the example out-of-tree driver declared with at most one
+// revision (a third-party driver that does not pass its declaration to the Pool constructor: the
+// registry binds it), and a callback pool in front of
 // linux-kernel (it answers with its backend's declaration). Every refusal has its error class and
 // message, and leaves nothing changed: no file made or touched, no property or option changed.
 import assert from 'node:assert/strict';
@@ -18,7 +19,10 @@ import type { Pool } from '../../src/storage/pool.js';
 import { volumeKind, type DomainRef, type Volume, type VolumeKind, type VolumeSpec } from '../../src/storage/volume.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { makeTmp, removeTmp } from '../registry/fixtures.js';
-import { toyDriver } from '../registry/toy-driver.js';
+import { dirDriver } from '../../examples/dir-driver/index.js';
+
+/** The example driver, declared here with at most one revision so that the bound is exercised for a third party. */
+const oneRevisionDir = { ...dirDriver, capabilities: { ...dirDriver.capabilities, maxRevisions: 1 } };
 
 const KINDS: readonly VolumeKind[] = ['volatile', 'snapshot', 'origin', 'origin_snapshot'];
 const FLAGS: Record<VolumeKind, { snap_on_start: boolean; save_on_stop: boolean }> = {
@@ -56,7 +60,7 @@ let registry: DriverRegistry;
 let tmp: string;
 let n = 0;
 before(async () => {
-  registry = await DriverRegistry.open({ drivers: [toyDriver] });
+  registry = await DriverRegistry.open({ drivers: [oneRevisionDir] });
   tmp = await makeTmp('declaration');
 });
 after(() => removeTmp(tmp));
@@ -239,14 +243,14 @@ describe('declaration: linux-kernel', () => {
   });
 });
 
-describe('declaration: toy (a third-party driver; the registry binds its declaration)', () => {
-  declarationSuite('toy', {
-    driver: 'toy',
-    declaredBy: 'toy',
+describe('declaration: dir, the example driver (a third-party driver; the registry binds its declaration)', () => {
+  declarationSuite('dir', {
+    driver: 'dir',
+    declaredBy: 'dir',
     async make() {
-      const dir = path.join(tmp, 'toy');
+      const dir = path.join(tmp, 'dir');
       const options = { dir_path: dir };
-      const pool = await registry.createPool('toy', `t${++n}`, options);
+      const pool = await registry.createPool('dir', `t${++n}`, options);
       await pool.setup();
       return { pool, dir, options };
     },

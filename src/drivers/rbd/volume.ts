@@ -576,6 +576,9 @@ export class RbdVolume extends Volume {
       const file = this.pool.tmpFile('export');
       try {
         await this.cli.rbd(['export', c.image.cli.spec(c.image.image, snap), file], { timeoutMs: null });
+        // The pre-start snapshot keeps the size it had; a resize since then applies to the
+        // committed data too (the stop commits the resized image), as on every driver.
+        if (snap === 'qs-start') await fs.truncate(file, c.image.size);
       } catch (e) {
         await fs.rm(file, { force: true });
         throw e;

@@ -8,7 +8,7 @@ import { loadStorageConf } from '../../../src/registry/storage-conf.js';
 import { QubesValueError, StoragePoolException } from '../../../src/storage/errors.js';
 import type { DomainRef } from '../../../src/storage/volume.js';
 import { makeTmp, removeTmp } from '../../registry/fixtures.js';
-import { ToyPool, toyDriver } from '../../registry/toy-driver.js';
+import { DirPool, dirDriver } from '../../../examples/dir-driver/index.js';
 
 let tmp: string;
 let reg: DriverRegistry;
@@ -45,7 +45,7 @@ appendFileSync(process.env.HOOK_LOG, JSON.stringify({ argv, env, exists: argv[0]
   await fs.writeFile(BIGERR, `process.stderr.write('E'.repeat(100000)); process.exit(1);\n`);
   await fs.writeFile(SLEEP, `setTimeout(() => {}, 30000);\n`);
   process.env['QS_LEAK'] = 'from the daemon';
-  reg = await DriverRegistry.open({ drivers: [toyDriver] });
+  reg = await DriverRegistry.open({ drivers: [dirDriver] });
 });
 after(async () => {
   delete process.env['QS_LEAK'];
@@ -57,8 +57,8 @@ async function callbackPool(id: string, conf: Record<string, unknown>, name = `c
   const dir = path.join(tmp, `${name}-data`);
   const log = path.join(tmp, `${name}.log`);
   const file = path.join(tmp, `${name}.json`);
-  const full = { backend: { driver: 'toy', options: { dir_path: dir } }, ...conf, env: { HOOK_LOG: log, ...((conf['env'] as object) ?? {}) } };
-  await fs.writeFile(file, JSON.stringify({ other: { backend: { driver: 'toy' } }, [id]: full }, null, 2));
+  const full = { backend: { driver: 'dir', options: { dir_path: dir } }, ...conf, env: { HOOK_LOG: log, ...((conf['env'] as object) ?? {}) } };
+  await fs.writeFile(file, JSON.stringify({ other: { backend: { driver: 'dir' } }, [id]: full }, null, 2));
   const pool = (await reg.createPool('callback', name, { conf_id: id, conf_path: file })) as CallbackPool;
   return { pool, dir, log, file };
 }
@@ -85,7 +85,7 @@ describe('callback pool: hooks around every event, in order, with the facts', ()
     const tag = `cb-order-${n + 1}`;
     const img = path.join(tmp, `${tag}-data`, `${VID}.img`);
     const { pool, log, dir } = await callbackPool('order', { hooks: hooksFor(ALL_EVENTS, [NODE, RECORD, img, 'literal $(arg)']) }, tag);
-    assert.equal(pool.backend instanceof ToyPool, true);
+    assert.equal(pool.backend instanceof DirPool, true);
 
     await pool.setup();
     const v = pool.initVolume(domain, { name: 'private', vid: VID, rw: true, save_on_stop: true, size: 1024 });
@@ -93,9 +93,9 @@ describe('callback pool: hooks around every event, in order, with the facts', ()
     await v.start();
     await v.stop();
     await v.resize(2048);
-    await fs.writeFile(`${img}.1`, 'older');
+    await fs.writeFile(`${img}@1`, 'older');
     await v.revert('1');
-    const otherPool = (await reg.createPool('toy', 'plain', { dir_path: path.join(tmp, `${tag}-plain`) })) as ToyPool;
+    const otherPool = (await reg.createPool('dir', 'plain', { dir_path: path.join(tmp, `${tag}-plain`) })) as DirPool;
     const src = otherPool.initVolume(domain, { name: 'private', vid: 'appvms/src/private', rw: true, save_on_stop: true, size: 4096 });
     await src.create();
     await v.importVolume(src);
@@ -129,9 +129,9 @@ describe('callback pool: hooks around every event, in order, with the facts', ()
     assert.deepEqual(at('pre_volume_create').env, {
       QS_EVENT: 'pre_volume_create',
       QS_POOL: tag,
-      QS_DRIVER: 'toy',
+      QS_DRIVER: 'dir',
       QS_CONF_ID: 'order',
-      QS_BACKEND_OPTIONS: JSON.stringify({ name: tag, driver: 'toy', dir_path: dir, revisions_to_keep: 1, ephemeral_volatile: false }),
+      QS_BACKEND_OPTIONS: JSON.stringify({ name: tag, driver: 'dir', dir_path: dir, revisions_to_keep: 1, ephemeral_volatile: false }),
       QS_VID: VID,
       QS_VOLUME_NAME: 'private',
       QS_DOMAIN: 'work',
@@ -258,10 +258,10 @@ describe('callback pool: a failing pre command aborts and changes nothing', () =
       event: 'volume_revert',
       prepare: async (v, img) => {
         await created(v);
-        await fs.writeFile(`${img}.1`, 'old');
+        await fs.writeFile(`${img}@1`, 'old');
       },
       run: (_p, v) => v.revert('1'),
-      unchanged: async (_v, img) => assert.equal(await fs.readFile(`${img}.1`, 'utf8'), 'old'),
+      unchanged: async (_v, img) => assert.equal(await fs.readFile(`${img}@1`, 'utf8'), 'old'),
     },
     {
       event: 'volume_import',
@@ -363,10 +363,10 @@ describe('callback pool: configuration', () => {
     { name: 'a callback backend', write: () => conf({ backend: { driver: 'callback' } }), error: /backend.driver cannot be 'callback'/ },
     { name: 'no backend', write: () => JSON.stringify({ c: { hooks: {} } }), error: /'backend' must be/ },
     { name: 'an unknown backend driver', write: () => conf({ backend: { driver: 'nosuch' } }), error: /backend nosuch of callback configuration 'c' .*unknown driver 'nosuch'/ },
-    { name: 'backend options that do not fit', write: () => conf({ backend: { driver: 'toy', options: {} } }), error: /backend toy .*missing required option 'dir_path'/ },
+    { name: 'backend options that do not fit', write: () => conf({ backend: { driver: 'dir', options: {} } }), error: /backend dir .*missing required option 'dir_path'/ },
   ];
   function conf(c: Record<string, unknown>): string {
-    return JSON.stringify({ c: { backend: { driver: 'toy', options: { dir_path: '/x' } }, ...c } });
+    return JSON.stringify({ c: { backend: { driver: 'dir', options: { dir_path: '/x' } }, ...c } });
   }
   for (const c of bad)
     it(`refuses ${c.name}, naming the pool and file`, async () => {

@@ -20,7 +20,7 @@ import type { DomainStorage } from '../../../src/storage/domain-storage.js';
 import { StoragePoolException } from '../../../src/storage/errors.js';
 import { MiB, listFiles, pattern, sha256, writeAt } from '../../helpers/data.js';
 import { domain } from '../../helpers/reflink-scenario.js';
-import { ToyPool } from '../../registry/toy-driver.js';
+import { DirPool } from '../../../examples/dir-driver/index.js';
 
 const run = promisify(execFile);
 const SBIN = { PATH: `${process.env['PATH'] ?? ''}:/usr/sbin:/sbin` };
@@ -185,9 +185,9 @@ describe('write errors on a real read-only and a real failing filesystem', { ski
     });
   }
 
-  it('a driver that maps nothing itself (the toy driver): the volume contract still answers the mapped error', async () => {
-    const dir = path.join(lfs.mnt, 'toy');
-    const pool = new ToyPool('toypool', { dir_path: dir });
+  it('a driver that leaves these errors to the contract (the example dir driver): the volume contract answers the mapped error', async () => {
+    const dir = path.join(lfs.mnt, 'dir');
+    const pool = new DirPool('dirpool', { dir_path: dir });
     await pool.setup();
     const v = pool.initVolume({ name: 'work', dirPrefix: 'appvms' }, { name: 'private', rw: true, save_on_stop: true, size: MiB });
     await v.create();
@@ -206,7 +206,7 @@ describe('write errors on a real read-only and a real failing filesystem', { ski
           (err: unknown) => err,
         );
         assert.ok(e instanceof StoragePoolException, `${what}: ${String(e)}`);
-        assert.match(e.message, /^volume appvms\/\w+\/private of pool toypool: the filesystem is read-only \(EROFS at \//, what);
+        assert.match(e.message, /^volume appvms\/\w+\/private of pool dirpool: the filesystem is read-only \(EROFS at \//, what);
       }
     } finally {
       await sh('mount', ['-o', 'remount,rw', lfs.mnt]);

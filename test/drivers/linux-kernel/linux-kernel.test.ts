@@ -133,13 +133,10 @@ describe('linux-kernel volumes', () => {
       assert.throws(() => kernel(vid), QubesValueError);
     });
 
-  // Refused by the base class from the driver's declaration (test/storage/declaration.test.ts has the table).
+  // rw, the kinds other than volatile and revisions are refused per the
+  // declaration by the conformance suite (test/conformance/linux-kernel.test.ts).
   const badKinds: { name: string; spec: Partial<VolumeSpec>; error: RegExp }[] = [
-    { name: 'rw', spec: { rw: true }, error: /cannot be writable: driver linux-kernel serves read-only volumes/ },
-    { name: 'snap_on_start', spec: { snap_on_start: true }, error: /driver linux-kernel does not serve snapshot volumes/ },
-    { name: 'save_on_stop', spec: { save_on_stop: true }, error: /driver linux-kernel does not serve origin volumes/ },
     { name: 'ephemeral', spec: { ephemeral: true }, error: /ephemeral is only allowed for rw volumes/ },
-    { name: 'revisions', spec: { revisions_to_keep: 2 }, error: /revisions_to_keep: 2 is more than driver linux-kernel keeps \(at most 0 revisions\)/ },
   ];
   for (const c of badKinds)
     it(`refuses a ${c.name} kernel volume at init`, () => {

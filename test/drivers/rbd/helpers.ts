@@ -9,7 +9,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { rbdDriver } from '../../../src/drivers/rbd/index.js';
 import type { RbdPool } from '../../../src/drivers/rbd/pool.js';
-import type { RbdVolume } from '../../../src/drivers/rbd/volume.js';
 import { writeAsDiff } from '../../../src/drivers/rbd/diff.js';
 import { DomainStorage } from '../../../src/storage/domain-storage.js';
 import { defaultVolumeConfigs, type DomainClass } from '../../../src/storage/volume-sets.js';
@@ -87,11 +86,6 @@ export function domainOn(
     },
     () => pool,
   );
-}
-
-/** The one volume of the crash tests: the private (origin) volume of appvms/crash, 4 MiB. */
-export function crashVolume(pool: RbdPool): RbdVolume {
-  return pool.initVolume({ name: 'crash', dirPrefix: 'appvms' }, { name: 'private', rw: true, save_on_stop: true, size: 4 * MiB });
 }
 
 function baseArgs(): string[] {

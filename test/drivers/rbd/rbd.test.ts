@@ -1,8 +1,9 @@
 // The rbd driver on a real single-node Ceph cluster (scripts/with-ceph.sh).
 // One test file, so the suites run one after the other: the cluster-failure
-// suite (last) kills the OSD, which no other rbd suite may see.
-import './lifecycle.js';
+// suite (last) kills the OSD, which no other rbd suite may see. The driver
+// conformance suite for rbd runs here too, for that reason.
+import '../../conformance/rbd.js';
+import './layout.js';
 import './hosts.js';
 import './daemons.js';
-import './crash.js';
 import './failure.js';

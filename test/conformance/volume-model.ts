@@ -1,7 +1,8 @@
 // The in-memory model of the volume semantics the model-based tests compare
 // against: what each volume holds (as an 8-byte tag written at its start),
 // its working copy while running, its revisions and its size. Shared by the
-// library and the daemon tests; it knows nothing of files or sockets.
+// conformance suite (every driver, through the library) and the daemon
+// tests; it knows nothing of files or sockets.
 
 export const REVISIONS_TO_KEEP = 2;
 export const TAG_BYTES = 8;
@@ -13,6 +14,8 @@ export interface OriginModel {
   /** Oldest first; each keeps the data and the size it had when committed. */
   revisions: { data: string; size: number }[];
   size: number;
+  /** Revisions kept (the volume's revisions_to_keep, >= 0). */
+  keep: number;
 }
 
 export interface VmModel {
@@ -34,14 +37,14 @@ export interface Model {
 
 export const EMPTY_TAG = '';
 
-export function origin(size: number): OriginModel {
-  return { committed: EMPTY_TAG, dirty: null, revisions: [], size };
+export function origin(size: number, keep = REVISIONS_TO_KEEP): OriginModel {
+  return { committed: EMPTY_TAG, dirty: null, revisions: [], size, keep };
 }
 
 /** A commit: the old data becomes the newest revision, the oldest past the limit go. */
 export function commit(o: OriginModel, data: string): void {
   o.revisions.push({ data: o.committed, size: o.size });
-  while (o.revisions.length > REVISIONS_TO_KEEP) o.revisions.shift();
+  while (o.revisions.length > o.keep) o.revisions.shift();
   o.committed = data;
 }
 
@@ -81,11 +84,11 @@ export function tagBytes(tag: string): Buffer {
 }
 
 /** A template and AppVMs, all empty and halted, volumes of `size`. */
-export function newModel(vms: readonly string[], size: number): Model {
+export function newModel(vms: readonly string[], size: number, keep = REVISIONS_TO_KEEP): Model {
   return {
-    tplRoot: origin(size),
+    tplRoot: origin(size, keep),
     tplRunning: false,
     tplVersion: 0,
-    vms: Object.fromEntries(vms.map((n) => [n, { running: false, private: origin(size), rootSnapshot: null, rootVersion: 0 }])),
+    vms: Object.fromEntries(vms.map((n) => [n, { running: false, private: origin(size, keep), rootSnapshot: null, rootVersion: 0 }])),
   };
 }
