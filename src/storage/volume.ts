@@ -437,7 +437,8 @@ export abstract class Volume {
     });
   }
   /** Switches to the imported data on success; on failure drops it, keeping the old. */
-  importDataEnd(success: boolean): Promise<void> {
+  async importDataEnd(success: boolean): Promise<void> {
+    this.checkWritableDriver('import data');
     return this.locked(async () => {
       const size = this.pendingImportSize;
       if (size === null) throw new StoragePoolException(`${this.where}: no import in progress`);

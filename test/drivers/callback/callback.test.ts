@@ -395,13 +395,14 @@ describe('callback pool: configuration', () => {
   });
 
   it('forwards revisions_to_keep and ephemeral_volatile to the backend', async () => {
-    const { pool } = await callbackPool('fwd', {});
+    // A file backend: its driver keeps at most 1 revision.
+    const { pool } = await callbackPool('fwd', { backend: { driver: 'file', options: { dir_path: path.join(tmp, 'fwd-file') } } });
     pool.setOption('revisions_to_keep', 0);
     assert.equal(pool.backend.revisions_to_keep, 0);
     assert.equal(pool.revisions_to_keep, 0);
-    // The backend's declaration is the callback pool's: the toy driver keeps at most 1 revision.
+    // The backend's declaration is the callback pool's.
     assert.equal(pool.capabilities, pool.backend.capabilities);
-    assert.throws(() => pool.setOption('revisions_to_keep', 3), (e: unknown) => e instanceof QubesValueError && /more than driver toy keeps \(at most 1 revision\)/.test(e.message));
+    assert.throws(() => pool.setOption('revisions_to_keep', 3), (e: unknown) => e instanceof QubesValueError && /more than driver file keeps \(at most 1 revision\)/.test(e.message));
     assert.equal(pool.backend.revisions_to_keep, 0, 'nothing changed');
     const set = (await reg.createPool('callback', 'fwd2', { conf_id: 'fwd', conf_path: path.join(tmp, `${pool.name}.json`), ephemeral_volatile: true })) as CallbackPool;
     assert.equal(set.backend.ephemeral_volatile, true);
