@@ -9,9 +9,9 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { spawn } from 'node:child_process';
 import { spawnQubesd } from '../daemon/helpers.js';
 import { QUBESD, run, tempBase, toolEnv, type Result } from './helpers.js';
+import { runNode, type NodeRun } from '../helpers/process.js';
 
 describe('the same command, every way it can be written', () => {
   let base = '';
@@ -157,14 +157,6 @@ describe('qubesd parses its options with the same parser', () => {
   });
 });
 
-function runQubesd(args: readonly string[]): Promise<{ stdout: string; stderr: string; code: number | null }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [QUBESD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ stdout, stderr, code }));
-  });
+function runQubesd(args: readonly string[]): Promise<NodeRun> {
+  return runNode(QUBESD, args, { PATH: process.env['PATH'] });
 }

@@ -7,6 +7,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runNode } from '../helpers/process.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** dist/ */
@@ -35,17 +36,7 @@ export function toolEnv(base: string, socket?: string, extra: NodeJS.ProcessEnv 
 }
 
 export function run(tool: string, args: readonly string[], env: NodeJS.ProcessEnv, input?: string): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(CLI_DIR, `${tool}.js`), ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ stdout, stderr, code }));
-    if (input !== undefined) child.stdin.end(input);
-    else child.stdin.end();
-  });
+  return runNode(path.join(CLI_DIR, `${tool}.js`), args, env, input);
 }
 
 export interface Daemon {

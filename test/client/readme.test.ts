@@ -5,7 +5,6 @@
  * changes so that the example no longer works, this fails.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -13,6 +12,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { QubesClient } from '../../src/client/index.js';
 import { daemonScope, startQubesd } from '../daemon/helpers.js';
+import { runNode } from '../helpers/process.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** dist/test/client -> the repository's README.md and dist/src/client/index.js */
@@ -31,17 +31,6 @@ function readmeExample(readme: string): string {
   return code.split("'qubes-storage/client'").join(JSON.stringify(pathToFileURL(CLIENT).href));
 }
 
-function runNode(file: string, env: NodeJS.ProcessEnv): Promise<{ stdout: string; stderr: string; code: number | null }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [file], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ stdout, stderr, code }));
-  });
-}
 
 /** What the example prints: one line per pool (here only `default`), then the new domain's root. */
 const EXPECTED = /^default: \d+ of \d+ bytes used \((\d+(\.\d)?|-)%\)( {2}above 80%)?\nwork:root: [1-9]\d* bytes in pool default\n$/;
@@ -65,7 +54,7 @@ describe('README.md: the client example', () => {
 
   it('runs embedded (no daemon): lists pool usage, creates the domain', async () => {
     const { base, script } = await setUp();
-    const r = await runNode(script, { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: path.join(base, 'none.sock') });
+    const r = await runNode(script, [], { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: path.join(base, 'none.sock') });
     assert.equal(r.stderr, '');
     assert.equal(r.code, 0);
     assert.match(r.stdout, EXPECTED);
@@ -83,7 +72,7 @@ describe('README.md: the client example', () => {
     const d = await startQubesd(base, sock);
     scope.running.push(d);
     try {
-      const r = await runNode(script, { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: sock });
+      const r = await runNode(script, [], { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: sock });
       assert.equal(r.stderr, '');
       assert.equal(r.code, 0);
       assert.match(r.stdout, EXPECTED);

@@ -4,7 +4,7 @@
 // modes of everything they write under the base directory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { AdminClient } from '../../src/admin/client.js';
@@ -14,6 +14,7 @@ import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
 import { CLI_DIR } from '../cli/helpers.js';
 import { daemonScope, spawnQubesd, startQubesd } from './helpers.js';
+import { runNode, type NodeRun } from '../helpers/process.js';
 
 const { sock, running } = daemonScope();
 
@@ -40,16 +41,8 @@ async function refusedStart(base: string, extra: string[] = []): Promise<string>
   return d.stderr();
 }
 
-function runTool(tool: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(CLI_DIR, `${tool}.js`), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function runTool(tool: string, args: string[], env: NodeJS.ProcessEnv): Promise<NodeRun> {
+  return runNode(path.join(CLI_DIR, `${tool}.js`), args, env);
 }
 
 describeEachFs('qubesd state at start', (tfs, fsx) => {

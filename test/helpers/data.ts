@@ -104,3 +104,23 @@ export async function spaceTaken(dir: string, reflink: boolean): Promise<number>
   }
   return sum;
 }
+
+/**
+ * A digest of the names and contents of every file under `dir` (none when
+ * `dir` does not exist): equal digests mean nothing was made, removed or
+ * changed there.
+ */
+export async function treeDigest(dir: string): Promise<string> {
+  const h = createHash('sha256');
+  const walk = async (d: string): Promise<void> => {
+    const entries = await fs.readdir(d, { withFileTypes: true }).catch(() => []);
+    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = path.join(d, e.name);
+      h.update(`${path.relative(dir, p)}\0`);
+      if (e.isDirectory()) await walk(p);
+      else h.update(await fs.readFile(p));
+    }
+  };
+  await walk(dir);
+  return h.digest('hex');
+}

@@ -7,7 +7,6 @@
 // linux-kernel (it answers with its backend's declaration). Every refusal has its error class and
 // message, and leaves nothing changed: no file made or touched, no property or option changed.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -20,6 +19,7 @@ import { volumeKind, type DomainRef, type Volume, type VolumeKind, type VolumeSp
 import { describeEachFs } from '../helpers/filesystems.js';
 import { makeTmp, removeTmp } from '../registry/fixtures.js';
 import { dirDriver } from '../../examples/dir-driver/index.js';
+import { treeDigest } from '../helpers/data.js';
 
 /** The example driver, declared here with at most one revision so that the bound is exercised for a third party. */
 const oneRevisionDir = { ...dirDriver, capabilities: { ...dirDriver.capabilities, maxRevisions: 1 } };
@@ -34,22 +34,6 @@ const FLAGS: Record<VolumeKind, { snap_on_start: boolean; save_on_stop: boolean 
 const work: DomainRef = { name: 'work', dirPrefix: 'appvms' };
 const tpl: DomainRef = { name: 'tpl', dirPrefix: 'vm-templates' };
 const KERNEL = '6.1.0-1.fc37';
-
-/** Names and contents of every file under `dir`: equal digests, nothing made, removed or changed. */
-async function treeDigest(dir: string): Promise<string> {
-  const h = createHash('sha256');
-  const walk = async (d: string): Promise<void> => {
-    const entries = await fs.readdir(d, { withFileTypes: true }).catch(() => []);
-    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = path.join(d, e.name);
-      h.update(`${path.relative(dir, p)}\0`);
-      if (e.isDirectory()) await walk(p);
-      else h.update(await fs.readFile(p));
-    }
-  };
-  await walk(dir);
-  return h.digest('hex');
-}
 
 async function writeKernels(dir: string): Promise<void> {
   await fs.mkdir(path.join(dir, KERNEL), { recursive: true });
