@@ -20,8 +20,9 @@ async function main(): Promise<number> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     QUBES_BASE_DIR: base,
-    // A socket nothing listens on: the tools run embedded, on BASE.
-    QUBESD_SOCKET: path.join(base, 'qubesd.sock'),
+    // No daemon (not even one of the machine's): the tools run embedded, on BASE.
+    QUBESD_SOCKET: '',
+    QUBES_STORAGE_EMBEDDED: '1',
   };
   const shown = (s: string) => s.split(base).join('$BASE');
 

@@ -1,15 +1,20 @@
 /**
- * How the tools connect (QubesClient.connect): over the socket when a daemon
- * (qubesd) answers at `QUBESD_SOCKET`, or at the default socket path of the
- * default base directory; else embedded on the default base directory
- * (QUBES_BASE_DIR, or the per-user data directory, /var/lib/qubes for root),
- * waiting for another tool's state lock up to QUBES_LOCK_TIMEOUT seconds.
+ * How the tools connect (QubesClient.connect):
+ * - QUBES_STORAGE_EMBEDDED=1: embedded, no daemon asked;
+ * - QUBESD_SOCKET set: over that socket only; nothing answering there is an
+ *   error (DaemonUnreachableError), never a silent fall back to the state of
+ *   another directory;
+ * - else over the default socket of the default base directory when a daemon
+ *   (qubesd) answers there, else embedded.
+ * Embedded means on the default base directory (QUBES_BASE_DIR, or the
+ * per-user data directory, /var/lib/qubes for root), waiting for another
+ * tool's state lock up to QUBES_LOCK_TIMEOUT seconds.
  * QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
  */
 import { defaultBaseDir, defaultSocketPath } from '../daemon/runtime.js';
 import { StateLockedError } from '../domain/state-lock.js';
 import { embeddedTransport } from './embedded.js';
-import { socketAnswers, socketTransport, StateBusyError, type Transport } from './transport.js';
+import { DaemonUnreachableError, socketAnswers, socketTransport, StateBusyError, type Transport } from './transport.js';
 
 export interface ConnectOptions {
   readonly env?: NodeJS.ProcessEnv;
@@ -34,8 +39,17 @@ export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
   let waitingSaid = false;
   let delay = 50;
   const started = Date.now();
-  for (;;) {
+  const embeddedOnly = env['QUBES_STORAGE_EMBEDDED'] === '1';
+  if (!embeddedOnly && env['QUBESD_SOCKET']) {
     if (await socketAnswers(socketPath)) return socketTransport(socketPath);
+    throw new DaemonUnreachableError(
+      `no qubesd answers at ${socketPath} (QUBESD_SOCKET); start qubesd there,` +
+        ' or unset QUBESD_SOCKET (a daemon at the default socket, else no daemon),' +
+        ' or set QUBES_STORAGE_EMBEDDED=1 (no daemon)',
+    );
+  }
+  for (;;) {
+    if (!embeddedOnly && (await socketAnswers(socketPath))) return socketTransport(socketPath);
     try {
       return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');
     } catch (e) {

@@ -40,6 +40,11 @@ export class StateBusyError extends Error {
   override readonly name = 'StateBusyError';
 }
 
+/** QUBESD_SOCKET names a socket where no daemon answers (see connect.ts). */
+export class DaemonUnreachableError extends Error {
+  override readonly name = 'DaemonUnreachableError';
+}
+
 /** True when something accepts connections at `socketPath`. */
 export function socketAnswers(socketPath: string, timeoutMs = 1000): Promise<boolean> {
   return new Promise((resolve) => {

@@ -30,8 +30,9 @@ export async function tempBase(prefix = 'qs-cli-'): Promise<string> {
 /** The environment of a tool: only what decides the transport and the base directory. */
 export function toolEnv(base: string, socket?: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, ...extra };
-  // Always a socket path of this test's own: never a daemon of the machine.
-  env['QUBESD_SOCKET'] = socket ?? path.join(base, 'no-daemon.sock');
+  // A daemon of this test's own, or explicitly none: never a daemon of the machine.
+  if (socket === undefined) env['QUBES_STORAGE_EMBEDDED'] = '1';
+  else env['QUBESD_SOCKET'] = socket;
   return env;
 }
 
@@ -42,6 +43,8 @@ export function run(tool: string, args: readonly string[], env: NodeJS.ProcessEn
 export interface Daemon {
   readonly socket: string;
   readonly pid: number;
+  /** What the daemon has written to stderr so far. */
+  log(): string;
   stop(): Promise<void>;
 }
 
@@ -72,6 +75,7 @@ export async function startDaemon(base: string): Promise<Daemon> {
   return {
     socket,
     pid: child.pid!,
+    log: () => log,
     async stop() {
       process.kill(child.pid!, 'SIGTERM');
       await exited;

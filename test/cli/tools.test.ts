@@ -136,6 +136,23 @@ describe('on the embedded default', () => {
   });
 });
 
+describe('QUBESD_SOCKET where no daemon answers', () => {
+  it('is an error naming the socket (exit 1), not the embedded default; nothing made', async () => {
+    const base = await tempBase();
+    try {
+      const socket = path.join(base, 'absent.sock');
+      const env = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: socket };
+      const r = await run('qvm-pool', [], env);
+      assert.equal(r.code, 1);
+      assert.equal(r.stdout, '');
+      assert.equal(r.stderr, `qvm-pool: error: no qubesd answers at ${socket} (QUBESD_SOCKET); start qubesd there, or unset QUBESD_SOCKET (a daemon at the default socket, else no daemon), or set QUBES_STORAGE_EMBEDDED=1 (no daemon)\n`);
+      assert.deepEqual(await fs.readdir(base), [], 'no state made in the base directory');
+    } finally {
+      await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('two tools at once on the embedded default', () => {
   it('both succeed (one waits for the other) and the state has both', async () => {
     const base = await tempBase();

@@ -54,7 +54,7 @@ describe('README.md: the client example', () => {
 
   it('runs embedded (no daemon): lists pool usage, creates the domain', async () => {
     const { base, script } = await setUp();
-    const r = await runNode(script, [], { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: path.join(base, 'none.sock') });
+    const r = await runNode(script, [], { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBES_STORAGE_EMBEDDED: '1' });
     assert.equal(r.stderr, '');
     assert.equal(r.code, 0);
     assert.match(r.stdout, EXPECTED);

@@ -89,7 +89,7 @@ describeEachFs('qubesd state at start', (tfs, fsx) => {
     const base = await fsx.tempDir('tool');
     await stateWithDomain(base, tfs.reflink);
     await fs.unlink(path.join(base, 'qubes.xml'));
-    const env = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: path.join(base, 'no-daemon.sock') };
+    const env = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBES_STORAGE_EMBEDDED: '1' };
     const r = await runTool('qvm-ls', [], env);
     assert.notEqual(r.code, 0);
     assert.equal(r.stdout, '');

@@ -7,7 +7,7 @@
  */
 import { QubesException } from '../../storage/errors.js';
 import { helpText, parseArgs, UsageError, type CommandSpec, type Parsed } from './args.js';
-import { QubesClient, StateBusyError } from '../../client/index.js';
+import { DaemonUnreachableError, QubesClient, StateBusyError } from '../../client/index.js';
 
 /** Ends the tool with this exit code after printing `message` (if any) as an error line. */
 export class CliExit extends Error {
@@ -146,7 +146,7 @@ function report(prog: string, e: unknown, err: (s: string) => void): number {
     err(`${prog}: error: ${e.message} (see ${prog} --help)\n`);
     return 2;
   }
-  if (e instanceof QubesException || e instanceof StateBusyError) {
+  if (e instanceof QubesException || e instanceof StateBusyError || e instanceof DaemonUnreachableError) {
     err(`${prog}: error: ${oneLine(e.message)}\n`);
     return 1;
   }
