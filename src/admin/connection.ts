@@ -88,9 +88,12 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     if (closed && !running) settle();
   };
 
-  function drop(reason: string): void {
+  /** `quiet`: not a fault of anyone (a probe that connects and closes), logged with --debug only. */
+  function drop(reason: string, quiet = false): void {
     if (phase === 'done' && socket.destroyed) return;
-    ctx.log.warn(`dropped connection${header ? ` (${header.method} from ${header.source})` : ''}: ${reason}`);
+    const line = `dropped connection${header ? ` (${header.method} from ${header.source})` : ''}: ${reason}`;
+    if (!quiet) ctx.log.warn(line);
+    else if (ctx.debug) ctx.log.info(line);
     phase = 'done';
     clearTimer();
     clearRateTimer();
@@ -275,7 +278,8 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
   socket.on('end', () => {
     switch (phase) {
       case 'header':
-        return drop(received > 0 ? 'request ended before the NUL after the header' : 'empty request');
+        // An empty connection is how a tool asks whether a daemon answers: no warning for it.
+        return received > 0 ? drop('request ended before the NUL after the header') : drop('empty request', true);
       case 'payload': {
         phase = 'running';
         clearTimer();
