@@ -7,6 +7,7 @@
  */
 import { str, UsageError, type CommandSpec } from './common/args.js';
 import { checkPools, DOMAIN_CLASSES, undoCreate } from './common/domains.js';
+import { withArticle } from '../domain/names.js';
 import { busyIndicator } from './common/progress.js';
 import { CliError, runTool } from './common/tool.js';
 
@@ -52,7 +53,7 @@ await runTool(PROG, async (t) => {
   });
   const copyFrom = template !== undefined && (klass === 'StandaloneVM' || klass === 'TemplateVM') ? template : undefined;
   if (template !== undefined && klass !== 'AppVM' && klass !== 'DispVM' && copyFrom === undefined)
-    throw new UsageError(`a ${klass} takes no --template`);
+    throw new UsageError(`${withArticle(klass)} takes no --template`);
 
   const qubes = await t.client();
   // Everything checked before anything is made.

@@ -9,6 +9,7 @@ import { DomainStorage } from '../storage/domain-storage.js';
 import { QubesPropertyValueError, QubesValueError, QubesVMInUseError, QubesVMNotHaltedError, QubesVMNotStartedError } from '../storage/errors.js';
 import { printable, type BlockDevice } from '../storage/volume.js';
 import { Domain, isDomainClass, makeDomain, type DomainClass, type DomainHost } from './domain.js';
+import { withArticle } from './names.js';
 import type { DomainTable } from './domain-table.js';
 import { checkPoolChoice, cloneVolumeConfigs, newVolumeConfigs, sizedLike, type PoolChoice, type VolumeDefaults } from './domain-volumes.js';
 import type { AppEvents } from './events.js';
@@ -77,7 +78,7 @@ export class DomainLifecycle {
     let copyFrom: Domain | null = null;
     if (rule !== 'none') {
       const tName = o.template ?? (host.globals.prop(rule === 'TemplateVM' ? 'default_template' : 'default_dispvm') as string | null);
-      if (!tName) throw new QubesValueError(`a ${o.klass} needs a template and no default is set`);
+      if (!tName) throw new QubesValueError(`${withArticle(o.klass)} needs a template and no default is set`);
       template = domains.usable(tName);
     } else if (o.template) {
       copyFrom = domains.usable(o.template);

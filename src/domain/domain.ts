@@ -20,7 +20,7 @@ import { QubesPropertyValueError, QubesValueError } from '../storage/errors.js';
 import { dirPrefixOf, type DomainClass } from '../storage/volume-sets.js';
 import { printable, type DomainRef } from '../storage/volume.js';
 import type { Labels } from './labels.js';
-import { domainNameProblem } from './names.js';
+import { domainNameProblem, withArticle } from './names.js';
 import { PropertyHolder, propertyTable, type PropertyDef, type PropValue } from './properties.js';
 import type { RunnerDomain } from './runner.js';
 
@@ -281,7 +281,7 @@ export class AppVM extends Domain {
   static readonly defs = propertyTable<D>(COMMON_PROPS, QUBES_VM_PROPS, [
     templateProp(
       'Template (a TemplateVM) whose root this domain starts from.',
-      (t) => (t.klass === 'TemplateVM' ? null : `${t.name} is a ${t.klass}, not a TemplateVM`),
+      (t) => (t.klass === 'TemplateVM' ? null : `${t.name} is ${withArticle(t.klass)}, not a TemplateVM`),
       (h) => h.host.globals.prop('default_template'),
     ),
   ]);

@@ -25,3 +25,8 @@ const TAG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 export function isTagName(tag: string): boolean {
   return TAG_RE.test(tag);
 }
+
+/** A class name with its article: "an AppVM", "an AdminVM", "a TemplateVM" (by the sound of its first letter). */
+export function withArticle(klass: string): string {
+  return `${/^[AEIOU]/.test(klass) ? 'an' : 'a'} ${klass}`;
+}

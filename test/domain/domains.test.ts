@@ -292,9 +292,9 @@ describeEachFs('domains', (tfs, ctx) => {
     }
     await assert.rejects(t.app.createDomain({ klass: 'StandaloneVM', name: 'x', label: 'pink' }), QubesLabelNotFoundError);
     await assert.rejects(t.app.createDomain({ klass: 'AdminVM', name: 'x', label: 'red' }), QubesValueError);
-    await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red' }), /needs a template and no default/);
+    await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red' }), /: an AppVM needs a template and no default/);
     const sa = await t.app.createDomain({ klass: 'StandaloneVM', name: 'sa', label: 'red' });
-    await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red', template: 'sa' }), /StandaloneVM, not a TemplateVM/);
+    await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red', template: 'sa' }), /sa is a StandaloneVM, not a TemplateVM/);
     await assert.rejects(t.app.createDomain({ klass: 'DispVM', name: 'x', label: 'red', template: 'sa' }), /not a template for disposables/);
     await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red', template: 'nope' }), /no such domain/);
     assert.equal(t.app.findDomain('x'), undefined);
