@@ -225,7 +225,7 @@ export class DomainLifecycle {
   private announceNewDomain(d: Domain): void {
     for (const v of d.storage.volumes.values())
       this.ctx.events.emit(d.name, 'domain-volume-created', { volume: v.name, pool: v.pool.name, vid: v.vid });
-    this.ctx.events.emit('dom0', 'domain-add', { vm: d.name });
+    this.ctx.events.emit('', 'domain-add', { vm: d.name });
   }
 
   // ---- removing --------------------------------------------------------------------------
@@ -274,7 +274,7 @@ export class DomainLifecycle {
         if (removed) throw e;
       }
     });
-    events.emit('dom0', 'domain-delete', { vm: name });
+    events.emit('', 'domain-delete', { vm: name });
   }
 
   // ---- power -----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 /**
  * The App's event hook. Every change the admin layer must announce is
- * emitted here as (subject, event, pairs): subject is a domain name, `dom0`
- * for domain-add / domain-delete (as admin.Events sends them), or empty for
- * global events. `pre-` events (domain-pre-start, domain-pre-shutdown) are
+ * emitted here as (subject, event, pairs): subject is a domain name, or
+ * empty for global events, domain-add / domain-delete included (as Qubes
+ * sends them: the stock client refreshes its domain list only then). `pre-` events (domain-pre-start, domain-pre-shutdown) are
  * awaited and a handler that throws vetoes the operation; the others are
  * announcements: a handler's error or rejected promise is ignored.
  *

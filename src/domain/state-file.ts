@@ -629,7 +629,7 @@ function volumeAttrs(v: Volume): Record<string, string | null> {
     name: c.name,
     pool: c.pool,
     vid: c.vid ?? v.vid,
-    size: String(c.size ?? v.size),
+    size: sizeAttr(c.size ?? v.size),
     rw: b(c.rw),
     snap_on_start: b(c.snap_on_start),
     save_on_stop: b(c.save_on_stop),
@@ -639,6 +639,11 @@ function volumeAttrs(v: Volume): Record<string, string | null> {
   };
 }
 
+/** Qubes writes `size` only when it is non-zero (a kernel volume has none). */
+function sizeAttr(size: number): string | null {
+  return size ? String(size) : null;
+}
+
 const BOOL_VOLUME_ATTRS = new Set(['rw', 'snap_on_start', 'save_on_stop', 'ephemeral']);
 
 function sameVolumeAttr(k: string, have: string | undefined, want: string | null): boolean {
@@ -646,7 +651,8 @@ function sameVolumeAttr(k: string, have: string | undefined, want: string | null
     if (want === null) return have === undefined || (k !== 'ephemeral' && !boolAttr(have));
     return have !== undefined && boolAttr(have) === boolAttr(want);
   }
-  if (want === null) return have === undefined;
+  // size="0" (written by earlier versions) means no size: kept as it is.
+  if (want === null) return have === undefined || (k === 'size' && Number(have.trim()) === 0);
   if (have === undefined) return false;
   if (k === 'size' || k === 'revisions_to_keep') return Number(have.trim()) === Number(want);
   return have === want;

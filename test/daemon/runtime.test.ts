@@ -90,7 +90,7 @@ describeEachFs('openRuntime', (tfs, fsx) => {
     rt.bus.subscribe((e) => got.push(`${e.subject} ${e.event} ${e.pairs.map(([k, v]) => `${k}=${v}`).join(' ')}`));
     try {
       await rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
-      assert.ok(got.includes('dom0 domain-add vm=tpl'), got.join('\n'));
+      assert.ok(got.includes(' domain-add vm=tpl'), got.join('\n'));
       for (const m of ['admin.pool.List', 'admin.pool.Add', 'admin.vm.volume.Import', 'admin.vm.volume.ImportWithSize', 'admin.vm.volume.Export', 'admin.Events', 'admin.vm.List', 'admin.vm.Start'])
         assert.ok(Object.hasOwn(rt.methods, m), m);
       assert.equal(rt.methods['admin.vm.volume.Import']!.kind, 'streaming');

@@ -128,6 +128,21 @@ describeEachFs('qubes.xml round trip', (tfs, ctx) => {
     }
   });
 
+  it('keeps a kernel volume without size as it is: Qubes writes size only when non-zero', async () => {
+    const qubesShaped = original.replaceAll(' size="0"', '');
+    assert.notEqual(qubesShaped, original, 'the fixture has kernel volumes of size 0');
+    await fresh(qubesShaped);
+    const { app } = await openApp(dir);
+    try {
+      await app.setProperty(app.domain('work'), 'label', 'green');
+      const text = await fs.readFile(stateFile(), 'utf8');
+      assert.equal(text, qubesShaped.replace('<property name="label">blue</property>', '<property name="label">green</property>'));
+      assert.doesNotMatch(text, /size="0"/);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('adds and removes property lines in Qubes order and indentation', async () => {
     await fresh();
     const { app } = await openApp(dir);

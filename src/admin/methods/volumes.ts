@@ -267,10 +267,8 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
   return {
     'admin.vm.volume.List': method(aboutDomain(ctx, { scope: 'local', access: 'read' }), async (call) => {
       const domain = destDomain(ctx, call);
-      return [...domain.storage.volumes.keys()]
-        .sort()
-        .map((n) => `${n}\n`)
-        .join('');
+      // The order of the domain's volume config (root, private, volatile, kernel), as Qubes answers.
+      return [...domain.storage.volumes.keys()].map((n) => `${n}\n`).join('');
     }),
 
     'admin.vm.volume.Info': method(onVolume({ access: 'read' }), async (call) => {

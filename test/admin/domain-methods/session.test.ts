@@ -106,7 +106,7 @@ describeEachFs('admin domain methods: client sessions', (tfs, fsctx) => {
       watch.events.filter((e) => wanted.has(e.event) || e.event === 'connection-established').map(showEvent),
       [
         ' connection-established',
-        'dom0 domain-add vm=w2',
+        ' domain-add vm=w2',
         'w2 property-set:memory name=memory newvalue=800 oldvalue=400',
         'w2 domain-pre-start',
         'w2 domain-start',
@@ -116,7 +116,7 @@ describeEachFs('admin domain methods: client sessions', (tfs, fsctx) => {
         'w2 domain-start',
         'w2 domain-pre-shutdown',
         'w2 domain-shutdown',
-        'dom0 domain-delete vm=w2',
+        ' domain-delete vm=w2',
       ],
     );
     await watch.close();

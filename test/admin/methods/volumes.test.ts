@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import type { QubesApp } from '../../../src/domain/app.js';
 import { describeEachFs } from '../../helpers/filesystems.js';
 import { MiB, pattern, readAt, sha256, writeAt } from '../../helpers/data.js';
-import { failsWith, ok, PRIVATE_SIZE, ROOT_SIZE, startRig, type Rig } from './helpers.js';
+import { failsWith, ok, PRIVATE_SIZE, raw, ROOT_SIZE, startRig, type Rig } from './helpers.js';
 
 /** Starts `name`, writes `data` at `offset` of its volume `vol` (the running copy), shuts it down (commit). */
 async function writeThroughRun(app: QubesApp, name: string, vol: string, offset: number, data: Buffer): Promise<void> {
@@ -15,6 +15,33 @@ async function writeThroughRun(app: QubesApp, name: string, vol: string, offset:
   await writeAt(await app.domain(name).storage.get(vol).path(), offset, data);
   await app.shutdown(name);
 }
+
+describeEachFs('admin.vm.volume.List with a kernel volume', (tfs, fsx) => {
+  let rig: Rig;
+  before(async () => {
+    const dir = await fsx.tempDir('volume-list');
+    rig = await startRig(tfs, dir);
+    const app = rig.rt.app;
+    const kernelDir = path.join(dir, 'vm-kernels');
+    await fs.mkdir(path.join(kernelDir, '6.6.48'), { recursive: true });
+    await fs.writeFile(path.join(kernelDir, '6.6.48', 'vmlinuz'), 'kernel');
+    await app.addPool('linux-kernel', 'linux-kernel', { dir_path: kernelDir });
+    await app.setProperty(app.globals, 'default_pool_kernel', 'linux-kernel');
+    await app.setProperty(app.globals, 'default_kernel', '6.6.48');
+    await app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+    await app.createDomain({ klass: 'AppVM', name: 'work', label: 'blue', template: 'tpl' });
+  });
+  after(() => rig?.stop());
+
+  test('answers root, private, volatile, kernel: the volume-config order, not sorted', async () => {
+    for (const name of ['tpl', 'work'])
+      assert.equal(
+        (await raw(rig.socketPath, 'admin.vm.volume.List', name)).toString('latin1'),
+        '0\0root\nprivate\nvolatile\nkernel\n',
+        name,
+      );
+  });
+});
 
 describeEachFs('admin.vm.volume methods', (tfs, fsx) => {
   let rig: Rig;
@@ -32,9 +59,9 @@ describeEachFs('admin.vm.volume methods', (tfs, fsx) => {
 
   const committed = (vid: string) => path.join(rig.poolDir, `${vid}.img`);
 
-  test('List: volume names, sorted; dom0 has none', async () => {
-    assert.equal(await ok(S, 'admin.vm.volume.List', 'work'), 'private\nroot\nvolatile\n');
-    assert.equal(await ok(S, 'admin.vm.volume.List', 'tpl'), 'private\nroot\nvolatile\n');
+  test('List: volume names in config order, as Qubes; dom0 has none', async () => {
+    assert.equal(await ok(S, 'admin.vm.volume.List', 'work'), 'root\nprivate\nvolatile\n');
+    assert.equal(await ok(S, 'admin.vm.volume.List', 'tpl'), 'root\nprivate\nvolatile\n');
     assert.equal(await ok(S, 'admin.vm.volume.List', 'dom0'), '');
   });
 
