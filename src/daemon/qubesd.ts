@@ -42,7 +42,7 @@ const SPEC: CommandSpec = {
     { names: ['--socket-group'], kind: 'value', metavar: 'GROUP', help: "the socket's group (default qubes if it exists, else 0)" },
     { names: ['--base-dir'], kind: 'value', metavar: 'DIR', help: 'the state (default QUBES_BASE_DIR, else /var/lib/qubes for root)' },
     { names: ['--policy'], kind: 'value', metavar: 'FILE', help: 'which caller may call which method (default: dom0 only)' },
-    { names: ['--storage-conf'], kind: 'value', metavar: 'FILE', help: 'R3.2 pools (default BASE/storage.conf, /etc/qubes/storage.conf for root)' },
+    { names: ['--storage-conf'], kind: 'value', metavar: 'FILE', help: 'R3.2 pools (default QUBES_STORAGE_CONF, else /etc/qubes/storage.conf for root on /var/lib/qubes, else BASE/storage.conf)' },
     { names: ['--init'], kind: 'flag', help: 'make a new, empty state where qubes.xml is missing' },
     { names: ['--debug'], kind: 'flag', help: 'stack traces in the log' },
   ],

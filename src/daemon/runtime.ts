@@ -5,7 +5,8 @@
  *   BASE/qubes.xml         the state file (and its lock, qubes.xml.lock; mode 0600)
  *   BASE/backup/           backups of the last good states (state-backups.ts)
  *   BASE/running-domains   which domains run (run-state.ts)
- *   BASE/storage.conf      R3.2 pools, when the file exists (root: /etc/qubes/storage.conf)
+ *   BASE/storage.conf      R3.2 pools, when the file exists (QUBES_STORAGE_CONF names another;
+ *                          root on /var/lib/qubes: /etc/qubes/storage.conf)
  *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
  *   BASE/qubesd.sock       the daemon's socket (defaultSocketPath)
  *

@@ -102,9 +102,25 @@ export const MAX_STORAGE_CONF_BYTES = 1 << 20;
 /** Where root's storage.conf lives (as in Qubes R3.2). */
 export const SYSTEM_STORAGE_CONF = '/etc/qubes/storage.conf';
 
-/** /etc/qubes/storage.conf for root, else storage.conf in the base directory. */
-export function defaultStorageConfPath(baseDir: string, uid: number | undefined = process.getuid?.()): string {
-  return uid === 0 ? SYSTEM_STORAGE_CONF : path.join(baseDir, 'storage.conf');
+/** The system's base directory, whose R3.2 pools root keeps in SYSTEM_STORAGE_CONF. */
+export const SYSTEM_BASE_DIR = '/var/lib/qubes';
+
+/**
+ * The storage.conf that goes with a base directory: `QUBES_STORAGE_CONF`
+ * when set (the tools' counterpart of qubesd's --storage-conf), else
+ * /etc/qubes/storage.conf for root on the system base directory, else
+ * storage.conf in the base directory. The system file follows the system
+ * base only: root working on another base directory must not get the
+ * system's pools mixed in.
+ */
+export function defaultStorageConfPath(
+  baseDir: string,
+  uid: number | undefined = process.getuid?.(),
+  env: NodeJS.ProcessEnv = process.env,
+): string {
+  const named = env['QUBES_STORAGE_CONF'];
+  if (named) return path.resolve(named);
+  return uid === 0 && path.resolve(baseDir) === SYSTEM_BASE_DIR ? SYSTEM_STORAGE_CONF : path.join(baseDir, 'storage.conf');
 }
 
 // ---- INI -------------------------------------------------------------------

@@ -226,9 +226,15 @@ describe('storage.conf: loading', () => {
     await assert.rejects(loadStorageConf(file, ctx), new RegExp(`${file}: \\d+ bytes is too large`));
   });
 
-  it('chooses /etc/qubes/storage.conf for root, else one in the base directory', () => {
-    assert.equal(defaultStorageConfPath('/var/lib/qubes', 0), '/etc/qubes/storage.conf');
-    assert.equal(defaultStorageConfPath('/home/u/qubes', 1000), '/home/u/qubes/storage.conf');
+  it('chooses /etc/qubes/storage.conf for root on /var/lib/qubes only, else one in the base directory; QUBES_STORAGE_CONF names another', () => {
+    const none = {};
+    assert.equal(defaultStorageConfPath('/var/lib/qubes', 0, none), '/etc/qubes/storage.conf');
+    assert.equal(defaultStorageConfPath('/var/lib/qubes/', 0, none), '/etc/qubes/storage.conf');
+    assert.equal(defaultStorageConfPath('/srv/qubes', 0, none), '/srv/qubes/storage.conf', 'root on another base directory: not the system file');
+    assert.equal(defaultStorageConfPath('/home/u/qubes', 1000, none), '/home/u/qubes/storage.conf');
+    assert.equal(defaultStorageConfPath('/var/lib/qubes', 1000, none), '/var/lib/qubes/storage.conf');
+    assert.equal(defaultStorageConfPath('/srv/qubes', 0, { QUBES_STORAGE_CONF: '/etc/other.conf' }), '/etc/other.conf');
+    assert.equal(defaultStorageConfPath('/var/lib/qubes', 0, { QUBES_STORAGE_CONF: '' }), '/etc/qubes/storage.conf', 'empty means unset');
   });
 });
 
