@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { childOutput } from '../helpers/process.js';
 import { ensureDead, spawnQubesd, startQubesd, type DaemonProc } from '../daemon/helpers.js';
 
 const NOBODY = 65534;
@@ -42,16 +43,9 @@ function callAs(as: As, socketPath: string, header: string, payload = ''): Promi
     typeof as === 'object' && 'setpriv' in as
       ? spawn('setpriv', [...as.setpriv, '--', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
       : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(as === 'root' ? {} : as) });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`client exited ${code}: ${err}`));
-      resolve({ ...(JSON.parse(out) as { error?: string; reply: string }), pid: child.pid! });
-    });
+  return childOutput(child).then(({ stdout, stderr, code }) => {
+    if (code !== 0) throw new Error(`client exited ${code}: ${stderr}`);
+    return { ...(JSON.parse(stdout) as { error?: string; reply: string }), pid: child.pid! };
   });
 }
 

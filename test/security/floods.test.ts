@@ -15,6 +15,7 @@ import { echo, startServer, waitFor, type Harness } from '../admin/helpers.js';
 import { startRig } from '../admin/methods/helpers.js';
 import { TEST_FILESYSTEMS, tempDirOn, removeTree } from '../helpers/filesystems.js';
 import { listFiles, pattern, sha256 } from '../helpers/data.js';
+import { childOutput } from '../helpers/process.js';
 
 /** The socket's group; the legitimate caller and the flooding user are both members. */
 const GROUP = 4242;
@@ -98,13 +99,9 @@ async function stop(child: ChildProcess): Promise<void> {
 /** Runs the calling loop as another user (a member of the socket's group). */
 function loopAs(sock: string, as: { uid: number; gid: number }, n: number): Promise<Answer[]> {
   const child = spawn(process.execPath, ['-e', LOOP, sock, String(n)], { stdio: ['ignore', 'pipe', 'pipe'], ...as });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out) as Answer[]) : reject(new Error(`loop exited ${code}: ${err}`))));
+  return childOutput(child).then(({ stdout, stderr, code }) => {
+    if (code !== 0) throw new Error(`loop exited ${code}: ${stderr}`);
+    return JSON.parse(stdout) as Answer[];
   });
 }
 
