@@ -49,21 +49,37 @@ export class SettingChanges {
       if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
       const before = propertyText(target.prop(name));
       target.checkProperty(name, value);
-      await this.ctx.saves.commit(() => {
-        const old = target.storeProperty(name, value);
-        try {
-          const undoStorage = this.refreshStorage(target, name);
-          return () => {
-            undoStorage();
-            target.restoreProperty(name, old);
-          };
-        } catch (e) {
-          target.restoreProperty(name, old);
-          throw e;
-        }
-      }, this.propertyScope(target, name));
+      await this.ctx.saves.commit(
+        this.propertyChange(target, name, () => target.storeProperty(name, value)),
+        this.propertyScope(target, name),
+      );
       this.ctx.events.emit(subjectOf(target), `property-set:${name}`, { name, newvalue: propertyText(value), oldvalue: before });
     });
+  }
+
+  /**
+   * A commit step changing one property: `change` stores the new value and
+   * returns the old, then the storage that follows the property is rebuilt;
+   * the step's undo (or its own failure) puts the old value back.
+   */
+  private propertyChange(
+    target: PropertyTarget,
+    name: string,
+    change: () => ReturnType<PropertyTarget['clearProperty']>,
+  ): () => () => void {
+    return () => {
+      const old = change();
+      try {
+        const undoStorage = this.refreshStorage(target, name);
+        return () => {
+          undoStorage();
+          target.restoreProperty(name, old);
+        };
+      } catch (e) {
+        target.restoreProperty(name, old);
+        throw e;
+      }
+    };
   }
 
   /** Sets a property from its wire text (True/False, digits, names; '' is None for vm properties). */
@@ -92,19 +108,10 @@ export class SettingChanges {
       } finally {
         target.restoreProperty(name, old);
       }
-      await this.ctx.saves.commit(() => {
-        const prev = target.clearProperty(name);
-        try {
-          const undoStorage = this.refreshStorage(target, name);
-          return () => {
-            undoStorage();
-            target.restoreProperty(name, prev);
-          };
-        } catch (e) {
-          target.restoreProperty(name, prev);
-          throw e;
-        }
-      }, this.propertyScope(target, name));
+      await this.ctx.saves.commit(
+        this.propertyChange(target, name, () => target.clearProperty(name)),
+        this.propertyScope(target, name),
+      );
       this.ctx.events.emit(subjectOf(target), `property-reset:${name}`, { name, oldvalue: before });
     });
   }
