@@ -9,13 +9,12 @@
  * matches method classes (`@admin-local-ro`, ...) against scope and access;
  * the method list in README.md is generated from the same declarations.
  */
-import { PermissionDenied, ProtocolError } from '../storage/errors.js';
+import { ProtocolError } from '../storage/errors.js';
 import type { RequestHeader } from './protocol/header.js';
 
 /**
  * The argument after `+`: `none` refuses one, `required` refuses an empty
- * one (both PermissionDenied, as the reference answers an argument it does
- * not accept); `any` lets every value through, the empty one included, and
+ * one (both ProtocolError, as Qubes' `wants_arg` check); `any` lets every value through, the empty one included, and
  * the method judges it (an unknown property, a tag with bad characters).
  */
 export type ArgRule = 'none' | 'required' | 'any';
@@ -29,7 +28,7 @@ export type ArgRule = 'none' | 'required' | 'any';
 export type PayloadRule = 'none' | 'bounded' | 'streaming';
 
 /**
- * `dom0`: a global call, the destination must be dom0 (PermissionDenied).
+ * `dom0`: a global call, the destination must be dom0 (ProtocolError, as Qubes).
  * `domain`: about one domain (dom0 included), which must exist
  * (QubesVMNotFoundError, through `lookupDest`). `any`: not checked (a table
  * without domains, such as the tests' echo methods).
@@ -54,7 +53,7 @@ export interface MethodShape {
    * Throws QubesVMNotFoundError when the destination names no domain; run
    * first, before the other checks. Required for `dest: 'domain'`; a global
    * method may have one too (then an unknown name is QubesVMNotFoundError
-   * rather than PermissionDenied, as for admin.vmclass.List).
+   * rather than ProtocolError, as for admin.vmclass.List).
    */
   readonly lookupDest?: (dest: string) => void | Promise<void>;
   /**
@@ -100,9 +99,10 @@ export function inPolicyClass(shape: Pick<MethodShape, 'scope' | 'access'>, cls:
  */
 export async function checkShape(shape: MethodShape, h: RequestHeader, payload: Buffer | undefined): Promise<void> {
   if (shape.lookupDest) await shape.lookupDest(h.dest);
-  if (shape.dest === 'dom0' && h.dest !== 'dom0') throw new PermissionDenied(`${h.method} is a global call: its destination must be dom0`);
-  if (shape.arg === 'none' && h.arg !== '') throw new PermissionDenied(`${h.method} takes no argument`);
-  if (shape.arg === 'required' && h.arg === '') throw new PermissionDenied(`${h.method} needs an argument`);
+  // Qubes raises ProtocolError for these three (a client that should have known better).
+  if (shape.dest === 'dom0' && h.dest !== 'dom0') throw new ProtocolError(`${h.method} is a global call: its destination must be dom0`);
+  if (shape.arg === 'none' && h.arg !== '') throw new ProtocolError(`${h.method} takes no argument`);
+  if (shape.arg === 'required' && h.arg === '') throw new ProtocolError(`${h.method} needs an argument`);
   if (shape.checkArg) await shape.checkArg(h);
   if (shape.payload === 'none' && payload !== undefined && payload.length !== 0) throw new ProtocolError(`${h.method} takes no payload`);
 }

@@ -6,7 +6,7 @@
  * one name cannot both succeed.
  */
 import type { DomainStorage } from '../storage/domain-storage.js';
-import { QubesException, QubesValueError, QubesVMNotFoundError } from '../storage/errors.js';
+import { QubesException, QubesVMAlreadyExistsError, QubesVMNotFoundError } from '../storage/errors.js';
 import { printable } from '../storage/volume.js';
 import { checkDomainName, type Domain, type GlobalProperties } from './domain.js';
 import { DomainHolds, type HoldSpec } from './holds.js';
@@ -75,7 +75,7 @@ export class DomainTable {
 
   checkNewName(name: string): void {
     checkDomainName(name);
-    if (this.listed.has(name) || this.reserved.has(name)) throw new QubesValueError(`domain ${name} already exists`);
+    if (this.listed.has(name) || this.reserved.has(name)) throw new QubesVMAlreadyExistsError(`domain ${name} already exists`);
   }
 
   nextQid(): number {

@@ -25,14 +25,18 @@ export class QubesPoolInUseError extends QubesException {}
 export class QubesVolumeRevisionNotFoundError extends QubesException {}
 /** No such domain. */
 export class QubesVMNotFoundError extends QubesException {}
-/** The domain must be halted for this. */
-export class QubesVMNotHaltedError extends QubesException {}
-/** The domain must be running for this. */
-export class QubesVMNotStartedError extends QubesException {}
-/** The domain is used by another (as template, default...). */
-export class QubesVMInUseError extends QubesException {}
-/** Generic domain error. */
+/** A `uuid:` destination that is not a well-formed UUID (Qubes: not a QubesVMNotFoundError). */
+export class QubesVMInvalidUUIDError extends QubesException {}
+/** A domain of that name exists already (create, clone). */
+export class QubesVMAlreadyExistsError extends QubesException {}
+/** Generic domain error; the parent of the domain state errors below, as in Qubes. */
 export class QubesVMError extends QubesException {}
+/** The domain must be halted for this. */
+export class QubesVMNotHaltedError extends QubesVMError {}
+/** The domain must be running for this. */
+export class QubesVMNotStartedError extends QubesVMError {}
+/** The domain is used by another (as template, default...), or busy. */
+export class QubesVMInUseError extends QubesVMError {}
 /** No such property. */
 export class QubesNoSuchPropertyError extends QubesException {}
 /** A property value is not acceptable. */
@@ -49,6 +53,8 @@ export class QubesNotImplementedError extends QubesException {}
 export class PermissionDenied extends QubesException {}
 /** The request is malformed. */
 export class ProtocolError extends QubesException {}
+/** A CloneTo token that names no pending clone: unknown, used or expired (a ProtocolError, as in Qubes). */
+export class QubesVolumeCopyTokenNotFoundError extends ProtocolError {}
 
 /** An error's message on one line, control characters escaped, at most 400 characters (untrusted text). */
 export function oneLineReason(e: unknown): string {

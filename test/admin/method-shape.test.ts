@@ -82,10 +82,10 @@ describe('the dispatcher enforces a declared shape before the method runs', () =
 
   test('an extra or a missing argument, a payload, a wrong or unknown destination: refused, the method not run', async () => {
     ran.length = 0;
-    assert.deepEqual(await call('t.Plain', 'work', 'x'), refused('PermissionDenied', 't.Plain takes no argument'));
-    assert.deepEqual(await call('t.Named', 'work'), refused('PermissionDenied', 't.Named needs an argument'));
+    assert.deepEqual(await call('t.Plain', 'work', 'x'), refused('ProtocolError', 't.Plain takes no argument'));
+    assert.deepEqual(await call('t.Named', 'work'), refused('ProtocolError', 't.Named needs an argument'));
     assert.deepEqual(await call('t.Plain', 'work', '', 'x'), refused('ProtocolError', 't.Plain takes no payload'));
-    assert.deepEqual(await call('t.Global', 'work'), refused('PermissionDenied', 't.Global is a global call: its destination must be dom0'));
+    assert.deepEqual(await call('t.Global', 'work'), refused('ProtocolError', 't.Global is a global call: its destination must be dom0'));
     assert.deepEqual(await call('t.Plain', 'ghost'), refused('QubesVMNotFoundError', "no such domain: 'ghost'"));
     assert.deepEqual(await call('t.Checked', 'work', 'bad'), refused('QubesVMNotFoundError', 'no thing bad'));
     assert.deepEqual(ran, []);
@@ -95,10 +95,10 @@ describe('the dispatcher enforces a declared shape before the method runs', () =
     ran.length = 0;
     // An unknown destination of a global call with a lookup is not found; without one, not dom0.
     assert.deepEqual(await call('t.Global', 'ghost', 'x', 'p'), refused('QubesVMNotFoundError', "no such domain: 'ghost'"));
-    assert.deepEqual(await call('t.GlobalByName', 'ghost', 'x', 'p'), refused('PermissionDenied', 't.GlobalByName is a global call: its destination must be dom0'));
-    assert.deepEqual(await call('t.Global', 'work', 'x', 'p'), refused('PermissionDenied', 't.Global is a global call: its destination must be dom0'));
-    assert.deepEqual(await call('t.Named', 'work', '', 'p'), refused('PermissionDenied', 't.Named needs an argument'));
-    assert.deepEqual(await call('t.Plain', 'work', 'x', 'p'), refused('PermissionDenied', 't.Plain takes no argument'));
+    assert.deepEqual(await call('t.GlobalByName', 'ghost', 'x', 'p'), refused('ProtocolError', 't.GlobalByName is a global call: its destination must be dom0'));
+    assert.deepEqual(await call('t.Global', 'work', 'x', 'p'), refused('ProtocolError', 't.Global is a global call: its destination must be dom0'));
+    assert.deepEqual(await call('t.Named', 'work', '', 'p'), refused('ProtocolError', 't.Named needs an argument'));
+    assert.deepEqual(await call('t.Plain', 'work', 'x', 'p'), refused('ProtocolError', 't.Plain takes no argument'));
     assert.deepEqual(await call('t.Checked', 'work', 'bad', 'p'), refused('QubesVMNotFoundError', 'no thing bad'));
     assert.deepEqual(ran, []);
   });
@@ -217,11 +217,11 @@ describe("the daemon's method table", () => {
       const call = (over: { dest?: string; arg?: string; payload?: string }) =>
         runCall(ctx, { method: m, dest: over.dest ?? dest, arg: over.arg ?? arg }, over.payload ?? '');
       if (s.arg === 'none') {
-        assert.deepEqual(await call({ arg: 'x' }), refused('PermissionDenied', `${m} takes no argument`), m);
+        assert.deepEqual(await call({ arg: 'x' }), refused('ProtocolError', `${m} takes no argument`), m);
         checked++;
       }
       if (s.arg === 'required') {
-        assert.deepEqual(await call({ arg: '' }), refused('PermissionDenied', `${m} needs an argument`), m);
+        assert.deepEqual(await call({ arg: '' }), refused('ProtocolError', `${m} needs an argument`), m);
         checked++;
       }
       if (s.payload === 'none') {
@@ -229,7 +229,7 @@ describe("the daemon's method table", () => {
         checked++;
       }
       if (s.dest === 'dom0') {
-        assert.deepEqual(await call({ dest: 'work' }), refused('PermissionDenied', `${m} is a global call: its destination must be dom0`), m);
+        assert.deepEqual(await call({ dest: 'work' }), refused('ProtocolError', `${m} is a global call: its destination must be dom0`), m);
         checked++;
       }
       if (s.lookupDest) {
@@ -237,7 +237,7 @@ describe("the daemon's method table", () => {
         checked++;
       } else if (s.dest === 'dom0') {
         // The pool calls check the name only.
-        assert.deepEqual(await call({ dest: 'ghost' }), refused('PermissionDenied', `${m} is a global call: its destination must be dom0`), m);
+        assert.deepEqual(await call({ dest: 'ghost' }), refused('ProtocolError', `${m} is a global call: its destination must be dom0`), m);
         checked++;
       }
     }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import {
   ProtocolError,
   QubesValueError,
-  QubesVMNotFoundError,
+  QubesVMInvalidUUIDError,
 } from '../../src/storage/errors.js';
 import {
   decodeAscii,
@@ -141,7 +141,7 @@ test('destinations: names and uuid:UUID', () => {
     uuid: '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0',
   });
   for (const bad of ['uuid:', 'uuid:1234', 'uuid:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1fg', 'uuid:0f1e2d3c4b5a69788796a5b4c3d2e1f0']) {
-    assert.throws(() => parseDestination(bad), QubesVMNotFoundError, bad);
+    assert.throws(() => parseDestination(bad), QubesVMInvalidUUIDError, bad);
   }
 });
 

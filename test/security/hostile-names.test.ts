@@ -10,7 +10,7 @@ import { describeEachFs } from '../helpers/filesystems.js';
 import { listFiles } from '../helpers/data.js';
 import { startRig, fails, ok, raw, type Rig } from '../admin/methods/helpers.js';
 
-const DOCUMENTED = new Set(['QubesValueError', 'ProtocolError', 'PermissionDenied', 'QubesVMNotFoundError', 'StoragePoolException', 'QubesVolumeRevisionNotFoundError', 'QubesPoolInUseError']);
+const DOCUMENTED = new Set(['QubesValueError', 'ProtocolError', 'PermissionDenied', 'QubesVMNotFoundError', 'StoragePoolException', 'QubesVolumeRevisionNotFoundError', 'QubesPoolInUseError', 'QubesVMInvalidUUIDError']);
 
 describeEachFs('hostile names and paths', (tfs, ctx) => {
   let rig: Rig | undefined;

@@ -12,6 +12,7 @@ import { PermissionDenied, QubesVMNotFoundError } from '../../storage/errors.js'
 import type { Volume } from '../../storage/volume.js';
 import type { CallContext } from '../dispatch.js';
 import type { MethodShape } from '../method-shape.js';
+import { parseDestination } from '../protocol/validate.js';
 import type { EventBus } from '../events.js';
 
 export interface MethodContext {
@@ -29,7 +30,7 @@ export function aboutDomain(ctx: MethodContext, s: ShapeSpec): MethodShape {
 }
 
 /**
- * A global call: DEST must be dom0 (PermissionDenied). With `ctx`, a DEST
+ * A global call: DEST must be dom0 (ProtocolError). With `ctx`, a DEST
  * naming no domain is QubesVMNotFoundError first, as for the domain
  * methods; the pool methods check the name only.
  */
@@ -44,10 +45,12 @@ export function domainLookup(ctx: MethodContext): (dest: string) => void {
   };
 }
 
-/** The destination domain (a name or uuid:UUID); QubesVMNotFoundError if none. */
+/** The destination domain (a name or uuid:UUID); QubesVMNotFoundError if none, QubesVMInvalidUUIDError for a malformed uuid. */
 export function destDomain(ctx: MethodContext, call: Pick<CallContext, 'dest'>): Domain {
+  // A malformed uuid: destination is QubesVMInvalidUUIDError, as Qubes answers, not "not found".
+  const dest = parseDestination(call.dest);
   try {
-    return ctx.app.domain(call.dest);
+    return ctx.app.domain(dest.kind === 'uuid' ? `uuid:${dest.uuid}` : dest.name);
   } catch (e) {
     if (e instanceof QubesVMNotFoundError) throw e;
     throw new QubesVMNotFoundError(`no such domain: ${call.dest}`);

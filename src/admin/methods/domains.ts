@@ -12,12 +12,13 @@
  * - admin.vm.Create.CLASS / CreateInPool.CLASS (DEST dom0, ARG the template
  *   or empty): payload `name=N label=L` (+ `pool=P` or `pool:VOLUME=P` for
  *   CreateInPool, VOLUME one of root private volatile kernel). Unknown or
- *   repeated key, missing name or label, pool= with pool:VOLUME= ->
- *   ProtocolError; a label that is all digits or has characters outside
- *   `[A-Za-z0-9_.-]`, or a pool:VOLUME the reference does not know ->
- *   PermissionDenied; unknown label -> QubesValueError; a template for a
- *   class that takes none -> QubesValueError; an unknown template ->
- *   QubesVMNotFoundError. The new domain gets the tag `created-by-SOURCE`.
+ *   repeated key, missing name or label, pool= with pool:VOLUME=, a label
+ *   that is all digits or has characters outside `[A-Za-z0-9_.-]`, a
+ *   pool:VOLUME the reference does not know -> ProtocolError; unknown label
+ *   -> QubesLabelNotFoundError; a name taken -> QubesVMAlreadyExistsError;
+ *   a template for a class that takes none -> QubesValueError; an unknown
+ *   template -> QubesVMNotFoundError (all as Qubes answers; the whole list
+ *   is in ../error-classes.md). The new domain gets the tag `created-by-SOURCE`.
  * - admin.vm.Remove: dom0 or a domain installed_by_rpm -> QubesVMInUseError;
  *   running -> QubesVMNotHaltedError; used by others -> QubesVMInUseError.
  * - admin.vm.Start / Shutdown[+force|+wait|+force+wait] / Kill: empty reply.
@@ -30,8 +31,10 @@ import { isTagName } from '../../domain/names.js';
 import {
   PermissionDenied,
   ProtocolError,
+  QubesLabelNotFoundError,
   QubesNotImplementedError,
   QubesValueError,
+  QubesVMAlreadyExistsError,
   QubesVMError,
   QubesVMInUseError,
   QubesVMNotFoundError,
@@ -163,7 +166,7 @@ const ACCEPT_ALL = 'action=accept';
 
 function checkShutdownMode(h: { readonly arg: string }): void {
   if (h.arg !== '' && !h.arg.split('+').every((a) => a === 'force' || a === 'wait'))
-    throw new PermissionDenied(`admin.vm.Shutdown takes force, wait or force+wait, not '${printable(h.arg)}'`);
+    throw new ProtocolError(`admin.vm.Shutdown takes force, wait or force+wait, not '${printable(h.arg)}'`);
 }
 
 async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainClass, inPool: boolean): Promise<void> {
@@ -186,9 +189,9 @@ async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainCl
   if (name === undefined || label === undefined) throw new ProtocolError('Missing name or label');
   validateDomainName(name);
 
-  if (/^[0-9]+$/.test(label)) throw new PermissionDenied(`label '${printable(label)}': give its name, not an index`);
-  if (!LABEL_NAME_RE.test(label)) throw new PermissionDenied(`label '${printable(label)}': invalid characters`);
-  if (!app.labels.has(label)) throw new QubesValueError(`no such label '${printable(label)}'`);
+  if (/^[0-9]+$/.test(label)) throw new ProtocolError(`label '${printable(label)}': give its name, not an index`);
+  if (!LABEL_NAME_RE.test(label)) throw new ProtocolError(`label '${printable(label)}': invalid characters`);
+  if (!app.labels.has(label)) throw new QubesLabelNotFoundError(`no such label '${printable(label)}'`);
 
   let pool: string | undefined;
   const pools: Record<string, string> = {};
@@ -196,12 +199,12 @@ async function createDomain(ctx: MethodContext, call: AdminCall, klass: DomainCl
     if (k === 'pool') pool = knownPool(ctx, v);
     else if (k.startsWith('pool:')) {
       const volume = k.slice(5);
-      if (!POOL_VOLUMES.has(volume)) throw new PermissionDenied(`pool:${printable(volume)}: no such volume`);
+      if (!POOL_VOLUMES.has(volume)) throw new ProtocolError(`pool:${printable(volume)}: no such volume (root, private, volatile or kernel)`);
       pools[volume] = knownPool(ctx, v);
     }
   }
   if (pool !== undefined && Object.keys(pools).length) throw new ProtocolError(`Only one of 'pool=' and 'pool:volume=' can be used`);
-  if (app.findDomain(name)) throw new QubesValueError(`VM ${name} already exists`);
+  if (app.findDomain(name)) throw new QubesVMAlreadyExistsError(`VM ${name} already exists`);
 
   const d = await app.createDomain({
     klass,

@@ -2,7 +2,7 @@
  * admin.pool.*: the pools of the App (list, drivers, info, usage, add,
  * remove, the two mutable options) and the volumes a pool holds. Global
  * calls: the destination must be dom0 (its name only is checked: an unknown
- * destination is PermissionDenied here). A pool argument that names no pool
+ * destination is ProtocolError here, as Qubes). A pool argument that names no pool
  * is an argument the method does not accept: PermissionDenied, as the
  * reference answers.
  */

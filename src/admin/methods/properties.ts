@@ -21,7 +21,7 @@
  * only (else QubesValueError); str: printable ASCII and whitespace only;
  * int: an optionally signed decimal, blanks around allowed; bool: (any case)
  * true/false, yes/no, on/off, 1/0; vm: empty for None, else a valid domain
- * name (QubesValueError) of an existing domain (QubesVMNotFoundError);
+ * name of an existing domain (else QubesPropertyValueError, as Qubes);
  * label: a label name, `label-N` or its index (QubesLabelNotFoundError).
  * Context checks (class of a template, pool exists, halted-only, ...) are
  * the App's and fail with QubesPropertyValueError / QubesVMNotHaltedError.
@@ -35,7 +35,6 @@ import {
   QubesNoSuchPropertyError,
   QubesPropertyValueError,
   QubesValueError,
-  QubesVMNotFoundError,
 } from '../../storage/errors.js';
 import { boolFromWord } from '../../storage/options.js';
 import { printable } from '../../storage/volume.js';
@@ -149,9 +148,12 @@ export function sanitizeValue(ctx: MethodContext, type: PropType, payload: Uint8
     }
     case 'vm': {
       if (text === '') return null;
+      // QubesPropertyValueError, not QubesVMNotFoundError: the stock client
+      // turns the latter into "Failed to access property" (Qubes answers so
+      // since qubes-core-admin PR 571).
       const problem = domainNameProblem(text);
-      if (problem) throw new QubesValueError(`invalid domain name '${printable(text)}': ${problem}`);
-      if (!ctx.app.findDomain(text)) throw new QubesVMNotFoundError(`no such domain: '${printable(text)}'`);
+      if (problem) throw new QubesPropertyValueError(`invalid domain name '${printable(text)}': ${problem}`);
+      if (!ctx.app.findDomain(text)) throw new QubesPropertyValueError(`no such domain: '${printable(text)}'`);
       return text;
     }
     case 'label': {

@@ -37,6 +37,7 @@ import {
   PermissionDenied,
   ProtocolError,
   QubesValueError,
+  QubesVolumeCopyTokenNotFoundError,
   QubesVMNotFoundError,
   QubesVMNotHaltedError,
   storageError,
@@ -327,11 +328,12 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
 
     'admin.vm.volume.CloneTo': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       const text = decodeAscii(call.payload, 'token');
-      if (!TOKEN_RE.test(text)) throw new ProtocolError('the clone token must be 32 hexadecimal digits');
+      // Qubes looks any token up: one that cannot be a token is not found either.
+      if (!TOKEN_RE.test(text)) throw new QubesVolumeCopyTokenNotFoundError('no pending clone for that token: a clone token is 32 hexadecimal digits');
       // Used up by any CloneTo naming it, whatever happens next.
       const entry = tokens.get(text);
       tokens.delete(text);
-      if (!entry || entry.expires <= now()) throw new PermissionDenied('unknown or expired clone token');
+      if (!entry || entry.expires <= now()) throw new QubesVolumeCopyTokenNotFoundError('no pending clone for that token: unknown, already used or expired');
       destVolume(ctx, call);
       const from = entry.domain;
       const gone = () => new QubesValueError(`the source volume ${from.name}:${entry.volume.name} no longer exists`);

@@ -4,10 +4,10 @@
  * - malformed wire values (numbers, booleans, pool and revision names,
  *   payload syntax, unknown payload keys) -> ProtocolError;
  * - a number out of the method's range, a bad domain name -> QubesValueError;
- * - a `uuid:` destination that cannot name a domain -> QubesVMNotFoundError.
+ * - a `uuid:` destination that is not a well-formed UUID -> QubesVMInvalidUUIDError (as Qubes).
  */
 import { domainNameProblem } from '../../domain/names.js';
-import { ProtocolError, QubesValueError, QubesVMNotFoundError } from '../../storage/errors.js';
+import { ProtocolError, QubesValueError, QubesVMInvalidUUIDError } from '../../storage/errors.js';
 
 export interface IntegerRule {
   /** Accept a leading `-` (default false). */
@@ -92,7 +92,7 @@ export type Destination = { readonly kind: 'name'; readonly name: string } | { r
 export function parseDestination(dest: string): Destination {
   if (dest.startsWith('uuid:')) {
     const uuid = dest.slice(5);
-    if (!UUID_RE.test(uuid)) throw new QubesVMNotFoundError(`no domain with uuid ${show(uuid)}`);
+    if (!UUID_RE.test(uuid)) throw new QubesVMInvalidUUIDError(`not a valid domain uuid: ${show(uuid)}`);
     return { kind: 'uuid', uuid: uuid.toLowerCase() };
   }
   return { kind: 'name', name: dest };

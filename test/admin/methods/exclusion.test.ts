@@ -219,7 +219,7 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     withSize.end(Buffer.concat([Buffer.from(`${MiB}\n`), pattern(MiB, 7)]));
     assertError(decode(await withSize.reply), 'QubesVMInUseError', what, 'ImportWithSize');
     // The token was used up by the refused CloneTo.
-    assertError(await call(rig, 'admin.vm.volume.CloneTo', 'other', 'private', token), 'PermissionDenied', /unknown or expired/, 'token reuse');
+    assertError(await call(rig, 'admin.vm.volume.CloneTo', 'other', 'private', token), 'QubesVolumeCopyTokenNotFoundError', /already used/, 'token reuse');
     // Reading is not a change: Info and ListSnapshots answer meanwhile.
     assert.match(assertOk(await call(rig, 'admin.vm.volume.Info', 'work', 'private'), 'Info'), new RegExp(`\nsize=${PRIVATE_SIZE}\n`));
     live.end(data.subarray(MiB));

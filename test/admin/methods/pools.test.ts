@@ -174,10 +174,10 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     for (const m of ['admin.pool.Info', 'admin.pool.UsageDetails', 'admin.pool.Remove', 'admin.pool.volume.List'])
       await failsWith(S, 'PermissionDenied', [m, 'dom0', 'nosuch'], /nosuch/);
     await failsWith(S, 'PermissionDenied', ['admin.pool.Set.revisions_to_keep', 'dom0', 'nosuch', '1']);
-    await failsWith(S, 'PermissionDenied', ['admin.pool.List', 'dom0', 'x']);
-    await failsWith(S, 'PermissionDenied', ['admin.pool.Info', 'dom0']);
+    await failsWith(S, 'ProtocolError', ['admin.pool.List', 'dom0', 'x']);
+    await failsWith(S, 'ProtocolError', ['admin.pool.Info', 'dom0']);
     await failsWith(S, 'ProtocolError', ['admin.pool.Info', 'dom0', 'bad@name']);
-    await failsWith(S, 'PermissionDenied', ['admin.pool.List', 'somevm']);
+    await failsWith(S, 'ProtocolError', ['admin.pool.List', 'somevm']);
     await failsWith(S, 'ProtocolError', ['admin.pool.List', 'dom0', '', 'x']);
   });
 

@@ -99,11 +99,11 @@ describeEachFs('admin.vm.volume methods', (tfs, fsx) => {
 
   test('argument errors: unknown volume, no argument, unknown domain, payload where none is taken', async () => {
     await failsWith(S, 'PermissionDenied', ['admin.vm.volume.Info', 'work', 'nosuch'], /nosuch/);
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.Info', 'work']);
+    await failsWith(S, 'ProtocolError', ['admin.vm.volume.Info', 'work']);
     await failsWith(S, 'PermissionDenied', ['admin.vm.volume.Info', 'dom0', 'private']);
     await failsWith(S, 'QubesVMNotFoundError', ['admin.vm.volume.Info', 'ghost', 'private']);
     await failsWith(S, 'QubesVMNotFoundError', ['admin.vm.volume.List', 'ghost']);
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.List', 'work', 'private']);
+    await failsWith(S, 'ProtocolError', ['admin.vm.volume.List', 'work', 'private']);
     await failsWith(S, 'ProtocolError', ['admin.vm.volume.Info', 'work', 'private', 'x']);
     await failsWith(S, 'ProtocolError', ['admin.vm.volume.ListSnapshots', 'work', 'private', 'x']);
   });
@@ -233,21 +233,21 @@ describeEachFs('admin.vm.volume methods', (tfs, fsx) => {
     const ev = rig.events.filter((e) => e.subject === 'cdst' && e.event === 'volume-cloned').at(-1);
     assert.deepEqual(ev?.pairs, [['volume', 'private'], ['pool', 'default'], ['vid', 'appvms/cdst/private'], ['size', String(6 * MiB)], ['source', 'csrc:private']]);
     // One use only.
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.CloneTo', 'cdst', 'private', token], /token/);
+    await failsWith(S, 'QubesVolumeCopyTokenNotFoundError', ['admin.vm.volume.CloneTo', 'cdst', 'private', token], /token/);
 
     // Used up also by a failed use.
     await app.start('cdst');
     await failsWith(S, 'QubesVMNotHaltedError', ['admin.vm.volume.CloneTo', 'cdst', 'private', other]);
     await app.shutdown('cdst');
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.CloneTo', 'cdst', 'private', other]);
+    await failsWith(S, 'QubesVolumeCopyTokenNotFoundError', ['admin.vm.volume.CloneTo', 'cdst', 'private', other]);
 
     // Expired.
     const late = await ok(S, 'admin.vm.volume.CloneFrom', 'csrc', 'private');
     clock += 60_001;
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.CloneTo', 'cdst', 'private', late], /expired/);
+    await failsWith(S, 'QubesVolumeCopyTokenNotFoundError', ['admin.vm.volume.CloneTo', 'cdst', 'private', late], /expired/);
 
-    await failsWith(S, 'ProtocolError', ['admin.vm.volume.CloneTo', 'cdst', 'private', 'not-a-token']);
-    await failsWith(S, 'PermissionDenied', ['admin.vm.volume.CloneTo', 'cdst', 'private', '0'.repeat(32)]);
+    await failsWith(S, 'QubesVolumeCopyTokenNotFoundError', ['admin.vm.volume.CloneTo', 'cdst', 'private', 'not-a-token']);
+    await failsWith(S, 'QubesVolumeCopyTokenNotFoundError', ['admin.vm.volume.CloneTo', 'cdst', 'private', '0'.repeat(32)]);
     await failsWith(S, 'PermissionDenied', ['admin.vm.volume.CloneFrom', 'csrc', 'nosuch']);
   });
 
