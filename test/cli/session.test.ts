@@ -148,6 +148,8 @@ List of available revisions (for revert): none
   { cmd: 'qvm-prefs work label', out: 'red\n' },
   { cmd: 'qvm-prefs work label blue' },
   { cmd: 'qvm-prefs work nosuch', code: 1, err: "qvm-prefs: error: domain work has no property 'nosuch'\n" },
+  // QubesPropertyValueError from the daemon (Qubes' class): one clean line, exit 1.
+  { cmd: 'qvm-prefs work netvm ghost', code: 1, err: "qvm-prefs: error: no such domain: 'ghost'\n" },
   { cmd: 'qvm-clone -P p2 work work2' },
   { cmd: 'qvm-ls work work2', out: t`
 NAME   STATE   CLASS  LABEL  TEMPLATE  NETVM  POOL

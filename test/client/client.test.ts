@@ -10,7 +10,14 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { QubesClient } from '../../src/client/index.js';
-import { PermissionDenied, QubesException, QubesValueError, QubesVMInUseError, QubesVMNotFoundError } from '../../src/storage/errors.js';
+import {
+  PermissionDenied,
+  QubesException,
+  QubesLabelNotFoundError,
+  QubesValueError,
+  QubesVMInUseError,
+  QubesVMNotFoundError,
+} from '../../src/storage/errors.js';
 import { waitFor } from '../admin/helpers.js';
 import { removeTree, tempDirOn, TEST_FILESYSTEMS } from '../helpers/filesystems.js';
 import { daemonScope, startQubesd, type DaemonProc } from '../daemon/helpers.js';
@@ -138,7 +145,7 @@ for (const kind of ['socket', 'embedded'] as const) {
       assert.match(doms[2]!.uuid, /^[0-9a-f-]{36}$/);
       assert.equal((await q().domain('work')).klass, 'AppVM');
       await assert.rejects(q().domain('nosuch'), QubesVMNotFoundError);
-      await assert.rejects(q().createDomain({ name: 'w2', klass: 'AppVM', label: 'nolabel', template: 'tpl' }), QubesValueError);
+      await assert.rejects(q().createDomain({ name: 'w2', klass: 'AppVM', label: 'nolabel', template: 'tpl' }), QubesLabelNotFoundError);
       await assert.rejects(q().createDomain({ name: 'w3', klass: 'AppVM', label: 'red', template: 'nosuch' }), QubesVMNotFoundError);
       await assert.rejects(q().removeDomain('dom0'), QubesVMInUseError);
       assert.equal((await q().domains()).length, 3);

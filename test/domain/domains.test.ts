@@ -18,6 +18,7 @@ import {
   QubesPoolInUseError,
   QubesPropertyValueError,
   QubesValueError,
+  QubesVMAlreadyExistsError,
   QubesVMInUseError,
   QubesVMNotHaltedError,
   QubesVMNotStartedError,
@@ -243,7 +244,7 @@ describeEachFs('domains', (tfs, ctx) => {
     assert.equal(c2.storage.get('root').pool.name, 'default', 'a snapshot stays with its source');
     assert.ok((await filesUnder(other)).includes('appvms/copy2/private.img'));
     await assert.rejects(t.app.cloneDomain('src', 'copy3', { pool: 'second', pools: { private: 'default' } }), QubesValueError);
-    await assert.rejects(t.app.cloneDomain('src', 'copy'), /already exists/);
+    await assert.rejects(t.app.cloneDomain('src', 'copy'), (e: unknown) => e instanceof QubesVMAlreadyExistsError && /already exists/.test(e.message));
 
     // a clone whose destination is blocked leaves nothing
     await fs.writeFile(path.join(other, 'appvms', 'copy4'), 'in the way');
@@ -287,9 +288,11 @@ describeEachFs('domains', (tfs, ctx) => {
   });
 
   it('validates domain names, classes, labels and templates', async () => {
-    for (const bad of ['', '1abc', 'a b', 'x'.repeat(32), 'none', 'default', 'Domain-0', 'sys-net-dm', 'a/b', 'dom0', '-x']) {
+    for (const bad of ['', '1abc', 'a b', 'x'.repeat(32), 'none', 'default', 'Domain-0', 'sys-net-dm', 'a/b', '-x']) {
       await assert.rejects(t.app.createDomain({ klass: 'StandaloneVM', name: bad, label: 'red' }), QubesValueError, `name '${bad}'`);
     }
+    // A valid name that is taken: not a value error, as in Qubes.
+    await assert.rejects(t.app.createDomain({ klass: 'StandaloneVM', name: 'dom0', label: 'red' }), QubesVMAlreadyExistsError);
     await assert.rejects(t.app.createDomain({ klass: 'StandaloneVM', name: 'x', label: 'pink' }), QubesLabelNotFoundError);
     await assert.rejects(t.app.createDomain({ klass: 'AdminVM', name: 'x', label: 'red' }), QubesValueError);
     await assert.rejects(t.app.createDomain({ klass: 'AppVM', name: 'x', label: 'red' }), /: an AppVM needs a template and no default/);

@@ -6,7 +6,7 @@
  * is an argument the method does not accept: PermissionDenied, as the
  * reference answers.
  */
-import { PermissionDenied, QubesValueError } from '../../storage/errors.js';
+import { PermissionDenied, ProtocolError, QubesValueError } from '../../storage/errors.js';
 import type { Pool } from '../../storage/pool.js';
 import { formatListDrivers } from '../../registry/drivers.js';
 import { method, type AdminCall, type MethodTable } from '../dispatch.js';
@@ -77,7 +77,8 @@ export function poolMethods(ctx: MethodContext): MethodTable {
         what: 'pool configuration',
       });
       const name = raw['name'];
-      if (name === undefined) throw new QubesValueError(`admin.pool.Add: missing required option 'name'`);
+      // A malformed request, as Qubes' check of the payload answers.
+      if (name === undefined) throw new ProtocolError(`admin.pool.Add: missing required option 'name'`);
       validatePoolName(name);
       delete raw['name'];
       // Checked here too (the App's check is the same) so that nothing is made for a bad request.

@@ -34,7 +34,7 @@ const SHARED_OPS: Op[] = ['create', 'start', 'shutdown', 'remove', 'create', 'st
 
 /** Errors a lost race on a shared name explains. */
 const RACE_ERRORS: Record<Op, readonly string[]> = {
-  create: ['QubesValueError'],
+  create: ['QubesVMAlreadyExistsError'],
   start: ['QubesVMNotFoundError'],
   shutdown: ['QubesVMNotFoundError', 'QubesVMNotStartedError'],
   kill: ['QubesVMNotFoundError', 'QubesVMNotStartedError'],
@@ -82,7 +82,7 @@ describeEachFs('admin domain methods: 64 concurrent clients', (tfs, fsctx) => {
     assert.deepEqual(soloFailures, []);
     // Shared names: only the errors a lost race explains.
     assert.ok(
-      outcomes.some((o) => o.client >= SOLO && o.op === 'create' && o.result === 'QubesValueError'),
+      outcomes.some((o) => o.client >= SOLO && o.op === 'create' && o.result === 'QubesVMAlreadyExistsError'),
       'clients sharing a name raced (some creates lost)',
     );
     const unexplained = outcomes.filter((o) => o.client >= SOLO && o.result !== 'ok' && !RACE_ERRORS[o.op].includes(o.result));

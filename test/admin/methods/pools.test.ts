@@ -117,7 +117,7 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     await failsWith(S, 'QubesPoolInUseError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=default\ndir_path=${d}\n`]);
     await failsWith(S, 'QubesValueError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\ndir_path=${d}\nbogus=1\n`], /'bogus'/);
     await failsWith(S, 'QubesValueError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\n`], /'dir_path'/);
-    await failsWith(S, 'QubesValueError', ['admin.pool.Add', 'dom0', 'file-reflink', `dir_path=${d}\n`], /'name'/);
+    await failsWith(S, 'ProtocolError', ['admin.pool.Add', 'dom0', 'file-reflink', `dir_path=${d}\n`], /'name'/);
     await failsWith(S, 'QubesValueError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\ndir_path=${d}\nrevisions_to_keep=-2\n`], /revisions_to_keep/);
     await failsWith(S, 'ProtocolError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\nname=x2\ndir_path=${d}\n`]);
     await failsWith(S, 'ProtocolError', ['admin.pool.Add', 'dom0', 'file-reflink', `name=x1\njunk\n`]);
