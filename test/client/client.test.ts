@@ -160,7 +160,7 @@ for (const kind of ['socket', 'embedded'] as const) {
     });
 
     it('volumes: info typed, resize, import with progress, export', async () => {
-      assert.deepEqual((await q().volumes('work')).sort(), ['private', 'root', 'volatile']);
+      assert.deepEqual((await q().volumes('work')).sort(), ['kernel', 'private', 'root', 'volatile']);
       const priv = await q().volumeInfo('work', 'private');
       assert.equal(priv.pool, 'p2');
       assert.equal(priv.vid, 'appvms/work/private');
