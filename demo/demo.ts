@@ -39,7 +39,7 @@ async function main(): Promise<number> {
 
   try {
     say(`# QUBES_BASE_DIR=${base} (shown as $BASE); no daemon answers, so each tool opens the state itself`);
-    say('# first use: the default pool is made on the spot');
+    say('# first use: the default pool and the kernel pool (linux-kernel, BASE/vm-kernels) are made on the spot');
     tool('qvm-pool');
 
     const poolDir = path.join(base, 'demo-pool');

@@ -8,6 +8,7 @@
  *   BASE/storage.conf      R3.2 pools, when the file exists (QUBES_STORAGE_CONF names another;
  *                          root on /var/lib/qubes: /etc/qubes/storage.conf)
  *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
+ *   BASE/vm-kernels        the kernels of the `linux-kernel` pool a new state gets (createDefaultPool)
  *   BASE/qubesd.sock       the daemon's socket (defaultSocketPath)
  *
  * `openRuntime` takes the state lock (a second runtime on the same base
@@ -26,7 +27,11 @@ import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
 import { RUN_STATE_FILE, runState } from './run-state.js';
-import { exists, reflinkSupported, sweepAtomicTemps } from '../files/files.js';
+import { exists, fsyncDir, reflinkSupported, sweepAtomicTemps } from '../files/files.js';
+import { LinuxKernelPool } from '../drivers/linux-kernel/pool.js';
+import { newestKernel } from '../drivers/linux-kernel/versions.js';
+import { QubesException } from '../storage/errors.js';
+import { KERNELS_DIR } from '../domain/state-dir.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
 import { POOL_DIR_MODE } from '../drivers/file-reflink/pool.js';
@@ -47,7 +52,11 @@ export interface RuntimeOptions {
   readonly init?: boolean;
   /** Configuration files that may lie in the base directory before the first start (the policy file). */
   readonly configFiles?: readonly string[];
-  /** When no pool exists yet, add a file-reflink pool `default` in BASE/pools/default. */
+  /**
+   * When no pool exists yet, add a file-reflink pool `default` in
+   * BASE/pools/default; and when the state is new, the `linux-kernel` pool
+   * at BASE/vm-kernels, as Qubes' first start does (addKernelPool).
+   */
   readonly createDefaultPool?: boolean;
   /** Gets each notice line for the user (also returned in `notices`). */
   readonly notice?: (line: string) => void;
@@ -127,6 +136,10 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const line = await addDefaultPool(app, path.join(baseDir, 'pools', 'default'));
       if (line) notice(line);
     }
+    if (opts.createDefaultPool && app.madeNewState) {
+      const line = await addKernelPool(app, path.join(baseDir, KERNELS_DIR));
+      if (line) notice(line);
+    }
   } catch (e) {
     stopForwarding();
     await app.close();
@@ -165,4 +178,52 @@ async function addDefaultPool(app: QubesApp, dir: string): Promise<string | null
     `note: the filesystem of ${dir} cannot make reflink copies; the default pool uses full sparse copies ` +
     `(setup_check=False): starts and clones are slower and use more space`
   );
+}
+
+/** The kernels directory's mode when made here: Qubes' (root:qubes 2770; the group here is the creator's). */
+export const KERNELS_DIR_MODE = 0o2770;
+const KERNEL_POOL = 'linux-kernel';
+
+/**
+ * A new state's kernel pool, as Qubes makes at its first start: the pool
+ * `linux-kernel` (driver linux-kernel) at `dir`, made (durably) when
+ * missing; default_pool_kernel set to it; and, when a kernel is installed
+ * there, default_kernel set to the newest (newestKernel: Qubes' installer
+ * rule). Only for a new state: an existing one is never changed behind its
+ * user's back. Each step is its own crash-safe save, in an order whose every
+ * prefix is a working state (the pool is found as the kernel pool even
+ * before default_pool_kernel names it). Where the pool cannot be added (a
+ * storage.conf pool of that name or in that place), a notice line says why
+ * (returned) and the state goes on without it.
+ */
+async function addKernelPool(app: QubesApp, dir: string): Promise<string | null> {
+  if (app.hasPool(KERNEL_POOL)) return `note: no kernel pool made: a pool named ${KERNEL_POOL} already exists`;
+  let pool;
+  let made = false;
+  try {
+    made = await makeDirDurably(dir, KERNELS_DIR_MODE);
+    if (made) await fs.chmod(dir, KERNELS_DIR_MODE);
+    pool = await app.addPool('linux-kernel', KERNEL_POOL, { dir_path: dir });
+  } catch (e) {
+    // The directory made for the pool goes with it (it is empty: nobody else knows it yet).
+    if (made) await fs.rmdir(dir).catch(() => undefined);
+    if (!(e instanceof QubesException)) throw e;
+    return `note: no kernel pool made at ${dir}: ${e.message}`;
+  }
+  await app.setProperty(app.globals, 'default_pool_kernel', KERNEL_POOL);
+  const newest = pool instanceof LinuxKernelPool ? await newestKernel(pool) : null;
+  if (newest !== null) await app.setProperty(app.globals, 'default_kernel', newest);
+  return null;
+}
+
+/** mkdir `dir` (its parent must exist) and fsync the parent; false if it was there. */
+async function makeDirDurably(dir: string, mode: number): Promise<boolean> {
+  try {
+    await fs.mkdir(dir, { mode });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  }
+  await fsyncDir(path.dirname(dir));
+  return true;
 }

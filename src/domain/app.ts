@@ -69,6 +69,7 @@ export class QubesApp implements DomainHost, StateModel {
   private readonly volumeDefaults: VolumeDefaults;
   /** The sweep of the pools' leftovers started at open; the lock is never released before it ends. */
   private leftovers: Promise<void> = Promise.resolve();
+  private _madeNewState = false;
 
   private constructor(
     private readonly opts: QubesAppOptions,
@@ -127,6 +128,7 @@ export class QubesApp implements DomainHost, StateModel {
       try {
         found = await app.store.read();
         if (found.isNew) {
+          app._madeNewState = true;
           app.domains.listed.set('dom0', new AdminVM(app));
           await app.poolSet.loadStorageConf();
         } else {
@@ -159,6 +161,11 @@ export class QubesApp implements DomainHost, StateModel {
       volumeDefaults: this.volumeDefaults,
       notice: this.opts.notice,
     });
+  }
+
+  /** Whether open started a new state (none was there, or `init`): what a first use sets up is due. */
+  get madeNewState(): boolean {
+    return this._madeNewState;
   }
 
   /** Resolves once the sweep of leftovers started at open is done. */

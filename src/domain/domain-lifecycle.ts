@@ -304,7 +304,11 @@ export class DomainLifecycle {
       }
       try {
         const disks = new Map<string, BlockDevice>();
-        for (const [n, v] of d.storage.volumes) disks.set(n, await v.blockDevice());
+        for (const [n, v] of d.storage.volumes) {
+          const dev = await v.blockDevice();
+          // No path, nothing to attach (a kernel volume naming no kernel: the domain boots its own, as in Qubes).
+          if (dev.path) disks.set(n, dev);
+        }
         await runner.start(d, disks);
       } catch (e) {
         await d.storage.stop().catch(() => undefined);

@@ -55,7 +55,8 @@ export function newVolumeConfigs(d: Domain, choice: PoolChoice, app: VolumeDefau
   };
   const configs = defaultVolumeConfigs(
     d.klass,
-    { root: pick('root'), private: pick('private'), volatile: pick('volatile'), kernel: kernelVersion && kernelPool ? kernelPool : null },
+    // As in Qubes, the kernel volume is there whenever there is a kernel pool, its vid the kernel ('' for none).
+    { root: pick('root'), private: pick('private'), volatile: pick('volatile'), kernel: kernelPool || null },
     sizes,
   );
   for (const c of configs) {
@@ -105,7 +106,8 @@ export function sizedLike(configs: VolumeConfig[], src: Domain): VolumeConfig[] 
 /**
  * A domain's volumes after a change of its `template` or `kernel` (or of
  * one up its chain): sources are found again, the kernel volume follows the
- * kernel property (added, changed or dropped).
+ * kernel property (its vid the new kernel, '' for none, as in Qubes; added
+ * where a domain had none and now names a kernel).
  */
 export function rebuiltVolumeConfigs(d: Domain, globals: GlobalProperties): VolumeConfig[] {
   const configs: VolumeConfig[] = [];
@@ -113,7 +115,6 @@ export function rebuiltVolumeConfigs(d: Domain, globals: GlobalProperties): Volu
     const c = v.config();
     delete c.source;
     if (v.name === 'kernel') c.vid = String(d.prop('kernel') ?? '');
-    if (v.name === 'kernel' && !c.vid) continue;
     configs.push(c);
   }
   const kernel = String(d.prop('kernel') ?? '');

@@ -14,10 +14,17 @@
  * - sockets (the daemon's `qubesd.sock`, also one a killed daemon left);
  * - the configuration files named by the caller (storage.conf: written by
  *   the administrator, possibly before the first start);
+ * - the kernels directory `vm-kernels/`: the system installs kernels there
+ *   before the first start, which gives the new state its kernel pool
+ *   (Qubes' kernel packages fill /var/lib/qubes/vm-kernels before qubes.xml
+ *   exists); kernels are no state;
  * - empty directories.
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+
+/** The kernels directory beside the state file (runtime.ts gives a new state its pool there). */
+export const KERNELS_DIR = 'vm-kernels';
 
 /** Entries of `stateFile`'s directory that show a state was there (names, directories with a trailing /), sorted. */
 export async function earlierStateTraces(stateFile: string, configFiles: readonly string[] = []): Promise<string[]> {
@@ -39,6 +46,7 @@ export async function earlierStateTraces(stateFile: string, configFiles: readonl
     if (n.startsWith(`.${name}.tmp-`)) continue;
     if (config.has(n)) continue;
     if (e.isSocket()) continue;
+    if (n === KERNELS_DIR && e.isDirectory()) continue;
     if (e.isDirectory()) {
       const inside = await fs.readdir(path.join(dir, n)).catch(() => ['?']);
       if (inside.length === 0) continue;

@@ -170,7 +170,7 @@ export abstract class Volume {
 
   constructor(pool: Pool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     checkVolumeName(spec.name);
-    checkVid(vid);
+    if (vid !== '' || !this.takesEmptyVid()) checkVid(vid);
     this.pool = pool;
     this.domain = domain;
     this.name = spec.name;
@@ -186,6 +186,15 @@ export abstract class Volume {
     if (this.source && this.source.pool !== pool)
       throw new QubesValueError(`${this.where}: source ${this.source.vid} is in pool ${this.source.pool.name}, not ${pool.name}`);
     this.checkProperties();
+  }
+
+  /**
+   * Whether the empty vid is valid for this volume: only where a driver
+   * gives it a meaning and touches no file for it (a linux-kernel volume of
+   * a domain without a kernel). Called by the constructor.
+   */
+  protected takesEmptyVid(): boolean {
+    return false;
   }
 
   /** "volume VID of pool POOL", for messages. */

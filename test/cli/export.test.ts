@@ -165,7 +165,7 @@ describeEachFs('qvm-volume export', (tfs, ctx) => {
     });
     assert.deepEqual(await run('qvm-volume', ['export', 'sa:nosuch', path.join(out, 'y.img')], env), {
       stdout: '',
-      stderr: "qvm-volume: error: no such volume: 'sa:nosuch' (sa has root, private, volatile)\n",
+      stderr: "qvm-volume: error: no such volume: 'sa:nosuch' (sa has root, private, volatile, kernel)\n",
       code: 1,
     });
     assert.deepEqual(await tempFiles(out), []);

@@ -31,15 +31,18 @@ function t(strings: TemplateStringsArray): string {
 }
 
 const STEPS: Step[] = [
+  // A new state: the default pool and Qubes' kernel pool.
   { cmd: 'qvm-pool', out: t`
-NAME     DRIVER
-default  file-reflink
+NAME          DRIVER
+default       file-reflink
+linux-kernel  linux-kernel
 ` },
   { cmd: 'qvm-pool add p2 file-reflink -o dir_path=$BASE/p2 -o setup_check=False,revisions_to_keep=2' },
   { cmd: 'qvm-pool -l', out: t`
-NAME     DRIVER
-default  file-reflink
-p2       file-reflink
+NAME          DRIVER
+default       file-reflink
+linux-kernel  linux-kernel
+p2            file-reflink
 ` },
   { cmd: 'qvm-pool info p2', norm: hostNumbers, out: t`
 name                p2
@@ -69,6 +72,7 @@ work  Halted   AppVM       red    tpl       -      default
 POOL:VOLUME                   VMNAME  VOLUME_NAME  REVERT_POSSIBLE
 default:appvms/work/private   work    private      No
 default:appvms/work/volatile  work    volatile     No
+linux-kernel:                 tpl     kernel       No
 p2:appvms/work/root           work    root         No
 p2:vm-templates/tpl/private   tpl     private      No
 p2:vm-templates/tpl/root      tpl     root         No
@@ -91,7 +95,7 @@ List of available revisions (for revert): none
   { cmd: 'qvm-volume resize work:private 3Gi' },
   { cmd: 'qvm-volume resize work:private 1G', code: 1, err: 'qvm-volume: error: shrinking work:private from 3221225472 to 1000000000 bytes would lose data; refused without -f\n' },
   { cmd: 'qvm-volume resize work:private 2x', code: 1, err: "qvm-volume: error: bad size '2x': give bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)\n" },
-  { cmd: 'qvm-volume info work:size', code: 1, err: "qvm-volume: error: no such volume: 'work:size' (work has root, private, volatile)\n" },
+  { cmd: 'qvm-volume info work:size', code: 1, err: "qvm-volume: error: no such volume: 'work:size' (work has root, private, volatile, kernel)\n" },
   { cmd: 'qvm-volume info nosuch:private', code: 1, err: "qvm-volume: error: no such domain: 'nosuch'\n" },
   { cmd: 'qvm-volume info work:private size', out: '3221225472\n' },
   { cmd: 'qvm-start work' },

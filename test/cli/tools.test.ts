@@ -68,6 +68,7 @@ describe('on the embedded default', () => {
     const list = await run('qvm-pool', ['--format', 'json'], env);
     assert.deepEqual(JSON.parse(list.stdout), [
       { name: 'default', driver: 'file-reflink' },
+      { name: 'linux-kernel', driver: 'linux-kernel' },
       { name: 'p1', driver: 'file-reflink' },
     ]);
     const info = await run('qvm-pool', ['-i', 'p1', '--format', 'json'], env);
@@ -88,7 +89,7 @@ describe('on the embedded default', () => {
     assert.ok(u[0]!.data_size > 0);
     assert.equal((await run('qvm-pool', ['usage', '--threshold', '100', 'p1'], env)).code, 0);
     assert.equal((await run('qvm-pool', ['-r', 'p1'], env)).code, 0);
-    assert.equal((await run('qvm-pool', ['-l'], env)).stdout, 'NAME     DRIVER\ndefault  file-reflink\n');
+    assert.equal((await run('qvm-pool', ['-l'], env)).stdout, 'NAME          DRIVER\ndefault       file-reflink\nlinux-kernel  linux-kernel\n');
   });
 
   it('export and import round trip, sizes with suffixes', async () => {
@@ -166,7 +167,11 @@ describe('two tools at once on the embedded default', () => {
       assert.equal(b.code, 0, b.stderr);
       const ls = await run('qvm-ls', [], env);
       assert.match(ls.stdout, /\nta +Halted +TemplateVM +red +- +- +default\ntb +Halted +TemplateVM +blue +- +- +default\n$/);
-      assert.equal((await run('qvm-pool', [], env)).stdout, 'NAME     DRIVER\ndefault  file-reflink\n', 'one default pool');
+      assert.equal(
+        (await run('qvm-pool', [], env)).stdout,
+        'NAME          DRIVER\ndefault       file-reflink\nlinux-kernel  linux-kernel\n',
+        'one default pool, one kernel pool',
+      );
     } finally {
       await fs.rm(base, { recursive: true, force: true });
     }
@@ -231,7 +236,7 @@ describe('npm run demo', () => {
     // After the stop: a revision to revert to; after the revert, the written data is a revision too.
     assert.match(r.out, /\$ qvm-shutdown --wait work\n# stopping committed[^\n]*\n\$ qvm-volume info work:private\n(    [^\n]*\n)*    List of available revisions \(for revert\):\n      1\n      2\n/);
     assert.match(r.out, /    work  Running|work +Halted +AppVM +red +tpl +- +demo/);
-    assert.match(r.out, /\$ qvm-pool usage\n    POOL +USED +SIZE +USE%\n    default .*\n    demo .*\n/);
+    assert.match(r.out, /\$ qvm-pool usage\n    POOL +USED +SIZE +USE%\n    default .*\n    linux-kernel .*\n    demo .*\n/);
     assert.match(r.out, /# done\n$/);
   });
 });

@@ -71,7 +71,7 @@ for (const kind of ['socket', 'embedded'] as const) {
     });
 
     it('pools: list, drivers, add, info, set', async () => {
-      assert.deepEqual(await q().pools(), ['default']);
+      assert.deepEqual(await q().pools(), ['default', 'linux-kernel']);
       const reflink = (await q().drivers()).find((d) => d.driver === 'file-reflink');
       assert.ok(reflink?.options.includes('dir_path'), JSON.stringify(reflink));
       await q().addPool('p2', 'file-reflink', [
@@ -79,7 +79,7 @@ for (const kind of ['socket', 'embedded'] as const) {
         ['setup_check', false],
         ['revisions_to_keep', 2],
       ]);
-      assert.deepEqual(await q().pools(), ['default', 'p2']);
+      assert.deepEqual(await q().pools(), ['default', 'linux-kernel', 'p2']);
       const info = await q().poolInfo('p2');
       assert.equal(info.name, 'p2');
       assert.equal(info.driver, 'file-reflink');
@@ -102,7 +102,7 @@ for (const kind of ['socket', 'embedded'] as const) {
       await assert.rejects(q().removePool('nosuch'), PermissionDenied);
       await assert.rejects(q().addPool('p3', 'file-reflink', [['no_such_option', 1]]), QubesValueError);
       await assert.rejects(q().setPoolOption('p2', 'revisions_to_keep', 'many'), QubesException);
-      assert.deepEqual(await q().pools(), ['default', 'p2']);
+      assert.deepEqual(await q().pools(), ['default', 'linux-kernel', 'p2']);
     });
 
     it('pool usage rows: the figures of UsageDetails, in list order', async () => {
@@ -113,9 +113,9 @@ for (const kind of ['socket', 'embedded'] as const) {
       const rows = await q().poolUsage();
       assert.deepEqual(
         rows.map((r) => r.pool),
-        ['default', 'p2'],
+        ['default', 'linux-kernel', 'p2'],
       );
-      const p2 = rows[1]!;
+      const p2 = rows[2]!;
       assert.equal(p2.data.size, details['data_size']);
       assert.equal(typeof p2.data.usage, 'number');
       assert.equal(p2.data.percent, Math.round((p2.data.usage! / p2.data.size!) * 1000) / 10);
@@ -167,7 +167,7 @@ for (const kind of ['socket', 'embedded'] as const) {
     });
 
     it('volumes: info typed, resize, import with progress, export', async () => {
-      assert.deepEqual((await q().volumes('work')).sort(), ['private', 'root', 'volatile']);
+      assert.deepEqual((await q().volumes('work')).sort(), ['kernel', 'private', 'root', 'volatile']);
       const priv = await q().volumeInfo('work', 'private');
       assert.equal(priv.pool, 'p2');
       assert.equal(priv.vid, 'appvms/work/private');
@@ -260,7 +260,7 @@ for (const kind of ['socket', 'embedded'] as const) {
         ['dom0'],
       );
       await q().removePool('p2');
-      assert.deepEqual(await q().pools(), ['default']);
+      assert.deepEqual(await q().pools(), ['default', 'linux-kernel']);
     });
   });
 }

@@ -32,8 +32,13 @@ function readmeExample(readme: string): string {
 }
 
 
-/** What the example prints: one line per pool (here only `default`), then the new domain's root. */
-const EXPECTED = /^default: \d+ of \d+ bytes used \((\d+(\.\d)?|-)%\)( {2}above 80%)?\nwork:root: [1-9]\d* bytes in pool default\n$/;
+/**
+ * What the example prints: one line per pool (here the first use's `default`
+ * and `linux-kernel`, of unknown size and with no kernel installed), then
+ * the new domain's root.
+ */
+const EXPECTED =
+  /^default: \d+ of \d+ bytes used \((\d+(\.\d)?|-)%\)( {2}above 80%)?\nlinux-kernel: 0 of unknown bytes used \(-%\)\nwork:root: [1-9]\d* bytes in pool default\n$/;
 
 describe('README.md: the client example', () => {
   const scope = daemonScope();

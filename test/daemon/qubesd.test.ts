@@ -109,7 +109,7 @@ describeEachFs('qubesd', (tfs, fsx) => {
     const d = await start(base, socketPath);
     if (!tfs.reflink) assert.match(d.stderr(), /qubesd: note: .*reflink.*setup_check=False/);
     const c = new AdminClient({ socketPath, timeoutMs: 30_000 });
-    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\n', 'first use: the default pool');
+    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\nlinux-kernel\n', 'first use: the default pool and the kernel pool');
     await c.call('admin.vm.Create.TemplateVM', 'dom0', '', 'name=tpl label=black');
 
     const data = pattern(3 * MiB, 42);
@@ -159,7 +159,7 @@ describeEachFs('qubesd', (tfs, fsx) => {
     assert.ok(!(await exists(path.join(base3, 'qubes.xml.lock'))), 'it released the state it opened');
 
     const c = new AdminClient({ socketPath, timeoutMs: 10_000 });
-    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\n', 'the first one still serves');
+    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\nlinux-kernel\n', 'the first one still serves');
     d.child.kill('SIGINT');
     assert.deepEqual(await d.exited, { code: 0, signal: null });
   });
@@ -171,7 +171,7 @@ describeEachFs('qubesd', (tfs, fsx) => {
     const socketPath = await sock();
     const d = await start(base, socketPath, ['--policy', policy, '--debug']);
     const c = new AdminClient({ socketPath, timeoutMs: 10_000 });
-    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\n');
+    assert.equal((await c.call('admin.pool.List', 'dom0')).toString(), 'default\nlinux-kernel\n');
     await assert.rejects(c.call('admin.pool.Info', 'dom0', 'default'), PermissionDenied);
     await assert.rejects(c.call('admin.vm.volume.Info', 'ghost', 'private'), (e: Error & { remoteTraceback?: string }) => {
       assert.equal(e.name, 'QubesVMNotFoundError');

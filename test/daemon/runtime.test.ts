@@ -28,7 +28,8 @@ describeEachFs('openRuntime', (tfs, fsx) => {
     const seen: string[] = [];
     const rt = await openRuntime({ baseDir: base, storageConf: null, nodeModules: [], createDefaultPool: true, notice: (l) => seen.push(l) });
     try {
-      assert.deepEqual(rt.app.poolNames(), ['default']);
+      // With the kernel pool a new state gets (kernel-pool.test.ts).
+      assert.deepEqual(rt.app.poolNames(), ['default', 'linux-kernel']);
       const cfg = rt.app.pool('default').config();
       assert.equal(cfg['driver'], 'file-reflink');
       assert.equal(cfg['dir_path'], path.join(base, 'pools', 'default'));
@@ -50,7 +51,7 @@ describeEachFs('openRuntime', (tfs, fsx) => {
     // Second use: the pool is there; nothing added, no notice.
     const rt2 = await openRuntime({ baseDir: base, storageConf: null, nodeModules: [], createDefaultPool: true });
     try {
-      assert.deepEqual(rt2.app.poolNames(), ['default']);
+      assert.deepEqual(rt2.app.poolNames(), ['default', 'linux-kernel']);
       assert.deepEqual(rt2.notices, []);
     } finally {
       await rt2.close();
@@ -73,7 +74,8 @@ describeEachFs('openRuntime', (tfs, fsx) => {
     await fs.writeFile(conf, `[mine]\ndriver=file-reflink\ndir_path=${base}/mine\nsetup_check=False\n`);
     const rt = await openRuntime({ baseDir: base, storageConf: conf, nodeModules: [], createDefaultPool: true });
     try {
-      assert.deepEqual(rt.app.poolNames(), ['mine']);
+      // No default pool beside storage.conf's; the kernel pool of a new state is there.
+      assert.deepEqual(rt.app.poolNames(), ['mine', 'linux-kernel']);
       assert.equal(rt.app.poolOrigin('mine'), 'storage.conf');
     } finally {
       await rt.close();

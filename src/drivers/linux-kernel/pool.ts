@@ -49,15 +49,15 @@ export class LinuxKernelPool extends Pool {
 
   /**
    * A kernel volume for `spec.vid` (the version), checked for form only:
-   * whether it exists is found at start or verify. What the declaration
-   * rules out (rw, snap_on_start, save_on_stop, revisions) the base class
-   * refuses.
+   * whether it exists is found at start or verify. The empty vid is a
+   * domain without a kernel (Qubes keeps its kernel volume, with no
+   * version). What the declaration rules out (rw, snap_on_start,
+   * save_on_stop, revisions) the base class refuses.
    */
   initVolume(domain: DomainRef | null, spec: VolumeSpec): LinuxKernelVolume {
     const where = `pool ${this.name}`;
-    if (spec.vid === undefined || spec.vid === '')
-      throw new QubesValueError(`${where}: volume ${spec.name} needs a kernel version as its vid`);
-    checkKernelVersion(spec.vid, where);
+    if (spec.vid === undefined) throw new QubesValueError(`${where}: volume ${spec.name} needs a kernel version as its vid`);
+    if (spec.vid !== '') checkKernelVersion(spec.vid, where);
     return new LinuxKernelVolume(this, domain, this.dirPath, { ...spec, vid: spec.vid });
   }
 

@@ -6,6 +6,10 @@
  * change data is refused by the base class (the driver declares itself
  * read-only), so the mechanics below for them are never reached. A missing
  * version is found at start or verify, never when the volume object is made.
+ *
+ * The empty vid is a domain without a kernel (its `kernel` property empty:
+ * it boots its own): as in Qubes the volume stays in the domain's set, with
+ * no path, no usage, and start and verify with nothing to check.
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -37,23 +41,31 @@ async function statOrNull(p: string): Promise<import('node:fs').Stats | null> {
 }
 
 export class LinuxKernelVolume extends Volume {
-  /** DIR/VERSION. */
-  readonly versionDir: string;
+  /** DIR/VERSION; null without a kernel (the empty vid). */
+  readonly versionDir: string | null;
 
   constructor(pool: Pool, domain: DomainRef | null, kernelsDir: string, spec: VolumeSpec & { vid: string }) {
-    checkKernelVersion(spec.vid, `pool ${pool.name}`);
+    if (spec.vid !== '') checkKernelVersion(spec.vid, `pool ${pool.name}`);
     super(pool, domain, spec.vid, spec);
-    this.versionDir = path.join(kernelsDir, spec.vid);
+    this.versionDir = spec.vid === '' ? null : path.join(kernelsDir, spec.vid);
+  }
+
+  protected override takesEmptyVid(): boolean {
+    return true;
+  }
+
+  override get where(): string {
+    return this.vid === '' ? `volume ${this.name} (no kernel) of pool ${this.pool?.name}` : super.where;
   }
 
   private refuse(what: string): StoragePoolException {
-    return new StoragePoolException(
-      `${this.where}: cannot ${what}: kernel volumes are read-only (kernel ${this.vid} comes from ${this.versionDir})`,
-    );
+    const from = this.versionDir ? `kernel ${this.vid} comes from ${this.versionDir}` : 'and this one names no kernel';
+    return new StoragePoolException(`${this.where}: cannot ${what}: kernel volumes are read-only (${from})`);
   }
 
-  /** Throws unless vmlinuz and initramfs are regular files in DIR/VERSION. */
+  /** Throws unless vmlinuz and initramfs are regular files in DIR/VERSION (nothing to check without a kernel). */
   private async checkPresent(): Promise<void> {
+    if (this.versionDir === null) return;
     try {
       const dir = await statOrNull(this.versionDir);
       if (!dir || !dir.isDirectory())
@@ -68,8 +80,9 @@ export class LinuxKernelVolume extends Volume {
     }
   }
 
-  /** The modules image when there is one, else the version directory. */
+  /** The modules image when there is one, else the version directory; '' without a kernel. */
   async path(): Promise<string> {
+    if (this.versionDir === null) return '';
     const img = path.join(this.versionDir, MODULES_IMG);
     const st = await statOrNull(img);
     return st?.isFile() ? img : this.versionDir;
@@ -119,9 +132,9 @@ export class LinuxKernelVolume extends Volume {
   protected async doIsOutdated(): Promise<boolean | null> {
     return false;
   }
-  /** Bytes of the kernel's files (0 when the version is missing). */
+  /** Bytes of the kernel's files (0 when the version is missing, or without a kernel). */
   protected async doUsage(): Promise<number> {
-    return kernelBytes(this.versionDir);
+    return this.versionDir === null ? 0 : kernelBytes(this.versionDir);
   }
 }
 

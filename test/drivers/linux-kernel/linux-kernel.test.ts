@@ -112,7 +112,8 @@ describe('linux-kernel volumes', () => {
     });
   }
 
-  const badVersions = ['../etc', 'a/b', '..', '.', '', '.hidden', 'x'.repeat(65), 'sp ace', 'a..b'];
+  // '' is no bad version but the volume of a domain without a kernel (below).
+  const badVersions = ['../etc', 'a/b', '..', '.', '.hidden', 'x'.repeat(65), 'sp ace', 'a..b'];
   for (const vid of badVersions)
     it(`refuses the version ${JSON.stringify(vid.length > 20 ? vid.slice(0, 20) + '...' : vid)}`, () => {
       assert.throws(() => kernel(vid), QubesValueError);
@@ -127,6 +128,28 @@ describe('linux-kernel volumes', () => {
     it(`refuses a ${c.name} kernel volume at init`, () => {
       assert.throws(() => kernel('5.15.0', c.spec), (e: unknown) => e instanceof QubesValueError && c.error.test(e.message));
     });
+
+  it("the empty vid: a domain without a kernel (Qubes' kernel volume when its kernel is empty)", async () => {
+    const v = kernel('');
+    assert.equal(v.vid, '');
+    assert.equal(await v.path(), '', 'no path');
+    assert.equal(await v.usage(), 0);
+    const info = await v.info();
+    assert.deepEqual(
+      { pool: info.pool, vid: info.vid, size: info.size, usage: info.usage, path: info.path, rw: info.rw },
+      { pool: 'linux-kernel', vid: '', size: 0, usage: 0, path: '', rw: false },
+    );
+    assert.equal((await v.blockDevice()).path, '', 'nothing to attach');
+    await v.create();
+    assert.equal(await v.verify(), true, 'nothing to check');
+    await v.start();
+    await v.stop();
+    await v.remove();
+    await assert.rejects(v.export(), (e: unknown) => e instanceof StoragePoolException && /no kernel\) .*names no kernel/.test(e.message));
+    // The kernels directory is untouched, and '' is no version to look up or list.
+    await assert.rejects(pool.getVolume(''), QubesValueError);
+    assert.ok(!(await pool.listVolumes()).includes(''));
+  });
 
   it('refuses a volume without a version', () => {
     assert.throws(() => pool.initVolume(domain, { name: 'kernel' }), /needs a kernel version as its vid/);
