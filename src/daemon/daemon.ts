@@ -92,7 +92,6 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       peerCredentials,
       ...(socketGroup !== undefined ? { socketGroup } : {}),
     });
-    await server.listen();
     const admin = server;
     imports = internalMethods(
       { app: runtime.app, registry: runtime.registry, bus: runtime.bus },
@@ -110,9 +109,12 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       socketMode: 0o600,
       adminOnly: true,
     });
+    // The admin socket last: once it is announced (`listening on PATH`), the daemon is ready.
     await internal.listen();
+    await server.listen();
   } catch (e) {
     await server?.close({ timeoutMs: 0 });
+    await internal?.close({ timeoutMs: 0 });
     await runtime.close();
     throw e;
   }
