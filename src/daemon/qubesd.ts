@@ -2,7 +2,7 @@
 /**
  * qubesd: the admin daemon.
  *
- *   qubesd [--socket PATH] [--internal-socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]
+ *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug] [--internal-socket PATH]
  *
  * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
  * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
@@ -39,18 +39,18 @@ const SPEC: CommandSpec = {
   summary: 'The admin daemon: answers the Qubes admin API on a Unix socket.',
   options: [
     { names: ['--socket'], kind: 'value', metavar: 'PATH', help: 'the socket (default QUBESD_SOCKET, else BASE/qubesd.sock; mode 0660)' },
-    {
-      names: ['--internal-socket'],
-      kind: 'value',
-      metavar: 'PATH',
-      help: 'the internal socket of the import service (default QUBESD_INTERNAL_SOCKET, else beside the socket: qubesd.internal.sock; mode 0600)',
-    },
     { names: ['--socket-group'], kind: 'value', metavar: 'GROUP', help: "the socket's group (default qubes if it exists, else 0)" },
     { names: ['--base-dir'], kind: 'value', metavar: 'DIR', help: 'the state (default QUBES_BASE_DIR, else /var/lib/qubes for root)' },
     { names: ['--policy'], kind: 'value', metavar: 'FILE', help: 'which caller may call which method (default: dom0 only)' },
     { names: ['--storage-conf'], kind: 'value', metavar: 'FILE', help: 'R3.2 pools (default QUBES_STORAGE_CONF, else /etc/qubes/storage.conf for root on /var/lib/qubes, else BASE/storage.conf)' },
     { names: ['--init'], kind: 'flag', help: 'make a new, empty state where qubes.xml is missing' },
     { names: ['--debug'], kind: 'flag', help: 'stack traces in the log' },
+    {
+      names: ['--internal-socket'],
+      kind: 'value',
+      metavar: 'PATH',
+      help: 'the internal socket of the import service (default QUBESD_INTERNAL_SOCKET, else beside the socket: qubesd.internal.sock; mode 0600)',
+    },
   ],
   positionals: [],
 };
