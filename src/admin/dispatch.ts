@@ -23,6 +23,8 @@ export interface CallContext extends RequestHeader {
   /** Aborted when the client goes away (or the server gives up on the call). */
   readonly signal: AbortSignal;
   readonly log: AdminLog;
+  /** Who calls (kernel credentials; in-process: this process), for methods that outlive their call (internal imports). */
+  readonly caller?: Caller;
 }
 
 export interface AdminCall extends CallContext {
@@ -258,10 +260,10 @@ export async function executeCall(
     if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload: stream });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, payload: stream });
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, payload });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, payload });
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }

@@ -9,6 +9,10 @@ import { policyClass, type MethodShape } from './method-shape.js';
 
 export const METHOD_LIST_BEGIN = '<!-- method list: generated from the method table by `npm run methods-doc`; do not edit -->';
 export const METHOD_LIST_END = '<!-- end of method list -->';
+/** The methods of the internal socket (internal.*), listed apart. */
+export const INTERNAL_METHOD_LIST_BEGIN =
+  '<!-- internal method list: generated from the internal method table by `npm run methods-doc`; do not edit -->';
+export const INTERNAL_METHOD_LIST_END = '<!-- end of internal method list -->';
 
 /** The markdown table of every method of `table`, sorted by name. */
 export function renderMethodList(table: MethodTable): string {
@@ -38,9 +42,10 @@ function destText(s: MethodShape): string {
 }
 
 /** `readme` with the text between the markers replaced by `list`; throws when a marker is missing. */
-export function withMethodList(readme: string, list: string): string {
-  const begin = readme.indexOf(METHOD_LIST_BEGIN);
-  const end = readme.indexOf(METHOD_LIST_END);
-  if (begin < 0 || end < begin) throw new Error(`README has no method list markers (${METHOD_LIST_BEGIN} ... ${METHOD_LIST_END})`);
-  return `${readme.slice(0, begin + METHOD_LIST_BEGIN.length)}\n${list}\n${readme.slice(end)}`;
+export function withMethodList(readme: string, list: string, markers: readonly [string, string] = [METHOD_LIST_BEGIN, METHOD_LIST_END]): string {
+  const [open, close] = markers;
+  const begin = readme.indexOf(open);
+  const end = readme.indexOf(close);
+  if (begin < 0 || end < begin) throw new Error(`README has no method list markers (${open} ... ${close})`);
+  return `${readme.slice(0, begin + open.length)}\n${list}\n${readme.slice(end)}`;
 }

@@ -23,6 +23,11 @@ export interface AdminServerOptions extends DispatchOptions {
    * the daemon's own are refused even if the mode lets them connect.
    */
   readonly socketGroup?: number;
+  /**
+   * Only root and the daemon's own user may call, whatever the socket's mode
+   * and group (the internal socket, whose calls bypass the access policy).
+   */
+  readonly adminOnly?: boolean;
   /** How callers are identified; default SO_PEERCRED through koffi (listen() fails without it). */
   readonly peerCredentials?: PeerCredentialsReader;
   /** Default 10 s. */
@@ -269,8 +274,10 @@ export class AdminServer {
       return { uid: undefined, pid: undefined, relays: false, refusal: `cannot read the caller's credentials: ${(e as Error).message}` };
     }
     const admin = cred.uid === 0 || cred.uid === process.getuid?.();
-    const member = cred.gid === this.socketGid || cred.groups.includes(this.socketGid);
+    const member = !this.opts.adminOnly && (cred.gid === this.socketGid || cred.groups.includes(this.socketGid));
     if (admin || member) return { uid: cred.uid, pid: cred.pid, relays: admin };
+    if (this.opts.adminOnly)
+      return { uid: cred.uid, pid: cred.pid, relays: false, refusal: `uid ${cred.uid} is neither root nor the daemon's user` };
     return {
       uid: cred.uid,
       pid: cred.pid,

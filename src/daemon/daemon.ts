@@ -10,13 +10,21 @@ import { stderrLog, type AdminLog } from '../admin/dispatch.js';
 import { loadPolicy } from '../admin/policy.js';
 import { AdminServer } from '../admin/server.js';
 import { peerCredentialsReader } from '../admin/peer.js';
-import { defaultBaseDir, defaultSocketPath, openRuntime, type Runtime, type RuntimeOptions } from './runtime.js';
+import type { AccessPolicy } from '../admin/policy.js';
+import { internalMethods, type InternalMethods } from '../admin/methods/internal.js';
+import { defaultBaseDir, defaultSocketPath, internalSocketPath, openRuntime, type Runtime, type RuntimeOptions } from './runtime.js';
 
 export interface DaemonOptions {
   /** Default: defaultBaseDir(). */
   readonly baseDir?: string;
   /** Default: defaultSocketPath(baseDir). */
   readonly socketPath?: string;
+  /**
+   * The internal socket (internal.vm.volume.ImportBegin/End, for the import
+   * service); default QUBESD_INTERNAL_SOCKET, else beside the admin socket
+   * (internalSocketPath: qubesd.sock -> qubesd.internal.sock). Mode 0600.
+   */
+  readonly internalSocketPath?: string;
   /** An access policy file (see src/admin/README.md); none: DEFAULT_POLICY, only dom0 may call. */
   readonly policyFile?: string;
   /**
@@ -39,6 +47,9 @@ export interface DaemonOptions {
 
 export interface Daemon {
   readonly socketPath: string;
+  readonly internalSocketPath: string;
+  /** The imports begun on the internal socket and not yet ended. */
+  readonly imports: InternalMethods;
   readonly runtime: Runtime;
   readonly server: AdminServer;
   /** Re-reads the policy file (SIGHUP); without one, does nothing. */
@@ -51,6 +62,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   const log = opts.log ?? stderrLog;
   const baseDir = path.resolve(opts.baseDir ?? defaultBaseDir());
   const socketPath = path.resolve(opts.socketPath ?? defaultSocketPath(baseDir));
+  const internalPath = path.resolve(opts.internalSocketPath ?? (process.env['QUBESD_INTERNAL_SOCKET'] || internalSocketPath(socketPath)));
+  if (internalPath === socketPath) throw new Error(`the internal socket cannot be the admin socket (${socketPath})`);
   // The policy first: a bad file must not leave anything half started.
   const policy = opts.policyFile !== undefined ? await loadPolicy(opts.policyFile) : undefined;
   const socketGroup = opts.socketGroup !== undefined ? await groupId(opts.socketGroup) : await defaultSocketGroup();
@@ -65,7 +78,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     baseDir,
     ...(opts.storageConf !== undefined ? { storageConf: opts.storageConf } : {}),
   });
-  let server: AdminServer;
+  let server: AdminServer | undefined;
+  let internal: AdminServer | undefined;
+  let imports: InternalMethods;
   try {
     await fs.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
     server = new AdminServer({
@@ -77,20 +92,45 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       peerCredentials,
       ...(socketGroup !== undefined ? { socketGroup } : {}),
     });
+    const admin = server;
+    imports = internalMethods(
+      { app: runtime.app, registry: runtime.registry, bus: runtime.bus },
+      { adminPolicy: () => admin.context.policy, adminMethods: runtime.methods, log },
+    );
+    // Root and the daemon's user only: these calls stand for admin calls already allowed.
+    await fs.mkdir(path.dirname(internalPath), { recursive: true, mode: 0o755 });
+    internal = new AdminServer({
+      socketPath: internalPath,
+      methods: imports.methods,
+      policy: INTERNAL_POLICY,
+      log,
+      debug: opts.debug ?? false,
+      peerCredentials,
+      socketMode: 0o600,
+      adminOnly: true,
+    });
+    // The admin socket last: once it is announced (`listening on PATH`), the daemon is ready.
+    await internal.listen();
     await server.listen();
   } catch (e) {
+    await server?.close({ timeoutMs: 0 });
+    await internal?.close({ timeoutMs: 0 });
     await runtime.close();
     throw e;
   }
+  const admin = server;
+  const internalServer = internal;
   let stopping: Promise<void> | undefined;
   return {
     socketPath,
+    internalSocketPath: internalPath,
+    imports,
     runtime,
-    server,
+    server: admin,
     async reloadPolicy() {
       if (opts.policyFile === undefined) return;
       try {
-        server.setPolicy(await loadPolicy(opts.policyFile));
+        admin.setPolicy(await loadPolicy(opts.policyFile));
         log.info(`policy reloaded from ${opts.policyFile}`);
       } catch (e) {
         log.error(`policy not reloaded, the old one stays: ${(e as Error).message}`);
@@ -99,8 +139,13 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     stop() {
       stopping ??= (async () => {
         try {
-          await server.close({ timeoutMs: opts.stopTimeoutMs ?? 60_000 });
+          await Promise.all([
+            admin.close({ timeoutMs: opts.stopTimeoutMs ?? 60_000 }),
+            internalServer.close({ timeoutMs: opts.stopTimeoutMs ?? 60_000 }),
+          ]);
         } finally {
+          // Imports begun through the service and not ended: rolled back, the old data kept.
+          await imports.endAll('qubesd is stopping');
           try {
             await runtime.app.save();
           } catch (e) {
@@ -113,6 +158,13 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     },
   };
 }
+
+/** The internal socket serves root and the daemon's user only (AdminServer adminOnly); no further rule. */
+const INTERNAL_POLICY: AccessPolicy = {
+  rules: [{ source: '*', method: '*', dest: '*', line: 0 }],
+  relays: [],
+  origin: 'the internal socket',
+};
 
 /** The group file consulted for group names (local groups only: no NSS, LDAP or the like). */
 export const GROUP_FILE = '/etc/group';

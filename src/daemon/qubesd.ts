@@ -2,7 +2,7 @@
 /**
  * qubesd: the admin daemon.
  *
- *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug]
+ *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug] [--internal-socket PATH]
  *
  * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
  * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
@@ -45,6 +45,12 @@ const SPEC: CommandSpec = {
     { names: ['--storage-conf'], kind: 'value', metavar: 'FILE', help: 'R3.2 pools (default QUBES_STORAGE_CONF, else /etc/qubes/storage.conf for root on /var/lib/qubes, else BASE/storage.conf)' },
     { names: ['--init'], kind: 'flag', help: 'make a new, empty state where qubes.xml is missing' },
     { names: ['--debug'], kind: 'flag', help: 'stack traces in the log' },
+    {
+      names: ['--internal-socket'],
+      kind: 'value',
+      metavar: 'PATH',
+      help: 'the internal socket of the import service (default QUBESD_INTERNAL_SOCKET, else beside the socket: qubesd.internal.sock; mode 0600)',
+    },
   ],
   positionals: [],
 };
@@ -68,6 +74,7 @@ async function main(): Promise<number> {
     daemon = await startDaemon({
       ...(values.has('base_dir') ? { baseDir: values.get('base_dir')! } : {}),
       ...(values.has('socket') ? { socketPath: values.get('socket')! } : {}),
+      ...(values.has('internal_socket') ? { internalSocketPath: values.get('internal_socket')! } : {}),
       ...(values.has('policy') ? { policyFile: values.get('policy')! } : {}),
       ...(values.has('socket_group') ? { socketGroup: values.get('socket_group')! } : {}),
       ...(values.has('storage_conf') ? { storageConf: values.get('storage_conf')! } : {}),

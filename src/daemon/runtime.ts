@@ -10,6 +10,7 @@
  *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
  *   BASE/vm-kernels        the kernels of the `linux-kernel` pool a new state gets (createDefaultPool)
  *   BASE/qubesd.sock       the daemon's socket (defaultSocketPath)
+ *   BASE/qubesd.internal.sock  its internal socket, beside it (internalSocketPath)
  *
  * `openRuntime` takes the state lock (a second runtime on the same base
  * directory, in this or another process, gets StateLockedError) and holds it
@@ -100,6 +101,28 @@ export function defaultSocketPath(baseDir: string, env: NodeJS.ProcessEnv = proc
   return path.join(baseDir, 'qubesd.sock');
 }
 
+/**
+ * The internal socket beside an admin socket, named as Qubes names its own
+ * (/var/run/qubesd.sock -> /var/run/qubesd.internal.sock): `NAME.sock` ->
+ * `NAME.internal.sock`, any other name gets `.internal` appended.
+ */
+export function internalSocketPath(adminSocketPath: string): string {
+  const p = path.resolve(adminSocketPath);
+  return p.endsWith('.sock') ? `${p.slice(0, -'.sock'.length)}.internal.sock` : `${p}.internal`;
+}
+
+/**
+ * Where the internal socket is, as the daemon and the import service find
+ * it: QUBESD_INTERNAL_SOCKET; else beside the admin socket
+ * (`internalSocketPath(defaultSocketPath(defaultBaseDir()))`, so
+ * QUBESD_SOCKET and QUBES_BASE_DIR count).
+ */
+export function defaultInternalSocketPath(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
+  const given = env['QUBESD_INTERNAL_SOCKET'];
+  if (given) return path.resolve(given);
+  return internalSocketPath(defaultSocketPath(defaultBaseDir(env, uid), env));
+}
+
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const baseDir = path.resolve(opts.baseDir);
   await fs.mkdir(baseDir, { recursive: true, mode: 0o750 });
@@ -124,7 +147,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
     baseDir,
     // What the runtime keeps in the base directory: no pool may be at, in or around it.
-    baseKeeps: ['qubesd.sock', RUN_STATE_FILE, 'storage.conf'],
+    baseKeeps: ['qubesd.sock', 'qubesd.internal.sock', RUN_STATE_FILE, 'storage.conf'],
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));

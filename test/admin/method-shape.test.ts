@@ -9,6 +9,8 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { QubesVMNotFoundError } from '../../src/storage/errors.js';
 import {
+  INTERNAL_METHOD_LIST_BEGIN,
+  INTERNAL_METHOD_LIST_END,
   METHOD_LIST_BEGIN,
   METHOD_LIST_END,
   PolicyError,
@@ -22,7 +24,8 @@ import {
   type MethodTable,
 } from '../../src/admin/index.js';
 import { openRuntime, type Runtime } from '../../src/daemon/runtime.js';
-import { ADMIN_README, daemonMethodList } from '../../src/daemon/methods-doc.js';
+import { ADMIN_README, daemonInternalMethodList, daemonMethodList } from '../../src/daemon/methods-doc.js';
+import { internalMethods } from '../../src/admin/methods/internal.js';
 import { tempDir } from './helpers.js';
 
 const b = (s: string) => Buffer.from(s, 'latin1');
@@ -183,6 +186,20 @@ describe("the daemon's method table", () => {
     assert.ok(begin >= 0 && end > begin, 'the README has the markers');
     const inReadme = readme.slice(begin + METHOD_LIST_BEGIN.length, end).trim();
     assert.equal(inReadme, await daemonMethodList(), 'src/admin/README.md is out of date: run npm run methods-doc');
+  });
+
+  test('the internal socket’s methods: declared, and listed apart in src/admin/README.md', async () => {
+    const internal = internalMethods(rt, { adminPolicy: () => undefined, adminMethods: rt.methods }).methods;
+    assert.deepEqual(Object.keys(internal).sort(), ['internal.vm.volume.ImportBegin', 'internal.vm.volume.ImportEnd']);
+    const problems = Object.entries(internal).flatMap(([name, spec]) => shapeProblems(spec.shape, spec.kind).map((p) => `${name}: ${p}`));
+    assert.deepEqual(problems, []);
+    assert.ok(!Object.keys(rt.methods).some((m) => m.startsWith('internal.')), 'not in the admin table');
+    const readme = await fs.readFile(ADMIN_README, 'utf8');
+    const begin = readme.indexOf(INTERNAL_METHOD_LIST_BEGIN);
+    const end = readme.indexOf(INTERNAL_METHOD_LIST_END);
+    assert.ok(begin >= 0 && end > begin, 'the README has the markers');
+    const inReadme = readme.slice(begin + INTERNAL_METHOD_LIST_BEGIN.length, end).trim();
+    assert.equal(inReadme, await daemonInternalMethodList(), 'src/admin/README.md is out of date: run npm run methods-doc');
   });
 
   test('a class rule over the real table: a read-only manager of work reads its volumes, changes nothing', async () => {

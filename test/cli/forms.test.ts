@@ -130,6 +130,7 @@ describe('qubesd parses its options with the same parser', () => {
     assert.match(help.stdout, /^usage: qubesd \[-h\] \[--socket PATH\] \[--socket-group GROUP\] \[--base-dir DIR\]/);
     for (const o of ['--socket PATH', '--socket-group GROUP', '--base-dir DIR', '--policy FILE', '--storage-conf FILE', '--init', '--debug'])
       assert.match(help.stdout, new RegExp(`^  ${o} `, 'm'), o);
+    assert.match(help.stdout, /^ {2}--internal-socket PATH\n {24}the internal socket/m);
     const bad: [string[], RegExp][] = [
       [['--init=1'], /^qubesd: error: option --init takes no value\nusage: qubesd /],
       [['--socket'], /^qubesd: error: option --socket expects a value \(PATH\)\nusage: qubesd /],

@@ -13,6 +13,7 @@ export type { MethodContext } from './context.js';
 export { domainMethods } from './domains.js';
 export { poolMethods } from './pools.js';
 export { volumeMethods, type VolumeMethodsOptions } from './volumes.js';
+export { internalMethods, type InternalMethods, type InternalMethodsOptions } from './internal.js';
 
 export interface AllMethodsOptions {
   readonly volumes?: VolumeMethodsOptions;

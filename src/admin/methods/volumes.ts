@@ -84,11 +84,11 @@ interface HeldExport {
   readonly release: () => void;
 }
 
-function volumePairs(v: Volume): Record<string, string> {
+export function volumePairs(v: Volume): Record<string, string> {
   return { volume: v.name, pool: v.pool.name, vid: v.vid };
 }
 
-function requireHalted(domain: Domain, what: string): void {
+export function requireHalted(domain: Domain, what: string): void {
   if (domain.isRunning) throw new QubesVMNotHaltedError(`domain ${domain.name} is running; cannot ${what} while it runs`);
 }
 
