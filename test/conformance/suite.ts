@@ -218,7 +218,7 @@ export function describeConformance(target: ConformanceTarget): void {
       it('is well formed', (t) => {
         assert.ok(caps.volumeKinds.length > 0 && caps.volumeKinds.every((k) => KINDS.includes(k)), `volumeKinds ${caps.volumeKinds.join(',')}`);
         assert.ok(caps.maxRevisions === Infinity || (Number.isSafeInteger(caps.maxRevisions) && caps.maxRevisions >= 0));
-        t.diagnostic(`kinds ${caps.volumeKinds.join(',')}; maxRevisions ${caps.maxRevisions}; writable ${caps.writable}; remote ${caps.remote}`);
+        t.diagnostic(`kinds ${caps.volumeKinds.join(',')}; maxRevisions ${caps.maxRevisions}; writable ${caps.writable}; remote ${caps.remote}; shrink ${canShrink(caps)}`);
       });
 
       for (const kind of KINDS.filter((k) => !kinds.has(k)))
