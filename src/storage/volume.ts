@@ -5,8 +5,9 @@
  * running volume gives its pre-start data, ...) and what the driver's
  * declaration rules out (pool.capabilities: kinds it does not serve, rw
  * volumes and changes of data in a read-only driver, a shrink in a driver
- * that cannot shrink, more revisions than it keeps) are enforced here, once, for every driver, before the driver is
- * called; a driver implements only the mechanics (the `do*` methods).
+ * that cannot shrink, more revisions than it keeps) are enforced here, once,
+ * for every driver, before the driver is called; a driver implements only
+ * the mechanics (the `do*` methods).
  * Every public operation takes the pool's lock for this volume's vid, so
  * operations on one volume run one at a time and different volumes run in
  * parallel.
