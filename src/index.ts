@@ -12,7 +12,7 @@
 
 // ---- the storage contract ---------------------------------------------------------------
 
-export { DRIVER_API_AGE, DRIVER_API_VERSION, createPoolFrom, poolOptionSpecs } from './storage/driver.js';
+export { DRIVER_API_AGE, DRIVER_API_VERSION, canShrink, createPoolFrom, poolOptionSpecs } from './storage/driver.js';
 export type { DriverCapabilities, StorageDriver } from './storage/driver.js';
 export { Pool, checkPoolName } from './storage/pool.js';
 export type { UsageDetails } from './storage/pool.js';

@@ -484,7 +484,12 @@ const SUBS: SubCommand[] = [
     ['resize', 'extend'],
     {
       summary: 'change the size of a volume',
-      options: [{ ...FORCE, help: 'allow shrinking (data past the new end is lost)' }],
+      options: [
+        {
+          ...FORCE,
+          help: 'allow shrinking: data past the new end is cut; a volume keeping revisions keeps the old data and size as its newest revision (revert undoes the shrink). Drivers that cannot shrink refuse',
+        },
+      ],
       positionals: [VMVOL, { name: 'SIZE', help: SIZE_HELP }],
     },
     doResize,

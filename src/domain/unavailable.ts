@@ -9,7 +9,7 @@
 import { StoragePoolException } from '../storage/errors.js';
 import { placesWithoutDriver, type PoolPlace } from '../storage/places.js';
 import type { OptionValue, PoolOptions } from '../storage/options.js';
-import { Pool } from '../storage/pool.js';
+import { Pool, UNDECLARED_CAPABILITIES } from '../storage/pool.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../storage/volume.js';
 
 export class UnavailablePool extends Pool {
@@ -31,7 +31,8 @@ export class UnavailablePool extends Pool {
     if (rawOptions['revisions_to_keep'] !== undefined && Number.isSafeInteger(rtk) && rtk >= -1) common['revisions_to_keep'] = rtk;
     const ev = String(rawOptions['ephemeral_volatile'] ?? '').toLowerCase();
     if (ev === 'true') common['ephemeral_volatile'] = true;
-    super(name, driver, common);
+    // Shrink declared so that a shrink, like every other change, reaches the volume and is refused as unavailable.
+    super(name, driver, common, { ...UNDECLARED_CAPABILITIES, shrink: true });
     this.raw = { ...rawOptions };
     this.reason = reason;
     this.knownPlaces = places ?? placesWithoutDriver(rawOptions);
@@ -104,6 +105,9 @@ export class UnavailableVolume extends Volume {
     this.fail('verify');
   }
   protected async doResize(_size: number): Promise<void> {
+    this.fail('resize');
+  }
+  protected override async doShrink(_size: number): Promise<void> {
     this.fail('resize');
   }
   protected async doRevisions(): Promise<Revision[]> {

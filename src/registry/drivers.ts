@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { builtinDrivers } from '../drivers/builtin.js';
 import { resolveInside } from '../files/files.js';
-import { createPoolFrom, DRIVER_API_AGE, DRIVER_API_VERSION, type StorageDriver } from '../storage/driver.js';
+import { canShrink, createPoolFrom, DRIVER_API_AGE, DRIVER_API_VERSION, type StorageDriver } from '../storage/driver.js';
 import { oneLineReason, StoragePoolException } from '../storage/errors.js';
 import type { OptionSpec, OptionValue } from '../storage/options.js';
 import { checkPoolName, type Pool } from '../storage/pool.js';
@@ -369,6 +369,8 @@ export function checkDriverShape(d: unknown): StorageDriver {
   for (const k of ['remote', 'writable'])
     if (typeof caps![k] !== 'boolean') bad(`'capabilities.${k}' must be a boolean`);
   if (typeof caps!['maxRevisions'] !== 'number') bad(`'capabilities.maxRevisions' must be a number`);
+  // Added after version 1 was published: absent means false (cannot shrink).
+  if (caps!['shrink'] !== undefined && typeof caps!['shrink'] !== 'boolean') bad(`'capabilities.shrink' must be a boolean when given`);
   return d as StorageDriver;
 }
 
@@ -599,7 +601,8 @@ export function driverHelp(d: StorageDriver): string {
   const caps = d.capabilities;
   lines.push(
     `  volume kinds: ${caps.volumeKinds.join(', ') || 'none'}; ${caps.writable ? 'writable' : 'read-only'}` +
-      `${caps.remote ? '; remote' : ''}; revisions: ${caps.maxRevisions === Infinity ? 'unbounded' : caps.maxRevisions}`,
+      `${caps.remote ? '; remote' : ''}; revisions: ${caps.maxRevisions === Infinity ? 'unbounded' : caps.maxRevisions}` +
+      (caps.writable ? `; ${canShrink(caps) ? 'can shrink (the old data kept as a revision)' : 'cannot shrink'}` : ''),
   );
   if (d.options.length === 0) lines.push('  (no options)');
   const width = Math.max(0, ...d.options.map((o) => o.name.length));

@@ -8,7 +8,7 @@
  * knows its driver's capabilities (`Pool.capabilities`), and the base
  * classes of src/storage/ refuse what they rule out (a volume kind not
  * served, a writable volume or any change of data in a read-only driver,
- * more revisions than kept, a pool option `revisions_to_keep` above
+ * a shrink in a driver that cannot shrink, more revisions than kept, a pool option `revisions_to_keep` above
  * `maxRevisions`) before the driver is called. A driver never checks them
  * again itself.
  */
@@ -41,6 +41,19 @@ export interface DriverCapabilities {
    * change a volume's data (resize, revert, import).
    */
   readonly writable: boolean;
+  /**
+   * Volumes can be shrunk (admin.vm.volume.Resize to a smaller size, a forced
+   * `resize`): the driver implements `Volume.doShrink`, which keeps the data
+   * before the cut as a revision when the volume keeps revisions. Absent or
+   * false: a shrink is refused before the driver is called (drivers written
+   * before this capability existed cannot shrink).
+   */
+  readonly shrink?: boolean;
+}
+
+/** Whether the declaration allows shrinking (absent: no, the safe default). */
+export function canShrink(caps: DriverCapabilities): boolean {
+  return caps.shrink === true;
 }
 
 

@@ -20,7 +20,8 @@ import type { DomainRef, Volume, VolumeSpec } from './volume.js';
 /**
  * What a pool answers to until its driver's declaration is bound (a pool made
  * without createPoolFrom, by a driver that does not pass its declaration to
- * the constructor): every kind, any number of revisions, writable. The
+ * the constructor): every kind, any number of revisions, writable, no
+ * shrinking (the one change that cuts data away needs a declaration). The
  * property rules of volume.ts hold all the same.
  */
 export const UNDECLARED_CAPABILITIES: DriverCapabilities = Object.freeze({
@@ -28,6 +29,7 @@ export const UNDECLARED_CAPABILITIES: DriverCapabilities = Object.freeze({
   maxRevisions: Infinity,
   remote: false,
   writable: true,
+  shrink: false,
 });
 
 /** admin.pool.UsageDetails: data_size, data_usage and driver extras. */

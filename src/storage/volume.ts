@@ -4,9 +4,10 @@
  * resize only grows unless forced, revert is refused while dirty, export of a
  * running volume gives its pre-start data, ...) and what the driver's
  * declaration rules out (pool.capabilities: kinds it does not serve, rw
- * volumes and changes of data in a read-only driver, more revisions than it
- * keeps) are enforced here, once, for every driver, before the driver is
- * called; a driver implements only the mechanics (the `do*` methods).
+ * volumes and changes of data in a read-only driver, a shrink in a driver
+ * that cannot shrink, more revisions than it keeps) are enforced here, once,
+ * for every driver, before the driver is called; a driver implements only
+ * the mechanics (the `do*` methods).
  * Every public operation takes the pool's lock for this volume's vid, so
  * operations on one volume run one at a time and different volumes run in
  * parallel.
@@ -17,6 +18,7 @@ import {
   StoragePoolException,
   storageErrnoError,
 } from './errors.js';
+import { canShrink } from './driver.js';
 import { checkRevisionsLimit, type Pool } from './pool.js';
 
 /** The four kinds that follow from snap_on_start and save_on_stop. */
@@ -90,7 +92,11 @@ export interface VolumeInfo {
 }
 
 export interface ResizeOptions {
-  /** Allow shrinking (data past the new end is lost). */
+  /**
+   * Allow shrinking (data past the new end is cut; kept as a revision when
+   * the volume keeps revisions). The admin API has no such flag: the daemon
+   * passes it, the client guards (as Qubes' qvm-volume does with -f).
+   */
   force?: boolean;
 }
 
@@ -367,21 +373,46 @@ export abstract class Volume {
     return this.locked(() => this.doVerify());
   }
 
-  /** Grows the volume (shrinks only with force); a running copy follows. */
+  /**
+   * Grows the volume (a running copy follows), or shrinks it with force. A
+   * shrink is refused (StoragePoolException, nothing changed) unless the
+   * driver declares `shrink`, the volume is not in use, and its data is its
+   * own (not a snapshot of a source). A volume that keeps revisions keeps the
+   * data before the cut as its newest revision, so a revert undoes the shrink.
+   */
   async resize(size: number, opts: ResizeOptions = {}): Promise<void> {
     this.checkWritableDriver('resize');
     checkSize(size, this.where);
     if (!this._rw) throw new QubesValueError(`${this.where}: cannot resize a read-only volume`);
     await this.locked(async () => {
       await this.adoptStoredSize();
-      if (size < this._size && !opts.force)
-        throw new QubesValueError(
-          `${this.where}: shrinking from ${this._size} to ${size} bytes would lose data; refused without force`,
-        );
-      // Even at the same size the driver runs: every operation repairs what a crash left.
-      await this.doResize(size);
+      if (size < this._size) {
+        await this.checkShrink(size, opts);
+        await this.doShrink(size, this.keepsRevisions);
+      } else {
+        // Even at the same size the driver runs: every operation repairs what a crash left.
+        await this.doResize(size);
+      }
       this._size = size;
     });
+  }
+
+  /** Commits make revisions: an origin with revisions_to_keep > 0. */
+  private get keepsRevisions(): boolean {
+    return this.save_on_stop && !this.snap_on_start && this.revisions_to_keep > 0;
+  }
+
+  /** The rules of a shrink (called with the lock held, the size adopted). */
+  private async checkShrink(size: number, opts: ResizeOptions): Promise<void> {
+    const cut = `cannot shrink from ${this._size} to ${size} bytes`;
+    if (!canShrink(this.pool.capabilities))
+      throw new StoragePoolException(`${this.where}: ${cut}: driver ${this.pool.declaredBy} cannot shrink volumes (it only grows them)`);
+    if (!opts.force)
+      throw new QubesValueError(`${this.where}: shrinking from ${this._size} to ${size} bytes would lose data; refused without force`);
+    if (this.snap_on_start)
+      throw new StoragePoolException(`${this.where}: ${cut}: a snapshot's data is its source's (${this.source!.vid}): shrink the source`);
+    if (await this.doIsDirty())
+      throw new StoragePoolException(`${this.where}: ${cut} while the volume is in use: stop its domain first`);
   }
 
   /** Revisions, oldest first. */
@@ -555,7 +586,19 @@ export abstract class Volume {
   protected abstract doStart(): Promise<void>;
   protected abstract doStop(): Promise<void>;
   protected abstract doVerify(): Promise<boolean>;
+  /** Grows the data (and a running copy) to `size`; at the same size, repairs only. */
   protected abstract doResize(size: number): Promise<void>;
+  /**
+   * Cuts the data at `size` (smaller than the current size; the volume is
+   * not in use and not a snapshot). `keepRevision`: the data before the cut
+   * becomes the newest revision first, as a commit makes one (the oldest past
+   * revisions_to_keep go), and the change is one crash-safe step, so a revert
+   * brings back the old size and data. Only drivers declaring `shrink`
+   * are called; the default refuses.
+   */
+  protected async doShrink(_size: number, _keepRevision: boolean): Promise<void> {
+    throw new StoragePoolException(`${this.where}: driver ${this.pool.declaredBy} declares shrink but does not implement it`);
+  }
   protected abstract doRevisions(): Promise<Revision[]>;
   protected abstract doRevert(revision: string): Promise<void>;
   protected abstract doExport(): Promise<string>;

@@ -133,6 +133,12 @@ List of available revisions (for revert):
   { cmd: 'qvm-volume revert work:private' },
   { cmd: 'qvm-volume info work:private usage', out: '0\n' },
   { cmd: 'qvm-volume info work:private revisions', out: '2\n' },
+  // A shrink with -f: the daemon (or the embedded App) cuts, and the data before the cut is the newest revision.
+  { cmd: 'qvm-volume resize -f work:private 1G' },
+  { cmd: 'qvm-volume info work:private size', out: '1000000000\n' },
+  { cmd: 'qvm-volume info work:private revisions', out: '3\n' },
+  { cmd: 'qvm-volume revert work:private' },
+  { cmd: 'qvm-volume info work:private size', out: '3221225472\n' },
   { cmd: 'qvm-volume config work:private revisions_to_keep -1' },
   { cmd: 'qvm-volume info work:private revisions_to_keep', out: '-1\n' },
   { cmd: 'qvm-volume info work:root', out: t`

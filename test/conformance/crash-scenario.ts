@@ -50,6 +50,7 @@ export function crashOps(s: CrashScenario, io: VolumeIo): Record<string, () => P
     'revert-app': () => s.priv.revert(),
     'resize-app': () => s.priv.resize(SIZE + 2 * MiB),
     'resize-tpl': () => s.tpl.resize(SIZE + 8 * MiB),
+    'shrink-app': () => s.priv.resize(SIZE / 2, { force: true }),
     'import-app': async () => {
       const p = await s.priv.importData(SIZE);
       await io.write(p, 0, IMPORTED);

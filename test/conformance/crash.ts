@@ -16,6 +16,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FAILPOINTS } from '../../src/files/failpoint.js';
+import { canShrink } from '../../src/storage/driver.js';
 import type { Pool } from '../../src/storage/pool.js';
 import type { Volume } from '../../src/storage/volume.js';
 import { sha256 } from '../helpers/data.js';
@@ -35,6 +36,8 @@ interface CrashCase {
   check: 'tpl' | 'priv';
   /** Needs the snapshot kind. */
   snapshot?: boolean;
+  /** Needs the shrink capability. */
+  shrink?: boolean;
   /** The next operation, in the test process (default: a session of the AppVM). */
   next?: (s: CrashScenario) => Promise<void>;
 }
@@ -64,6 +67,7 @@ const CASES: Record<string, CrashCase> = {
   snapshotStart: { setup: ['create-all', 'start-tpl', 'write-tpl-A', 'stop-tpl'], op: 'start-app', check: 'tpl', snapshot: true },
   revert: { setup: TWO, op: 'revert-app', check: 'priv' },
   resize: { setup: ONE, op: 'resize-app', check: 'priv' },
+  shrink: { setup: ONE, op: 'shrink-app', check: 'priv', shrink: true },
   resizeWhileSnapshotRuns: {
     setup: ['create-all', 'start-tpl', 'write-tpl-A', 'stop-tpl', 'start-app'],
     op: 'resize-tpl',
@@ -145,6 +149,7 @@ export function describeCrashRecovery(target: ConformanceTarget): void {
 
     for (const [name, c] of Object.entries(CASES)) {
       if (c.snapshot && !withSnapshot) continue; // the refusal of the kind is checked by the suite
+      if (c.shrink && !canShrink(caps)) continue; // the refusal is checked by the suite
       it(`${name}: killed at each failpoint of ${c.op}, the next operation finds old or new data, nothing lost, no debris`, async (t) => {
         // Reference run without a crash: the old and the new data, and the failpoints passed.
         const ref = await target.makePool({ revisions_to_keep: keep });

@@ -20,9 +20,10 @@ import {
   QubesVolumeRevisionNotFoundError,
   StoragePoolException,
 } from '../../src/storage/errors.js';
+import { canShrink } from '../../src/storage/driver.js';
 import type { Pool } from '../../src/storage/pool.js';
 import type { Volume, VolumeSpec } from '../../src/storage/volume.js';
-import type { ConformanceTarget } from './target.js';
+import { filesUnder, type ConformanceTarget } from './target.js';
 import { KINDS, SIZE, TAG, tagBytes, untag, volumesOf } from './volumes.js';
 import { openPool } from './open-pool.js';
 import { describeCrashRecovery } from './crash.js';
@@ -94,6 +95,122 @@ export function describeConformance(target: ConformanceTarget): void {
       await v.stop();
     };
     const noDebris = async (p = pool): Promise<void> => assert.deepEqual(await target.debris(p), [], 'nothing left that is not at rest');
+    /**
+     * What a refused change must leave alone: the committed data's hash and
+     * size, the revisions, and, for a pool in a directory, the digest of every
+     * file under it.
+     */
+    const stateOf = async (v: Volume): Promise<unknown> => {
+      const p = await v.export();
+      let data: string;
+      try {
+        data = await sha256(p);
+      } finally {
+        await v.exportEnd(p);
+      }
+      const dir = v.pool.config()['dir_path'];
+      return { size: v.size, data, revisions: await v.revisions(), files: typeof dir === 'string' ? await digestOfDir(dir) : null };
+    };
+
+    /** The shrink of a driver that declares it: the cut, the revision that keeps the old data, revert, the refusals. */
+    function describeShrink(): void {
+      const HALF = SIZE / 2;
+      /** An origin with 'head' at 0 and 'tail' in its last TAG bytes, committed. */
+      const headAndTail = async (extra: Partial<VolumeSpec> = {}): Promise<Volume> => {
+        const v = volumesOf(pool, dom()).origin(extra);
+        await v.create();
+        await v.start();
+        await write(v, 'head');
+        await write(v, 'tail', SIZE - TAG);
+        await v.stop();
+        return v;
+      };
+
+      it('a forced shrink keeps the data up to the new end, cuts the rest, and reports the new size', async () => {
+        const v = await headAndTail();
+        await v.resize(HALF, { force: true });
+        assert.equal(v.size, HALF);
+        assert.equal((await v.info()).size, HALF);
+        assert.equal(await exportedSize(v), HALF);
+        assert.equal(await committed(v), 'head');
+        await v.start();
+        assert.equal(untag(await io.read(await v.path(), 0, TAG)), 'head', 'the domain sees the data before the cut');
+        await v.stop();
+        // Grown back, the old end reads zeros: the data past the cut is gone, not hidden.
+        await v.resize(SIZE);
+        assert.equal(await committed(v, SIZE - TAG), '');
+        await noDebris();
+      });
+
+      if (KEEP > 0)
+        it(`keeps the data before the cut as the newest revision (old size and data); revert undoes the shrink, and can itself be undone`, async () => {
+          const v = await headAndTail();
+          const revsBefore = await v.revisions();
+          await v.resize(HALF, { force: true });
+          const revs = await v.revisions();
+          assert.equal(revs.length, Math.min(revsBefore.length + 1, KEEP), 'one more revision, within the limit');
+          assert.ok(!revsBefore.some((r) => r.id === revs.at(-1)!.id), 'the newest revision is new');
+          if (target.revisionData) assert.equal(untag(await target.revisionData(v, revs.at(-1)!, TAG)), 'head');
+          await v.revert();
+          assert.equal(v.size, SIZE, 'the old size is back');
+          assert.equal((await v.info()).size, SIZE);
+          assert.equal(await exportedSize(v), SIZE);
+          assert.equal(await committed(v), 'head');
+          assert.equal(await committed(v, SIZE - TAG), 'tail', 'the cut data is back');
+          // The shrunk state became a revision of its own: reverting again shrinks again.
+          await v.revert();
+          assert.equal(v.size, HALF);
+          assert.equal(await exportedSize(v), HALF);
+          await noDebris();
+        });
+
+      it('with revisions_to_keep 0 (and -1) a shrink just cuts: no revision is made', async () => {
+        for (const keep of [0, -1]) {
+          const v = await headAndTail({ revisions_to_keep: keep });
+          await v.resize(HALF, { force: true });
+          assert.equal(v.size, HALF);
+          assert.equal(await exportedSize(v), HALF);
+          assert.equal(await committed(v), 'head');
+          assert.deepEqual(await v.revisions(), [], `revisions_to_keep ${keep}`);
+        }
+        await noDebris();
+      });
+
+      it('refuses to shrink a volume in use (StoragePoolException): the running copy and the committed data stay whole', async () => {
+        const v = await headAndTail();
+        await v.start();
+        await assert.rejects(v.resize(HALF, { force: true }), isError(StoragePoolException, /cannot shrink .* while the volume is in use/));
+        assert.equal(v.size, SIZE);
+        assert.equal(untag(await io.read(await v.path(), SIZE - TAG, TAG)), 'tail', 'the running copy is whole');
+        assert.equal(await exportedSize(v), SIZE);
+        await v.stop();
+        assert.equal(await exportedSize(v), SIZE);
+        assert.equal(await committed(v, SIZE - TAG), 'tail');
+      });
+
+      if (kinds.has('snapshot'))
+        it("refuses to shrink a snapshot (its data is its source's) with StoragePoolException", async () => {
+          const d = volumesOf(pool, dom());
+          const src = d.templateRoot();
+          await src.create();
+          const snap = d.snapshot(src);
+          await snap.create();
+          await assert.rejects(snap.resize(HALF, { force: true }), isError(StoragePoolException, /shrink the source/));
+          assert.equal(snap.size, SIZE);
+        });
+
+      if (kinds.has('volatile'))
+        it('shrinks a stopped volatile volume: its next start has the new size', async () => {
+          const v = volumesOf(pool, dom()).volatile();
+          await v.create();
+          await v.resize(HALF, { force: true });
+          assert.equal(v.size, HALF);
+          await v.start();
+          if (target.io.name === 'file') assert.equal((await fs.stat(await v.path())).size, HALF);
+          await v.stop();
+          await v.remove();
+        });
+    }
 
     // ---- the declaration ------------------------------------------------
 
@@ -101,7 +218,7 @@ export function describeConformance(target: ConformanceTarget): void {
       it('is well formed', (t) => {
         assert.ok(caps.volumeKinds.length > 0 && caps.volumeKinds.every((k) => KINDS.includes(k)), `volumeKinds ${caps.volumeKinds.join(',')}`);
         assert.ok(caps.maxRevisions === Infinity || (Number.isSafeInteger(caps.maxRevisions) && caps.maxRevisions >= 0));
-        t.diagnostic(`kinds ${caps.volumeKinds.join(',')}; maxRevisions ${caps.maxRevisions}; writable ${caps.writable}; remote ${caps.remote}`);
+        t.diagnostic(`kinds ${caps.volumeKinds.join(',')}; maxRevisions ${caps.maxRevisions}; writable ${caps.writable}; remote ${caps.remote}; shrink ${canShrink(caps)}`);
       });
 
       for (const kind of KINDS.filter((k) => !kinds.has(k)))
@@ -365,7 +482,7 @@ export function describeConformance(target: ConformanceTarget): void {
     // ---- resize ---------------------------------------------------------
 
     describe('resize', () => {
-      it('grows keeping the data, a running copy follows, shrinking is refused without force and done with it', async () => {
+      it('grows keeping the data, a running copy follows, shrinking is refused without force (and done with it where declared)', async () => {
         const v = volumesOf(pool, dom()).origin();
         await v.create();
         await session(v, 'keep me');
@@ -373,18 +490,38 @@ export function describeConformance(target: ConformanceTarget): void {
         assert.equal(v.size, SIZE + 2 * MiB);
         assert.equal(await exportedSize(v), SIZE + 2 * MiB);
         assert.equal(await committed(v), 'keep me');
-        await assert.rejects(v.resize(SIZE), isError(QubesValueError, /shrink/));
+        await assert.rejects(v.resize(SIZE), canShrink(caps) ? isError(QubesValueError, /shrink.*refused without force/) : isError(StoragePoolException, /cannot shrink/));
         assert.equal(v.size, SIZE + 2 * MiB);
         await v.start();
         await v.resize(SIZE + 3 * MiB);
         await write(v, 'at the new end', SIZE + 3 * MiB - TAG); // the running copy has grown
         await v.stop();
         assert.equal(await committed(v, SIZE + 3 * MiB - TAG), 'at the new end');
+        if (!canShrink(caps)) return; // the refusal: 'cannot shrink' below
         await v.resize(SIZE, { force: true });
         assert.equal(v.size, SIZE);
         assert.equal(await exportedSize(v), SIZE);
         assert.equal(await committed(v), 'keep me');
       });
+
+      if (canShrink(caps)) describeShrink();
+      else if (caps.writable)
+        it(`refuses a shrink, forced or not (shrink not declared), with StoragePoolException naming the driver, and changes nothing`, async () => {
+          const v = volumesOf(pool, dom()).origin();
+          await v.create();
+          await session(v, 'head');
+          await v.start();
+          await write(v, 'tail', SIZE - TAG);
+          await v.stop();
+          const before = await stateOf(v);
+          for (const force of [true, false])
+            await assert.rejects(
+              v.resize(SIZE / 2, { force }),
+              isError(StoragePoolException, new RegExp(`cannot shrink from ${SIZE} to ${SIZE / 2} bytes: driver ${pool.declaredBy} cannot shrink volumes`)),
+            );
+          assert.equal(v.size, SIZE);
+          assert.deepEqual(await stateOf(v), before, 'nothing changed');
+        });
 
       if (kinds.has('snapshot'))
         it('resizes a running snapshot: its running data follows', async () => {
@@ -666,6 +803,13 @@ export function describeConformance(target: ConformanceTarget): void {
         });
     });
   }
+}
+
+/** Every file under `dir` (relative name and sha256 of its content), sorted. */
+async function digestOfDir(dir: string): Promise<[string, string][]> {
+  const out: [string, string][] = [];
+  for (const f of await filesUnder(dir)) out.push([f, await sha256(`${dir}/${f}`)]);
+  return out;
 }
 
 function sha256Of(b: Buffer): string {

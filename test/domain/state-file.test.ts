@@ -97,6 +97,10 @@ describeEachFs('qubes.xml round trip', (tfs, ctx) => {
         return true;
       });
       assert.equal(sysnet.powerState, 'Halted');
+      // A shrink reaches the volume like every change, refused as unavailable (not as a driver that cannot shrink).
+      const priv = sysnet.storage.get('private');
+      assert.ok(priv.size > 1 && priv.rw);
+      await assert.rejects(priv.resize(1, { force: true }), /pool lvm \(driver lvm_thin\) is unavailable: .*; cannot resize volume/);
     } finally {
       await app.close();
     }

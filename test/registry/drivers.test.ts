@@ -10,7 +10,7 @@ import {
   formatListDrivers,
   parseClassRef,
 } from '../../src/registry/drivers.js';
-import { DRIVER_API_VERSION, type StorageDriver } from '../../src/storage/driver.js';
+import { canShrink, DRIVER_API_VERSION, type StorageDriver } from '../../src/storage/driver.js';
 import { QubesValueError, StoragePoolException } from '../../src/storage/errors.js';
 import { driverModuleSource, installDemoPackage, installPackage, makeTmp, removeTmp } from './fixtures.js';
 import { DirPool, dirDriver } from '../../examples/dir-driver/index.js';
@@ -243,6 +243,7 @@ describe('driver registry: shape checks', () => {
     { name: "an option called 'name'", driver: { ...dirDriver, options: [{ name: 'name', type: 'string', help: '' }] }, reason: /'name' is not an option/ },
     { name: 'unknown volume kind', driver: { ...dirDriver, capabilities: { ...dirDriver.capabilities, volumeKinds: ['weird'] } }, reason: /volumeKinds/ },
     { name: 'no capabilities', driver: { ...dirDriver, capabilities: null }, reason: /'capabilities' must be an object/ },
+    { name: 'shrink not a boolean', driver: { ...dirDriver, capabilities: { ...dirDriver.capabilities, shrink: 'yes' } }, reason: /'capabilities.shrink' must be a boolean/ },
   ];
   for (const c of bad)
     it(`refuses a driver with ${c.name}`, () => {
@@ -251,6 +252,15 @@ describe('driver registry: shape checks', () => {
 
   it('accepts a well-formed driver', () => {
     assert.equal(checkDriverShape(dirDriver), dirDriver);
+  });
+
+  it('accepts a version 1 driver without shrink (it cannot shrink) and one declaring it', () => {
+    assert.equal('shrink' in dirDriver.capabilities, false, 'the example declares no shrink');
+    assert.equal(canShrink(checkDriverShape(dirDriver).capabilities), false);
+    const shrinking = { ...dirDriver, capabilities: { ...dirDriver.capabilities, shrink: true } };
+    assert.equal(canShrink(checkDriverShape(shrinking).capabilities), true);
+    assert.match(driverHelp(dirDriver), /; cannot shrink\n/);
+    assert.match(driverHelp(shrinking), /; can shrink \(the old data kept as a revision\)\n/);
   });
 
   it('refuses a driver whose factory returns something else than the pool asked for', async () => {

@@ -120,8 +120,15 @@ export async function runViaDaemon(
         await call('admin.vm.Shutdown', op.name);
         break;
       }
-      case 'resize':
+      case 'resize': {
         log(i, 'resizing');
+        // The daemon shrinks what it is asked to (the protocol has no force flag): the client
+        // guards, as qvm-volume resize without -f does, from the size Info reports.
+        const cur = Number(/^size=(\d+)$/m.exec(await call('admin.vm.volume.Info', op.name, 'private'))?.[1]);
+        if (op.size < cur) {
+          log(i, 'refused', { why: `shrinking from ${cur} to ${op.size} bytes refused by the client without -f` });
+          break;
+        }
         try {
           await call('admin.vm.volume.Resize', op.name, 'private', String(op.size));
         } catch (e) {
@@ -131,6 +138,7 @@ export async function runViaDaemon(
         }
         log(i, 'resized');
         break;
+      }
       case 'revert':
         log(i, 'reverting');
         await call('admin.vm.volume.Revert', op.name, 'private');

@@ -299,7 +299,8 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       destVolume(ctx, call);
       const size = parseInteger(call.payload, { min: 0, what: 'size' });
       await changeVolume(call, (v) => `resize of volume ${v}`, async (domain, volume) => {
-        await volume.resize(size);
+        // No force flag in the protocol: the client guards a shrink (qvm-volume resize -f), the volume's rules refuse what the driver cannot do.
+        await volume.resize(size, { force: true });
         await app.save(domain);
         emit(domain, 'volume-resized', { ...volumePairs(volume), size: String(volume.size) });
       });

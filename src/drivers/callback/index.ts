@@ -36,6 +36,7 @@ export function makeCallbackDriver(backends: BackendPoolFactory): StorageDriver 
       maxRevisions: Infinity,
       remote: false,
       writable: true,
+      shrink: true,
     },
     createPool: (name, options) => new CallbackPool(name, options, backends),
   };

@@ -118,7 +118,12 @@ export class CallbackVolume extends Volume {
     return this.backend.verify();
   }
   protected doResize(size: number): Promise<void> {
-    // The base class already refused a shrink without force.
+    return this.cbPool.around('volume_resize', this.where, this.facts({ QS_NEW_SIZE: String(size) }), () =>
+      this.backend.resize(size),
+    );
+  }
+  /** The backend's base class checks the shrink again and keeps the revision (same declaration). */
+  protected override doShrink(size: number): Promise<void> {
     return this.cbPool.around('volume_resize', this.where, this.facts({ QS_NEW_SIZE: String(size) }), () =>
       this.backend.resize(size, { force: true }),
     );

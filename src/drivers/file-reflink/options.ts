@@ -7,6 +7,7 @@ export const FILE_REFLINK_CAPABILITIES: DriverCapabilities = {
   maxRevisions: Infinity,
   remote: false,
   writable: true,
+  shrink: true,
 };
 
 export const FILE_REFLINK_OPTIONS: readonly OptionSpec[] = [

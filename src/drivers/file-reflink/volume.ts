@@ -45,6 +45,7 @@ const FP = {
   revertAfterRename: declareFailpoint('reflink.revert.after-rename'),
   resizeAfterCopy: declareFailpoint('reflink.resize.after-copy'),
   resizeAfterTruncate: declareFailpoint('reflink.resize.after-truncate'),
+  shrinkAfterCopy: declareFailpoint('reflink.shrink.after-copy'),
   importAfterCreate: declareFailpoint('reflink.import.after-create'),
   importVolumeAfterCopy: declareFailpoint('reflink.import-volume.after-copy'),
   removeMidway: declareFailpoint('reflink.remove.midway'),
@@ -396,6 +397,30 @@ export class FileReflinkVolume extends Volume {
           }
           await fsyncDir(this.files.dir);
         }
+      }
+    });
+  }
+
+  /**
+   * Keeping a revision: the cut data is a truncated copy (a reflink where the
+   * filesystem can) committed as a stop commits, so the old image becomes the
+   * newest revision by a hard link and a crash leaves the old or the new
+   * state. Without revisions the image is cut in place, as a grow is resized.
+   */
+  protected override async doShrink(size: number, keepRevision: boolean): Promise<void> {
+    if (!keepRevision) return this.doResize(size);
+    await this.guarded('shrink failed', async () => {
+      const s = await this.recover();
+      if (!s.clean) throw new StoragePoolException(this.what('missing image file (volume not created?)'));
+      const tmp = this.files.tmp(randomSuffix());
+      try {
+        await this.pool.copy(this.files.clean, tmp);
+        await fs.truncate(tmp, size);
+        failpoint(FP.shrinkAfterCopy);
+        await this.commit(tmp, s);
+      } catch (e) {
+        await unlinkIfExists(tmp);
+        throw e;
       }
     });
   }

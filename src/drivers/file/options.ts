@@ -8,6 +8,7 @@ export const FILE_CAPABILITIES: DriverCapabilities = {
   maxRevisions: 1,
   remote: false,
   writable: true,
+  shrink: true,
 };
 
 export const FILE_OPTIONS: readonly OptionSpec[] = [

@@ -12,6 +12,7 @@ export const LINUX_KERNEL_CAPABILITIES: DriverCapabilities = {
   maxRevisions: 0,
   remote: false,
   writable: false,
+  shrink: false,
 };
 
 export const LINUX_KERNEL_OPTIONS: readonly OptionSpec[] = [

@@ -8,6 +8,7 @@ export const RBD_CAPABILITIES: DriverCapabilities = {
   maxRevisions: Infinity,
   remote: true,
   writable: true,
+  shrink: true,
 };
 
 export const RBD_OPTIONS: readonly OptionSpec[] = [
