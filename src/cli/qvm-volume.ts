@@ -15,11 +15,12 @@ import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../files/files.js';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
 import type { QubesClient, VolumeExport, VolumeInfo, VolumeSetting } from '../client/index.js';
-import { humanSize, json, parseSize, table } from './common/output.js';
+import { humanSize, json, table } from './common/output.js';
 import { busyIndicator, progressBar, type Progress } from './common/progress.js';
 import { askYesNo } from './common/prompt.js';
 import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
+import { parseSize, SIZE_EPILOG } from './common/size.js';
 import { parseVmVolume, showVmVolume, type VmVolume } from './common/vmvolume.js';
 
 const PROG = 'qvm-volume';
@@ -28,7 +29,6 @@ const REVISIONS_HEAD = 'List of available revisions (for revert):';
 const SETTABLE: readonly string[] = ['rw', 'revisions_to_keep', 'ephemeral'] satisfies VolumeSetting[];
 /** Killed here (QUBES_STORAGE_FAILPOINTS): the export's copy is complete and synced, not yet renamed into place. */
 const FP_EXPORT_BEFORE_RENAME = declareFailpoint('cli.export.before-rename');
-const SIZE_HELP = 'bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)';
 
 const isJson = (p: Parsed) => p.values.get('format') === 'json';
 
@@ -41,10 +41,9 @@ async function checkVolume(qubes: QubesClient, v: VmVolume): Promise<VolumeInfo>
   return qubes.volumeInfo(v.vm, v.volume);
 }
 
+/** A size argument (common/size.ts: the stock tool's forms and more); a bad one is a command-line mistake. */
 function size(text: string): number {
-  const n = parseSize(text);
-  if (n === null) throw new CliError(`bad size '${text}': give ${SIZE_HELP}`);
-  return n;
+  return parseSize(text);
 }
 
 function typed(v: string): string | number | boolean | null {
@@ -198,19 +197,24 @@ async function doImport(t: ToolContext, p: Parsed): Promise<void> {
   const sizeText = p.values.get('size');
   const noResize = p.flags.has('no_resize');
   let want = sizeText === undefined ? null : size(sizeText);
-  let input: Readable;
-  if (src === '-') input = process.stdin;
-  else {
-    let st: fs.Stats;
-    try {
-      st = await fsp.stat(src);
-    } catch (e) {
-      throw new CliError(`cannot read '${src}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-    if (st.isDirectory()) throw new CliError(`'${src}' is a directory`);
-    if (want === null && !noResize && st.isFile()) want = st.size;
-    input = fs.createReadStream(src);
+  const shown = src === '-' ? 'stdin' : `'${src}'`;
+  let st: fs.Stats;
+  try {
+    st = src === '-' ? fs.fstatSync(0) : await fsp.stat(src);
+  } catch (e) {
+    throw new CliError(`cannot read ${shown}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  if (st.isDirectory()) throw new CliError(`${shown} is a directory`);
+  if (want === null && !noResize) {
+    // The data's length is the volume's new size: a regular file (also as stdin, as the stock tool reads it) has one.
+    if (!st.isFile())
+      throw new UsageError(
+        `the length of ${shown} is not known (not a regular file): give --size SIZE ` +
+          "(the data's length; the volume gets that size) or --no-resize (the data is exactly the volume's size)",
+      );
+    want = st.size;
+  }
+  const input: Readable = src === '-' ? process.stdin : fs.createReadStream(src);
   const qubes = await t.client();
   const info = await checkVolume(qubes, v);
   const total = noResize || want === null ? info.size : want;
@@ -490,7 +494,8 @@ const SUBS: SubCommand[] = [
           help: 'allow shrinking: data past the new end is cut; a volume keeping revisions keeps the old data and size as its newest revision (revert undoes the shrink). Drivers that cannot shrink refuse',
         },
       ],
-      positionals: [VMVOL, { name: 'SIZE', help: SIZE_HELP }],
+      positionals: [VMVOL, { name: 'SIZE', help: 'the new size (below)' }],
+      epilog: SIZE_EPILOG,
     },
     doResize,
   ),
@@ -504,11 +509,16 @@ const SUBS: SubCommand[] = [
     {
       summary: 'replace the data of a volume with a file or stdin (-)',
       options: [
-        { names: ['--size'], kind: 'value', metavar: 'SIZE', help: `the data's size (${SIZE_HELP}); the volume gets that size` },
+        { names: ['--size'], kind: 'value', metavar: 'SIZE', help: "the data's length (below); the volume gets that size" },
         { names: ['--no-resize'], kind: 'flag', dest: 'no_resize', help: 'keep the volume size: the data must be exactly that long' },
       ],
       positionals: [VMVOL, { name: 'PATH', help: 'a file, or - for stdin' }],
       exclusive: [['size', 'no_resize']],
+      epilog:
+        'The volume gets the size of the file (also of stdin redirected from a file).\n' +
+        'Data of unknown length (a pipe, a FIFO, a device) needs --size or --no-resize.\n' +
+        'A failed, cut-short or interrupted import leaves the old data.\n\n' +
+        SIZE_EPILOG,
     },
     doImport,
   ),
@@ -523,7 +533,9 @@ const SUBS: SubCommand[] = [
         'complete and synced (mode 0600): on failure or Ctrl-C PATH is left as it was.\n' +
         'On XFS and btrfs, in the filesystem of the pool, the copy is a reflink: it\n' +
         'shares the volume\'s blocks and takes no time; elsewhere zero blocks become\n' +
-        'holes. A device or FIFO as PATH, and stdout, get every byte, in order.',
+        'holes. A device or FIFO as PATH, and stdout, get every byte, in order.\n' +
+        'The export is always ended: also when the reader of stdout quits early\n' +
+        '(`| head -c 16`: exit 141, as SIGPIPE stops cat) or on Ctrl-C (exit 130).',
     },
     doExport,
   ),

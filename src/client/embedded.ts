@@ -5,9 +5,16 @@
  * On an empty or missing base directory it makes the state (with a pool
  * `default`); where qubes.xml is missing from a base directory that is not
  * empty, `init` is the tools' `qubesd --init`.
+ *
+ * close() ends what is in flight as a daemon ends the calls of a dropped
+ * connection: a streamed import is cut off (the volume keeps its old data,
+ * the import file is removed), every call is waited for, and only then is
+ * the state closed and its lock released. A tool interrupted mid-import
+ * (Ctrl-C) thus leaves what a daemon would: the old volume and no debris.
  */
-import { unwrapReply } from '../admin/client.js';
-import { createDispatchContext, runCall, silentLog, type DispatchContext } from '../admin/dispatch.js';
+import type { Readable } from 'node:stream';
+import { QubesDaemonCommunicationError, unwrapReply } from '../admin/client.js';
+import { createDispatchContext, runCall, silentLog, type DispatchContext, type InProcessRequest } from '../admin/dispatch.js';
 import { openRuntime, type Runtime } from '../daemon/runtime.js';
 import type { Transport } from './transport.js';
 
@@ -21,11 +28,24 @@ export async function embeddedTransport(baseDir: string, notice?: (line: string)
   });
   const ctx: DispatchContext = createDispatchContext({ methods: rt.methods, log: silentLog });
   let closed = false;
+  /** Calls in flight: what close() aborts and waits for. */
+  const inFlight = new Set<{ readonly abort: AbortController; readonly done: Promise<unknown>; readonly payload?: Readable }>();
+  const run = async (req: InProcessRequest, payload: Buffer | Readable): Promise<Buffer> => {
+    if (closed) throw new QubesDaemonCommunicationError('the embedded client is closed');
+    const abort = new AbortController();
+    const done = runCall(ctx, req, payload, abort.signal);
+    const entry = { abort, done, ...(Buffer.isBuffer(payload) ? {} : { payload }) };
+    inFlight.add(entry);
+    try {
+      return unwrapReply(await done);
+    } finally {
+      inFlight.delete(entry);
+    }
+  };
   return {
     kind: 'embedded',
-    call: async (m, dest, arg = '', payload = '') =>
-      unwrapReply(await runCall(ctx, { method: m, arg, dest }, typeof payload === 'string' ? Buffer.from(payload) : payload)),
-    callStream: async (m, dest, arg, payload) => unwrapReply(await runCall(ctx, { method: m, arg, dest }, payload)),
+    call: (m, dest, arg = '', payload = '') => run({ method: m, arg, dest }, typeof payload === 'string' ? Buffer.from(payload) : payload),
+    callStream: (m, dest, arg, payload) => run({ method: m, arg, dest }, payload),
     events(dest, onEvent) {
       const off = rt.bus.subscribe((e) => {
         if (dest === 'dom0' || e.subject === dest) onEvent(e);
@@ -35,6 +55,12 @@ export async function embeddedTransport(baseDir: string, notice?: (line: string)
     close: async () => {
       if (closed) return;
       closed = true;
+      const calls = [...inFlight];
+      for (const c of calls) {
+        c.abort.abort();
+        c.payload?.destroy(); // as a dropped connection ends the payload
+      }
+      await Promise.allSettled(calls.map((c) => c.done));
       await rt.close();
     },
   };

@@ -15,8 +15,9 @@
  *   import refused at once; different domains proceed in parallel;
  * - a domain another one depends on (template, clone source, default_dispvm,
  *   netvm, a global default) or that an operation reads (`useDomain`: a
- *   clone's source, an export) cannot be removed, and a removal in progress
- *   refuses new uses, so a concurrent create cannot slip in.
+ *   clone's source) cannot be removed, and a removal in progress refuses
+ *   new uses, so a concurrent create cannot slip in; the exports of its
+ *   volumes are ended by its removal (a client may never end them).
  *
  * Power state lives in memory (Qubes asks the hypervisor; here the runner
  * is the hypervisor): after a load every domain is Halted, and a volume left
@@ -365,10 +366,11 @@ export class QubesApp implements DomainHost, StateModel {
   /**
    * Records that `what` reads the domain `d` (without changing it) until the
    * returned function is called: it cannot be removed meanwhile. Refused
-   * while it is being removed.
+   * while it is being removed. With `end` (an export: its client may never
+   * end it), the removal of `d` calls `end` and goes on instead.
    */
-  useDomain(d: Domain, what: string): () => void {
-    return this.domains.use(d, what);
+  useDomain(d: Domain, what: string, end?: () => Promise<void>): () => void {
+    return this.domains.use(d, what, end);
   }
 
   /** The changes holding or waiting for domain `name`, the holder first (`import into volume private`). */

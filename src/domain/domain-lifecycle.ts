@@ -231,9 +231,10 @@ export class DomainLifecycle {
   // ---- removing --------------------------------------------------------------------------
 
   /**
-   * Removes a halted domain that nothing uses: the state is saved without it
-   * first, then its volumes are removed (a failure there leaves the domain
-   * removed and is reported as a `domain-remove-incomplete` event).
+   * Removes a halted domain that nothing uses: the exports of its volumes
+   * are ended (a failure there refuses the removal), the state is saved
+   * without it, then its volumes are removed (a failure there leaves the
+   * domain removed and is reported as a `domain-remove-incomplete` event).
    */
   async remove(name: string): Promise<void> {
     const { saves, domains, events } = this.ctx;
@@ -244,6 +245,8 @@ export class DomainLifecycle {
       if (d.isRunning) throw new QubesVMNotHaltedError(`domain ${name} is running; shut it down first`);
       const users = domains.usersOf(d);
       if (users.length) throw new QubesVMInUseError(`domain ${name} is in use by: ${users.join(', ')}`);
+      // Exports a client never ended (it died, or quit early) go with the domain; no new one can begin now.
+      await domains.endUses(d);
       // Saved with a 'remove' mark first: a crash while the volumes go is finished at the next start.
       await saves.commit(() => {
         domains.removing.add(d);

@@ -128,13 +128,19 @@ export class DomainTable {
   /**
    * Records that `what` reads the domain `d` (without changing it) until the
    * returned function is called: it cannot be removed meanwhile (its removal
-   * lists `what` among its users). Refused while it is being removed.
+   * lists `what` among its users), unless `end` is given: then its removal
+   * calls `end` first (holds.ts). Refused while it is being removed.
    */
-  use(d: Domain, what: string): () => void {
+  use(d: Domain, what: string, end?: () => Promise<void>): () => void {
     this.checkOpen();
     if (this.listed.get(d.name) !== d || this.removing.has(d))
       throw new QubesVMNotFoundError(`no such domain: '${printable(d.name)}'`);
-    return this.holds.use(d.name, what);
+    return this.holds.use(d.name, what, end);
+  }
+
+  /** Ends the uses of `d` that its removal ends (exports); see holds.ts. */
+  endUses(d: Domain): Promise<void> {
+    return this.holds.endUses(d.name);
   }
 
   /** Uses several domains by name (no check that they exist: the caller's checks follow); one release for all. */

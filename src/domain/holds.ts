@@ -21,7 +21,9 @@
  *   of a domain being created, a domain a property change is about to refer
  *   to). Uses never wait and never block changes; they keep the domain from
  *   being removed: a removal lists them as users and is refused, and a use
- *   asked for while a removal holds the domain is refused.
+ *   asked for while a removal holds the domain is refused. A use given an
+ *   `end` function (an export, which a client that died may never end) does
+ *   not keep the domain: its removal ends it (`endUses`) and goes on.
  */
 import { QubesVMInUseError } from '../storage/errors.js';
 import { KeyedMutex } from '../storage/lock.js';
@@ -35,6 +37,12 @@ export interface HoldSpec {
   readonly excludesUses?: boolean;
 }
 
+interface Use {
+  readonly what: string;
+  /** Ends the use (and releases it) when the domain is removed. */
+  readonly end?: () => Promise<void>;
+}
+
 interface Holder {
   readonly spec: HoldSpec;
   /** Holding (else waiting). */
@@ -46,7 +54,7 @@ export class DomainHolds {
   /** Per domain name: the changes holding or waiting, in order of arrival. */
   private readonly holders = new Map<string, Holder[]>();
   /** Per domain name: what uses it, one entry per use. */
-  private readonly uses = new Map<string, Map<symbol, string>>();
+  private readonly uses = new Map<string, Map<symbol, Use>>();
 
   /**
    * Runs `fn` holding every domain in `names` (taken in sorted order, so two
@@ -82,15 +90,16 @@ export class DomainHolds {
   /**
    * Records that `what` uses the domain `name` until the returned function
    * is called (calling it again does nothing). Refused while a removal holds
-   * the domain.
+   * the domain. With `end`, the use does not keep the domain from being
+   * removed: the removal calls `end` (which must release the use) instead.
    */
-  use(name: string, what: string): () => void {
+  use(name: string, what: string, end?: () => Promise<void>): () => void {
     const holder = this.holders.get(name)?.find((h) => h.active);
     if (holder?.spec.excludesUses) throw busy(name, holder.spec);
     const key = Symbol(what);
     let map = this.uses.get(name);
-    if (!map) this.uses.set(name, (map = new Map<symbol, string>()));
-    map.set(key, what);
+    if (!map) this.uses.set(name, (map = new Map<symbol, Use>()));
+    map.set(key, { what, ...(end ? { end } : {}) });
     return () => {
       const m = this.uses.get(name);
       if (!m?.delete(key)) return;
@@ -98,9 +107,27 @@ export class DomainHolds {
     };
   }
 
-  /** What uses the domain now, in the order the uses began. */
+  /** What uses the domain now and keeps it from being removed, in the order the uses began. */
   usesOf(name: string): string[] {
-    return [...(this.uses.get(name)?.values() ?? [])];
+    return [...(this.uses.get(name)?.values() ?? [])].filter((u) => !u.end).map((u) => u.what);
+  }
+
+  /**
+   * Ends, one after the other, the uses of domain `name` that a removal ends
+   * (those given an `end`); the first failure is thrown after the others
+   * were tried.
+   */
+  async endUses(name: string): Promise<void> {
+    const ends = [...(this.uses.get(name)?.values() ?? [])].flatMap((u) => (u.end ? [u.end] : []));
+    const failures: Error[] = [];
+    for (const end of ends) {
+      try {
+        await end();
+      } catch (e) {
+        failures.push(e instanceof Error ? e : new Error(String(e)));
+      }
+    }
+    if (failures.length) throw failures[0]!;
   }
 
   /** The changes holding or waiting for the domain, in order of arrival (the holder first). */

@@ -94,7 +94,7 @@ List of available revisions (for revert): none
 ` },
   { cmd: 'qvm-volume resize work:private 3Gi' },
   { cmd: 'qvm-volume resize work:private 1G', code: 1, err: 'qvm-volume: error: shrinking work:private from 3221225472 to 1000000000 bytes would lose data; refused without -f\n' },
-  { cmd: 'qvm-volume resize work:private 2x', code: 1, err: "qvm-volume: error: bad size '2x': give bytes, or with a suffix: K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024)\n" },
+  { cmd: 'qvm-volume resize work:private 2x', code: 2, err: "qvm-volume: error: invalid size '2x': give bytes, or a number with a suffix (any case): K M G T (x1000, also KB...), Ki Mi Gi Ti (x1024, also KiB...); decimals allowed (1.5G) (see qvm-volume --help)\n" },
   { cmd: 'qvm-volume info work:size', code: 1, err: "qvm-volume: error: no such volume: 'work:size' (work has root, private, volatile, kernel)\n" },
   { cmd: 'qvm-volume info nosuch:private', code: 1, err: "qvm-volume: error: no such domain: 'nosuch'\n" },
   { cmd: 'qvm-volume info work:private size', out: '3221225472\n' },

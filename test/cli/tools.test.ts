@@ -137,6 +137,92 @@ describe('on the embedded default', () => {
   });
 });
 
+describe('sizes as the tools take them (resize, import --size)', () => {
+  let base: string;
+  let env: NodeJS.ProcessEnv;
+  before(async () => {
+    base = await tempBase();
+    env = toolEnv(base);
+    const r = await run('qvm-create', ['--class', 'StandaloneVM', '--label', 'green', 'sz'], env);
+    assert.equal(r.code, 0, r.stderr);
+  });
+  after(() => fs.rm(base, { recursive: true, force: true }));
+  const sizeOf = async () => (await run('qvm-volume', ['info', 'sz:private', 'size'], env)).stdout;
+
+  // Growing, each bigger than the last; bytes worked out by hand.
+  const grow: [string, number][] = [
+    ['4g', 4_000_000_000],
+    ['4GiB', 4_294_967_296],
+    ['4.5G', 4_500_000_000],
+    ['4.5 gib', 4_831_838_208],
+    ['+5_000M', 5_000_000_000],
+    ['5.5GB', 5_500_000_000],
+    ['6T', 6_000_000_000_000],
+  ];
+  for (const [text, bytes] of grow)
+    it(`resize sz:private ${JSON.stringify(text)} -> ${bytes} bytes`, async () => {
+      assert.deepEqual(await run('qvm-volume', ['resize', 'sz:private', text], env), { stdout: '', stderr: '', code: 0 });
+      assert.equal(await sizeOf(), `${bytes}\n`);
+    });
+
+  const FORMS =
+    'give bytes, or a number with a suffix (any case): K M G T (x1000, also KB...), Ki Mi Gi Ti (x1024, also KiB...); decimals allowed (1.5G)';
+  const refused: [string[], string][] = [
+    [['resize', 'sz:private', '-5G'], "invalid size '-5G': a size cannot be negative"],
+    [['resize', 'sz:private', '2x'], `invalid size '2x': ${FORMS}`],
+    [['resize', 'sz:private', '1.1Ki'], "invalid size '1.1Ki': not a whole number of bytes"],
+    [['resize', 'sz:private', '10000000000000000'], "invalid size '10000000000000000': larger than 9007199254740991 bytes"],
+    [['import', '--size', '-1', 'sz:private', '-'], "invalid size '-1': a size cannot be negative"],
+    [['import', '--size=4P', 'sz:private', '-'], `invalid size '4P': ${FORMS}`],
+  ];
+  for (const [args, message] of refused)
+    it(`qvm-volume ${args.join(' ')}: exit 2, "${message.slice(0, 40)}...", nothing changed`, async () => {
+      assert.deepEqual(await run('qvm-volume', args, env), { stdout: '', stderr: `qvm-volume: error: ${message} (see qvm-volume --help)\n`, code: 2 });
+      assert.equal(await sizeOf(), '6000000000000\n');
+    });
+
+  it('the help of resize and import --size says the forms', async () => {
+    for (const sub of ['resize', 'import']) {
+      const h = (await run('qvm-volume', [sub, '--help'], env)).stdout.replace(/\s+/g, ' ');
+      assert.ok(h.includes('K M G T (x1000, also KB...), Ki Mi Gi Ti (x1024, also KiB...); decimals allowed (1.5G)'), h);
+    }
+  });
+
+  it('an import from a pipe without --size says --size is needed (exit 2), nothing changed', async () => {
+    const r = await run('qvm-volume', ['import', 'sz:private', '-'], env, 'x'.repeat(4096));
+    assert.deepEqual(r, {
+      stdout: '',
+      stderr:
+        "qvm-volume: error: the length of stdin is not known (not a regular file): give --size SIZE (the data's length; the volume gets that size)" +
+        " or --no-resize (the data is exactly the volume's size) (see qvm-volume --help)\n",
+      code: 2,
+    });
+    assert.equal(await sizeOf(), '6000000000000\n');
+  });
+
+  it('stdin redirected from a file has a length: it is the new size, as with a path', async () => {
+    const img = path.join(base, 'stdin.img');
+    await fs.writeFile(img, Buffer.alloc(12_288, 0x5a));
+    const fh = await fs.open(img, 'r');
+    try {
+      const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+        const c = spawn(process.execPath, [path.join(DIST, 'src', 'cli', 'qvm-volume.js'), 'import', 'sz:private', '-'], {
+          env,
+          stdio: [fh.fd, 'ignore', 'pipe'],
+        });
+        let stderr = '';
+        c.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        c.on('error', reject);
+        c.on('close', (code) => resolve({ code, stderr }));
+      });
+      assert.deepEqual(r, { code: 0, stderr: '' });
+    } finally {
+      await fh.close();
+    }
+    assert.equal(await sizeOf(), '12288\n');
+  });
+});
+
 describe('QUBESD_SOCKET where no daemon answers', () => {
   it('is an error naming the socket (exit 1), not the embedded default; nothing made', async () => {
     const base = await tempBase();

@@ -90,6 +90,34 @@ test('uses block nothing but a removal: listed for it, and refused while it hold
   holds.use('work', 'export of volume private')();
 });
 
+test('a use given an end does not block a removal: endUses ends it, the others stay listed', async () => {
+  const holds = new DomainHolds();
+  const ended: string[] = [];
+  const endable = (what: string) => {
+    const release = holds.use('work', what, async () => {
+      ended.push(what);
+      release();
+    });
+    return release;
+  };
+  endable('export of volume private');
+  const clone = holds.use('work', 'clone of volume private into other:private');
+  endable('export of volume root');
+  assert.deepEqual(holds.usesOf('work'), ['clone of volume private into other:private'], 'only the blocking use is listed');
+  await holds.endUses('work');
+  assert.deepEqual(ended, ['export of volume private', 'export of volume root']);
+  await holds.endUses('work');
+  assert.deepEqual(ended, ['export of volume private', 'export of volume root'], 'ended once');
+  assert.deepEqual(holds.usesOf('work'), ['clone of volume private into other:private']);
+  clone();
+  // A failing end: the others are still ended, then the failure is thrown.
+  holds.use('work', 'export of volume private', async () => Promise.reject(new Error('cannot end it')));
+  const other = endable('export of volume root');
+  await assert.rejects(holds.endUses('work'), /cannot end it/);
+  assert.equal(ended.length, 3);
+  other();
+});
+
 test('changes over several domains in opposite orders do not deadlock', async () => {
   const holds = new DomainHolds();
   const results = await Promise.all(

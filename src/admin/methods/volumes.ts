@@ -26,7 +26,9 @@
  * waits for a short call and is refused at once (QubesVMInUseError) behind
  * an import, which a client paces. The source of a clone and an export in
  * progress are uses of their domain (App.useDomain): it cannot be removed
- * until they end.
+ * until a clone ends; an export, which a client that died or quit early
+ * may never end, is ended by the removal of its domain instead (its file
+ * removed, a later ExportEnd refused as not in progress).
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
@@ -147,6 +149,18 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       throw e;
     }
     emit(domain, `volume-set:${key}`, { volume: volume.name, value });
+  }
+
+  /** Ends the export at `path` (ExportEnd, or the removal of its domain): its file goes, its use of the domain ends. */
+  async function endExport(path: string): Promise<void> {
+    const held = exports.get(path);
+    if (!held) return;
+    exports.delete(path);
+    try {
+      await held.volume.exportEnd(path);
+    } finally {
+      held.release();
+    }
   }
 
   function dropExpiredTokens(): void {
@@ -416,10 +430,16 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     // Write, as CloneFrom: it hands out the volume's data.
     'admin.vm.volume.Export': method(onVolume({ access: 'write' }), async (call) => {
       const { domain, volume } = destVolume(ctx, call);
-      // Until ExportEnd the domain cannot be removed (the export's file lives with its volume).
-      const release = app.useDomain(domain, `export of volume ${volume.name}`);
+      // A use of the domain until ExportEnd, which a client that died or
+      // quit never sends: removing the domain ends the export instead.
+      let making: Promise<string> | null = null;
+      const release = app.useDomain(domain, `export of volume ${volume.name}`, async () => {
+        const path = await making?.catch(() => null);
+        if (path) await endExport(path);
+      });
       try {
-        const path = await volume.export();
+        making = volume.export();
+        const path = await making;
         exports.set(path, { domain, volume, release });
         return path;
       } catch (e) {
@@ -435,12 +455,7 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       // The same domain and volume name: the volume object may have been rebuilt since (a template change).
       if (!held || held.domain !== domain || held.volume.name !== volume.name)
         throw new PermissionDenied(`not an export of volume ${volume.name} in progress: ${JSON.stringify(path.slice(0, 200))}`);
-      exports.delete(path);
-      try {
-        await held.volume.exportEnd(path);
-      } finally {
-        held.release();
-      }
+      await endExport(path);
     }),
   };
 }

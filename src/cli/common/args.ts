@@ -3,7 +3,8 @@
  * (argparse's): options anywhere between positionals, `--name=value`,
  * short options with their value attached (`-Pfoo`, the R3.2 spelling),
  * clustered short flags (`-fq`), `--` ending the options, negative numbers
- * taken as positionals (`revisions_to_keep -1`), and options that take
+ * and sizes taken as values (`revisions_to_keep -1`, `resize w:private -5G`,
+ * which the size then refuses as negative), and options that take
  * several values (`-a POOL DRIVER`). Errors are UsageError (exit code 2).
  */
 
@@ -73,8 +74,14 @@ export function destOf(o: OptionSpec): string {
 
 const HELP: OptionSpec = { names: ['-h', '--help'], kind: 'flag', help: 'show this help message and exit' };
 
-function isNegativeNumber(a: string): boolean {
-  return /^-\d+$/.test(a);
+/**
+ * A value that starts with a minus sign: `-1`, `-5G`, `-.5`. No tool has an
+ * option named by a digit, so these are values, which their own check
+ * (a size, revisions_to_keep) then refuses by name rather than as an
+ * unknown option.
+ */
+function looksNegative(a: string): boolean {
+  return /^-\.?\d/.test(a);
 }
 
 export function parseArgs(spec: CommandSpec, argv: readonly string[]): Parsed {
@@ -103,7 +110,7 @@ export function parseArgs(spec: CommandSpec, argv: readonly string[]): Parsed {
     if (attached !== undefined) got.push(attached);
     while (got.length < n) {
       const next = argv[i + 1];
-      if (next === undefined || (next.startsWith('-') && next !== '-' && !isNegativeNumber(next)))
+      if (next === undefined || (next.startsWith('-') && next !== '-' && !looksNegative(next)))
         throw new UsageError(`option ${name} expects ${n === 1 ? 'a value' : `${n} values`}${o.metavar ? ` (${o.metavar})` : ''}`);
       got.push(next);
       i++;
@@ -129,7 +136,7 @@ export function parseArgs(spec: CommandSpec, argv: readonly string[]): Parsed {
       i = take(o, name, eq < 0 ? undefined : a.slice(eq + 1), i);
       continue;
     }
-    if (a.startsWith('-') && a !== '-' && !isNegativeNumber(a)) {
+    if (a.startsWith('-') && a !== '-' && !looksNegative(a)) {
       // Short options: -x, -xVALUE, or a cluster of flags -xyz.
       let j = 1;
       while (j < a.length) {

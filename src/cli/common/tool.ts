@@ -3,7 +3,11 @@
  * client (connected only when a call is made, closed at the end and on Ctrl-C), and
  * errors turned into one line `PROG: error: MESSAGE` with an exit code:
  * 2 for a mistake on the command line, 1 for a refused or failed operation,
- * or the code a tool chose (CliExit).
+ * or the code a tool chose (CliExit). Stopped from outside, a tool runs its
+ * cleanups (onInterrupt: an export is ended, a temporary file removed),
+ * closes the client and exits as a shell reports the signal: 130 on SIGINT,
+ * 143 on SIGTERM (both saying `PROG: interrupted`), 141 when the reader of
+ * its stdout went away (EPIPE, silently, as SIGPIPE stops cat).
  */
 import { QubesException } from '../../storage/errors.js';
 import { helpText, parseArgs, UsageError, type CommandSpec, type Parsed } from './args.js';
@@ -38,10 +42,10 @@ export interface ToolContext {
   client(): Promise<QubesClient>;
   /** Parses `argv` for `spec`; prints --help and exits 0 when asked. */
   parse(spec: CommandSpec, argv: readonly string[]): Parsed;
-  /** Aborted on SIGINT/SIGTERM, before the cleanups run. */
+  /** Aborted on SIGINT/SIGTERM and when stdout's reader went away (EPIPE), before the cleanups run. */
   readonly signal: AbortSignal;
   /**
-   * Runs `cleanup` if the tool is interrupted (SIGINT/SIGTERM) while it is
+   * Runs `cleanup` if the tool is interrupted (SIGINT/SIGTERM, EPIPE on stdout) while it is
    * registered, before the client closes (all cleanups together get at
    * most 5 s). Returns the function that unregisters it.
    */
@@ -49,6 +53,12 @@ export interface ToolContext {
 }
 
 class HelpShown extends Error {}
+
+/** Exit codes of a tool stopped from outside, as a shell reports a process killed by the signal: 128 + its number. */
+export const EXIT_SIGINT = 130;
+export const EXIT_SIGTERM = 143;
+/** The reader of stdout went away (EPIPE): as SIGPIPE would. */
+export const EXIT_SIGPIPE = 141;
 
 /** Runs `main` as the tool `prog` and exits the process with its code. */
 export async function runTool(prog: string, main: (t: ToolContext) => Promise<number | void>): Promise<void> {
@@ -83,19 +93,13 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     },
   };
 
-  // A reader that went away (`qvm-volume export x:y - | head`): stop quietly.
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw e;
-  });
-
   let interrupted = false;
-  const onSignal = (sig: NodeJS.Signals) => {
+  /** Stops the tool: aborts `signal`, runs the cleanups, closes the client, exits with `code`. */
+  const stop = (code: number, line: string) => {
     if (interrupted) return;
     interrupted = true;
-    const code = sig === 'SIGINT' ? 130 : 143;
     process.exitCode = code;
-    err(`${prog}: interrupted\n`);
+    if (line) err(line);
     interrupt.abort();
     const cleaning = Promise.all(
       [...cleanups].map((c) => c().catch((e: unknown) => err(`${prog}: warning: cleaning up: ${oneLine(e instanceof Error ? e.message : String(e))}\n`))),
@@ -107,11 +111,18 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     const cap = new Promise((r) => setTimeout(r, 5000).unref());
     void Promise.race([closing, cap]).then(() => process.exit(code));
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', () => stop(EXIT_SIGINT, `${prog}: interrupted\n`));
+  process.on('SIGTERM', () => stop(EXIT_SIGTERM, `${prog}: interrupted\n`));
+  // The reader of stdout went away (`qvm-volume export VM:VOLUME - | head -c 16`):
+  // stopped as SIGPIPE stops cat or dd (silently, 128 + 13), but with the
+  // cleanups run (the export ended) and never as a success.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    stop(EXIT_SIGPIPE, '');
+  });
 
   let code: number;
-  // Once interrupted, the signal handler cleans up, closes and exits (130 or 143),
+  // Once interrupted, stop() cleans up, closes and exits (130, 143 or 141),
   // however main ends: it must not close the client under the cleanups.
   const leftToSignalHandler = () => new Promise<never>(() => {});
   try {
@@ -131,8 +142,10 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     }
   }
   process.exitCode = code;
-  // Flush stdout before leaving (pipes are asynchronous).
-  await new Promise<void>((r) => process.stdout.write('', () => r()));
+  // Flush stdout before leaving (pipes are asynchronous); a reader gone by now stops the tool as above.
+  const flushed = await new Promise<NodeJS.ErrnoException | null | undefined>((r) => process.stdout.write('', (e) => r(e)));
+  if (flushed?.code === 'EPIPE') stop(EXIT_SIGPIPE, '');
+  if (interrupted) await leftToSignalHandler();
   process.exit(code);
 }
 

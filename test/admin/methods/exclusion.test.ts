@@ -410,11 +410,16 @@ describeEachFs('admin: operations on one domain exclude each other', (tfs, fsx) 
     await checkState();
   });
 
-  test('an export in progress keeps its domain from being removed until ExportEnd; clone from a domain being imported into copies its committed data', LIMIT, async () => {
-    const exported = assertOk(await call(rig, 'admin.vm.volume.Export', 'work', 'private'), 'Export');
-    assertError(await call(rig, 'admin.vm.Remove', 'work'), 'QubesVMInUseError', /in use by: export of volume private/, 'Remove during an export');
-    assert.equal(await sha256(exported), committed.get('work'));
-    assertOk(await call(rig, 'admin.vm.volume.ExportEnd', 'work', 'private', exported), 'ExportEnd');
+  test('an export never ended does not keep its domain: the removal ends it (file gone, ExportEnd refused); clone from a domain being imported into copies its committed data', LIMIT, async () => {
+    await create('gone');
+    const exported = assertOk(await call(rig, 'admin.vm.volume.Export', 'gone', 'private'), 'Export');
+    assert.equal(await sha256(exported), committed.get('gone'));
+    await remove('gone');
+    await assert.rejects(fs.lstat(exported), { code: 'ENOENT' }, 'the removal ended the export');
+    assertError(await call(rig, 'admin.vm.volume.ExportEnd', 'gone', 'private', exported), 'QubesVMNotFoundError', /gone/, 'ExportEnd after the removal');
+    await checkState();
+    const ended = assertOk(await call(rig, 'admin.vm.volume.Export', 'work', 'private'), 'Export');
+    assertOk(await call(rig, 'admin.vm.volume.ExportEnd', 'work', 'private', ended), 'ExportEnd');
     // Clone from work into other while an import into work streams: allowed, copies what work has committed.
     const data = pattern(PRIVATE_SIZE, 14);
     const token = assertOk(await call(rig, 'admin.vm.volume.CloneFrom', 'work', 'private'), 'CloneFrom');
