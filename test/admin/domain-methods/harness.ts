@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { AdminClient, AdminServer, EventBus, adminEventsMethod, silentLog, type AdminEvent } from '../../../src/admin/index.js';
 import { decodeReply, encodeRequest } from '../../../src/admin/protocol/index.js';
 import { domainMethods } from '../../../src/admin/methods/domains.js';
+import { allMethods } from '../../../src/admin/methods/index.js';
 import type { MethodContext } from '../../../src/admin/methods/context.js';
 import { QubesApp } from '../../../src/domain/app.js';
 import { DriverRegistry } from '../../../src/registry/drivers.js';
@@ -72,8 +73,13 @@ async function openContext(stateFile: string): Promise<MethodContext> {
   return { app, registry: reg, bus };
 }
 
+export interface DaemonOptions {
+  /** Serve every method of the daemon (pools, volumes too), not only the domain methods. */
+  readonly allMethods?: boolean;
+}
+
 /** A daemon on `dir` (a fresh directory on the test filesystem). */
-export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
+export async function startDaemon(tfs: TestFs, dir: string, opts: DaemonOptions = {}): Promise<Daemon> {
   const stateFile = path.join(dir, 'qubes.xml');
   const poolDir = path.join(dir, 'pool');
   // Unix socket paths are short (108 bytes): keep the socket in /tmp.
@@ -82,7 +88,7 @@ export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
 
   let ctx = await openContext(stateFile);
   await ctx.app.addPool('file-reflink', 'default', { dir_path: poolDir, setup_check: tfs.reflink });
-  let server = await serve(ctx, socketPath);
+  let server = await serve(ctx, socketPath, opts);
   const client = new AdminClient({ socketPath, timeoutMs: 60_000 });
 
   const raw = async (method: string, dest: string, arg = '', payload: string | Uint8Array = '', source = 'dom0') => {
@@ -151,7 +157,7 @@ export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
       ctx = await openContext(stateFile);
       d.ctx = ctx;
       d.app = ctx.app;
-      server = await serve(ctx, socketPath);
+      server = await serve(ctx, socketPath, opts);
     },
     async stop() {
       await server.close({ timeoutMs: 5000 });
@@ -162,10 +168,10 @@ export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
   return d;
 }
 
-async function serve(ctx: MethodContext, socketPath: string): Promise<AdminServer> {
+async function serve(ctx: MethodContext, socketPath: string, opts: DaemonOptions): Promise<AdminServer> {
   const server = new AdminServer({
     socketPath,
-    methods: { ...domainMethods(ctx), 'admin.Events': adminEventsMethod(ctx.bus) },
+    methods: opts.allMethods ? allMethods(ctx) : { ...domainMethods(ctx), 'admin.Events': adminEventsMethod(ctx.bus) },
     log: silentLog,
     lingerMs: 1000,
   });
