@@ -2,8 +2,9 @@
 /**
  * qvm-clone: a new domain with the class, template, label, properties,
  * tags and features of SRC and a copy of each of its volumes that keeps
- * data, optionally in another pool. All or nothing: if a step fails, the
- * new domain is removed again.
+ * data: in the source's pools (where they are not the default ones), or
+ * all in the pool given with -P. All or nothing: if a step fails, the new
+ * domain is removed again.
  */
 import { str, type CommandSpec } from './common/args.js';
 import { checkPools, undoCreate } from './common/domains.js';
@@ -18,7 +19,7 @@ const NOT_COPIED = new Set(['name', 'qid', 'uuid', 'klass', 'label', 'template',
 const SPEC: CommandSpec = {
   prog: PROG,
   summary: 'Clone a domain: same class, template, label, properties, tags and features, and a copy of its volumes.',
-  options: [{ names: ['-P'], kind: 'value', dest: 'pool', metavar: 'POOL', help: 'put the copy in POOL (default: where new volumes go)' }],
+  options: [{ names: ['-P'], kind: 'value', dest: 'pool', metavar: 'POOL', help: "put the copy in POOL (default: each volume in the source's pool where that is not the default pool for it, else in the default pool)" }],
   positionals: [
     { name: 'SRC', help: 'the domain to clone' },
     { name: 'DST', help: 'the name of the new domain' },
@@ -41,7 +42,9 @@ await runTool(PROG, async (t) => {
   const props = await qubes.properties(src);
   const label = props.get('label')?.value ?? '';
   const template = s.klass === 'AppVM' || s.klass === 'DispVM' ? (props.get('template')?.value ?? '') : '';
-  await qubes.createDomain({ name: dst, klass: s.klass, label, template, ...(pool !== undefined ? { pool } : {}) });
+  // Without -P, each volume stays in the source's pool where that is not its default one (as the stock qvm-clone's clone_vm).
+  const where = pool !== undefined ? { pool } : { volumePools: await qubes.sourcePools(src) };
+  await qubes.createDomain({ name: dst, klass: s.klass, label, template, ...where });
   try {
     for (const [name, v] of props) {
       if (NOT_COPIED.has(name) || v.isDefault) continue;
