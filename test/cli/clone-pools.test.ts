@@ -3,7 +3,7 @@
  * each test filesystem, embedded and against a qubesd: without -P each
  * volume of the copy stays in the source's pool where that is not the
  * default pool for it (as the stock qvm-clone's clone_vm); with -P all
- * volumes that are not snapshots go to that pool.
+ * volumes that are not snapshots go to that pool, with --pool the ones named.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs/promises';
@@ -64,6 +64,21 @@ for (const mode of ['embedded', 'qubesd'] as const)
         ['default', 'default', 'default'],
       );
       await tool('qvm-remove', '-f', 'dst2');
+    });
+
+    it('--pool VOLUME=POOL: those volumes there, the others in their default pools (as the stock tool); not with -P', async () => {
+      await tool('qvm-clone', '--pool', 'volatile=p2', 'src', 'dst3');
+      assert.deepEqual(
+        [await poolOf('dst3:root'), await poolOf('dst3:private'), await poolOf('dst3:volatile')],
+        ['default', 'default', 'p2'],
+      );
+      await tool('qvm-remove', '-f', 'dst3');
+      const both = await run('qvm-clone', ['-P', 'p2', '-p', 'private=p2', 'src', 'dst4'], env);
+      assert.equal(both.code, 2, both.stderr);
+      const bad = await run('qvm-clone', ['-p', 'private', 'src', 'dst4'], env);
+      assert.deepEqual(bad, { stdout: '', stderr: "qvm-clone: error: --pool expects VOLUME=POOL, got 'private' (see qvm-clone --help)\n", code: 2 });
+      const r = await run('qvm-volume', ['info', 'dst4:private'], env);
+      assert.notEqual(r.code, 0, 'nothing was made');
     });
 
     it('a template: -P p2 puts every volume in p2, a clone of that copy keeps them there', async () => {
