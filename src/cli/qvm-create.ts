@@ -6,13 +6,12 @@
  * --template gets a copy of that domain's volumes.
  */
 import { str, UsageError, type CommandSpec } from './common/args.js';
-import { checkPools, DOMAIN_CLASSES, undoCreate } from './common/domains.js';
+import { checkPools, DOMAIN_CLASSES, undoCreate, volumePoolArgs } from './common/domains.js';
 import { withArticle } from '../domain/names.js';
 import { busyIndicator } from './common/progress.js';
 import { CliError, runTool } from './common/tool.js';
 
 const PROG = 'qvm-create';
-const POOL_VOLUMES = ['root', 'private', 'volatile', 'kernel'];
 
 const SPEC: CommandSpec = {
   prog: PROG,
@@ -39,13 +38,7 @@ await runTool(PROG, async (t) => {
   if (label === undefined) throw new UsageError('the following arguments are required: --label');
   const template = p.values.get('template');
   const pool = p.values.get('one_pool');
-  const pools: [string, string][] = (p.lists.get('pool') ?? []).map((v) => {
-    const eq = v.indexOf('=');
-    if (eq <= 0 || eq === v.length - 1) throw new UsageError(`--pool expects VOLUME=POOL, got '${v}'`);
-    const vol = v.slice(0, eq);
-    if (!POOL_VOLUMES.includes(vol)) throw new UsageError(`--pool ${v}: no volume '${vol}' (volumes: ${POOL_VOLUMES.join(', ')})`);
-    return [vol, v.slice(eq + 1)];
-  });
+  const pools = volumePoolArgs(p.lists.get('pool') ?? []);
   const props: [string, string][] = (p.lists.get('property') ?? []).map((v) => {
     const eq = v.indexOf('=');
     if (eq <= 0) throw new UsageError(`--property expects NAME=VALUE, got '${v}'`);

@@ -227,6 +227,27 @@ export class QubesClient {
   }
 
   /**
+   * Where a copy of `vm` keeps its volumes when no pool is asked for, as the
+   * stock client's clone_vm picks them: each volume that is neither a
+   * snapshot nor read-only (those go where their source or the kernel is),
+   * paired with its pool where that is not the default pool for its name
+   * (the global default_pool_NAME; a name without one stays where it is).
+   * Sorted by volume name; empty when all are in their default pools.
+   */
+  async sourcePools(vm: string): Promise<[volume: string, pool: string][]> {
+    const globals = new Set(await this.propertyNames('dom0-global'));
+    const out: [string, string][] = [];
+    for (const vol of (await this.volumes(vm)).sort()) {
+      const v = await this.volumeInfo(vm, vol);
+      if (v.snapOnStart || !v.rw) continue;
+      const key = `default_pool_${vol}`;
+      const dflt = globals.has(key) ? parseProperty(await this.text('admin.property.Get', 'dom0', key)).value : v.pool;
+      if (dflt !== v.pool) out.push([vol, v.pool]);
+    }
+    return out;
+  }
+
+  /**
    * Copies the data of every volume of `dst` that keeps its data
    * (save_on_stop) from the same-named volume of `src` (CloneFrom/CloneTo).
    * `onVolume` is told of each copy before it starts; its finish() runs after.

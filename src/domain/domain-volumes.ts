@@ -105,15 +105,24 @@ export function sizedLike(configs: VolumeConfig[], src: Domain): VolumeConfig[] 
 
 /**
  * A domain's volumes after a change of its `template` or `kernel` (or of
- * one up its chain): sources are found again, the kernel volume follows the
- * kernel property (its vid the new kernel, '' for none, as in Qubes; added
- * where a domain had none and now names a kernel).
+ * one up its chain): sources are found again, and a snapshot goes where its
+ * source is, taking its size when the source is another (as Qubes does on a
+ * template change, whatever pool it was in before); the kernel volume
+ * follows the kernel property (its vid the new kernel, '' for none, as in
+ * Qubes; added where a domain had none and now names a kernel).
  */
 export function rebuiltVolumeConfigs(d: Domain, globals: GlobalProperties): VolumeConfig[] {
   const configs: VolumeConfig[] = [];
   for (const v of d.storage.volumes.values()) {
     const c = v.config();
     delete c.source;
+    const src = v.snap_on_start ? d.template?.storage.volumes.get(v.name) : undefined;
+    if (src) {
+      const now = realSource(src);
+      const was = v.source ? realSource(v) : null;
+      c.pool = now.pool.name;
+      if (!was || was.pool.name !== now.pool.name || was.vid !== now.vid) c.size = now.size;
+    }
     if (v.name === 'kernel') c.vid = String(d.prop('kernel') ?? '');
     configs.push(c);
   }

@@ -8,7 +8,7 @@
  */
 import { DomainStorage } from '../storage/domain-storage.js';
 import { QubesFeatureNotFoundError, QubesPropertyValueError, QubesTagNotFoundError, QubesValueError, QubesVMNotHaltedError } from '../storage/errors.js';
-import { printable } from '../storage/volume.js';
+import { printable, type Volume } from '../storage/volume.js';
 import { Domain, type DomainHost, type GlobalProperties } from './domain.js';
 import type { DomainTable } from './domain-table.js';
 import { isTagName } from './names.js';
@@ -20,6 +20,13 @@ import type { SaveScope } from './state-file.js';
 import type { StateSaves } from './state-store.js';
 
 export type PropertyTarget = Domain | GlobalProperties;
+
+/** A volume of `domain` that a change puts in another pool. */
+interface VolumeMove {
+  readonly domain: Domain;
+  readonly from: Volume;
+  readonly to: Volume;
+}
 
 const FEATURE_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -49,10 +56,7 @@ export class SettingChanges {
       if (target instanceof Domain) this.checkHalted(target, name, def.haltedOnly ?? false);
       const before = propertyText(target.prop(name));
       target.checkProperty(name, value);
-      await this.ctx.saves.commit(
-        this.propertyChange(target, name, () => target.storeProperty(name, value)),
-        this.propertyScope(target, name),
-      );
+      await this.commitProperty(target, name, () => target.storeProperty(name, value));
       this.ctx.events.emit(subjectOf(target), `property-set:${name}`, { name, newvalue: propertyText(value), oldvalue: before });
     });
   }
@@ -82,6 +86,58 @@ export class SettingChanges {
     };
   }
 
+  /**
+   * Applies and saves a property change. A template change can move snapshot
+   * volumes to the pool of their new source (Qubes takes a snapshot's pool
+   * from its source): those are made in their new pool before the save (a
+   * pool that refuses leaves everything as it was), removed there again if
+   * the save fails, and the old ones leave their pool once it succeeded.
+   */
+  private async commitProperty(target: PropertyTarget, name: string, change: () => ReturnType<PropertyTarget['clearProperty']>): Promise<void> {
+    const step = this.propertyChange(target, name, change);
+    const moves = this.plannedMoves(target, name, step);
+    const made: Volume[] = [];
+    try {
+      for (const m of moves) {
+        await m.to.create();
+        made.push(m.to);
+      }
+      await this.ctx.saves.commit(step, this.propertyScope(target, name));
+    } catch (e) {
+      for (const v of made.reverse()) await v.remove().catch(() => undefined);
+      throw e;
+    }
+    for (const m of moves) {
+      // The saved state names the new volume; what the old pool held for this
+      // snapshot (a directory, stale working files) is debris now.
+      const now = m.domain.storage.volumes.get(m.to.name);
+      if (now?.pool === m.to.pool) await m.from.remove().catch(() => undefined);
+      else await m.to.remove().catch(() => undefined);
+    }
+  }
+
+  /**
+   * The volumes a property change would move to another pool, found by
+   * applying the change's step and undoing it at once (nothing is saved).
+   */
+  private plannedMoves(target: PropertyTarget, name: string, step: () => () => void): VolumeMove[] {
+    if (!(target instanceof Domain) || (name !== 'template' && name !== 'kernel')) return [];
+    const affected = [target, ...this.ctx.domains.dependents(target)];
+    const before = new Map(affected.map((d) => [d, d.storage]));
+    const undo = step();
+    const moves: VolumeMove[] = [];
+    try {
+      for (const d of affected)
+        for (const [vname, to] of d.storage.volumes) {
+          const from = before.get(d)!.volumes.get(vname);
+          if (from && from.pool !== to.pool) moves.push({ domain: d, from, to });
+        }
+    } finally {
+      undo();
+    }
+    return moves;
+  }
+
   /** Sets a property from its wire text (True/False, digits, names; '' is None for vm properties). */
   async setPropertyFromText(target: PropertyTarget, name: string, raw: string): Promise<void> {
     const def = target.propertyDef(name);
@@ -108,10 +164,7 @@ export class SettingChanges {
       } finally {
         target.restoreProperty(name, old);
       }
-      await this.ctx.saves.commit(
-        this.propertyChange(target, name, () => target.clearProperty(name)),
-        this.propertyScope(target, name),
-      );
+      await this.commitProperty(target, name, () => target.clearProperty(name));
       this.ctx.events.emit(subjectOf(target), `property-reset:${name}`, { name, oldvalue: before });
     });
   }

@@ -13,8 +13,9 @@ import assert from 'node:assert/strict';
 import { AdminClient, AdminServer, EventBus, adminEventsMethod, silentLog, type AdminEvent } from '../../../src/admin/index.js';
 import { decodeReply, encodeRequest } from '../../../src/admin/protocol/index.js';
 import { domainMethods } from '../../../src/admin/methods/domains.js';
+import { allMethods } from '../../../src/admin/methods/index.js';
 import type { MethodContext } from '../../../src/admin/methods/context.js';
-import { QubesApp } from '../../../src/domain/app.js';
+import { QubesApp, type QubesAppOptions } from '../../../src/domain/app.js';
 import { DriverRegistry } from '../../../src/registry/drivers.js';
 import type { TestFs } from '../../helpers/filesystems.js';
 import { MiB } from '../../helpers/data.js';
@@ -63,26 +64,38 @@ export function showEvent(e: AdminEvent): string {
 
 let registry: Promise<DriverRegistry> | undefined;
 
-async function openContext(stateFile: string): Promise<MethodContext> {
+async function openContext(stateFile: string, opts: DaemonOptions): Promise<MethodContext> {
   registry ??= DriverRegistry.open({ nodeModules: [] });
   const reg = await registry;
-  const app = await QubesApp.open({ stateFile, pools: reg, sizes: { root: ROOT_SIZE, private: PRIVATE_SIZE } });
+  const app = await QubesApp.open({
+    stateFile,
+    pools: reg,
+    sizes: { root: ROOT_SIZE, private: PRIVATE_SIZE },
+    ...(opts.writeFile ? { writeFile: opts.writeFile } : {}),
+  });
   const bus = new EventBus();
   app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
   return { app, registry: reg, bus };
 }
 
+export interface DaemonOptions {
+  /** Serve every method of the daemon (pools, volumes too), not only the domain methods. */
+  readonly allMethods?: boolean;
+  /** How the App writes its state (a test's seam for failing saves). */
+  readonly writeFile?: QubesAppOptions['writeFile'];
+}
+
 /** A daemon on `dir` (a fresh directory on the test filesystem). */
-export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
+export async function startDaemon(tfs: TestFs, dir: string, opts: DaemonOptions = {}): Promise<Daemon> {
   const stateFile = path.join(dir, 'qubes.xml');
   const poolDir = path.join(dir, 'pool');
   // Unix socket paths are short (108 bytes): keep the socket in /tmp.
   const sockDir = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-dm-'));
   const socketPath = path.join(sockDir, 'qubesd.sock');
 
-  let ctx = await openContext(stateFile);
+  let ctx = await openContext(stateFile, opts);
   await ctx.app.addPool('file-reflink', 'default', { dir_path: poolDir, setup_check: tfs.reflink });
-  let server = await serve(ctx, socketPath);
+  let server = await serve(ctx, socketPath, opts);
   const client = new AdminClient({ socketPath, timeoutMs: 60_000 });
 
   const raw = async (method: string, dest: string, arg = '', payload: string | Uint8Array = '', source = 'dom0') => {
@@ -148,10 +161,10 @@ export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
     async restart() {
       await server.close({ timeoutMs: 5000 });
       await ctx.app.close();
-      ctx = await openContext(stateFile);
+      ctx = await openContext(stateFile, opts);
       d.ctx = ctx;
       d.app = ctx.app;
-      server = await serve(ctx, socketPath);
+      server = await serve(ctx, socketPath, opts);
     },
     async stop() {
       await server.close({ timeoutMs: 5000 });
@@ -162,10 +175,10 @@ export async function startDaemon(tfs: TestFs, dir: string): Promise<Daemon> {
   return d;
 }
 
-async function serve(ctx: MethodContext, socketPath: string): Promise<AdminServer> {
+async function serve(ctx: MethodContext, socketPath: string, opts: DaemonOptions): Promise<AdminServer> {
   const server = new AdminServer({
     socketPath,
-    methods: { ...domainMethods(ctx), 'admin.Events': adminEventsMethod(ctx.bus) },
+    methods: opts.allMethods ? allMethods(ctx) : { ...domainMethods(ctx), 'admin.Events': adminEventsMethod(ctx.bus) },
     log: silentLog,
     lingerMs: 1000,
   });
