@@ -29,10 +29,9 @@ async function buildState(base: string, appvms: number): Promise<{ createMs: num
   // The state first: a new one is made only in an empty base directory.
   const rt = await runtimeOf(base);
   try {
-    await fs.mkdir(path.join(base, 'kernels', KERNEL), { recursive: true });
-    for (const f of ['vmlinuz', 'initramfs']) await fs.writeFile(path.join(base, 'kernels', KERNEL, f), 'k');
-    await rt.app.addPool('linux-kernel', 'linux-kernel', { dir_path: path.join(base, 'kernels') });
-    await rt.app.setPropertyFromText(rt.app.globals, 'default_pool_kernel', 'linux-kernel');
+    // A new state has Qubes' linux-kernel pool at BASE/vm-kernels: a kernel installed there.
+    await fs.mkdir(path.join(base, 'vm-kernels', KERNEL), { recursive: true });
+    for (const f of ['vmlinuz', 'initramfs']) await fs.writeFile(path.join(base, 'vm-kernels', KERNEL, f), 'k');
     await rt.app.setPropertyFromText(rt.app.globals, 'default_kernel', KERNEL);
     await rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
     await rt.app.setPropertyFromText(rt.app.globals, 'default_template', 'tpl');

@@ -203,8 +203,13 @@ async function addDefaultPool(app: QubesApp, dir: string): Promise<string | null
   );
 }
 
-/** The kernels directory's mode when made here: Qubes' (root:qubes 2770; the group here is the creator's). */
-export const KERNELS_DIR_MODE = 0o2770;
+/**
+ * The kernels directory's mode when made here: that of the base directory's
+ * other directories. Qubes ships it root:qubes 2770 so that its `qubes` group
+ * may install kernels; no such group is assumed here, and nothing the daemon
+ * makes carries setuid/setgid bits (test/security/modes.test.ts).
+ */
+export const KERNELS_DIR_MODE = POOL_DIR_MODE;
 const KERNEL_POOL = 'linux-kernel';
 
 /**

@@ -102,7 +102,7 @@ describe('callers of qubesd, as root and as nobody', () => {
     assert.equal(st.gid, 0, 'no `qubes` group here: the socket is in root group 0');
 
     const list = await callAs('root', sock, 'admin.pool.List dom0 name dom0');
-    assert.equal(assertOk(list), 'default\n');
+    assert.equal(assertOk(list), 'default\nlinux-kernel\n');
     assert.match(callLine(d!, list.pid), /call method=admin\.pool\.List arg=- source=dom0 dest=dom0 result=ok duration_ms=\d+ uid=0 pid=\d+$/);
     assert.equal(assertOk(await callAs('root', sock, 'admin.vm.Create.TemplateVM dom0 name dom0', 'name=tpl label=black')), '');
 
@@ -146,11 +146,11 @@ describe('callers of qubesd, as root and as nobody', () => {
 
   it('a member of the socket group (primary or supplementary) may call as dom0, not as another source', async () => {
     const primary = await callAs({ uid: NOBODY, gid: 0 }, sock, 'admin.pool.List dom0 name dom0');
-    assert.equal(assertOk(primary), 'default\n');
+    assert.equal(assertOk(primary), 'default\nlinux-kernel\n');
     assert.match(callLine(d!, primary.pid), new RegExp(`result=ok duration_ms=\\d+ uid=65534 pid=${primary.pid}$`));
     // Supplementary group only (SO_PEERGROUPS): primary group nogroup, also in group 0.
     const supplementary = await callAs({ setpriv: ['--reuid=65534', '--regid=65534', '--groups=0'] }, sock, 'admin.pool.List dom0 name dom0');
-    assert.equal(assertOk(supplementary), 'default\n');
+    assert.equal(assertOk(supplementary), 'default\nlinux-kernel\n');
     const claim = await callAs({ uid: NOBODY, gid: 0 }, sock, 'admin.pool.List mgmt name dom0');
     assert.equal(errorName(claim), 'PermissionDenied');
     assert.match(claim.reply, /uid 65534 may not call as mgmt/);
@@ -163,7 +163,7 @@ describe('callers of qubesd, as root and as nobody', () => {
     const psock = path.join(dir, 'p.sock');
     const p = await startQubesd(path.join(dir, 'base-p'), psock, ['--policy', policy]);
     others.push(p);
-    assert.equal(assertOk(await callAs('root', psock, 'admin.pool.List mgmt name dom0')), 'default\n');
+    assert.equal(assertOk(await callAs('root', psock, 'admin.pool.List mgmt name dom0')), 'default\nlinux-kernel\n');
     assert.equal(errorName(await callAs('root', psock, 'admin.pool.Info+default mgmt name dom0')), 'PermissionDenied');
     assert.equal(errorName(await callAs('root', psock, 'admin.pool.List evilvm name dom0')), 'PermissionDenied');
     const member = { uid: NOBODY, gid: 0 };
@@ -174,7 +174,7 @@ describe('callers of qubesd, as root and as nobody', () => {
     await fs.writeFile(policy, 'dom0 *\nmgmt admin.pool.List dom0\n@relay uid:65534 mgmt\n');
     p.child.kill('SIGHUP');
     await p.waitFor(`policy reloaded from ${policy}`);
-    assert.equal(assertOk(await callAs(member, psock, 'admin.pool.List mgmt name dom0')), 'default\n');
+    assert.equal(assertOk(await callAs(member, psock, 'admin.pool.List mgmt name dom0')), 'default\nlinux-kernel\n');
     // The relay right is for the sources named, and the policy still decides the calls.
     assert.match((await callAs(member, psock, 'admin.pool.List other name dom0')).reply, /uid 65534 may not call as other/);
     assert.match((await callAs(member, psock, 'admin.pool.Info+default mgmt name dom0')).reply, /not allowed for mgmt by/);
@@ -192,7 +192,7 @@ describe('callers of qubesd, as root and as nobody', () => {
     const st = await fs.lstat(gsock);
     assert.equal(st.gid, NOBODY);
     assert.equal(st.mode & 0o777, 0o660);
-    assert.equal(assertOk(await callAs({ uid: NOBODY, gid: NOBODY }, gsock, 'admin.pool.List dom0 name dom0')), 'default\n');
+    assert.equal(assertOk(await callAs({ uid: NOBODY, gid: NOBODY }, gsock, 'admin.pool.List dom0 name dom0')), 'default\nlinux-kernel\n');
     g.child.kill('SIGTERM');
     assert.equal((await g.exited).code, 0);
 
