@@ -8,7 +8,13 @@
 # fails the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-mapfile -t files < <(find dist/test -name '*.test.js' | sort)
+# The longest files start first (the rbd driver's, on the Ceph cluster, takes
+# about half the run on its own): with two at a time the others run beside it
+# instead of after it.
+mapfile -t files < <(
+  find dist/test -name '*.test.js' | sort |
+    awk '{ print (index($0, "/rbd") ? 0 : 1) "\t" $0 }' | sort -s -t "$(printf '\t')" -k1,1 | cut -f2-
+)
 if [ "${#files[@]}" -eq 0 ]; then
   echo "run-tests: no compiled tests under dist/test (run npm run build)" >&2
   exit 1
