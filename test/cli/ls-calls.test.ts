@@ -4,7 +4,8 @@
  * and the daemon; its output is what the domains are (names, classes,
  * labels, templates, the pool of each private volume). Where the policy
  * does not grant that call, qvm-ls falls back to the granular calls and
- * prints the same.
+ * prints the same. And a tool talking to a daemon loads the client and the
+ * protocol, not the runtime (drivers, state, methods), which it does not use.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs/promises';
@@ -12,7 +13,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openRuntime } from '../../src/daemon/runtime.js';
 import { daemonScope, startQubesd, type DaemonProc } from '../daemon/helpers.js';
-import { countingProxy, run, tempBase, toolEnv } from './helpers.js';
+import { countingProxy, DIST, run, tempBase, toolEnv } from './helpers.js';
 
 const APPVMS = 40;
 const MiB = 1024 * 1024;
@@ -104,4 +105,61 @@ describe('qvm-ls: calls against a daemon with many domains', () => {
     // dom0 has no volume to show.
     assert.equal(count('admin.vm.volume.Info'), domains - 1);
   });
+});
+
+describe('a tool talking to a daemon loads no runtime', () => {
+  const scope = daemonScope();
+  let base = '';
+  let daemon: DaemonProc;
+  let sock = '';
+
+  before(async () => {
+    base = await tempBase('qs-ls-modules-');
+    const rt = await openRuntime({ baseDir: base, createDefaultPool: true, storageConf: null, sizes: { root: MiB, private: MiB } });
+    try {
+      await rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+      await rt.app.createDomain({ klass: 'AppVM', name: 'work', label: 'red', template: 'tpl' });
+    } finally {
+      await rt.close();
+    }
+    sock = await scope.sock();
+    daemon = await startQubesd(base, sock);
+    scope.running.push(daemon);
+  });
+  after(async () => {
+    daemon.child.kill('SIGTERM');
+    await daemon.exited;
+    await fs.rm(base, { recursive: true, force: true });
+  });
+
+  for (const [tool, args] of [
+    ['qvm-ls', []],
+    ['qvm-pool', ['list']],
+    ['qvm-volume', ['info', 'work:private']],
+    ['qvm-prefs', ['work']],
+  ] as const) {
+    it(`${tool} ${args.join(' ')}`, async () => {
+      // A module hook (node --import) that writes down every module the tool loads.
+      const list = path.join(base, `loaded-${tool}`);
+      const hooks = path.join(base, `hooks-${tool}.mjs`);
+      const register = path.join(base, `register-${tool}.mjs`);
+      await fs.writeFile(
+        hooks,
+        "import { appendFileSync } from 'node:fs';\n" +
+          `export async function load(url, context, next) { appendFileSync(${JSON.stringify(list)}, url + '\\n'); return next(url, context); }\n`,
+      );
+      await fs.writeFile(register, `import { register } from 'node:module';\nregister(${JSON.stringify(`file://${hooks}`)});\n`);
+      const r = await run(tool, args, toolEnv(base, sock, { NODE_OPTIONS: `--import ${register}` }));
+      assert.equal(r.code, 0, r.stderr);
+      const ours = (await fs.readFile(list, 'utf8'))
+        .split('\n')
+        .filter((u) => u.startsWith('file:') && u.includes(DIST))
+        .map((u) => u.slice(u.indexOf(DIST) + DIST.length + 1));
+      assert.ok(ours.includes(`src/cli/${tool}.js`), ours.join(' '));
+      // The runtime: the daemon's state and methods, the domain model, drivers, registry, file primitives.
+      const runtime = ours.filter((m) => /^src\/(daemon\/runtime|domain|drivers|registry|files|admin\/methods|admin\/dispatch)/.test(m));
+      assert.deepEqual(runtime, []);
+      assert.ok(ours.length <= 20, `${ours.length} modules: ${ours.join(' ')}`);
+    });
+  }
 });
