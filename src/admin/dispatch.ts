@@ -25,6 +25,12 @@ export interface CallContext extends RequestHeader {
   readonly log: AdminLog;
   /** Who calls (kernel credentials; in-process: this process), for methods that outlive their call (internal imports). */
   readonly caller?: Caller;
+  /**
+   * Whether the policy lets this call's source make another call (METHOD on
+   * DEST, with ARG): for a reply that gathers what several calls give
+   * (admin.vm.ListDetails), so that it carries no more than those calls would.
+   */
+  readonly mayCall?: (method: string, dest: string, arg?: string) => boolean;
 }
 
 export interface AdminCall extends CallContext {
@@ -256,14 +262,17 @@ export async function executeCall(
     if ('error' in resolution) throw resolution.error;
     const { spec } = resolution;
     const { method, arg, source, dest } = h;
+    const policy = ctx.policy ?? DEFAULT_POLICY;
+    const mayCall = (m: string, d: string, a = '') =>
+      findAllowingRule(policy, { source, method: m, arg: a, dest: d, shape: Object.hasOwn(ctx.methods, m) ? ctx.methods[m]!.shape : undefined }) !== undefined;
     let result: AdminResult;
     if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, payload: stream });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, mayCall, payload: stream });
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, payload });
+      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, mayCall, payload });
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }

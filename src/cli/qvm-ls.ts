@@ -6,6 +6,8 @@
 import { strs, type CommandSpec } from './common/args.js';
 import { json, table } from './common/output.js';
 import { CliError, runTool } from './common/tool.js';
+import type { PropertyValue, QubesClient } from '../client/index.js';
+import { PermissionDenied } from '../storage/errors.js';
 
 const PROG = 'qvm-ls';
 const SPEC: CommandSpec = {
@@ -40,7 +42,7 @@ await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const wanted = strs(p, 'VM');
   const qubes = await t.client();
-  let doms = await qubes.domains();
+  let doms = await listDomains(qubes);
   const missing = wanted.filter((n) => !doms.some((d) => d.name === n));
   if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
   if (wanted.length) doms = doms.filter((d) => wanted.includes(d.name));
@@ -48,14 +50,14 @@ await runTool(PROG, async (t) => {
   if (p.flags.has('halted')) doms = doms.filter((d) => d.state === 'Halted');
   const rows: Row[] = [];
   for (const d of doms) {
-    const props = await qubes.properties(d.name);
+    const props = await d.properties();
     const get = (k: string) => {
       const v = props.get(k)?.value;
       return v === undefined || v === '' ? null : v;
     };
-    const vols = await qubes.volumes(d.name);
-    const which = vols.includes('private') ? 'private' : vols.includes('root') ? 'root' : null;
-    const pool = which ? (await qubes.volumeInfo(d.name, which)).pool : null;
+    const vols = await d.volumePools();
+    const which = vols.has('private') ? 'private' : vols.has('root') ? 'root' : null;
+    const pool = which ? await vols.get(which)!() : null;
     rows.push({ name: d.name, state: d.state, class: d.klass, label: get('label') ?? '', template: get('template'), netvm: get('netvm'), pool });
   }
   if (p.values.get('format') === 'json') return void t.out(json(rows));
@@ -66,3 +68,37 @@ await runTool(PROG, async (t) => {
     ]),
   );
 });
+
+/** A listed domain, its properties and volume pools read when asked (already there from the one call, or a call each). */
+interface Listed {
+  readonly name: string;
+  readonly state: string;
+  readonly klass: string;
+  properties(): Promise<ReadonlyMap<string, PropertyValue>>;
+  /** Volume name -> its pool. */
+  volumePools(): Promise<ReadonlyMap<string, () => Promise<string>>>;
+}
+
+/**
+ * Every domain in one call (admin.vm.ListDetails, this daemon's); where the
+ * policy does not grant that call (or a daemon lacks it), the calls Qubes'
+ * own qvm-ls makes: admin.vm.List, then per domain its properties, volumes
+ * and the Info of the one volume shown, so a caller granted only those
+ * still gets its listing.
+ */
+async function listDomains(qubes: QubesClient): Promise<Listed[]> {
+  try {
+    return (await qubes.domainDetails()).map((d) => ({
+      ...d,
+      properties: () => Promise.resolve(d.properties),
+      volumePools: () => Promise.resolve(new Map([...d.volumePools].map(([v, pool]) => [v, () => Promise.resolve(pool)]))),
+    }));
+  } catch (e) {
+    if (!(e instanceof PermissionDenied)) throw e;
+  }
+  return (await qubes.domains()).map((d) => ({
+    ...d,
+    properties: () => qubes.properties(d.name),
+    volumePools: async () => new Map((await qubes.volumes(d.name)).map((v) => [v, async () => (await qubes.volumeInfo(d.name, v)).pool])),
+  }));
+}

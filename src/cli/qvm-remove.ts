@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 /** qvm-remove: removes domains and their volumes, after a y/N question unless -f. */
 import { strs, type CommandSpec } from './common/args.js';
-import { askYesNo } from './common/prompt.js';
 import { checkDomains } from './common/domains.js';
 import { CliExit, runTool } from './common/tool.js';
 
@@ -20,6 +19,7 @@ await runTool(PROG, async (t) => {
   await checkDomains(qubes, names);
   if (!p.flags.has('force')) {
     t.note(`This will completely remove these domains and all their data:\n${names.map((n) => `  ${n}`).join('\n')}`);
+    const { askYesNo } = await import('./common/prompt.js'); // readline: only when asking
     const a = await askYesNo('Are you sure?');
     if (!a.yes) throw new CliExit(1, a.reason ? `${a.reason}; nothing removed` : 'cancelled; nothing removed');
   }

@@ -5,19 +5,11 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { once } from 'node:events';
-import * as net from 'node:net';
-import * as path from 'node:path';
-import { Readable, type Writable } from 'node:stream';
-import { finished } from 'node:stream/promises';
-import { storageErrnoError } from '../storage/errors.js';
-import { declareFailpoint, failpoint } from '../files/failpoint.js';
-import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../files/files.js';
+import type { Readable } from 'node:stream';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
 import type { QubesClient, VolumeExport, VolumeInfo, VolumeSetting } from '../client/index.js';
 import { humanSize, json, table } from './common/output.js';
-import { busyIndicator, progressBar, type Progress } from './common/progress.js';
-import { askYesNo } from './common/prompt.js';
+import { busyIndicator, progressBar } from './common/progress.js';
 import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
 import { parseSize, SIZE_EPILOG } from './common/size.js';
@@ -28,7 +20,6 @@ const INFO_ROWS = ['pool', 'vid', 'rw', 'source', 'save_on_stop', 'snap_on_start
 const REVISIONS_HEAD = 'List of available revisions (for revert):';
 const SETTABLE: readonly string[] = ['rw', 'revisions_to_keep', 'ephemeral'] satisfies VolumeSetting[];
 /** Killed here (QUBES_STORAGE_FAILPOINTS): the export's copy is complete and synced, not yet renamed into place. */
-const FP_EXPORT_BEFORE_RENAME = declareFailpoint('cli.export.before-rename');
 
 const isJson = (p: Parsed) => p.values.get('format') === 'json';
 
@@ -56,6 +47,7 @@ function typed(v: string): string | number | boolean | null {
 
 async function confirm(question: string, force: boolean): Promise<void> {
   if (force) return;
+  const { askYesNo } = await import('./common/prompt.js');
   const a = await askYesNo(question);
   if (a.yes) return;
   throw new CliExit(1, a.reason ? `${a.reason}; nothing changed` : 'cancelled; nothing changed');
@@ -227,155 +219,12 @@ async function doImport(t: ToolContext, p: Parsed): Promise<void> {
   }
 }
 
-/**
- * Where an export goes. A regular file (new, or replaced) is made under a
- * temporary name beside it and renamed over it only once complete and
- * fsynced: a failure or Ctrl-C removes the temporary file, a crash leaves the
- * old file whole (and at worst the temporary file). Anything else (stdout, a
- * FIFO, a device) is written in place, every byte, in order.
- */
-type ExportOutput =
-  | { readonly kind: 'file'; readonly target: string; readonly temp: string }
-  | { readonly kind: 'stream'; readonly sink: Writable; readonly owned: boolean };
-
-/** How many symbolic links an output path may go through (the kernel's limit). */
-const MAX_LINKS = 40;
-
-function cannotWrite(dest: string, e: unknown): CliError {
-  return fullOrFailing(dest, e) ?? new CliError(`cannot write '${dest}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-}
-
-/** A destination that is full, over quota, read-only or failing, said as the daemon says it of a pool; null for other errors. */
-function fullOrFailing(dest: string, e: unknown): CliError | null {
-  const mapped = storageErrnoError(`cannot write the export to ${dest}`, e, dest);
-  return mapped && new CliError(mapped.message);
-}
-
-/** `dest` with its symbolic links followed, as opening it would (it may not exist). */
-async function followLinks(dest: string): Promise<string> {
-  let p = path.resolve(dest);
-  for (let i = 0; i <= MAX_LINKS; i++) {
-    const st = await lstatOrNull(p);
-    if (!st?.isSymbolicLink()) return p;
-    p = path.resolve(path.dirname(p), await fsp.readlink(p));
-  }
-  throw Object.assign(new Error('too many symbolic links'), { code: 'ELOOP' });
-}
-
-/**
- * A FIFO to write to, as a libuv pipe: writes wait in the event
- * loop, never in a worker thread that a reader which stopped reading would
- * hold forever (and that the exit after Ctrl-C would wait for). Opening waits
- * for a reader, as a blocking open does, but in steps that Ctrl-C stops.
- */
-async function openPipe(dest: string, signal: AbortSignal): Promise<Writable> {
-  for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
-    signal.throwIfAborted();
-    try {
-      const fd = fs.openSync(dest, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
-      return new net.Socket({ fd, readable: false, writable: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e; // ENXIO: no reader yet
-    }
-    await new Promise((r) => setTimeout(r, wait));
-  }
-}
-
-/**
- * Checks that `dest` can be written, as opening it did (same errors), before
- * any export is asked for. A regular file is not touched here: a temporary
- * name beside it is tried and removed again.
- */
-async function openExportOutput(dest: string, signal: AbortSignal): Promise<ExportOutput> {
-  if (dest === '-') return { kind: 'stream', sink: process.stdout, owned: false };
-  try {
-    const st = await fsp.stat(dest).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return null; // a new file (maybe through a dangling link)
-      throw e;
-    });
-    if (st?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
-    if (st?.isFIFO()) return { kind: 'stream', sink: await openPipe(dest, signal), owned: true };
-    if (st && !st.isFile()) {
-      // A device: every byte in order (holes would leave its old data). A socket file fails here (ENXIO).
-      const fh = await fsp.open(dest, fs.constants.O_WRONLY);
-      return { kind: 'stream', sink: fh.createWriteStream(), owned: true };
-    }
-    const target = await followLinks(dest);
-    if (st) await fsp.access(target, fs.constants.W_OK);
-    const temp = path.join(path.dirname(target), `.${path.basename(target)}.tmp-${randomSuffix()}`);
-    const probe = await fsp.open(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      await probe.close();
-    } finally {
-      await fsp.unlink(temp); // the copy makes it again (a reflink needs a new file)
-    }
-    return { kind: 'file', target, temp };
-  } catch (e) {
-    if (signal.aborted) throw e;
-    throw cannotWrite(dest, e);
-  }
-}
-
-/** Copies a regular file by reflink where the filesystem can, else sparse; then renames it into place. */
-async function exportToFile(src: string, out: { target: string; temp: string }, bar: Progress, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted(); // interrupted before the copy began: make nothing
-  try {
-    const st = await fsp.stat(src);
-    if (st.isFile()) {
-      const how = await copyFileCow(src, out.temp, { allowSparse: true, onProgress: (d) => bar.update(d), signal });
-      if (how === 'reflink') bar.update(st.size);
-    } else {
-      // A pipe (a driver may hand out one): read it to its end, zero blocks left as holes.
-      const fh = await fsp.open(out.temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-      try {
-        const zero = Buffer.alloc(BLOCK);
-        let at = 0;
-        await readExport(src, bar, signal, async (b) => {
-          if (!(b.length === BLOCK && b.equals(zero))) await writeAll(fh, b, at);
-          at += b.length;
-        });
-        await fh.truncate(at);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-    }
-    signal.throwIfAborted();
-    failpoint(FP_EXPORT_BEFORE_RENAME);
-    await fsp.rename(out.temp, out.target);
-  } catch (e) {
-    await unlinkIfExists(out.temp).catch(() => undefined);
-    throw e;
-  }
-  await fsyncDir(path.dirname(out.target));
-}
-
-const BLOCK = 64 * 1024;
-
-/** Reads `src` to its end in 64 KiB pieces, handing each to `write`. */
-async function readExport(src: string, bar: Progress, signal: AbortSignal, write: (b: Buffer) => Promise<void>): Promise<void> {
-  let done = 0;
-  for await (const c of fs.createReadStream(src, { highWaterMark: BLOCK, signal })) {
-    await write(c as Buffer);
-    done += (c as Buffer).length;
-    bar.update(done);
-  }
-}
-
-/** Every byte of `src`, in order, into a stream (stdout, a pipe, a device); ends the stream if it is ours. */
-async function exportToStream(src: string, out: { sink: Writable; owned: boolean }, bar: Progress, signal: AbortSignal): Promise<void> {
-  const { sink } = out;
-  await readExport(src, bar, signal, async (b) => {
-    if (!sink.write(b)) await once(sink, 'drain'); // rejects on 'error' (EPIPE: the reader left)
-  });
-  if (out.owned) await finished(sink.end());
-}
-
 async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const dest = str(p, 'PATH');
   const qubes = await t.client();
   await checkVolume(qubes, v);
+  const { openExportOutput, exportToFile, exportToStream, fullOrFailing } = await import('./common/export-output.js');
   const out = await openExportOutput(dest, t.signal);
   let exporting: Promise<VolumeExport> | null = null;
   let copying: Promise<unknown> = Promise.resolve();

@@ -26,6 +26,14 @@ export interface DomainEntry {
   readonly uuid: string;
 }
 
+/** A domain with its properties and the pool of each volume (admin.vm.ListDetails). */
+export interface DomainDetails extends DomainEntry {
+  /** As `properties(name)` gives them (admin.vm.property.GetAll), sorted by name. */
+  readonly properties: ReadonlyMap<string, PropertyValue>;
+  /** Volume name -> its pool, in admin.vm.volume.List order. */
+  readonly volumePools: ReadonlyMap<string, string>;
+}
+
 export interface DriverEntry {
   readonly driver: string;
   /** The option names its pools take. */
@@ -188,6 +196,40 @@ export class QubesClient {
       const kv = keyValueWords(rest);
       return { name: name!, klass: kv.get('class') ?? '', state: kv.get('state') ?? '', uuid: kv.get('uuid') ?? '' };
     });
+  }
+
+  /**
+   * Every domain the caller may read (`dest` dom0), or `dest` alone, with
+   * its properties and volume pools, in one call (admin.vm.ListDetails, a
+   * method of this daemon, not of Qubes). Sorted by name.
+   */
+  async domainDetails(dest = 'dom0'): Promise<DomainDetails[]> {
+    const out: DomainDetails[] = [];
+    const byName = new Map<string, { properties: Map<string, PropertyValue>; volumePools: Map<string, string> }>();
+    for (const line of lines(await this.text('admin.vm.ListDetails', dest))) {
+      const sp1 = line.indexOf(' ');
+      const sp2 = line.indexOf(' ', sp1 + 1);
+      const kind = line.slice(0, sp1);
+      const name = line.slice(sp1 + 1, sp2 < 0 ? undefined : sp2);
+      const rest = sp2 < 0 ? '' : line.slice(sp2 + 1);
+      if (kind === 'vm') {
+        const kv = keyValueWords(rest.split(' '));
+        const d = { properties: new Map<string, PropertyValue>(), volumePools: new Map<string, string>() };
+        byName.set(name, d);
+        out.push({ name, klass: kv.get('class') ?? '', state: kv.get('state') ?? '', uuid: kv.get('uuid') ?? '', ...d });
+        continue;
+      }
+      const d = byName.get(name);
+      if (!d) continue; // lines of a kind this client does not know come after their domain's `vm` line
+      if (kind === 'property') {
+        const [prop, value] = parsePropertyLine(rest);
+        d.properties.set(prop, value);
+      } else if (kind === 'volume') {
+        const [volume, ...words] = rest.split(' ');
+        d.volumePools.set(volume!, keyValueWords(words).get('pool') ?? '');
+      }
+    }
+    return out;
   }
 
   /** The domain's entry; QubesVMNotFoundError (as the daemon words it) if there is none. */

@@ -10,10 +10,12 @@
  * per-user data directory, /var/lib/qubes for root), waiting for another
  * tool's state lock up to QUBES_LOCK_TIMEOUT seconds.
  * QUBES_STORAGE_INIT=1 is the tools' `qubesd --init`.
+ *
+ * The embedded runtime (drivers, state, methods: most of the package) is
+ * imported only when no daemon answers: a tool talking to qubesd loads the
+ * wire protocol and no more (docs/benchmarks.md, tool start-up).
  */
-import { defaultBaseDir, defaultSocketPath } from '../daemon/runtime.js';
-import { StateLockedError } from '../domain/state-lock.js';
-import { embeddedTransport } from './embedded.js';
+import { defaultBaseDir, defaultSocketPath } from '../daemon/paths.js';
 import { DaemonUnreachableError, socketAnswers, socketTransport, StateBusyError, type Transport } from './transport.js';
 
 export interface ConnectOptions {
@@ -50,6 +52,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
   }
   for (;;) {
     if (!embeddedOnly && (await socketAnswers(socketPath))) return socketTransport(socketPath);
+    const { embeddedTransport, StateLockedError } = await import('./embedded.js');
     try {
       return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');
     } catch (e) {

@@ -18,6 +18,9 @@ import { createDispatchContext, runCall, silentLog, type DispatchContext, type I
 import { openRuntime, type Runtime } from '../daemon/runtime.js';
 import type { Transport } from './transport.js';
 
+/** For connect.ts, which loads this file only when it runs embedded. */
+export { StateLockedError } from '../domain/state-lock.js';
+
 /** Calls run in this process on the state in `baseDir` (its lock held until close()). */
 export async function embeddedTransport(baseDir: string, notice?: (line: string) => void, init = false): Promise<Transport> {
   const rt: Runtime = await openRuntime({

@@ -20,8 +20,8 @@
  * the way to restore it.
  */
 import * as fs from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { defaultBaseDir, defaultSocketPath } from './paths.js';
 import { EventBus } from '../admin/events.js';
 import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
@@ -83,23 +83,8 @@ export interface Runtime {
   close(): Promise<void>;
 }
 
-/** QUBES_BASE_DIR; else /var/lib/qubes for root; else $XDG_DATA_HOME/qubes-storage or ~/.local/share/qubes-storage. */
-export function defaultBaseDir(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
-  const given = env['QUBES_BASE_DIR'];
-  if (given) return path.resolve(given);
-  if (uid === 0) return '/var/lib/qubes';
-  const xdg = env['XDG_DATA_HOME'];
-  // The XDG spec: a relative XDG_DATA_HOME is invalid and ignored.
-  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'qubes-storage');
-  return path.join(env['HOME'] || os.homedir(), '.local', 'share', 'qubes-storage');
-}
-
-/** QUBESD_SOCKET; else BASE/qubesd.sock. */
-export function defaultSocketPath(baseDir: string, env: NodeJS.ProcessEnv = process.env): string {
-  const given = env['QUBESD_SOCKET'];
-  if (given) return path.resolve(given);
-  return path.join(baseDir, 'qubesd.sock');
-}
+// Re-exported: where the daemon and tools look by default (paths.ts, kept light for the tools).
+export { defaultBaseDir, defaultSocketPath };
 
 /**
  * The internal socket beside an admin socket, named as Qubes names its own

@@ -3,6 +3,7 @@
  * embedded (no daemon) or against a qubesd started here and stopped by pid.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -86,4 +87,53 @@ export async function startDaemon(base: string): Promise<Daemon> {
 /** The base directory written as $BASE, so that outputs of different runs compare. */
 export function normalize(text: string, base: string): string {
   return text.split(base).join('$BASE');
+}
+
+/** A Unix socket in front of a daemon's that passes every connection on and records the method each one called. */
+export interface CountingProxy {
+  readonly socket: string;
+  /** The method of each connection so far (`-` for one that sent no header: a probe). */
+  readonly methods: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a proxy at `socket` for the daemon at `target`. The admin protocol
+ * makes one connection per call, its header first (`METHOD[+ARG] SOURCE
+ * name DEST\0`), so counting connections counts calls.
+ */
+export async function countingProxy(socket: string, target: string): Promise<CountingProxy> {
+  const methods: string[] = [];
+  const open = new Set<net.Socket>();
+  // Half-open both ways: a client ends its request with a FIN and still reads the reply.
+  const server = net.createServer({ allowHalfOpen: true }, (client) => {
+    const i = methods.push('-') - 1;
+    const upstream = net.connect({ path: target, allowHalfOpen: true });
+    open.add(client).add(upstream);
+    let head = '';
+    client.on('data', (d: Buffer) => {
+      if (head.includes(' ')) return;
+      head += d.toString('latin1');
+      const sp = head.indexOf(' ');
+      if (sp >= 0) methods[i] = head.slice(0, sp).split('+')[0]!;
+    });
+    client.pipe(upstream).pipe(client);
+    // Each side's end is passed on by pipe(); an error on either ends both.
+    const fail = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', fail).on('close', () => open.delete(client));
+    upstream.on('error', fail).on('close', () => open.delete(upstream));
+  });
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(socket, () => resolve()));
+  return {
+    socket,
+    methods,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of open) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }

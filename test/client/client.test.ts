@@ -151,6 +151,34 @@ for (const kind of ['socket', 'embedded'] as const) {
       assert.equal((await q().domains()).length, 3);
     });
 
+    it('domainDetails: every domain, its properties and volume pools in one call, as the granular calls give them', async () => {
+      const details = await q().domainDetails();
+      assert.deepEqual(
+        details.map((d) => [d.name, d.klass, d.state]),
+        [
+          ['dom0', 'AdminVM', 'Running'],
+          ['tpl', 'TemplateVM', 'Halted'],
+          ['work', 'AppVM', 'Halted'],
+        ],
+      );
+      const work = details[2]!;
+      assert.deepEqual(work.properties.get('label'), { isDefault: false, type: 'label', value: 'red' });
+      assert.equal(work.properties.get('template')?.value, 'tpl');
+      // Created with private in p2, the rest in the default pool; the template all in p2.
+      assert.equal(work.volumePools.get('private'), 'p2');
+      assert.equal(details[1]!.volumePools.get('root'), 'p2');
+      // The same as the calls it stands for, for every domain.
+      for (const d of details) {
+        assert.deepEqual([...d.properties], [...(await q().properties(d.name))], d.name);
+        const pools: [string, string][] = [];
+        for (const v of await q().volumes(d.name)) pools.push([v, (await q().volumeInfo(d.name, v)).pool]);
+        assert.deepEqual([...d.volumePools], pools, d.name);
+        assert.equal(d.uuid, (await q().domain(d.name)).uuid);
+      }
+      assert.deepEqual((await q().domainDetails('work')).map((d) => d.name), ['work']);
+      await assert.rejects(q().domainDetails('nosuch'), QubesVMNotFoundError);
+    });
+
     it('properties, tags, features', async () => {
       const props = await q().properties('work');
       assert.deepEqual(props.get('label'), { isDefault: false, type: 'label', value: 'red' });

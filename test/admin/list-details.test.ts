@@ -1,0 +1,109 @@
+/**
+ * admin.vm.ListDetails over a real qubesd socket: the reply's lines, and
+ * the policy: a caller other than dom0 gets only the domains on which the
+ * policy grants it every call the reply stands for (admin.vm.List,
+ * admin.vm.property.GetAll, admin.vm.volume.List, admin.vm.volume.Info of
+ * each volume), and nothing without a rule for the call itself.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AdminClient } from '../../src/admin/client.js';
+import { openRuntime } from '../../src/daemon/runtime.js';
+import { PermissionDenied } from '../../src/storage/errors.js';
+import { daemonScope, startQubesd, type DaemonProc } from '../daemon/helpers.js';
+
+const MiB = 1024 * 1024;
+
+/** Names of the domains in a ListDetails reply (its `vm` lines). */
+function listed(reply: string): string[] {
+  return reply
+    .split('\n')
+    .filter((l) => l.startsWith('vm '))
+    .map((l) => l.split(' ')[1]!);
+}
+
+describe('admin.vm.ListDetails', () => {
+  const scope = daemonScope();
+  let base = '';
+  let daemon: DaemonProc;
+  let sock = '';
+  const as = (source: string) => new AdminClient({ socketPath: sock, source });
+
+  before(async () => {
+    base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-list-details-'));
+    const rt = await openRuntime({ baseDir: base, createDefaultPool: true, storageConf: null, sizes: { root: MiB, private: MiB } });
+    try {
+      await rt.app.createDomain({ klass: 'TemplateVM', name: 'tpl', label: 'black' });
+      for (const name of ['open', 'nolist', 'noprops', 'noinfo', 'mgmt']) await rt.app.createDomain({ klass: 'AppVM', name, label: 'red', template: 'tpl' });
+    } finally {
+      await rt.close();
+    }
+    // mgmt may call ListDetails; on `open` it has every call the reply stands
+    // for, on each of the others one is missing (on noinfo: Info of private).
+    const policy = [
+      'dom0 *',
+      'mgmt admin.vm.ListDetails dom0',
+      'mgmt admin.vm.ListDetails noinfo',
+      'mgmt admin.vm.List *',
+      'mgmt admin.vm.property.GetAll open',
+      'mgmt admin.vm.property.GetAll nolist',
+      'mgmt admin.vm.property.GetAll noinfo',
+      'mgmt admin.vm.volume.* open',
+      'mgmt admin.vm.volume.* nolist',
+      'mgmt admin.vm.volume.* noprops',
+      'mgmt admin.vm.volume.List noinfo',
+      'mgmt admin.vm.volume.Info+root noinfo',
+      'mgmt admin.vm.volume.Info+volatile noinfo',
+      'mgmt admin.vm.volume.Info+kernel noinfo',
+      // lister: everything but admin.vm.List, which it has on open only.
+      'lister admin.vm.ListDetails dom0',
+      'lister admin.vm.List open',
+      'lister admin.vm.property.GetAll *',
+      'lister admin.vm.volume.* *',
+    ].join('\n');
+    await fs.writeFile(path.join(base, 'policy'), `${policy}\n`);
+    sock = await scope.sock();
+    daemon = await startQubesd(base, sock, ['--policy', path.join(base, 'policy')]);
+    scope.running.push(daemon);
+  });
+  after(async () => {
+    daemon.child.kill('SIGTERM');
+    await daemon.exited;
+    await fs.rm(base, { recursive: true, force: true });
+  });
+
+  it('dom0: every domain, each with its vm line, its properties and a pool per volume', async () => {
+    const reply = (await as('dom0').call('admin.vm.ListDetails', 'dom0')).toString();
+    assert.deepEqual(listed(reply), ['dom0', 'mgmt', 'noinfo', 'nolist', 'noprops', 'open', 'tpl']);
+    const open = reply.split('\n').filter((l) => l.split(' ')[1] === 'open');
+    assert.match(open[0]!, /^vm open class=AppVM state=Halted uuid=[0-9a-f-]{36}$/);
+    assert.ok(open.includes('property open label default=False type=label red'), open.join('\n'));
+    assert.ok(open.includes('property open template default=False type=vm tpl'), open.join('\n'));
+    assert.deepEqual(
+      open.filter((l) => l.startsWith('volume ')),
+      ['volume open root pool=default', 'volume open private pool=default', 'volume open volatile pool=default', 'volume open kernel pool=linux-kernel'],
+    );
+  });
+
+  it('a DEST other than dom0: only that domain', async () => {
+    assert.deepEqual(listed((await as('dom0').call('admin.vm.ListDetails', 'open')).toString()), ['open']);
+  });
+
+  it('another caller: only the domains on which it may make every call the reply stands for', async () => {
+    // dom0, tpl, mgmt, noprops: no GetAll rule; noinfo: no Info of private.
+    assert.deepEqual(listed((await as('mgmt').call('admin.vm.ListDetails', 'dom0')).toString()), ['nolist', 'open']);
+    // lister may not list (admin.vm.List) any domain but open.
+    assert.deepEqual(listed((await as('lister').call('admin.vm.ListDetails', 'dom0')).toString()), ['open']);
+  });
+
+  it('a domain the caller may not read, named as DEST: an empty reply, not its data', async () => {
+    assert.equal((await as('mgmt').call('admin.vm.ListDetails', 'noinfo')).toString(), '');
+  });
+
+  it('without a rule for the call itself: PermissionDenied', async () => {
+    await assert.rejects(as('other').call('admin.vm.ListDetails', 'dom0'), PermissionDenied);
+  });
+});
