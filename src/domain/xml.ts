@@ -184,7 +184,7 @@ export interface ParseHooks {
    * instead of being kept (and promoted by the garbage collector) for the
    * whole document.
    */
-  kept?(el: XElement, parent: XElement): XElement;
+  kept?: (el: XElement, parent: XElement) => XElement;
   /** The line the text starts on (default 1). */
   firstLine?: number;
 }
