@@ -47,6 +47,7 @@ import { propertyText, type PropertyHolder, type PropValue } from './properties.
 import {
   attr,
   childElements,
+  DeferredElement,
   firstChild,
   indentOf,
   indentUnit,
@@ -198,15 +199,35 @@ const boolAttr = (v: string | undefined): boolean => v !== undefined && boolFrom
 export class StateDocument {
   private readonly bound = new WeakMap<object, XElement>();
 
-  private constructor(readonly doc: XDocument) {}
+  private constructor(
+    readonly doc: XDocument,
+    /** The records of the domain elements read at parse (an element replaced since, by the journal, has none). */
+    private readonly readAtParse = new WeakMap<XElement, DomainRecord | StateFileError>(),
+  ) {}
 
   static parse(text: string, file: string): StateDocument {
     // Depth 2 (the children of <domains>, <pools>, ...) keep their source
-    // text: an unchanged domain is then written back as one string.
-    const doc = parseXml(text, file, 2);
+    // text: an unchanged domain is then written back as one string. Each
+    // domain is read into its record as soon as it is parsed and kept as its
+    // text only (DeferredElement: parsed again when a save looks inside).
+    const read = new WeakMap<XElement, DomainRecord | StateFileError>();
+    const doc = parseXml(text, file, 2, {
+      kept(el, parent) {
+        if (el.name !== 'domain' || parent.name !== 'domains' || el.src === undefined) return el;
+        const deferred = new DeferredElement(el.name, el.line, el.src, file);
+        try {
+          read.set(deferred, domainRecord(file, el, deferred));
+        } catch (e) {
+          // Thrown by readDomains, in document order (a malformed document is refused first).
+          if (!(e instanceof StateFileError)) throw e;
+          read.set(deferred, e);
+        }
+        return deferred;
+      },
+    });
     if (doc.root.name !== 'qubes')
       throw new StateFileError(`${file}:${doc.root.line}: root element is <${doc.root.name}>, expected <qubes>`);
-    return new StateDocument(doc);
+    return new StateDocument(doc, read);
   }
 
   static empty(file: string): StateDocument {
@@ -312,57 +333,18 @@ export class StateDocument {
     });
   }
 
-  private readProperties(parent: XElement | undefined): RawProperty[] {
-    if (!parent) return [];
-    return childElements(parent, 'property').map((el) => {
-      const name = attr(el, 'name');
-      if (!name) throw this.error(el.line, 'property without a name');
-      const ref = attr(el, 'ref');
-      return { name, raw: ref ?? textOf(el), viaRef: ref !== undefined, line: el.line };
-    });
-  }
-
   readGlobalProperties(): RawProperty[] {
-    return this.readProperties(this.section('properties'));
+    return readProperties(this.file, this.section('properties'));
   }
 
   readDomains(): DomainRecord[] {
     const sec = this.section('domains');
     if (!sec) return [];
     return childElements(sec, 'domain').map((el) => {
-      const klass = attr(el, 'class');
-      if (!klass) throw this.error(el.line, 'domain without a class');
-      const id = /^domain-(0|[1-9][0-9]{0,5})$/.exec(attr(el, 'id') ?? '');
-      const features = childElements(firstChild(el, 'features') ?? el, 'feature').map((f) => {
-        const name = attr(f, 'name');
-        if (!name) throw this.error(f.line, 'feature without a name');
-        return { name, value: textOf(f) };
-      });
-      const tags = childElements(firstChild(el, 'tags') ?? el, 'tag').map((t) => {
-        const name = attr(t, 'name');
-        if (!name) throw this.error(t.line, 'tag without a name');
-        return name;
-      });
-      const vc = firstChild(el, 'volume-config');
-      const volumes = vc
-        ? childElements(vc, 'volume').map((v) => {
-            const attrs: Record<string, string> = {};
-            for (const a of v.attrs) attrs[a.name] = a.value;
-            return { attrs, line: v.line };
-          })
-        : [];
-      const pending = attr(el, PENDING_ATTR);
-      return {
-        el,
-        klass,
-        pending: pending === 'create' || pending === 'remove' ? pending : null,
-        idQid: id ? Number(id[1]) : null,
-        properties: this.readProperties(firstChild(el, 'properties')),
-        features,
-        tags,
-        volumes,
-        line: el.line,
-      };
+      const rec = this.readAtParse.get(el) ?? domainRecord(this.file, el, el);
+      this.readAtParse.delete(el); // read once, at load: not kept for the daemon's life
+      if (rec instanceof StateFileError) throw rec;
+      return rec;
     });
   }
 
@@ -577,6 +559,58 @@ export class StateDocument {
       insertElement(sec, newElement('volume', sortedAttrs(clean)), null, ind, unit);
     }
   }
+}
+
+/** The `<property>` children of `parent`. */
+function readProperties(file: string, parent: XElement | undefined): RawProperty[] {
+  if (!parent) return [];
+  return childElements(parent, 'property').map((el) => {
+    const name = attr(el, 'name');
+    if (!name) throw lineError(file, el.line, 'property without a name');
+    const ref = attr(el, 'ref');
+    return { name, raw: ref ?? textOf(el), viaRef: ref !== undefined, line: el.line };
+  });
+}
+
+function lineError(file: string, line: number, what: string): StateFileError {
+  return new StateFileError(`${file}:${line}: ${what}`);
+}
+
+/** What a `<domain>` element says; `recorded`: the element the record names (el itself, or what replaces it in the tree). */
+function domainRecord(file: string, el: XElement, recorded: XElement): DomainRecord {
+  const klass = attr(el, 'class');
+  if (!klass) throw lineError(file, el.line, 'domain without a class');
+  const id = /^domain-(0|[1-9][0-9]{0,5})$/.exec(attr(el, 'id') ?? '');
+  const features = childElements(firstChild(el, 'features') ?? el, 'feature').map((f) => {
+    const name = attr(f, 'name');
+    if (!name) throw lineError(file, f.line, 'feature without a name');
+    return { name, value: textOf(f) };
+  });
+  const tags = childElements(firstChild(el, 'tags') ?? el, 'tag').map((t) => {
+    const name = attr(t, 'name');
+    if (!name) throw lineError(file, t.line, 'tag without a name');
+    return name;
+  });
+  const vc = firstChild(el, 'volume-config');
+  const volumes = vc
+    ? childElements(vc, 'volume').map((v) => {
+        const attrs: Record<string, string> = {};
+        for (const a of v.attrs) attrs[a.name] = a.value;
+        return { attrs, line: v.line };
+      })
+    : [];
+  const pending = attr(el, PENDING_ATTR);
+  return {
+    el: recorded,
+    klass,
+    pending: pending === 'create' || pending === 'remove' ? pending : null,
+    idQid: id ? Number(id[1]) : null,
+    properties: readProperties(file, firstChild(el, 'properties')),
+    features,
+    tags,
+    volumes,
+    line: el.line,
+  };
 }
 
 /** The domain elements a sync changed or removed. */

@@ -89,9 +89,13 @@ class Reader {
   constructor(
     readonly text: string,
     readonly file: string,
-  ) {}
+    /** The line the text starts on (a piece of a bigger file: see DeferredElement). */
+    private readonly firstLine = 1,
+  ) {
+    this.lineCount = { pos: 0, line: firstLine };
+  }
 
-  private lineCount = { pos: 0, line: 1 };
+  private lineCount: { pos: number; line: number };
 
   /** The line of `pos`, for positions met in increasing order (elements as parsed): counts newlines since the last one. */
   lineAtForward(pos: number): number {
@@ -118,7 +122,7 @@ class Reader {
       if (this.lineStarts[mid]! <= pos) lo = mid;
       else hi = mid - 1;
     }
-    return [lo + 1, pos - this.lineStarts[lo]! + 1];
+    return [lo + this.firstLine, pos - this.lineStarts[lo]! + 1];
   }
 
   fail(what: string, at = this.pos): never {
@@ -172,13 +176,26 @@ class Reader {
   }
 }
 
+export interface ParseHooks {
+  /**
+   * Called with each element at `keepSourceDepth` once it is complete (its
+   * `src` set) and its parent; what it returns takes the element's place in
+   * the tree: a DeferredElement lets the subtree be collected at once
+   * instead of being kept (and promoted by the garbage collector) for the
+   * whole document.
+   */
+  kept?: (el: XElement, parent: XElement) => XElement;
+  /** The line the text starts on (default 1). */
+  firstLine?: number;
+}
+
 /**
  * Reads a whole document; throws StateFileError naming file, line and column.
  * Elements at depth `keepSourceDepth` (the root is depth 0) keep their source
  * text in `src`, so writing them back unchanged costs a string copy.
  */
-export function parseXml(text: string, file: string, keepSourceDepth = -1): XDocument {
-  const r: Reader = new Reader(text, file);
+export function parseXml(text: string, file: string, keepSourceDepth = -1, hooks: ParseHooks = {}): XDocument {
+  const r: Reader = new Reader(text, file, hooks.firstLine);
   const nodes: XNode[] = [];
   let root: XElement | null = null;
   const stack: XElement[] = [];
@@ -188,6 +205,15 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
     if (stack.length) stack[stack.length - 1]!.children.push(n);
     else nodes.push(n);
   };
+  const kept = hooks.kept;
+  /** Hands a complete element at keepSourceDepth to the hook, putting what it returns in its place (the parent's last child). */
+  const handOver = (el: XElement): void => {
+    const parent = stack[stack.length - 1];
+    if (!kept || !parent) return;
+    const other = kept(el, parent);
+    if (other !== el) parent.children[parent.children.length - 1] = other;
+  };
+
   while (r.pos < text.length) {
     const start = r.pos;
     if (text[r.pos] !== '<') {
@@ -233,7 +259,10 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
       if (open.name !== name) r.fail(`end tag </${name}> does not match <${open.name}> of line ${open.line}`, start);
       open.closeTail = tail;
       const from = starts.pop()!;
-      if (stack.length === keepSourceDepth) open.src = text.slice(from, r.pos);
+      if (stack.length === keepSourceDepth) {
+        open.src = text.slice(from, r.pos);
+        handOver(open);
+      }
     } else {
       r.pos++;
       const name = r.name();
@@ -288,7 +317,10 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
         root = el;
       }
       add(el);
-      if (el.selfClosing && stack.length === keepSourceDepth) el.src = text.slice(start, r.pos);
+      if (el.selfClosing && stack.length === keepSourceDepth) {
+        el.src = text.slice(start, r.pos);
+        handOver(el);
+      }
       if (!el.selfClosing) {
         starts.push(start);
         if (stack.length >= MAX_DEPTH) r.fail(`elements nested deeper than ${MAX_DEPTH}`, start);
@@ -299,6 +331,63 @@ export function parseXml(text: string, file: string, keepSourceDepth = -1): XDoc
   if (stack.length) r.fail(`<${stack[stack.length - 1]!.name}> of line ${stack[stack.length - 1]!.line} is never closed`, text.length);
   if (!root) r.fail('no root element', 0);
   return { nodes, root, file };
+}
+
+/**
+ * An element kept as its source text only (name, line and `src`), parsed
+ * into a tree the first time anything looks inside it. The state file's
+ * 10,000 domain elements are read once at load (ParseHooks.kept) and then
+ * mostly written back unchanged from `src`: keeping their trees cost most of
+ * the load's garbage collection and a large part of the heap.
+ */
+export class DeferredElement implements XElement {
+  readonly kind = 'element';
+  private tree: XElement | null = null;
+  constructor(
+    readonly name: string,
+    readonly line: number,
+    public src: string | undefined,
+    private readonly file: string,
+  ) {}
+
+  private get parsed(): XElement {
+    if (this.tree) return this.tree;
+    // Well-formed: it was parsed once already, as part of the whole document.
+    const root = parseXml(this.src!, this.file, -1, { firstLine: this.line }).root;
+    if (root.name !== this.name) throw new StateFileError(`${this.file}:${this.line}: internal: <${this.name}> reads back as <${root.name}>`);
+    this.tree = root;
+    return root;
+  }
+  get attrs(): XAttr[] {
+    return this.parsed.attrs;
+  }
+  set attrs(v: XAttr[]) {
+    this.parsed.attrs = v;
+  }
+  get children(): XNode[] {
+    return this.parsed.children;
+  }
+  set children(v: XNode[]) {
+    this.parsed.children = v;
+  }
+  get selfClosing(): boolean {
+    return this.parsed.selfClosing;
+  }
+  set selfClosing(v: boolean) {
+    this.parsed.selfClosing = v;
+  }
+  get openTail(): string {
+    return this.parsed.openTail;
+  }
+  set openTail(v: string) {
+    this.parsed.openTail = v;
+  }
+  get closeTail(): string {
+    return this.parsed.closeTail;
+  }
+  set closeTail(v: string) {
+    this.parsed.closeTail = v;
+  }
 }
 
 // ---- writing -----------------------------------------------------------------
@@ -375,7 +464,8 @@ export function childElements(el: XElement, name?: string): XElement[] {
 }
 
 export function firstChild(el: XElement, name: string): XElement | undefined {
-  return childElements(el, name)[0];
+  for (const c of el.children) if (c.kind === 'element' && c.name === name) return c;
+  return undefined;
 }
 
 /** The element's text: its text nodes and CDATA contents (child elements ignored). */

@@ -136,7 +136,8 @@ export function printable(s: string): string {
  * volumes with neither flag.
  */
 export function checkVolumeProperties(
-  where: string,
+  /** For the message: built only when a rule is broken (40,000 volumes are checked at load). */
+  where: string | (() => string),
   p: {
     rw: boolean;
     snap_on_start: boolean;
@@ -146,16 +147,17 @@ export function checkVolumeProperties(
     ephemeral: boolean;
   },
 ): void {
+  const w = (): string => (typeof where === 'string' ? where : where());
   if (p.hasSource && !p.snap_on_start)
-    throw new QubesValueError(`${where}: source is only allowed with snap_on_start`);
+    throw new QubesValueError(`${w()}: source is only allowed with snap_on_start`);
   if (p.snap_on_start && !p.hasSource)
-    throw new QubesValueError(`${where}: snap_on_start requires a source volume`);
+    throw new QubesValueError(`${w()}: snap_on_start requires a source volume`);
   if (!Number.isSafeInteger(p.revisions_to_keep) || p.revisions_to_keep < -1)
-    throw new QubesValueError(`${where}: revisions_to_keep must be an integer >= -1, got ${p.revisions_to_keep}`);
+    throw new QubesValueError(`${w()}: revisions_to_keep must be an integer >= -1, got ${p.revisions_to_keep}`);
   if (p.revisions_to_keep === -1 && !(p.save_on_stop && !p.snap_on_start))
-    throw new QubesValueError(`${where}: revisions_to_keep=-1 is only allowed with save_on_stop and without snap_on_start`);
+    throw new QubesValueError(`${w()}: revisions_to_keep=-1 is only allowed with save_on_stop and without snap_on_start`);
   if (p.ephemeral && !(p.rw && !p.snap_on_start && !p.save_on_stop))
-    throw new QubesValueError(`${where}: ephemeral is only allowed for rw volumes with neither snap_on_start nor save_on_stop`);
+    throw new QubesValueError(`${w()}: ephemeral is only allowed for rw volumes with neither snap_on_start nor save_on_stop`);
 }
 
 export abstract class Volume {
@@ -185,7 +187,9 @@ export abstract class Volume {
     this.save_on_stop = spec.save_on_stop ?? false;
     this.source = spec.source ?? null;
     this._rw = spec.rw ?? false;
-    this._size = checkSize(spec.size ?? 0, this.where);
+    const size = spec.size ?? 0;
+    // The message only when the size is bad: 40,000 volumes are made at load.
+    this._size = Number.isSafeInteger(size) && size >= 0 ? size : checkSize(size, this.where);
     this._revisions_to_keep = spec.revisions_to_keep ?? null;
     this._ephemeral = spec.ephemeral ?? null;
     this.checkDeclared();
@@ -274,7 +278,7 @@ export abstract class Volume {
   }
 
   private checkProperties(over: { revisions_to_keep?: number; ephemeral?: boolean; rw?: boolean } = {}): void {
-    checkVolumeProperties(this.where, {
+    checkVolumeProperties(() => this.where, {
       rw: over.rw ?? this._rw,
       snap_on_start: this.snap_on_start,
       save_on_stop: this.save_on_stop,

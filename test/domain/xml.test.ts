@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import {
   attr,
   childElements,
+  DeferredElement,
   firstChild,
   insertElement,
   newElement,
@@ -95,5 +96,33 @@ describe('xml', () => {
     for (const i of childElements(s)) removeElement(s, i);
     removeElement(e, nested);
     assert.equal(serializeXml(doc), `<r>\n  <s/>\n  <e/>\n</r>\n`);
+  });
+
+  it('keeps elements handed to the kept hook as DeferredElements: read back on demand, same text, lines and edits', () => {
+    const text = `<r>\n  <s>\n    <d id='1'  k="&amp;x">\n      <p n="a">one</p>\n      <q/>\n    </d >\n    <d id="2"/>\n  </s>\n</r>\n`;
+    const seen: string[] = [];
+    const doc = parseXml(text, 'f.xml', 2, {
+      kept(el, parent) {
+        seen.push(`${parent.name}/${el.name}@${el.line}:${attr(el, 'id')}:${el.children.length}`);
+        return new DeferredElement(el.name, el.line, el.src, 'f.xml');
+      },
+    });
+    // The hook saw the whole element (attributes decoded, its children) before it was replaced.
+    assert.deepEqual(seen, ['s/d@3:1:5', 's/d@7:2:0']);
+    const [d1, d2] = childElements(firstChild(doc.root, 's')!, 'd') as DeferredElement[];
+    assert.ok(d1 instanceof DeferredElement && d2 instanceof DeferredElement);
+    assert.equal(serializeXml(doc), text, 'written back byte for byte without being read again');
+    // Looking inside reads it again, with the lines it has in the whole text.
+    const p = firstChild(d1, 'p')!;
+    assert.equal(textOf(p), 'one');
+    assert.equal(p.line, 4);
+    assert.equal(firstChild(d1, 'q')!.line, 5);
+    assert.equal(attr(d1, 'k'), '&x');
+    // An edit inside (the caller clears the kept text, as state-file.ts does): written from the tree.
+    setText(p, 'two');
+    setAttr(d2, 'id', '3');
+    d1.src = undefined;
+    d2.src = undefined;
+    assert.equal(serializeXml(doc), `<r>\n  <s>\n    <d id='1'  k="&amp;x">\n      <p n="a">two</p>\n      <q/>\n    </d >\n    <d id="3"/>\n  </s>\n</r>\n`);
   });
 });

@@ -4,6 +4,7 @@
  * reflinks; on a filesystem without reflink the pool is refused at setup
  * unless setup_check is false, and then copies are sparse.
  */
+import * as fsSync from 'node:fs';
 import type { Dirent } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -266,8 +267,20 @@ export class FileReflinkPool extends Pool {
 
   /**
    * The vids of the images on disk (`PREFIX/DOMAIN/NAME.img`), also those this
-   * process did not make. The domain directories (one per domain: thousands)
-   * are read LIST_CONCURRENCY at a time; symlinks are not followed.
+   * process did not make; symlinks are not followed.
+   *
+   * A pool holds thousands of domain directories and a read of each costs
+   * several system calls, so each directory's images are remembered with the
+   * directory's inode, mtime and ctime; a later listing takes one lstat per
+   * directory and reads again only those whose identity or times differ: any
+   * entry made, removed or renamed in a directory changes its ctime and mtime,
+   * by this process or from outside. A directory changed less than
+   * LISTING_SETTLE_MS before it was looked at is not remembered (read again at
+   * each listing): a timestamp has the filesystem's granularity (one second on
+   * some), so a second change within it could leave the times as they were.
+   * The lstats and reads are synchronous, in chunks between which other work
+   * runs (synchronous system calls cost a fraction of the thread pool's round
+   * trip, which dominated here).
    */
   override async listVolumes(): Promise<string[]> {
     const root = this.dirPath;
@@ -275,16 +288,46 @@ export class FileReflinkPool extends Pool {
     for (const prefix of CLASS_FOLDERS) {
       const st = await fs.lstat(path.join(root, prefix)).catch(() => null);
       if (!st?.isDirectory()) continue;
-      for (const dom of await readdirEntries(path.join(root, prefix)))
-        if (dom.isDirectory()) domainDirs.push(`${prefix}/${dom.name}`);
+      // Names only: the lstat below tells the directories (a Dirent each would be 10,000 more objects).
+      for (const name of await readdirOrEmpty(path.join(root, prefix))) domainDirs.push(`${prefix}/${name}`);
     }
+    const known = this.listed;
+    const listed = new Map<string, ListedDir>();
     const out: string[] = [];
-    await forEachLimit(domainDirs, LIST_CONCURRENCY, async (rel) => {
-      for (const f of await readdirEntries(path.join(root, rel)))
-        if (f.isFile() && IMAGE_NAME_RE.test(f.name)) out.push(`${rel}/${f.name.slice(0, -'.img'.length)}`);
-    });
+    let reads = 0;
+    for (let i = 0; i < domainDirs.length; i += LIST_CHUNK) {
+      if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      // Taken before the lstats of the chunk: a directory changed after it is never remembered as settled.
+      const settledBefore = this.listingNow() - LISTING_SETTLE_MS;
+      const end = Math.min(i + LIST_CHUNK, domainDirs.length);
+      for (let j = i; j < end; j++) {
+        const rel = domainDirs[j]!;
+        const dir = `${root}/${rel}`;
+        const st = lstatDirSync(dir);
+        if (!st) continue; // not a directory (a symlink included), or gone since the class folder was read
+        const was = known.get(rel);
+        let vids: readonly string[] | null;
+        if (was && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.ctimeMs === st.ctimeMs) vids = was.vids;
+        else {
+          vids = imagesIn(dir, rel);
+          reads++;
+        }
+        if (vids === null) continue;
+        if (st.ctimeMs <= settledBefore && st.mtimeMs <= settledBefore)
+          listed.set(rel, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, vids });
+        for (const vid of vids) out.push(vid);
+      }
+    }
+    this.listed = listed;
+    this.lastListingReads = reads;
     return out.sort();
   }
+  /** What the last listing found in each settled domain directory (see listVolumes). */
+  private listed = new Map<string, ListedDir>();
+  /** How many domain directories the last listVolumes read (the others it remembered): for tests and the bench. */
+  lastListingReads = 0;
+  /** The clock listVolumes compares directory times with (tests move it on instead of waiting). */
+  listingNow: () => number = Date.now;
 
   override async getVolume(vid: string): Promise<FileReflinkVolume> {
     checkVid(vid);
@@ -319,10 +362,53 @@ async function removeEmptyDirs(made: readonly string[]): Promise<void> {
   for (const dir of [...made].reverse()) await fs.rmdir(dir).catch(() => undefined);
 }
 
-/** Domain directories listVolumes reads at once. */
+/** Domain directories the sweep reads at once. */
 const LIST_CONCURRENCY = 16;
+/** Domain directories listVolumes looks at between two turns of the event loop. */
+const LIST_CHUNK = 512;
+/**
+ * How long a directory must have been unchanged before listVolumes remembers
+ * its images: more than the coarsest timestamp granularity of the
+ * filesystems a pool may be on (one second: ext4 with small inodes) and the
+ * kernel's clock tick.
+ */
+export const LISTING_SETTLE_MS = 3000;
 /** The committed image of a volume: NAME.img (volume names: see volume.ts). */
 const IMAGE_NAME_RE = /^[A-Za-z][A-Za-z0-9_]*\.img$/;
+
+/** A domain directory as listVolumes last saw it: its identity and times, and the vids of its images. */
+interface ListedDir {
+  readonly ino: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
+  readonly vids: readonly string[];
+}
+
+/** lstat of a directory; null when it is gone or is no directory (a symlink included). */
+function lstatDirSync(dir: string): fsSync.Stats | null {
+  try {
+    const st = fsSync.lstatSync(dir, { throwIfNoEntry: false });
+    return st?.isDirectory() ? st : null;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
+    throw e;
+  }
+}
+
+/** The vids (`rel/NAME`) of the images (regular files NAME.img) in domain directory `dir`; null when it is gone or not a directory. */
+function imagesIn(dir: string, rel: string): string[] | null {
+  let entries: Dirent[];
+  try {
+    entries = fsSync.readdirSync(dir, { withFileTypes: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw e;
+  }
+  const out: string[] = [];
+  for (const f of entries) if (f.isFile() && IMAGE_NAME_RE.test(f.name)) out.push(`${rel}/${f.name.slice(0, -'.img'.length)}`);
+  return out;
+}
 
 /** A directory's entries with their types; none when it does not exist (any more). */
 async function readdirEntries(dir: string): Promise<Dirent[]> {
