@@ -6,5 +6,6 @@ import { clone } from './clone.js';
 import { scale } from './scale.js';
 import { importExport } from './import-export.js';
 import { apiLoad } from './api-load.js';
+import { sparseCopyScenario } from './sparse-copy.js';
 
-export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad];
+export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad, sparseCopyScenario];
