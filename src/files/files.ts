@@ -199,7 +199,7 @@ const NO_KERNEL_COPY = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENO
  *
  * A data region's zero blocks are copied as they are by copy_file_range:
  * finding them would mean reading every byte into JavaScript and writing it
- * back (2-3x `cp`'s time in the bench, see docs/benchmarks.md). The length
+ * back (2-3x `cp`'s time in a prototype run, see docs/benchmarks.md). The length
  * is set by truncate first. A durable copy syncs in the background every
  * SYNC_EVERY bytes, so the final fsync has little left. `onProgress` gets
  * the offset reached (holes count as done). A failure removes the partial
@@ -215,8 +215,9 @@ export async function sparseCopy(
   const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let outFh: fs.FileHandle | undefined;
   let writer: SparseWriter | undefined;
-  /** The background fdatasync of the kernel copies, if one runs. */
+  /** The background fdatasync of the kernel copies, if one runs, and the first one's failure. */
   let syncing: Promise<void> | undefined;
+  let syncFailure: { error: unknown } | undefined;
   try {
     outFh = await fs.open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     const out = outFh;
@@ -278,7 +279,10 @@ export async function sparseCopy(
         unsynced += n;
         if (durable && unsynced >= SYNC_EVERY && !syncing) {
           unsynced = 0;
-          syncing = out.datasync().finally(() => (syncing = undefined));
+          syncing = out
+            .datasync()
+            .catch((e: unknown) => void (syncFailure ??= { error: e })) // reported after the copy
+            .finally(() => (syncing = undefined));
         }
         onProgress?.(pos, size);
       }
@@ -297,11 +301,12 @@ export async function sparseCopy(
     signal?.throwIfAborted(); // an abort asked during the last chunk still counts
     await writer.finish();
     await syncing;
+    if (syncFailure) throw syncFailure.error;
     if (durable) await out.sync();
     if (size > 0) onProgress?.(size, size); // a hole at the end is done too
   } catch (e) {
     await writer?.settle();
-    await syncing?.catch(() => undefined);
+    await syncing;
     await outFh?.close().catch(() => undefined);
     outFh = undefined;
     await unlinkIfExists(dst).catch(() => undefined);
