@@ -7,5 +7,6 @@ import { scale } from './scale.js';
 import { importExport } from './import-export.js';
 import { apiLoad } from './api-load.js';
 import { tools } from './tools.js';
+import { sparseCopyScenario } from './sparse-copy.js';
 
-export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad, tools];
+export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad, tools, sparseCopyScenario];

@@ -10,6 +10,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createSparseWriter, type SparseWriter } from './sparse-writer.js';
+import { fileExtents, type DataRegion, type FileExtents } from './extents.js';
 
 export type CopyMethod = 'reflink' | 'sparse';
 
@@ -176,13 +177,33 @@ const CHUNK = 8 << 20;
 const BLOCK = 4 << 10;
 /** A durable copy starts a background fdatasync every this many bytes written. */
 const SYNC_EVERY = 64 << 20;
+/** Bytes per copy_file_range call: the unit of progress reports and of cancellation. */
+const KERNEL_CHUNK = 32 << 20;
+/** copy_file_range errors that mean "not here" (another filesystem, not supported, filtered): read and write instead. */
+const NO_KERNEL_COPY = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOSYS', 'EPERM', 'EBADF', 'UNKNOWN']);
 
 /**
- * Copies `src` to the new file `dst` writing only the non-zero 4 KiB blocks,
- * so holes (and zero blocks) stay unallocated; the length is set by truncate.
- * Reading the next chunk overlaps with writing the last one (two buffers in
- * turn), and a durable copy syncs in the background as it goes, so the final
- * fsync has little left. A failure removes the partial copy.
+ * Copies `src` to the new file `dst` at the cost of its data, not its size:
+ *
+ * - only the source's data regions are visited (SEEK_DATA/SEEK_HOLE, see
+ *   extents.ts): holes are skipped unread and stay holes;
+ * - a data region is copied by copy_file_range, inside the kernel, in
+ *   KERNEL_CHUNK pieces (progress and cancellation between them);
+ * - where the filesystem cannot tell data from holes (no lseek through
+ *   koffi, or it reports more data than the file has blocks) or cannot copy
+ *   in the kernel (EXDEV, EOPNOTSUPP, ...), the bytes are read and only
+ *   their non-zero 4 KiB blocks written (the sparse writer), so holes and
+ *   zero blocks stay unallocated, as `cp --sparse=always` leaves them.
+ *   Reading the next chunk overlaps with writing the last one (two buffers
+ *   in turn).
+ *
+ * A data region's zero blocks are copied as they are by copy_file_range:
+ * finding them would mean reading every byte into JavaScript and writing it
+ * back (2-3x `cp`'s time in a prototype run, see docs/benchmarks.md). The length
+ * is set by truncate first. A durable copy syncs in the background every
+ * SYNC_EVERY bytes, so the final fsync has little left. `onProgress` gets
+ * the offset reached (holes count as done). A failure removes the partial
+ * copy.
  */
 export async function sparseCopy(
   src: string,
@@ -194,36 +215,98 @@ export async function sparseCopy(
   const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let outFh: fs.FileHandle | undefined;
   let writer: SparseWriter | undefined;
+  /** The background fdatasync of the kernel copies, if one runs, and the first one's failure. */
+  let syncing: Promise<void> | undefined;
+  let syncFailure: { error: unknown } | undefined;
   try {
     outFh = await fs.open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-    const size = (await inFh.stat()).size;
-    // The length first: the writer skips zeros, which must read back as zeros.
-    await outFh.truncate(size);
-    writer = createSparseWriter(outFh, {
+    const out = outFh;
+    const st = await inFh.stat();
+    const size = st.size;
+    // The length first: holes and skipped zeros must read back as zeros.
+    await out.truncate(size);
+    writer = createSparseWriter(out, {
       blockBytes: BLOCK,
       maxWriteBytes: CHUNK,
       maxPendingBytes: 2 * CHUNK,
       syncEveryBytes: durable ? SYNC_EVERY : Infinity,
     });
+    const w = writer;
+    const ext = await fileExtents();
+    let kernel = typeof ext === 'string' ? undefined : ext;
+    const regions: Iterable<DataRegion> = kernel ? kernel.dataRegions(inFh.fd, size) : [[0, size]];
+    /** Where the map may be trusted about holes: it never reports more data than the file has blocks. */
+    const allocated = st.blocks * 512;
+    let reported = 0;
+    let unsynced = 0;
+
     const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
     /** Per buffer: resolves once the writes of its last chunk are done, so it may be read into again. */
     const free: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
-    for (let pos = 0, i = 0; pos < size; i ^= 1) {
+    let i = 0;
+    /** Reads [from, end) and writes its non-zero blocks. */
+    const readAndWrite = async (from: number, end: number) => {
+      w.skip(from - w.position);
+      for (let pos = from; pos < end; i ^= 1) {
+        signal?.throwIfAborted();
+        await free[i];
+        const { bytesRead } = await inFh.read(bufs[i]!, 0, Math.min(CHUNK, end - pos), pos);
+        if (bytesRead === 0) break; // the file shrank meanwhile: the rest reads as zeros
+        w.push(bufs[i]!.subarray(0, bytesRead));
+        free[i] = w.flushed();
+        free[i]!.catch(() => undefined); // reported by the await above or by finish()
+        pos += bytesRead;
+        onProgress?.(pos, size);
+      }
+    };
+    /** Copies [from, end) in the kernel; returns where it stopped (short of `end` when the kernel cannot). */
+    const kernelCopy = async (k: FileExtents, from: number, end: number): Promise<number> => {
+      let pos = from;
+      while (pos < end) {
+        signal?.throwIfAborted();
+        let n: number;
+        try {
+          n = await k.copyRange(inFh.fd, out.fd, pos, Math.min(KERNEL_CHUNK, end - pos));
+        } catch (e) {
+          if (NO_KERNEL_COPY.has((e as NodeJS.ErrnoException).code ?? '')) {
+            kernel = undefined; // not on these files: the rest is read and written
+            return pos;
+          }
+          throw Object.assign(e as Error, { path: src, dest: dst });
+        }
+        if (n === 0) return end; // the file shrank meanwhile: the rest reads as zeros
+        pos += n;
+        unsynced += n;
+        if (durable && unsynced >= SYNC_EVERY && !syncing) {
+          unsynced = 0;
+          syncing = out
+            .datasync()
+            .catch((e: unknown) => void (syncFailure ??= { error: e })) // reported after the copy
+            .finally(() => (syncing = undefined));
+        }
+        onProgress?.(pos, size);
+      }
+      return pos;
+    };
+
+    for (const [start, end] of regions) {
       signal?.throwIfAborted();
-      await free[i];
-      const { bytesRead } = await inFh.read(bufs[i]!, 0, Math.min(CHUNK, size - pos), pos);
-      if (bytesRead === 0) break;
-      writer.push(bufs[i]!.subarray(0, bytesRead));
-      free[i] = writer.flushed();
-      free[i]!.catch(() => undefined); // reported by the await above or by finish()
-      pos += bytesRead;
-      onProgress?.(pos, size);
+      reported += end - start;
+      let pos = start;
+      // A map reporting more data than there are blocks knows no holes (a
+      // filesystem without SEEK_HOLE): from here on, look for zeros.
+      if (kernel && reported <= allocated + BLOCK) pos = await kernelCopy(kernel, start, end);
+      if (pos < end) await readAndWrite(pos, end);
     }
     signal?.throwIfAborted(); // an abort asked during the last chunk still counts
     await writer.finish();
-    if (durable) await outFh.sync();
+    await syncing;
+    if (syncFailure) throw syncFailure.error;
+    if (durable) await out.sync();
+    if (size > 0) onProgress?.(size, size); // a hole at the end is done too
   } catch (e) {
     await writer?.settle();
+    await syncing;
     await outFh?.close().catch(() => undefined);
     outFh = undefined;
     await unlinkIfExists(dst).catch(() => undefined);

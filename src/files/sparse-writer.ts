@@ -44,6 +44,11 @@ export interface SparseWriter {
    * drained(). Throws the first write failure, if one happened.
    */
   push(chunk: Buffer): boolean;
+  /**
+   * Moves past `bytes` the caller knows read as zeros (a hole of the source)
+   * without looking at them: nothing is written for them.
+   */
+  skip(bytes: number): void;
   /** Resolves once fewer than half of maxPendingBytes are in flight; rejects on a write failure. */
   drained(): Promise<void>;
   /**
@@ -196,6 +201,13 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
       }
       position += len;
       return pendingBytes < maxPending;
+    },
+    skip(bytes: number): void {
+      if (failure) throw failure.error;
+      if (!(Number.isSafeInteger(bytes) && bytes >= 0)) throw new RangeError(`cannot skip ${bytes} bytes`);
+      if (bytes === 0) return;
+      flushRun();
+      position += bytes;
     },
     drained(): Promise<void> {
       if (failure) return Promise.reject(failure.error);
