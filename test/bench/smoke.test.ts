@@ -24,7 +24,7 @@ describe('bench scenarios (--quick)', () => {
   it('has the scenarios the benchmark issue asks for', () => {
     assert.deepEqual(
       SCENARIOS.map((s) => s.name).sort(),
-      ['api-load', 'clone', 'import-export', 'lifecycle', 'lifecycle-daemon', 'scale', 'sparse-copy'],
+      ['api-load', 'clone', 'import-export', 'lifecycle', 'lifecycle-daemon', 'scale', 'sparse-copy', 'tools'],
     );
   });
   for (const s of SCENARIOS) {
