@@ -5,6 +5,7 @@
 // the same framing, answering as many bytes as the real reply, measured in the
 // same run, interleaved round by round. Each run is bounded in calls and time.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -19,6 +20,8 @@ const APPVMS = 50;
 
 interface Load {
   callsPerSec: number;
+  /** CPU time (user + system, all threads) the server process spent per call, in microseconds. */
+  serverCpuUs: number;
   p50: number;
   p99: number;
   errors: number;
@@ -28,11 +31,20 @@ function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/** `clients` loops calling `call` back to back until `maxCalls` are made or `maxMs` passed. */
-async function load(clients: number, maxCalls: number, maxMs: number, call: () => Promise<unknown>): Promise<Load> {
+/** CPU time of a process so far (utime + stime of /proc/PID/stat), in microseconds. */
+function cpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
+}
+/** USER_HZ, 100 on Linux. */
+const CLOCK_TICKS = 100;
+
+/** `clients` loops calling `call` back to back until `maxCalls` are made or `maxMs` passed; `serverPid`'s CPU time is counted. */
+async function load(clients: number, maxCalls: number, maxMs: number, serverPid: number, call: () => Promise<unknown>): Promise<Load> {
   const lat: number[] = [];
   let started = 0;
   let errors = 0;
+  const cpu0 = cpuUs(serverPid);
   const t0 = process.hrtime.bigint();
   const deadline = Date.now() + maxMs;
   const worker = async () => {
@@ -49,8 +61,9 @@ async function load(clients: number, maxCalls: number, maxMs: number, call: () =
   };
   await Promise.all(Array.from({ length: clients }, worker));
   const sec = Number(process.hrtime.bigint() - t0) / 1e9;
+  const serverCpuUs = (cpuUs(serverPid) - cpu0) / Math.max(1, lat.length);
   lat.sort((a, b) => a - b);
-  return { callsPerSec: lat.length / sec, p50: pct(lat, 50), p99: pct(lat, 99), errors };
+  return { callsPerSec: lat.length / sec, serverCpuUs, p50: pct(lat, 50), p99: pct(lat, 99), errors };
 }
 
 function startEcho(socketPath: string): Promise<ChildProcess> {
@@ -107,9 +120,9 @@ export const apiLoad: Scenario = {
         for (const [m, c] of Object.entries(calls)) {
           for (const n of levels) {
             // alternate which goes first
-            const pair: [string, () => Promise<unknown>][] = [[`${m}.${n}`, c.real], [`echo-${m}.${n}`, c.echo]];
+            const pair: [string, number, () => Promise<unknown>][] = [[`${m}.${n}`, daemon.pid, c.real], [`echo-${m}.${n}`, echo.pid!, c.echo]];
             if (r % 2) pair.reverse();
-            for (const [k, fn] of pair) add(k, await load(n, maxCalls, maxMs, fn));
+            for (const [k, pid, fn] of pair) add(k, await load(n, maxCalls, maxMs, pid, fn));
           }
         }
       }
@@ -128,6 +141,10 @@ export const apiLoad: Scenario = {
           const bP99 = figure(`api.echo.${m}.c${n}.p99`, 'ms', base.map((l) => l.p99));
           figures.push(withBaseline(figure(`api.${m}.c${n}.p50`, 'ms', real.map((l) => l.p50)), bP50));
           figures.push(withBaseline(figure(`api.${m}.c${n}.p99`, 'ms', real.map((l) => l.p99), { target: n === 16 ? '< 10 ms' : '' }), bP99));
+          // What a call costs the server, whatever else the machine runs (the rates above share its CPUs).
+          const bCpu = figure(`api.echo.${m}.c${n}.server-cpu`, 'us/call', base.map((l) => l.serverCpuUs));
+          figures.push(bCpu);
+          figures.push(withBaseline(figure(`api.${m}.c${n}.server-cpu`, 'us/call', real.map((l) => l.serverCpuUs)), bCpu));
         }
       }
       if (errors) throw new Error(`api-load: ${errors} calls failed`);
@@ -135,6 +152,7 @@ export const apiLoad: Scenario = {
         figures,
         notes: [
           `child qubesd (log to a file, one line per call) and child echo server; clients in the bench process; ${os.cpus().length} CPUs`,
+          'server-cpu: user + system CPU time of the server process (all its threads) per call, from /proc/PID/stat (10 ms ticks)',
           `each run: at most ${maxCalls} calls or ${maxMs} ms; ${rounds} rounds, real and echo alternating first; replies ${infoBytes} B (Info), ${listBytes} B (List)`,
         ],
       };

@@ -14,8 +14,13 @@ export interface PeerCredentials {
   readonly pid: number;
   readonly uid: number;
   readonly gid: number;
-  /** Supplementary groups of the peer when it connected. */
-  readonly groups: readonly number[];
+  /**
+   * Supplementary groups of the peer when it connected. Read when first
+   * asked (a second getsockopt, which most callers, root, never need), so
+   * ask before the accepting turn of the event loop ends: the descriptor is
+   * the socket's only while it is open.
+   */
+  groups(): readonly number[];
 }
 
 /** Reads the credentials of an accepted socket's peer; throws PeerCredentialsError. */
@@ -79,24 +84,34 @@ function socketFd(socket: Socket): number {
   return fd;
 }
 
+/** Reused by every read: the reads are synchronous, one at a time. */
+const credBuf = Buffer.alloc(UCRED_BYTES);
+const GROUPS_ROOM = 64 * 4;
+const groupsBuf = Buffer.alloc(GROUPS_ROOM);
+
 function readCredentials(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket): PeerCredentials {
   const fd = socketFd(socket);
-  const cred = Buffer.alloc(UCRED_BYTES);
   const credLen = [UCRED_BYTES];
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, credLen) !== 0)
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, credLen) !== 0)
     throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) failed: errno ${koffi.errno()}`);
   if (credLen[0] !== UCRED_BYTES) throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) gave ${credLen[0]} bytes`);
-  const pid = cred.readInt32LE(0);
-  const uid = cred.readUInt32LE(4);
-  const gid = cred.readUInt32LE(8);
+  const pid = credBuf.readInt32LE(0);
+  const uid = credBuf.readUInt32LE(4);
+  const gid = credBuf.readUInt32LE(8);
+  let groups: readonly number[] | undefined;
+  return { pid, uid, gid, groups: () => (groups ??= readGroups(koffi, getsockopt, socket, fd)) };
+}
+
+function readGroups(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket, fd: number): readonly number[] {
+  if (socketFd(socket) !== fd) throw new PeerCredentialsError('the socket was closed before its groups were read');
   // The kernel says how much room the groups need when the first guess is short (ERANGE).
-  let room = 64 * 4;
+  let room = GROUPS_ROOM;
   for (let attempt = 0; attempt < 2; attempt++) {
-    const groups = Buffer.alloc(room);
+    const buf = room === GROUPS_ROOM ? groupsBuf : Buffer.alloc(room);
     const len = [room];
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, len) === 0) {
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, buf, len) === 0) {
       const n = Math.floor(Math.min(len[0]!, room) / 4);
-      return { pid, uid, gid, groups: Array.from({ length: n }, (_, i) => groups.readUInt32LE(i * 4)) };
+      return Array.from({ length: n }, (_, i) => buf.readUInt32LE(i * 4));
     }
     const errno = koffi.errno();
     if (errno !== ERANGE || len[0]! <= room) throw new PeerCredentialsError(`getsockopt(SO_PEERGROUPS) failed: errno ${errno}`);

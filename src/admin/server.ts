@@ -79,6 +79,8 @@ export class AdminServer {
   private readPeer: PeerCredentialsReader | undefined;
   /** The socket file's group: its members may call. */
   private socketGid = -1;
+  /** The daemon's own user, which may call and relay as root may. */
+  private readonly ownUid = process.getuid?.();
 
   constructor(opts: AdminServerOptions) {
     this.opts = opts;
@@ -273,9 +275,15 @@ export class AdminServer {
     } catch (e) {
       return { uid: undefined, pid: undefined, relays: false, refusal: `cannot read the caller's credentials: ${(e as Error).message}` };
     }
-    const admin = cred.uid === 0 || cred.uid === process.getuid?.();
-    const member = !this.opts.adminOnly && (cred.gid === this.socketGid || cred.groups.includes(this.socketGid));
-    if (admin || member) return { uid: cred.uid, pid: cred.pid, relays: admin };
+    if (cred.uid === 0 || cred.uid === this.ownUid) return { uid: cred.uid, pid: cred.pid, relays: true };
+    let member: boolean;
+    try {
+      // The supplementary groups only when the answer depends on them (a second getsockopt).
+      member = !this.opts.adminOnly && (cred.gid === this.socketGid || cred.groups().includes(this.socketGid));
+    } catch (e) {
+      return { uid: cred.uid, pid: cred.pid, relays: false, refusal: `cannot read the caller's credentials: ${(e as Error).message}` };
+    }
+    if (member) return { uid: cred.uid, pid: cred.pid, relays: false };
     if (this.opts.adminOnly)
       return { uid: cred.uid, pid: cred.pid, relays: false, refusal: `uid ${cred.uid} is neither root nor the daemon's user` };
     return {
