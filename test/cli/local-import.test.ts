@@ -209,19 +209,37 @@ describeEachFs('qvm-volume import, local and streamed', (_tfs, fsx) => {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let err = '';
+    let exited = false;
     tool.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    const closed = once(tool, 'close');
-    await until(async () => (await importFiles()).length > 0);
-    const [service] = await childrenOf(tool.pid!);
-    assert.ok(service, 'the tool runs the import service');
+    // 'exit', not 'close': the service holds the tool's stderr open while it lives.
+    const closed = once(tool, 'exit').finally(() => (exited = true));
+    const stderrDone = once(tool, 'close');
+    /** As `until`, but fails at once if the tool has exited first. */
+    const whileTool = async (cond: () => Promise<boolean>, what: string) => {
+      while (!(await cond())) {
+        if (exited) assert.fail(`${what}: the tool exited first: ${err}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    let service: number | undefined;
     const status = () => fs.readFile(`/proc/${service}/status`, 'utf8').catch(() => '');
-    await until(async () => /^State:\s*T/m.test(await status()));
-    tool.kill('SIGINT');
-    // The tool passes SIGINT on to the service; it takes it once it runs again.
-    await until(async () => /^(SigPnd|ShdPnd):\s*0*2$/m.test(await status()));
-    process.kill(service, 'SIGCONT');
-    const [code] = (await closed) as [number | null];
-    assert.equal(code, 130, err);
+    try {
+      await whileTool(async () => (await importFiles()).length > 0, 'the import began');
+      [service] = await childrenOf(tool.pid!);
+      assert.ok(service, 'the tool runs the import service');
+      await whileTool(async () => /^State:\s*T/m.test(await status()), 'the service stopped at the failpoint');
+      tool.kill('SIGINT');
+      // The tool passes SIGINT on to the service; it takes it once it runs again.
+      await whileTool(async () => /^(SigPnd|ShdPnd):\s*0*2$/m.test(await status()), 'SIGINT passed on to the service');
+      process.kill(service, 'SIGCONT');
+      const [code] = (await closed) as [number | null];
+      await stderrDone;
+      assert.equal(code, 130, err);
+    } finally {
+      // A failed check must not leave a stopped service behind.
+      if (service !== undefined && (await status()) !== '') process.kill(service, 'SIGKILL');
+      if (!exited) tool.kill('SIGKILL');
+    }
     assert.equal(err, 'qvm-volume: interrupted\n');
     await until(() => calls('internal.vm.volume.ImportEnd') > ends);
     assert.match(daemon.log(), /call method=internal\.vm\.volume\.ImportEnd arg=private .*result=QubesException reason="Data import failed: interrupted \(SIGINT\)"/);
