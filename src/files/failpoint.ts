@@ -10,6 +10,10 @@
  * NOLOGFLUSH, on XFS and ext4), so whatever was not made durable is lost
  * once it is mounted again, as after a power cut. For the power-loss
  * campaign (test/reliability/power-cut.ts); root only.
+ *
+ * QUBES_STORAGE_FAILPOINT_ACTION=stop stops the process there instead
+ * (SIGSTOP; it goes on after a SIGCONT): a deterministic "in progress" for
+ * tests that interrupt a step midway.
  */
 import { spawnSync } from 'node:child_process';
 
@@ -36,6 +40,11 @@ export function failpoint(name: string): void {
   hits.set(name, n);
   if (n === want) {
     if (process.env['QUBES_STORAGE_FAILPOINT_TRACE']) process.stderr.write(`failpoint ${name} hit\n`);
+    if (process.env['QUBES_STORAGE_FAILPOINT_ACTION'] === 'stop') {
+      // Stopped there (SIGSTOP) until a SIGCONT: a step caught in progress, for tests that interrupt it.
+      process.kill(process.pid, 'SIGSTOP');
+      return;
+    }
     crashNow();
   }
 }

@@ -20,6 +20,7 @@
  * reports the first failure), `settle()` waits without reporting (use it on
  * the failure path before closing the handle).
  */
+import { read as fsRead } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
 export interface SparseWriterOptions {
@@ -73,6 +74,156 @@ export function isZeroRange(b: Buffer, start: number, end: number): boolean {
     if (b.compare(ZERO, 0, e - o, o, e) !== 0) return false;
   }
   return true;
+}
+
+/**
+ * Calls `onRun(start, end)` for each run of data in `b[start, end)`, whose
+ * first byte is at file offset `at`: the blocks (of `block` bytes, aligned in
+ * file offsets) holding a non-zero byte, neighbours joined. Cheap on either
+ * kind of content: a 64 KiB window of zeros costs one memcmp, and a block
+ * of data stops its memcmp at its first non-zero byte.
+ */
+export function forEachDataRun(b: Buffer, start: number, end: number, at: number, block: number, onRun: (start: number, end: number) => void): void {
+  const win = Math.max(block, 64 * 1024);
+  let runStart = -1;
+  let o = start;
+  while (o < end) {
+    const f = at + (o - start);
+    const wEnd = Math.min(end, o + (win - (f % win)));
+    if (b.compare(ZERO, 0, wEnd - o, o, wEnd) === 0) {
+      if (runStart >= 0) onRun(runStart, o);
+      runStart = -1;
+      o = wEnd;
+      continue;
+    }
+    while (o < wEnd) {
+      const bEnd = Math.min(wEnd, o + (block - ((at + (o - start)) % block)));
+      if (b.compare(ZERO, 0, bEnd - o, o, bEnd) === 0) {
+        if (runStart >= 0) onRun(runStart, o);
+        runStart = -1;
+      } else if (runStart < 0) runStart = o;
+      o = bEnd;
+    }
+  }
+  if (runStart >= 0) onRun(runStart, end);
+}
+
+/** Where copyToSparse reads: like read(2), 0 at the end. */
+export interface ByteSource {
+  read(buf: Buffer, offset: number, length: number): Promise<number>;
+}
+
+/** A file descriptor read from its current offset (a regular file, a pipe in blocking mode, a device). */
+export function fdSource(fd: number): ByteSource {
+  return {
+    read: (buf, offset, length) =>
+      new Promise((resolve, reject) => fsRead(fd, buf, offset, length, null, (e, n) => (e ? reject(e) : resolve(n)))),
+  };
+}
+
+export interface CopyToSparseOptions {
+  /** Bytes already taken from the source (after a size line): they come first. */
+  readonly first?: Buffer;
+  /** Zero-detection granularity in file offsets (a power of two); default 4 KiB. */
+  readonly blockBytes?: number;
+  /** Bytes read at a time, into each of two buffers allocated once; default 4 MiB. */
+  readonly readBytes?: number;
+  /** Stops the copy (rejects with its reason) before the next read. */
+  readonly signal?: AbortSignal;
+}
+
+export interface CopyToSparseResult {
+  /** Bytes taken from the source (at most `size`). */
+  readonly copied: number;
+  /** Bytes written (the blocks that hold data). */
+  readonly dataBytes: number;
+  /** The source had more than `size` bytes. */
+  readonly more: boolean;
+}
+
+/**
+ * Copies up to `size` bytes of `src` into `dst` from offset 0, where `dst`
+ * already reads as zeros (a fresh sparse file of that size), writing only
+ * the blocks that hold data: the pull-based, fast path of an import (the
+ * data is a file or a pipe of this host, nothing crosses a socket). Reads
+ * of `readBytes` into two buffers taken in turns, so the next read runs
+ * while the data of the last one is written (pwrite, several at once); no
+ * allocation per chunk, no sync: the caller syncs once at the end. Stops at
+ * `size` bytes or at the source's end, whichever comes first, then reads one
+ * more byte to tell whether the source was longer (`more`). Every read and
+ * write has settled when it returns or throws: the caller may close both.
+ */
+export async function copyToSparse(src: ByteSource, dst: FileHandle, size: number, opts: CopyToSparseOptions = {}): Promise<CopyToSparseResult> {
+  const block = opts.blockBytes ?? 4096;
+  if (!(block > 0 && (block & (block - 1)) === 0)) throw new RangeError(`blockBytes must be a power of two, not ${block}`);
+  const readBytes = Math.max(block, opts.readBytes ?? 4 << 20);
+  let pos = 0;
+  let dataBytes = 0;
+  let more = false;
+
+  const writeAt = async (b: Buffer, start: number, end: number, at: number): Promise<void> => {
+    while (start < end) {
+      const { bytesWritten } = await dst.write(b, start, end - start, at);
+      if (bytesWritten <= 0) throw new Error(`write at offset ${at} made no progress`);
+      start += bytesWritten;
+      at += bytesWritten;
+    }
+  };
+  /** Writes the data of `b[start, end)` (file offset `at`); resolves once all of it is written. */
+  const writeData = (b: Buffer, start: number, end: number, at: number): Promise<unknown> => {
+    const writes: Promise<void>[] = [];
+    forEachDataRun(b, start, end, at, block, (s, e) => {
+      dataBytes += e - s;
+      writes.push(writeAt(b, s, e, at + (s - start)));
+    });
+    return writes.length === 1 ? writes[0]! : Promise.all(writes);
+  };
+  /** Reads into `b` until `want` bytes or the source's end. */
+  const fill = async (b: Buffer, want: number): Promise<number> => {
+    let n = 0;
+    while (n < want) {
+      const got = await src.read(b, n, want - n);
+      if (got <= 0) break;
+      n += got;
+    }
+    return n;
+  };
+
+  const bufs = [Buffer.allocUnsafeSlow(readBytes), Buffer.allocUnsafeSlow(readBytes)] as const;
+  let writing: Promise<unknown> = Promise.resolve();
+  let reading: Promise<number> = Promise.resolve(0);
+  try {
+    const first = opts.first ?? Buffer.alloc(0);
+    if (first.length > size) more = true;
+    const head = first.subarray(0, Math.min(size, first.length));
+    if (head.length) {
+      writing = writeData(head, 0, head.length, 0);
+      pos = head.length;
+    }
+    let i = 0;
+    reading = pos < size ? fill(bufs[i], Math.min(readBytes, size - pos)) : Promise.resolve(0);
+    for (;;) {
+      const n = await reading;
+      if (n === 0) break;
+      opts.signal?.throwIfAborted();
+      const cur = bufs[i];
+      const at = pos;
+      pos += n;
+      // The other buffer is free once its writes are done; then it takes the next read.
+      await writing;
+      // A short fill: the source has ended.
+      const ended = n < Math.min(readBytes, size - at);
+      i ^= 1;
+      reading = pos < size && !ended ? fill(bufs[i], Math.min(readBytes, size - pos)) : Promise.resolve(0);
+      writing = writeData(cur, 0, n, at);
+    }
+    await writing;
+    if (!more && pos === size) more = (await fill(bufs[0], 1)) > 0;
+    return { copied: pos, dataBytes, more };
+  } finally {
+    // On a failure, nothing may still use the buffers or the descriptors once this returns.
+    await Promise.allSettled([reading, writing]);
+  }
 }
 
 export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {}): SparseWriter {

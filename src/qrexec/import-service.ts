@@ -9,16 +9,19 @@
  * stdout is read by the client as a qubesd reply (0x30 0x00 and the result,
  * or 0x32 0x00 and an exception); the exit status is not looked at.
  * Installed by qubes-storage-install-rpc as small wrappers that run this
- * program with `--service METHOD` (install-rpc.ts). What it does, as Qubes'
- * own script does:
+ * program with `--service METHOD` (install-rpc.ts); qvm-volume runs it too,
+ * with `--size SIZE` and its data file as stdin, for a local import
+ * (src/client/local-import.ts). What it does, as Qubes' own script does:
  *
  * 1. ImportWithSize: reads the first line of stdin, the size in bytes.
  * 2. Calls internal.vm.volume.ImportBegin (SOURCE QREXEC_REMOTE_DOMAIN, DEST
  *    QREXEC_REQUESTED_TARGET, ARG VOLUME, payload the size or empty) on the
  *    daemon's internal socket. An error reply is copied to stdout: exit 1.
- * 3. Writes exactly SIZE bytes of stdin into the path of the reply with the
- *    project's sparse writer (all-zero 4 KiB blocks stay holes), then
- *    fdatasync. Fewer bytes: `not enough data (copied N bytes, expected SIZE
+ * 3. Writes exactly SIZE bytes of stdin into the path of the reply with
+ *    copyToSparse (src/files/sparse-writer.ts: 4 MiB reads, all-zero 4 KiB
+ *    blocks stay holes, only data written), then one fdatasync. A regular
+ *    file as stdin is read from its descriptor, a pipe through Node's
+ *    stream. Fewer bytes: `not enough data (copied N bytes, expected SIZE
  *    bytes)`; more: `too much data (expected SIZE bytes)` (Qubes' messages).
  * 4. Calls internal.vm.volume.ImportEnd with `ok`, or `fail` NEWLINE the
  *    message (also when interrupted by SIGINT, SIGTERM or SIGHUP), and copies
@@ -28,13 +31,16 @@
  * socket the installer was given, unless it is already set), else beside the
  * admin socket of QUBESD_SOCKET / QUBES_BASE_DIR, as the daemon names it
  * (src/daemon/runtime.ts defaultInternalSocketPath). When it cannot be
- * reached, stdout gets a QubesDaemonCommunicationError reply: exit 1.
+ * reached, stdout gets a QubesDaemonCommunicationError reply: exit 3 when
+ * that was ImportBegin (no data read yet: qvm-volume then streams instead),
+ * else exit 1.
  */
+import { fstatSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { encodeError, encodeRequest } from '../admin/protocol/index.js';
-import { createSparseWriter } from '../files/sparse-writer.js';
+import { copyToSparse, fdSource, type ByteSource } from '../files/sparse-writer.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { defaultInternalSocketPath } from '../daemon/runtime.js';
 
@@ -49,7 +55,11 @@ const MAX_SIZE_LINE = 20;
 /** A qubesd reply is small; more than this is not one. */
 const MAX_REPLY = 64 * 1024;
 
+/** The exit status when the internal socket could not be reached for ImportBegin (no data read). */
+export const EXIT_INTERNAL_UNREACHABLE = 3;
+
 class ServiceError extends Error {
+  status = 1;
   constructor(
     message: string,
     readonly reply: Buffer,
@@ -58,14 +68,31 @@ class ServiceError extends Error {
   }
 }
 
-/** stdin as a pull source: the next chunk, or null at its end. */
-function reader(stream: NodeJS.ReadableStream): { next(): Promise<Buffer | null> } {
-  const it = (stream as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+/**
+ * stdin as a pull source. A regular file (the data handed over as stdin, as
+ * Qubes' client and our qvm-volume do) is read straight from its descriptor
+ * in large reads; anything else (a pipe) through the stream Node reads it
+ * with, its chunks copied into the reader's buffer.
+ */
+export function stdinSource(stdin: NodeJS.ReadableStream | number): ByteSource {
+  if (typeof stdin === 'number') return fdSource(stdin);
+  const it = (stdin as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  let cur: Buffer = Buffer.alloc(0);
+  let ended = false;
   return {
-    async next() {
-      const r = await it.next();
-      if (r.done) return null;
-      return typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    async read(buf, offset, length) {
+      while (cur.length === 0) {
+        if (ended) return 0;
+        const r = await it.next();
+        if (r.done) {
+          ended = true;
+          return 0;
+        }
+        cur = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+      }
+      const n = cur.copy(buf, offset, 0, Math.min(length, cur.length));
+      cur = cur.subarray(n);
+      return n;
     },
   };
 }
@@ -91,25 +118,27 @@ function callInternal(socketPath: string, method: string, source: string, dest: 
   });
 }
 
-/** Reads `SIZE\n` from the start of stdin; returns the size text and the bytes after the newline. */
-async function readSizeLine(input: { next(): Promise<Buffer | null> }): Promise<{ text: string; rest: Buffer }> {
-  let head: Buffer = Buffer.alloc(0);
+/** Reads `SIZE\n` from the start of stdin; returns the size text and the bytes read after the newline. */
+async function readSizeLine(input: ByteSource): Promise<{ text: string; rest: Buffer }> {
+  const head = Buffer.alloc(MAX_SIZE_LINE + 1);
+  let n = 0;
   for (;;) {
-    const nl = head.indexOf(0x0a);
-    if (nl >= 0 && nl <= MAX_SIZE_LINE) return { text: head.subarray(0, nl).toString('latin1'), rest: head.subarray(nl + 1) };
-    if (nl > MAX_SIZE_LINE || head.length > MAX_SIZE_LINE) break;
-    const c = await input.next();
-    if (c === null) break;
-    head = Buffer.concat([head, c]);
+    const nl = head.subarray(0, n).indexOf(0x0a);
+    if (nl >= 0) return { text: head.subarray(0, nl).toString('latin1'), rest: Buffer.from(head.subarray(nl + 1, n)) };
+    if (n === head.length) break;
+    const got = await input.read(head, n, head.length - n);
+    if (got <= 0) break;
+    n += got;
   }
   throw new ServiceError('no size line', encodeError('ProtocolError', 'ImportWithSize: the data must start with the size and a newline'));
 }
 
 /**
  * Copies exactly `size` bytes of the input (after `first`) into `path`,
- * which reads as zeros; returns the failure message, or null when all went in.
+ * which reads as zeros, all-zero 4 KiB blocks left as holes, and syncs it
+ * once at the end; returns the failure message, or null when all went in.
  */
-async function copyData(path: string, size: number, first: Buffer, input: { next(): Promise<Buffer | null> }): Promise<string | null> {
+async function copyData(path: string, size: number, first: Buffer, input: ByteSource, signal: AbortSignal): Promise<string | null> {
   let fh;
   try {
     // No O_CREAT, no O_TRUNC: the daemon made the file, of `size` bytes.
@@ -117,26 +146,14 @@ async function copyData(path: string, size: number, first: Buffer, input: { next
   } catch (e) {
     return `cannot open ${path}: ${(e as Error).message}`;
   }
-  const writer = createSparseWriter(fh, { maxPendingBytes: 16 << 20, syncEveryBytes: 64 << 20 });
   try {
-    let chunk: Buffer | null = first;
-    while (chunk !== null) {
-      if (writer.position + chunk.length > size) {
-        const fits = size - writer.position;
-        if (fits > 0) writer.push(chunk.subarray(0, fits));
-        await writer.settle();
-        return `too much data (expected ${size} bytes)`;
-      }
-      if (chunk.length && !writer.push(chunk)) await writer.drained();
-      // The sparse writer keeps the chunk by reference until written: stdin gives a new buffer each time.
-      chunk = await input.next();
-    }
-    await writer.finish();
-    if (writer.position < size) return `not enough data (copied ${writer.position} bytes, expected ${size} bytes)`;
+    const r = await copyToSparse(input, fh, size, { first, signal });
+    if (r.more) return `too much data (expected ${size} bytes)`;
+    if (r.copied < size) return `not enough data (copied ${r.copied} bytes, expected ${size} bytes)`;
     await fh.datasync();
     return null;
   } catch (e) {
-    await writer.settle();
+    if (signal.aborted) return 'interrupted';
     return `writing ${path} failed: ${(e as Error).message}`;
   } finally {
     await fh.close();
@@ -147,7 +164,10 @@ export interface ServiceRun {
   readonly service: ImportService;
   readonly volume: string;
   readonly env: NodeJS.ProcessEnv;
-  readonly stdin: NodeJS.ReadableStream;
+  /** The data: a descriptor to read (a regular file) or a stream (a pipe). */
+  readonly stdin: NodeJS.ReadableStream | number;
+  /** ImportWithSize with the size given here instead of on stdin's first line (`--size`). */
+  readonly size?: string;
   /** Called with the reply bytes for the client (once). */
   readonly out: (reply: Buffer) => void;
   /** Aborted on SIGINT/SIGTERM/SIGHUP: the import ends as failed. */
@@ -163,12 +183,18 @@ export async function runImportService(r: ServiceRun): Promise<number> {
     return 1;
   }
   const socketPath = defaultInternalSocketPath(r.env);
-  const input = reader(r.stdin);
+  const input = stdinSource(r.stdin);
   try {
-    let sizeText = '';
+    let sizeText = r.size ?? '';
     let first: Buffer = Buffer.alloc(0);
-    if (r.service === 'admin.vm.volume.ImportWithSize') ({ text: sizeText, rest: first } = await readSizeLine(input));
-    const begin = await callInternal(socketPath, 'internal.vm.volume.ImportBegin', source, dest, r.volume, Buffer.from(sizeText, 'latin1'));
+    if (r.service === 'admin.vm.volume.ImportWithSize' && r.size === undefined) ({ text: sizeText, rest: first } = await readSizeLine(input));
+    const begin = await callInternal(socketPath, 'internal.vm.volume.ImportBegin', source, dest, r.volume, Buffer.from(sizeText, 'latin1')).catch(
+      (e: unknown) => {
+        // Nothing read yet (past a size line): a caller that has the data elsewhere may stream it instead.
+        if (e instanceof ServiceError) e.status = EXIT_INTERNAL_UNREACHABLE;
+        throw e;
+      },
+    );
     if (begin[0] !== 0x30 || begin[1] !== 0) {
       r.out(begin);
       return 1;
@@ -185,31 +211,41 @@ export async function runImportService(r: ServiceRun): Promise<number> {
         if (r.signal.aborted) resolve('interrupted');
         r.signal.addEventListener('abort', () => resolve(`interrupted (${String(r.signal.reason)})`), { once: true });
       });
-      failure = await Promise.race([copyData(path, size, first, input), interrupted]);
+      failure = await Promise.race([copyData(path, size, first, input, r.signal), interrupted]);
     }
     const status = failure === null ? Buffer.from('ok') : Buffer.from(`fail\n${failure}`, 'utf8');
     r.out(await callInternal(socketPath, 'internal.vm.volume.ImportEnd', source, dest, r.volume, status));
     return 0;
   } catch (e) {
     r.out(e instanceof ServiceError ? e.reply : encodeError('QubesException', `${r.service}: ${(e as Error).message}`));
-    return 1;
+    return e instanceof ServiceError ? e.status : 1;
   }
 }
 
-/** `--service NAME [--] VOLUME`: the wrappers' command line. */
-function parseCommandLine(argv: readonly string[]): { service: ImportService; volume: string } {
+/**
+ * `--service NAME [--size SIZE] [--] VOLUME`: the wrappers' command line;
+ * `--size` (ImportWithSize only) is for a caller that hands over its data
+ * file itself as stdin (qvm-volume's local import) and so cannot put the
+ * size line before it.
+ */
+function parseCommandLine(argv: readonly string[]): { service: ImportService; volume: string; size?: string } {
   const args = [...argv];
   let service: string | undefined;
+  let size: string | undefined;
   const rest: string[] = [];
+  const usage = () => new Error(`usage: import-service --service ${IMPORT_SERVICES.join('|')} [--size SIZE] [--] VOLUME`);
   while (args.length) {
     const a = args.shift()!;
     if (a === '--service') service = args.shift();
-    else if (a === '--') rest.push(...args.splice(0));
+    else if (a === '--size') {
+      size = args.shift();
+      if (size === undefined || !/^\d{1,19}$/.test(size)) throw usage();
+    } else if (a === '--') rest.push(...args.splice(0));
     else rest.push(a);
   }
-  if (!IMPORT_SERVICES.includes(service as ImportService) || rest.length !== 1)
-    throw new Error(`usage: import-service --service ${IMPORT_SERVICES.join('|')} [--] VOLUME`);
-  return { service: service as ImportService, volume: rest[0]! };
+  if (!IMPORT_SERVICES.includes(service as ImportService) || rest.length !== 1) throw usage();
+  if (size !== undefined && service !== 'admin.vm.volume.ImportWithSize') throw usage();
+  return { service: service as ImportService, volume: rest[0]!, ...(size !== undefined ? { size } : {}) };
 }
 
 async function main(): Promise<number> {
@@ -223,10 +259,17 @@ async function main(): Promise<number> {
   const abort = new AbortController();
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => abort.abort(s));
   let written = false;
+  // A regular file is read from its descriptor (large reads, no stream); a pipe through process.stdin.
+  let stdinIsFile = false;
+  try {
+    stdinIsFile = fstatSync(0).isFile();
+  } catch {
+    // no stdin: read as a stream, which ends at once
+  }
   const status = await runImportService({
     ...cmd,
     env: process.env,
-    stdin: process.stdin,
+    stdin: stdinIsFile ? 0 : process.stdin,
     signal: abort.signal,
     out: (reply) => {
       if (written) return;
@@ -235,7 +278,7 @@ async function main(): Promise<number> {
     },
   });
   // stdin may still be open (an error before the data, or an interruption): do not wait for it.
-  process.stdin.destroy();
+  if (!stdinIsFile) process.stdin.destroy();
   return status;
 }
 

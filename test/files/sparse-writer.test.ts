@@ -8,7 +8,8 @@ import * as assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { createSparseWriter, isZeroRange } from '../../src/files/sparse-writer.js';
+import * as fsSync from 'node:fs';
+import { copyToSparse, createSparseWriter, fdSource, forEachDataRun, isZeroRange, type ByteSource } from '../../src/files/sparse-writer.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
 
@@ -140,5 +141,155 @@ describeEachFs('createSparseWriter', (_tfs, fsx) => {
     } finally {
       await fh.close();
     }
+  });
+});
+
+/** The data of copyToSparse's test image: [offset, bytes]; the rest zeros. Block 11 is a zero block between data. */
+const EXTENTS: readonly (readonly [number, number])[] = [
+  [100, 10],
+  [3 * BLOCK - 7, 20],
+  [5 * BLOCK, 3 * BLOCK],
+  [9 * BLOCK, 2 * BLOCK],
+  [12 * BLOCK + 1, 300 * 1024 + 5],
+  [64 * 1024 * 9 - 1, 2], // across a 64 KiB window
+];
+
+function extentImage(size: number): Buffer {
+  const b = Buffer.alloc(size);
+  for (const [at, len] of EXTENTS) randomBytes(len).copy(b, at);
+  b.fill(7, size - 3); // the last bytes
+  return b;
+}
+
+/** 4 KiB blocks with data in extentImage(size), counted from EXTENTS (not by the code under test). */
+function extentBlocks(size: number): number {
+  const blocks = new Set<number>();
+  for (const [at, len] of [...EXTENTS, [size - 3, 3] as const])
+    for (let b = Math.floor(at / BLOCK); b <= Math.floor((at + len - 1) / BLOCK); b++) blocks.add(b);
+  return blocks.size;
+}
+
+/** A source that hands out `b` in reads of at most `step` bytes (a pipe's short reads). */
+function bufferSource(b: Buffer, step: number): ByteSource & { reads: number } {
+  let at = 0;
+  const s = {
+    reads: 0,
+    read(buf: Buffer, offset: number, length: number): Promise<number> {
+      s.reads++;
+      const n = b.copy(buf, offset, at, Math.min(b.length, at + Math.min(step, length)));
+      at += n;
+      return Promise.resolve(n);
+    },
+  };
+  return s;
+}
+
+describe('forEachDataRun', () => {
+  it('gives the blocks with data, joined, in file offsets (a buffer starting mid-block)', () => {
+    const b = Buffer.alloc(40 * BLOCK);
+    // The buffer starts at file offset 1000: block k of the file is b[k*BLOCK - 1000, ...).
+    b[BLOCK - 1000] = 1; // file block 1
+    b[2 * BLOCK - 1000 + 5] = 1; // file block 2: joined with 1
+    b[30 * BLOCK - 1000 - 1] = 1; // the last byte of file block 29
+    const runs: Array<[number, number]> = [];
+    forEachDataRun(b, 0, b.length, 1000, BLOCK, (s, e) => runs.push([s, e]));
+    assert.deepEqual(runs, [
+      [BLOCK - 1000, 3 * BLOCK - 1000],
+      [29 * BLOCK - 1000, 30 * BLOCK - 1000],
+    ]);
+  });
+});
+
+describeEachFs('copyToSparse', (_tfs, fsx) => {
+  const size = 2 * MiB + 12_345;
+  const data = extentImage(size);
+
+  const cases: Array<[string, number, { readBytes?: number; first?: number }]> = [
+    ['4 MiB reads (one)', size, {}],
+    ['64 KiB reads', size, { readBytes: 65_536 }],
+    ['reads of an odd length', size, { readBytes: 100_003 }],
+    ['a pipe: short reads', 1000, { readBytes: 65_536 }],
+    ['bytes already read first (after a size line), odd length', size, { first: 5_001, readBytes: 65_536 }],
+  ];
+  for (const [name, step, o] of cases) {
+    it(`${name}: same bytes, zero blocks left as holes`, async () => {
+      const dir = await fsx.tempDir('cts');
+      const fh = await freshFile(dir, 'out.img', size);
+      let r;
+      try {
+        const first = o.first ? data.subarray(0, o.first) : undefined;
+        const src = bufferSource(o.first ? data.subarray(o.first) : data, step);
+        r = await copyToSparse(src, fh, size, { ...(first ? { first } : {}), ...(o.readBytes ? { readBytes: o.readBytes } : {}) });
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      assert.deepEqual(r, { copied: size, dataBytes: r.dataBytes, more: false });
+      assert.equal(r.dataBytes, extentBlocks(size) * BLOCK - (BLOCK - (size % BLOCK)), 'only the data blocks written (the last one short)');
+      const out = await fs.readFile(path.join(dir, 'out.img'));
+      assert.equal(hash(out), hash(data));
+      const st = await fs.stat(path.join(dir, 'out.img'));
+      assert.ok(st.blocks * 512 <= extentBlocks(size) * BLOCK + 64 * 1024, `${st.blocks * 512} bytes allocated for ${extentBlocks(size)} data blocks`);
+    });
+  }
+
+  it('a file descriptor, read from its current offset', async () => {
+    const dir = await fsx.tempDir('cts-fd');
+    await fs.writeFile(path.join(dir, 'src.img'), Buffer.concat([Buffer.alloc(777, 9), data]));
+    const fd = fsSync.openSync(path.join(dir, 'src.img'), 'r');
+    const fh = await freshFile(dir, 'out.img', size);
+    try {
+      fsSync.readSync(fd, Buffer.alloc(777), 0, 777, null);
+      assert.deepEqual((await copyToSparse(fdSource(fd), fh, size, { readBytes: 65_536 })).copied, size);
+    } finally {
+      await fh.close();
+      fsSync.closeSync(fd);
+    }
+    assert.equal(hash(await fs.readFile(path.join(dir, 'out.img'))), hash(data));
+  });
+
+  it('a source longer than size: size bytes copied, more is true; shorter: copied says how much', async () => {
+    const dir = await fsx.tempDir('cts-len');
+    const fh = await freshFile(dir, 'out.img', size);
+    try {
+      assert.deepEqual(await copyToSparse(bufferSource(Buffer.concat([data, Buffer.from('x')]), 70_000), fh, size, { readBytes: 65_536 }), {
+        copied: size,
+        dataBytes: extentBlocks(size) * BLOCK - (BLOCK - (size % BLOCK)),
+        more: true,
+      });
+      const short = await copyToSparse(bufferSource(data.subarray(0, MiB + 3), 70_000), fh, size, { readBytes: 65_536 });
+      assert.equal(short.copied, MiB + 3);
+      assert.equal(short.more, false);
+      // first longer than size
+      assert.equal((await copyToSparse(bufferSource(Buffer.alloc(0), 1), fh, 10, { first: Buffer.alloc(11, 1) })).more, true);
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('a failed write rejects with its error once every read and write has settled', async () => {
+    const dir = await fsx.tempDir('cts-fail');
+    await (await freshFile(dir, 'ro.img', MiB)).close();
+    const fh = await fs.open(path.join(dir, 'ro.img'), 'r'); // writes fail with EBADF
+    try {
+      await assert.rejects(copyToSparse(bufferSource(Buffer.alloc(MiB, 1), MiB), fh, MiB, { readBytes: 65_536 }), { code: 'EBADF' });
+    } finally {
+      await fh.close();
+    }
+    assert.equal((await fs.stat(path.join(dir, 'ro.img'))).blocks, 0);
+  });
+
+  it('an aborted signal stops it before the next read', async () => {
+    const dir = await fsx.tempDir('cts-abort');
+    const fh = await freshFile(dir, 'out.img', size);
+    const src = bufferSource(data, 65_536);
+    try {
+      const abort = new AbortController();
+      abort.abort(new Error('stop here'));
+      await assert.rejects(copyToSparse(src, fh, size, { readBytes: 65_536, signal: abort.signal }), /stop here/);
+    } finally {
+      await fh.close();
+    }
+    assert.ok(src.reads <= 2, `${src.reads} reads after the abort`);
   });
 });
