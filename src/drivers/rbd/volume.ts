@@ -42,7 +42,6 @@ import type { RbdPool } from './pool.js';
 export const RBD_FAILPOINTS = {
   startAfterLock: declareFailpoint('rbd.start.after-lock'),
   startAfterBaseSnapshot: declareFailpoint('rbd.start.after-base-snapshot'),
-  stopAfterSetAside: declareFailpoint('rbd.stop.after-set-aside'),
   stopAfterRename: declareFailpoint('rbd.stop.after-rename'),
   importAfterOldSnapshot: declareFailpoint('rbd.import.after-old-snapshot'),
   importAfterDiff: declareFailpoint('rbd.import.after-diff'),
@@ -611,7 +610,6 @@ export class RbdVolume extends Volume {
     if (await this.imageInfo(this.image)) {
       await this.checkNotForeign(this.image, 'stop');
       await this.rbd.rename(this.image, this.asideImage);
-      failpoint(FP.stopAfterSetAside);
     }
     await this.rbd.rename(run, this.image);
     await this.dropBaseOf(info); // N uses it now: it goes to the RBD trash and disappears with N
