@@ -330,6 +330,8 @@ export const IO_CHUNK = 4 * 1024 * 1024;
  */
 export class RbdClient {
   private conn: Promise<{ cluster: Handle; io: Handle }> | null = null;
+  /** Connections given up after a timeout; shut down at close(). */
+  private readonly retired: { cluster: Handle; io: Handle }[] = [];
   private closed = false;
   private inflight = 0;
   private idle: (() => void) | null = null;
@@ -407,22 +409,33 @@ export class RbdClient {
     this.closed = true;
     const conn = this.conn;
     this.conn = null;
-    if (!conn) return;
+    if (!conn && this.retired.length === 0) return;
     await Promise.all([...this.background]);
     if (this.inflight > 0) await new Promise<void>((r) => (this.idle = r));
-    const c = await conn.catch(() => null);
-    if (!c) return;
+    const c = conn ? await conn.catch(() => null) : null;
     const a = loadApi();
-    a.rados_ioctx_destroy(c.io);
-    await onWorker(a.rados_shutdown, c.cluster).catch(() => undefined);
+    for (const x of [...this.retired.splice(0), ...(c ? [c] : [])]) {
+      a.rados_ioctx_destroy(x.io);
+      await onWorker(a.rados_shutdown, x.cluster).catch(() => undefined);
+    }
   }
 
   /** Counts a call in flight, so close() waits for it. */
   private async track<T>(fn: (c: { cluster: Handle; io: Handle }, a: Api) => Promise<T>): Promise<T> {
-    const c = await this.connect();
+    const conn = this.connect();
+    const c = await conn;
     this.inflight++;
     try {
       return await fn(c, loadApi());
+    } catch (e) {
+      // A call that timed out leaves a connection that may hold a stale view of the
+      // cluster (an OSD restarted elsewhere): the next call connects afresh, as a new
+      // `rbd` process would. The old one is shut down at close().
+      if (e instanceof RbdError && e.timedOut && this.conn === conn) {
+        this.conn = null;
+        this.retired.push(c);
+      }
+      throw e;
     } finally {
       if (--this.inflight === 0 && this.idle) {
         this.idle();
