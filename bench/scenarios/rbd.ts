@@ -1,5 +1,8 @@
-// Scenario "rbd": the rbd driver on a single-node Ceph cluster against the
-// file-reflink driver on a loop-mounted XFS, in the same run, interleaved:
+// Scenario "rbd": the rbd driver (librbd through koffi) on a single-node Ceph
+// cluster against, in the same run, interleaved: the driver as it was before
+// (every operation spawning `rbd`/`ceph` commands, kept in bench/rbd-cli/ for
+// this baseline only), the `rbd import` / `rbd export` commands on the same
+// data, and the file-reflink driver on a loop-mounted XFS:
 // AppVM start+stop (root snapshot, private origin keeping 1 revision,
 // volatile), and a 1 GiB import (data written to the path import_data gives,
 // then import_data_end) and export (the path export gives read into a file,
@@ -24,12 +27,12 @@ import { DomainStorage } from '../../src/storage/domain-storage.js';
 import type { Pool } from '../../src/storage/pool.js';
 import type { Volume } from '../../src/storage/volume.js';
 import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
+import { createRbdCliPool } from '../rbd-cli/index.js';
 import { scratchXfs } from '../scratch-fs.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
 
 const MiB = 1024 ** 2;
-const GiB = 1024 ** 3;
 const SCRIPT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/ceph-cluster.sh');
 
 interface Cluster {
@@ -94,16 +97,18 @@ async function exportTo(v: Volume, out: string): Promise<void> {
 
 export const rbd: Scenario = {
   name: 'rbd',
-  describe: 'rbd (single-node Ceph, one OSD on a sparse file) vs file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
+  describe: 'rbd through librbd vs the rbd CLI driver, rbd import/export and file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
   async run(opts) {
     const cycles = opts.quick ? 2 : 8;
     const rounds = opts.quick ? 1 : 3;
-    const dataSize = opts.quick ? 64 * MiB : GiB;
+    // QS_BENCH_RBD_MIB: a smaller data size for a cluster with a small OSD (the test cluster's is 4 GiB).
+    const dataSize = opts.quick ? 64 * MiB : Number(process.env['QS_BENCH_RBD_MIB'] ?? 1024) * MiB;
     const c = await cluster();
     if (typeof c === 'string') return { figures: [], notes: [`skipped: ${c}`] };
     const scratch = await scratchXfs('rbd', opts.quick ? 2 : 6);
     const prefix = `bench-${process.pid}-`;
     let rbdPool: RbdPool | null = null;
+    const cliPrefix = `bench-cli-${process.pid}-`;
     try {
       const reflink = fileReflinkDriver.createPool('reflink', {
         dir_path: path.join(scratch.dir, 'pool'), setup_check: scratch.kind.includes('XFS') || !scratch.kind.includes('directory'),
@@ -119,6 +124,11 @@ export const rbd: Scenario = {
         await reflink.setup();
       });
       await rbdPool.setup();
+      const cliPool = createRbdCliPool('cephcli', {
+        ceph_pool: 'rbd', namespace: '', image_prefix: cliPrefix, ceph_conf: c.conf, client_id: '', keyring: '',
+        host_id: 'bench', break_stale_locks: '', timeout: 60, tmp_dir: '', revisions_to_keep: 1, ephemeral_volatile: false,
+      });
+      await cliPool.setup();
       const data = path.join(scratch.dir, 'data.img');
       {
         const fh = await fsp.open(data, 'w');
@@ -126,36 +136,67 @@ export const rbd: Scenario = {
         for (let o = 0; o < dataSize; o += buf.length) await fh.write(randomFillSync(buf), 0, buf.length, o);
         await fh.close();
       }
-      const sets = { reflink: domains(reflink, dataSize), rbd: domains(rbdPool, dataSize) };
+      const sets = { reflink: domains(reflink, dataSize), rbd: domains(rbdPool, dataSize), cli: domains(cliPool, dataSize) };
       for (const s of Object.values(sets)) {
         await s.tpl.create();
         await s.app.create();
         await s.std.create();
       }
-      const t: Record<string, number[]> = { startStop: [], startStopR: [], imp: [], impR: [], exp: [], expR: [] };
+      const t: Record<string, number[]> = { startStop: [], startStopR: [], startStopC: [], imp: [], impR: [], impC: [], impCmd: [], exp: [], expR: [], expC: [], expCmd: [] };
       for (let i = 0; i < cycles; i++) {
         t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
+        t['startStopC']!.push(await timeMs(async () => { await sets.cli.app.start(); await sets.cli.app.stop(); }));
         t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
       }
+      const rbdCmd = (args: string[]): void => {
+        const r = spawnSync('rbd', ['--conf', c.conf, ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`rbd ${args.join(' ')}: ${r.stderr}`);
+      };
+      const cmdImage = `rbd/${prefix}cmd`;
       const out = path.join(scratch.dir, 'export.img');
       for (let i = 0; i < rounds; i++) {
         t['impR']!.push(await timeMs(() => importFile(sets.reflink.std.get('private'), data, dataSize)));
         t['imp']!.push(await timeMs(() => importFile(sets.rbd.std.get('private'), data, dataSize)));
         t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
         t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
+        t['impC']!.push(await timeMs(() => importFile(sets.cli.std.get('private'), data, dataSize)));
+        t['expC']!.push(await timeMs(() => exportTo(sets.cli.std.get('private'), out)));
+        // The commands themselves on the same data: a new image from the file, and that image into a file.
+        t['impCmd']!.push(await timeMs(async () => rbdCmd(['import', '--image-feature', 'layering', data, cmdImage])));
+        t['expCmd']!.push(await timeMs(async () => {
+          rbdCmd(['export', cmdImage, out]);
+          await fsp.rm(out, { force: true });
+        }));
+        rbdCmd(['rm', '--no-progress', cmdImage]);
       }
       const mb = dataSize / MiB;
       const rate = (ms: number[]) => ms.map((x) => mb / (x / 1000));
       const fR = figure('AppVM start+stop, file-reflink', 'ms', t['startStopR']!);
+      const fC = figure('AppVM start+stop, rbd through the CLI (old driver)', 'ms', t['startStopC']!);
       const iR = figure(`import ${mb} MiB, file-reflink`, 'MiB/s', rate(t['impR']!));
+      const iC = figure(`import ${mb} MiB, rbd through the CLI (old driver)`, 'MiB/s', rate(t['impC']!));
+      const iCmd = figure(`rbd import of the same ${mb} MiB file (command)`, 'MiB/s', rate(t['impCmd']!));
       const eR = figure(`export ${mb} MiB, file-reflink`, 'MiB/s', rate(t['expR']!));
+      const eC = figure(`export ${mb} MiB, rbd through the CLI (old driver)`, 'MiB/s', rate(t['expC']!));
+      const eCmd = figure(`rbd export of the same ${mb} MiB image (command)`, 'MiB/s', rate(t['expCmd']!));
+      const fL = figure('AppVM start+stop, rbd (librbd)', 'ms', t['startStop']!);
+      const iL = figure(`import ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['imp']!));
+      const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
       const figures: Figure[] = [
         fR,
-        withBaseline(figure('AppVM start+stop, rbd', 'ms', t['startStop']!), fR),
+        fC,
+        withBaseline(fL, fC),
+        withBaseline({ ...fL, name: 'AppVM start+stop, rbd (librbd) vs file-reflink' }, fR),
         iR,
-        withBaseline(figure(`import ${mb} MiB, rbd`, 'MiB/s', rate(t['imp']!)), iR),
+        iC,
+        iCmd,
+        withBaseline(iL, iCmd),
+        withBaseline({ ...iL, name: `import ${mb} MiB, rbd (librbd) vs the old driver` }, iC),
         eR,
-        withBaseline(figure(`export ${mb} MiB, rbd`, 'MiB/s', rate(t['exp']!)), eR),
+        eC,
+        eCmd,
+        withBaseline(eL, eCmd),
+        withBaseline({ ...eL, name: `export ${mb} MiB, rbd (librbd) vs the old driver` }, eC),
       ];
       for (const s of Object.values(sets)) {
         await s.app.remove();
@@ -166,18 +207,20 @@ export const rbd: Scenario = {
         figures,
         notes: [
           `file-reflink on ${scratch.kind}; rbd on one OSD (BlueStore on a sparse file in ${os.tmpdir()}), pool size 1, 127.0.0.1`,
-          `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths) and rbd import-diff / rbd export`,
+          `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight); the old driver: rbd import-diff / rbd export`,
+          'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size'
         ],
       };
     } finally {
       if (rbdPool) {
         // best effort: anything the scenario left in the cluster
         for (const img of await rbdPool.listImages().catch(() => [] as string[])) {
-          if (!img.startsWith(prefix)) continue;
+          if (!img.startsWith(prefix) && !img.startsWith(cliPrefix)) continue;
           spawnSync('rbd', ['--conf', c.conf, 'snap', 'purge', `rbd/${img}`], { stdio: 'ignore' });
           spawnSync('rbd', ['--conf', c.conf, 'rm', `rbd/${img}`], { stdio: 'ignore' });
         }
       }
+      await rbdPool?.close();
       await scratch.cleanup();
       await c.stop();
     }

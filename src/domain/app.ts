@@ -181,6 +181,7 @@ export class QubesApp implements DomainHost, StateModel {
       await this.store.close();
     } finally {
       await this.leftovers;
+      for (const p of this.poolSet.list()) await p.close().catch(() => undefined);
       await this.lock.release();
     }
   }

@@ -227,7 +227,7 @@ export class Pools {
         const record: PoolRecord = {
           name,
           driver,
-          options: Object.fromEntries(Object.entries(options).map(([k, v]) => [k, optionText(v)])),
+          options: { ...Object.fromEntries(Object.entries(options).map(([k, v]) => [k, optionText(v)])), ...pool.addedOptions() },
         };
         try {
           await saves.commit(() => {

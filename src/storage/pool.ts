@@ -141,6 +141,18 @@ export abstract class Pool {
   async undoSetup(): Promise<void> {}
   /** Forgets the pool; data on disk is left alone. */
   abstract destroy(): Promise<void>;
+  /**
+   * Releases what the pool object holds open (a cluster connection) when
+   * its App closes; the pool and its data stay. Idempotent.
+   */
+  async close(): Promise<void> {}
+  /**
+   * Options the pool fills in when it is added (after setup), saved with it
+   * from then on (rbd: a generated host_id). Default: none.
+   */
+  addedOptions(): Record<string, string> {
+    return {};
+  }
   /** Makes a volume object for a domain; touches nothing on disk. */
   abstract initVolume(domain: DomainRef | null, spec: VolumeSpec): Volume;
   /** vids of the volumes present in the pool. */

@@ -4,7 +4,7 @@
 // (ENOSPC) and write-errors.test.ts (EROFS, EIO).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CephCommandError } from '../../src/drivers/rbd/cli.js';
+import { RbdError } from '../../src/drivers/rbd/librbd.js';
 import {
   QubesValueError,
   StoragePoolException,
@@ -46,15 +46,15 @@ test('an error without a path (a write through a file handle) names the file giv
   assert.match(storageError(WHAT, copy).message, /\(ENOSPC at \/dst-tmp-1\.img\)$/);
 });
 
-test("a command's exit status (rbd) is mapped by number, its message kept", () => {
-  const full = new CephCommandError('pool r1: rbd import-diff failed (exit 28): No space left on device', 28, 'No space left on device', false);
+test("librbd's errno (rbd) is mapped by number, its message kept", () => {
+  const full = new RbdError('pool r1: writing 4194304 bytes at 0 of image x', 28);
   const e = storageError(WHAT, full);
   assert.ok(e instanceof StoragePoolException);
   assert.notEqual(e, full);
-  assert.match(e.message, /import failed: not enough space left \(ENOSPC\): pool r1: rbd import-diff failed \(exit 28\)/);
-  assert.match(storageError(WHAT, new CephCommandError('x', 122, '', false)).message, /disk quota exceeded \(EDQUOT\)/);
-  // Another exit status is not a storage errno: the Qubes error passes as it is.
-  const gone = new CephCommandError('pool r1: rbd info failed (exit 2)', 2, '', false);
+  assert.match(e.message, /import failed: not enough space left \(ENOSPC\): pool r1: writing 4194304 bytes at 0 of image x/);
+  assert.match(storageError(WHAT, new RbdError('x', 122)).message, /disk quota exceeded \(EDQUOT\)/);
+  // Another errno is not a storage errno: the Qubes error passes as it is.
+  const gone = new RbdError('pool r1: opening image x', 2);
   assert.equal(storageError(WHAT, gone), gone);
   assert.equal(storageErrnoError(WHAT, gone), null);
 });

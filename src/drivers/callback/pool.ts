@@ -118,6 +118,10 @@ export class CallbackPool extends Pool {
     return this.backend.sweepLeftovers();
   }
 
+  override close(): Promise<void> {
+    return this.backend.close();
+  }
+
   async setup(): Promise<void> {
     await this.around('setup', `pool ${this.name}`, {}, () => this.backend.setup());
   }

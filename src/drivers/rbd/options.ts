@@ -2,9 +2,8 @@
 import type { DriverCapabilities } from '../../storage/driver.js';
 import { COMMON_POOL_OPTIONS, type OptionSpec } from '../../storage/options.js';
 
-/** No origin_snapshot (snap_on_start with save_on_stop): refused before the driver is called. */
 export const RBD_CAPABILITIES: DriverCapabilities = {
-  volumeKinds: ['volatile', 'snapshot', 'origin'],
+  volumeKinds: ['volatile', 'snapshot', 'origin', 'origin_snapshot'],
   maxRevisions: Infinity,
   remote: true,
   writable: true,
@@ -27,7 +26,7 @@ export const RBD_OPTIONS: readonly OptionSpec[] = [
     name: 'host_id',
     type: 'string',
     default: '',
-    help: 'name of this host in the locks of running volumes; empty: the host name. Each host (each daemon) sharing the Ceph pool needs its own',
+    help: 'name of this host in the locks of running volumes, unique per daemon; empty at add: HOSTNAME-RANDOM is made and saved with the pool (a pool saved with it empty uses the host name)',
   },
   {
     name: 'break_stale_locks',

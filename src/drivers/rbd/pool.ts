@@ -4,6 +4,7 @@
  * Several hosts (daemons) may use the same Ceph pool: a running volume is
  * held by an RBD lock naming the host (see volume.ts).
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -13,7 +14,7 @@ import type { PoolOptions } from '../../storage/options.js';
 import type { PoolPlace } from '../../storage/places.js';
 import { Pool, type UsageDetails } from '../../storage/pool.js';
 import { checkVid, type DomainRef, type VolumeSpec } from '../../storage/volume.js';
-import { CephCli, ENOENT, isErrno, type CephTarget } from './cli.js';
+import { EEXIST, ENOENT, isErrno, RbdClient, type CephTarget } from './librbd.js';
 import { RBD_CAPABILITIES } from './options.js';
 import { RbdVolume } from './volume.js';
 
@@ -45,9 +46,9 @@ interface CephDf {
 }
 
 export class RbdPool extends Pool {
-  readonly cli: CephCli;
+  /** The pool's cluster connection (made on first use, closed by close()/destroy()). */
+  readonly rbd: RbdClient;
   readonly prefix: string;
-  /** Set by tests and benchmarks: called with every command line (debugging aid). */
 
   constructor(name: string, options: PoolOptions) {
     super(name, 'rbd', options, RBD_CAPABILITIES);
@@ -63,7 +64,7 @@ export class RbdPool extends Pool {
     if (host.includes(' ') || host.length > 64)
       throw new QubesValueError(`pool ${name}: host_id must be at most 64 characters without spaces`);
     this.prefix = prefix;
-    this.cli = new CephCli(this.target(), `pool ${name}`);
+    this.rbd = new RbdClient(this.target(), `pool ${name}`);
   }
 
   private target(): CephTarget {
@@ -79,12 +80,32 @@ export class RbdPool extends Pool {
 
   override setOption(key: string, value: string | number | boolean): void {
     super.setOption(key, value);
-    if (key === 'timeout') (this as { cli: CephCli }).cli = new CephCli(this.target(), `pool ${this.name}`);
+    if (key === 'timeout') {
+      // The timeouts are set when connecting: the next call connects anew with them.
+      const old = this.rbd;
+      (this as { rbd: RbdClient }).rbd = new RbdClient(this.target(), `pool ${this.name}`);
+      void old.close();
+    }
   }
 
-  /** This host's name in locks. */
+  /**
+   * This host's name in locks: host_id; when empty (a pool added before
+   * host_id was filled in at add, or from storage.conf), the host name.
+   */
   get hostId(): string {
     return String(this.options['host_id'] || os.hostname());
+  }
+
+  /**
+   * At add, an empty host_id becomes HOSTNAME-RANDOM, saved with the pool:
+   * unique per daemon (two daemons on one machine, each with its own state,
+   * get different ones) and kept across restarts.
+   */
+  override addedOptions(): Record<string, string> {
+    if (String(this.options['host_id'] ?? '') !== '') return {};
+    const id = `${os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(6).toString('hex')}`;
+    this.options['host_id'] = id;
+    return { host_id: id };
   }
   /**
    * The host whose locks this host may break, or '': the pool option
@@ -108,8 +129,15 @@ export class RbdPool extends Pool {
    * and export files that processes no longer alive left in tmp_dir (a crash
    * or a kill in the middle of one).
    */
-  override sweepLeftovers(): Promise<void> {
-    return this.sweepTmpOnce();
+  override async sweepLeftovers(): Promise<void> {
+    await this.sweepTmpOnce();
+    // Running images a stop moved to the RBD trash whose removal a crash cut off (this prefix's helper images only).
+    await this.purgeHelperTrash().catch(() => undefined);
+  }
+
+  /** Removes this prefix's helper images (NAME~...) from the RBD trash: stopped volumes' images a removal did not finish. */
+  purgeHelperTrash(): Promise<void> {
+    return this.rbd.purgeTrash((n) => n.startsWith(this.prefix) && n.includes('~'));
   }
 
   sweepTmpOnce(): Promise<void> {
@@ -137,26 +165,36 @@ export class RbdPool extends Pool {
    * there (and sweeps only those of dead processes), beside anyone's.
    */
   override async places(): Promise<PoolPlace[]> {
-    const t = this.cli.target;
+    const t = this.rbd.target;
     const space = `Ceph pool ${t.pool}${t.namespace ? `, namespace ${t.namespace}` : ''}`;
     return [{ kind: 'names', space, prefix: this.prefix, access: 'own', option: 'image_prefix' }];
   }
 
   /** Checks that the Ceph pool answers; makes the namespace when it is missing. */
   override async setup(): Promise<void> {
-    const t = this.cli.target;
+    const t = this.rbd.target;
     if (t.namespace) {
-      const list = await this.cli.rbdJson<{ name: string }[]>(['namespace', 'ls', t.pool]);
-      if (!list.some((n) => n.name === t.namespace))
-        await this.cli.rbd(['namespace', 'create', '--pool', t.pool, '--namespace', t.namespace]).catch((e: unknown) => {
-          if (!/exist/i.test(String(e))) throw e;
-        });
+      // Namespaces are listed and made in the Ceph pool itself, outside any namespace.
+      const root = new RbdClient({ ...t, namespace: '' }, `pool ${this.name}`);
+      try {
+        if (!(await root.namespaces()).includes(t.namespace))
+          await root.createNamespace(t.namespace).catch((e: unknown) => {
+            if (!isErrno(e, EEXIST)) throw e;
+          });
+      } finally {
+        await root.close();
+      }
     }
     await this.listImages();
   }
 
+  /** The images are the user's data: forgetting a pool never deletes them; its connection ends. */
   override async destroy(): Promise<void> {
-    // The images are the user's data: forgetting a pool never deletes them.
+    await this.rbd.close();
+  }
+
+  override async close(): Promise<void> {
+    await this.rbd.close();
   }
 
   override initVolume(domain: DomainRef | null, spec: VolumeSpec): RbdVolume {
@@ -170,10 +208,7 @@ export class RbdPool extends Pool {
 
   /** Image names in the pool (and namespace). */
   async listImages(): Promise<string[]> {
-    const t = this.cli.target;
-    const args = ['ls', t.pool];
-    if (t.namespace) args.push('--namespace', t.namespace);
-    return (await this.cli.rbdJson<string[] | null>(args)) ?? [];
+    return this.rbd.list();
   }
 
   override async listVolumes(): Promise<string[]> {
@@ -189,7 +224,7 @@ export class RbdPool extends Pool {
     checkVid(vid);
     let size: number;
     try {
-      size = (await this.cli.rbdJson<{ size: number }>(['info', this.cli.spec(this.imageOf(vid))])).size;
+      size = await this.rbd.withImage(this.imageOf(vid), (i) => i.size());
     } catch (e) {
       if (isErrno(e, ENOENT)) throw new StoragePoolException(`pool ${this.name}: no volume ${vid}`);
       throw e;
@@ -199,8 +234,8 @@ export class RbdPool extends Pool {
   }
 
   private async df(): Promise<{ total: number; used: number; pool: CephDf['pools'][number]['stats'] | null }> {
-    const d = await this.cli.cephJson<CephDf>(['df']);
-    const p = d.pools.find((x) => x.name === this.cli.target.pool);
+    const d = await this.rbd.monCommand<CephDf>({ prefix: 'df', format: 'json' });
+    const p = d.pools.find((x) => x.name === this.rbd.target.pool);
     return { total: d.stats.total_bytes, used: d.stats.total_used_raw_bytes, pool: p?.stats ?? null };
   }
 
@@ -215,7 +250,7 @@ export class RbdPool extends Pool {
     return d?.pool ? d.pool.bytes_used : null;
   }
 
-  /** From `ceph df`: the Ceph pool's size and usage, its stored bytes and objects, and the cluster's raw totals. */
+  /** From the monitors' `df`: the Ceph pool's size and usage, its stored bytes and objects, and the cluster's raw totals. */
   override async usageDetails(): Promise<UsageDetails> {
     const d = await this.df();
     const out: UsageDetails = {};

@@ -35,15 +35,13 @@ import * as fs from 'node:fs/promises';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
-import { CephCommandError, EBUSY, EEXIST, ENOENT, isErrno } from './cli.js';
-import { fileAsDiff } from './diff.js';
+import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
 import type { RbdPool } from './pool.js';
-
-const FEATURES = ['--image-feature', 'layering'];
 
 /** Crash points (QUBES_STORAGE_FAILPOINTS): test/drivers/rbd/crash.ts kills a process at each. */
 export const RBD_FAILPOINTS = {
   startAfterLock: declareFailpoint('rbd.start.after-lock'),
+  startAfterBaseSnapshot: declareFailpoint('rbd.start.after-base-snapshot'),
   stopAfterRename: declareFailpoint('rbd.stop.after-rename'),
   importAfterOldSnapshot: declareFailpoint('rbd.import.after-old-snapshot'),
   importAfterDiff: declareFailpoint('rbd.import.after-diff'),
@@ -56,19 +54,16 @@ const GEN_KEY = 'qubes.generation';
 const SRC_GEN_KEY = 'qubes.source-generation';
 const LOCK_PREFIX = 'qubes:';
 
-interface Snap {
-  id: number;
-  name: string;
-}
-interface Lock {
-  id: string;
-  locker: string;
-  address: string;
-}
+type Snap = SnapInfo;
+type Lock = Locker;
 interface ImageInfo {
   size: number;
-  parent?: { pool: string; pool_namespace?: string; image: string; snapshot: string };
+  parent: { pool: string; image: string; snapshot: string } | null;
 }
+/** Zero detection granularity of imports and exports (the sparse unit of the copies). */
+const BLOCK = 64 * 1024;
+/** Reads or writes in flight during an import or export (koffi runs them on its worker threads). */
+const IN_FLIGHT = 4;
 
 function utcStamp(d = new Date()): { compact: string; iso: string } {
   const iso = d.toISOString().replace(/\.\d+Z$/, 'Z');
@@ -92,8 +87,8 @@ export class RbdVolume extends Volume {
     this.image = pool.imageOf(vid);
   }
 
-  private get cli() {
-    return this.pool.cli;
+  private get rbd(): RbdClient {
+    return this.pool.rbd;
   }
   private get lockId(): string {
     return LOCK_PREFIX + this.pool.hostId;
@@ -101,9 +96,13 @@ export class RbdVolume extends Volume {
 
   /** The image the domain uses while running. */
   get runImage(): string {
-    if (this.kind === 'snapshot') return `${this.image}~snap`;
+    if (this.snap_on_start) return `${this.image}~snap`;
     if (this.kind === 'volatile') return `${this.image}~volatile`;
     return this.image;
+  }
+  /** origin_snapshot: where the committed data waits while the stop puts the new data in its place. */
+  private get asideImage(): string {
+    return `${this.image}~old`;
   }
 
   private what(action: string): string {
@@ -114,10 +113,10 @@ export class RbdVolume extends Volume {
     try {
       return await fn();
     } catch (e) {
-      // Out of space or quota, EIO, read-only: in the Ceph cluster (the command's exit status) or in tmp_dir.
+      // Out of space or quota, EIO, read-only: in the Ceph cluster (librbd's errno) or in tmp_dir.
       const mapped = storageErrnoError(this.what(action), e);
       if (mapped) throw mapped;
-      if (e instanceof CephCommandError) throw new StoragePoolException(this.what(`${action}: ${e.message}`), { cause: e });
+      if (e instanceof RbdError) throw new StoragePoolException(this.what(`${action}: ${e.message}`), { cause: e });
       if (e instanceof StoragePoolException) throw e;
       throw new StoragePoolException(this.what(`${action}: ${String(e)}`), { cause: e });
     }
@@ -126,49 +125,44 @@ export class RbdVolume extends Volume {
   // ---- small calls -------------------------------------------------------
 
   private async imageInfo(image: string): Promise<ImageInfo | null> {
-    try {
-      return await this.cli.rbdJson<ImageInfo>(['info', this.cli.spec(image)]);
-    } catch (e) {
-      if (isErrno(e, ENOENT)) return null;
-      throw e;
-    }
+    return this.rbd.withImageIfAny(image, async (i) => ({ size: await i.size(), parent: await i.parent() }));
   }
 
   private async snaps(image: string): Promise<Snap[]> {
-    try {
-      return (await this.cli.rbdJson<Snap[] | null>(['snap', 'ls', this.cli.spec(image)])) ?? [];
-    } catch (e) {
-      if (isErrno(e, ENOENT)) return [];
-      throw e;
-    }
+    return (await this.rbd.withImageIfAny(image, (i) => i.snaps())) ?? [];
   }
 
   private async locks(image: string): Promise<Lock[]> {
-    try {
-      const out = await this.cli.rbdJson<Lock[] | Record<string, Omit<Lock, 'id'>> | null>(['lock', 'ls', this.cli.spec(image)]);
-      if (!out) return [];
-      return Array.isArray(out) ? out : Object.entries(out).map(([id, l]) => ({ id, ...l }));
-    } catch (e) {
-      if (isErrno(e, ENOENT)) return [];
-      throw e;
-    }
+    return (await this.rbd.withImageIfAny(image, (i) => i.lockers())) ?? [];
   }
 
   private async snapRm(image: string, snap: string): Promise<void> {
     try {
-      await this.cli.rbd(['snap', 'rm', this.cli.spec(image, snap)]);
+      await this.rbd.withImage(image, (i) => i.snapRemove(snap));
+    } catch (e) {
+      if (!isErrno(e, ENOENT)) throw e;
+    }
+  }
+
+  private async snapCreate(image: string, snap: string): Promise<void> {
+    await this.rbd.withImage(image, (i) => i.snapCreate(snap));
+  }
+  private async snapRename(image: string, from: string, to: string): Promise<void> {
+    await this.rbd.withImage(image, (i) => i.snapRename(from, to));
+  }
+  private async snapRollback(image: string, snap: string): Promise<void> {
+    await this.rbd.withImage(image, (i) => i.snapRollback(snap));
+  }
+  private async removeImage(image: string): Promise<void> {
+    try {
+      await this.rbd.remove(image);
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
   }
 
   private async getMeta(image: string, key: string): Promise<string | null> {
-    try {
-      return (await this.cli.rbd(['image-meta', 'get', this.cli.spec(image), key])).trim();
-    } catch (e) {
-      if (isErrno(e, ENOENT)) return null;
-      throw e;
-    }
+    return this.rbd.withImageIfAny(image, (i) => i.metaGet(key));
   }
 
   /** The commit generation of this (origin) volume's data. */
@@ -177,8 +171,10 @@ export class RbdVolume extends Volume {
   }
 
   private async bumpGeneration(): Promise<void> {
-    const next = String(Number((await this.generation()) || '0') + 1);
-    await this.cli.rbd(['image-meta', 'set', this.cli.spec(this.image), GEN_KEY, next]);
+    await this.rbd.withImage(this.image, async (i) => {
+      const next = String(Number((await i.metaGet(GEN_KEY)) || '0') + 1);
+      await i.metaSet(GEN_KEY, next);
+    });
   }
 
   /** "host B (lock qubes:B, client.4123 at 127.0.0.1:0/123)" */
@@ -193,31 +189,32 @@ export class RbdVolume extends Volume {
    * lock is broken only when break_stale_locks names that host.
    */
   private async lock(image: string): Promise<'new' | 'ours'> {
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        await this.cli.rbd(['lock', 'add', this.cli.spec(image), this.lockId]);
-        return 'new';
-      } catch (e) {
-        if (!isErrno(e, EBUSY) && !isErrno(e, EEXIST)) throw e;
+    return this.rbd.withImage(image, (i) => this.lockOn(i));
+  }
+
+  private async lockOn(i: RbdImage): Promise<'new' | 'ours'> {
+    {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        try {
+          await i.lockExclusive(this.lockId);
+          return 'new';
+        } catch (e) {
+          if (!isErrno(e, EBUSY) && !isErrno(e, EEXIST)) throw e;
+        }
+        const held = await i.lockers();
+        if (held.length === 0) continue; // released meanwhile
+        if (held.some((l) => l.id === this.lockId)) return 'ours';
+        await this.breakStaleOrRefuse(i, held[0]!);
       }
-      const held = await this.locks(image);
-      if (held.length === 0) continue; // released meanwhile
-      if (held.some((l) => l.id === this.lockId)) return 'ours';
-      await this.breakStaleOrRefuse(image, held[0]!);
+      throw new StoragePoolException(this.what('could not take the lock (it keeps changing hands)'));
     }
-    throw new StoragePoolException(this.what('could not take the lock (it keeps changing hands)'));
   }
 
   private async unlock(image: string): Promise<void> {
-    for (const l of await this.locks(image)) {
-      if (l.id !== this.lockId) continue;
-      try {
-        // Our own lock: no fencing (blocklisting the client that took it) needed.
-        await this.cli.rbd(['lock', 'rm', this.cli.spec(image), l.id, l.locker, '--rbd_blocklist_on_break_lock=false']);
-      } catch (e) {
-        if (!isErrno(e, ENOENT)) throw e;
-      }
-    }
+    await this.rbd.withImageIfAny(image, async (i) => {
+      // Our own lock (taken by this or an earlier connection of this host): no fencing.
+      for (const l of await i.lockers()) if (l.id === this.lockId) await i.lockBreak(l, false);
+    });
   }
 
   /** Refuses when another host holds `image`. */
@@ -230,11 +227,13 @@ export class RbdVolume extends Volume {
 
   /** Before a start: like checkNotForeign, but breaks the lock of the host named by break_stale_locks. */
   private async checkStartable(image: string): Promise<void> {
-    for (const l of await this.locks(image)) if (l.id !== this.lockId) await this.breakStaleOrRefuse(image, l);
+    await this.rbd.withImageIfAny(image, async (i) => {
+      for (const l of await i.lockers()) if (l.id !== this.lockId) await this.breakStaleOrRefuse(i, l);
+    });
   }
 
-  /** Another host's lock: broken when break_stale_locks names that host, else the volume is in use. */
-  private async breakStaleOrRefuse(image: string, l: Lock): Promise<void> {
+  /** Another host's lock: broken (its client fenced) when break_stale_locks names that host, else the volume is in use. */
+  private async breakStaleOrRefuse(i: RbdImage, l: Lock): Promise<void> {
     const host = l.id.startsWith(LOCK_PREFIX) ? l.id.slice(LOCK_PREFIX.length) : null;
     if (host === null || host !== this.pool.breakLocksOf)
       throw new StoragePoolException(
@@ -243,7 +242,7 @@ export class RbdVolume extends Volume {
             `(pool option break_stale_locks=${host ?? l.id}, or RbdVolume.breakLock)`,
         ),
       );
-    await this.cli.rbd(['lock', 'rm', this.cli.spec(image), l.id, l.locker]);
+    await i.lockBreak(l, true);
   }
 
   /**
@@ -255,11 +254,13 @@ export class RbdVolume extends Volume {
     return this.locked(() =>
       this.guarded('breaking the lock failed', async () => {
         const broken: string[] = [];
-        for (const l of await this.locks(this.runImage)) {
-          if (l.id === this.lockId) continue;
-          await this.cli.rbd(['lock', 'rm', this.cli.spec(this.runImage), l.id, l.locker]);
-          broken.push(RbdVolume.holder(l));
-        }
+        await this.rbd.withImageIfAny(this.runImage, async (i) => {
+          for (const l of await i.lockers()) {
+            if (l.id === this.lockId) continue;
+            await i.lockBreak(l, true);
+            broken.push(RbdVolume.holder(l));
+          }
+        });
         return broken;
       }),
     );
@@ -271,17 +272,54 @@ export class RbdVolume extends Volume {
     return l ? RbdVolume.holder(l) : null;
   }
 
+  /** Names of this host's base snapshots (see baseSnapName): only this daemon makes and removes them. */
+  private ownBaseRe(): RegExp {
+    const host = this.pool.hostId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    return new RegExp(`^qs-base-${host}-[0-9a-f]{12}$`);
+  }
+  /** A new base snapshot name: this host's id in it, so a crash's leftover is known as ours. */
+  private baseSnapName(): string {
+    return `qs-base-${this.pool.hostId}-${rand()}`;
+  }
+
+  /**
+   * Removes this host's base snapshots on this (origin) image. One a running
+   * clone uses goes to the RBD trash (clone v2) and disappears with its last
+   * clone; one that none uses is what a crash between the snapshot and the
+   * clone left. Called under this volume's lock of this process, so no start
+   * of ours is between its snapshot and its clone.
+   */
+  private async dropOwnBases(s: Snap[]): Promise<boolean> {
+    const re = this.ownBaseRe();
+    const own = s.filter((x) => re.test(x.name));
+    if (own.length === 0) return false;
+    await this.rbd.withImage(this.image, async (i) => {
+      for (const x of own)
+        await i.snapRemove(x.name).catch((e: unknown) => {
+          if (!isErrno(e, ENOENT) && !isErrno(e, EBUSY)) throw e; // EBUSY: protected for a v1 clone
+        });
+    });
+    return true;
+  }
+
   // ---- recovery ------------------------------------------------------------
 
   /**
-   * Finishes or undoes what an interrupted import or revert left on N:
+   * Finishes or undoes what an interrupted operation left on N:
    * - qs-import-done present: the import completed; finish the commit;
    * - qs-import-old alone: the import did not complete; roll back to it;
-   * - qs-reverting-*: roll back to it (again) and drop it.
+   * - qs-reverting-*: roll back to it (again) and drop it;
+   * - qs-base-HOST-*: this host's base snapshots (a start cut off between the
+   *   snapshot and the clone leaves one);
+   * - origin_snapshot: N~old (a stop cut off while putting the new data in place).
    * Also prunes revisions past revisions_to_keep.
    */
   private async recover(snaps?: Snap[]): Promise<Snap[]> {
-    if (!(this.save_on_stop && !this.snap_on_start)) return [];
+    if (this.kind === 'origin_snapshot') {
+      await this.finishSetAside();
+      return [];
+    }
+    if (this.kind !== 'origin') return [];
     let s = snaps ?? (await this.snaps(this.image));
     if (this.importFile === null) {
       const done = s.some((x) => x.name === 'qs-import-done');
@@ -292,11 +330,12 @@ export class RbdVolume extends Volume {
     }
     const reverting = s.find((x) => REVERTING_RE.test(x.name));
     if (reverting) {
-      await this.cli.rbd(['snap', 'rollback', this.cli.spec(this.image, reverting.name)], { timeoutMs: null });
+      await this.snapRollback(this.image, reverting.name);
       await this.snapRm(this.image, reverting.name);
       await this.bumpGeneration();
       s = await this.snaps(this.image);
     }
+    if (await this.dropOwnBases(s)) s = await this.snaps(this.image);
     await this.prune(s);
     return s;
   }
@@ -319,7 +358,13 @@ export class RbdVolume extends Volume {
   private async prune(s: Snap[]): Promise<void> {
     const keep = Math.max(this.revisions_to_keep, 0);
     const revs = this.revisionSnaps(s);
-    while (revs.length > keep) await this.snapRm(this.image, revs.shift()!.snap.name);
+    if (revs.length <= keep) return;
+    await this.rbd.withImage(this.image, async (i) => {
+      while (revs.length > keep)
+        await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
+          if (!isErrno(e, ENOENT)) throw e;
+        });
+    });
   }
 
   // ---- the contract --------------------------------------------------------
@@ -330,18 +375,18 @@ export class RbdVolume extends Volume {
 
   /** What a hypervisor attaches (QEMU's rbd: syntax): rbd:POOL/[NAMESPACE/]IMAGE[:id=..][:conf=..] */
   blockPath(image: string): string {
-    const t = this.cli.target;
-    let p = `rbd:${this.cli.spec(image)}`;
+    const t = this.rbd.target;
+    let p = `rbd:${this.rbd.spec(image)}`;
     if (t.clientId) p += `:id=${t.clientId}`;
     if (t.conf) p += `:conf=${t.conf}`;
     return p;
   }
 
   protected async doCreate(): Promise<void> {
-    if (!(this.save_on_stop && !this.snap_on_start)) return; // made at start
+    if (this.kind !== 'origin') return; // made at start (origin_snapshot: its data at the first stop)
     await this.guarded('create failed', async () => {
       try {
-        await this.cli.rbd(['create', ...FEATURES, '--size', `${this.size}B`, this.cli.spec(this.image)]);
+        await this.rbd.create(this.image, this.size);
       } catch (e) {
         if (isErrno(e, EEXIST)) throw new StoragePoolException(this.what(`already exists (image ${this.image})`));
         throw e;
@@ -349,45 +394,76 @@ export class RbdVolume extends Volume {
     });
   }
 
+  /** Removes an image with its snapshots (clone v2: a snapshot with clones goes to the trash). */
+  private async removeWithSnaps(image: string): Promise<void> {
+    await this.rbd.withImageIfAny(image, async (i) => {
+      for (const x of await i.snaps())
+        await i.snapRemove(x.name).catch((e: unknown) => {
+          if (!isErrno(e, ENOENT)) throw e;
+        });
+    });
+    try {
+      await this.removeImage(image);
+    } catch (e) {
+      if (!isErrno(e, ENOTEMPTY)) throw e;
+      // Snapshots left in the trash namespace: clones of them still in the RBD trash
+      // (stopped volumes whose objects are being deleted): finish those, then again.
+      await this.rbd.settled();
+      await this.pool.purgeHelperTrash();
+      await this.removeImage(image);
+    }
+  }
+
   protected async doRemove(): Promise<void> {
     await this.guarded('remove failed', async () => {
       if (this.runImage !== this.image) await this.dropRunImage();
-      if (!(this.save_on_stop && !this.snap_on_start)) return;
+      if (this.kind === 'origin_snapshot') {
+        await this.checkNotForeign(this.image, 'remove');
+        await this.removeWithSnaps(this.asideImage);
+        await this.removeWithSnaps(this.image);
+        return;
+      }
+      if (this.kind !== 'origin') return;
       await this.checkNotForeign(this.image, 'remove');
       await this.unlock(this.image);
-      const s = await this.snaps(this.image);
-      for (const x of s) await this.snapRm(this.image, x.name); // clone v2: a snapshot with clones goes to the trash
-      try {
-        await this.cli.rbd(['rm', this.cli.spec(this.image)], { timeoutMs: null });
-      } catch (e) {
-        if (!isErrno(e, ENOENT)) throw e;
-      }
+      await this.removeWithSnaps(this.image);
     });
   }
 
   /** Removes the running image of a snapshot or volatile volume, and the source snapshot it was cloned from. */
   private async dropRunImage(): Promise<boolean> {
     const img = this.runImage;
-    const info = await this.imageInfo(img);
-    if (!info) return false;
-    await this.checkNotForeign(img, 'stop');
-    await this.unlock(img);
+    // One open: refuse another host's, release ours, and what the removal and the base need.
+    const found = await this.rbd.withImageIfAny(img, async (i) => {
+      const held = await i.lockers();
+      const other = held.find((l) => l.id !== this.lockId);
+      if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
+      for (const l of held) await i.lockBreak(l, false);
+      return { info: { size: 0, parent: await i.parent() }, id: await i.id() };
+    });
+    if (!found) return false;
+    // Out of the names at once, its objects deleted in the background (pool.sweepLeftovers finishes a cut-off one).
     try {
-      await this.cli.rbd(['rm', this.cli.spec(img)], { timeoutMs: null });
+      await this.rbd.discard(img, found.id);
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
+    await this.dropBaseOf(found.info);
+    return true;
+  }
+
+  /** The qs-base snapshot a clone was made from, once the clone is gone or committed (other clones may still use it: then it goes to the trash). */
+  private async dropBaseOf(info: ImageInfo): Promise<void> {
     const parent = info.parent;
     if (parent && parent.snapshot.startsWith('qs-base-') && this.source) {
       const src = this.source as RbdVolume;
-      await src.snapRm(src.image, parent.snapshot).catch(() => undefined); // other clones may still use it
+      await src.snapRm(src.image, parent.snapshot).catch(() => undefined);
     }
-    return true;
   }
 
   protected async doStart(): Promise<void> {
     await this.guarded('start failed', async () => {
-      if (this.kind === 'snapshot') return this.startSnapshot();
+      if (this.snap_on_start) return this.startSnapshot();
       if (this.kind === 'volatile') return this.startVolatile();
       return this.startOrigin();
     });
@@ -395,19 +471,22 @@ export class RbdVolume extends Volume {
 
   private async startOrigin(): Promise<void> {
     const s = await this.recover();
-    if (!(await this.imageInfo(this.image))) throw new StoragePoolException(this.what(`missing image ${this.image} (volume not created?)`));
-    const how = await this.lock(this.image);
-    failpoint(FP.startAfterLock);
-    if (this.revisions_to_keep === -1) return; // written in place, no snapshot
-    if (how === 'ours' && s.some((x) => x.name === 'qs-start')) return; // uncommitted data from before a crash: keep it
-    if (!s.some((x) => x.name === 'qs-start')) {
-      try {
-        await this.cli.rbd(['snap', 'create', this.cli.spec(this.image, 'qs-start')]);
-      } catch (e) {
-        if (how === 'new') await this.unlock(this.image).catch(() => undefined); // a failed start starts nothing
-        throw e;
+    const opened = await this.rbd.withImageIfAny(this.image, async (i) => {
+      const how = await this.lockOn(i);
+      failpoint(FP.startAfterLock);
+      if (this.revisions_to_keep === -1) return true; // written in place, no snapshot
+      if (how === 'ours' && s.some((x) => x.name === 'qs-start')) return true; // uncommitted data from before a crash: keep it
+      if (!s.some((x) => x.name === 'qs-start')) {
+        try {
+          await i.snapCreate('qs-start');
+        } catch (e) {
+          if (how === 'new') for (const l of await i.lockers().catch(() => [])) if (l.id === this.lockId) await i.lockBreak(l, false).catch(() => undefined); // a failed start starts nothing
+          throw e;
+        }
       }
-    }
+      return true;
+    });
+    if (!opened) throw new StoragePoolException(this.what(`missing image ${this.image} (volume not created?)`));
   }
 
   private async startVolatile(): Promise<void> {
@@ -417,7 +496,7 @@ export class RbdVolume extends Volume {
       await this.dropRunImage(); // ours, from before a crash: start afresh
     }
     try {
-      await this.cli.rbd(['create', ...FEATURES, '--size', `${this.size}B`, this.cli.spec(img)]);
+      await this.rbd.create(img, this.size);
     } catch (e) {
       if (isErrno(e, EEXIST)) await this.checkStartable(img); // another host was faster
       throw e;
@@ -428,35 +507,53 @@ export class RbdVolume extends Volume {
   private async startSnapshot(): Promise<void> {
     const src = this.source as RbdVolume;
     const img = this.runImage;
+    if (this.kind === 'origin_snapshot') await this.recover();
     if (await this.imageInfo(img)) {
       await this.checkStartable(img);
+      // origin_snapshot: uncommitted data from before a crash: keep it (as an origin does).
+      if (this.kind === 'origin_snapshot') {
+        await this.lock(img);
+        return;
+      }
       await this.dropRunImage(); // ours, from before a crash: a snapshot starts afresh
     }
     // Under the source's lock (this process), so it does not commit between our reads.
     await this.pool.locks.run(src.vid, async () => {
-      if (!(await src.imageInfo(src.image))) throw new StoragePoolException(this.what(`source volume ${src.vid} has no data yet`));
-      const srcSnaps = await src.snaps(src.image);
-      const srcLocked = (await src.locks(src.image)).length > 0;
-      const gen = await src.generation();
-      let base: string;
-      if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start')) {
-        base = 'qs-start'; // the source runs: its committed data is its start snapshot
-      } else {
-        base = `qs-base-${rand()}`;
-        await src.cli.rbd(['snap', 'create', src.cli.spec(src.image, base)]);
-      }
+      // One open of the source: its state, and the base snapshot when one is needed.
+      const got = await src.rbd.withImageIfAny(src.image, async (si) => {
+        const srcSnaps = await si.snaps();
+        const srcLocked = (await si.lockers()).length > 0;
+        const gen = (await si.metaGet(GEN_KEY)) ?? '0';
+        if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
+          return { base: 'qs-start', gen }; // the source runs: its committed data is its start snapshot
+        const re = src.ownBaseRe();
+        for (const x of srcSnaps) {
+          // what a crashed start of ours left (one a running clone uses goes to the trash)
+          if (re.test(x.name))
+            await si.snapRemove(x.name).catch((e: unknown) => {
+              if (!isErrno(e, ENOENT) && !isErrno(e, EBUSY)) throw e;
+            });
+        }
+        const base = src.baseSnapName();
+        await si.snapCreate(base);
+        failpoint(FP.startAfterBaseSnapshot);
+        return { base, gen };
+      });
+      if (!got) throw new StoragePoolException(this.what(`source volume ${src.vid} has no data yet`));
+      const { base, gen } = got;
       try {
-        await this.clone(src, base, img);
+        await this.rbd.clone(src.image, base, img);
       } catch (e) {
         if (base !== 'qs-start') await src.snapRm(src.image, base).catch(() => undefined);
         if (isErrno(e, EEXIST)) await this.checkStartable(img);
         throw e;
       }
       try {
-        await this.lock(img);
-        await this.cli.rbd(['image-meta', 'set', this.cli.spec(img), SRC_GEN_KEY, gen]);
-        const info = await this.imageInfo(img);
-        if (info && info.size < this.size) await this.cli.rbd(['resize', '--size', `${this.size}B`, this.cli.spec(img)]);
+        await this.rbd.withImage(img, async (i) => {
+          await this.lockOn(i);
+          await i.metaSet(SRC_GEN_KEY, gen);
+          if ((await i.size()) < this.size) await i.resize(this.size);
+        });
       } catch (e) {
         await this.dropRunImage().catch(() => undefined);
         throw e;
@@ -464,40 +561,81 @@ export class RbdVolume extends Volume {
     });
   }
 
-  /** A layered clone: clone v2 (no protection needed); with clients older than mimic, protect the snapshot (v1). */
-  private async clone(src: RbdVolume, snap: string, img: string): Promise<void> {
-    const args = ['clone', ...FEATURES, src.cli.spec(src.image, snap), this.cli.spec(img)];
-    try {
-      await this.cli.rbd([...args, '--rbd-default-clone-format', '2']);
-    } catch (e) {
-      if (!/protect|compat|clone format|v2/i.test(String(e))) throw e;
-      await src.cli.rbd(['snap', 'protect', src.cli.spec(src.image, snap)]).catch(() => undefined);
-      await this.cli.rbd([...args, '--rbd-default-clone-format', '1']);
-    }
-  }
-
   protected async doStop(): Promise<void> {
     await this.guarded('stop failed', async () => {
+      if (this.kind === 'origin_snapshot') return this.stopOriginSnapshot();
       if (this.kind !== 'origin') {
         await this.dropRunImage();
         return;
       }
-      const held = await this.checkNotForeign(this.image, 'stop');
-      if (!held.some((l) => l.id === this.lockId)) return; // not started: nothing to do
-      const s = await this.snaps(this.image);
-      if (s.some((x) => x.name === 'qs-start')) {
-        if (Math.max(this.revisions_to_keep, 0) > 0) {
-          const rev = this.nextRevisionName(s);
-          await this.cli.rbd(['snap', 'rename', this.cli.spec(this.image, 'qs-start'), this.cli.spec(this.image, rev)]);
-          failpoint(FP.stopAfterRename);
-        } else {
-          await this.snapRm(this.image, 'qs-start');
+      // One open of the image for the whole commit.
+      await this.rbd.withImageIfAny(this.image, async (i) => {
+        const held = await i.lockers();
+        const other = held.find((l) => l.id !== this.lockId);
+        if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
+        if (!held.some((l) => l.id === this.lockId)) return; // not started: nothing to do
+        const s = await i.snaps();
+        if (s.some((x) => x.name === 'qs-start')) {
+          if (Math.max(this.revisions_to_keep, 0) > 0) {
+            await i.snapRename('qs-start', this.nextRevisionName(s));
+            failpoint(FP.stopAfterRename);
+          } else {
+            await i.snapRemove('qs-start');
+          }
         }
-      }
-      await this.bumpGeneration();
-      await this.prune(await this.snaps(this.image));
-      await this.unlock(this.image);
+        await i.metaSet(GEN_KEY, String(Number((await i.metaGet(GEN_KEY)) || '0') + 1));
+        const revs = this.revisionSnaps(await i.snaps());
+        while (revs.length > Math.max(this.revisions_to_keep, 0))
+          await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
+            if (!isErrno(e, ENOENT)) throw e;
+          });
+        for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
+      });
     });
+  }
+
+  /**
+   * origin_snapshot: the running clone N~snap becomes the committed data N.
+   * The old N is set aside as N~old first, then N~snap renamed to N, then
+   * N~old removed: a crash anywhere leaves either the old data in N (N~snap
+   * still there: the next stop commits it) or the new (N~old removed by the
+   * next operation). No revision is kept (see the README).
+   */
+  private async stopOriginSnapshot(): Promise<void> {
+    const run = this.runImage;
+    const info = await this.imageInfo(run);
+    if (!info) return; // not started: nothing to do
+    await this.checkNotForeign(run, 'stop');
+    await this.finishSetAside();
+    if (await this.imageInfo(this.image)) {
+      await this.checkNotForeign(this.image, 'stop');
+      await this.rbd.rename(this.image, this.asideImage);
+    }
+    await this.rbd.rename(run, this.image);
+    await this.dropBaseOf(info); // N uses it now: it goes to the RBD trash and disappears with N
+    await this.finishSetAside();
+    await this.unlock(this.image);
+    await this.rbd.withImage(this.image, async (i) => {
+      const next = String(Number((await i.metaGet(GEN_KEY)) || '0') + 1);
+      await i.metaSet(GEN_KEY, next);
+    });
+  }
+
+  /** origin_snapshot: a stop cut off after setting the old data aside: put the new in place (when running data waits), then drop the old. */
+  private async finishSetAside(): Promise<void> {
+    const aside = await this.imageInfo(this.asideImage);
+    if (!aside) return;
+    if (!(await this.imageInfo(this.image))) {
+      if (await this.imageInfo(this.runImage)) {
+        await this.rbd.rename(this.runImage, this.image);
+        await this.unlock(this.image);
+      } else {
+        await this.rbd.rename(this.asideImage, this.image); // nothing to commit: the old data stays
+        return;
+      }
+    }
+    await this.removeWithSnaps(this.asideImage);
+    await this.dropBaseOf(aside);
   }
 
   protected async doVerify(): Promise<boolean> {
@@ -514,19 +652,16 @@ export class RbdVolume extends Volume {
 
   protected async doResize(size: number): Promise<void> {
     await this.guarded('resize failed', async () => {
-      const images = this.kind === 'origin' ? [this.image] : [this.runImage];
-      for (const img of images) {
-        if (!(await this.imageInfo(img))) continue;
-        await this.cli.rbd(['resize', '--allow-shrink', '--size', `${size}B`, this.cli.spec(img)], { timeoutMs: null });
-      }
+      const images = this.kind === 'origin' ? [this.image] : this.kind === 'origin_snapshot' ? [this.image, this.runImage] : [this.runImage];
+      for (const img of images) await this.rbd.withImageIfAny(img, (i) => i.resize(size));
     });
   }
 
   /**
-   * Keeping a revision: a snapshot named as the next revision, then `rbd
-   * resize --allow-shrink` (a rollback to that snapshot restores its size
+   * Keeping a revision: a snapshot named as the next revision, then a
+   * resize allowed to shrink (a rollback to that snapshot restores its size
    * too). A crash between the two leaves the old data with one more revision
-   * of it. Not run here: tested against a cluster only.
+   * of it.
    */
   protected override async doShrink(size: number, keepRevision: boolean): Promise<void> {
     if (this.kind !== 'origin') return this.doResize(size); // a volatile keeps nothing: its next start takes the size
@@ -534,8 +669,10 @@ export class RbdVolume extends Volume {
       await this.checkNotForeign(this.image, 'shrink');
       const s = await this.recover();
       if (!(await this.imageInfo(this.image))) throw new StoragePoolException(this.what(`missing image ${this.image} (volume not created?)`));
-      if (keepRevision) await this.cli.rbd(['snap', 'create', this.cli.spec(this.image, this.nextRevisionName(s))]);
-      await this.cli.rbd(['resize', '--allow-shrink', '--size', `${size}B`, this.cli.spec(this.image)], { timeoutMs: null });
+      await this.rbd.withImage(this.image, async (i) => {
+        if (keepRevision) await i.snapCreate(this.nextRevisionName(s));
+        await i.resize(size);
+      });
       await this.bumpGeneration();
       await this.prune(await this.snaps(this.image));
     });
@@ -553,14 +690,16 @@ export class RbdVolume extends Volume {
       const s = await this.recover();
       const target = this.revisionSnaps(s).find((r) => String(r.id) === revision);
       if (!target) throw new StoragePoolException(this.what(`revision ${revision} vanished`));
-      // The current data becomes the newest revision, so the revert can be undone.
-      await this.cli.rbd(['snap', 'create', this.cli.spec(this.image, this.nextRevisionName(s))]);
-      // Marked as in progress: a crash from here is finished by recover().
-      const marker = `qs-reverting-${target.id}-${utcStamp().compact}`;
-      await this.cli.rbd(['snap', 'rename', this.cli.spec(this.image, target.snap.name), this.cli.spec(this.image, marker)]);
-      failpoint(FP.revertAfterRename);
-      await this.cli.rbd(['snap', 'rollback', this.cli.spec(this.image, marker)], { timeoutMs: null });
-      await this.snapRm(this.image, marker);
+      await this.rbd.withImage(this.image, async (i) => {
+        // The current data becomes the newest revision, so the revert can be undone.
+        await i.snapCreate(this.nextRevisionName(s));
+        // Marked as in progress: a crash from here is finished by recover().
+        const marker = `qs-reverting-${target.id}-${utcStamp().compact}`;
+        await i.snapRename(target.snap.name, marker);
+        failpoint(FP.revertAfterRename);
+        await i.snapRollback(marker);
+        await i.snapRemove(marker);
+      });
       await this.bumpGeneration();
       await this.prune(await this.snaps(this.image));
     });
@@ -569,6 +708,7 @@ export class RbdVolume extends Volume {
   /** The image and snapshot holding this volume's committed data (for export and copies). */
   private async committedSpec(): Promise<{ image: RbdVolume; snap: string | null }> {
     if (this.kind === 'snapshot') return (this.source as RbdVolume).committedSpec();
+    if (this.kind === 'origin_snapshot') return { image: this, snap: null }; // N is not written while running
     const locked = (await this.locks(this.image)).length > 0;
     if (locked) {
       const s = await this.snaps(this.image);
@@ -580,7 +720,7 @@ export class RbdVolume extends Volume {
   protected async doExport(): Promise<string> {
     return this.guarded('export failed', async () => {
       if (this.kind === 'volatile') throw new StoragePoolException(this.what('nothing to export (a volatile volume keeps no data)'));
-      if (this.kind === 'origin') await this.recover();
+      await this.recover();
       const c = await this.committedSpec();
       if (!(await c.image.imageInfo(c.image.image))) throw new StoragePoolException(this.what('nothing to export (no committed data)'));
       // A snapshot of its own: the data cannot change while it is read (another host may start the volume).
@@ -588,16 +728,16 @@ export class RbdVolume extends Volume {
       let temp: string | null = null;
       if (snap === null) {
         temp = `qs-export-${rand()}`;
-        await c.image.cli.rbd(['snap', 'create', c.image.cli.spec(c.image.image, temp)]);
+        await c.image.snapCreate(c.image.image, temp);
         snap = temp;
       }
       await this.pool.sweepTmpOnce();
       const file = this.pool.tmpFile('export');
       try {
-        await this.cli.rbd(['export', c.image.cli.spec(c.image.image, snap), file], { timeoutMs: null });
         // The pre-start snapshot keeps the size it had; a resize since then applies to the
         // committed data too (the stop commits the resized image), as on every driver.
-        if (snap === 'qs-start') await fs.truncate(file, c.image.size);
+        const size = snap === 'qs-start' ? c.image.size : null;
+        await this.rbd.withImage(c.image.image, (i) => readIntoFile(i, file, size), snap);
       } catch (e) {
         await fs.rm(file, { force: true });
         throw e;
@@ -656,20 +796,23 @@ export class RbdVolume extends Volume {
 
   /**
    * Makes the file's content this volume's committed data: the old data is
-   * kept in the snapshot qs-import-old, the file is written into N by
-   * `rbd import-diff` whose last step makes qs-import-done; only then does
+   * kept in the snapshot qs-import-old, the file is written into N (data as
+   * data, zeros as zeroed ranges, the image resized to the file's size), and
+   * the snapshot qs-import-done marks that all of it arrived; only then does
    * qs-import-old become a revision. On failure N is rolled back to it.
    */
   private async writeFromFile(file: string, size: number): Promise<void> {
     await this.checkNotForeign(this.image, 'import');
     await this.recover();
-    if (!(await this.imageInfo(this.image))) await this.cli.rbd(['create', ...FEATURES, '--size', `${size}B`, this.cli.spec(this.image)]);
-    await this.cli.rbd(['snap', 'create', this.cli.spec(this.image, 'qs-import-old')]);
+    if (!(await this.imageInfo(this.image))) await this.rbd.create(this.image, size);
+    await this.snapCreate(this.image, 'qs-import-old');
     failpoint(FP.importAfterOldSnapshot);
     try {
-      await this.cli.rbd(['import-diff', '-', this.cli.spec(this.image)], {
-        input: fileAsDiff(file, size, 'qs-import-done'),
-        timeoutMs: null,
+      await this.rbd.withImage(this.image, async (i) => {
+        if ((await i.size()) !== size) await i.resize(size);
+        await writeFromFileInto(i, file, size);
+        await i.flush();
+        await i.snapCreate('qs-import-done');
       });
     } catch (e) {
       await this.undoImport().catch(() => undefined);
@@ -681,13 +824,8 @@ export class RbdVolume extends Volume {
 
   private async finishImport(s: Snap[]): Promise<void> {
     if (s.some((x) => x.name === 'qs-import-old')) {
-      if (Math.max(this.revisions_to_keep, 0) > 0)
-        await this.cli.rbd([
-          'snap',
-          'rename',
-          this.cli.spec(this.image, 'qs-import-old'),
-          this.cli.spec(this.image, this.nextRevisionName(s)),
-        ]);
+      if (Math.max(this.revisions_to_keep, 0) > 0 && this.kind === 'origin')
+        await this.snapRename(this.image, 'qs-import-old', this.nextRevisionName(s));
       else await this.snapRm(this.image, 'qs-import-old');
     }
     await this.snapRm(this.image, 'qs-import-done');
@@ -697,7 +835,7 @@ export class RbdVolume extends Volume {
 
   private async undoImport(): Promise<void> {
     await this.snapRm(this.image, 'qs-import-done');
-    await this.cli.rbd(['snap', 'rollback', this.cli.spec(this.image, 'qs-import-old')], { timeoutMs: null });
+    await this.snapRollback(this.image, 'qs-import-old');
     await this.snapRm(this.image, 'qs-import-old');
   }
 
@@ -709,7 +847,7 @@ export class RbdVolume extends Volume {
   }
 
   protected async doIsOutdated(): Promise<boolean | null> {
-    if (this.kind !== 'snapshot') return false;
+    if (!this.snap_on_start) return false;
     return this.guarded('is_outdated failed', async () => {
       const had = await this.getMeta(this.runImage, SRC_GEN_KEY);
       if (had === null) return false; // not running: the next start takes the current source
@@ -726,16 +864,104 @@ export class RbdVolume extends Volume {
   protected async doUsage(): Promise<number> {
     return this.guarded('usage failed', async () => {
       const img = this.kind === 'origin' ? this.image : this.runImage;
+      return (await this.rbd.withImageIfAny(img, async (i) => i.allocated(await i.size()))) ?? 0;
+    });
+  }
+}
+
+function isZero(buf: Buffer, from: number, to: number): boolean {
+  for (let o = from; o < to; o += BLOCK) {
+    const e = Math.min(o + BLOCK, to);
+    if (buf.compare(ZERO, 0, e - o, o, e) !== 0) return false;
+  }
+  return true;
+}
+const ZERO = Buffer.alloc(BLOCK);
+
+/** Runs `work(k)` for k = 0 .. count-1, at most IN_FLIGHT at once; the first failure rejects (after the others settle). */
+async function inFlight(count: number, work: (k: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: Error | null = null;
+  const lane = async (): Promise<void> => {
+    while (next < count && failed === null) {
+      const k = next++;
       try {
-        const du = await this.cli.rbdJson<{ images: { name: string; snapshot?: string; used_size: number }[] }>([
-          'du',
-          this.cli.spec(img),
-        ]);
-        return du.images.filter((i) => !i.snapshot).reduce((a, i) => a + i.used_size, 0);
+        await work(k);
       } catch (e) {
-        if (isErrno(e, ENOENT)) return 0;
-        throw e;
+        failed ??= e instanceof Error ? e : new Error(String(e));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, count) }, lane));
+  const f = failed as Error | null;
+  if (f) throw f;
+}
+
+/**
+ * Copies an (open) image into a new sparse file of `size` bytes (default:
+ * the image's): 4 MiB reads, several in flight, all-zero 64 KiB blocks left
+ * as holes, one fsync at the end.
+ */
+async function readIntoFile(i: RbdImage, file: string, size: number | null): Promise<void> {
+  const imageSize = await i.size();
+  const total = size ?? imageSize;
+  const fh = await fs.open(file, 'wx', 0o600);
+  try {
+    await fh.truncate(total);
+    const readable = Math.min(total, imageSize);
+    const chunks = Math.ceil(readable / IO_CHUNK);
+    await inFlight(chunks, async (k) => {
+      const off = k * IO_CHUNK;
+      const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, readable - off));
+      await i.read(off, buf);
+      for (let o = 0; o < buf.length; ) {
+        if (isZero(buf, o, Math.min(o + BLOCK, buf.length))) {
+          o += BLOCK;
+          continue;
+        }
+        let e = Math.min(o + BLOCK, buf.length);
+        while (e < buf.length && !isZero(buf, e, Math.min(e + BLOCK, buf.length))) e = Math.min(e + BLOCK, buf.length);
+        await fh.write(buf, o, e - o, off + o);
+        o = e;
       }
     });
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Writes the first `size` bytes of `file` (zeros past its end) over the
+ * whole of an open image of that size: data as 4 MiB writes, several in
+ * flight; all-zero ranges zeroed (whole objects deallocated), so the image
+ * ends up holding exactly the file.
+ */
+async function writeFromFileInto(i: RbdImage, file: string, size: number): Promise<void> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const chunks = Math.ceil(size / IO_CHUNK);
+    await inFlight(chunks, async (k) => {
+      const off = k * IO_CHUNK;
+      const len = Math.min(IO_CHUNK, size - off);
+      const buf = Buffer.alloc(len);
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(buf, got, len - got, off + got);
+        if (bytesRead === 0) break; // past the file's end: zeros
+        got += bytesRead;
+      }
+      if (isZero(buf, 0, len)) return i.writeZeroes(off, len);
+      for (let o = 0; o < len; ) {
+        const zero = isZero(buf, o, Math.min(o + BLOCK, len));
+        let e = Math.min(o + BLOCK, len);
+        while (e < len && isZero(buf, e, Math.min(e + BLOCK, len)) === zero) e = Math.min(e + BLOCK, len);
+        if (zero) await i.writeZeroes(off + o, e - o);
+        else await i.write(off + o, o === 0 && e === len ? buf : buf.subarray(o, e));
+        o = e;
+      }
+    });
+  } finally {
+    await fh.close();
   }
 }

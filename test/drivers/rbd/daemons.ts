@@ -4,6 +4,7 @@
 import { it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { run, tempBase, toolEnv } from '../../cli/helpers.js';
 import { ensureDead, startQubesd, type DaemonProc } from '../../daemon/helpers.js';
@@ -82,5 +83,40 @@ describeRbd('rbd: two daemons (two hosts) on one Ceph pool, through the tools', 
     ok(await run('qvm-shutdown', ['--wait', 'mover'], envA), 'qvm-shutdown on A');
     ok(await run('qvm-remove', ['-f', 'mover'], envA), 'qvm-remove on A');
     assert.deepEqual(imagesWith(prefix), []);
+  });
+
+  it('a pool added without host_id gets one of its own per daemon, saved: a restart keeps it', async () => {
+    const pfx = uniquePrefix('hostid');
+    cleanupAfter(pfx);
+    const ok = (r: { code: number | null; stderr: string }, what: string) => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+    const opts = ['-o', `ceph_pool=${CEPH_POOL}`, '-o', `ceph_conf=${CEPH_CONF}`, '-o', `image_prefix=${pfx}`];
+    const hostIdOf = async (env: NodeJS.ProcessEnv): Promise<string> => {
+      const r = await run('qvm-pool', ['info', 'ceph'], env);
+      ok(r, 'qvm-pool info');
+      const m = /^host_id\s+(\S+)$/m.exec(r.stdout);
+      assert.ok(m, `host_id in: ${r.stdout}`);
+      return m[1]!;
+    };
+    const ids: string[] = [];
+    const envs: NodeJS.ProcessEnv[] = [];
+    const baseA = await tempBase('qs-rbd-id-');
+    bases.push(baseA);
+    for (const base of [baseA, await tempBase('qs-rbd-id-')]) {
+      if (base !== baseA) bases.push(base);
+      daemons.push(await startQubesd(base, path.join(base, 's')));
+      const env = toolEnv(base, path.join(base, 's'));
+      envs.push(env);
+      ok(await run('qvm-pool', ['add', 'ceph', 'rbd', ...opts], env), 'qvm-pool add without host_id');
+      ids.push(await hostIdOf(env));
+    }
+    for (const id of ids) assert.match(id, new RegExp(`^${os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-[0-9a-f]{12}$`));
+    assert.notEqual(ids[0], ids[1], 'two daemons, two host ids');
+    assert.ok((await fs.readFile(path.join(baseA, 'qubes.xml'), 'utf8')).includes(`host_id="${ids[0]}"`), 'saved in the state');
+    const a = daemons.find((d) => d === daemons.at(-2))!;
+    a.child.kill('SIGTERM');
+    await a.exited;
+    daemons.splice(daemons.indexOf(a), 1);
+    daemons.push(await startQubesd(baseA, path.join(baseA, 's')));
+    assert.equal(await hostIdOf(envs[0]!), ids[0], 'the same after a restart');
   });
 });

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { rbdDriver } from '../../../src/drivers/rbd/index.js';
 import type { RbdPool } from '../../../src/drivers/rbd/pool.js';
-import { writeAsDiff } from '../../../src/drivers/rbd/diff.js';
+import { writeAsDiff } from './rbd-diff.js';
 import { DomainStorage } from '../../../src/storage/domain-storage.js';
 import { defaultVolumeConfigs, type DomainClass } from '../../../src/storage/volume-sets.js';
 import type { Pool } from '../../../src/storage/pool.js';

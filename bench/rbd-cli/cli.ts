@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
-import { StoragePoolException } from '../../storage/errors.js';
+import { StoragePoolException } from '../../src/storage/errors.js';
 
 /** How to reach the cluster and where in it the images are. */
 export interface CephTarget {
