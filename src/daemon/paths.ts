@@ -1,6 +1,6 @@
 /**
- * Where the daemon and the tools look by default: the base directory and
- * the admin socket. Apart from runtime.ts so that a tool talking to a
+ * Where the daemon and the tools look by default: the base directory, the
+ * admin socket and the internal one. Apart from runtime.ts so that a tool talking to a
  * daemon finds the socket without loading the runtime (drivers, state).
  */
 import * as os from 'node:os';
@@ -22,4 +22,26 @@ export function defaultSocketPath(baseDir: string, env: NodeJS.ProcessEnv = proc
   const given = env['QUBESD_SOCKET'];
   if (given) return path.resolve(given);
   return path.join(baseDir, 'qubesd.sock');
+}
+
+/**
+ * The internal socket beside an admin socket, named as Qubes names its own
+ * (/var/run/qubesd.sock -> /var/run/qubesd.internal.sock): `NAME.sock` ->
+ * `NAME.internal.sock`, any other name gets `.internal` appended.
+ */
+export function internalSocketPath(adminSocketPath: string): string {
+  const p = path.resolve(adminSocketPath);
+  return p.endsWith('.sock') ? `${p.slice(0, -'.sock'.length)}.internal.sock` : `${p}.internal`;
+}
+
+/**
+ * Where the internal socket is, as the daemon and the import service find
+ * it: QUBESD_INTERNAL_SOCKET; else beside the admin socket
+ * (`internalSocketPath(defaultSocketPath(defaultBaseDir()))`, so
+ * QUBESD_SOCKET and QUBES_BASE_DIR count).
+ */
+export function defaultInternalSocketPath(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
+  const given = env['QUBESD_INTERNAL_SOCKET'];
+  if (given) return path.resolve(given);
+  return internalSocketPath(defaultSocketPath(defaultBaseDir(env, uid), env));
 }

@@ -21,7 +21,7 @@
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { defaultBaseDir, defaultSocketPath } from './paths.js';
+import { defaultBaseDir, defaultSocketPath, internalSocketPath, defaultInternalSocketPath } from './paths.js';
 import { EventBus } from '../admin/events.js';
 import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
@@ -84,29 +84,7 @@ export interface Runtime {
 }
 
 // Re-exported: where the daemon and tools look by default (paths.ts, kept light for the tools).
-export { defaultBaseDir, defaultSocketPath };
-
-/**
- * The internal socket beside an admin socket, named as Qubes names its own
- * (/var/run/qubesd.sock -> /var/run/qubesd.internal.sock): `NAME.sock` ->
- * `NAME.internal.sock`, any other name gets `.internal` appended.
- */
-export function internalSocketPath(adminSocketPath: string): string {
-  const p = path.resolve(adminSocketPath);
-  return p.endsWith('.sock') ? `${p.slice(0, -'.sock'.length)}.internal.sock` : `${p}.internal`;
-}
-
-/**
- * Where the internal socket is, as the daemon and the import service find
- * it: QUBESD_INTERNAL_SOCKET; else beside the admin socket
- * (`internalSocketPath(defaultSocketPath(defaultBaseDir()))`, so
- * QUBESD_SOCKET and QUBES_BASE_DIR count).
- */
-export function defaultInternalSocketPath(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
-  const given = env['QUBESD_INTERNAL_SOCKET'];
-  if (given) return path.resolve(given);
-  return internalSocketPath(defaultSocketPath(defaultBaseDir(env, uid), env));
-}
+export { defaultBaseDir, defaultSocketPath, internalSocketPath, defaultInternalSocketPath };
 
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const baseDir = path.resolve(opts.baseDir);

@@ -30,7 +30,7 @@
  * The internal socket: QUBESD_INTERNAL_SOCKET (the wrappers set it to the
  * socket the installer was given, unless it is already set), else beside the
  * admin socket of QUBESD_SOCKET / QUBES_BASE_DIR, as the daemon names it
- * (src/daemon/runtime.ts defaultInternalSocketPath). When it cannot be
+ * (src/daemon/paths.ts defaultInternalSocketPath). When it cannot be
  * reached, stdout gets a QubesDaemonCommunicationError reply: exit 3 when
  * that was ImportBegin (no data read yet: qvm-volume then streams instead),
  * else exit 1.
@@ -42,7 +42,8 @@ import { fileURLToPath } from 'node:url';
 import { encodeError, encodeRequest } from '../admin/protocol/index.js';
 import { copyToSparse, fdSource, type ByteSource } from '../files/sparse-writer.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
-import { defaultInternalSocketPath } from '../daemon/runtime.js';
+import { storageErrnoError } from '../storage/errors.js';
+import { defaultInternalSocketPath } from '../daemon/paths.js';
 
 export const IMPORT_SERVICES = ['admin.vm.volume.Import', 'admin.vm.volume.ImportWithSize'] as const;
 export type ImportService = (typeof IMPORT_SERVICES)[number];
@@ -154,7 +155,9 @@ async function copyData(path: string, size: number, first: Buffer, input: ByteSo
     return null;
   } catch (e) {
     if (signal.aborted) return 'interrupted';
-    return `writing ${path} failed: ${(e as Error).message}`;
+    // A full or failing disk said as the daemon says it of a pool (not enough space left (ENOSPC at PATH)).
+    const mapped = storageErrnoError('', e, path);
+    return mapped ? mapped.message.replace(/^: /, '') : `writing ${path} failed: ${(e as Error).message}`;
   } finally {
     await fh.close();
   }

@@ -222,16 +222,23 @@ describeEachSmallFs('full disk', (small) => {
         t.diagnostic(`slack ${slack}: Import into ${x.dom} answered: ${String(e)}`);
         assertNoSpace(e, x.pool, `Import into ${x.dom}`);
         assert.match((e as Error).message, new RegExp(`^volume appvms/${x.dom}/private of pool ${x.pool}: import failed: not enough space left \\(ENOSPC at `));
-        // qvm-volume import (ImportWithSize) prints it as one line.
-        const cli = await run(process.execPath, [QVM_VOLUME, 'import', `${x.dom}:private`, source], {
-          env: { ...process.env, QUBESD_SOCKET: socketPath, QUBES_STORAGE_FAILPOINTS: '' },
-        }).then(
-          () => null,
-          (err: { code: number; stdout: string; stderr: string }) => err,
-        );
-        assert.ok(cli, 'qvm-volume import must fail on a full disk');
-        assert.notEqual(cli.code, 0);
-        assert.match(cli.stderr, new RegExp(`^qvm-volume: error: volume appvms/${x.dom}/private of pool ${x.pool}: import failed: not enough space left \\(ENOSPC[^\\n]*\\)\\n$`));
+        // qvm-volume import prints it as one line: streamed (ImportWithSize, the daemon's own error) and
+        // local (the import service writes the file and ends the import as failed: Qubes' "Data import failed: ...")
+        for (const [how, args, expect] of [
+          ['streamed', ['--stream'], `^qvm-volume: error: volume appvms/${x.dom}/private of pool ${x.pool}: import failed: not enough space left \\(ENOSPC[^\\n]*\\)\\n$`],
+          // (ImportBegin itself may find no room: then the daemon's own error.)
+          ['local', [], `^qvm-volume: error: (Data import failed|volume appvms/${x.dom}/private of pool ${x.pool}: import failed): not enough space left \\(ENOSPC at [^\\n]*\\)\\n$`],
+        ] as const) {
+          const cli = await run(process.execPath, [QVM_VOLUME, 'import', ...args, `${x.dom}:private`, source], {
+            env: { ...process.env, QUBESD_SOCKET: socketPath, QUBES_STORAGE_FAILPOINTS: '' },
+          }).then(
+            () => null,
+            (err: { code: number; stdout: string; stderr: string }) => err,
+          );
+          assert.ok(cli, `qvm-volume import (${how}) must fail on a full disk`);
+          assert.notEqual(cli.code, 0);
+          assert.match(cli.stderr, new RegExp(expect), how);
+        }
         // Nothing changed: the committed data, every revision, no debris.
         const b = before.get(x.dom)!;
         assert.deepEqual(await snapshot(x.dir), b.files, `${x.dom}: the old data and revisions`);
