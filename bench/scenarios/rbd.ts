@@ -1,7 +1,7 @@
 // Scenario "rbd": the rbd driver (librbd through koffi) on a single-node Ceph
-// cluster against, in the same run, interleaved: the driver as it was before
-// (every operation spawning `rbd`/`ceph` commands, kept in bench/rbd-cli/ for
-// this baseline only), the `rbd import` / `rbd export` commands on the same
+// cluster against, in the same run, interleaved: the CLI path (the `rbd`
+// commands an AppVM start+stop needs, one process each, as the driver ran
+// them before librbd), the `rbd import` / `rbd export` commands on the same
 // data, and the file-reflink driver on a loop-mounted XFS:
 // AppVM start+stop (root snapshot, private origin keeping 1 revision,
 // volatile), and a 1 GiB import (data written to the path import_data gives,
@@ -27,7 +27,6 @@ import { DomainStorage } from '../../src/storage/domain-storage.js';
 import type { Pool } from '../../src/storage/pool.js';
 import type { Volume } from '../../src/storage/volume.js';
 import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
-import { createRbdCliPool } from '../rbd-cli/index.js';
 import { scratchXfs } from '../scratch-fs.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
@@ -97,7 +96,7 @@ async function exportTo(v: Volume, out: string): Promise<void> {
 
 export const rbd: Scenario = {
   name: 'rbd',
-  describe: 'rbd through librbd vs the rbd CLI driver, rbd import/export and file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
+  describe: 'rbd through librbd vs the rbd commands (CLI path), rbd import/export and file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
   async run(opts) {
     const cycles = opts.quick ? 2 : 8;
     const rounds = opts.quick ? 1 : 3;
@@ -108,7 +107,6 @@ export const rbd: Scenario = {
     const scratch = await scratchXfs('rbd', opts.quick ? 2 : 6);
     const prefix = `bench-${process.pid}-`;
     let rbdPool: RbdPool | null = null;
-    const cliPrefix = `bench-cli-${process.pid}-`;
     try {
       const reflink = fileReflinkDriver.createPool('reflink', {
         dir_path: path.join(scratch.dir, 'pool'), setup_check: scratch.kind.includes('XFS') || !scratch.kind.includes('directory'),
@@ -124,11 +122,6 @@ export const rbd: Scenario = {
         await reflink.setup();
       });
       await rbdPool.setup();
-      const cliPool = createRbdCliPool('cephcli', {
-        ceph_pool: 'rbd', namespace: '', image_prefix: cliPrefix, ceph_conf: c.conf, client_id: '', keyring: '',
-        host_id: 'bench', break_stale_locks: '', timeout: 60, tmp_dir: '', revisions_to_keep: 1, ephemeral_volatile: false,
-      });
-      await cliPool.setup();
       const data = path.join(scratch.dir, 'data.img');
       {
         const fh = await fsp.open(data, 'w');
@@ -136,22 +129,36 @@ export const rbd: Scenario = {
         for (let o = 0; o < dataSize; o += buf.length) await fh.write(randomFillSync(buf), 0, buf.length, o);
         await fh.close();
       }
-      const sets = { reflink: domains(reflink, dataSize), rbd: domains(rbdPool, dataSize), cli: domains(cliPool, dataSize) };
+      const sets = { reflink: domains(reflink, dataSize), rbd: domains(rbdPool, dataSize) };
       for (const s of Object.values(sets)) {
         await s.tpl.create();
         await s.app.create();
         await s.std.create();
       }
-      const t: Record<string, number[]> = { startStop: [], startStopR: [], startStopC: [], imp: [], impR: [], impC: [], impCmd: [], exp: [], expR: [], expC: [], expCmd: [] };
-      for (let i = 0; i < cycles; i++) {
-        t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
-        t['startStopC']!.push(await timeMs(async () => { await sets.cli.app.start(); await sets.cli.app.stop(); }));
-        t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
-      }
+      const t: Record<string, number[]> = { startStop: [], startStopR: [], startStopC: [], imp: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [] };
       const rbdCmd = (args: string[]): void => {
         const r = spawnSync('rbd', ['--conf', c.conf, ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
         if (r.status !== 0) throw new Error(`rbd ${args.join(' ')}: ${r.stderr}`);
       };
+      // The CLI path: the image operations of an AppVM start+stop, one `rbd` process each.
+      const img = (n: string) => `rbd/${prefix}cli-${n}`;
+      rbdCmd(['create', '--image-feature', 'layering', '--size', '64M', img('tpl-root')]);
+      rbdCmd(['create', '--image-feature', 'layering', '--size', '64M', img('app-private')]);
+      const cliStartStop = (): void => {
+        rbdCmd(['snap', 'create', `${img('tpl-root')}@s`]); // start: root, a clone of the template's
+        rbdCmd(['clone', '--rbd-default-clone-format', '2', `${img('tpl-root')}@s`, img('app-root')]);
+        rbdCmd(['snap', 'create', `${img('app-private')}@r`]); // private: the revision it keeps
+        rbdCmd(['create', '--image-feature', 'layering', '--size', '64M', img('app-volatile')]); // volatile
+        rbdCmd(['rm', '--no-progress', img('app-root')]); // stop: each of these undone
+        rbdCmd(['snap', 'rm', '--no-progress', `${img('tpl-root')}@s`]);
+        rbdCmd(['rm', '--no-progress', img('app-volatile')]);
+        rbdCmd(['snap', 'rm', '--no-progress', `${img('app-private')}@r`]);
+      };
+      for (let i = 0; i < cycles; i++) {
+        t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
+        t['startStopC']!.push(await timeMs(async () => cliStartStop()));
+        t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
+      }
       const cmdImage = `rbd/${prefix}cmd`;
       const out = path.join(scratch.dir, 'export.img');
       for (let i = 0; i < rounds; i++) {
@@ -159,8 +166,6 @@ export const rbd: Scenario = {
         t['imp']!.push(await timeMs(() => importFile(sets.rbd.std.get('private'), data, dataSize)));
         t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
         t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
-        t['impC']!.push(await timeMs(() => importFile(sets.cli.std.get('private'), data, dataSize)));
-        t['expC']!.push(await timeMs(() => exportTo(sets.cli.std.get('private'), out)));
         // The commands themselves on the same data: a new image from the file, and that image into a file.
         t['impCmd']!.push(await timeMs(async () => rbdCmd(['import', '--image-feature', 'layering', data, cmdImage])));
         t['expCmd']!.push(await timeMs(async () => {
@@ -172,12 +177,10 @@ export const rbd: Scenario = {
       const mb = dataSize / MiB;
       const rate = (ms: number[]) => ms.map((x) => mb / (x / 1000));
       const fR = figure('AppVM start+stop, file-reflink', 'ms', t['startStopR']!);
-      const fC = figure('AppVM start+stop, rbd through the CLI (old driver)', 'ms', t['startStopC']!);
+      const fC = figure('AppVM start+stop as rbd commands (8 processes)', 'ms', t['startStopC']!);
       const iR = figure(`import ${mb} MiB, file-reflink`, 'MiB/s', rate(t['impR']!));
-      const iC = figure(`import ${mb} MiB, rbd through the CLI (old driver)`, 'MiB/s', rate(t['impC']!));
       const iCmd = figure(`rbd import of the same ${mb} MiB file (command)`, 'MiB/s', rate(t['impCmd']!));
       const eR = figure(`export ${mb} MiB, file-reflink`, 'MiB/s', rate(t['expR']!));
-      const eC = figure(`export ${mb} MiB, rbd through the CLI (old driver)`, 'MiB/s', rate(t['expC']!));
       const eCmd = figure(`rbd export of the same ${mb} MiB image (command)`, 'MiB/s', rate(t['expCmd']!));
       const fL = figure('AppVM start+stop, rbd (librbd)', 'ms', t['startStop']!);
       const iL = figure(`import ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['imp']!));
@@ -188,15 +191,11 @@ export const rbd: Scenario = {
         withBaseline(fL, fC),
         withBaseline({ ...fL, name: 'AppVM start+stop, rbd (librbd) vs file-reflink' }, fR),
         iR,
-        iC,
         iCmd,
         withBaseline(iL, iCmd),
-        withBaseline({ ...iL, name: `import ${mb} MiB, rbd (librbd) vs the old driver` }, iC),
         eR,
-        eC,
         eCmd,
         withBaseline(eL, eCmd),
-        withBaseline({ ...eL, name: `export ${mb} MiB, rbd (librbd) vs the old driver` }, eC),
       ];
       for (const s of Object.values(sets)) {
         await s.app.remove();
@@ -207,7 +206,8 @@ export const rbd: Scenario = {
         figures,
         notes: [
           `file-reflink on ${scratch.kind}; rbd on one OSD (BlueStore on a sparse file in ${os.tmpdir()}), pool size 1, 127.0.0.1`,
-          `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight); the old driver: rbd import-diff / rbd export`,
+          `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight)`,
+          'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
           'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size'
         ],
       };
@@ -215,7 +215,7 @@ export const rbd: Scenario = {
       if (rbdPool) {
         // best effort: anything the scenario left in the cluster
         for (const img of await rbdPool.listImages().catch(() => [] as string[])) {
-          if (!img.startsWith(prefix) && !img.startsWith(cliPrefix)) continue;
+          if (!img.startsWith(prefix)) continue;
           spawnSync('rbd', ['--conf', c.conf, 'snap', 'purge', `rbd/${img}`], { stdio: 'ignore' });
           spawnSync('rbd', ['--conf', c.conf, 'rm', `rbd/${img}`], { stdio: 'ignore' });
         }
