@@ -326,30 +326,13 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
       if (failure) throw failure.error;
       const len = chunk.length;
       if (len === 0) return pendingBytes < maxPending;
-      if (isZeroRange(chunk, 0, len)) {
-        flushRun();
-      } else {
-        let o = 0;
-        while (o < len) {
-          // The piece up to the next block boundary in file offsets.
-          const at = position + o;
-          const end = Math.min(len, o + (block - (at & (block - 1))));
-          if (isZeroRange(chunk, o, end)) flushRun();
-          else {
-            // Gather the following data pieces too: one slice per run in the chunk.
-            let e = end;
-            while (e < len) {
-              const next = Math.min(len, e + block);
-              if (isZeroRange(chunk, e, next)) break;
-              e = next;
-            }
-            addData(chunk, o, e, at);
-            o = e;
-            continue;
-          }
-          o = end;
-        }
-      }
+      // The data runs of the chunk (the one zero scan, as copyToSparse's); a zero block ends the run gathered.
+      let tail = 0;
+      forEachDataRun(chunk, 0, len, position, block, (s, e) => {
+        addData(chunk, s, e, position + s);
+        tail = e;
+      });
+      if (tail < len) flushRun();
       position += len;
       return pendingBytes < maxPending;
     },
