@@ -4,12 +4,11 @@
  * reflinks; on a filesystem without reflink the pool is refused at setup
  * unless setup_check is false, and then copies are sparse.
  */
-import * as fsSync from 'node:fs';
-import type { Dirent } from 'node:fs';
+import type { Dirent, Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { forEachLimit } from '../../files/concurrency.js';
-import { copyFileCow, exists, reflinkSupported, type CopyProgress } from '../../files/files.js';
+import { copyFileCow, exists, lstatOrNull, reflinkSupported, type CopyProgress } from '../../files/files.js';
 import type { DriverCapabilities } from '../../storage/driver.js';
 import { QubesValueError, StoragePoolException, storageError } from '../../storage/errors.js';
 import type { PoolOptions } from '../../storage/options.js';
@@ -278,9 +277,9 @@ export class FileReflinkPool extends Pool {
    * LISTING_SETTLE_MS before it was looked at is not remembered (read again at
    * each listing): a timestamp has the filesystem's granularity (one second on
    * some), so a second change within it could leave the times as they were.
-   * The lstats and reads are synchronous, in chunks between which other work
-   * runs (synchronous system calls cost a fraction of the thread pool's round
-   * trip, which dominated here).
+   * The lstats and reads run LIST_CONCURRENCY at a time, asynchronously (no
+   * synchronous I/O on the daemon's paths: a slow filesystem must not stop
+   * every other call).
    */
   override async listVolumes(): Promise<string[]> {
     const root = this.dirPath;
@@ -295,29 +294,24 @@ export class FileReflinkPool extends Pool {
     const listed = new Map<string, ListedDir>();
     const out: string[] = [];
     let reads = 0;
-    for (let i = 0; i < domainDirs.length; i += LIST_CHUNK) {
-      if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
-      // Taken before the lstats of the chunk: a directory changed after it is never remembered as settled.
+    await forEachLimit(domainDirs, LIST_CONCURRENCY, async (rel) => {
+      // Taken before the lstat: a directory changed after it is never remembered as settled.
       const settledBefore = this.listingNow() - LISTING_SETTLE_MS;
-      const end = Math.min(i + LIST_CHUNK, domainDirs.length);
-      for (let j = i; j < end; j++) {
-        const rel = domainDirs[j]!;
-        const dir = `${root}/${rel}`;
-        const st = lstatDirSync(dir);
-        if (!st) continue; // not a directory (a symlink included), or gone since the class folder was read
-        const was = known.get(rel);
-        let vids: readonly string[] | null;
-        if (was && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.ctimeMs === st.ctimeMs) vids = was.vids;
-        else {
-          vids = imagesIn(dir, rel);
-          reads++;
-        }
-        if (vids === null) continue;
-        if (st.ctimeMs <= settledBefore && st.mtimeMs <= settledBefore)
-          listed.set(rel, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, vids });
-        for (const vid of vids) out.push(vid);
+      const dir = `${root}/${rel}`;
+      const st = await lstatDir(dir);
+      if (!st) return; // not a directory (a symlink included), or gone since the class folder was read
+      const was = known.get(rel);
+      let vids: readonly string[] | null;
+      if (was && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.ctimeMs === st.ctimeMs) vids = was.vids;
+      else {
+        vids = await imagesIn(dir, rel);
+        reads++;
       }
-    }
+      if (vids === null) return;
+      if (st.ctimeMs <= settledBefore && st.mtimeMs <= settledBefore)
+        listed.set(rel, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, vids });
+      for (const vid of vids) out.push(vid);
+    });
     this.listed = listed;
     this.lastListingReads = reads;
     return out.sort();
@@ -364,8 +358,6 @@ async function removeEmptyDirs(made: readonly string[]): Promise<void> {
 
 /** Domain directories the sweep reads at once. */
 const LIST_CONCURRENCY = 16;
-/** Domain directories listVolumes looks at between two turns of the event loop. */
-const LIST_CHUNK = 512;
 /**
  * How long a directory must have been unchanged before listVolumes remembers
  * its images: more than the coarsest timestamp granularity of the
@@ -385,9 +377,9 @@ interface ListedDir {
 }
 
 /** lstat of a directory; null when it is gone or is no directory (a symlink included). */
-function lstatDirSync(dir: string): fsSync.Stats | null {
+async function lstatDir(dir: string): Promise<Stats | null> {
   try {
-    const st = fsSync.lstatSync(dir, { throwIfNoEntry: false });
+    const st = await lstatOrNull(dir);
     return st?.isDirectory() ? st : null;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
@@ -396,10 +388,10 @@ function lstatDirSync(dir: string): fsSync.Stats | null {
 }
 
 /** The vids (`rel/NAME`) of the images (regular files NAME.img) in domain directory `dir`; null when it is gone or not a directory. */
-function imagesIn(dir: string, rel: string): string[] | null {
+async function imagesIn(dir: string, rel: string): Promise<string[] | null> {
   let entries: Dirent[];
   try {
-    entries = fsSync.readdirSync(dir, { withFileTypes: true });
+    entries = await fs.readdir(dir, { withFileTypes: true });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return null;
