@@ -291,7 +291,7 @@ export class StateDocument {
 
   /** `FILE:LINE: what`, for load errors. */
   error(line: number, what: string): StateFileError {
-    return new StateFileError(`${this.file}:${line}: ${what}`);
+    return lineError(this.file, line, what);
   }
 
   /** Ties a model object (domain, pool record key) to its element. */
@@ -572,6 +572,7 @@ function readProperties(file: string, parent: XElement | undefined): RawProperty
   });
 }
 
+/** `FILE:LINE: what` (StateDocument.error, for the readers that run before there is a document). */
 function lineError(file: string, line: number, what: string): StateFileError {
   return new StateFileError(`${file}:${line}: ${what}`);
 }
