@@ -78,10 +78,7 @@ export async function importLocally(o: LocalImport): Promise<'done' | 'unreachab
     QUBESD_INTERNAL_SOCKET: o.internalSocket,
   };
   // Where the data starts: the descriptor's offset now (stdin redirected from a file may be past 0).
-  const start = await fs
-    .readFile(`/proc/self/fdinfo/${o.fd}`, 'latin1')
-    .then((t) => Number(/^pos:\s*(\d+)/m.exec(t)?.[1] ?? 0))
-    .catch(() => 0);
+  const start = (await fdPosition(`/proc/self/fdinfo/${o.fd}`)) ?? 0;
   const child = spawn(process.execPath, args, { env, stdio: [o.fd, 'pipe', 'inherit'] });
   const reply: Buffer[] = [];
   child.stdout!.on('data', (d: Buffer) => reply.push(d));
@@ -95,13 +92,9 @@ export async function importLocally(o: LocalImport): Promise<'done' | 'unreachab
   if (o.onProgress && child.pid !== undefined) {
     const fdinfo = `/proc/${child.pid}/fdinfo/0`;
     timer = setInterval(() => {
-      fs.readFile(fdinfo, 'latin1').then(
-        (t) => {
-          const pos = Number(/^pos:\s*(\d+)/m.exec(t)?.[1] ?? NaN);
-          if (Number.isFinite(pos)) o.onProgress!(pos - start);
-        },
-        () => undefined,
-      );
+      void fdPosition(fdinfo).then((pos) => {
+        if (pos !== null) o.onProgress!(pos - start);
+      });
     }, 250);
     timer.unref();
   }
@@ -118,4 +111,11 @@ export async function importLocally(o: LocalImport): Promise<'done' | 'unreachab
   if (bytes.length === 0) throw new Error(`the import service ended without a reply (${r.signal ?? `exit ${r.code}`})`);
   unwrapReply(bytes);
   return 'done';
+}
+
+/** The file offset a /proc/PID/fdinfo/FD file gives; null when it cannot be read. */
+async function fdPosition(fdinfo: string): Promise<number | null> {
+  const text = await fs.readFile(fdinfo, 'latin1').catch(() => '');
+  const m = /^pos:\s*(\d+)/m.exec(text);
+  return m ? Number(m[1]) : null;
 }
