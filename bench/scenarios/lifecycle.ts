@@ -9,6 +9,7 @@ import type { FileReflinkPool } from '../../src/drivers/file-reflink/pool.js';
 import { DomainStorage } from '../../src/storage/domain-storage.js';
 import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
 import { scratchXfs } from '../scratch-fs.js';
+import { straightLineCycle } from '../straight-line.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
 
@@ -28,12 +29,6 @@ export async function scatter(file: string, dataBytes: number, seed: number): Pr
   } finally {
     await fh.close();
   }
-}
-
-async function fsyncPath(p: string, dir = false): Promise<void> {
-  const fh = await fs.open(p, dir ? fsc.O_RDONLY | fsc.O_DIRECTORY : fsc.O_RDONLY);
-  await fh.sync();
-  await fh.close();
 }
 
 const FICLONE = fsc.COPYFILE_FICLONE_FORCE | fsc.COPYFILE_EXCL;
@@ -63,48 +58,14 @@ export const lifecycle: Scenario = {
       await app.start();
       await app.stop(); // make the first revision, as in steady state
 
-      // The baseline's files: reflinks of the same images, in a directory of their own.
-      const b = path.join(scratch.dir, 'baseline');
-      await fs.mkdir(b);
-      const f = {
-        tplRoot: path.join(b, 'tpl-root.img'),
-        base: path.join(b, 'root-base.img'),
-        rootDirty: path.join(b, 'root-dirty.img'),
-        priv: path.join(b, 'private.img'),
-        privDirty: path.join(b, 'private-dirty.img'),
-        vol: path.join(b, 'volatile-dirty.img'),
-        tmp: path.join(b, 'tmp.img'),
-      };
-      await fs.copyFile(path.join(dir, 'vm-templates/tpl/root.img'), f.tplRoot, FICLONE);
-      await fs.copyFile(path.join(dir, 'appvms/work/private.img'), f.priv, FICLONE);
-      let rev = 0;
-      await fs.copyFile(f.priv, path.join(b, `private.img.${++rev}`), FICLONE);
-
-      const baselineCycle = async () => {
-        // start: snapshot of the template root, working copy of private, empty volatile
-        // (only the origin's copy must be durable: the others are discarded after a crash)
-        await fs.link(f.tplRoot, f.base);
-        await fs.copyFile(f.base, f.tmp, FICLONE);
-        await fs.rename(f.tmp, f.rootDirty);
-        await fs.copyFile(f.priv, f.tmp, FICLONE);
-        await fsyncPath(f.tmp);
-        await fs.rename(f.tmp, f.privDirty);
-        const v = await fs.open(f.tmp, 'wx');
-        await v.truncate(size);
-        await v.close();
-        await fs.rename(f.tmp, f.vol);
-        await fsyncPath(b, true);
-        // stop: drop snapshot and volatile, commit private keeping one revision
-        await fs.unlink(f.rootDirty);
-        await fs.unlink(f.base);
-        await fs.unlink(f.vol);
-        await fsyncPath(f.privDirty);
-        await fs.link(f.priv, path.join(b, `private.img.${++rev}`));
-        await fsyncPath(b, true);
-        await fs.rename(f.privDirty, f.priv);
-        await fsyncPath(b, true);
-        await fs.unlink(path.join(b, `private.img.${rev - 1}`));
-      };
+      // The baseline: the same file operations on reflinks of the same images, in a directory of their own.
+      const baselineCycle = await straightLineCycle(
+        path.join(scratch.dir, 'baseline'),
+        path.join(dir, 'vm-templates/tpl/root.img'),
+        path.join(dir, 'appvms/work/private.img'),
+        size,
+        (src, dst) => fs.copyFile(src, dst, FICLONE),
+      );
       const libraryCycle = async () => {
         await app.start();
         await app.stop();

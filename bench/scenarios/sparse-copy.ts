@@ -8,7 +8,6 @@
 //   are sparse copies), against the same file operations written straight,
 //   with `cp --sparse=always` for each copy.
 import { execFile } from 'node:child_process';
-import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -19,6 +18,7 @@ import { fileExtents } from '../../src/files/extents.js';
 import { DomainStorage } from '../../src/storage/domain-storage.js';
 import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
 import { scratchExt4 } from '../scratch-fs.js';
+import { fsyncPath, straightLineCycle } from '../straight-line.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
 import { scatter } from './lifecycle.js';
@@ -26,15 +26,6 @@ import { scatter } from './lifecycle.js';
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
 const run = promisify(execFile);
-
-async function fsyncPath(p: string, dir = false): Promise<void> {
-  const fh = await fs.open(p, dir ? fsc.O_RDONLY | fsc.O_DIRECTORY : fsc.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 async function cp(src: string, dst: string): Promise<void> {
   await run('cp', ['--sparse=always', '--', src, dst]);
@@ -118,46 +109,14 @@ async function lifecycle(root: string, size: number, data: number, cycles: numbe
   await app.start();
   await app.stop(); // the first revision, as in steady state
 
-  // The baseline's files: copies of the same images, in a directory of their own.
-  const b = path.join(root, 'baseline');
-  await fs.mkdir(b);
-  const f = {
-    tplRoot: path.join(b, 'tpl-root.img'),
-    base: path.join(b, 'root-base.img'),
-    rootDirty: path.join(b, 'root-dirty.img'),
-    priv: path.join(b, 'private.img'),
-    privDirty: path.join(b, 'private-dirty.img'),
-    vol: path.join(b, 'volatile-dirty.img'),
-    tmp: path.join(b, 'tmp.img'),
-  };
-  await cp(path.join(dir, 'vm-templates/tpl/root.img'), f.tplRoot);
-  await cp(path.join(dir, 'appvms/work/private.img'), f.priv);
-  let rev = 0;
-  await cp(f.priv, path.join(b, `private.img.${++rev}`));
-
-  // The same steps as bench/scenarios/lifecycle.ts's baseline, with cp where that one reflinks.
-  const baselineCycle = async () => {
-    await fs.link(f.tplRoot, f.base);
-    await cp(f.base, f.tmp);
-    await fs.rename(f.tmp, f.rootDirty);
-    await cp(f.priv, f.tmp);
-    await fsyncPath(f.tmp);
-    await fs.rename(f.tmp, f.privDirty);
-    const v = await fs.open(f.tmp, 'wx');
-    await v.truncate(size);
-    await v.close();
-    await fs.rename(f.tmp, f.vol);
-    await fsyncPath(b, true);
-    await fs.unlink(f.rootDirty);
-    await fs.unlink(f.base);
-    await fs.unlink(f.vol);
-    await fsyncPath(f.privDirty);
-    await fs.link(f.priv, path.join(b, `private.img.${++rev}`));
-    await fsyncPath(b, true);
-    await fs.rename(f.privDirty, f.priv);
-    await fsyncPath(b, true);
-    await fs.unlink(path.join(b, `private.img.${rev - 1}`));
-  };
+  // The baseline: the same steps as bench/scenarios/lifecycle.ts's, with cp where that one reflinks.
+  const baselineCycle = await straightLineCycle(
+    path.join(root, 'baseline'),
+    path.join(dir, 'vm-templates/tpl/root.img'),
+    path.join(dir, 'appvms/work/private.img'),
+    size,
+    cp,
+  );
   const libraryCycle = async () => {
     await app.start();
     await app.stop();
