@@ -22,6 +22,11 @@ need() { # COMMAND PACKAGE
 need mkfs.xfs xfsprogs
 need mkfs.btrfs btrfs-progs
 need losetup mount
+need qemu-system-x86_64 qemu-system-x86
+need cpio cpio
+need modprobe kmod
+need lvm lvm2
+need thin_check thin-provisioning-tools
 # Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()
 for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-common; do
@@ -29,43 +34,67 @@ for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-commo
 done
 
 missing+=("${ceph[@]}")
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
-fi
 
-# Without QS_TEST_REQUIRE=1 a missing package only means skipped suites.
+# Without QS_TEST_REQUIRE=1 a missing package only means skipped suites (and
+# failed test VM tests: those never skip).
 required="${QS_TEST_REQUIRE:-0}"
-cannot() { # MESSAGE
+cannot() { # MESSAGE: exits 1 under QS_TEST_REQUIRE=1, else returns
   if [ "$required" = 1 ]; then
     echo "$me: $1; QS_TEST_REQUIRE=1, so this is an error" >&2
     exit 1
   fi
-  echo "$me: $1 (the tests that need them will be skipped)" >&2
-  exit 0
+  echo "$me: $1 (the tests that need them will be skipped, the test VM's fail)" >&2
 }
-if [ "$(id -u)" != 0 ]; then
-  cannot "missing ${missing[*]}; not root, not installing"
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  cannot "missing ${missing[*]}; no apt-get here, install them by hand"
-fi
 
-echo "$me: installing ${missing[*]}" >&2
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-get -q update >"$log" 2>&1 ||
-  ! apt-get -q install -y --no-install-recommends "${missing[@]}" >>"$log" 2>&1 </dev/null; then
+install_packages() {
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    cannot "missing ${missing[*]}; not root, not installing"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    cannot "missing ${missing[*]}; no apt-get here, install them by hand"
+    return 0
+  fi
+  echo "$me: installing ${missing[*]}" >&2
+  local log p rest
+  log="$(mktemp)"
+  export DEBIAN_FRONTEND=noninteractive
+  if apt-get -q update >"$log" 2>&1 &&
+    apt-get -q install -y --no-install-recommends "${missing[@]}" >>"$log" 2>&1 </dev/null; then
+    rm -f "$log"
+    return 0
+  fi
   if [ "${#ceph[@]}" -gt 0 ]; then
     # Perhaps only Ceph is unavailable here: install the rest, skip the rbd tests.
     rest=()
     for p in "${missing[@]}"; do [[ " ${ceph[*]} " == *" $p "* ]] || rest+=("$p"); done
     if [ "${#rest[@]}" -eq 0 ] || apt-get -q install -y --no-install-recommends "${rest[@]}" >>"$log" 2>&1 </dev/null; then
       cat "$log" >&2
-      cannot "installing ${ceph[*]} failed ($(tail -n 1 "$log"))"
+      p="$(tail -n 1 "$log")"
+      rm -f "$log"
+      cannot "installing ${ceph[*]} failed ($p)"
+      return 0
     fi
   fi
   cat "$log" >&2
+  rm -f "$log"
   echo "$me: apt-get failed installing ${missing[*]}" >&2
-  exit 1
-fi
+  return 1
+}
+
+# The test VM's kernel and busybox (scripts/test-vm-fetch.sh: unpacked into
+# a cache directory, not installed), once.
+fetch_vm() {
+  local cache="${QS_TEST_VM_CACHE:-/var/cache/qubes-storage/test-vm}"
+  [ -f "$cache/current" ] && return 0
+  if [ "$(id -u)" != 0 ] && ! mkdir -p "$cache" 2>/dev/null; then
+    cannot "no test VM kernel in $cache; not root, not fetching it"
+    return 0
+  fi
+  bash "$(dirname "${BASH_SOURCE[0]}")/test-vm-fetch.sh" ||
+    cannot "fetching the test VM's kernel and busybox failed"
+}
+
+install_packages || exit 1
+fetch_vm
