@@ -3,8 +3,8 @@
 # runner. Listing them by name keeps helper modules and child-process scripts
 # under dist/test out of the run (Node 20 would run every .js of a directory).
 # Beside the spec reporter, test/helpers/count-reporter.ts counts the tests per
-# filesystem or cluster; the summary ends the output. With QS_TEST_REQUIRE=1
-# (CI) a filesystem or cluster on which no test ran, or some were skipped,
+# filesystem, cluster or test VM; the summary ends the output. With QS_TEST_REQUIRE=1
+# (CI) a filesystem, cluster or the test VM on which no test ran, or some were skipped,
 # fails the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

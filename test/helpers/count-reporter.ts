@@ -1,9 +1,9 @@
 // A reporter for Node's test runner (scripts/run-tests.sh passes it beside
 // the spec reporter) that counts the tests that passed, failed and were
 // skipped per place they ran on: the filesystem or cluster named by the
-// `[xfs]`, `[btrfs]`, `[ext4]`, `[ceph]` tag of an enclosing suite
+// `[xfs]`, `[btrfs]`, `[ext4]`, `[ceph]`, `[vm]` tag of an enclosing suite
 // (describeEachFs, describeRbd; `[small-xfs]` of describeEachSmallFs counts
-// as xfs), else `other`. The conformance suite's tag
+// as xfs; `[vm]`: run in the test VM, scripts/with-test-vm.sh), else `other`. The conformance suite's tag
 // `[conformance:DRIVER@PLACE]` (test/conformance/suite.ts) counts for PLACE
 // and also for the driver: `conformance` holds those counts per DRIVER@PLACE.
 // It yields nothing; at the end it writes the counts as JSON
@@ -12,7 +12,7 @@
 // where something was skipped, fails the run.
 import { writeFileSync } from 'node:fs';
 
-export const PLACES = ['xfs', 'btrfs', 'ext4', 'ceph'] as const;
+export const PLACES = ['xfs', 'btrfs', 'ext4', 'ceph', 'vm'] as const;
 export type Counts = Record<string, { passed: number; failed: number; skipped: number }>;
 /** What the reporter writes: counts per place, and per conformance target (DRIVER@PLACE). */
 export interface CountsFile {
@@ -20,7 +20,7 @@ export interface CountsFile {
   conformance: Counts;
 }
 
-const TAG = /\[(?:small-)?(xfs|btrfs|ext4|ceph)\]|\[conformance:[A-Za-z0-9_.-]+@(xfs|btrfs|ext4|ceph)\]/;
+const TAG = /\[(?:small-)?(xfs|btrfs|ext4|ceph|vm)\]|\[conformance:[A-Za-z0-9_.-]+@(xfs|btrfs|ext4|ceph|vm)\]/;
 const CONFORMANCE_TAG = /\[conformance:([A-Za-z0-9_.-]+@[a-z0-9]+)\]/;
 
 interface TestEventData {

@@ -25,7 +25,7 @@ const counts = file_.places;
 const zero = { passed: 0, failed: 0, skipped: 0 };
 const places = [...PLACES, ...Object.keys(counts).filter((p) => !(PLACES as readonly string[]).includes(p)).sort()];
 const total = { ...zero };
-const lines = ['tests per place (filesystem or cluster they ran on):'];
+const lines = ['tests per place (filesystem, cluster or test VM they ran on):'];
 for (const p of places) {
   const c = counts[p] ?? zero;
   total.passed += c.passed;
