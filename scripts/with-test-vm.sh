@@ -238,35 +238,37 @@ qemu_args() { # ACCEL CONSOLE-FILE
 
 # KVM only when a guest really runs there (on some hosts /dev/kvm exists but
 # the guest hangs): a probe guest with a short timeout runs `true`. The answer
-# is remembered per host kernel, qemu and guest kernel.
+# is remembered per host kernel, qemu and guest kernel. Sets ACCEL.
 choose_accel() {
-  [ "$ACCEL" != auto ] && { echo "$ACCEL"; return; }
-  [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo tcg; return; }
-  local key memo p n answer=tcg
-  key="$(uname -r)-$(stat -c %Y "$QEMU_BIN")-$KVER"
+  [ "$ACCEL" != auto ] && return
+  ACCEL=tcg
+  [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 0
+  local key memo n saved_run
+  key="$(uname -r) $(stat -c %Y "$QEMU_BIN") $KVER"
   memo="$CACHE/kvm-probe"
   if [ -f "$memo" ] && [ "$(sed -n 1p "$memo")" = "$key" ]; then
-    sed -n 2p "$memo"
-    return
+    ACCEL="$(sed -n 2p "$memo")"
+    return 0
   fi
-  local saved_run
   saved_run="$(cat "$IO/run.sh")"
   printf 'exec true\n' >"$IO/run.sh"
-  mapfile -d '' -t args < <(qemu_args kvm "$WORK/probe-console.log")
-  "$QEMU_BIN" "${args[@]}" </dev/null >/dev/null 2>&1 &
-  p=$!
+  mapfile -d '' -t ARGS < <(qemu_args kvm "$WORK/probe-console.log")
+  "$QEMU_BIN" "${ARGS[@]}" </dev/null >/dev/null 2>&1 &
+  QEMU=$! # cleanup kills it, should we be interrupted
   for n in $(seq 1 150); do
-    kill -0 "$p" 2>/dev/null || break
+    kill -0 "$QEMU" 2>/dev/null || break
     sleep 0.2
   done
-  stop_pid "$p"
-  [ "$(cat "$IO/status" 2>/dev/null)" = 0 ] && answer=kvm
+  stop_pid "$QEMU"
+  QEMU=""
+  [ "$(cat "$IO/status" 2>/dev/null)" = 0 ] && ACCEL=kvm
+  verbose "KVM probe: $ACCEL"
   rm -f -- "$IO/status" "$WORK/probe-console.log"
   printf '%s\n' "$saved_run" >"$IO/run.sh"
-  printf '%s\n%s\n' "$key" "$answer" >"$memo.$$" 2>/dev/null && mv -f -- "$memo.$$" "$memo" 2>/dev/null
-  echo "$answer"
+  printf '%s\n%s\n' "$key" "$ACCEL" >"$memo.$$" 2>/dev/null && mv -f -- "$memo.$$" "$memo" 2>/dev/null
+  return 0
 }
-ACCEL="$(choose_accel)"
+choose_accel
 verbose "accelerator $ACCEL, $DISKS scratch disk(s) of $DISK_SIZE, timeout ${TIMEOUT}s"
 
 mapfile -d '' -t ARGS < <(qemu_args "$ACCEL" "$WORK/console.log")
