@@ -23,6 +23,13 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../../src/cli');
 const REPLAY = path.resolve(here, '../tools/replay.js');
 const TARGET = '<= 1.3x node + round trips';
+/**
+ * QS_BENCH_TOOLS_BEFORE=DIR (the dist/src/cli of another build, such as the
+ * previous commit's): its tools are timed too, interleaved with these, as
+ * `tools.before: ...` rows against the same floors, so that a change is
+ * measured before and after in one run.
+ */
+const BEFORE = process.env['QS_BENCH_TOOLS_BEFORE'];
 
 /** Runs `node ARGS` with `env`; its wall time in ms (spawn to exit). Throws on a non-zero exit. */
 function timeNode(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
@@ -132,11 +139,14 @@ export const tools: Scenario = {
         const nodeOnly: number[] = [];
         const toolMs = new Map<Step, number[]>();
         const replayMs = new Map<Step, number[]>();
+        const beforeMs = new Map<Step, number[]>();
         for (let r = 0; r < reps; r++) {
           nodeOnly.push(await timeNode(['-e', '0'], env));
           for (const cycle of cycles) {
             for (const step of cycle) toolMs.set(step, [...(toolMs.get(step) ?? []), await timeNode([path.join(CLI, `${step.tool}.js`), ...step.args], env)]);
             for (const step of cycle) replayMs.set(step, [...(replayMs.get(step) ?? []), await timeNode([REPLAY, sock, recorded.get(step)!], env)]);
+            if (BEFORE)
+              for (const step of cycle) beforeMs.set(step, [...(beforeMs.get(step) ?? []), await timeNode([path.join(BEFORE, `${step.tool}.js`), ...step.args], env)]);
           }
         }
         const node0 = figure('tools.node-e-0', 'ms', nodeOnly, { note: 'node -e 0: starting node, nothing loaded' });
@@ -149,6 +159,7 @@ export const tools: Scenario = {
             });
             figures.push(withBaseline(floor, node0));
             figures.push(withBaseline(figure(`tools.${stepName(step)}`, 'ms', toolMs.get(step)!), floor, TARGET));
+            if (BEFORE) figures.push(withBaseline(figure(`tools.before: ${stepName(step)}`, 'ms', beforeMs.get(step)!, { note: BEFORE }), floor, TARGET));
           }
       } finally {
         await daemon.stop();
@@ -171,15 +182,18 @@ export const tools: Scenario = {
         const methods = reqs.map((r) => r.toString('latin1').split(' ')[0] || '(probe)');
         const ls: number[] = [];
         const floor: number[] = [];
+        const lsBefore: number[] = [];
         for (let r = 0; r < (opts.quick ? 1 : 7); r++) {
           ls.push(await timeNode([path.join(CLI, 'qvm-ls.js')], bigEnv));
           floor.push(await timeNode([REPLAY, bigSock, file], bigEnv));
+          if (BEFORE) lsBefore.push(await timeNode([path.join(BEFORE, 'qvm-ls.js')], bigEnv));
         }
         const floorFig = figure(`tools.floor: qvm-ls (${many + 2} domains)`, 'ms', floor, { note: 'node + the same connections replayed' });
         figures.push(floorFig);
         figures.push(
           withBaseline(figure(`tools.qvm-ls (${many + 2} domains)`, 'ms', ls, { note: `${reqs.length} connections: ${methods.join(', ')}` }), floorFig, TARGET),
         );
+        if (BEFORE) figures.push(withBaseline(figure(`tools.before: qvm-ls (${many + 2} domains)`, 'ms', lsBefore, { note: BEFORE }), floorFig, TARGET));
         figures.push(figure(`tools.qvm-ls (${many + 2} domains) calls`, 'calls', [reqs.length - 1], { target: 'constant (1 + 3N before: ' + (1 + 3 * (many + 2)) + ')' }));
       } finally {
         await big.stop();

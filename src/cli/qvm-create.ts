@@ -4,11 +4,13 @@
  * (the R3.2 spelling `-Pfoo` works), `--pool VOLUME=POOL` chooses per
  * volume; the two are exclusive. A StandaloneVM or TemplateVM with
  * --template gets a copy of that domain's volumes.
+ *
+ * What only some calls need (the copy's progress, the words of one error)
+ * is imported where it is used: a plain create loads no more modules than
+ * qvm-ls (docs/benchmarks.md, tool start-up).
  */
 import { str, UsageError, type CommandSpec } from './common/args.js';
 import { checkPools, DOMAIN_CLASSES, undoCreate, volumePoolArgs } from './common/domains.js';
-import { withArticle } from '../domain/names.js';
-import { busyIndicator } from './common/progress.js';
 import { CliError, runTool } from './common/tool.js';
 
 const PROG = 'qvm-create';
@@ -45,8 +47,10 @@ await runTool(PROG, async (t) => {
     return [v.slice(0, eq), v.slice(eq + 1)];
   });
   const copyFrom = template !== undefined && (klass === 'StandaloneVM' || klass === 'TemplateVM') ? template : undefined;
-  if (template !== undefined && klass !== 'AppVM' && klass !== 'DispVM' && copyFrom === undefined)
+  if (template !== undefined && klass !== 'AppVM' && klass !== 'DispVM' && copyFrom === undefined) {
+    const { withArticle } = await import('../domain/names.js');
     throw new UsageError(`${withArticle(klass)} takes no --template`);
+  }
 
   const qubes = await t.client();
   // Everything checked before anything is made.
@@ -69,8 +73,10 @@ await runTool(PROG, async (t) => {
   });
   try {
     for (const [k, v] of props) await qubes.setProperty(name, k, v);
-    if (copyFrom !== undefined)
+    if (copyFrom !== undefined) {
+      const { busyIndicator } = await import('./common/progress.js');
       await qubes.copyVolumes(copyFrom, name, (vol, size) => busyIndicator(`copy ${copyFrom}:${vol} (${size} bytes)`));
+    }
   } catch (e) {
     await undoCreate(qubes, name, (m) => t.warn(m));
     throw e;

@@ -28,6 +28,9 @@ const SPEC: CommandSpec = {
   epilog: 'POOL is the pool of the private volume (root when there is none); - for none.',
 };
 
+/** The properties the table shows (the only ones read from the one call). */
+const SHOWN = ['label', 'template', 'netvm'];
+
 interface Row {
   name: string;
   state: string;
@@ -50,14 +53,14 @@ await runTool(PROG, async (t) => {
   if (p.flags.has('halted')) doms = doms.filter((d) => d.state === 'Halted');
   const rows: Row[] = [];
   for (const d of doms) {
-    const props = await d.properties();
+    const props = d.properties ?? (await qubes.properties(d.name));
     const get = (k: string) => {
       const v = props.get(k)?.value;
       return v === undefined || v === '' ? null : v;
     };
-    const vols = await d.volumePools();
+    const vols = d.volumePools ?? new Map((await qubes.volumes(d.name)).map((v) => [v, null]));
     const which = vols.has('private') ? 'private' : vols.has('root') ? 'root' : null;
-    const pool = which ? await vols.get(which)!() : null;
+    const pool = which === null ? null : (vols.get(which) ?? (await qubes.volumeInfo(d.name, which)).pool);
     rows.push({ name: d.name, state: d.state, class: d.klass, label: get('label') ?? '', template: get('template'), netvm: get('netvm'), pool });
   }
   if (p.values.get('format') === 'json') return void t.out(json(rows));
@@ -69,36 +72,28 @@ await runTool(PROG, async (t) => {
   );
 });
 
-/** A listed domain, its properties and volume pools read when asked (already there from the one call, or a call each). */
+/** A listed domain; its properties and volume pools when the one call gave them, else read per domain (after the filters). */
 interface Listed {
   readonly name: string;
   readonly state: string;
   readonly klass: string;
-  properties(): Promise<ReadonlyMap<string, PropertyValue>>;
+  readonly properties?: ReadonlyMap<string, PropertyValue>;
   /** Volume name -> its pool. */
-  volumePools(): Promise<ReadonlyMap<string, () => Promise<string>>>;
+  readonly volumePools?: ReadonlyMap<string, string>;
 }
 
 /**
- * Every domain in one call (admin.vm.ListDetails, this daemon's); where the
- * policy does not grant that call (or a daemon lacks it), the calls Qubes'
- * own qvm-ls makes: admin.vm.List, then per domain its properties, volumes
- * and the Info of the one volume shown, so a caller granted only those
- * still gets its listing.
+ * Every domain in one call (admin.vm.ListDetails, this daemon's; only the
+ * properties shown are kept); where the policy does not grant that call (or
+ * a daemon lacks it), the calls Qubes' own qvm-ls makes: admin.vm.List,
+ * then per domain its properties, volumes and the Info of the one volume
+ * shown, so a caller granted only those still gets its listing.
  */
 async function listDomains(qubes: QubesClient): Promise<Listed[]> {
   try {
-    return (await qubes.domainDetails()).map((d) => ({
-      ...d,
-      properties: () => Promise.resolve(d.properties),
-      volumePools: () => Promise.resolve(new Map([...d.volumePools].map(([v, pool]) => [v, () => Promise.resolve(pool)]))),
-    }));
+    return await qubes.domainDetails('dom0', SHOWN);
   } catch (e) {
     if (!(e instanceof PermissionDenied)) throw e;
   }
-  return (await qubes.domains()).map((d) => ({
-    ...d,
-    properties: () => qubes.properties(d.name),
-    volumePools: async () => new Map((await qubes.volumes(d.name)).map((v) => [v, async () => (await qubes.volumeInfo(d.name, v)).pool])),
-  }));
+  return qubes.domains();
 }

@@ -12,8 +12,8 @@
 import { Readable } from 'node:stream';
 import type { AdminEvent } from '../admin/protocol/reply.js';
 import { QubesVMNotFoundError } from '../storage/errors.js';
-import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, type PropertyValue } from './replies.js';
-import type { ConnectOptions } from './connect.js';
+import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, unescapeValue, type PropertyValue } from './replies.js';
+import { connect, type ConnectOptions } from './connect.js';
 import { socketTransport, type EventsSubscription, type Transport } from './transport.js';
 import { DEFAULT_USAGE_THRESHOLD, checkThreshold, poolUsageRow, type PoolUsageRow } from './usage.js';
 
@@ -109,7 +109,10 @@ export class QubesClient {
   }
 
   // The runtime (drivers, state) is loaded only when a client runs embedded:
-  // a program that talks to a daemon does not load it.
+  // a program that talks to a daemon does not load it. connect.ts is
+  // imported statically: it loads the runtime itself only when no daemon
+  // answers, and an import at call time would be a second round of module
+  // loading after start-up (about 10 ms of a tool's start, docs/benchmarks.md).
 
   /** In this process, on the state in `baseDir` (made there if it is empty); holds its lock until close(). */
   static async embedded(baseDir: string, opts: { readonly notice?: (line: string) => void } = {}): Promise<QubesClient> {
@@ -119,7 +122,6 @@ export class QubesClient {
 
   /** As the tools connect: the default qubesd socket if one answers, else embedded on the default base directory. */
   static async connect(opts: ConnectOptions = {}): Promise<QubesClient> {
-    const { connect } = await import('./connect.js');
     return new QubesClient(await connect(opts));
   }
 
@@ -201,35 +203,11 @@ export class QubesClient {
   /**
    * Every domain the caller may read (`dest` dom0), or `dest` alone, with
    * its properties and volume pools, in one call (admin.vm.ListDetails, a
-   * method of this daemon, not of Qubes). Sorted by name.
+   * method of this daemon, not of Qubes). Sorted by name. `only`: the
+   * properties to keep (default all); the others are skipped unparsed.
    */
-  async domainDetails(dest = 'dom0'): Promise<DomainDetails[]> {
-    const out: DomainDetails[] = [];
-    const byName = new Map<string, { properties: Map<string, PropertyValue>; volumePools: Map<string, string> }>();
-    for (const line of lines(await this.text('admin.vm.ListDetails', dest))) {
-      const sp1 = line.indexOf(' ');
-      const sp2 = line.indexOf(' ', sp1 + 1);
-      const kind = line.slice(0, sp1);
-      const name = line.slice(sp1 + 1, sp2 < 0 ? undefined : sp2);
-      const rest = sp2 < 0 ? '' : line.slice(sp2 + 1);
-      if (kind === 'vm') {
-        const kv = keyValueWords(rest.split(' '));
-        const d = { properties: new Map<string, PropertyValue>(), volumePools: new Map<string, string>() };
-        byName.set(name, d);
-        out.push({ name, klass: kv.get('class') ?? '', state: kv.get('state') ?? '', uuid: kv.get('uuid') ?? '', ...d });
-        continue;
-      }
-      const d = byName.get(name);
-      if (!d) continue; // lines of a kind this client does not know come after their domain's `vm` line
-      if (kind === 'property') {
-        const [prop, value] = parsePropertyLine(rest);
-        d.properties.set(prop, value);
-      } else if (kind === 'volume') {
-        const [volume, ...words] = rest.split(' ');
-        d.volumePools.set(volume!, keyValueWords(words).get('pool') ?? '');
-      }
-    }
-    return out;
+  async domainDetails(dest = 'dom0', only?: readonly string[]): Promise<DomainDetails[]> {
+    return parseListDetails(await this.text('admin.vm.ListDetails', dest), only && new Set(only));
   }
 
   /** The domain's entry; QubesVMNotFoundError (as the daemon words it) if there is none. */
@@ -441,4 +419,60 @@ export class QubesClient {
   events(dest: string, onEvent: (e: AdminEvent) => void): EventsSubscription {
     return this.transport.events(dest, onEvent);
   }
+}
+
+/**
+ * An admin.vm.ListDetails reply, in one pass over its text: no array of
+ * lines, no regex per line, and the properties not in `only` (when given)
+ * skipped without being cut out or parsed; qvm-ls reads three of some 25
+ * per domain, over 25,000 lines at 1,000 domains (docs/benchmarks.md).
+ */
+export function parseListDetails(text: string, only?: ReadonlySet<string>): DomainDetails[] {
+  const out: DomainDetails[] = [];
+  const byName = new Map<string, { properties: Map<string, PropertyValue>; volumePools: Map<string, string> }>();
+  // The domain of the last `vm` line: the lines after it are about it (checked without cutting the name out).
+  let current: { name: string; properties: Map<string, PropertyValue>; volumePools: Map<string, string> } | undefined;
+  for (let at = 0; at < text.length; ) {
+    let nl = text.indexOf('\n', at);
+    if (nl < 0) nl = text.length;
+    const sp1 = text.indexOf(' ', at);
+    if (sp1 > at && sp1 < nl) {
+      let sp2 = text.indexOf(' ', sp1 + 1);
+      if (sp2 < 0 || sp2 > nl) sp2 = nl;
+      if (sp1 - at === 2 && text.startsWith('vm', at)) {
+        const name = text.slice(sp1 + 1, sp2);
+        current = { name, properties: new Map(), volumePools: new Map() };
+        byName.set(name, current);
+        const word = (key: string) => wordValue(text, sp2, nl, key);
+        out.push({ name, klass: word('class'), state: word('state'), uuid: word('uuid'), properties: current.properties, volumePools: current.volumePools });
+      } else {
+        const sameDomain = current !== undefined && sp2 - sp1 - 1 === current.name.length && text.startsWith(current.name, sp1 + 1);
+        // Lines of a kind this client does not know, or of no listed domain, are skipped.
+        const d = sameDomain ? current : byName.get(text.slice(sp1 + 1, sp2));
+        const sp3 = sp2 < nl ? text.indexOf(' ', sp2 + 1) : -1;
+        const wordEnd = sp3 < 0 || sp3 > nl ? nl : sp3;
+        if (d && sp1 - at === 8 && text.startsWith('property', at)) {
+          const prop = text.slice(sp2 + 1, wordEnd);
+          if (!only || only.has(prop)) d.properties.set(prop, parseProperty(unescapeValue(text.slice(Math.min(wordEnd + 1, nl), nl))));
+        } else if (d && sp1 - at === 6 && text.startsWith('volume', at)) {
+          d.volumePools.set(text.slice(sp2 + 1, wordEnd), wordValue(text, wordEnd, nl, 'pool'));
+        }
+      }
+    }
+    at = nl + 1;
+  }
+  return out;
+}
+
+/** The value of the word `KEY=VALUE` of `text` between `from` (a space or the line's start) and `to`, '' if none; the last one counts, as keyValueWords. */
+function wordValue(text: string, from: number, to: number, key: string): string {
+  let found = '';
+  for (let at = from; at < to; ) {
+    const start = text.charCodeAt(at) === 0x20 ? at + 1 : at;
+    let end = text.indexOf(' ', start);
+    if (end < 0 || end > to) end = to;
+    if (end - start > key.length && text.charCodeAt(start + key.length) === 0x3d && text.startsWith(key, start)) found = text.slice(start + key.length + 1, end);
+    at = end;
+  }
+  return found;
 }

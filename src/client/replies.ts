@@ -37,18 +37,37 @@ export interface PropertyValue {
   readonly value: string;
 }
 
-/** `default=True type=T VALUE` */
+/** `default=True type=T VALUE` (without regexes: a listing parses tens of thousands of these). */
 export function parseProperty(text: string): PropertyValue {
+  const from = text.startsWith('default=True type=') ? 18 : text.startsWith('default=False type=') ? 19 : -1;
+  if (from < 0) return { isDefault: false, type: 'str', value: text };
+  // The type runs to the first whitespace; then one optional space, then the value.
+  let end = from;
+  for (; end < text.length; end++) {
+    const c = text.charCodeAt(end);
+    if (c === 0x20 || (c >= 0x09 && c <= 0x0d)) break;
+    // Beyond ASCII (where \s also means other spaces): the general rule.
+    if (c >= 0x7f) return parsePropertyGeneral(text);
+  }
+  if (end === from) return parsePropertyGeneral(text);
+  return { isDefault: from === 18, type: text.slice(from, end), value: text.slice(text.charCodeAt(end) === 0x20 ? end + 1 : end) };
+}
+
+function parsePropertyGeneral(text: string): PropertyValue {
   const m = /^default=(True|False) type=(\S+) ?([\s\S]*)$/.exec(text);
   if (!m) return { isDefault: false, type: 'str', value: text };
   return { isDefault: m[1] === 'True', type: m[2]!, value: m[3]! };
 }
 
+/** GetAll's escapes undone (`\n` newline, `\\` backslash); most values have none. */
+export function unescapeValue(text: string): string {
+  return text.includes('\\') ? text.replace(/\\\\|\\n/g, (m) => (m === '\\n' ? '\n' : '\\')) : text;
+}
+
 /** One line of admin.vm.property.GetAll: `NAME default=... type=... VALUE`, the value escaped (`\n`, `\\`). */
 export function parsePropertyLine(line: string): [string, PropertyValue] {
   const sp = line.indexOf(' ');
-  const rest = line.slice(sp + 1).replace(/\\\\|\\n/g, (m) => (m === '\\n' ? '\n' : '\\'));
-  return [line.slice(0, sp), parseProperty(rest)];
+  return [line.slice(0, sp), parseProperty(unescapeValue(line.slice(sp + 1)))];
 }
 
 /** The wire's booleans. */

@@ -9,7 +9,7 @@ import { constants as fsc, lstat as lstatCallback, type Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { createSparseWriter, type SparseWriter } from './sparse-writer.js';
+import { backgroundSync, copyToSparse, type ByteSource } from './sparse-writer.js';
 import { fileExtents, type DataRegion, type FileExtents } from './extents.js';
 
 export type CopyMethod = 'reflink' | 'sparse';
@@ -199,10 +199,10 @@ const NO_KERNEL_COPY = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENO
  * - where the filesystem cannot tell data from holes (no lseek through
  *   koffi, or it reports more data than the file has blocks) or cannot copy
  *   in the kernel (EXDEV, EOPNOTSUPP, ...), the bytes are read and only
- *   their non-zero 4 KiB blocks written (the sparse writer), so holes and
- *   zero blocks stay unallocated, as `cp --sparse=always` leaves them.
- *   Reading the next chunk overlaps with writing the last one (two buffers
- *   in turn).
+ *   their non-zero 4 KiB blocks written (copyToSparse, the same copy a
+ *   local import makes), so holes and zero blocks stay unallocated, as
+ *   `cp --sparse=always` leaves them. Reading the next chunk overlaps with
+ *   writing the last one (two buffers in turn, made once per copy).
  *
  * A data region's zero blocks are copied as they are by copy_file_range:
  * finding them would mean reading every byte into JavaScript and writing it
@@ -221,10 +221,8 @@ export async function sparseCopy(
 ): Promise<void> {
   const inFh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let outFh: fs.FileHandle | undefined;
-  let writer: SparseWriter | undefined;
-  /** The background fdatasync of the kernel copies, if one runs, and the first one's failure. */
-  let syncing: Promise<void> | undefined;
-  let syncFailure: { error: unknown } | undefined;
+  /** The background fdatasyncs of the copy (kernel copies and read-and-write alike). */
+  let sync: ReturnType<typeof backgroundSync> | undefined;
   try {
     outFh = await fs.open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     const out = outFh;
@@ -232,39 +230,38 @@ export async function sparseCopy(
     const size = st.size;
     // The length first: holes and skipped zeros must read back as zeros.
     await out.truncate(size);
-    writer = createSparseWriter(out, {
-      blockBytes: BLOCK,
-      maxWriteBytes: CHUNK,
-      maxPendingBytes: 2 * CHUNK,
-      syncEveryBytes: durable ? SYNC_EVERY : Infinity,
-    });
-    const w = writer;
+    const syncs = backgroundSync(out, durable ? SYNC_EVERY : Infinity);
+    sync = syncs;
     const ext = await fileExtents();
     let kernel = typeof ext === 'string' ? undefined : ext;
     const regions: Iterable<DataRegion> = kernel ? kernel.dataRegions(inFh.fd, size) : [[0, size]];
     /** Where the map may be trusted about holes: it never reports more data than the file has blocks. */
     const allocated = st.blocks * 512;
     let reported = 0;
-    let unsynced = 0;
 
-    const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
-    /** Per buffer: resolves once the writes of its last chunk are done, so it may be read into again. */
-    const free: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
-    let i = 0;
-    /** Reads [from, end) and writes its non-zero blocks. */
+    /** Read-and-write's two buffers, made at its first use and kept for every range. */
+    let bufs: [Buffer, Buffer] | undefined;
+    /** Reads [from, end) and writes its non-zero blocks (copyToSparse, the import's copy, at offset `from`). */
     const readAndWrite = async (from: number, end: number) => {
-      w.skip(from - w.position);
-      for (let pos = from; pos < end; i ^= 1) {
-        signal?.throwIfAborted();
-        await free[i];
-        const { bytesRead } = await inFh.read(bufs[i]!, 0, Math.min(CHUNK, end - pos), pos);
-        if (bytesRead === 0) break; // the file shrank meanwhile: the rest reads as zeros
-        w.push(bufs[i]!.subarray(0, bytesRead));
-        free[i] = w.flushed();
-        free[i]!.catch(() => undefined); // reported by the await above or by finish()
-        pos += bytesRead;
-        onProgress?.(pos, size);
-      }
+      let pos = from;
+      const source: ByteSource = {
+        read: async (buf, offset, length) => {
+          const { bytesRead } = await inFh.read(buf, offset, length, pos);
+          pos += bytesRead;
+          return bytesRead; // 0: the file shrank meanwhile, and the rest reads as zeros
+        },
+      };
+      signal?.throwIfAborted();
+      bufs ??= [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
+      await copyToSparse(source, out, end - from, {
+        at: from,
+        blockBytes: BLOCK,
+        buffers: bufs,
+        sync: syncs,
+        probeEnd: false,
+        ...(signal ? { signal } : {}),
+        ...(onProgress ? { onProgress: (copied: number) => onProgress(from + copied, size) } : {}),
+      });
     };
     /** Copies [from, end) in the kernel; returns where it stopped (short of `end` when the kernel cannot). */
     const kernelCopy = async (k: FileExtents, from: number, end: number): Promise<number> => {
@@ -283,14 +280,7 @@ export async function sparseCopy(
         }
         if (n === 0) return end; // the file shrank meanwhile: the rest reads as zeros
         pos += n;
-        unsynced += n;
-        if (durable && unsynced >= SYNC_EVERY && !syncing) {
-          unsynced = 0;
-          syncing = out
-            .datasync()
-            .catch((e: unknown) => void (syncFailure ??= { error: e })) // reported after the copy
-            .finally(() => (syncing = undefined));
-        }
+        syncs.wrote(n);
         onProgress?.(pos, size);
       }
       return pos;
@@ -306,14 +296,11 @@ export async function sparseCopy(
       if (pos < end) await readAndWrite(pos, end);
     }
     signal?.throwIfAborted(); // an abort asked during the last chunk still counts
-    await writer.finish();
-    await syncing;
-    if (syncFailure) throw syncFailure.error;
+    await syncs.done();
     if (durable) await out.sync();
     if (size > 0) onProgress?.(size, size); // a hole at the end is done too
   } catch (e) {
-    await writer?.settle();
-    await syncing;
+    await sync?.settle();
     await outFh?.close().catch(() => undefined);
     outFh = undefined;
     await unlinkIfExists(dst).catch(() => undefined);

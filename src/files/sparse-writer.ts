@@ -126,10 +126,20 @@ export interface CopyToSparseOptions {
   readonly first?: Buffer;
   /** Zero-detection granularity in file offsets (a power of two); default 4 KiB. */
   readonly blockBytes?: number;
-  /** Bytes read at a time, into each of two buffers allocated once; default 4 MiB. */
+  /** Bytes read at a time, into each of two buffers allocated once; default 4 MiB (or the length of `buffers`). */
   readonly readBytes?: number;
-  /** Stops the copy (rejects with its reason) before the next read. */
+  /** The two buffers to read into in turn, kept by a caller that copies many ranges; default two made for this call. */
+  readonly buffers?: readonly [Buffer, Buffer];
+  /** File offset in `dst` of the first byte (default 0): blocks are aligned in file offsets. */
+  readonly at?: number;
+  /** Stops the copy (rejects with its reason) before the next read is written. */
   readonly signal?: AbortSignal;
+  /** Called with the bytes taken so far once each read is handed to the writes. */
+  readonly onProgress?: (copied: number) => void;
+  /** Told of every byte written (background fdatasyncs, see backgroundSync); the caller waits for it. */
+  readonly sync?: BackgroundSync;
+  /** Read one byte more at `size` to tell whether the source was longer (`more`); default true. */
+  readonly probeEnd?: boolean;
 }
 
 export interface CopyToSparseResult {
@@ -142,32 +152,79 @@ export interface CopyToSparseResult {
 }
 
 /**
- * Copies up to `size` bytes of `src` into `dst` from offset 0, where `dst`
- * already reads as zeros (a fresh sparse file of that size), writing only
- * the blocks that hold data: the pull-based, fast path of an import (the
- * data is a file or a pipe of this host, nothing crosses a socket). Reads
- * of `readBytes` into two buffers taken in turns, so the next read runs
- * while the data of the last one is written (pwrite, several at once); no
- * allocation per chunk, no sync: the caller syncs once at the end. Stops at
- * `size` bytes or at the source's end, whichever comes first, then reads one
- * more byte to tell whether the source was longer (`more`). Every read and
- * write has settled when it returns or throws: the caller may close both.
+ * Background fdatasyncs of a file while it is written: one starts once
+ * `everyBytes` were written since the last began (never two at once), so
+ * the disk writes overlap with the copy and the final fsync has little left.
+ * The first failure is kept and thrown by done().
+ */
+export interface BackgroundSync {
+  /** `bytes` more were written. */
+  wrote(bytes: number): void;
+  /** Waits for the sync running, if any, ignoring its failure (the failure path, before closing the file). */
+  settle(): Promise<void>;
+  /** Waits for the sync running, if any; throws the first failure. */
+  done(): Promise<void>;
+}
+
+export function backgroundSync(fh: FileHandle, everyBytes: number): BackgroundSync {
+  let unsynced = 0;
+  let running: Promise<void> | undefined;
+  let failure: { error: unknown } | undefined;
+  const settle = async () => {
+    while (running) await running;
+  };
+  return {
+    wrote(bytes) {
+      unsynced += bytes;
+      if (unsynced < everyBytes || running || failure) return;
+      unsynced = 0;
+      running = fh
+        .datasync()
+        .catch((e: unknown) => void (failure ??= { error: e }))
+        .finally(() => (running = undefined));
+    },
+    settle,
+    async done() {
+      await settle();
+      if (failure) throw failure.error;
+    },
+  };
+}
+
+/**
+ * Copies up to `size` bytes of `src` into `dst` from offset `at` (default
+ * 0), where `dst` already reads as zeros (a fresh sparse file, or the range
+ * past a truncate), writing only the blocks that hold data: the import of a
+ * file or pipe of this host, and the copy of files where the kernel cannot
+ * copy (sparseCopy's fallback). Reads of `readBytes` into two buffers taken
+ * in turns, so the next read runs while the data of the last one is written
+ * (pwrite, several at once); no allocation per chunk; syncs only through
+ * `sync`: the caller syncs at the end. Stops at `size` bytes or at the
+ * source's end, whichever comes first, then (unless `probeEnd` is false)
+ * reads one more byte to tell whether the source was longer (`more`). Every
+ * read and write has settled when it returns or throws: the caller may
+ * close both.
  */
 export async function copyToSparse(src: ByteSource, dst: FileHandle, size: number, opts: CopyToSparseOptions = {}): Promise<CopyToSparseResult> {
   const block = opts.blockBytes ?? 4096;
   if (!(block > 0 && (block & (block - 1)) === 0)) throw new RangeError(`blockBytes must be a power of two, not ${block}`);
-  const readBytes = Math.max(block, opts.readBytes ?? 4 << 20);
+  const bufs = opts.buffers ?? [Buffer.allocUnsafeSlow(Math.max(block, opts.readBytes ?? 4 << 20)), Buffer.allocUnsafeSlow(Math.max(block, opts.readBytes ?? 4 << 20))];
+  const readBytes = Math.min(bufs[0].length, bufs[1].length);
+  if (readBytes < block) throw new RangeError(`read buffers of ${readBytes} bytes are shorter than a block (${block})`);
+  const base = opts.at ?? 0;
   let pos = 0;
   let dataBytes = 0;
   let more = false;
 
   const writeAt = async (b: Buffer, start: number, end: number, at: number): Promise<void> => {
+    const bytes = end - start;
     while (start < end) {
       const { bytesWritten } = await dst.write(b, start, end - start, at);
       if (bytesWritten <= 0) throw new Error(`write at offset ${at} made no progress`);
       start += bytesWritten;
       at += bytesWritten;
     }
+    opts.sync?.wrote(bytes);
   };
   /** Writes the data of `b[start, end)` (file offset `at`); resolves once all of it is written. */
   const writeData = (b: Buffer, start: number, end: number, at: number): Promise<unknown> => {
@@ -189,7 +246,6 @@ export async function copyToSparse(src: ByteSource, dst: FileHandle, size: numbe
     return n;
   };
 
-  const bufs = [Buffer.allocUnsafeSlow(readBytes), Buffer.allocUnsafeSlow(readBytes)] as const;
   let writing: Promise<unknown> = Promise.resolve();
   let reading: Promise<number> = Promise.resolve(0);
   try {
@@ -197,7 +253,7 @@ export async function copyToSparse(src: ByteSource, dst: FileHandle, size: numbe
     if (first.length > size) more = true;
     const head = first.subarray(0, Math.min(size, first.length));
     if (head.length) {
-      writing = writeData(head, 0, head.length, 0);
+      writing = writeData(head, 0, head.length, base);
       pos = head.length;
     }
     let i = 0;
@@ -215,10 +271,11 @@ export async function copyToSparse(src: ByteSource, dst: FileHandle, size: numbe
       const ended = n < Math.min(readBytes, size - at);
       i ^= 1;
       reading = pos < size && !ended ? fill(bufs[i], Math.min(readBytes, size - pos)) : Promise.resolve(0);
-      writing = writeData(cur, 0, n, at);
+      writing = writeData(cur, 0, n, base + at);
+      opts.onProgress?.(pos);
     }
     await writing;
-    if (!more && pos === size) more = (await fill(bufs[0], 1)) > 0;
+    if (!more && pos === size && opts.probeEnd !== false) more = (await fill(bufs[0], 1)) > 0;
     return { copied: pos, dataBytes, more };
   } finally {
     // On a failure, nothing may still use the buffers or the descriptors once this returns.

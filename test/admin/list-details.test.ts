@@ -1,9 +1,11 @@
 /**
- * admin.vm.ListDetails over a real qubesd socket: the reply's lines, and
- * the policy: a caller other than dom0 gets only the domains on which the
- * policy grants it every call the reply stands for (admin.vm.List,
- * admin.vm.property.GetAll, admin.vm.volume.List, admin.vm.volume.Info of
- * each volume), and nothing without a rule for the call itself.
+ * admin.vm.List and admin.vm.ListDetails over a real qubesd socket: the
+ * reply's lines, and the policy. admin.vm.List, as Qubes filters it: a
+ * caller other than dom0 gets only the domains on which the policy grants
+ * it admin.vm.List; dom0 gets every domain. ListDetails: of those, only
+ * the domains on which the policy grants every other call the reply stands
+ * for (admin.vm.property.GetAll, admin.vm.volume.List, admin.vm.volume.Info
+ * of each volume), and nothing without a rule for the call itself.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs/promises';
@@ -43,8 +45,12 @@ describe('admin.vm.ListDetails', () => {
     }
     // mgmt may call ListDetails; on `open` it has every call the reply stands
     // for, on each of the others one is missing (on noinfo: Info of private).
+    // dom0 has admin.vm.List on dom0 only, and still lists every domain (as in Qubes).
     const policy = [
-      'dom0 *',
+      'dom0 admin.vm.List dom0',
+      'dom0 admin.vm.ListDetails *',
+      'dom0 admin.vm.property.GetAll *',
+      'dom0 admin.vm.volume.* *',
       'mgmt admin.vm.ListDetails dom0',
       'mgmt admin.vm.ListDetails noinfo',
       'mgmt admin.vm.List *',
@@ -63,6 +69,10 @@ describe('admin.vm.ListDetails', () => {
       'lister admin.vm.List open',
       'lister admin.vm.property.GetAll *',
       'lister admin.vm.volume.* *',
+      // viewer: admin.vm.List on dom0 (the whole list), open and tpl.
+      'viewer admin.vm.List dom0',
+      'viewer admin.vm.List open',
+      'viewer admin.vm.List tpl',
     ].join('\n');
     await fs.writeFile(path.join(base, 'policy'), `${policy}\n`);
     sock = await scope.sock();
@@ -105,5 +115,27 @@ describe('admin.vm.ListDetails', () => {
 
   it('without a rule for the call itself: PermissionDenied', async () => {
     await assert.rejects(as('other').call('admin.vm.ListDetails', 'dom0'), PermissionDenied);
+  });
+
+  /** Names of the domains in an admin.vm.List reply. */
+  const names = async (source: string, dest: string) =>
+    (await as(source).call('admin.vm.List', dest))
+      .toString()
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => l.split(' ')[0]!);
+
+  it('admin.vm.List, dom0 as the caller: every domain, though the policy grants it admin.vm.List on dom0 alone', async () => {
+    assert.deepEqual(await names('dom0', 'dom0'), ['dom0', 'mgmt', 'noinfo', 'nolist', 'noprops', 'open', 'tpl']);
+  });
+
+  it('admin.vm.List, another caller: only the domains the policy lets it call admin.vm.List on', async () => {
+    assert.deepEqual(await names('viewer', 'dom0'), ['dom0', 'open', 'tpl']);
+    assert.deepEqual(await names('mgmt', 'dom0'), ['dom0', 'mgmt', 'noinfo', 'nolist', 'noprops', 'open', 'tpl']);
+    // Named as DEST: that domain, when the policy grants the call on it at all.
+    assert.deepEqual(await names('viewer', 'open'), ['open']);
+    await assert.rejects(as('viewer').call('admin.vm.List', 'nolist'), PermissionDenied);
+    // lister has admin.vm.List on open only, not the call to dom0 (the whole list).
+    await assert.rejects(as('lister').call('admin.vm.List', 'dom0'), PermissionDenied);
   });
 });

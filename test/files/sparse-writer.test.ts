@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import * as fsSync from 'node:fs';
-import { copyToSparse, createSparseWriter, fdSource, forEachDataRun, isZeroRange, type ByteSource } from '../../src/files/sparse-writer.js';
+import { backgroundSync, copyToSparse, createSparseWriter, fdSource, forEachDataRun, isZeroRange, type ByteSource } from '../../src/files/sparse-writer.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { MiB } from '../helpers/data.js';
 
@@ -232,6 +232,37 @@ describeEachFs('copyToSparse', (_tfs, fsx) => {
       assert.ok(st.blocks * 512 <= extentBlocks(size) * BLOCK + 64 * 1024, `${st.blocks * 512} bytes allocated for ${extentBlocks(size)} data blocks`);
     });
   }
+
+  it("at an offset (sparseCopy's ranges): the caller's buffers, progress, every written byte told to the syncs, no probe past size", async () => {
+    const dir = await fsx.tempDir('cts-at');
+    const off = 5 * BLOCK + 123; // not block-aligned: blocks are aligned in file offsets
+    const fh = await freshFile(dir, 'out.img', off + size);
+    const progress: number[] = [];
+    let told = 0;
+    let r;
+    try {
+      const real = backgroundSync(fh, 256 * 1024);
+      const sync = { ...real, wrote: (n: number) => ((told += n), real.wrote(n)) };
+      const buffers = [Buffer.alloc(65_536), Buffer.alloc(65_536)] as const;
+      // One byte more than size in the source: not read (probeEnd false), so `more` stays false.
+      const src = bufferSource(Buffer.concat([data, Buffer.from('x')]), 70_000);
+      r = await copyToSparse(src, fh, size, { at: off, buffers, sync, probeEnd: false, onProgress: (n) => progress.push(n) });
+      await sync.done();
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    assert.deepEqual(r, { copied: size, dataBytes: r.dataBytes, more: false });
+    assert.equal(told, r.dataBytes);
+    assert.equal(progress.at(-1), size);
+    assert.equal(progress.length, Math.ceil(size / 65_536));
+    assert.ok(progress.every((n, i) => i === 0 || n > progress[i - 1]!), progress.join(' '));
+    const out = await fs.readFile(path.join(dir, 'out.img'));
+    assert.equal(out.length, off + size);
+    assert.equal(hash(out), hash(Buffer.concat([Buffer.alloc(off), data])));
+    const st = await fs.stat(path.join(dir, 'out.img'));
+    assert.ok(st.blocks * 512 <= (extentBlocks(size) + 2) * BLOCK + 64 * 1024, `${st.blocks * 512} bytes allocated for ${extentBlocks(size)} data blocks`);
+  });
 
   it('a file descriptor, read from its current offset', async () => {
     const dir = await fsx.tempDir('cts-fd');

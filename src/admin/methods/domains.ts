@@ -6,7 +6,9 @@
  *
  * Reply formats (exact bytes; facts from qubes-core-admin `qubes/api/admin.py`):
  * - admin.vm.List: `NAME class=CLASS state=STATE uuid=UUID\n` sorted by name;
- *   DEST dom0 lists every domain, any other DEST only itself.
+ *   DEST dom0 lists every domain, any other DEST only itself; for a caller
+ *   other than dom0, only the domains the policy lets it call admin.vm.List
+ *   on (see listedDomains).
  * - admin.vm.CurrentState: `mem=0 mem_static_max=0 cputime=0 power_state=S`
  *   (no newline; no hypervisor here, so the counters are 0).
  * - admin.vm.Create.CLASS / CreateInPool.CLASS (DEST dom0, ARG the template
@@ -64,6 +66,24 @@ export function vmListLine(d: Domain): string {
   return `${d.name} class=${d.klass} state=${d.powerState} uuid=${d.uuid}\n`;
 }
 
+/** Whether the policy lets the call's source make METHOD on DEST (with ARG); see CallContext.mayCall. */
+type MayCall = (method: string, dest: string, arg?: string) => boolean;
+
+/**
+ * The domains admin.vm.List answers with: every domain for DEST dom0, else
+ * DEST alone; for a caller other than dom0, only those on which the policy
+ * lets it call admin.vm.List (as Qubes filters the list through the
+ * `admin-permission:admin.vm.List` event: its policy is asked once per
+ * domain, with that domain as the target, and dom0 as the caller lists
+ * everything). Without a dispatcher's policy (a method table called
+ * directly), a caller other than dom0 gets none, as the default policy.
+ */
+export function listedDomains(all: readonly Domain[], dest: Domain, source: string, mayCall: MayCall | undefined): Domain[] {
+  const domains = dest.klass === 'AdminVM' ? [...all] : [dest];
+  if (source === 'dom0') return domains;
+  return mayCall ? domains.filter((d) => mayCall('admin.vm.List', d.name)) : [];
+}
+
 /**
  * admin.vm.ListDetails, for the domains the caller may read: per domain,
  * sorted by name,
@@ -76,18 +96,17 @@ export function vmListLine(d: Domain): string {
  * admin.vm.List, then admin.vm.property.GetAll per domain); this one lets a
  * listing of N domains take one call instead of 1 + N or 1 + 3N.
  *
- * A domain is in the reply only when the policy lets the caller make every
- * call whose answer its lines carry (admin.vm.List, as Qubes filters the list
- * for a caller other than dom0, then admin.vm.property.GetAll,
+ * `domains` are those admin.vm.List gives the caller (listedDomains); of
+ * them, a domain is in the reply only when the policy lets the caller make
+ * every other call whose answer its lines carry (admin.vm.property.GetAll,
  * admin.vm.volume.List and admin.vm.volume.Info+VOLUME on that domain), so
  * the reply says no more than those calls would.
  */
-export function listDetailsText(domains: readonly Domain[], mayCall: (method: string, dest: string, arg?: string) => boolean): string {
+export function listDetailsText(domains: readonly Domain[], mayCall: MayCall): string {
   const out: string[] = [];
   for (const d of domains) {
     const volumes = [...d.storage.volumes.values()];
     const readable =
-      mayCall('admin.vm.List', d.name) &&
       mayCall('admin.vm.property.GetAll', d.name) &&
       mayCall('admin.vm.volume.List', d.name) &&
       volumes.every((v) => mayCall('admin.vm.volume.Info', d.name, v.name));
@@ -119,17 +138,14 @@ export function domainMethods(ctx: MethodContext): MethodTable {
 
     // Global in Qubes' policy classes, although DEST may be any domain (then only it is listed).
     'admin.vm.List': method(aboutDomain(ctx, { scope: 'global', access: 'read' }), async (call) => {
-      const d = destDomain(ctx, call);
-      const domains = d.klass === 'AdminVM' ? app.domainList() : [d];
-      return domains.map(vmListLine).join('');
+      return listedDomains(app.domainList(), destDomain(ctx, call), call.source, call.mayCall).map(vmListLine).join('');
     }),
 
     // Global as admin.vm.List (DEST dom0: every domain the caller may read; else DEST alone).
     'admin.vm.ListDetails': method(aboutDomain(ctx, { scope: 'global', access: 'read' }), async (call) => {
-      const d = destDomain(ctx, call);
       // Without a dispatcher's policy (a method table called directly): dom0 only, as the default policy.
       const mayCall = call.mayCall ?? (() => call.source === 'dom0');
-      return listDetailsText(d.klass === 'AdminVM' ? app.domainList() : [d], mayCall);
+      return listDetailsText(listedDomains(app.domainList(), destDomain(ctx, call), call.source, call.mayCall), mayCall);
     }),
 
     'admin.vm.CurrentState': method(localRead, async (call) => currentStateText(destDomain(ctx, call))),
