@@ -111,7 +111,7 @@ export function poolMethods(ctx: MethodContext): MethodTable {
     }),
 
     'admin.pool.volume.List': method(onPool({ access: 'read' }), async (call) => {
-      const vids = [...(await argPool(ctx, call).listVolumes())].sort();
+      const vids = await ctx.app.poolVolumeList(argPool(ctx, call).name);
       return vids.map((v) => `${v}\n`).join('');
     }),
   };
