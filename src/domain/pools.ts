@@ -130,7 +130,7 @@ export class Pools {
   /** Domains (and volumes) using a pool, and global settings naming it. */
   users(name: string): string[] {
     const users: string[] = [];
-    for (const { owner, volume } of this.domainVolumes(name, this.ctx.domains.list())) users.push(`${owner}:${volume.name}`);
+    this.forEachDomainVolume(name, this.ctx.domains.list(), (owner, volume) => users.push(`${owner}:${volume.name}`));
     const globals = this.ctx.globals;
     for (const p of globals.setPropertyNames())
       if (p.startsWith('default_pool') && globals.prop(p) === name) users.push(`global property ${p}`);
@@ -147,18 +147,24 @@ export class Pools {
   async volumeList(name: string): Promise<string[]> {
     const pool = this.get(name);
     if (volumeListing(pool.capabilities) === 'pool') return [...(await pool.listVolumes())].sort();
-    const vids = new Set<string>();
-    for (const { volume } of this.domainVolumes(name, this.ctx.domains.listed.values())) vids.add(volume.vid);
-    return [...vids].sort();
+    const vids: string[] = [];
+    this.forEachDomainVolume(name, this.ctx.domains.listed.values(), (_owner, volume) => vids.push(volume.vid));
+    vids.sort();
+    // Once each (two volume-configs may name one vid), without a Set of 30,000 strings: sorted, equal ones are adjacent.
+    return vids.filter((v, i) => i === 0 || v !== vids[i - 1]);
   }
 
-  /** The volumes in pool `name` of `domains` and of the creates in flight (their owner: the domain's name, marked for a create). */
-  private *domainVolumes(name: string, domains: Iterable<Domain>): Generator<{ owner: string; volume: Volume }> {
-    const inPool = function* (owner: string, storage: DomainStorage | null) {
-      for (const volume of storage?.volumes.values() ?? []) if (volume.pool.name === name) yield { owner, volume };
+  /**
+   * Calls `fn` with each volume in pool `name` of `domains` and of the creates
+   * in flight, and its owner (the domain's name, marked for a create). A
+   * callback, not a generator: 40,000 volumes at 10,000 domains.
+   */
+  private forEachDomainVolume(name: string, domains: Iterable<Domain>, fn: (owner: string, volume: Volume) => void): void {
+    const inPool = (owner: string, storage: DomainStorage | null): void => {
+      if (storage) for (const volume of storage.volumes.values()) if (volume.pool.name === name) fn(owner, volume);
     };
-    for (const d of domains) yield* inPool(d.name, d.storage);
-    for (const [n, r] of this.ctx.domains.reserved) yield* inPool(`${n} (being created)`, r.storage);
+    for (const d of domains) inPool(d.name, d.storage);
+    for (const [n, r] of this.ctx.domains.reserved) inPool(`${n} (being created)`, r.storage);
   }
 
   // ---- loading -------------------------------------------------------------------------

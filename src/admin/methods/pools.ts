@@ -112,7 +112,7 @@ export function poolMethods(ctx: MethodContext): MethodTable {
 
     'admin.pool.volume.List': method(onPool({ access: 'read' }), async (call) => {
       const vids = await ctx.app.poolVolumeList(argPool(ctx, call).name);
-      return vids.map((v) => `${v}\n`).join('');
+      return vids.length ? `${vids.join('\n')}\n` : '';
     }),
   };
 }
