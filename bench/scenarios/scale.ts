@@ -105,10 +105,11 @@ export const scale: Scenario = {
           const volList: number[] = [];
           let lines = 0;
           let vids = 0;
-          // The first pool.volume.List of a process reads every domain directory; later ones
-          // read only those that changed (src/drivers/file-reflink/README.md, Listing).
+          // pool.volume.List of a file-reflink pool names its domains' volumes from memory, as Qubes
+          // does (src/drivers/file-reflink/README.md, Listing): the first call differs from later
+          // ones only by the code's warm-up.
           const volListFirst = await timeMs(async () => void (await client.call('admin.pool.volume.List', 'dom0', 'default')));
-          f['volListFirst'] = figure(`scale.${n}.pool.volume.List-first`, 'ms', [volListFirst], { note: 'the first call of the process: every domain directory read' });
+          f['volListFirst'] = figure(`scale.${n}.pool.volume.List-first`, 'ms', [volListFirst], { note: 'the first call of the process (code not warm yet)' });
           for (let r = 0; r < reps; r++) {
             vmList.push(await timeMs(async () => (lines = (await client.call('admin.vm.List', 'dom0')).toString().split('\n').length - 1)));
             volList.push(await timeMs(async () => (vids = (await client.call('admin.pool.volume.List', 'dom0', 'default')).toString().split('\n').length - 1)));

@@ -272,6 +272,11 @@ export class QubesApp implements DomainHost, StateModel {
     return this.poolSet.users(name);
   }
 
+  /** What admin.pool.volume.List names: sorted vids, from the domains or from the pool as its driver declares (Pools.volumeList). */
+  poolVolumeList(name: string): Promise<string[]> {
+    return this.poolSet.volumeList(name);
+  }
+
   /** Removes a pool from the state (its data is left alone); refused while anything uses it. */
   removePool(name: string): Promise<void> {
     return this.poolSet.remove(name);

@@ -95,18 +95,17 @@ export class StateBackups {
   /**
    * Copies the state file as it is now into a new backup, unless the newest
    * one holds the same bytes, then removes the backups beyond `keep`.
-   * Returns a line for the user when no backup could be taken (never throws).
+   * `current`: the file's bytes, when the caller has them as they are now
+   * (read at open; it is not read again). Returns a line for the user when
+   * no backup could be taken (never throws).
    */
-  async take(): Promise<string | null> {
+  async take(current?: Buffer): Promise<string | null> {
     if (this.keep <= 0) return null;
     let tmp: string | null = null;
     try {
-      const data = await fs.readFile(this.stateFile);
+      const data = current ?? (await fs.readFile(this.stateFile));
       const newest = (await this.list())[0];
-      if (newest) {
-        const st = await fs.stat(newest);
-        if (st.size === data.length && (await fs.readFile(newest)).equals(data)) return null;
-      }
+      if (newest && (await holdsBytes(newest, data))) return null;
       const room = await fs.statfs(path.dirname(this.stateFile));
       const free = room.bavail * room.bsize;
       const need = 3 * data.length + BACKUP_RESERVE_BYTES;
@@ -197,5 +196,32 @@ export class StateBackups {
       `To go back to the newest readable backup, ${backup} (changes made after it are lost), with no qubesd or tool running: ` +
       `${moveAside}cp -p ${shellWord(backup)} ${shellWord(f)}  (older backups: ${this.dir}). ${fresh}`
     );
+  }
+}
+
+/** Bytes compared at a time (a state of 10,000 domains is ~10 MB: not read into one more buffer of its size). */
+const COMPARE_CHUNK = 1024 * 1024;
+
+/** Whether `file` holds exactly `data` (compared a chunk at a time; false when it cannot be read). */
+async function holdsBytes(file: string, data: Buffer): Promise<boolean> {
+  let fh;
+  try {
+    fh = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    if ((await fh.stat()).size !== data.length) return false;
+    const buf = Buffer.allocUnsafe(Math.min(COMPARE_CHUNK, data.length));
+    for (let at = 0; at < data.length; ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, data.length - at), at);
+      if (bytesRead === 0 || !buf.subarray(0, bytesRead).equals(data.subarray(at, at + bytesRead))) return false;
+      at += bytesRead;
+    }
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await fh.close();
   }
 }

@@ -146,6 +146,15 @@ export interface SyncChanges {
 
 /** Reads at most `maxBytes`; null when the file does not exist. */
 export async function readStateText(file: string, maxBytes = MAX_STATE_BYTES): Promise<string | null> {
+  return (await readStateFile(file, maxBytes))?.text ?? null;
+}
+
+/**
+ * The state file's text and the bytes it was decoded from (the backup taken
+ * at open compares those, instead of reading the file again); null when the
+ * file does not exist.
+ */
+export async function readStateFile(file: string, maxBytes = MAX_STATE_BYTES): Promise<{ text: string; bytes: Buffer } | null> {
   let fh;
   try {
     fh = await fs.open(file, fsc.O_RDONLY);
@@ -157,7 +166,8 @@ export async function readStateText(file: string, maxBytes = MAX_STATE_BYTES): P
     const st = await fh.stat();
     if (!st.isFile()) throw new StateFileError(`${file}: the state file is not a regular file`);
     if (st.size > maxBytes) throw new StateFileError(`${file}: the state file is ${st.size} bytes, more than the limit of ${maxBytes}`);
-    const buf = Buffer.alloc(Math.min(st.size, maxBytes) + 1);
+    // Not zeroed: only the bytes read are used (a state of 10,000 domains is ~10 MB).
+    const buf = Buffer.allocUnsafe(Math.min(st.size, maxBytes) + 1);
     let n = 0;
     for (;;) {
       const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
@@ -166,10 +176,11 @@ export async function readStateText(file: string, maxBytes = MAX_STATE_BYTES): P
       if (n > maxBytes) throw new StateFileError(`${file}: the state file is more than ${maxBytes} bytes`);
       if (n === buf.length) break;
     }
+    const bytes = buf.subarray(0, n);
     try {
-      return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(buf.subarray(0, n));
+      return { text: new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes), bytes };
     } catch {
-      const bad = firstInvalidUtf8Line(buf.subarray(0, n));
+      const bad = firstInvalidUtf8Line(bytes);
       throw new StateFileError(`${file}:${bad}: the state file is not valid UTF-8`);
     }
   } finally {

@@ -13,7 +13,7 @@ import type { Domain } from './domain.js';
 import { CommitQueue, type Change } from './commit-queue.js';
 import { earlierStateTraces } from './state-dir.js';
 import { DEFAULT_STATE_BACKUPS, StateBackups } from './state-backups.js';
-import { MAX_STATE_BYTES, readStateText, StateDocument, StateFileError, type SaveScope, type StateModel } from './state-file.js';
+import { MAX_STATE_BYTES, readStateFile, StateDocument, StateFileError, type SaveScope, type StateModel } from './state-file.js';
 import { encodeRecord, journalPathFor, readJournal, StateJournal } from './state-journal.js';
 
 /** State files smaller than this are rewritten whole at each save; bigger ones get a journal (state-journal.ts). */
@@ -42,6 +42,8 @@ export interface StateStoreOptions {
 export interface FoundState {
   readonly isNew: boolean;
   readonly journal: boolean;
+  /** The state file's bytes as read (for the backup taken at open); null for a new state. */
+  readonly bytes: Buffer | null;
 }
 
 /** What a module that changes the state needs of persistence. */
@@ -139,9 +141,9 @@ export class StateStore implements StateSaves {
    * starts an empty document. A StateFileError otherwise.
    */
   async read(): Promise<FoundState> {
-    const text = await readStateText(this.stateFile, this.maxBytes);
+    const read = await readStateFile(this.stateFile, this.maxBytes);
     const journal = await readJournal(this.journalFile, this.maxBytes);
-    if (text === null) {
+    if (read === null) {
       if (journal?.records.length)
         throw new StateFileError(`${this.journalFile}: a state journal without its state file ${this.stateFile}`);
       const traces = this.opts.init ? [] : await earlierStateTraces(this.stateFile, this.opts.configFiles);
@@ -151,13 +153,13 @@ export class StateStore implements StateSaves {
             `and a new one would forget every domain it had`,
         );
       this._doc = StateDocument.empty(this.stateFile);
-      return { isNew: true, journal: journal !== null };
+      return { isNew: true, journal: journal !== null, bytes: null };
     }
-    this.baseBytes = Buffer.byteLength(text);
-    this._doc = StateDocument.parse(text, this.stateFile);
+    this.baseBytes = read.bytes.length;
+    this._doc = StateDocument.parse(read.text, this.stateFile);
     // Changes saved after the last rewrite, the last record possibly torn by a crash.
     if (journal) this._doc.applyJournal(journal.records, this.journalFile);
-    return { isNew: false, journal: journal !== null };
+    return { isNew: false, journal: journal !== null, bytes: read.bytes };
   }
 
   /** A state that cannot be read, refused: the problem, then how to get the state back. */
@@ -177,8 +179,9 @@ export class StateStore implements StateSaves {
       await this.commit(() => () => undefined, 'all');
     }
     if (!found.isNew) {
-      // The state file now holds everything loaded (no journal): the last good state.
-      const note = await this.backups.take();
+      // The state file now holds everything loaded (no journal): the last good state. Unless a
+      // journal was folded in (the file rewritten), it still holds the bytes read.
+      const note = await this.backups.take(found.journal ? undefined : (found.bytes ?? undefined));
       if (note) this.notice?.(note);
       else this.backupStale = false;
     }

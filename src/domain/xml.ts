@@ -79,8 +79,17 @@ export interface XDocument {
 
 // ---- reading -----------------------------------------------------------------
 
-/** A name at the reader's position (sticky: one match per name, not one test per character). */
-const NAME = /[A-Za-z_:\u00C0-\uFFFF][-A-Za-z0-9_:.\u00B7\u00C0-\uFFFF]*/y;
+/**
+ * Name characters, by UTF-16 code unit: `[A-Za-z_:\u00C0-\uFFFF]` first, then
+ * also `[-0-9.\u00B7]`. Tested one unit at a time (a regular expression's
+ * match would be one more object per name: 600,000 for 10,000 domains).
+ */
+function isNameStart(c: number): boolean {
+  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95 || c === 58 || (c >= 0xc0 && c <= 0xffff);
+}
+function isNameChar(c: number): boolean {
+  return isNameStart(c) || (c >= 48 && c <= 57) || c === 45 || c === 46 || c === 0xb7;
+}
 const PREDEFINED: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 class Reader {
@@ -146,11 +155,13 @@ class Reader {
   }
 
   name(): string {
-    NAME.lastIndex = this.pos;
-    const m = NAME.exec(this.text);
-    if (!m) return this.fail('expected a name');
-    this.pos += m[0].length;
-    return m[0];
+    const t = this.text;
+    const start = this.pos;
+    if (!isNameStart(t.charCodeAt(start))) return this.fail('expected a name');
+    let i = start + 1;
+    while (isNameChar(t.charCodeAt(i))) i++;
+    this.pos = i;
+    return t.slice(start, i);
   }
 
   until(end: string, what: string): string {

@@ -371,6 +371,8 @@ export function checkDriverShape(d: unknown): StorageDriver {
   if (typeof caps!['maxRevisions'] !== 'number') bad(`'capabilities.maxRevisions' must be a number`);
   // Added after version 1 was published: absent means false (cannot shrink).
   if (caps!['shrink'] !== undefined && typeof caps!['shrink'] !== 'boolean') bad(`'capabilities.shrink' must be a boolean when given`);
+  if (caps!['listing'] !== undefined && caps!['listing'] !== 'pool' && caps!['listing'] !== 'domains')
+    bad(`'capabilities.listing' must be 'pool' or 'domains' when given`);
   return d as StorageDriver;
 }
 

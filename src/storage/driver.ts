@@ -49,6 +49,24 @@ export interface DriverCapabilities {
    * before this capability existed cannot shrink).
    */
   readonly shrink?: boolean;
+  /**
+   * What `admin.pool.volume.List` names (added after version 1; absent:
+   * 'pool'). 'pool': the pool's own listing (`listVolumes`), for drivers
+   * whose storage is the record of what exists (an LVM thin pool, a Ceph
+   * pool, a kernel directory). 'domains': the volumes the loaded domains
+   * hold in the pool, answered from memory, as Qubes' file and file-reflink
+   * drivers answer (their list_volumes is the volumes init_volume made): an
+   * image no domain owns is not named.
+   */
+  readonly listing?: VolumeListing;
+}
+
+/** See DriverCapabilities.listing. */
+export type VolumeListing = 'pool' | 'domains';
+
+/** What admin.pool.volume.List names for a pool of this declaration (absent: 'pool'). */
+export function volumeListing(caps: DriverCapabilities): VolumeListing {
+  return caps.listing === 'domains' ? 'domains' : 'pool';
 }
 
 /** Whether the declaration allows shrinking (absent: no, the safe default). */

@@ -64,6 +64,13 @@ describeEachFs('state journal', (tfs, ctx) => {
     const app = await openTestApp(viaJournal, tfs.reflink);
     try {
       assert.deepEqual(sorted(modelOf(app)), sorted(await modelAfter(STEPS)));
+      // The open folded the journal in (the file rewritten): its backup holds that file, not the bytes read.
+      const backups = (await fs.readdir(path.join(viaJournal, 'backup'))).filter((n) => n.endsWith('Z.xml')).sort();
+      assert.deepEqual(
+        await fs.readFile(path.join(viaJournal, 'backup', backups.at(-1)!)),
+        await fs.readFile(path.join(viaJournal, 'qubes.xml')),
+        'the backup taken at open holds the state with the journal folded in',
+      );
     } finally {
       await app.close();
     }

@@ -27,6 +27,7 @@ const ROUND_TRIP: Array<[string, string]> = [
   ['CRLF line ends', `<a>\r\n  <b/>\r\n</a>\r\n`],
   ['a byte order mark', `\uFEFF<a/>`],
   ['non-ASCII names and text', `<données clé="é">ünïcödé ✓</données>`],
+  ['every kind of name character', `<_a-b.c:d\u00B79 x-y.z_0:1="v" \u00C0\uFFFF="w"><\u00C0-\uFFFF.1/></_a-b.c:d\u00B79>`],
 ];
 
 const MALFORMED: Array<[string, string, string]> = [
@@ -42,6 +43,10 @@ const MALFORMED: Array<[string, string, string]> = [
   ['internal subset', `<!DOCTYPE a [<!ENTITY x "y">]><a/>`, 'DOCTYPE with an internal subset is not accepted'],
   ['too deep', '<a>'.repeat(300) + '</a>'.repeat(300), 'nested deeper than 256'],
   ['lt in attribute', `<a x="<"/>`, `'<' in the value of attribute x`],
+  ['a name starting with a digit', `<a>\n<1b/></a>`, ':2:2: malformed XML: expected a name'],
+  ['a name starting with -', `<a -x="1"/>`, ':1:4: malformed XML: expected a name'],
+  ['a name starting with .', `<a>\n</.a></a>`, ':2:3: malformed XML: expected a name'],
+  ['a name starting with \u00B7', `<\u00B7a/>`, ':1:2: malformed XML: expected a name'],
 ];
 
 describe('xml', () => {

@@ -244,6 +244,7 @@ describe('driver registry: shape checks', () => {
     { name: 'unknown volume kind', driver: { ...dirDriver, capabilities: { ...dirDriver.capabilities, volumeKinds: ['weird'] } }, reason: /volumeKinds/ },
     { name: 'no capabilities', driver: { ...dirDriver, capabilities: null }, reason: /'capabilities' must be an object/ },
     { name: 'shrink not a boolean', driver: { ...dirDriver, capabilities: { ...dirDriver.capabilities, shrink: 'yes' } }, reason: /'capabilities.shrink' must be a boolean/ },
+    { name: 'listing not pool or domains', driver: { ...dirDriver, capabilities: { ...dirDriver.capabilities, listing: 'disk' } }, reason: /'capabilities.listing' must be 'pool' or 'domains'/ },
   ];
   for (const c of bad)
     it(`refuses a driver with ${c.name}`, () => {

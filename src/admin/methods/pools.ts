@@ -111,8 +111,8 @@ export function poolMethods(ctx: MethodContext): MethodTable {
     }),
 
     'admin.pool.volume.List': method(onPool({ access: 'read' }), async (call) => {
-      const vids = [...(await argPool(ctx, call).listVolumes())].sort();
-      return vids.map((v) => `${v}\n`).join('');
+      const vids = await ctx.app.poolVolumeList(argPool(ctx, call).name);
+      return vids.length ? `${vids.join('\n')}\n` : '';
     }),
   };
 }

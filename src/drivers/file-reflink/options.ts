@@ -8,6 +8,8 @@ export const FILE_REFLINK_CAPABILITIES: DriverCapabilities = {
   remote: false,
   writable: true,
   shrink: true,
+  // Qubes' file and file-reflink pools list the volumes of their domains (README, Listing).
+  listing: 'domains',
 };
 
 export const FILE_REFLINK_OPTIONS: readonly OptionSpec[] = [

@@ -9,6 +9,8 @@ export const FILE_CAPABILITIES: DriverCapabilities = {
   remote: false,
   writable: true,
   shrink: true,
+  // Qubes' file and file-reflink pools list the volumes of their domains (README, Listing).
+  listing: 'domains',
 };
 
 export const FILE_OPTIONS: readonly OptionSpec[] = [

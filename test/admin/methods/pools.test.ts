@@ -100,9 +100,10 @@ describeEachFs('admin.pool methods', (tfs, fsx) => {
     assert.equal(await ok(S, 'admin.pool.Set.ephemeral_volatile', 'dom0', 'inner', 'True'), '');
     assert.match(await ok(S, 'admin.pool.Info', 'dom0', 'inner'), /\nephemeral_volatile=True\n[^]*\nrevisions_to_keep=0\n/);
 
-    // A domain whose volumes live in `inner`: volume.List shows them, Remove is refused.
+    // A domain whose volumes live in `inner`: volume.List shows them (its volatile too, which has no
+    // image while halted: Qubes lists a file pool's volumes, not its images), Remove is refused.
     await rig.rt.app.createDomain({ klass: 'StandaloneVM', name: 'sa', label: 'red', pool: 'inner' });
-    assert.equal(await ok(S, 'admin.pool.volume.List', 'dom0', 'inner'), 'appvms/sa/private\nappvms/sa/root\n');
+    assert.equal(await ok(S, 'admin.pool.volume.List', 'dom0', 'inner'), 'appvms/sa/private\nappvms/sa/root\nappvms/sa/volatile\n');
     await failsWith(S, 'QubesPoolInUseError', ['admin.pool.Remove', 'dom0', 'inner'], /sa:root|sa:private/);
     assert.equal(await ok(S, 'admin.pool.List', 'dom0'), 'default\ninner\n');
     await rig.rt.app.removeDomain('sa');
