@@ -11,6 +11,7 @@ import { parseHeader, type RequestHeader } from './protocol/header.js';
 import { encodeEvent } from './protocol/reply.js';
 import {
   executeCall,
+  lazyAbort,
   resolveMethod,
   runEvents,
   type Caller,
@@ -52,7 +53,7 @@ export interface Connection {
 
 export function serveConnection(socket: Socket, ctx: DispatchContext, limits: ConnectionLimits, caller: Caller): Connection {
   const started = performance.now();
-  const controller = new AbortController();
+  const controller = lazyAbort();
   let phase: ConnectionPhase = 'header';
   let chunks: Buffer[] = [];
   let received = 0;
@@ -186,7 +187,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     stream.on('error', () => {});
     if (rest.length > 0) stream.push(rest);
     idle();
-    run(executeCall(ctx, h, caller, res, stream, controller.signal, started));
+    run(executeCall(ctx, h, caller, res, stream, controller, started));
   }
 
   function startEvents(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'events' }>): void {
@@ -201,7 +202,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
       socket.write(encodeEvent(e.subject, e.event, e.pairs));
       return true;
     };
-    run(runEvents(ctx, h, caller, spec, send, controller.signal, started));
+    run(runEvents(ctx, h, caller, spec, send, controller, started));
   }
 
   function onHeaderData(chunk: Buffer): void {
@@ -233,7 +234,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     if (kind === 'events') {
       // Refused events call: answer now, an events client may not half-close.
       phase = 'running';
-      return run(executeCall(ctx, h, caller, res, Buffer.alloc(0), controller.signal, started));
+      return run(executeCall(ctx, h, caller, res, Buffer.alloc(0), controller, started));
     }
     discardPayload = kind === 'streaming';
     phase = 'payload';
@@ -285,7 +286,7 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
         clearTimer();
         const payload = Buffer.concat(chunks);
         chunks = [];
-        return run(executeCall(ctx, header!, caller, resolution!, payload, controller.signal, started));
+        return run(executeCall(ctx, header!, caller, resolution!, payload, controller, started));
       }
       case 'running':
         if (stream && !streamEnded) {
@@ -311,8 +312,8 @@ export function serveConnection(socket: Socket, ctx: DispatchContext, limits: Co
     if ((phase === 'payload' || phase === 'running') && header) {
       ctx.log.warn(`client of ${header.method} went away before the reply`);
     }
-    // Only a method still running (or an events stream) listens to the
-    // signal; aborting costs a DOMException with a stack trace per call.
+    // Only a method still running (or an events stream) may listen to the
+    // signal; aborting one that exists costs a DOMException with a stack trace.
     if (running) controller.abort();
     if (stream && !streamEnded) stream.destroy(new Error('client disconnected before the end of the payload'));
     socketClosed();

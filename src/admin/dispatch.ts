@@ -106,6 +106,35 @@ export function inProcessCaller(): Caller {
   return { uid: process.getuid?.(), pid: process.pid, relays: true };
 }
 
+/** Where a call's abort signal comes from: an AbortController, or a `lazyAbort()`. */
+export interface AbortSource {
+  readonly signal: AbortSignal;
+}
+
+/**
+ * A call's abort, made only when something asks for its signal: most calls
+ * never look at it, and an AbortController with its signal is two objects
+ * and an event target per call. Aborting before the signal exists is
+ * remembered: the signal is then made already aborted.
+ */
+export function lazyAbort(): AbortSource & { abort(): void } {
+  let controller: AbortController | undefined;
+  let aborted = false;
+  return {
+    get signal() {
+      if (!controller) {
+        controller = new AbortController();
+        if (aborted) controller.abort();
+      }
+      return controller.signal;
+    },
+    abort() {
+      aborted = true;
+      controller?.abort();
+    },
+  };
+}
+
 export interface DispatchOptions {
   readonly methods: MethodTable;
   /** Undefined: DEFAULT_POLICY (only dom0 may call). */
@@ -255,7 +284,7 @@ export async function executeCall(
   caller: Caller,
   resolution: Resolution,
   payload: Buffer | Readable,
-  signal: AbortSignal,
+  abort: AbortSource,
   startedMs: number,
 ): Promise<Buffer> {
   try {
@@ -269,10 +298,10 @@ export async function executeCall(
     if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, mayCall, payload: stream });
+      result = await spec.handler({ method, arg, source, dest, get signal() { return abort.signal; }, log: ctx.log, caller, mayCall, payload: stream });
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ method, arg, source, dest, signal, log: ctx.log, caller, mayCall, payload });
+      result = await spec.handler({ method, arg, source, dest, get signal() { return abort.signal; }, log: ctx.log, caller, mayCall, payload });
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }
@@ -296,7 +325,7 @@ export async function runEvents(
   caller: Caller,
   spec: Extract<MethodSpec, { kind: 'events' }>,
   send: EventSend,
-  signal: AbortSignal,
+  abort: AbortSource,
   startedMs: number,
 ): Promise<Buffer | undefined> {
   let sent = false;
@@ -306,7 +335,7 @@ export async function runEvents(
   };
   try {
     if (spec.shape) await checkShape(spec.shape, h, undefined);
-    await spec.handler({ ...pickHeader(h), signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
+    await spec.handler({ ...pickHeader(h), signal: abort.signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
     logCall(ctx, h, caller, 'ok', startedMs);
     return undefined;
   } catch (err) {
@@ -346,7 +375,7 @@ export async function runCall(
     body = Buffer.isBuffer(body) ? body : await collect(body, limit);
     if (body.length > limit) throw new FramingError('request larger than 64 KiB');
   }
-  return executeCall(ctx, h, caller, resolution, body, signal, started);
+  return executeCall(ctx, h, caller, resolution, body, { signal }, started);
 }
 
 function pickHeader(h: RequestHeader): RequestHeader {

@@ -26,6 +26,7 @@ import {
   allocatedBytes,
 } from '../../files/files.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
+import { lstatInBatch } from '../../files/lstat-batch.js';
 import { StoragePoolException, storageError } from '../../storage/errors.js';
 import { Volume, type Revision, type VolumeInfo } from '../../storage/volume.js';
 import { classify, utcNow, volumeFiles, type ClassifiedFile, type VolumeFiles } from './layout.js';
@@ -573,19 +574,21 @@ export class FileReflinkVolume extends Volume {
 
   /**
    * usage, path and is_outdated from one round of concurrent lstat calls
-   * (two for most volumes, instead of three one after another): Info is the
-   * most frequent call, and each async stat costs tens of microseconds of
-   * thread-pool hand-off. Same answers as doUsage, path and doIsOutdated.
+   * (two for most volumes, instead of three one after another), read in the
+   * turn's lstat batch (src/files/lstat-batch.ts): Info is the most frequent
+   * call, and a worker-pool hand-off per lstat cost more CPU than the rest of
+   * the call. Same answers as doUsage, path and doIsOutdated, read after the
+   * call arrived.
    */
   protected override async liveInfo(): Promise<Pick<VolumeInfo, 'usage' | 'path' | 'is_outdated'>> {
     const [dirty, clean, base] = await Promise.all([
-      lstatOrNull(this.files.dirty),
-      lstatOrNull(this.files.clean),
-      this.snap_on_start ? lstatOrNull(this.files.base) : null,
+      lstatInBatch(this.files.dirty),
+      lstatInBatch(this.files.clean),
+      this.snap_on_start ? lstatInBatch(this.files.base) : null,
     ]);
     let is_outdated = false;
     if (base) {
-      const cur = await lstatOrNull((this.source as FileReflinkVolume).committedImage);
+      const cur = await lstatInBatch((this.source as FileReflinkVolume).committedImage);
       is_outdated = !cur || cur.ino !== base.ino || cur.dev !== base.dev;
     }
     const image = dirty ?? clean;
