@@ -8,6 +8,7 @@
  * negative errnos, turned into RbdError (errno plus a message naming the
  * image and the call).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createRequire } from 'node:module';
 import { StoragePoolException } from '../../storage/errors.js';
 
@@ -509,6 +510,7 @@ export class RbdClient {
   /** Removes an image (its snapshots must be gone). */
   remove(image: string): Promise<void> {
     return this.track(async (c, a) => {
+      await this.release(image);
       const rc = await onWorker(a.rbd_remove, c.io, image);
       if (rc < 0) this.fail(`removing image ${image}`, rc);
     });
@@ -523,6 +525,7 @@ export class RbdClient {
   async discard(image: string, knownId?: string): Promise<void> {
     const id = knownId ?? (await this.withImage(image, (i) => i.id()));
     await this.track(async (c, a) => {
+      await this.release(image);
       const rc = await onWorker(a.rbd_trash_move, c.io, image, 0);
       if (rc < 0) this.fail(`moving image ${image} to the trash`, rc);
     });
@@ -579,6 +582,7 @@ export class RbdClient {
 
   rename(from: string, to: string): Promise<void> {
     return this.track(async (c, a) => {
+      await this.release(from, to);
       const rc = await onWorker(a.rbd_rename, c.io, from, to);
       if (rc < 0) this.fail(`renaming image ${from} to ${to}`, rc);
     });
@@ -634,32 +638,100 @@ export class RbdClient {
 
   // ---- image calls -----------------------------------------------------------
 
+  /** The images held open by the session() of the calling operation, by name. */
+  private readonly sessions = new AsyncLocalStorage<Map<string, Promise<Handle>>>();
+
+  /**
+   * Runs one operation with its image opens shared: inside `fn`, withImage of
+   * an image at its head reuses one open handle (an open and a close are each
+   * a round trip, the open also a watch), and all are closed when `fn` ends,
+   * together. Calls that need an image closed (remove, trash, rename) close
+   * the session's handle of it first. Nested sessions join the outer one.
+   */
+  async session<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.sessions.getStore()) return fn();
+    const held = new Map<string, Promise<Handle>>();
+    try {
+      return await this.sessions.run(held, fn);
+    } finally {
+      await this.closeHeld(held, [...held.keys()]);
+    }
+  }
+
+  /** Closes the calling session's handles of these images (before a call that needs them closed). */
+  private async release(...images: string[]): Promise<void> {
+    const held = this.sessions.getStore();
+    if (held) await this.closeHeld(held, images);
+  }
+
+  private async closeHeld(held: Map<string, Promise<Handle>>, images: string[]): Promise<void> {
+    const handles = images.flatMap((n) => {
+      const h = held.get(n);
+      held.delete(n);
+      return h ? [h] : [];
+    });
+    if (handles.length === 0) return;
+    const a = loadApi();
+    await Promise.all(
+      handles.map(async (p) => {
+        const h = await p.catch(() => null);
+        if (h) await onWorker(a.rbd_close, h).catch(() => undefined);
+      }),
+    );
+  }
+
+  private async open(c: { io: Handle }, a: Api, image: string, snap: string | null, readOnly: boolean): Promise<Handle> {
+    const out: Handle[] = [null];
+    const rc = await onWorker(readOnly ? a.rbd_open_read_only : a.rbd_open, c.io, image, out, snap);
+    if (rc < 0) this.fail(`opening image ${image}${snap ? `@${snap}` : ''}`, rc);
+    return out[0];
+  }
+
   /**
    * Opens `image` (at `snap` when given, read-only then), runs `fn` with the
    * open image and closes it. ENOENT (no such image or snapshot) as RbdError.
+   * Inside a session() the head's handle is shared and closed by the session.
+   * `readOnly` (at the head, outside a session): an open without a watch, for
+   * a look that changes nothing.
    */
-  withImage<T>(image: string, fn: (img: RbdImage) => Promise<T>, snap: string | null = null): Promise<T> {
+  withImage<T>(image: string, fn: (img: RbdImage) => Promise<T>, snap: string | null = null, readOnly = false): Promise<T> {
+    const held = snap === null ? this.sessions.getStore() : undefined;
+    if (held)
+      return this.track(async (c, a) => {
+        let h = held.get(image);
+        if (!h) {
+          const opening = this.open(c, a, image, null, false);
+          held.set(image, opening);
+          opening.catch(() => {
+            if (held.get(image) === opening) held.delete(image);
+          });
+          h = opening;
+        }
+        return fn(new RbdImage(this, a, await h, image));
+      });
     return this.track(async (c, a) => {
-      const out: Handle[] = [null];
-      const rc = await onWorker(snap ? a.rbd_open_read_only : a.rbd_open, c.io, image, out, snap);
-      if (rc < 0) this.fail(`opening image ${image}${snap ? `@${snap}` : ''}`, rc);
-      const img = new RbdImage(this, a, out[0], image);
+      const h = await this.open(c, a, image, snap, snap !== null || readOnly);
       try {
-        return await fn(img);
+        return await fn(new RbdImage(this, a, h, image));
       } finally {
-        await onWorker(a.rbd_close, out[0]).catch(() => undefined);
+        await onWorker(a.rbd_close, h).catch(() => undefined);
       }
     });
   }
 
   /** Like withImage, but resolves null when the image does not exist. */
-  async withImageIfAny<T>(image: string, fn: (img: RbdImage) => Promise<T>): Promise<T | null> {
+  async withImageIfAny<T>(image: string, fn: (img: RbdImage) => Promise<T>, readOnly = false): Promise<T | null> {
     let opened = false;
     try {
-      return await this.withImage(image, (img) => {
-        opened = true;
-        return fn(img);
-      });
+      return await this.withImage(
+        image,
+        (img) => {
+          opened = true;
+          return fn(img);
+        },
+        null,
+        readOnly,
+      );
     } catch (e) {
       if (!opened && isErrno(e, ENOENT)) return null;
       throw e;

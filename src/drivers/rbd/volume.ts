@@ -124,16 +124,17 @@ export class RbdVolume extends Volume {
 
   // ---- small calls -------------------------------------------------------
 
+  // Looks that change nothing open read-only (no watch) outside an operation's session.
   private async imageInfo(image: string): Promise<ImageInfo | null> {
-    return this.rbd.withImageIfAny(image, async (i) => ({ size: await i.size(), parent: await i.parent() }));
+    return this.rbd.withImageIfAny(image, async (i) => ({ size: await i.size(), parent: await i.parent() }), true);
   }
 
   private async snaps(image: string): Promise<Snap[]> {
-    return (await this.rbd.withImageIfAny(image, (i) => i.snaps())) ?? [];
+    return (await this.rbd.withImageIfAny(image, (i) => i.snaps(), true)) ?? [];
   }
 
   private async locks(image: string): Promise<Lock[]> {
-    return (await this.rbd.withImageIfAny(image, (i) => i.lockers())) ?? [];
+    return (await this.rbd.withImageIfAny(image, (i) => i.lockers(), true)) ?? [];
   }
 
   private async snapRm(image: string, snap: string): Promise<void> {
@@ -162,7 +163,7 @@ export class RbdVolume extends Volume {
   }
 
   private async getMeta(image: string, key: string): Promise<string | null> {
-    return this.rbd.withImageIfAny(image, (i) => i.metaGet(key));
+    return this.rbd.withImageIfAny(image, (i) => i.metaGet(key), true);
   }
 
   /** The commit generation of this (origin) volume's data. */
@@ -443,12 +444,12 @@ export class RbdVolume extends Volume {
     });
     if (!found) return false;
     // Out of the names at once, its objects deleted in the background (pool.sweepLeftovers finishes a cut-off one).
-    try {
-      await this.rbd.discard(img, found.id);
-    } catch (e) {
+    // The base snapshot is dropped meanwhile: with the clone still there (in the trash or not) it goes to the
+    // RBD trash and disappears with the clone, so the order does not matter.
+    const discarded = this.rbd.discard(img, found.id).catch((e: unknown) => {
       if (!isErrno(e, ENOENT)) throw e;
-    }
-    await this.dropBaseOf(found.info);
+    });
+    await together(discarded, this.dropBaseOf(found.info));
     return true;
   }
 
@@ -459,6 +460,14 @@ export class RbdVolume extends Volume {
       const src = this.source as RbdVolume;
       await src.snapRm(src.image, parent.snapshot).catch(() => undefined);
     }
+  }
+
+  // Start and stop each open an image once, however many steps look at it (RbdClient.session).
+  override start(): Promise<void> {
+    return this.rbd.session(() => super.start());
+  }
+  override stop(): Promise<void> {
+    return this.rbd.session(() => super.stop());
   }
 
   protected async doStart(): Promise<void> {
@@ -491,15 +500,13 @@ export class RbdVolume extends Volume {
 
   private async startVolatile(): Promise<void> {
     const img = this.runImage;
-    if (await this.imageInfo(img)) {
-      await this.checkStartable(img);
-      await this.dropRunImage(); // ours, from before a crash: start afresh
-    }
     try {
-      await this.rbd.create(img, this.size);
+      await this.rbd.create(img, this.size); // no look first: an image there is the rare case
     } catch (e) {
-      if (isErrno(e, EEXIST)) await this.checkStartable(img); // another host was faster
-      throw e;
+      if (!isErrno(e, EEXIST)) throw e;
+      await this.checkStartable(img); // another host's: refused
+      await this.dropRunImage(); // ours, from before a crash: start afresh
+      await this.rbd.create(img, this.size);
     }
     await this.lock(img);
   }
@@ -508,7 +515,11 @@ export class RbdVolume extends Volume {
     const src = this.source as RbdVolume;
     const img = this.runImage;
     if (this.kind === 'origin_snapshot') await this.recover();
-    if (await this.imageInfo(img)) {
+    // No look for the clone first: one there (EEXIST) is the rare case, a crash's or another host's.
+    try {
+      await this.cloneSource(src, img);
+    } catch (e) {
+      if (!isErrno(e, EEXIST)) throw e;
       await this.checkStartable(img);
       // origin_snapshot: uncommitted data from before a crash: keep it (as an origin does).
       if (this.kind === 'origin_snapshot') {
@@ -516,7 +527,12 @@ export class RbdVolume extends Volume {
         return;
       }
       await this.dropRunImage(); // ours, from before a crash: a snapshot starts afresh
+      await this.cloneSource(src, img);
     }
+  }
+
+  /** Clones the source's committed data into `img`, locked, with the source generation recorded. */
+  private async cloneSource(src: RbdVolume, img: string): Promise<void> {
     // Under the source's lock (this process), so it does not commit between our reads.
     await this.pool.locks.run(src.vid, async () => {
       // One open of the source: its state, and the base snapshot when one is needed.
@@ -545,14 +561,13 @@ export class RbdVolume extends Volume {
         await this.rbd.clone(src.image, base, img);
       } catch (e) {
         if (base !== 'qs-start') await src.snapRm(src.image, base).catch(() => undefined);
-        if (isErrno(e, EEXIST)) await this.checkStartable(img);
         throw e;
       }
       try {
         await this.rbd.withImage(img, async (i) => {
-          await this.lockOn(i);
-          await i.metaSet(SRC_GEN_KEY, gen);
-          if ((await i.size()) < this.size) await i.resize(this.size);
+          // Independent header updates of a new clone, sent together (a failure removes the clone).
+          const [, , size] = await together(this.lockOn(i), i.metaSet(SRC_GEN_KEY, gen), i.size());
+          if (size < this.size) await i.resize(this.size);
         });
       } catch (e) {
         await this.dropRunImage().catch(() => undefined);
@@ -583,12 +598,17 @@ export class RbdVolume extends Volume {
             await i.snapRemove('qs-start');
           }
         }
-        await i.metaSet(GEN_KEY, String(Number((await i.metaGet(GEN_KEY)) || '0') + 1));
-        const revs = this.revisionSnaps(await i.snaps());
-        while (revs.length > Math.max(this.revisions_to_keep, 0))
-          await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
-            if (!isErrno(e, ENOENT)) throw e;
-          });
+        // The commit is the rename above; counting it and pruning are independent of each other (a crash
+        // between leaves one revision too many, which the next operation prunes), the unlock comes last.
+        const bump = i.metaGet(GEN_KEY).then((g) => i.metaSet(GEN_KEY, String(Number(g || '0') + 1)));
+        const prune = i.snaps().then(async (now) => {
+          const revs = this.revisionSnaps(now);
+          while (revs.length > Math.max(this.revisions_to_keep, 0))
+            await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
+              if (!isErrno(e, ENOENT)) throw e;
+            });
+        });
+        await together(bump, prune);
         for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
       });
     });
@@ -804,13 +824,15 @@ export class RbdVolume extends Volume {
   private async writeFromFile(file: string, size: number): Promise<void> {
     await this.checkNotForeign(this.image, 'import');
     await this.recover();
-    if (!(await this.imageInfo(this.image))) await this.rbd.create(this.image, size);
+    // A new image reads as zeros: only the data is written then (as `rbd import` does).
+    const fresh = !(await this.imageInfo(this.image));
+    if (fresh) await this.rbd.create(this.image, size);
     await this.snapCreate(this.image, 'qs-import-old');
     failpoint(FP.importAfterOldSnapshot);
     try {
       await this.rbd.withImage(this.image, async (i) => {
         if ((await i.size()) !== size) await i.resize(size);
-        await writeFromFileInto(i, file, size);
+        await writeFromFileInto(i, file, size, fresh);
         await i.flush();
         await i.snapCreate('qs-import-done');
       });
@@ -869,6 +891,18 @@ export class RbdVolume extends Volume {
   }
 }
 
+/**
+ * Awaits every promise, then throws the first failure: calls on one open image
+ * must all have returned before the image may be closed (Promise.all would
+ * reject while the others still use it).
+ */
+async function together<T extends unknown[]>(...ps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const rs = await Promise.allSettled(ps);
+  const failed = rs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return rs.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
+}
+
 function isZero(buf: Buffer, from: number, to: number): boolean {
   for (let o = from; o < to; o += BLOCK) {
     const e = Math.min(o + BLOCK, to);
@@ -900,7 +934,7 @@ async function inFlight(count: number, work: (k: number) => Promise<void>): Prom
 /**
  * Copies an (open) image into a new sparse file of `size` bytes (default:
  * the image's): 4 MiB reads, several in flight, all-zero 64 KiB blocks left
- * as holes, one fsync at the end.
+ * as holes; not synced (a temporary file, see below).
  */
 async function readIntoFile(i: RbdImage, file: string, size: number | null): Promise<void> {
   const imageSize = await i.size();
@@ -925,7 +959,8 @@ async function readIntoFile(i: RbdImage, file: string, size: number | null): Pro
         o = e;
       }
     });
-    await fh.sync();
+    // No fsync: the file is read by the caller and removed at export_end; after a crash it is debris
+    // (sweepTmpOnce), never data anyone relies on. Forcing it to disk only competed with the OSDs.
   } finally {
     await fh.close();
   }
@@ -935,9 +970,10 @@ async function readIntoFile(i: RbdImage, file: string, size: number | null): Pro
  * Writes the first `size` bytes of `file` (zeros past its end) over the
  * whole of an open image of that size: data as 4 MiB writes, several in
  * flight; all-zero ranges zeroed (whole objects deallocated), so the image
- * ends up holding exactly the file.
+ * ends up holding exactly the file. `fresh` (an image made for this import,
+ * all zeros): zero ranges are skipped.
  */
-async function writeFromFileInto(i: RbdImage, file: string, size: number): Promise<void> {
+async function writeFromFileInto(i: RbdImage, file: string, size: number, fresh: boolean): Promise<void> {
   const fh = await fs.open(file, 'r');
   try {
     const chunks = Math.ceil(size / IO_CHUNK);
@@ -951,12 +987,14 @@ async function writeFromFileInto(i: RbdImage, file: string, size: number): Promi
         if (bytesRead === 0) break; // past the file's end: zeros
         got += bytesRead;
       }
-      if (isZero(buf, 0, len)) return i.writeZeroes(off, len);
+      if (isZero(buf, 0, len)) return fresh ? undefined : i.writeZeroes(off, len);
       for (let o = 0; o < len; ) {
         const zero = isZero(buf, o, Math.min(o + BLOCK, len));
         let e = Math.min(o + BLOCK, len);
         while (e < len && isZero(buf, e, Math.min(e + BLOCK, len)) === zero) e = Math.min(e + BLOCK, len);
-        if (zero) await i.writeZeroes(off + o, e - o);
+        if (zero) {
+          if (!fresh) await i.writeZeroes(off + o, e - o);
+        }
         else await i.write(off + o, o === 0 && e === len ? buf : buf.subarray(o, e));
         o = e;
       }

@@ -70,6 +70,19 @@ describeRbd('rbd layout', () => {
     for (const r of revs) assert.ok(snaps.some((s) => s.startsWith(`qs-rev-${r.id}-`)), `snapshot of revision ${r.id}`);
   });
 
+  it('holds no image open between operations: no watchers after a start or a stop', async () => {
+    // An image this daemon held open would be a watcher, and another host's rbd_remove refuses those.
+    const watched = (): string[] =>
+      imagesWith(prefix).filter(
+        (img) => (JSON.parse(rbdSync(['status', `${CEPH_POOL}/${img}`, '--format', 'json'])) as { watchers: unknown[] }).watchers.length > 0,
+      );
+    await app.start();
+    assert.ok(imagesWith(prefix).some((i) => i.endsWith('~snap')), 'the running clone exists');
+    assert.deepEqual(watched(), [], 'watched while running');
+    await app.stop();
+    assert.deepEqual(watched(), [], 'watched after the stop');
+  });
+
   it('removes the domains and leaves no images', async () => {
     await app.remove();
     await tpl.remove();
