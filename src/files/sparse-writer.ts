@@ -166,7 +166,8 @@ export interface BackgroundSync {
   done(): Promise<void>;
 }
 
-export function backgroundSync(fh: FileHandle, everyBytes: number): BackgroundSync {
+/** `onFailure`: told of the first failure as it happens (a writer that stops at once); done() still throws it. */
+export function backgroundSync(fh: FileHandle, everyBytes: number, onFailure?: (error: unknown) => void): BackgroundSync {
   let unsynced = 0;
   let running: Promise<void> | undefined;
   let failure: { error: unknown } | undefined;
@@ -180,7 +181,11 @@ export function backgroundSync(fh: FileHandle, everyBytes: number): BackgroundSy
       unsynced = 0;
       running = fh
         .datasync()
-        .catch((e: unknown) => void (failure ??= { error: e }))
+        .catch((e: unknown) => {
+          if (failure) return;
+          failure = { error: e };
+          onFailure?.(e);
+        })
         .finally(() => (running = undefined));
     },
     settle,
@@ -297,13 +302,10 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
   let runStart = 0;
   let runBytes = 0;
   let pendingBytes = 0;
+  /** The writes running (each settles without rejecting: a failure goes to `failure`). */
   const inFlight = new Set<Promise<void>>();
-  /** The writes among inFlight (not the syncs). */
-  const writes = new Set<Promise<void>>();
   let failure: { error: unknown } | undefined;
   let waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  let unsynced = 0;
-  let syncing: Promise<void> | undefined;
 
   const wake = () => {
     if (!failure && pendingBytes >= maxPending / 2) return;
@@ -322,6 +324,8 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
     const t: Promise<void> = p.catch(fail).finally(() => inFlight.delete(t));
     inFlight.add(t);
   };
+  // The background fdatasyncs: one mechanism with copyToSparse's callers; a failed one stops the writer as a failed write does.
+  const syncs = backgroundSync(fh, syncEvery, fail);
 
   async function writeRun(bufs: Buffer[], at: number, bytes: number): Promise<void> {
     try {
@@ -340,21 +344,13 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
       wake();
     }
     dataBytes += bytes;
-    unsynced += bytes;
-    if (unsynced >= syncEvery && !syncing && !failure) {
-      unsynced = 0;
-      const s = fh.datasync().finally(() => (syncing = undefined));
-      syncing = s;
-      track(s);
-    }
+    if (!failure) syncs.wrote(bytes);
   }
 
   const flushRun = () => {
     if (runBytes === 0) return;
     pendingBytes += runBytes;
-    const w: Promise<void> = writeRun(run, runStart, runBytes).finally(() => writes.delete(w));
-    writes.add(w);
-    track(w);
+    track(writeRun(run, runStart, runBytes));
     run = [];
     runBytes = 0;
   };
@@ -407,18 +403,20 @@ export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {
     },
     async flushed(): Promise<void> {
       if (!failure) flushRun();
-      await Promise.allSettled([...writes]);
+      await Promise.all([...inFlight]);
       if (failure) throw failure.error;
     },
     async finish(): Promise<void> {
       if (!failure) flushRun();
       while (inFlight.size > 0) await Promise.all([...inFlight]);
+      await syncs.settle();
       if (failure) throw failure.error;
     },
     async settle(): Promise<void> {
       run = [];
       runBytes = 0;
       while (inFlight.size > 0) await Promise.all([...inFlight]);
+      await syncs.settle();
     },
   };
 }

@@ -119,6 +119,38 @@ describeEachFs('createSparseWriter', (_tfs, fsx) => {
     assert.equal((await fs.stat(path.join(dir, 'ro.img'))).blocks, 0);
   });
 
+  it('syncEveryBytes: fdatasyncs run while data is written; a failed one is reported by finish', async () => {
+    const dir = await fsx.tempDir('sw-sync');
+    const fh = await freshFile(dir, 'out.img', 2 * MiB);
+    // The real handle, its datasync counted (and made to fail in the second round).
+    let syncs = 0;
+    let failSync = false;
+    const counted = Object.create(fh, {
+      datasync: {
+        value: async () => {
+          syncs++;
+          if (failSync) throw Object.assign(new Error('injected fdatasync failure'), { code: 'EIO' });
+          return fh.datasync();
+        },
+      },
+    }) as fs.FileHandle;
+    try {
+      const w = createSparseWriter(counted, { maxWriteBytes: 64 * 1024, syncEveryBytes: 128 * 1024 });
+      for (const c of cut(Buffer.alloc(MiB, 7), 64 * 1024)) if (!w.push(c)) await w.drained();
+      await w.finish();
+      assert.ok(syncs > 0, 'no background fdatasync ran for 1 MiB written with syncEveryBytes 128 KiB');
+
+      failSync = true;
+      const w2 = createSparseWriter(counted, { maxWriteBytes: 64 * 1024, syncEveryBytes: 128 * 1024 });
+      w2.skip(MiB);
+      for (const c of cut(Buffer.alloc(MiB, 9), 64 * 1024)) if (!w2.push(c)) await w2.drained();
+      await assert.rejects(w2.finish(), { code: 'EIO', message: /injected fdatasync failure/ });
+      await w2.settle();
+    } finally {
+      await fh.close();
+    }
+  });
+
   it('only zeros: nothing is written', async () => {
     const dir = await fsx.tempDir('sw-zero');
     const fh = await freshFile(dir, 'z.img', 4 * MiB);
