@@ -15,7 +15,7 @@
  * imported only when no daemon answers: a tool talking to qubesd loads the
  * wire protocol and no more (docs/benchmarks.md, tool start-up).
  */
-import { defaultBaseDir, defaultSocketPath } from '../daemon/paths.js';
+import { defaultBaseDir, defaultSocketPath } from '../admin/paths.js';
 import { DaemonUnreachableError, socketAnswers, socketTransport, StateBusyError, type Transport } from './transport.js';
 
 export interface ConnectOptions {

@@ -21,7 +21,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { unwrapReply } from '../admin/client.js';
-import { defaultInternalSocketPath } from '../daemon/paths.js';
+import { defaultInternalSocketPath } from '../admin/paths.js';
 import { EXIT_INTERNAL_UNREACHABLE } from '../qrexec/import-service.js';
 
 /** The stock service program this checkout installs. */

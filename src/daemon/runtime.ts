@@ -21,7 +21,7 @@
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { defaultBaseDir, defaultSocketPath, internalSocketPath, defaultInternalSocketPath } from './paths.js';
+import { defaultBaseDir, defaultSocketPath, internalSocketPath, defaultInternalSocketPath } from '../admin/paths.js';
 import { EventBus } from '../admin/events.js';
 import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';

@@ -30,7 +30,7 @@
  * The internal socket: QUBESD_INTERNAL_SOCKET (the wrappers set it to the
  * socket the installer was given, unless it is already set), else beside the
  * admin socket of QUBESD_SOCKET / QUBES_BASE_DIR, as the daemon names it
- * (src/daemon/paths.ts defaultInternalSocketPath). When it cannot be
+ * (src/admin/paths.ts defaultInternalSocketPath). When it cannot be
  * reached, stdout gets a QubesDaemonCommunicationError reply: exit 3 when
  * that was ImportBegin (no data read yet: qvm-volume then streams instead),
  * else exit 1.
@@ -43,7 +43,7 @@ import { encodeError, encodeRequest } from '../admin/protocol/index.js';
 import { copyToSparse, fdSource, type ByteSource } from '../files/sparse-writer.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { storageErrnoError } from '../storage/errors.js';
-import { defaultInternalSocketPath } from '../daemon/paths.js';
+import { defaultInternalSocketPath } from '../admin/paths.js';
 
 export const IMPORT_SERVICES = ['admin.vm.volume.Import', 'admin.vm.volume.ImportWithSize'] as const;
 export type ImportService = (typeof IMPORT_SERVICES)[number];

@@ -6,7 +6,7 @@
  */
 import { optStr, type CommandSpec } from '../cli/common/args.js';
 import { CliError, runTool } from '../cli/common/tool.js';
-import { defaultInternalSocketPath } from '../daemon/paths.js';
+import { defaultInternalSocketPath } from '../admin/paths.js';
 import { defaultServicesDir, installImportServices } from './install.js';
 
 const PROG = 'qubes-storage-install-rpc';

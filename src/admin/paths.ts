@@ -1,6 +1,7 @@
 /**
  * Where the daemon and the tools look by default: the base directory, the
- * admin socket and the internal one. Apart from runtime.ts so that a tool talking to a
+ * admin socket and the internal one. In the admin API's folder, with the
+ * wire protocol every client loads, not in src/daemon/: a tool talking to a
  * daemon finds the socket without loading the runtime (drivers, state).
  */
 import * as os from 'node:os';
