@@ -204,10 +204,11 @@ export class QubesClient {
    * Every domain the caller may read (`dest` dom0), or `dest` alone, with
    * its properties and volume pools, in one call (admin.vm.ListDetails, a
    * method of this daemon, not of Qubes). Sorted by name. `only`: the
-   * properties to keep (default all); the others are skipped unparsed.
+   * properties wanted (default all): the daemon sends only those.
    */
   async domainDetails(dest = 'dom0', only?: readonly string[]): Promise<DomainDetails[]> {
-    return parseListDetails(await this.text('admin.vm.ListDetails', dest), only && new Set(only));
+    // The daemon sends only the properties asked for; the parse still keeps only those (a reply may have more).
+    return parseListDetails(await this.text('admin.vm.ListDetails', dest, only?.join('+') ?? ''), only && new Set(only));
   }
 
   /** The domain's entry; QubesVMNotFoundError (as the daemon words it) if there is none. */

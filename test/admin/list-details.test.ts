@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AdminClient } from '../../src/admin/client.js';
 import { openRuntime } from '../../src/daemon/runtime.js';
-import { PermissionDenied } from '../../src/storage/errors.js';
+import { PermissionDenied, ProtocolError } from '../../src/storage/errors.js';
 import { daemonScope, startQubesd, type DaemonProc } from '../daemon/helpers.js';
 
 const MiB = 1024 * 1024;
@@ -96,6 +96,24 @@ describe('admin.vm.ListDetails', () => {
       open.filter((l) => l.startsWith('volume ')),
       ['volume open root pool=default', 'volume open private pool=default', 'volume open volatile pool=default', 'volume open kernel pool=linux-kernel'],
     );
+  });
+
+  it('an argument naming properties: only their lines, the vm and volume lines unchanged', async () => {
+    const reply = (await as('dom0').call('admin.vm.ListDetails', 'dom0', 'label+template+no_such_property')).toString();
+    assert.deepEqual(listed(reply), ['dom0', 'mgmt', 'noinfo', 'nolist', 'noprops', 'open', 'tpl']);
+    const props = reply.split('\n').filter((l) => l.startsWith('property '));
+    // The template has no `template` property: only its label; each AppVM both.
+    assert.deepEqual(
+      props.filter((l) => /^property (open|tpl) /.test(l)),
+      ['property open label default=False type=label red', 'property open template default=False type=vm tpl', 'property tpl label default=False type=label black'],
+    );
+    assert.ok(props.every((l) => / (label|template) /.test(l)), props.join('\n'));
+    assert.equal(reply.split('\n').filter((l) => l.startsWith('volume open ')).length, 4);
+  });
+
+  it('an argument that is not property names joined by +: a protocol error, nothing listed', async () => {
+    for (const arg of ['label+', '+label', 'label++netvm', 'la/bel', '1label', Array.from({ length: 65 }, (_, i) => `p${i}`).join('+')])
+      await assert.rejects(as('dom0').call('admin.vm.ListDetails', 'dom0', arg), ProtocolError, arg);
   });
 
   it('a DEST other than dom0: only that domain', async () => {

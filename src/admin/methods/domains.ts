@@ -101,8 +101,14 @@ export function listedDomains(all: readonly Domain[], dest: Domain, source: stri
  * every other call whose answer its lines carry (admin.vm.property.GetAll,
  * admin.vm.volume.List and admin.vm.volume.Info+VOLUME on that domain), so
  * the reply says no more than those calls would.
+ *
+ * The argument, when given, names the properties wanted (`label+netvm`):
+ * only their lines are sent (a domain without one of them has no line for
+ * it). A listing reads a few of some 25 properties per domain: at 1,000
+ * domains the whole reply is 1.4 MB, and making, sending and parsing it was
+ * most of qvm-ls's time (docs/benchmarks.md).
  */
-export function listDetailsText(domains: readonly Domain[], mayCall: MayCall): string {
+export function listDetailsText(domains: readonly Domain[], mayCall: MayCall, only?: ReadonlySet<string>): string {
   const out: string[] = [];
   for (const d of domains) {
     const volumes = [...d.storage.volumes.values()];
@@ -112,7 +118,7 @@ export function listDetailsText(domains: readonly Domain[], mayCall: MayCall): s
       volumes.every((v) => mayCall('admin.vm.volume.Info', d.name, v.name));
     if (!readable) continue;
     out.push(`vm ${vmListLine(d)}`);
-    for (const line of propertyGetAllText(d).split('\n')) if (line !== '') out.push(`property ${d.name} ${line}\n`);
+    for (const line of propertyGetAllText(d, only).split('\n')) if (line !== '') out.push(`property ${d.name} ${line}\n`);
     for (const v of volumes) out.push(`volume ${d.name} ${v.name} pool=${v.pool.name}\n`);
   }
   return out.join('');
@@ -142,11 +148,15 @@ export function domainMethods(ctx: MethodContext): MethodTable {
     }),
 
     // Global as admin.vm.List (DEST dom0: every domain the caller may read; else DEST alone).
-    'admin.vm.ListDetails': method(aboutDomain(ctx, { scope: 'global', access: 'read' }), async (call) => {
-      // Without a dispatcher's policy (a method table called directly): dom0 only, as the default policy.
-      const mayCall = call.mayCall ?? (() => call.source === 'dom0');
-      return listDetailsText(listedDomains(app.domainList(), destDomain(ctx, call), call.source, call.mayCall), mayCall);
-    }),
+    'admin.vm.ListDetails': method(
+      aboutDomain(ctx, { scope: 'global', access: 'read', arg: 'any', argNames: 'properties: NAME[+NAME...] (none: all)', checkArg: checkPropertyNames }),
+      async (call) => {
+        // Without a dispatcher's policy (a method table called directly): dom0 only, as the default policy.
+        const mayCall = call.mayCall ?? (() => call.source === 'dom0');
+        const only = call.arg === '' ? undefined : new Set(call.arg.split('+'));
+        return listDetailsText(listedDomains(app.domainList(), destDomain(ctx, call), call.source, call.mayCall), mayCall, only);
+      },
+    ),
 
     'admin.vm.CurrentState': method(localRead, async (call) => currentStateText(destDomain(ctx, call))),
 
@@ -226,6 +236,18 @@ export function domainMethods(ctx: MethodContext): MethodTable {
 }
 
 const ACCEPT_ALL = 'action=accept';
+
+/** At most this many names in ListDetails' argument (there are about 30 properties). */
+const MAX_LISTED_PROPERTIES = 64;
+
+/** ListDetails' argument: property names joined by '+' (names that no domain has are allowed: they select nothing). */
+function checkPropertyNames(h: { readonly arg: string }): void {
+  if (h.arg === '') return;
+  const names = h.arg.split('+');
+  if (names.length > MAX_LISTED_PROPERTIES) throw new ProtocolError(`admin.vm.ListDetails takes at most ${MAX_LISTED_PROPERTIES} property names, not ${names.length}`);
+  const bad = names.find((n) => !/^[A-Za-z_][A-Za-z0-9_]*$/.test(n));
+  if (bad !== undefined) throw new ProtocolError(`admin.vm.ListDetails takes property names joined by '+', not '${printable(bad)}' in '${printable(h.arg)}'`);
+}
 
 function checkShutdownMode(h: { readonly arg: string }): void {
   if (h.arg !== '' && !h.arg.split('+').every((a) => a === 'force' || a === 'wait'))

@@ -55,10 +55,10 @@ export function propertyDefaultText(target: PropertyTarget, name: string): strin
   return `type=${target.propertyDef(name).type} ${propertyText(dflt)}`;
 }
 
-/** GetAll: one escaped line per property. */
-export function propertyGetAllText(target: PropertyTarget): string {
-  return target
-    .propertyNames()
+/** GetAll: one escaped line per property (of those in `only`, when given). */
+export function propertyGetAllText(target: PropertyTarget, only?: ReadonlySet<string>): string {
+  const names = target.propertyNames();
+  return (only ? names.filter((n) => only.has(n)) : names)
     .map((n) => `${n} ${propertyGetText(target, n).replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}\n`)
     .join('');
 }
