@@ -5,8 +5,9 @@
  * (src/qrexec/import-service.ts) is run as a child with the file as its
  * stdin: it asks the daemon for the volume's import path
  * (internal.vm.volume.ImportBegin, which asks the admin policy as the
- * streamed call would), writes the data there itself (4 MiB reads, zero
- * blocks left as holes, one fdatasync) and ends with ImportEnd, whose reply
+ * streamed call would), writes the data there itself (only the file's data
+ * regions read, 4 MiB reads, zero blocks left as holes, one fdatasync) and
+ * ends with ImportEnd, whose reply
  * is the import's result. The daemon commits by renaming the import file,
  * as for a streamed import: a failure or an interruption leaves the old data.
  *

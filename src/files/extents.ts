@@ -38,6 +38,10 @@ export interface FileExtents {
    * 'UNKNOWN' when the errno was lost.
    */
   copyRange(fdIn: number, fdOut: number, offset: number, length: number): Promise<number>;
+  /** The file offset of `fd` (lseek SEEK_CUR); throws with the errno's code on failure (a pipe: ESPIPE). */
+  position(fd: number): number;
+  /** Sets the file offset of `fd` (lseek SEEK_SET), which reads from the current offset then use. */
+  seek(fd: number, offset: number): void;
 }
 
 type Koffi = Pick<typeof import('koffi'), 'load' | 'errno' | 'sizeof'>;
@@ -49,6 +53,8 @@ type CopyFileRange = {
   ) => void;
 };
 
+const SEEK_SET = 0;
+const SEEK_CUR = 1;
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 /** lseek's SEEK_DATA at or past the last data: the rest is a hole. */
@@ -82,12 +88,23 @@ async function load(): Promise<FileExtents | string> {
     return {
       dataRegions: (fd, size, from = 0) => regions(koffi, lseek, fd, size, from),
       copyRange: (fdIn, fdOut, offset, length) => copyRange(koffi, copyFileRange, fdIn, fdOut, offset, length),
+      position: (fd) => checkedSeek(koffi, lseek, fd, 0, SEEK_CUR),
+      seek: (fd, offset) => void checkedSeek(koffi, lseek, fd, offset, SEEK_SET),
     };
   } catch (e) {
     return `cannot find lseek or copy_file_range in libc through koffi: ${(e as Error).message}`;
   }
 }
 
+function checkedSeek(koffi: Koffi, lseek: Lseek, fd: number, offset: number, whence: number): number {
+  const r = lseek(fd, offset, whence);
+  if (r >= 0) return r;
+  const errno = koffi.errno();
+  const code = errno > 0 ? getSystemErrorName(-errno) : 'UNKNOWN';
+  throw Object.assign(new Error(`lseek of descriptor ${fd} to ${offset}: ${code}`), { code, errno: -errno, syscall: 'lseek' });
+}
+
+/** Note: lseek with SEEK_DATA and SEEK_HOLE moves the descriptor's offset; callers reading from the current offset seek first. */
 function* regions(koffi: Koffi, lseek: Lseek, fd: number, size: number, from: number): Generator<DataRegion> {
   for (let at = from; at < size; ) {
     const start = lseek(fd, at, SEEK_DATA);

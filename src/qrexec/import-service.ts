@@ -20,8 +20,9 @@
  * 3. Writes exactly SIZE bytes of stdin into the path of the reply with
  *    copyToSparse (src/files/sparse-writer.ts: 4 MiB reads, all-zero 4 KiB
  *    blocks stay holes, only data written), then one fdatasync. A regular
- *    file as stdin is read from its descriptor, a pipe through Node's
- *    stream. Fewer bytes: `not enough data (copied N bytes, expected SIZE
+ *    file as stdin is read from its descriptor, only its data regions
+ *    (SEEK_DATA/SEEK_HOLE: its holes are not read at all); a pipe through
+ *    Node's stream. Fewer bytes: `not enough data (copied N bytes, expected SIZE
  *    bytes)`; more: `too much data (expected SIZE bytes)` (Qubes' messages).
  * 4. Calls internal.vm.volume.ImportEnd with `ok`, or `fail` NEWLINE the
  *    message (also when interrupted by SIGINT, SIGTERM or SIGHUP), and copies
@@ -40,6 +41,8 @@ import * as fs from 'node:fs/promises';
 import * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { encodeError, encodeRequest } from '../admin/protocol/index.js';
+import type { FileHandle } from 'node:fs/promises';
+import { fileExtents, type FileExtents } from '../files/extents.js';
 import { copyToSparse, fdSource, type ByteSource } from '../files/sparse-writer.js';
 import { declareFailpoint, failpoint } from '../files/failpoint.js';
 import { storageErrnoError } from '../storage/errors.js';
@@ -139,7 +142,7 @@ async function readSizeLine(input: ByteSource): Promise<{ text: string; rest: Bu
  * which reads as zeros, all-zero 4 KiB blocks left as holes, and syncs it
  * once at the end; returns the failure message, or null when all went in.
  */
-async function copyData(path: string, size: number, first: Buffer, input: ByteSource, signal: AbortSignal): Promise<string | null> {
+async function copyData(path: string, size: number, first: Buffer, input: ByteSource, signal: AbortSignal, fileFd?: number): Promise<string | null> {
   let fh;
   try {
     // No O_CREAT, no O_TRUNC: the daemon made the file, of `size` bytes.
@@ -148,7 +151,8 @@ async function copyData(path: string, size: number, first: Buffer, input: ByteSo
     return `cannot open ${path}: ${(e as Error).message}`;
   }
   try {
-    const r = await copyToSparse(input, fh, size, { first, signal });
+    const regions = fileFd === undefined ? undefined : await fileRegions(fileFd, first.length);
+    const r = regions ? await copyRegions(fileFd!, regions, fh, size, signal) : await copyToSparse(input, fh, size, { first, signal });
     if (r.more) return `too much data (expected ${size} bytes)`;
     if (r.copied < size) return `not enough data (copied ${r.copied} bytes, expected ${size} bytes)`;
     await fh.datasync();
@@ -161,6 +165,48 @@ async function copyData(path: string, size: number, first: Buffer, input: ByteSo
   } finally {
     await fh.close();
   }
+}
+
+/** A regular file's data regions from where the import's data starts, with its length; undefined where lseek cannot say. */
+async function fileRegions(fd: number, alreadyRead: number): Promise<{ start: number; length: number; extents: FileExtents } | undefined> {
+  const extents = await fileExtents();
+  if (typeof extents === 'string') return undefined;
+  try {
+    // The data starts where stdin was when this service began: before the bytes already read past a size line.
+    const start = extents.position(fd) - alreadyRead;
+    return { start, length: fstatSync(fd).size - start, extents };
+  } catch {
+    return undefined; // not a file that can seek after all: read it as a stream
+  }
+}
+
+/**
+ * The copy of a regular file as stdin: only its data regions are read (a
+ * file of 4 GiB with 1 GiB of data is read for 1 GiB, not 4), each from its
+ * start, and within them only the non-zero blocks written, as copyToSparse
+ * writes a stream. Reads go from the descriptor's offset, which is set to
+ * each region's start, so the offset still tells how far the import got
+ * (qvm-volume's progress reads it from /proc). Where the filesystem cannot
+ * tell, the whole file is one region: the same bytes as a plain read.
+ */
+async function copyRegions(
+  fd: number,
+  file: { start: number; length: number; extents: FileExtents },
+  dst: FileHandle,
+  size: number,
+  signal: AbortSignal,
+): Promise<{ copied: number; more: boolean }> {
+  const end = file.start + Math.min(size, file.length);
+  const buffers: [Buffer, Buffer] = [Buffer.allocUnsafeSlow(4 << 20), Buffer.allocUnsafeSlow(4 << 20)];
+  for (const [from, to] of file.extents.dataRegions(fd, end, file.start)) {
+    signal.throwIfAborted();
+    file.extents.seek(fd, from);
+    const r = await copyToSparse(fdSource(fd), dst, to - from, { at: from - file.start, buffers, signal, probeEnd: false });
+    // The file shrank meanwhile: what is missing is not there to import.
+    if (r.copied < to - from) return { copied: from - file.start + r.copied, more: false };
+  }
+  file.extents.seek(fd, end);
+  return { copied: end - file.start, more: file.length > size };
 }
 
 export interface ServiceRun {
@@ -214,7 +260,8 @@ export async function runImportService(r: ServiceRun): Promise<number> {
         if (r.signal.aborted) resolve('interrupted');
         r.signal.addEventListener('abort', () => resolve(`interrupted (${String(r.signal.reason)})`), { once: true });
       });
-      failure = await Promise.race([copyData(path, size, first, input, r.signal), interrupted]);
+      const fileFd = typeof r.stdin === 'number' ? r.stdin : undefined;
+      failure = await Promise.race([copyData(path, size, first, input, r.signal, fileFd), interrupted]);
     }
     const status = failure === null ? Buffer.from('ok') : Buffer.from(`fail\n${failure}`, 'utf8');
     r.out(await callInternal(socketPath, 'internal.vm.volume.ImportEnd', source, dest, r.volume, status));
