@@ -129,3 +129,15 @@ function fallback(batch: [string, Waiter[]][]): void {
     );
   }
 }
+
+/** Ends the thread as a failure would (tests: every read then takes the fallback, fs.lstat). */
+export async function stopLstatThreadForTests(): Promise<void> {
+  // An idle thread is unreferenced (an answer arriving meanwhile unrefs it
+  // again): without a timer the wait for its end would not keep the process alive.
+  const alive = setInterval(() => undefined, 1000);
+  try {
+    await thread?.terminate();
+  } finally {
+    clearInterval(alive);
+  }
+}
