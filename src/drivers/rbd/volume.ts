@@ -631,35 +631,37 @@ export class RbdVolume extends Volume {
       }
       // One open of the image for the whole commit.
       await this.rbd.withImageIfAny(this.image, async (i) => {
-        const held = await i.lockers();
+        // The locks, the snapshots and the generation, read together.
+        const [held, s, g] = await together(i.lockers(), i.snaps(), i.metaGet(GEN_KEY));
         const other = held.find((l) => l.id !== this.lockId);
         if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
         if (!held.some((l) => l.id === this.lockId)) return; // not started: nothing to do
-        const s = await i.snaps();
+        // The snapshots after the commit, known without listing them again (the image is ours: locked).
+        let now = s;
         if (s.some((x) => x.name === 'qs-start')) {
           if (Math.max(this.revisions_to_keep, 0) > 0) {
-            await i.snapRename('qs-start', this.nextRevisionName(s));
+            const rev = this.nextRevisionName(s);
+            await i.snapRename('qs-start', rev);
             failpoint(FP.stopAfterRename);
+            now = s.map((x) => (x.name === 'qs-start' ? { ...x, name: rev } : x));
           } else {
             await i.snapRemove('qs-start');
+            now = s.filter((x) => x.name !== 'qs-start');
           }
         }
         // The commit is the rename above. It is counted before the unlock (an unlocked image's
         // generation names its data: see currentBase); pruning is independent of both (a crash
         // before it ends leaves one revision too many, which the next operation prunes).
-        const bumpUnlock = i
-          .metaGet(GEN_KEY)
-          .then((g) => i.metaSet(GEN_KEY, String(Number(g || '0') + 1)))
-          .then(async () => {
-            for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
-          });
-        const prune = i.snaps().then(async (now) => {
+        const bumpUnlock = i.metaSet(GEN_KEY, String(Number(g || '0') + 1)).then(async () => {
+          for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
+        });
+        const prune = (async () => {
           const revs = this.revisionSnaps(now);
           while (revs.length > Math.max(this.revisions_to_keep, 0))
             await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
               if (!isErrno(e, ENOENT)) throw e;
             });
-        });
+        })();
         await together(bumpUnlock, prune);
       });
     });
