@@ -300,17 +300,19 @@ export class RbdVolume extends Volume {
    *   markers removed), and
    * - the image is not running (unlocked: a running source's committed data
    *   is its qs-start), and
+   * - it has the image's size (a grown source: a clone of it has the new
+   *   size, as one made from the source now would), and
    * - no snapshot was taken after it (ids only grow) other than bases and
    *   exports, which change nothing: a start, an import, a revert or a shrink
    *   of any host takes one before it changes the data, so even a change
    *   whose count a crash cut off is seen.
    * This host's own changes of the image remove its bases anyway (recover()).
    */
-  private currentBase(s: Snap[], gen: string, locked: boolean): Snap | null {
+  private currentBase(s: Snap[], gen: string, locked: boolean, size: number): Snap | null {
     if (locked) return null;
     const re = this.ownBaseRe();
     const own = s.filter((x) => re.exec(x.name)?.[1] === gen).sort((a, b) => b.id - a.id)[0];
-    if (!own) return null;
+    if (!own || own.size !== size) return null;
     const later = s.some((x) => x.id > own.id && !x.name.startsWith('qs-base-') && !x.name.startsWith('qs-export-'));
     return later ? null : own;
   }
@@ -577,12 +579,12 @@ export class RbdVolume extends Volume {
       const look = await src.rbd.withImageIfAny(
         src.image,
         async (si) => {
-          const [srcSnaps, lockers, g] = await together(si.snaps(), si.lockers(), si.metaGet(GEN_KEY));
+          const [srcSnaps, lockers, g, srcSize] = await together(si.snaps(), si.lockers(), si.metaGet(GEN_KEY), si.size());
           const gen = g ?? '0';
           const srcLocked = lockers.length > 0;
           if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
             return { base: 'qs-start', gen, stale: [] }; // the source runs: its committed data is its start snapshot
-          const current = src.currentBase(srcSnaps, gen, srcLocked);
+          const current = src.currentBase(srcSnaps, gen, srcLocked, srcSize);
           const re = src.ownBaseRe();
           const stale = srcSnaps.filter((x) => re.test(x.name) && x !== current).map((x) => x.name);
           return { base: current?.name ?? null, gen, stale };

@@ -74,9 +74,20 @@ describeRbd('rbd: base snapshots kept and reused', () => {
     await writeSpec(`${CEPH_POOL}/${tplImage}`, 0, 'tpl three');
     await vm.start();
     assert.equal(await text(vm.get('root'), 9), 'tpl three', 'cloned from the changed data');
-    assert.notEqual(parentSnap(runImage), second);
+    const third = parentSnap(runImage);
+    assert.notEqual(third, second);
     await vm.stop();
     rbdSync(['snap', 'rm', `${CEPH_POOL}/${tplImage}@other-change`]);
+
+    // A grown template (a resize keeps the data, and the base): the clone gets the new size, from a new base.
+    const grown = 12 * 1024 * 1024;
+    await tplA.get('root').resize(grown);
+    await vm.start();
+    assert.notEqual(parentSnap(runImage), third, 'a base of the old size is not reused');
+    const info = JSON.parse(rbdSync(['info', `${CEPH_POOL}/${runImage}`, '--format', 'json'])) as { size: number };
+    assert.equal(info.size, grown, 'the clone has the grown size');
+    assert.equal(await text(vm.get('root'), 9), 'tpl three');
+    await vm.stop();
 
     // This host's own operations on the template drop its bases.
     await tplA.start();
