@@ -22,6 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { fileReflinkDriver } from '../../src/drivers/file-reflink/index.js';
 import { rbdDriver } from '../../src/drivers/rbd/index.js';
+import { rbdCallCounts } from '../../src/drivers/rbd/librbd.js';
 import type { RbdPool } from '../../src/drivers/rbd/pool.js';
 import { DomainStorage } from '../../src/storage/domain-storage.js';
 import type { Pool } from '../../src/storage/pool.js';
@@ -73,15 +74,16 @@ function domains(pool: Pool, size: number): { tpl: DomainStorage; app: DomainSto
   return { tpl, app, std };
 }
 
-async function importFile(v: Volume, file: string, size: number): Promise<void> {
+/** Imports `file` through import_data; resolves the time (ms) of import_data_end alone (the write into the volume). */
+async function importFile(v: Volume, file: string, size: number): Promise<number> {
   const p = await v.importData(size);
-  let ok = false;
   try {
     await pipeline(fs.createReadStream(file, { highWaterMark: 4 * MiB }), fs.createWriteStream(p, { flags: 'r+' }));
-    ok = true;
-  } finally {
-    await v.importDataEnd(ok);
+  } catch (e) {
+    await v.importDataEnd(false);
+    throw e;
   }
+  return timeMs(() => v.importDataEnd(true));
 }
 
 async function exportTo(v: Volume, out: string): Promise<void> {
@@ -135,7 +137,10 @@ export const rbd: Scenario = {
         await s.app.create();
         await s.std.create();
       }
-      const t: Record<string, number[]> = { startStop: [], startStopR: [], startStopC: [], imp: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [] };
+      const t: Record<string, number[]> = {
+        startStop: [], startStopR: [], startStopC: [], calls: [], opens: [], cpu: [],
+        imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [],
+      };
       const rbdCmd = (args: string[]): void => {
         const r = spawnSync('rbd', ['--conf', c.conf, ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
         if (r.status !== 0) throw new Error(`rbd ${args.join(' ')}: ${r.stderr}`);
@@ -157,13 +162,24 @@ export const rbd: Scenario = {
       for (let i = 0; i < cycles; i++) {
         t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
         t['startStopC']!.push(await timeMs(async () => cliStartStop()));
+        const before = { ...rbdCallCounts };
+        const cpu = process.cpuUsage();
         t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
+        const used = process.cpuUsage(cpu); // this process, every thread (librados' too), during the start+stop
+        t['cpu']!.push((used.user + used.system) / 1000);
+        t['calls']!.push(rbdCallCounts.calls - before.calls);
+        t['opens']!.push(rbdCallCounts.opens - before.opens);
+        await rbdPool.rbd.settled(); // the stop's background removals, outside the next cycle's time
       }
       const cmdImage = `rbd/${prefix}cmd`;
       const out = path.join(scratch.dir, 'export.img');
       for (let i = 0; i < rounds; i++) {
         t['impR']!.push(await timeMs(() => importFile(sets.reflink.std.get('private'), data, dataSize)));
-        t['imp']!.push(await timeMs(() => importFile(sets.rbd.std.get('private'), data, dataSize)));
+        let end = 0;
+        t['imp']!.push(await timeMs(async () => { end = await importFile(sets.rbd.std.get('private'), data, dataSize); }));
+        t['impEnd']!.push(end);
+        // import_volume from the file-reflink volume holding the same data: written straight from its file.
+        t['impVol']!.push(await timeMs(() => sets.rbd.std.get('private').importVolume(sets.reflink.std.get('private'))));
         t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
         t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
         // The commands themselves on the same data: a new image from the file, and that image into a file.
@@ -184,15 +200,22 @@ export const rbd: Scenario = {
       const eCmd = figure(`rbd export of the same ${mb} MiB image (command)`, 'MiB/s', rate(t['expCmd']!));
       const fL = figure('AppVM start+stop, rbd (librbd)', 'ms', t['startStop']!);
       const iL = figure(`import ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['imp']!));
+      const iEnd = figure(`import ${mb} MiB, rbd: import_data_end alone (the file into the image)`, 'MiB/s', rate(t['impEnd']!));
+      const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
       const figures: Figure[] = [
         fR,
         fC,
         withBaseline(fL, fC),
         withBaseline({ ...fL, name: 'AppVM start+stop, rbd (librbd) vs file-reflink' }, fR),
+        figure('AppVM start+stop, rbd: calls waiting for the cluster', 'calls', t['calls']!),
+        figure('AppVM start+stop, rbd: image opens', 'opens', t['opens']!),
+        figure('AppVM start+stop, rbd: CPU of this process (all threads)', 'ms', t['cpu']!),
         iR,
         iCmd,
         withBaseline(iL, iCmd),
+        withBaseline(iEnd, iCmd),
+        withBaseline(iVol, iCmd),
         eR,
         eCmd,
         withBaseline(eL, eCmd),
@@ -208,7 +231,9 @@ export const rbd: Scenario = {
           `file-reflink on ${scratch.kind}; rbd on one OSD (BlueStore on a sparse file in ${os.tmpdir()}), pool size 1, 127.0.0.1`,
           `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight)`,
           'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
-          'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size'
+          'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size',
+          'rbd start+stop: the stop\'s background object deletion (RBD trash) is awaited between cycles, outside the timed span; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
+          'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)'
         ],
       };
     } finally {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import type { OptionValue } from '../../src/storage/options.js';
 import type { Pool } from '../../src/storage/pool.js';
 import type { RbdVolume } from '../../src/drivers/rbd/volume.js';
-import { CEPH_CONF, CEPH_POOL, CEPH_SKIP, imagesWith, purgePrefix, rbdTempFiles, readSpec, snapsOf, uniquePrefix } from '../drivers/rbd/helpers.js';
+import { CEPH_CONF, CEPH_POOL, CEPH_SKIP, imagesWith, purgePrefix, rbdTempFiles, readSpec, restlessSnaps, snapsOf, uniquePrefix } from '../drivers/rbd/helpers.js';
 import { rbdDriver } from '../../src/drivers/rbd/index.js';
 import { openPool } from './open-pool.js';
 import { rbdIo } from './rbd-io.js';
@@ -51,13 +51,17 @@ describeConformance({
   },
   io: rbdIo,
   failpoints: ['rbd.'],
-  /** Running images (NAME~...), snapshots other than revisions, import and export files. */
+  /**
+   * Running images (NAME~...), snapshots other than revisions and the one
+   * current base snapshot a host keeps for reuse (restlessSnaps), import and
+   * export files.
+   */
   async debris(pool) {
     const prefix = String(pool.config()['image_prefix']);
     const out: string[] = [];
     for (const img of imagesWith(prefix)) {
       if (img.includes('~')) out.push(img);
-      for (const s of snapsOf(img)) if (!s.startsWith('qs-rev-')) out.push(`${img}@${s}`);
+      for (const s of restlessSnaps(img)) out.push(`${img}@${s}`);
     }
     out.push(...(await rbdTempFiles(tmpOf.get(pool.name)!)));
     return out;

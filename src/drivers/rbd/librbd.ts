@@ -256,9 +256,17 @@ function loadApi(): Api {
 /** QS_RBD_TRACE=1: every call and its duration on stderr (a debugging aid). */
 const TRACE = process.env['QS_RBD_TRACE'] === '1';
 
+/**
+ * Calls that waited for the cluster (run on a worker thread) in this process,
+ * and how many of them opened an image: what the bench reports per operation.
+ */
+export const rbdCallCounts = { calls: 0, opens: 0 };
+
 /** Runs `fn` on a koffi worker thread; resolves with its return value. */
 function onWorker(fn: Fn, ...args: unknown[]): Promise<number> {
   const t0 = TRACE ? performance.now() : 0;
+  rbdCallCounts.calls++;
+  if (fn === api?.rbd_open || fn === api?.rbd_open_read_only) rbdCallCounts.opens++;
   return new Promise((resolve, reject) => {
     fn.async(...args, (err: unknown, res: unknown) => {
       if (TRACE) process.stderr.write(`rbd-trace ${(performance.now() - t0).toFixed(1)}ms ${String((fn as { info?: { name?: string } }).info?.name ?? '')} ${typeof args[1] === 'string' ? args[1] : ''}\n`);
@@ -692,10 +700,14 @@ export class RbdClient {
    * open image and closes it. ENOENT (no such image or snapshot) as RbdError.
    * Inside a session() the head's handle is shared and closed by the session.
    * `readOnly` (at the head, outside a session): an open without a watch, for
-   * a look that changes nothing.
+   * a look that changes nothing. `'look'`: the same inside a session too,
+   * unless the session already holds the image (for steps that need no
+   * writable handle, e.g. reading or taking and breaking advisory locks: a
+   * writable open adds a watch, its close an unwatch, both round trips).
    */
-  withImage<T>(image: string, fn: (img: RbdImage) => Promise<T>, snap: string | null = null, readOnly = false): Promise<T> {
-    const held = snap === null ? this.sessions.getStore() : undefined;
+  withImage<T>(image: string, fn: (img: RbdImage) => Promise<T>, snap: string | null = null, readOnly: boolean | 'look' = false): Promise<T> {
+    const session = snap === null ? this.sessions.getStore() : undefined;
+    const held = session && (readOnly !== 'look' || session.has(image)) ? session : undefined;
     if (held)
       return this.track(async (c, a) => {
         let h = held.get(image);
@@ -710,7 +722,7 @@ export class RbdClient {
         return fn(new RbdImage(this, a, await h, image));
       });
     return this.track(async (c, a) => {
-      const h = await this.open(c, a, image, snap, snap !== null || readOnly);
+      const h = await this.open(c, a, image, snap, snap !== null || readOnly !== false);
       try {
         return await fn(new RbdImage(this, a, h, image));
       } finally {
@@ -720,7 +732,7 @@ export class RbdClient {
   }
 
   /** Like withImage, but resolves null when the image does not exist. */
-  async withImageIfAny<T>(image: string, fn: (img: RbdImage) => Promise<T>, readOnly = false): Promise<T | null> {
+  async withImageIfAny<T>(image: string, fn: (img: RbdImage) => Promise<T>, readOnly: boolean | 'look' = false): Promise<T | null> {
     let opened = false;
     try {
       return await this.withImage(

@@ -190,7 +190,8 @@ export class RbdVolume extends Volume {
    * lock is broken only when break_stale_locks names that host.
    */
   private async lock(image: string): Promise<'new' | 'ours'> {
-    return this.rbd.withImage(image, (i) => this.lockOn(i));
+    // Advisory locks are taken on a read-only handle too: no watch to set up and tear down.
+    return this.rbd.withImage(image, (i) => this.lockOn(i), null, 'look');
   }
 
   private async lockOn(i: RbdImage): Promise<'new' | 'ours'> {
@@ -273,14 +274,47 @@ export class RbdVolume extends Volume {
     return l ? RbdVolume.holder(l) : null;
   }
 
-  /** Names of this host's base snapshots (see baseSnapName): only this daemon makes and removes them. */
+  /**
+   * Names of this host's base snapshots (see baseSnapName): only this daemon
+   * makes and removes them. Group 1: the generation the base holds (names
+   * made before bases were reused carry none).
+   */
   private ownBaseRe(): RegExp {
     const host = this.pool.hostId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    return new RegExp(`^qs-base-${host}-[0-9a-f]{12}$`);
+    return new RegExp(`^qs-base-${host}-(?:g([0-9]{1,16})-)?[0-9a-f]{12}$`);
   }
-  /** A new base snapshot name: this host's id in it, so a crash's leftover is known as ours. */
-  private baseSnapName(): string {
-    return `qs-base-${this.pool.hostId}-${rand()}`;
+  /**
+   * A new base snapshot name: this host's id in it, so a leftover is known as
+   * ours, and the generation of the data it holds, so it is known as current.
+   */
+  private baseSnapName(gen: string): string {
+    return `qs-base-${this.pool.hostId}-g${gen}-${rand()}`;
+  }
+
+  /**
+   * This host's base snapshot that still holds this (origin) image's
+   * committed data, or null. A base is kept after the clones made from it
+   * stop, and reused by the next clone while it is current:
+   * - it names the image's current generation (every commit counts one:
+   *   stop, import, revert, shrink, each before the image is unlocked or its
+   *   markers removed), and
+   * - the image is not running (unlocked: a running source's committed data
+   *   is its qs-start), and
+   * - it has the image's size (a grown source: a clone of it has the new
+   *   size, as one made from the source now would), and
+   * - no snapshot was taken after it (ids only grow) other than bases and
+   *   exports, which change nothing: a start, an import, a revert or a shrink
+   *   of any host takes one before it changes the data, so even a change
+   *   whose count a crash cut off is seen.
+   * This host's own changes of the image remove its bases anyway (recover()).
+   */
+  private currentBase(s: Snap[], gen: string, locked: boolean, size: number): Snap | null {
+    if (locked) return null;
+    const re = this.ownBaseRe();
+    const own = s.filter((x) => re.exec(x.name)?.[1] === gen).sort((a, b) => b.id - a.id)[0];
+    if (!own || own.size !== size) return null;
+    const later = s.some((x) => x.id > own.id && !x.name.startsWith('qs-base-') && !x.name.startsWith('qs-export-'));
+    return later ? null : own;
   }
 
   /**
@@ -431,25 +465,31 @@ export class RbdVolume extends Volume {
     });
   }
 
-  /** Removes the running image of a snapshot or volatile volume, and the source snapshot it was cloned from. */
+  /**
+   * Removes the running image of a snapshot or volatile volume. The source's
+   * base snapshot it was cloned from stays: while current, the next start
+   * reuses it (see currentBase); otherwise the next start of a snapshot of
+   * that source, or the source's next operation, removes it.
+   */
   private async dropRunImage(): Promise<boolean> {
     const img = this.runImage;
-    // One open: refuse another host's, release ours, and what the removal and the base need.
-    const found = await this.rbd.withImageIfAny(img, async (i) => {
-      const held = await i.lockers();
-      const other = held.find((l) => l.id !== this.lockId);
-      if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
-      for (const l of held) await i.lockBreak(l, false);
-      return { info: { size: 0, parent: await i.parent() }, id: await i.id() };
-    });
-    if (!found) return false;
+    // One read-only open (no watch): refuse another host's, release ours, the id for the removal.
+    const id = await this.rbd.withImageIfAny(
+      img,
+      async (i) => {
+        const [held, imageId] = await together(i.lockers(), i.id());
+        const other = held.find((l) => l.id !== this.lockId);
+        if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
+        for (const l of held) await i.lockBreak(l, false);
+        return imageId;
+      },
+      'look',
+    );
+    if (id === null) return false;
     // Out of the names at once, its objects deleted in the background (pool.sweepLeftovers finishes a cut-off one).
-    // The base snapshot is dropped meanwhile: with the clone still there (in the trash or not) it goes to the
-    // RBD trash and disappears with the clone, so the order does not matter.
-    const discarded = this.rbd.discard(img, found.id).catch((e: unknown) => {
+    await this.rbd.discard(img, id).catch((e: unknown) => {
       if (!isErrno(e, ENOENT)) throw e;
     });
-    await together(discarded, this.dropBaseOf(found.info));
     return true;
   }
 
@@ -535,34 +575,42 @@ export class RbdVolume extends Volume {
   private async cloneSource(src: RbdVolume, img: string): Promise<void> {
     // Under the source's lock (this process), so it does not commit between our reads.
     await this.pool.locks.run(src.vid, async () => {
-      // One open of the source: its state, and the base snapshot when one is needed.
-      const got = await src.rbd.withImageIfAny(src.image, async (si) => {
-        const srcSnaps = await si.snaps();
-        const srcLocked = (await si.lockers()).length > 0;
-        const gen = (await si.metaGet(GEN_KEY)) ?? '0';
-        if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
-          return { base: 'qs-start', gen }; // the source runs: its committed data is its start snapshot
-        const re = src.ownBaseRe();
-        for (const x of srcSnaps) {
-          // what a crashed start of ours left (one a running clone uses goes to the trash)
-          if (re.test(x.name))
-            await si.snapRemove(x.name).catch((e: unknown) => {
-              if (!isErrno(e, ENOENT) && !isErrno(e, EBUSY)) throw e;
+      // A read-only look at the source (no watch): its state, and a current base snapshot to reuse.
+      const look = await src.rbd.withImageIfAny(
+        src.image,
+        async (si) => {
+          const [srcSnaps, lockers, g, srcSize] = await together(si.snaps(), si.lockers(), si.metaGet(GEN_KEY), si.size());
+          const gen = g ?? '0';
+          const srcLocked = lockers.length > 0;
+          if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
+            return { base: 'qs-start', gen, stale: [] }; // the source runs: its committed data is its start snapshot
+          const current = src.currentBase(srcSnaps, gen, srcLocked, srcSize);
+          const re = src.ownBaseRe();
+          const stale = srcSnaps.filter((x) => re.test(x.name) && x !== current).map((x) => x.name);
+          return { base: current?.name ?? null, gen, stale };
+        },
+        'look',
+      );
+      if (!look) throw new StoragePoolException(this.what(`source volume ${src.vid} has no data yet`));
+      const gen = look.gen;
+      let base = look.base;
+      if (base === null || look.stale.length > 0) {
+        // A writable open: this host's bases that are no longer current go (what a crash or an older
+        // version left too; one a running clone uses goes to the trash), and a new one is made if needed.
+        base = await src.rbd.withImage(src.image, async (si) => {
+          for (const x of look.stale)
+            await si.snapRemove(x).catch((e: unknown) => {
+              if (!isErrno(e, ENOENT) && !isErrno(e, EBUSY)) throw e; // EBUSY: protected for a v1 clone
             });
-        }
-        const base = src.baseSnapName();
-        await si.snapCreate(base);
-        failpoint(FP.startAfterBaseSnapshot);
-        return { base, gen };
-      });
-      if (!got) throw new StoragePoolException(this.what(`source volume ${src.vid} has no data yet`));
-      const { base, gen } = got;
-      try {
-        await this.rbd.clone(src.image, base, img);
-      } catch (e) {
-        if (base !== 'qs-start') await src.snapRm(src.image, base).catch(() => undefined);
-        throw e;
+          if (look.base !== null) return look.base;
+          const made = src.baseSnapName(gen);
+          await si.snapCreate(made);
+          failpoint(FP.startAfterBaseSnapshot);
+          return made;
+        });
       }
+      // A base made here stays after a failed clone: it is current, the next start reuses it.
+      await this.rbd.clone(src.image, base, img);
       try {
         await this.rbd.withImage(img, async (i) => {
           // Independent header updates of a new clone, sent together (a failure removes the clone).
@@ -585,31 +633,38 @@ export class RbdVolume extends Volume {
       }
       // One open of the image for the whole commit.
       await this.rbd.withImageIfAny(this.image, async (i) => {
-        const held = await i.lockers();
+        // The locks, the snapshots and the generation, read together.
+        const [held, s, g] = await together(i.lockers(), i.snaps(), i.metaGet(GEN_KEY));
         const other = held.find((l) => l.id !== this.lockId);
         if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
         if (!held.some((l) => l.id === this.lockId)) return; // not started: nothing to do
-        const s = await i.snaps();
+        // The snapshots after the commit, known without listing them again (the image is ours: locked).
+        let now = s;
         if (s.some((x) => x.name === 'qs-start')) {
           if (Math.max(this.revisions_to_keep, 0) > 0) {
-            await i.snapRename('qs-start', this.nextRevisionName(s));
+            const rev = this.nextRevisionName(s);
+            await i.snapRename('qs-start', rev);
             failpoint(FP.stopAfterRename);
+            now = s.map((x) => (x.name === 'qs-start' ? { ...x, name: rev } : x));
           } else {
             await i.snapRemove('qs-start');
+            now = s.filter((x) => x.name !== 'qs-start');
           }
         }
-        // The commit is the rename above; counting it and pruning are independent of each other (a crash
-        // between leaves one revision too many, which the next operation prunes), the unlock comes last.
-        const bump = i.metaGet(GEN_KEY).then((g) => i.metaSet(GEN_KEY, String(Number(g || '0') + 1)));
-        const prune = i.snaps().then(async (now) => {
+        // The commit is the rename above. It is counted before the unlock (an unlocked image's
+        // generation names its data: see currentBase); pruning is independent of both (a crash
+        // before it ends leaves one revision too many, which the next operation prunes).
+        const bumpUnlock = i.metaSet(GEN_KEY, String(Number(g || '0') + 1)).then(async () => {
+          for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
+        });
+        const prune = (async () => {
           const revs = this.revisionSnaps(now);
           while (revs.length > Math.max(this.revisions_to_keep, 0))
             await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
               if (!isErrno(e, ENOENT)) throw e;
             });
-        });
-        await together(bump, prune);
-        for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
+        })();
+        await together(bumpUnlock, prune);
       });
     });
   }
@@ -821,7 +876,12 @@ export class RbdVolume extends Volume {
    * the snapshot qs-import-done marks that all of it arrived; only then does
    * qs-import-old become a revision. On failure N is rolled back to it.
    */
-  private async writeFromFile(file: string, size: number): Promise<void> {
+  private writeFromFile(file: string, size: number): Promise<void> {
+    // One open of the image for the whole import (RbdClient.session), as for a start or a stop.
+    return this.rbd.session(() => this.writeFromFileOnce(file, size));
+  }
+
+  private async writeFromFileOnce(file: string, size: number): Promise<void> {
     await this.checkNotForeign(this.image, 'import');
     await this.recover();
     // A new image reads as zeros: only the data is written then (as `rbd import` does).
@@ -845,13 +905,15 @@ export class RbdVolume extends Volume {
   }
 
   private async finishImport(s: Snap[]): Promise<void> {
-    if (s.some((x) => x.name === 'qs-import-old')) {
-      if (Math.max(this.revisions_to_keep, 0) > 0 && this.kind === 'origin')
-        await this.snapRename(this.image, 'qs-import-old', this.nextRevisionName(s));
-      else await this.snapRm(this.image, 'qs-import-old');
-    }
-    await this.snapRm(this.image, 'qs-import-done');
+    // Counted before the markers go: a crash between counts it twice (harmless), never not at all.
     await this.bumpGeneration();
+    // The old data becomes a revision (or goes), the done marker goes: independent, sent together.
+    const old = !s.some((x) => x.name === 'qs-import-old')
+      ? Promise.resolve()
+      : Math.max(this.revisions_to_keep, 0) > 0 && this.kind === 'origin'
+        ? this.snapRename(this.image, 'qs-import-old', this.nextRevisionName(s))
+        : this.snapRm(this.image, 'qs-import-old');
+    await together(old, this.snapRm(this.image, 'qs-import-done'));
     await this.prune(await this.snaps(this.image));
   }
 

@@ -158,6 +158,42 @@ export function snapsOf(image: string): string[] {
   );
 }
 
+/** The image's metadata `key` (rbd image-meta get), or null when it has none. */
+export function metaOf(image: string, key: string): string | null {
+  const r = spawnSync('rbd', [...baseArgs(), 'image-meta', 'get', `${CEPH_POOL}/${image}`, key], { encoding: 'utf8', timeout: 120_000 });
+  if (r.status !== 0) {
+    if (/No such file|failed to get metadata|\(2\)/.test(r.stderr)) return null;
+    throw new Error(`rbd image-meta get ${image} ${key}: ${r.stderr || r.error}`);
+  }
+  return r.stdout.trim();
+}
+
+/**
+ * The snapshots of `image` that are not at rest between operations: all but
+ * revisions (qs-rev-*) and one base snapshot per host (qs-base-HOST-gGEN-RAND)
+ * holding the image's current generation (metadata qubes.generation, 0 when
+ * unset), which the driver keeps for the next clone to reuse. A base of an
+ * older generation, a second base of a host, or one named without its
+ * generation is debris.
+ */
+export function restlessSnaps(image: string): string[] {
+  const snaps = snapsOf(image);
+  const bases = snaps.map((s) => /^qs-base-(.+)-g([0-9]+)-[0-9a-f]{12}$/.exec(s));
+  const gen = bases.some((m) => m) ? (metaOf(image, 'qubes.generation') ?? '0') : '0';
+  const hostsSeen = new Set<string>();
+  const out: string[] = [];
+  snaps.forEach((s, k) => {
+    if (s.startsWith('qs-rev-')) return;
+    const m = bases[k];
+    if (m && m[2] === gen && !hostsSeen.has(m[1]!)) {
+      hostsSeen.add(m[1]!);
+      return;
+    }
+    out.push(s);
+  });
+  return out;
+}
+
 /** Removes every image of `prefix` (locks, snapshots, clones first): suite cleanup. */
 export function purgePrefix(prefix: string): void {
   if (CEPH_SKIP) return;

@@ -5,5 +5,6 @@
 import '../../conformance/rbd.js';
 import './layout.js';
 import './hosts.js';
+import './base-reuse.js';
 import './daemons.js';
 import './failure.js';
