@@ -184,13 +184,13 @@ describe('ephemeral volatile volumes through dm-crypt, in the test VM', () => {
     assert.equal(await ok(SOCKET, 'admin.vm.Start', 'eph'), '');
     device = (await volatile().blockDevice()).path;
     name = NAME_RE.exec(device)?.[1] ?? assert.fail(`blockDevice path ${device} is not a qs-eph mapping`);
+    const [dep, ...more] = depsOf(name);
+    image = (await loops()).get(dep ?? '') ?? '';
     assert.match(await ok(SOCKET, 'admin.vm.volume.Info', 'eph', 'volatile'), new RegExp(`\\npath=${device}\\n`));
     assert.ok((await fs.stat(device)).isBlockDevice());
     assert.match(sh(DMSETUP, ['table', name]), /^0 \d+ crypt aes-xts-plain64 /);
-    const [dep, ...more] = depsOf(name);
     assert.deepEqual(more, []);
     assert.match(dep!, /^loop\d+$/);
-    image = (await loops()).get(dep!)!;
     assert.ok(image.startsWith(`${BASE}/`), `the loop device shows ${image}, in the pool`);
     assert.equal((await fs.stat(image)).size, 32 * MiB, 'the volatile image');
     // The start of the mapping reads as zeros (no random "partition table" for the domain).
