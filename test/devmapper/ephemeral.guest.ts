@@ -264,7 +264,7 @@ describe('ephemeral volatile volumes through dm-crypt, in the test VM', () => {
     assert.equal(rt.app.domain('eph').isRunning, false);
   });
 
-  test('a mapping a crash left is removed when the state is opened next, or at the next start; other mappings are left alone', async () => {
+  test('a mapping a crash left is removed when the state is opened next, or at the next start (a lone loop device too); other mappings are left alone', async () => {
     // Others: a qs-eph- mapping that is not ours (another UUID) and an unrelated one, each on a loop device of its own.
     const other = `${MNT}/other.img`;
     await fs.writeFile(other, Buffer.alloc(MiB));
@@ -276,7 +276,7 @@ describe('ephemeral volatile volumes through dm-crypt, in the test VM', () => {
     try {
       // A daemon that dies once the mapping is made (before the domain is recorded as running).
       await close();
-      const crash = async (): Promise<void> => {
+      const crash = async (at = 'ephemeral.open.after-create'): Promise<void> => {
         const script = '/tmp/qs-ephemeral-crash.mjs';
         await fs.writeFile(
           script,
@@ -284,9 +284,9 @@ describe('ephemeral volatile volumes through dm-crypt, in the test VM', () => {
             `const rt = await openRuntime({ baseDir: ${JSON.stringify(BASE)}, storageConf: null, nodeModules: [] });\n` +
             `await rt.app.start('eph');\nprocess.exit(3);\n`,
         );
-        const run = await runNode(script, [], { ...process.env, QUBES_STORAGE_FAILPOINTS: 'ephemeral.open.after-create' });
+        const run = await runNode(script, [], { ...process.env, QUBES_STORAGE_FAILPOINTS: at });
         assert.equal(run.code, null, `killed at the failpoint: ${run.stderr}`);
-        assert.ok(mappings().includes(name), 'the crash left the mapping');
+        assert.equal(mappings().includes(name), at === 'ephemeral.open.after-create', 'the crash left the mapping (if made)');
         assert.equal([...(await loops()).values()].filter((f) => f === image).length, 1, 'and its loop device');
       };
 
@@ -312,6 +312,15 @@ describe('ephemeral volatile volumes through dm-crypt, in the test VM', () => {
       assert.equal([...(await loops()).values()].filter((f) => f.startsWith(image)).length, 1, "the leftover's loop device is gone");
       await rt.app.shutdown('eph');
       assert.ok(!mappings().includes(name));
+
+      // Killed between losetup and dmsetup: a loop device of the image and no mapping. The next start detaches it.
+      await close();
+      await crash('ephemeral.open.after-loop');
+      await open();
+      await rt.app.start('eph');
+      assert.equal([...(await loops()).values()].filter((f) => f.startsWith(image)).length, 1, 'the stale loop device is gone');
+      await rt.app.shutdown('eph');
+      assert.equal([...(await loops()).values()].filter((f) => f.startsWith(image)).length, 0);
 
       const left = mappings();
       assert.ok(left.includes(foreign) && left.includes('qs-test-unrelated'), `others untouched: ${left.join(', ')}`);
