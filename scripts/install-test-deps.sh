@@ -3,6 +3,10 @@
 #   xfsprogs     mkfs.xfs   (XFS test filesystem, reflink=1)
 #   btrfs-progs  mkfs.btrfs (btrfs test filesystem)
 #   mount        losetup    (loop devices; normally always installed)
+#   qemu-system-x86 cpio kmod lvm2 thin-provisioning-tools   the test VM
+#                (scripts/with-test-vm.sh; the guest runs this machine's programs)
+#   dmsetup      dm-crypt mappings of ephemeral volumes, in the test VM (and
+#                for qubesd on a host with device-mapper)
 #   ceph-mon ceph-osd ceph-mgr ceph-common   a single-node Ceph cluster for
 #                the rbd driver tests (scripts/with-ceph.sh; ~210 MB)
 # As root it runs `apt-get update` once and `apt-get install` quietly; as
@@ -26,6 +30,7 @@ need qemu-system-x86_64 qemu-system-x86
 need cpio cpio
 need modprobe kmod
 need lvm lvm2
+need dmsetup dmsetup
 need thin_check thin-provisioning-tools
 # Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()

@@ -54,6 +54,14 @@ mountfs 9p qsmodules "/root/lib/modules/$QS_KERNEL" "$p9,ro"
 mountfs 9p qscheckout "/root$QS_CHECKOUT" "$p9"
 mount --bind /io /root/run/qs-test-vm || fail "cannot bind /io"
 
+# The kernel loads modules on demand (a device-mapper target such as
+# dm-crypt, the ciphers it asks for) through its usermode helper, which runs
+# in this initramfs, not in the chroot: pass those requests to the chroot's
+# modprobe, as on a host the kernel's own requests reach /sbin/modprobe.
+printf '#!/bin/busybox sh\nexec chroot /root /sbin/modprobe "$@"\n' >/bin/qs-modprobe
+chmod 0755 /bin/qs-modprobe
+echo /bin/qs-modprobe >/proc/sys/kernel/modprobe || fail "cannot set the kernel's modprobe helper"
+
 # LVM without udev must make its device nodes itself; the guest's own
 # lvm.conf (in the overlay, the host's /etc is untouched) says so, and keeps
 # LVM from waiting for daemons that do not run here.

@@ -32,6 +32,7 @@ import { exists, fsyncDir, reflinkSupported, sweepAtomicTemps } from '../files/f
 import { LinuxKernelPool } from '../drivers/linux-kernel/pool.js';
 import { newestKernel } from '../drivers/linux-kernel/versions.js';
 import { QubesException } from '../storage/errors.js';
+import { sweepEphemeralLeftovers } from '../storage/ephemeral.js';
 import { KERNELS_DIR } from '../domain/state-dir.js';
 import { DriverRegistry, defaultNodeModulesDirs } from '../registry/drivers.js';
 import { defaultStorageConfPath } from '../registry/storage-conf.js';
@@ -118,6 +119,12 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     // Written only under the state lock, which the App now holds: a temporary left is a crash's.
     if (power) await sweepAtomicTemps(path.join(baseDir, RUN_STATE_FILE));
     await power?.restore(app);
+    if (power) {
+      // dm-crypt mappings of ephemeral volumes a crashed process left (their domains do not run): removed, keys gone.
+      const halted = app.domainList().filter((d) => !d.isRunning);
+      const { failed } = await sweepEphemeralLeftovers(halted.flatMap((d) => [...d.storage.volumes.values()]));
+      for (const line of failed) notice(line);
+    }
     if (opts.createDefaultPool && app.pools().length === 0) {
       const line = await addDefaultPool(app, path.join(baseDir, 'pools', 'default'));
       if (line) notice(line);

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import type { DomainStorage } from '../storage/domain-storage.js';
 import { poolOptionSpecs, volumeListing } from '../storage/driver.js';
 import { QubesPoolInUseError, QubesValueError, StoragePoolException } from '../storage/errors.js';
+import { requireDmCrypt } from '../storage/ephemeral.js';
 import { KeyedMutex } from '../storage/lock.js';
 import { checkOptionChange, parseBool, parseInt10, type OptionSpec, type OptionValue } from '../storage/options.js';
 import { checkPlaceContents, checkPlacesAgainst, readMounts, resolvePlaces } from '../storage/places.js';
@@ -247,6 +248,7 @@ export class Pools {
     try {
       return await this.addLock.run('add', async () => {
         const pool = await this.ctx.factory.createPool(driver, name, { ...options });
+        if (pool.ephemeral_volatile) await requireDmCrypt(`pool ${name}: cannot add it with ephemeral_volatile=True`);
         await this.checkPoolPlaces(pool);
         saves.checkOpen();
         await pool.setup();
@@ -344,6 +346,8 @@ export class Pools {
     }
     if (entry.origin === 'storage.conf')
       throw new QubesValueError(`pool ${name} is defined in ${this.ctx.storageConf!.file}; change it there`);
+    // Every volatile volume of the pool would be ephemeral: refused where this host cannot encrypt them.
+    if (key === 'ephemeral_volatile' && v === true) await requireDmCrypt(`pool ${name}: cannot set ephemeral_volatile=True`);
     const declared = this.driverOptions(entry.pool.driver);
     if (declared) {
       // The driver's own limits (e.g. the file driver keeps at most one revision).

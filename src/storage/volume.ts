@@ -19,6 +19,7 @@ import {
   storageErrnoError,
 } from './errors.js';
 import { canShrink } from './driver.js';
+import { checkCanStartEphemeral, closeEphemeral, ephemeralDevice, openEphemeral, requireDmCrypt } from './ephemeral.js';
 import { checkRevisionsLimit, type Pool } from './pool.js';
 
 /** The four kinds that follow from snap_on_start and save_on_stop. */
@@ -319,6 +320,25 @@ export abstract class Volume {
     if (e !== null) this.checkProperties({ ephemeral: e });
     this._ephemeral = e;
   }
+  /**
+   * Refuses what setEphemeral(e) would refuse, and ephemeral=True where this
+   * host cannot encrypt volumes (QubesValueError naming the volume and the
+   * reason): the admin API asks before it changes anything.
+   */
+  async checkEphemeral(e: boolean | null): Promise<void> {
+    if (e === null) return;
+    this.checkProperties({ ephemeral: e });
+    if (e) await requireDmCrypt(`${this.where}: cannot make it ephemeral`);
+  }
+
+  /**
+   * Whether this volume maps itself through dm-crypt when ephemeral
+   * (ephemeral.ts). A volume that stands in front of another (callback)
+   * answers false: the volume behind it, whose data it is, does it.
+   */
+  protected get mapsEphemeral(): boolean {
+    return true;
+  }
 
   // ---- the contract -----------------------------------------------------
 
@@ -327,15 +347,21 @@ export abstract class Volume {
     return this.locked(() => this.doCreate());
   }
 
-  /** Removes everything the volume has on disk, revisions included. */
+  /** Removes everything the volume has on disk, revisions included (and a dm-crypt mapping a crash left). */
   remove(): Promise<void> {
-    return this.locked(() => this.doRemove());
+    return this.locked(async () => {
+      if (this.mapsEphemeral) await closeEphemeral(this);
+      await this.doRemove();
+    });
   }
 
   /**
    * Prepares the data for a running domain, per kind: a fresh snapshot of the
    * source, a working copy of its own data, or an empty volatile image. After
-   * a crash, a dirty save_on_stop volume keeps its uncommitted data.
+   * a crash, a dirty save_on_stop volume keeps its uncommitted data. An
+   * ephemeral volume is then mapped through dm-crypt with a throw-away key
+   * (ephemeral.ts), after a mapping a crash left is removed; where this host
+   * cannot encrypt it, it does not start (StoragePoolException).
    */
   async start(): Promise<void> {
     if (this.snap_on_start) {
@@ -346,8 +372,19 @@ export abstract class Volume {
         );
     }
     await this.locked(async () => {
+      const encrypt = this.mapsEphemeral && this.ephemeral;
+      if (encrypt) await checkCanStartEphemeral(this);
       await this.adoptStoredSize();
+      // Before the driver's start: it may replace the data a leftover mapping holds open.
+      if (this.mapsEphemeral) await closeEphemeral(this, true);
       await this.doStart();
+      if (!encrypt) return;
+      try {
+        await openEphemeral(this);
+      } catch (e) {
+        await this.doStop().catch(() => undefined);
+        throw e;
+      }
     });
   }
 
@@ -367,14 +404,35 @@ export abstract class Volume {
     if (stored !== null && stored !== this._size) this._size = stored;
   }
 
-  /** Commits (save_on_stop) or discards the domain's writes. */
+  /**
+   * Commits (save_on_stop) or discards the domain's writes; an ephemeral
+   * volume's dm-crypt mapping (and loop device) goes first, and its key with it.
+   */
   stop(): Promise<void> {
-    return this.locked(() => this.doStop());
+    return this.locked(async () => {
+      if (this.mapsEphemeral) await closeEphemeral(this);
+      await this.doStop();
+    });
   }
 
-  /** Checks that the volume can start (its image, or its source's, exists). */
+  /**
+   * Removes the dm-crypt mapping a crashed process left for this volume
+   * (its domain is not running); true if there was one.
+   */
+  removeEphemeralLeftover(): Promise<boolean> {
+    return this.mapsEphemeral ? this.locked(() => closeEphemeral(this)) : Promise.resolve(false);
+  }
+
+  /**
+   * Checks that the volume can start (its image, or its source's, exists;
+   * an ephemeral one, that this host can encrypt it): a domain's start
+   * verifies all its volumes before it starts any, so a refusal changes nothing.
+   */
   verify(): Promise<boolean> {
-    return this.locked(() => this.doVerify());
+    return this.locked(async () => {
+      if (this.mapsEphemeral && this.ephemeral) await checkCanStartEphemeral(this);
+      return this.doVerify();
+    });
   }
 
   /**
@@ -541,12 +599,17 @@ export abstract class Volume {
     return this.doUsage();
   }
 
-  /** Where a hypervisor finds the data (the working copy while started). */
+  /**
+   * Where a hypervisor finds the data (the working copy while started). The
+   * driver's data: while an ephemeral volume runs, blockDevice() and Info's
+   * path name its dm-crypt mapping instead.
+   */
   abstract path(): Promise<string>;
 
+  /** What the domain is given: the driver's path, or the dm-crypt mapping of a running ephemeral volume. */
   async blockDevice(): Promise<BlockDevice> {
     return {
-      path: await this.path(),
+      path: (await ephemeralDevice(this)) ?? (await this.path()),
       name: this.name,
       devtype: 'disk',
       rw: this._rw,
@@ -556,7 +619,8 @@ export abstract class Volume {
 
   /** admin.vm.volume.Info fields. */
   async info(): Promise<VolumeInfo> {
-    const { usage, path, is_outdated } = await this.liveInfo();
+    const [{ usage, path: driverPath, is_outdated }, mapped] = await Promise.all([this.liveInfo(), ephemeralDevice(this)]);
+    const path = mapped ?? driverPath;
     return {
       pool: this.pool.name,
       vid: this.vid,

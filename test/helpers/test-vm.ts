@@ -17,11 +17,15 @@ export interface TestVmOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** The host directory to start in (inside the checkout: COMMAND starts there in the guest). */
   readonly cwd?: string;
+  /** Runs the harness (and so qemu) under `nice -n N`: a guest emulated beside other tests takes the CPU left over. */
+  readonly nice?: number;
 }
 
 /** Starts `with-test-vm.sh command...`; its stdout and stderr are piped. */
 export function startTestVm(command: readonly string[], options: TestVmOptions = {}): ChildProcess {
-  return spawn('bash', [WITH_TEST_VM, ...command], {
+  const argv = ['bash', WITH_TEST_VM, ...command];
+  if (options.nice !== undefined) argv.unshift('nice', '-n', String(options.nice));
+  return spawn(argv[0]!, argv.slice(1), {
     cwd: options.cwd ?? CHECKOUT,
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],

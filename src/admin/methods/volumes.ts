@@ -411,6 +411,8 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       destVolume(ctx, call);
       const e = parseBoolean(call.payload, 'ephemeral');
       await changeVolume(call, (v) => `change of ephemeral of volume ${v}`, async (domain, volume) => {
+        // Refused where this host cannot encrypt (no dm-crypt): recording it would promise what start cannot keep.
+        await volume.checkEphemeral(e);
         const old = volume.config().ephemeral ?? null;
         await changeProperty(domain, volume, 'ephemeral', () => {
           volume.setEphemeral(e);

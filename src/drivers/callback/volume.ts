@@ -53,6 +53,10 @@ export class CallbackVolume extends Volume {
   override get ephemeral(): boolean {
     return this.backend ? this.backend.ephemeral : super.ephemeral;
   }
+  /** The backend volume maps its own data through dm-crypt when ephemeral (storage/ephemeral.ts), not this one. */
+  protected override get mapsEphemeral(): boolean {
+    return false;
+  }
   override setRw(rw: boolean): void {
     this.backend.setRw(rw);
     super.setRw(rw);
