@@ -12,7 +12,7 @@
 //   lvm_thin pool loads and whose domain starts and stops.
 import { before, after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -203,6 +203,24 @@ describe('a Qubes R4 qubes.xml with an lvm_thin pool: loads, and its domain star
     } finally {
       await app.close();
     }
+  });
+
+  it("qvm-pool usage shows the thin pool's metadata and warns when it is above the threshold (exit status 3)", async () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, QUBES_BASE_DIR: dir };
+    delete env['QUBESD_SOCKET'];
+    const run = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
+      const r = spawnSync(process.execPath, ['dist/src/cli/qvm-pool.js', ...args], { env, encoding: 'utf8' });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    const tp = lvsOf('qubes_dom0').get('pool00')!;
+    const metaPct = (100 * ofPct(tp['lv_metadata_size']!, tp['metadata_percent']!)) / Number(tp['lv_metadata_size']);
+    const above = run(['usage', '--threshold', String(Math.max(0, Math.floor(metaPct) - 1)), 'lvm']);
+    assert.equal(above.status, 3, above.stderr);
+    assert.match(above.stdout, /^POOL +USED +SIZE +USE% +METADATA_USED +METADATA_SIZE +METADATA_USE%\nlvm +/);
+    assert.match(above.stderr, /^qvm-pool: warning: pool lvm: metadata [0-9.]+% used \(threshold [0-9]+%\)$/m);
+    const below = run(['usage', '--threshold', '100', 'lvm']);
+    assert.equal(below.status, 0, below.stderr);
+    assert.equal(below.stderr, '');
   });
 
   it('a pool whose volume group is missing stays listed, unavailable, with the reason', async () => {
