@@ -110,3 +110,4 @@ export { linuxKernelDriver } from './drivers/linux-kernel/index.js';
 export { makeCallbackDriver } from './drivers/callback/index.js';
 export type { BackendPoolFactory } from './drivers/callback/index.js';
 export { rbdDriver } from './drivers/rbd/index.js';
+export { lvmThinDriver } from './drivers/lvm-thin/index.js';

@@ -185,6 +185,11 @@ export class Pools {
       } catch (e) {
         pool = new UnavailablePool(rec.name, rec.driver, { ...rec.options }, e instanceof Error ? e.message : String(e));
       }
+      // A driver that is here but whose storage is not (lvm_thin without its volume group): unavailable, with the reason.
+      const made = pool;
+      await made.checkUsable().catch(async (e: unknown) => {
+        pool = new UnavailablePool(rec.name, rec.driver, { ...rec.options }, e instanceof Error ? e.message : String(e), await made.places().catch(() => undefined));
+      });
       this.entries.set(rec.name, { pool, record: { name: rec.name, driver: rec.driver, options: { ...rec.options } }, origin: 'state' });
     }
   }

@@ -1,6 +1,7 @@
 /**
- * A pool whose driver cannot be used here (not installed, like lvm_thin on a
- * machine without device-mapper, or options its driver refuses). It loads
+ * A pool whose driver cannot be used here (not installed, options its driver
+ * refuses, or storage its checkUsable does not find: lvm_thin without LVM or
+ * its volume group). It loads
  * with its configuration kept as written, so the state file survives a
  * round trip; its volumes exist as objects (their configuration is kept
  * too) but every operation that needs the driver fails with a

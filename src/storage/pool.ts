@@ -139,6 +139,14 @@ export abstract class Pool {
    * failed). Data is never removed.
    */
   async undoSetup(): Promise<void> {}
+  /**
+   * Whether the pool can be used on this host (its driver's facilities and
+   * its storage are there: an LVM volume group, say). The App calls it when
+   * it loads a pool from the state: one that throws stays listed,
+   * unavailable, with the message as the reason. Touches nothing. Default:
+   * usable.
+   */
+  async checkUsable(): Promise<void> {}
   /** Forgets the pool; data on disk is left alone. */
   abstract destroy(): Promise<void>;
   /**

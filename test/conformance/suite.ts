@@ -389,7 +389,7 @@ export function describeConformance(target: ConformanceTarget): void {
             await session(v, s);
             const revs = await v.revisions();
             assert.ok(revs.length <= KEEP, `${revs.length} revisions, limit ${KEEP}`);
-            ids.push(Number(revs.at(-1)!.id));
+            ids.push(parseInt(revs.at(-1)!.id, 10)); // the number an id starts with (lvm_thin: TIMESTAMP-back, as Qubes names them)
           }
           const revs = await v.revisions();
           assert.equal(revs.length, KEEP);

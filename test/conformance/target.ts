@@ -9,7 +9,7 @@ import type { Revision, Volume } from '../../src/storage/volume.js';
 import { readAt, writeAt } from '../helpers/data.js';
 
 /** Where the tests run, as the test summary counts them. */
-export type Place = 'xfs' | 'btrfs' | 'ext4' | 'ceph';
+export type Place = 'xfs' | 'btrfs' | 'ext4' | 'ceph' | 'vm';
 
 /** Reads and writes what a domain sees at a volume's path(). */
 export interface VolumeIo {

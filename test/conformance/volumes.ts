@@ -22,7 +22,9 @@ export function untag(b: Buffer): string {
 /** Volumes of one domain `d` in `pool`, by kind (source volumes given). */
 export function volumesOf(pool: Pool, d: string) {
   const app: DomainRef = { name: d, dirPrefix: 'appvms' };
-  const tpl: DomainRef = { name: d, dirPrefix: 'vm-templates' };
+  // A template of its own name: Qubes' domain names are unique across classes, and
+  // drivers that name volumes by domain name alone (lvm_thin: vm-NAME-VOLUME) rely on it.
+  const tpl: DomainRef = { name: `${d}-tpl`, dirPrefix: 'vm-templates' };
   const spec = (s: Partial<VolumeSpec>): VolumeSpec => ({ name: 'private', rw: true, size: SIZE, ...s });
   return {
     origin: (extra: Partial<VolumeSpec> = {}) => pool.initVolume(app, spec({ save_on_stop: true, ...extra })),

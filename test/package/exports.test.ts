@@ -46,7 +46,7 @@ const DRIVER_NAMES = [
 ];
 /** Values a program that manages drivers and pools takes from it. */
 const LIBRARY_NAMES = ['DriverRegistry', 'checkDriverShape', 'loadStorageConf', 'addPoolToStorageConf', 'builtinDrivers', 'BUILTIN_DRIVER_NAMES'];
-const BUILTIN_DRIVERS = { fileReflinkDriver: 'file-reflink', fileDriver: 'file', xenDriver: 'xen', linuxKernelDriver: 'linux-kernel', rbdDriver: 'rbd' };
+const BUILTIN_DRIVERS = { fileReflinkDriver: 'file-reflink', fileDriver: 'file', xenDriver: 'xen', linuxKernelDriver: 'linux-kernel', rbdDriver: 'rbd', lvmThinDriver: 'lvm_thin' };
 
 let project = '';
 
@@ -99,7 +99,7 @@ describe('package surface (imported by name from another project)', () => {
     assert.deepEqual(got.errors, [true, true]);
     assert.deepEqual(got.drivers, Object.fromEntries(Object.keys(BUILTIN_DRIVERS).map((k) => [k, true])));
     assert.equal(got.callback, 'callback');
-    assert.deepEqual(got.builtin, ['file-reflink', 'file', 'xen', 'linux-kernel', 'callback', 'rbd']);
+    assert.deepEqual(got.builtin, ['file-reflink', 'file', 'xen', 'linux-kernel', 'callback', 'rbd', 'lvm_thin']);
   });
 
   it("'qubes-storage/drivers/NAME' gives one built-in driver with its classes; the same Pool class as the root", async () => {
