@@ -77,7 +77,7 @@ export default async function* countReporter(
     // failure; one that failed only because tests in it did is counted
     // through them.
     if (isSuite && !skipped && type === 'test:pass') continue;
-    // So is a test with subtests (vm-suite.ts re-emits a guest's tests so) that failed only through them.
+    // So is a test with subtests (guest-results.ts declares a guest's tests so) that failed only through them.
     if (type === 'test:fail' && data.details?.error?.failureType === 'subtestsFailed') continue;
     const names = [...stack.slice(0, data.nesting), data.name];
     const outcome = type === 'test:fail' ? 'failed' : skipped || data.todo ? 'skipped' : 'passed';

@@ -45,6 +45,14 @@ export function countGuestTests(nodes: readonly GuestNode[]): number {
   return nodes.reduce((n, x) => n + (x.outcome?.suite ? 0 : 1) + countGuestTests(x.children), 0);
 }
 
+/** Guest tests and suites that failed by themselves or never finished (a suite failing only through its tests is not one). */
+export function countGuestFailures(nodes: readonly GuestNode[]): number {
+  return nodes.reduce(
+    (n, x) => n + (x.outcome === null || (x.outcome.type === 'fail' && !x.outcome.subtestsFailed) ? 1 : 0) + countGuestFailures(x.children),
+    0,
+  );
+}
+
 const NO_RESULT = 'the guest gave no result for this test: it ended (or was killed) before the test finished';
 
 function options(n: GuestNode): { skip?: string; todo?: boolean } {
