@@ -23,6 +23,7 @@ import * as fs from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
+import { ExportFiles } from '../../storage/export-files.js';
 import { Volume, type DomainRef, type Revision, type VolumeInfo, type VolumeSpec } from '../../storage/volume.js';
 import { deviceSize, type LvInfo } from './lvm.js';
 import type { LvmThinPool } from './pool.js';
@@ -56,7 +57,7 @@ export class LvmThinVolume extends Volume {
   readonly snapLv: string;
   readonly importLv: string;
   /** Export files handed out by this object. */
-  private readonly exportsHeld = new Set<string>();
+  private readonly exports = new ExportFiles();
 
   constructor(pool: LvmThinPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     super(pool, domain, vid, spec);
@@ -317,18 +318,13 @@ export class LvmThinVolume extends Volume {
         await fs.rm(file, { force: true });
         throw e;
       }
-      this.exportsHeld.add(file);
+      this.exports.add(file);
       return file;
     });
   }
 
-  protected async doExportEnd(p: string): Promise<void> {
-    if (!this.exportsHeld.has(p)) throw new StoragePoolException(this.what(`not an export in progress: ${p}`));
-    try {
-      await this.guarded('ending the export failed', () => fs.rm(p, { force: true }));
-    } finally {
-      this.exportsHeld.delete(p);
-    }
+  protected doExportEnd(p: string): Promise<void> {
+    return this.exports.end(p, this.where, (f) => this.guarded('ending the export failed', () => fs.rm(f, { force: true })));
   }
 
   /** LV-import of `size` bytes, whose device the caller writes (a new thin volume reads as zeros). */

@@ -34,6 +34,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
+import { ExportFiles } from '../../storage/export-files.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
 import type { RbdPool } from './pool.js';
@@ -79,7 +80,7 @@ export class RbdVolume extends Volume {
   /** The image of an origin's data (and the name other images of this volume derive from). */
   readonly image: string;
   /** Export files handed out by this object. */
-  private readonly exportsHeld = new Set<string>();
+  private readonly exports = new ExportFiles();
   private importFile: string | null = null;
 
   constructor(pool: RbdPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
@@ -819,18 +820,13 @@ export class RbdVolume extends Volume {
       } finally {
         if (temp) await c.image.snapRm(c.image.image, temp).catch(() => undefined);
       }
-      this.exportsHeld.add(file);
+      this.exports.add(file);
       return file;
     });
   }
 
-  protected async doExportEnd(p: string): Promise<void> {
-    if (!this.exportsHeld.has(p)) throw new StoragePoolException(this.what(`not an export in progress: ${p}`));
-    try {
-      await this.guarded('ending the export failed', () => fs.rm(p, { force: true }));
-    } finally {
-      this.exportsHeld.delete(p);
-    }
+  protected doExportEnd(p: string): Promise<void> {
+    return this.exports.end(p, this.where, (f) => this.guarded('ending the export failed', () => fs.rm(f, { force: true })));
   }
 
   protected async doImportData(size: number): Promise<string> {
