@@ -3,14 +3,22 @@
  * data is not a file a reader can open in place (lvm_thin, rbd): each export
  * is a copy made for that reader, and ends once, by the path it was given.
  */
+import * as fs from 'node:fs/promises';
 import { StoragePoolException } from './errors.js';
 
 export class ExportFiles {
   private readonly held = new Set<string>();
 
-  /** `file` was handed out as an export. */
-  add(file: string): void {
+  /** Makes the export `file` through `fill` and holds it; a fill that fails leaves no file. */
+  async make(file: string, fill: (file: string) => Promise<void>): Promise<string> {
+    try {
+      await fill(file);
+    } catch (e) {
+      await fs.rm(file, { force: true });
+      throw e;
+    }
     this.held.add(file);
+    return file;
   }
 
   /**

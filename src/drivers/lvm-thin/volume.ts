@@ -311,15 +311,7 @@ export class LvmThinVolume extends Volume {
       const lvs = await this.recover();
       const lv = this.committedLv(lvs);
       if (!lv) throw new StoragePoolException(this.what('nothing to export (no committed data)'));
-      const file = this.pool.tmpFile();
-      try {
-        await copyDeviceToFile(this.pool.devPath(lv), file);
-      } catch (e) {
-        await fs.rm(file, { force: true });
-        throw e;
-      }
-      this.exports.add(file);
-      return file;
+      return this.exports.make(this.pool.tmpFile(), (file) => copyDeviceToFile(this.pool.devPath(lv), file));
     });
   }
 

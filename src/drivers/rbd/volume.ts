@@ -808,20 +808,14 @@ export class RbdVolume extends Volume {
         snap = temp;
       }
       await this.pool.sweepTmpOnce();
-      const file = this.pool.tmpFile('export');
       try {
         // The pre-start snapshot keeps the size it had; a resize since then applies to the
         // committed data too (the stop commits the resized image), as on every driver.
         const size = snap === 'qs-start' ? c.image.size : null;
-        await this.rbd.withImage(c.image.image, (i) => readIntoFile(i, file, size), snap);
-      } catch (e) {
-        await fs.rm(file, { force: true });
-        throw e;
+        return await this.exports.make(this.pool.tmpFile('export'), (file) => this.rbd.withImage(c.image.image, (i) => readIntoFile(i, file, size), snap));
       } finally {
         if (temp) await c.image.snapRm(c.image.image, temp).catch(() => undefined);
       }
-      this.exports.add(file);
-      return file;
     });
   }
 
