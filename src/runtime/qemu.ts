@@ -1,0 +1,360 @@
+/**
+ * The qemu runtime: a domain that runs is a qemu-system-x86_64 process
+ * booting the domain's kernel (from its `kernel` volume in the linux-kernel
+ * pool) with the domain's volumes as virtio disks, in Qubes' order: root
+ * xvda, private xvdb, volatile xvdc, the kernel's modules image xvdd (then
+ * any other volume, from xvde), read-only where the volume is. Each disk
+ * carries its Qubes name as its serial, so a guest can find it whatever
+ * its own naming. Per domain: a QMP socket (BASE/qemu/NAME.qmp), a pid file
+ * (BASE/qemu/NAME.pid) and the serial console log (BASE/log/NAME.console.log,
+ * new at each start). No display, no network.
+ *
+ * The process is the power state: qvm-shutdown asks the guest to power off
+ * (ACPI, QMP system_powerdown) and waits up to its shutdown_timeout, then
+ * kills it; qvm-kill kills it; a guest that powers off (or a qemu that dies)
+ * is reported to the App (`watch`), which stops the storage as a shutdown
+ * does. A daemon that stops kills its guests first (as qvm-kill: the storage
+ * stops and commits); guests a killed daemon left behind are killed at the
+ * next open (their volumes are then picked up dirty, the crash contract).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import type { QubesApp } from '../domain/app.js';
+import type { DomainRunner, RunnerDomain } from '../domain/runner.js';
+import { writeFileAtomic } from '../files/files.js';
+import { QubesException } from '../storage/errors.js';
+import type { BlockDevice } from '../storage/volume.js';
+import { Qmp } from './qmp.js';
+
+/** Where each known volume goes in the guest (Qubes' xvd names); others follow from xvde. */
+export const DISK_TARGETS: Readonly<Record<string, string>> = { root: 'xvda', private: 'xvdb', volatile: 'xvdc', kernel: 'xvdd' };
+export const QEMU_DIR = 'qemu';
+export const LOG_DIR = 'log';
+/** Longest unix socket path (sun_path is 108 bytes, with its NUL). */
+const MAX_SOCKET_PATH = 107;
+/** How long qemu may take to answer on QMP after it was started (a loaded host). */
+const START_TIMEOUT_MS = 120_000;
+const STDERR_KEEP = 8192;
+
+export type Accel = 'tcg' | 'kvm';
+
+export interface QemuRuntimeOptions {
+  readonly baseDir: string;
+  /** The qemu binary (default: qemu-system-x86_64 from PATH). */
+  readonly qemu?: string;
+  /** Default tcg (see README: KVM is used only when asked for). */
+  readonly accel?: Accel;
+}
+
+/** One disk as the guest gets it. */
+export interface GuestDisk {
+  readonly volume: string;
+  readonly target: string;
+  readonly path: string;
+  readonly readOnly: boolean;
+}
+
+/** What a start needs, from the domain and its volumes. */
+export interface BootPlan {
+  readonly name: string;
+  readonly kernelDir: string;
+  readonly disks: readonly GuestDisk[];
+  readonly memoryMiB: number;
+  readonly vcpus: number;
+  readonly kernelopts: string;
+}
+
+class StartError extends QubesException {}
+
+/** `,` doubled: qemu's option syntax. */
+const optValue = (s: string): string => s.replaceAll(',', ',,');
+
+/**
+ * The disks in guest order, and the kernel directory. The kernel volume's
+ * device is its modules image (a file, attached) or, without one, its
+ * version directory (only the kernel comes from it). Throws, naming the
+ * volume, for a device path that does not exist or is neither a regular
+ * file nor a block device.
+ */
+export async function planDisks(domain: string, devices: ReadonlyMap<string, BlockDevice>): Promise<{ disks: GuestDisk[]; kernelDir: string | null }> {
+  const known: GuestDisk[] = [];
+  const others: GuestDisk[] = [];
+  let kernelDir: string | null = null;
+  for (const [volume, dev] of devices) {
+    let st;
+    try {
+      st = await fs.stat(dev.path);
+    } catch (e) {
+      throw new StartError(`domain ${domain}: volume ${volume} cannot be attached: ${dev.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (volume === 'kernel') {
+      kernelDir = st.isDirectory() ? dev.path : path.dirname(dev.path);
+      if (st.isDirectory()) continue;
+    }
+    if (!st.isFile() && !st.isBlockDevice())
+      throw new StartError(`domain ${domain}: volume ${volume} cannot be attached: ${dev.path} is neither a file nor a block device`);
+    const target = DISK_TARGETS[volume];
+    const disk = { volume, target: target ?? '', path: dev.path, readOnly: !dev.rw };
+    (target ? known : others).push(disk);
+  }
+  known.sort((a, b) => a.target.localeCompare(b.target));
+  const used = new Set(known.map((d) => d.target));
+  let next = 'e'.charCodeAt(0);
+  const rest = others.map((d) => {
+    while (used.has(`xvd${String.fromCharCode(next)}`)) next++;
+    if (next > 'z'.charCodeAt(0)) throw new StartError(`domain ${domain}: too many volumes to attach`);
+    return { ...d, target: `xvd${String.fromCharCode(next++)}` };
+  });
+  return { disks: [...known, ...rest], kernelDir };
+}
+
+/** qemu's drive id for a volume: its name where qemu takes it, so qemu's errors name the volume. */
+export function driveId(d: GuestDisk): string {
+  return /^[A-Za-z][A-Za-z0-9_-]{0,30}$/.test(d.volume) ? `disk-${d.volume}` : `disk-${d.target}`;
+}
+
+/** The command line (after the binary) for a plan. */
+export function qemuArgs(plan: BootPlan, files: { console: string; qmp: string }, accel: Accel): string[] {
+  const args = [
+    '-name', plan.name,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(plan.vcpus), '-m', String(plan.memoryMiB),
+    '-kernel', path.join(plan.kernelDir, 'vmlinuz'), '-initrd', path.join(plan.kernelDir, 'initramfs'),
+    '-append', ['console=ttyS0', 'panic=-1', 'loglevel=4', plan.kernelopts].filter(Boolean).join(' '),
+    '-chardev', `file,id=console,path=${optValue(files.console)}`, '-serial', 'chardev:console',
+    '-chardev', `socket,id=qmp,path=${optValue(files.qmp)},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
+  ];
+  for (const d of plan.disks) {
+    const id = driveId(d);
+    args.push(
+      '-drive', `file=${optValue(d.path)},format=raw,if=none,id=${id},readonly=${d.readOnly ? 'on' : 'off'}`,
+      '-device', `virtio-blk-pci,drive=${id},serial=${d.target}`,
+    );
+  }
+  return args;
+}
+
+interface Guest {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly qmp: string;
+  readonly pidFile: string;
+  /** Resolves when the process has ended. */
+  readonly ended: Promise<void>;
+  stderr: string;
+}
+
+export interface QemuRuntime {
+  readonly runner: DomainRunner;
+  /** Kills guests that a previous daemon on this base directory left running (their pid files). */
+  sweep(notice: (line: string) => void): Promise<void>;
+  /** Kills every guest through the App (qvm-kill: the storage stops), then any process left. */
+  stopAll(app: QubesApp, notice: (line: string) => void): Promise<void>;
+}
+
+function intProp(d: RunnerDomain, name: string, min: number): number {
+  const v = Number(d.prop(name));
+  return Number.isInteger(v) && v >= min ? v : min;
+}
+
+export async function findQemu(bin = 'qemu-system-x86_64'): Promise<string | null> {
+  if (bin.includes('/')) return (await isExecutable(bin)) ? bin : null;
+  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
+    if (!dir) continue;
+    const p = path.join(dir, bin);
+    if (await isExecutable(p)) return p;
+  }
+  return null;
+}
+
+async function isExecutable(p: string): Promise<boolean> {
+  try {
+    await fs.access(p, fs.constants.X_OK);
+    return (await fs.stat(p)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
+  const bin = await findQemu(opts.qemu);
+  if (!bin) throw new QubesException(`runtime qemu: ${opts.qemu ?? 'qemu-system-x86_64'} not found (Debian package qemu-system-x86)`);
+  const accel = opts.accel ?? 'tcg';
+  const qemuDir = path.join(opts.baseDir, QEMU_DIR);
+  const logDir = path.join(opts.baseDir, LOG_DIR);
+  const guests = new Map<string, Guest>();
+  let exited: ((name: string) => void) | null = null;
+
+  const filesOf = (name: string) => ({
+    qmp: path.join(qemuDir, `${name}.qmp`),
+    pidFile: path.join(qemuDir, `${name}.pid`),
+    console: path.join(logDir, `${name}.console.log`),
+  });
+
+  /** Waits until qemu answers on QMP (it opened every disk by then), or fails with what qemu said. */
+  const waitReady = async (name: string, g: Guest, disks: readonly GuestDisk[]): Promise<void> => {
+    let ended = false;
+    void g.ended.then(() => (ended = true));
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    for (;;) {
+      if (ended) {
+        const said = g.stderr.trim().split('\n').slice(-3).join(' ').trim();
+        const bad = disks.find((d) => said.includes(`id=${driveId(d)}`) || said.includes(`'${driveId(d)}'`) || said.includes(d.path));
+        if (bad) throw new StartError(`domain ${name}: volume ${bad.volume} cannot be attached (${bad.path}): ${said}`);
+        throw new StartError(`domain ${name}: qemu ended at start (exit ${g.child.exitCode ?? g.child.signalCode}): ${said || 'no message'}`);
+      }
+      if (Date.now() > deadline) throw new StartError(`domain ${name}: qemu did not answer on ${filesOf(name).qmp} within ${START_TIMEOUT_MS / 1000} s`);
+      let q: Qmp | null = null;
+      try {
+        q = await Qmp.connect(g.qmp);
+        await q.execute('query-status');
+        return;
+      } catch {
+        await sleep(100);
+      } finally {
+        q?.close();
+      }
+    }
+  };
+
+  const killGuest = async (g: Guest): Promise<void> => {
+    try {
+      process.kill(g.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+    await g.ended;
+  };
+
+  const runner: DomainRunner = {
+    async start(d, devices) {
+      if (guests.has(d.name)) throw new StartError(`domain ${d.name}: its qemu (pid ${guests.get(d.name)!.pid}) is still running`);
+      const { disks, kernelDir } = await planDisks(d.name, devices);
+      if (!kernelDir)
+        throw new StartError(`domain ${d.name} has no kernel (property kernel is empty); the qemu runtime boots only kernels of the linux-kernel pool`);
+      const files = filesOf(d.name);
+      if (Buffer.byteLength(files.qmp) > MAX_SOCKET_PATH)
+        throw new StartError(`domain ${d.name}: the QMP socket path ${files.qmp} is longer than ${MAX_SOCKET_PATH} bytes (use a shorter base directory)`);
+      await fs.mkdir(qemuDir, { recursive: true, mode: 0o750 });
+      await fs.mkdir(logDir, { recursive: true, mode: 0o750 });
+      await fs.rm(files.qmp, { force: true });
+      const plan: BootPlan = {
+        name: d.name,
+        kernelDir,
+        disks,
+        memoryMiB: intProp(d, 'memory', 32),
+        vcpus: intProp(d, 'vcpus', 1),
+        kernelopts: typeof d.prop('kernelopts') === 'string' ? (d.prop('kernelopts') as string) : '',
+      };
+      const child = spawn(bin, qemuArgs(plan, files, accel), { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+      const g: Guest = {
+        child,
+        pid: child.pid ?? -1,
+        qmp: files.qmp,
+        pidFile: files.pidFile,
+        stderr: '',
+        ended: new Promise<void>((resolve) => {
+          child.once('close', () => resolve());
+          child.once('error', () => resolve());
+        }),
+      };
+      child.stderr!.setEncoding('utf8');
+      child.stderr!.on('data', (s: string) => {
+        g.stderr = (g.stderr + s).slice(-STDERR_KEEP);
+      });
+      if (g.pid < 0) {
+        await g.ended;
+        throw new StartError(`domain ${d.name}: cannot run ${bin}`);
+      }
+      guests.set(d.name, g);
+      void g.ended.then(async () => {
+        if (guests.get(d.name) === g) guests.delete(d.name);
+        await fs.rm(files.qmp, { force: true }).catch(() => undefined);
+        await fs.rm(files.pidFile, { force: true }).catch(() => undefined);
+        exited?.(d.name);
+      });
+      try {
+        await writeFileAtomic(files.pidFile, `${g.pid}\n`, 0o600);
+        await waitReady(d.name, g, disks);
+      } catch (e) {
+        await killGuest(g);
+        throw e;
+      }
+    },
+    async shutdown(d) {
+      const g = guests.get(d.name);
+      if (!g) return;
+      try {
+        const q = await Qmp.connect(g.qmp);
+        try {
+          await q.execute('system_powerdown');
+        } finally {
+          q.close();
+        }
+      } catch {
+        // QMP gone (qemu ending): the wait below sees it end, or kills it
+      }
+      const timeoutMs = intProp(d, 'shutdown_timeout', 0) * 1000;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([
+        g.ended.then(() => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (timedOut) await killGuest(g);
+    },
+    async kill(d) {
+      const g = guests.get(d.name);
+      if (g) await killGuest(g);
+    },
+    watch(cb) {
+      exited = cb;
+    },
+    isRunning(d) {
+      return guests.has(d.name);
+    },
+  };
+
+  return {
+    runner,
+    async sweep(notice) {
+      let names: string[];
+      try {
+        names = (await fs.readdir(qemuDir)).filter((n) => n.endsWith('.pid'));
+      } catch {
+        return;
+      }
+      for (const n of names) {
+        const name = n.slice(0, -'.pid'.length);
+        const files = filesOf(name);
+        const pid = Number((await fs.readFile(files.pidFile, 'utf8').catch(() => '')).trim());
+        // Only a qemu of this very domain (its QMP socket on its command line), never a reused pid.
+        const cmdline = Number.isInteger(pid) && pid > 1 ? await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+        if (cmdline.includes(`path=${optValue(files.qmp)},`)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+            notice(`killed the guest of ${name} (qemu pid ${pid}) that an earlier qubesd left running; its volumes are picked up at its next start`);
+          } catch {
+            // gone meanwhile
+          }
+        }
+        await fs.rm(files.pidFile, { force: true });
+        await fs.rm(files.qmp, { force: true });
+      }
+    },
+    async stopAll(app, notice) {
+      for (const name of [...guests.keys()]) {
+        try {
+          await app.kill(name);
+        } catch (e) {
+          notice(`stopping domain ${name} at exit: ${(e as Error).message}`);
+        }
+      }
+      for (const g of [...guests.values()]) await killGuest(g);
+    },
+  };
+}
