@@ -19,7 +19,7 @@ off() {
   sleep 60
 }
 
-mkdir -p /proc /sys /dev /tmp /etc/acpi/PWRF
+mkdir -p /proc /sys /dev /tmp /etc/acpi/PWRF /var/log /var/run
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -36,8 +36,10 @@ done
 say "disks: $(cd /dev && echo xvd*)"
 
 # The power button (qvm-shutdown: ACPI through QMP) powers off.
-printf '#!/bin/sh\necho "qs-guest: power button"\nsync\npoweroff -f\n' >/etc/acpi/PWRF/00000080
+printf '#!/bin/sh\necho "qs-guest: power button" >/dev/console\nsync\npoweroff -f\n' >/etc/acpi/PWRF/00000080
 chmod 0755 /etc/acpi/PWRF/00000080
+# (busybox acpid logs to /var/log/acpid.log and keeps /var/run/acpid.pid: tmpfs here)
+mount -t tmpfs var /var && mkdir -p /var/log /var/run
 acpid -c /etc/acpi || say "acpid failed: the power button does nothing"
 
 script=""

@@ -65,6 +65,20 @@ printf 'VOLATILE-JUNK' | dd of=/dev/xvdc conv=notrunc,fsync 2>/dev/null || echo 
 echo 3 >/proc/sys/vm/drop_caches
 echo "qs-guest: root now [$(head -c 16 /dev/xvda | tr -d '\\000\\n')]"
 echo "qs-guest: wrote boot-$n"
+# Modes from the kernel command line (the domain's kernelopts):
+# qs.scribble: keep writing private (to be killed mid-write); qs.wait: wait for the power button.
+case " $(cat /proc/cmdline) " in
+*" qs.scribble "*)
+  echo "qs-guest: scribbling"
+  i=0
+  while :; do
+    i=$((i + 1))
+    printf 'scribble-%s' "$i" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null
+  done ;;
+*" qs.wait "*)
+  echo "qs-guest: waiting"
+  while :; do sleep 1; done ;;
+esac
 `;
 const TEMPLATE_ROOT = 'TEMPLATE-ROOT-1';
 
@@ -108,6 +122,14 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await fs.writeFile(f, img);
     await tool('qvm-volume', 'import', vmVolume, f);
     await fs.rm(f);
+  };
+  /** Waits until the guest has said `line` on its console. */
+  const said = async (vm: string, line: string): Promise<void> => {
+    const deadline = Date.now() + 300_000;
+    while (!(await guestLines(vm).catch(() => [] as string[])).includes(line)) {
+      if (Date.now() > deadline) throw new Error(`${vm} did not say ${line} in 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
   };
   const revisions = async (vm: string, volume: string): Promise<string[]> => client!.revisions(vm, volume);
 
@@ -189,5 +211,37 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual(lines.filter((l) => l.includes('failed')), []);
     assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-2');
+  });
+
+  it('boots a guest and shuts it down through ACPI: qvm-shutdown presses its power button, private is committed', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.wait');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: waiting');
+    await tool('qvm-shutdown', '--wait', 'app');
+    const lines = await guestLines('app');
+    // The guest powered off because of the button, not the runtime's kill after shutdown_timeout (60 s).
+    assert.ok(lines.includes('qs-guest: power button'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was [boot-2]'), lines.join('\n'));
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-3');
+  });
+
+  it('boots a guest and kills it mid-write: the private committed before stays as a revision; revert brings it back and a boot reads it', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.scribble');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: scribbling');
+    await client!.transport.call('admin.vm.Kill', 'app', '', '');
+    await halted('app');
+    // What the killed guest wrote is committed (as Qubes does at a kill) ...
+    assert.match(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 24), /^scribble-\d+$/);
+    // ... and the private of the clean shutdown before is whole in the newest revision.
+    await tool('qvm-volume', 'revert', 'app:private');
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-3');
+    await tool('qvm-prefs', 'app', 'kernelopts', '');
+    await tool('qvm-start', 'app');
+    await halted('app');
+    const lines = await guestLines('app');
+    assert.ok(lines.includes('qs-guest: private was [boot-3]'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
   });
 });
