@@ -82,6 +82,8 @@ export async function planDisks(domain: string, devices: ReadonlyMap<string, Blo
   const others: GuestDisk[] = [];
   let kernelDir: string | null = null;
   for (const [volume, dev] of devices) {
+    if (dev.path.startsWith('rbd:'))
+      throw new StartError(`domain ${domain}: volume ${volume} cannot be attached: rbd volumes (${dev.path}) through qemu's rbd driver are not supported yet`);
     let st;
     try {
       st = await fs.stat(dev.path);
@@ -179,6 +181,32 @@ async function isExecutable(p: string): Promise<boolean> {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** How long one QMP exchange may take (a qemu that stopped answering is then killed or waited out). */
+const QMP_TIMEOUT_MS = 10_000;
+
+/** Connects to QMP, runs one command, disconnects; rejects after QMP_TIMEOUT_MS (the connection is closed then too). */
+async function qmpCommand(socket: string, command: string): Promise<unknown> {
+  let done = false;
+  let q: Qmp | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  const exchange = (async () => {
+    const c = await Qmp.connect(socket);
+    q = c;
+    if (done) c.close();
+    return c.execute(command);
+  })();
+  try {
+    return await Promise.race([
+      exchange,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`QMP ${command}: no answer`)), QMP_TIMEOUT_MS))),
+    ]);
+  } finally {
+    done = true;
+    clearTimeout(timer);
+    exchange.catch(() => undefined);
+    (q as Qmp | null)?.close();
+  }
+}
 
 export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
   const bin = await findQemu(opts.qemu);
@@ -203,20 +231,16 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     for (;;) {
       if (ended) {
         const said = g.stderr.trim().split('\n').slice(-3).join(' ').trim();
-        const bad = disks.find((d) => said.includes(`id=${driveId(d)}`) || said.includes(`'${driveId(d)}'`) || said.includes(d.path));
+        const bad = disks.find((d) => said.includes(`id=${driveId(d)}`) || said.includes(`drive=${driveId(d)}`) || said.includes(`'${driveId(d)}'`) || said.includes(d.path));
         if (bad) throw new StartError(`domain ${name}: volume ${bad.volume} cannot be attached (${bad.path}): ${said}`);
         throw new StartError(`domain ${name}: qemu ended at start (exit ${g.child.exitCode ?? g.child.signalCode}): ${said || 'no message'}`);
       }
       if (Date.now() > deadline) throw new StartError(`domain ${name}: qemu did not answer on ${filesOf(name).qmp} within ${START_TIMEOUT_MS / 1000} s`);
-      let q: Qmp | null = null;
       try {
-        q = await Qmp.connect(g.qmp);
-        await q.execute('query-status');
+        await qmpCommand(g.qmp, 'query-status');
         return;
       } catch {
         await sleep(100);
-      } finally {
-        q?.close();
       }
     }
   };
@@ -289,12 +313,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
       const g = guests.get(d.name);
       if (!g) return;
       try {
-        const q = await Qmp.connect(g.qmp);
-        try {
-          await q.execute('system_powerdown');
-        } finally {
-          q.close();
-        }
+        await qmpCommand(g.qmp, 'system_powerdown');
       } catch {
         // QMP gone (qemu ending): the wait below sees it end, or kills it
       }

@@ -22,7 +22,10 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { QubesClient } from '../../src/client/index.js';
-import { findQemu } from '../../src/runtime/qemu.js';
+import type { RunnerDomain } from '../../src/domain/runner.js';
+import { findQemu, qemuRuntime } from '../../src/runtime/qemu.js';
+import { Qmp } from '../../src/runtime/qmp.js';
+import type { BlockDevice } from '../../src/storage/volume.js';
 import { run, toolEnv, QUBESD, type Result } from '../cli/helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -127,11 +130,30 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
   const said = async (vm: string, line: string): Promise<void> => {
     const deadline = Date.now() + 300_000;
     while (!(await guestLines(vm).catch(() => [] as string[])).includes(line)) {
+      if ((await client!.powerState(vm)) === 'Halted' && !(await guestLines(vm)).includes(line)) throw new Error(`${vm} halted without saying ${line}; console:\n${await consoleLog(vm).catch(() => '')}`);
       if (Date.now() > deadline) throw new Error(`${vm} did not say ${line} in 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
       await new Promise((r) => setTimeout(r, 250));
     }
   };
   const revisions = async (vm: string, volume: string): Promise<string[]> => client!.revisions(vm, volume);
+
+  /** qubesd --runtime qemu on `base`, its log in daemonLog; a client over its socket. */
+  const startQubesd = async (): Promise<void> => {
+    daemonLog = '';
+    const d = spawn(process.execPath, [QUBESD, '--base-dir', base, '--socket', socket, '--runtime', 'qemu'], {
+      env: { PATH: process.env['PATH'], HOME: base, QUBES_STORAGE_CHECK_SAVES: process.env['QUBES_STORAGE_CHECK_SAVES'] ?? '' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    daemon = d;
+    d.stderr!.setEncoding('utf8').on('data', (x: string) => (daemonLog += x));
+    const deadline = Date.now() + 60_000;
+    while (!daemonLog.includes('listening on')) {
+      if (d.exitCode !== null || Date.now() > deadline) throw new Error(`qubesd did not start:\n${daemonLog}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await client?.close();
+    client = QubesClient.overSocket(socket, { timeoutMs: 600_000 });
+  };
 
   before(async () => {
     base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-g-'));
@@ -140,18 +162,8 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await fs.mkdir(path.join(base, 'vm-kernels', version), { recursive: true });
     for (const f of ['vmlinuz', 'initramfs', 'modules.img']) await fs.copyFile(path.join(setup.kernelDir, f), path.join(base, 'vm-kernels', version, f));
     socket = path.join(base, 's');
-    daemon = spawn(process.execPath, [QUBESD, '--base-dir', base, '--socket', socket, '--runtime', 'qemu'], {
-      env: { PATH: process.env['PATH'], HOME: base, QUBES_STORAGE_CHECK_SAVES: process.env['QUBES_STORAGE_CHECK_SAVES'] ?? '' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    daemon.stderr!.setEncoding('utf8').on('data', (d: string) => (daemonLog += d));
-    const deadline = Date.now() + 60_000;
-    while (!daemonLog.includes('listening on')) {
-      if (daemon.exitCode !== null || Date.now() > deadline) throw new Error(`qubesd did not start:\n${daemonLog}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await startQubesd();
     env = toolEnv(base, socket);
-    client = QubesClient.overSocket(socket, { timeoutMs: 600_000 });
     // A template with a marked root, an AppVM on it; tiny guests (TCG: one vcpu).
     await tool('qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
     await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'app');
@@ -243,5 +255,100 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.ok(lines.includes('qs-guest: private was [boot-3]'), lines.join('\n'));
     assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
     assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+  });
+
+  it('boots a guest, kills qubesd: the next qubesd kills the guest left behind; the next boot picks up what it wrote', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.wait');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: waiting');
+    const pid = Number(await fs.readFile(path.join(base, 'qemu', 'app.pid'), 'utf8'));
+    const killed = new Promise((r) => daemon!.once('exit', r));
+    daemon!.kill('SIGKILL');
+    await killed;
+    process.kill(pid, 0); // the guest outlived its daemon
+    await startQubesd();
+    assert.match(daemonLog, new RegExp(`killed the guest of app \\(qemu pid ${pid}\\)`));
+    // Killed (gone, or a zombie its new parent has yet to reap).
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      if (stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))) break;
+      if (Date.now() > deadline) throw new Error(`qemu ${pid} still runs: ${stat}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await client!.powerState('app'), 'Halted');
+    await tool('qvm-prefs', 'app', 'kernelopts', '');
+    await tool('qvm-start', 'app');
+    await halted('app');
+    const lines = await guestLines('app');
+    // The killed guest had written boot-5 (after boot-4 of the test before): its dirty private is picked up.
+    assert.ok(lines.includes('qs-guest: private was [boot-5]'), lines.join('\n'));
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-6');
+  });
+});
+
+describe('qemu runtime: a disk that cannot be attached fails the start, naming the volume', { skip: setup.reason ?? false }, () => {
+  const dom: RunnerDomain = {
+    name: 'bad',
+    klass: 'AppVM',
+    uuid: '00000000-0000-4000-8000-000000000001',
+    qid: 1,
+    prop: (n) => ({ memory: 64, vcpus: 1, kernelopts: '', shutdown_timeout: 5 })[n],
+  };
+  const dev = (p: string, rw: boolean): BlockDevice => ({ path: p, name: path.basename(p), devtype: 'disk', rw, domain: null });
+
+  it('a missing file, and a file qemu refuses (another qemu writes it): the start fails, no qemu is left', async () => {
+    const base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-g-'));
+    let holder: ChildProcess | null = null;
+    let rt: Awaited<ReturnType<typeof qemuRuntime>> | null = null;
+    try {
+      const priv = path.join(base, 'private.img');
+      await fs.writeFile(priv, Buffer.alloc(MiB));
+      rt = await qemuRuntime({ baseDir: base });
+      const disks = (privatePath: string) =>
+        new Map([
+          ['private', dev(privatePath, true)],
+          ['kernel', dev(path.join(setup.kernelDir, 'modules.img'), false)],
+        ]);
+      await assert.rejects(rt.runner.start(dom, disks(path.join(base, 'gone.img'))), (e: Error) => {
+        assert.match(e.message, /^domain bad: volume private cannot be attached: .*gone\.img: ENOENT$/);
+        return true;
+      });
+      // Another process writes the image (qemu's image locks): qemu refuses to open it.
+      // (a paused machine with the image on a device: qemu takes the image's lock when the device is made)
+      const holderQmp = path.join(base, 'holder.qmp');
+      holder = spawn(
+        'qemu-system-x86_64',
+        ['-machine', 'q35,accel=tcg', '-S', '-display', 'none', '-nodefaults', '-qmp', `unix:${holderQmp},server=on,wait=off`,
+          '-drive', `file=${priv},format=raw,if=none,id=h`, '-device', 'virtio-blk-pci,drive=h'],
+        { stdio: 'ignore' },
+      );
+      // It answers on QMP once its devices are made (and the lock taken).
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const q = await Qmp.connect(holderQmp).catch(() => null);
+        if (q) {
+          await q.execute('query-status');
+          q.close();
+          break;
+        }
+        if (holder.exitCode !== null || Date.now() > deadline) throw new Error('the holder qemu did not start');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await assert.rejects(rt.runner.start(dom, disks(priv)), (e: Error) => {
+        assert.match(e.message, /^domain bad: volume private cannot be attached \(.*private\.img\): .*Failed to get "write" lock/);
+        return true;
+      });
+      assert.equal(rt.runner.isRunning!(dom), false);
+      assert.deepEqual(await fs.readdir(path.join(base, 'qemu')), []);
+    } finally {
+      await rt?.runner.kill(dom); // a qemu the start should not have left
+      if (holder && holder.exitCode === null) {
+        const gone = new Promise((r) => holder!.once('exit', r));
+        holder.kill('SIGKILL');
+        await gone;
+      }
+      await fs.rm(base, { recursive: true, force: true });
+    }
   });
 });
