@@ -39,7 +39,7 @@ async function unavailable(): Promise<{ reason: string | null; kernelDir: string
     const { stdout } = await promisify(execFile)('bash', [path.join(ROOT, 'scripts', 'guest-kernel.sh'), ...(dir ? [dir] : [])], { maxBuffer: 1 << 20 });
     return { reason: null, kernelDir: stdout.trim().split('\n').pop()! };
   } catch (e) {
-    return { reason: `scripts/guest-kernel.sh failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`, kernelDir: '' };
+    return { reason: `scripts/guest-kernel.sh failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim()}`, kernelDir: '' };
   }
 }
 
@@ -72,11 +72,12 @@ echo "qs-guest: wrote boot-$n"
 # qs.scribble: keep writing private (to be killed mid-write); qs.wait: wait for the power button.
 case " $(cat /proc/cmdline) " in
 *" qs.scribble "*)
-  echo "qs-guest: scribbling"
   i=0
   while :; do
     i=$((i + 1))
     printf 'scribble-%s' "$i" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null
+    # Said once the first write is on the disk: a kill from then on finds one there.
+    [ "$i" = 1 ] && echo "qs-guest: scribbling"
   done ;;
 *" qs.wait "*)
   echo "qs-guest: waiting"
