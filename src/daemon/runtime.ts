@@ -129,8 +129,8 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     // Written only under the state lock, which the App now holds: a temporary left is a crash's.
     if (power) await sweepAtomicTemps(path.join(baseDir, RUN_STATE_FILE));
     await power?.restore(app);
-    // Guests an earlier daemon left (it was killed): nothing runs them for this one.
-    await qemu?.sweep(notice);
+    // Guests an earlier daemon left running: their domains are Running again.
+    await qemu?.adopt(app, notice);
     if (power || qemu) {
       // dm-crypt mappings of ephemeral volumes a crashed process left (their domains do not run): removed, keys gone.
       const halted = app.domainList().filter((d) => !d.isRunning);
@@ -161,8 +161,8 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     notices,
     close() {
       closing ??= (async () => {
-        // Guests end with the daemon (qvm-kill: their storage stops and commits).
-        await qemu?.stopAll(app, notice);
+        // Guests outlive the daemon (as VMs outlive qubesd under Xen): the next one finds them again.
+        qemu?.close();
         stopForwarding();
         await app.close();
       })();

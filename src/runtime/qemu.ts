@@ -6,16 +6,18 @@
  * any other volume, from xvde), read-only where the volume is. Each disk
  * carries its Qubes name as its serial, so a guest can find it whatever
  * its own naming. Per domain: a QMP socket (BASE/qemu/NAME.qmp), a pid file
- * (BASE/qemu/NAME.pid) and the serial console log (BASE/log/NAME.console.log,
- * new at each start). No display, no network.
+ * (BASE/qemu/NAME.pid: pid, start time, domain uuid), the serial console log
+ * (BASE/log/NAME.console.log) and qemu's own messages (BASE/log/NAME.qemu.log),
+ * both new at each start. No display, no network.
  *
  * The process is the power state: qvm-shutdown asks the guest to power off
  * (ACPI, QMP system_powerdown) and waits up to its shutdown_timeout, then
  * kills it; qvm-kill kills it; a guest that powers off (or a qemu that dies)
  * is reported to the App (`watch`), which stops the storage as a shutdown
- * does. A daemon that stops kills its guests first (as qvm-kill: the storage
- * stops and commits); guests a killed daemon left behind are killed at the
- * next open (their volumes are then picked up dirty, the crash contract).
+ * does. Guests outlive qubesd (as VMs outlive it under Xen): the next
+ * qubesd finds them through their pid files (`adopt`) and their domains
+ * are Running again; it learns of their end by polling /proc, since they
+ * are not its children.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs/promises';
@@ -36,6 +38,8 @@ const MAX_SOCKET_PATH = 107;
 /** How long qemu may take to answer on QMP after it was started (a loaded host). */
 const START_TIMEOUT_MS = 120_000;
 const STDERR_KEEP = 8192;
+/** How often a guest found again (not our child: no exit event) is looked at. */
+const ADOPTED_POLL_MS = 500;
 
 export type Accel = 'tcg' | 'kvm';
 
@@ -120,7 +124,7 @@ export function driveId(d: GuestDisk): string {
 export function qemuArgs(plan: BootPlan, files: { console: string; qmp: string }, accel: Accel): string[] {
   const args = [
     '-name', plan.name,
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-nodefaults', '-no-user-config', '-display', 'none', '-nic', 'none', '-no-reboot',
     '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max',
     '-smp', String(plan.vcpus), '-m', String(plan.memoryMiB),
     '-kernel', path.join(plan.kernelDir, 'vmlinuz'), '-initrd', path.join(plan.kernelDir, 'initramfs'),
@@ -139,21 +143,23 @@ export function qemuArgs(plan: BootPlan, files: { console: string; qmp: string }
 }
 
 interface Guest {
-  readonly child: ChildProcess;
   readonly pid: number;
   readonly qmp: string;
   readonly pidFile: string;
   /** Resolves when the process has ended. */
   readonly ended: Promise<void>;
-  stderr: string;
 }
 
 export interface QemuRuntime {
   readonly runner: DomainRunner;
-  /** Kills guests that a previous daemon on this base directory left running (their pid files). */
-  sweep(notice: (line: string) => void): Promise<void>;
-  /** Kills every guest through the App (qvm-kill: the storage stops), then any process left. */
-  stopAll(app: QubesApp, notice: (line: string) => void): Promise<void>;
+  /**
+   * Finds the guests an earlier qubesd on this base directory left running
+   * (their pid files) and marks their domains Running again; a qemu whose
+   * domain is gone (or another one now) is killed.
+   */
+  adopt(app: QubesApp, notice: (line: string) => void): Promise<void>;
+  /** Stops watching: the guests go on running, for the next qubesd to find. */
+  close(): void;
 }
 
 function intProp(d: RunnerDomain, name: string, min: number): number {
@@ -216,12 +222,20 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
   const logDir = path.join(opts.baseDir, LOG_DIR);
   const guests = new Map<string, Guest>();
   let exited: ((name: string) => void) | null = null;
+  let closed = false;
 
   const filesOf = (name: string) => ({
     qmp: path.join(qemuDir, `${name}.qmp`),
     pidFile: path.join(qemuDir, `${name}.pid`),
     console: path.join(logDir, `${name}.console.log`),
+    qemuLog: path.join(logDir, `${name}.qemu.log`),
   });
+
+  /** What qemu said last (its own log: stderr goes to a file, so a guest never depends on a pipe to this process). */
+  const qemuSaid = async (name: string): Promise<string> => {
+    const text = await fs.readFile(filesOf(name).qemuLog, 'utf8').catch(() => '');
+    return text.slice(-STDERR_KEEP).trim().split('\n').slice(-3).join(' ').trim();
+  };
 
   /** Waits until qemu answers on QMP (it opened every disk by then), or fails with what qemu said. */
   const waitReady = async (name: string, g: Guest, disks: readonly GuestDisk[]): Promise<void> => {
@@ -230,12 +244,12 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       if (ended) {
-        const said = g.stderr.trim().split('\n').slice(-3).join(' ').trim();
+        const said = await qemuSaid(name);
         const bad = disks.find((d) => said.includes(`id=${driveId(d)}`) || said.includes(`drive=${driveId(d)}`) || said.includes(`'${driveId(d)}'`) || said.includes(d.path));
         if (bad) throw new StartError(`domain ${name}: volume ${bad.volume} cannot be attached (${bad.path}): ${said}`);
-        throw new StartError(`domain ${name}: qemu ended at start (exit ${g.child.exitCode ?? g.child.signalCode}): ${said || 'no message'}`);
+        throw new StartError(`domain ${name}: qemu ended at start: ${said || 'no message'}`);
       }
-      if (Date.now() > deadline) throw new StartError(`domain ${name}: qemu did not answer on ${filesOf(name).qmp} within ${START_TIMEOUT_MS / 1000} s`);
+      if (Date.now() > deadline) throw new StartError(`domain ${name}: qemu did not answer on ${g.qmp} within ${START_TIMEOUT_MS / 1000} s`);
       try {
         await qmpCommand(g.qmp, 'query-status');
         return;
@@ -253,6 +267,30 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     }
     await g.ended;
   };
+
+  /** Tracks a guest: when its qemu ends, its files go and the App hears of it. */
+  const track = (name: string, g: Guest): void => {
+    guests.set(name, g);
+    void g.ended.then(async () => {
+      if (closed) return; // the next qubesd's to see
+      if (guests.get(name) === g) guests.delete(name);
+      await fs.rm(g.qmp, { force: true }).catch(() => undefined);
+      await fs.rm(g.pidFile, { force: true }).catch(() => undefined);
+      exited?.(name);
+    });
+  };
+
+  /** Resolves when process `pid` (started at `start`) is gone, or a zombie; polled (it may not be our child). */
+  const endOf = (pid: number, start: string): Promise<void> =>
+    new Promise<void>((resolve) => {
+      const check = (): void => {
+        void procStart(pid).then((now) => {
+          if (now !== start) resolve();
+          else if (!closed) setTimeout(check, ADOPTED_POLL_MS);
+        });
+      };
+      check();
+    });
 
   const runner: DomainRunner = {
     async start(d, devices) {
@@ -274,35 +312,26 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         vcpus: intProp(d, 'vcpus', 1),
         kernelopts: typeof d.prop('kernelopts') === 'string' ? (d.prop('kernelopts') as string) : '',
       };
-      const child = spawn(bin, qemuArgs(plan, files, accel), { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-      const g: Guest = {
-        child,
-        pid: child.pid ?? -1,
-        qmp: files.qmp,
-        pidFile: files.pidFile,
-        stderr: '',
-        ended: new Promise<void>((resolve) => {
-          child.once('close', () => resolve());
-          child.once('error', () => resolve());
-        }),
-      };
-      child.stderr!.setEncoding('utf8');
-      child.stderr!.on('data', (s: string) => {
-        g.stderr = (g.stderr + s).slice(-STDERR_KEEP);
+      const log = await fs.open(files.qemuLog, 'w', 0o600);
+      let child: ChildProcess;
+      try {
+        child = spawn(bin, qemuArgs(plan, files, accel), { stdio: ['ignore', 'ignore', log.fd], detached: true });
+      } finally {
+        await log.close();
+      }
+      const ended = new Promise<void>((resolve) => {
+        child.once('close', () => resolve());
+        child.once('error', () => resolve());
       });
-      if (g.pid < 0) {
-        await g.ended;
+      if (child.pid === undefined) {
+        await ended;
         throw new StartError(`domain ${d.name}: cannot run ${bin}`);
       }
-      guests.set(d.name, g);
-      void g.ended.then(async () => {
-        if (guests.get(d.name) === g) guests.delete(d.name);
-        await fs.rm(files.qmp, { force: true }).catch(() => undefined);
-        await fs.rm(files.pidFile, { force: true }).catch(() => undefined);
-        exited?.(d.name);
-      });
+      const g: Guest = { pid: child.pid, qmp: files.qmp, pidFile: files.pidFile, ended };
+      track(d.name, g);
       try {
-        await writeFileAtomic(files.pidFile, `${g.pid}\n`, 0o600);
+        // What the next qubesd needs to find it again: the pid, its start time (no reused pid is taken for it), the domain.
+        await writeFileAtomic(files.pidFile, `${g.pid} ${await procStart(g.pid)} ${d.uuid}\n`, 0o600);
         await waitReady(d.name, g, disks);
       } catch (e) {
         await killGuest(g);
@@ -340,7 +369,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
 
   return {
     runner,
-    async sweep(notice) {
+    async adopt(app, notice) {
       let names: string[];
       try {
         names = (await fs.readdir(qemuDir)).filter((n) => n.endsWith('.pid'));
@@ -350,30 +379,46 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
       for (const n of names) {
         const name = n.slice(0, -'.pid'.length);
         const files = filesOf(name);
-        const pid = Number((await fs.readFile(files.pidFile, 'utf8').catch(() => '')).trim());
-        // Only a qemu of this very domain (its QMP socket on its command line), never a reused pid.
-        const cmdline = Number.isInteger(pid) && pid > 1 ? await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
-        if (cmdline.includes(`path=${optValue(files.qmp)},`)) {
+        const [pidText, start, uuid] = (await fs.readFile(files.pidFile, 'utf8').catch(() => '')).trim().split(' ');
+        const pid = Number(pidText);
+        if (!Number.isInteger(pid) || pid <= 1 || !start) {
+          await fs.rm(files.pidFile, { force: true });
+          continue;
+        }
+        // Only the very process recorded (same start time) running this domain's qemu (its QMP socket on its command line).
+        const cmdline = (await procStart(pid)) === start ? await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+        if (!cmdline.includes(`path=${optValue(files.qmp)},`)) {
+          await fs.rm(files.pidFile, { force: true });
+          await fs.rm(files.qmp, { force: true });
+          continue;
+        }
+        const d = app.findDomain(name);
+        if (d && d.uuid === uuid && d.klass !== 'AdminVM') {
+          track(name, { pid, qmp: files.qmp, pidFile: files.pidFile, ended: endOf(pid, start) });
+          d.powerState = 'Running';
+          notice(`domain ${name} is running (qemu pid ${pid}, found again)`);
+        } else {
           try {
             process.kill(pid, 'SIGKILL');
-            notice(`killed the guest of ${name} (qemu pid ${pid}) that an earlier qubesd left running; its volumes are picked up at its next start`);
           } catch {
             // gone meanwhile
           }
+          await fs.rm(files.pidFile, { force: true });
+          await fs.rm(files.qmp, { force: true });
+          notice(`killed qemu pid ${pid}, left running for ${name}, which is no longer that domain`);
         }
-        await fs.rm(files.pidFile, { force: true });
-        await fs.rm(files.qmp, { force: true });
       }
     },
-    async stopAll(app, notice) {
-      for (const name of [...guests.keys()]) {
-        try {
-          await app.kill(name);
-        } catch (e) {
-          notice(`stopping domain ${name} at exit: ${(e as Error).message}`);
-        }
-      }
-      for (const g of [...guests.values()]) await killGuest(g);
+    close() {
+      closed = true;
     },
   };
+}
+
+/** Field 22 of /proc/PID/stat (start time, clock ticks since boot); '' when there is no such process or it is a zombie. */
+export async function procStart(pid: number): Promise<string> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (fields.length < 20 || fields[0] === 'Z' || fields[0] === 'X') return '';
+  return fields[19] ?? '';
 }
