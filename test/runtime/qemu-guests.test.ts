@@ -282,6 +282,22 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
     assert.deepEqual((await fs.readdir(poolFile('appvms', 'app'))).filter((f) => f.includes('dirty')), []);
   });
+
+  it('boots a DispVM: it sees its template\'s private and root; what it writes to private is discarded', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', '');
+    await tool('qvm-prefs', 'app', 'template_for_dispvms', 'True');
+    await tool('qvm-create', '-C', 'DispVM', '-t', 'app', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'disp');
+    await tool('qvm-start', 'disp');
+    await halted('disp');
+    const lines = await guestLines('disp');
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was [boot-5]'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: wrote boot-6'), lines.join('\n'));
+    // Nothing committed anywhere: the disposable's private and root snapshots are gone, app's private unchanged.
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
+    const left = await fs.readdir(poolFile('appvms', 'disp')).catch(() => [] as string[]);
+    assert.deepEqual(left.filter((f) => f.includes('dirty') || f.startsWith('private') || f.startsWith('root')), [], left.join(' '));
+  });
 });
 
 describe('qemu runtime: a disk that cannot be attached fails the start, naming the volume', { skip: setup.reason ?? false }, () => {
