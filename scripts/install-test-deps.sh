@@ -5,6 +5,8 @@
 #   mount        losetup    (loop devices; normally always installed)
 #   qemu-system-x86 cpio kmod lvm2 thin-provisioning-tools   the test VM
 #                (scripts/with-test-vm.sh; the guest runs this machine's programs)
+#   e2fsprogs    mke2fs: the test guest's modules.img (scripts/guest-kernel.sh,
+#                the qemu runtime's tests)
 #   dmsetup      dm-crypt mappings of ephemeral volumes, in the test VM (and
 #                for qubesd on a host with device-mapper)
 #   ceph-mon ceph-osd ceph-mgr ceph-common   a single-node Ceph cluster for
@@ -31,6 +33,7 @@ need cpio cpio
 need modprobe kmod
 need lvm lvm2
 need dmsetup dmsetup
+need mke2fs e2fsprogs
 need thin_check thin-provisioning-tools
 # Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()
@@ -101,5 +104,18 @@ fetch_vm() {
     cannot "fetching the test VM's kernel and busybox failed"
 }
 
+# The test guest of the qemu runtime's tests (scripts/guest-kernel.sh: built
+# from the test VM's packages into a cache directory), once per change of them.
+build_guest_kernel() {
+  [ -f "${QS_TEST_VM_CACHE:-/var/cache/qubes-storage/test-vm}/current" ] || return 0
+  if [ "$(id -u)" != 0 ]; then
+    cannot "not root, not building the test guest's kernel entry"
+    return 0
+  fi
+  bash "$(dirname "${BASH_SOURCE[0]}")/guest-kernel.sh" >/dev/null ||
+    cannot "building the test guest's kernel entry (scripts/guest-kernel.sh) failed"
+}
+
 install_packages || exit 1
 fetch_vm
+build_guest_kernel

@@ -2,7 +2,7 @@
 /**
  * qubesd: the admin daemon.
  *
- *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug] [--internal-socket PATH]
+ *   qubesd [--socket PATH] [--socket-group GROUP] [--base-dir DIR] [--policy FILE] [--storage-conf FILE] [--init] [--debug] [--internal-socket PATH] [--runtime bookkeeping|qemu]
  *
  * Prints `qubesd: listening on PATH` (stderr) once it accepts calls, then one
  * log line per call. SIGTERM / SIGINT: stop accepting, finish the calls in
@@ -18,6 +18,7 @@ import { setFlagsFromString } from 'node:v8';
 import { stderrLog } from '../admin/dispatch.js';
 // The tools' parser: one argument parser in the project (why not node:util parseArgs: src/cli/README.md).
 import { helpText, parseArgs, usageLine, type CommandSpec } from '../cli/common/args.js';
+import { runtimeSetting, type RuntimeSetting } from '../runtime/setting.js';
 import { startDaemon, type Daemon } from './daemon.js';
 
 /**
@@ -51,6 +52,12 @@ const SPEC: CommandSpec = {
       metavar: 'PATH',
       help: 'the internal socket of the import service (default QUBESD_INTERNAL_SOCKET, else beside the socket: qubesd.internal.sock; mode 0600)',
     },
+    {
+      names: ['--runtime'],
+      kind: 'value',
+      metavar: 'NAME',
+      help: 'what runs domains: bookkeeping (records the power state only) or qemu (boots them) (default QUBES_STORAGE_RUNTIME, else bookkeeping)',
+    },
   ],
   positionals: [],
 };
@@ -69,6 +76,13 @@ async function main(): Promise<number> {
   }
   const { values, flags } = parsed;
   const debug = flags.has('debug');
+  let domainRuntime: RuntimeSetting;
+  try {
+    domainRuntime = runtimeSetting(values.get('runtime'));
+  } catch (e) {
+    process.stderr.write(`qubesd: error: ${(e as Error).message}\n${usageLine(SPEC)}\n`);
+    return 2;
+  }
   let daemon: Daemon;
   try {
     daemon = await startDaemon({
@@ -79,6 +93,7 @@ async function main(): Promise<number> {
       ...(values.has('socket_group') ? { socketGroup: values.get('socket_group')! } : {}),
       ...(values.has('storage_conf') ? { storageConf: values.get('storage_conf')! } : {}),
       init: flags.has('init'),
+      runtime: { domainRuntime },
       debug,
       log: stderrLog,
     });

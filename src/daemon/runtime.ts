@@ -4,7 +4,7 @@
  *
  *   BASE/qubes.xml         the state file (and its lock, qubes.xml.lock; mode 0600)
  *   BASE/backup/           backups of the last good states (state-backups.ts)
- *   BASE/running-domains   which domains run (run-state.ts)
+ *   BASE/running-domains   which domains run (src/runtime/bookkeeping.ts)
  *   BASE/storage.conf      R3.2 pools, when the file exists (QUBES_STORAGE_CONF names another;
  *                          root on /var/lib/qubes: /etc/qubes/storage.conf)
  *   BASE/pools/default     the first-use `default` pool (createDefaultPool)
@@ -27,7 +27,9 @@ import type { MethodTable } from '../admin/dispatch.js';
 import { allMethods, type AllMethodsOptions } from '../admin/methods/index.js';
 import { QubesApp } from '../domain/app.js';
 import type { DomainRunner } from '../domain/runner.js';
-import { RUN_STATE_FILE, runState } from './run-state.js';
+import { RUN_STATE_FILE, runState } from '../runtime/bookkeeping.js';
+import { LOG_DIR, QEMU_DIR, qemuRuntime, type QemuRuntime } from '../runtime/qemu.js';
+import type { RuntimeSetting } from '../runtime/setting.js';
 import { exists, fsyncDir, reflinkSupported, sweepAtomicTemps } from '../files/files.js';
 import { LinuxKernelPool } from '../drivers/linux-kernel/pool.js';
 import { newestKernel } from '../drivers/linux-kernel/versions.js';
@@ -62,8 +64,14 @@ export interface RuntimeOptions {
   readonly createDefaultPool?: boolean;
   /** Gets each notice line for the user (also returned in `notices`). */
   readonly notice?: (line: string) => void;
-  /** The hypervisor seam (default: none). */
+  /** The hypervisor seam (tests); wins over `domainRuntime`. */
   readonly runner?: DomainRunner;
+  /**
+   * What runs domains (src/runtime/README.md): `bookkeeping` (default)
+   * records the power state only; `qemu` boots them (the daemon only: a
+   * tool's process would end its guests with it).
+   */
+  readonly domainRuntime?: RuntimeSetting;
   /** Sizes of new root and private volumes (default 10 GiB and 2 GiB). */
   readonly sizes?: { readonly root?: number; readonly private?: number };
   /** Options of the method tables (clone token lifetime, import progress step). */
@@ -93,8 +101,10 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
   const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
   const useConf = confFile !== null && (await exists(confFile));
-  // Without a hypervisor runner, power state is recorded in the base directory (see run-state.ts).
-  const power = opts.runner ? null : runState(baseDir);
+  const qemu: QemuRuntime | null =
+    !opts.runner && opts.domainRuntime?.kind === 'qemu' ? await qemuRuntime({ baseDir, ...opts.domainRuntime.qemu }) : null;
+  // Without a hypervisor runner, power state is recorded in the base directory (src/runtime/bookkeeping.ts).
+  const power = opts.runner || qemu ? null : runState(baseDir);
   const notices: string[] = [];
   const notice = (line: string): void => {
     notices.push(line);
@@ -103,7 +113,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const app = await QubesApp.open({
     stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
     pools: registry,
-    runner: opts.runner ?? power!.runner,
+    runner: opts.runner ?? qemu?.runner ?? power!.runner,
     notice,
     ...(opts.init ? { init: true } : {}),
     ...(opts.configFiles ? { configFiles: opts.configFiles } : {}),
@@ -111,7 +121,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(useConf ? { storageConf: { file: confFile, context: { registry, baseDir } } } : {}),
     baseDir,
     // What the runtime keeps in the base directory: no pool may be at, in or around it.
-    baseKeeps: ['qubesd.sock', 'qubesd.internal.sock', RUN_STATE_FILE, 'storage.conf'],
+    baseKeeps: ['qubesd.sock', 'qubesd.internal.sock', RUN_STATE_FILE, 'storage.conf', QEMU_DIR, LOG_DIR],
   });
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
@@ -119,7 +129,9 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     // Written only under the state lock, which the App now holds: a temporary left is a crash's.
     if (power) await sweepAtomicTemps(path.join(baseDir, RUN_STATE_FILE));
     await power?.restore(app);
-    if (power) {
+    // Guests an earlier daemon left running: their domains are Running again.
+    await qemu?.adopt(app, notice);
+    if (power || qemu) {
       // dm-crypt mappings of ephemeral volumes a crashed process left (their domains do not run): removed, keys gone.
       const halted = app.domainList().filter((d) => !d.isRunning);
       const { failed } = await sweepEphemeralLeftovers(halted.flatMap((d) => [...d.storage.volumes.values()]));
@@ -149,6 +161,8 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     notices,
     close() {
       closing ??= (async () => {
+        // Guests outlive the daemon (as VMs outlive qubesd under Xen): the next one finds them again.
+        qemu?.close();
         stopForwarding();
         await app.close();
       })();

@@ -325,29 +325,65 @@ export class DomainLifecycle {
 
   /** Stops a running domain (shut down, or killed: no domain-pre-shutdown), then its storage (save_on_stop volumes commit). */
   async stop(name: string, kill: boolean): Promise<void> {
-    const { saves, domains, events, runner } = this.ctx;
+    const { saves, domains, runner } = this.ctx;
     saves.checkOpen();
     const d = domains.get(name);
     if (d.klass === 'AdminVM') throw new QubesValueError('dom0 cannot be stopped');
     let storageError: unknown = null;
     await domains.hold(d, { what: kill ? 'kill' : 'shutdown' }, async () => {
       if (!d.isRunning) throw new QubesVMNotStartedError(`domain ${name} is not running`);
-      if (!kill) await events.fireVetoable(name, 'domain-pre-shutdown');
+      if (!kill) await this.ctx.events.fireVetoable(name, 'domain-pre-shutdown');
       if (kill) await runner.kill(d);
       else await runner.shutdown(d);
-      d.powerState = 'Halted';
-      try {
-        await d.storage.stop();
-        for (const v of d.storage.volumes.values())
-          if (v.save_on_stop) events.emit(name, 'domain-volume-committed', { volume: v.name, pool: v.pool.name, vid: v.vid });
-      } catch (e) {
-        storageError = e;
-      } finally {
-        saves.storageRan(d);
-      }
+      storageError = await this.stopStorage(d);
     });
-    events.emit(name, 'domain-shutdown');
+    await this.afterStop(d, storageError);
+  }
+
+  /**
+   * A domain the runner reports stopped by itself (its guest powered off,
+   * its qemu died): under the domain's hold, if it is still Running here and
+   * the runner no longer runs it (a shutdown, kill or new start may have
+   * come first), its storage stops as for a shutdown, and domain-shutdown
+   * is sent. A storage error is thrown after the event, as stop does.
+   */
+  async exited(name: string): Promise<void> {
+    const { domains, runner } = this.ctx;
+    const d = domains.listed.get(name);
+    if (!d) return;
+    try {
+      this.ctx.saves.checkOpen();
+    } catch {
+      return; // the App closed (a daemon stopping kills its guests first)
+    }
+    let stopped = false;
+    let storageError: unknown = null;
+    await domains.hold(d, { what: 'shutdown' }, async () => {
+      if (!d.isRunning || (runner.isRunning?.(d) ?? true)) return;
+      storageError = await this.stopStorage(d);
+      stopped = true;
+    });
+    if (stopped) await this.afterStop(d, storageError);
+  }
+
+  /** Halted, then the storage stopped (save_on_stop volumes commit, announced); returns the storage's error, if any. */
+  private async stopStorage(d: Domain): Promise<unknown> {
+    d.powerState = 'Halted';
+    try {
+      await d.storage.stop();
+      for (const v of d.storage.volumes.values())
+        if (v.save_on_stop) this.ctx.events.emit(d.name, 'domain-volume-committed', { volume: v.name, pool: v.pool.name, vid: v.vid });
+      return null;
+    } catch (e) {
+      return e;
+    } finally {
+      this.ctx.saves.storageRan(d);
+    }
+  }
+
+  private async afterStop(d: Domain, storageError: unknown): Promise<void> {
+    this.ctx.events.emit(d.name, 'domain-shutdown');
     if (storageError) throw storageError as Error;
-    if (d.klass === 'DispVM' && d.prop('auto_cleanup') === true) await this.remove(name);
+    if (d.klass === 'DispVM' && d.prop('auto_cleanup') === true) await this.remove(d.name);
   }
 }

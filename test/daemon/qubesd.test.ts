@@ -85,7 +85,7 @@ describeEachFs('qubesd', (tfs, fsx) => {
     const d2 = await start(base, socketPath);
     const list = (await c.call('admin.vm.List', 'dom0')).toString();
     assert.match(list, /^tpl class=TemplateVM state=Halted uuid=/m);
-    // With no hypervisor, power state is recorded beside the state (src/daemon/run-state.ts):
+    // With no hypervisor, power state is recorded beside the state (src/runtime/bookkeeping.ts):
     // a domain outlives its daemon, as VMs outlive qubesd under a real hypervisor.
     assert.match(list, /^work class=AppVM state=Running uuid=/m);
     // The running origin still has what it wrote before the crash.

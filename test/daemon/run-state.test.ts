@@ -6,7 +6,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { describeEachFs } from '../helpers/filesystems.js';
 import { openRuntime } from '../../src/daemon/runtime.js';
-import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
+import { RUN_STATE_FILE } from '../../src/runtime/bookkeeping.js';
 import { MiB } from '../helpers/data.js';
 
 describeEachFs('power state across runtimes', (tfs, ctx) => {

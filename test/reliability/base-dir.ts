@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
+import { RUN_STATE_FILE } from '../../src/runtime/bookkeeping.js';
 
 /**
  * Fixes that are being made elsewhere and not merged here yet. While a name

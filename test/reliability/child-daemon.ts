@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { AdminClient } from '../../src/admin/client.js';
-import { RUN_STATE_FILE } from '../../src/daemon/run-state.js';
+import { RUN_STATE_FILE } from '../../src/runtime/bookkeeping.js';
 import { cutPowerIfAsked } from '../../src/files/failpoint.js';
 import { pattern } from '../helpers/data.js';
 import { campaignPoolOptions, type Op } from './child.js';

@@ -1,5 +1,5 @@
 /**
- * Power state without a hypervisor. The App keeps power state in memory
+ * The bookkeeping runtime: power state without a hypervisor. The App keeps power state in memory
  * (a hypervisor, i.e. the runner, would know it). With no hypervisor here,
  * this runner is the stand-in: it records which domains run in
  * BASE/running-domains (`NAME UUID` lines after a `boot BOOT_ID` line,

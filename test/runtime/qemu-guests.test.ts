@@ -1,0 +1,367 @@
+// End-to-end tests of the qemu runtime (src/runtime/qemu.ts): real guests
+// boot under qemu (TCG) on their volumes, through the real qubesd over its
+// socket (`--runtime qemu`) and the qvm-* tools. The guest is the tiny kernel
+// entry of scripts/guest-kernel.sh: its init runs the script found at the
+// start of the private volume and powers off when it ends; what it reads it
+// says on the console (BASE/log/NAME.console.log), lines `qs-guest: ...`.
+//
+// Disk layout the scripts use (raw disks, no filesystem): private holds the
+// script in its first 64 KiB and the guest's data at 1 MiB; the template's
+// root holds a marker at 0. Each boot costs ~10-20 s of one core here.
+//
+// Without qemu or the guest kernel the file skips, and fails under
+// QS_TEST_REQUIRE=1 (CI). Every qemu is ended by the daemon, and the daemon
+// by its pid, even when a test fails; leftover qemus (from the pid files) are
+// killed by pid in `after`.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { QubesClient } from '../../src/client/index.js';
+import type { RunnerDomain } from '../../src/domain/runner.js';
+import { findQemu, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
+import { Qmp } from '../../src/runtime/qmp.js';
+import type { BlockDevice } from '../../src/storage/volume.js';
+import { run, toolEnv, QUBESD, type Result } from '../cli/helpers.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const MiB = 1 << 20;
+
+/** Why the guests cannot run here, or null. */
+async function unavailable(): Promise<{ reason: string | null; kernelDir: string }> {
+  if (!(await findQemu())) return { reason: 'qemu-system-x86_64 not found (Debian package qemu-system-x86)', kernelDir: '' };
+  const dir = process.getuid?.() === 0 ? undefined : path.join(os.tmpdir(), 'qs-guest-kernel');
+  try {
+    const { stdout } = await promisify(execFile)('bash', [path.join(ROOT, 'scripts', 'guest-kernel.sh'), ...(dir ? [dir] : [])], { maxBuffer: 1 << 20 });
+    return { reason: null, kernelDir: stdout.trim().split('\n').pop()! };
+  } catch (e) {
+    return { reason: `scripts/guest-kernel.sh failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim()}`, kernelDir: '' };
+  }
+}
+
+const setup = await unavailable();
+if (setup.reason && process.env['QS_TEST_REQUIRE'] === '1') throw new Error(`QS_TEST_REQUIRE=1: cannot boot guests: ${setup.reason}`);
+
+/** A raw image: the guest script at 0 (first line `#qs-guest-script`), optional data at 1 MiB. */
+function privateImage(script: string, data = ''): Buffer {
+  const img = Buffer.alloc(2 * MiB);
+  img.write(`#qs-guest-script\n${script}`, 0);
+  img.write(data, MiB);
+  return img;
+}
+
+// The script of the AppVM: says what it finds on root, private (at 1 MiB) and
+// volatile, then writes a boot counter to private, a mark to root and to volatile.
+const COUNTER_SCRIPT = `
+prev="$(dd if=/dev/xvdb bs=1M skip=1 count=1 2>/dev/null | head -c 64 | tr -d '\\000\\n')"
+echo "qs-guest: root is [$(head -c 64 /dev/xvda | tr -d '\\000\\n')]"
+echo "qs-guest: private was [$prev]"
+echo "qs-guest: volatile is [$(head -c 4096 /dev/xvdc | tr -d '\\000\\n')]"
+n=$(( \${prev#boot-} + 1 ))
+printf 'boot-%s' "$n" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to private failed"
+printf 'APPVM-WROTE-ROOT' | dd of=/dev/xvda conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to root failed"
+printf 'VOLATILE-JUNK' | dd of=/dev/xvdc conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to volatile failed"
+echo 3 >/proc/sys/vm/drop_caches
+echo "qs-guest: root now [$(head -c 16 /dev/xvda | tr -d '\\000\\n')]"
+echo "qs-guest: wrote boot-$n"
+# Modes from the kernel command line (the domain's kernelopts):
+# qs.scribble: keep writing private (to be killed mid-write); qs.wait: wait for the power button.
+case " $(cat /proc/cmdline) " in
+*" qs.scribble "*)
+  i=0
+  while :; do
+    i=$((i + 1))
+    printf 'scribble-%s' "$i" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null
+    # Said once the first write is on the disk: a kill from then on finds one there.
+    [ "$i" = 1 ] && echo "qs-guest: scribbling"
+  done ;;
+*" qs.wait "*)
+  echo "qs-guest: waiting"
+  while :; do sleep 1; done ;;
+esac
+`;
+const TEMPLATE_ROOT = 'TEMPLATE-ROOT-1';
+
+describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reason ?? false }, () => {
+  let base = '';
+  let daemon: ChildProcess | null = null;
+  let daemonLog = '';
+  let socket = '';
+  let env: NodeJS.ProcessEnv = {};
+  let client: QubesClient | null = null;
+
+  const tool = async (name: string, ...args: string[]): Promise<Result> => {
+    const r = await run(name, args, env);
+    assert.equal(r.code, 0, `${name} ${args.join(' ')}: ${r.stderr}\ndaemon log:\n${daemonLog.slice(-2000)}`);
+    return r;
+  };
+  const consoleLog = (vm: string): Promise<string> => fs.readFile(path.join(base, 'log', `${vm}.console.log`), 'utf8');
+  const guestLines = async (vm: string): Promise<string[]> =>
+    (await consoleLog(vm)).split('\n').map((l) => l.trim()).filter((l) => l.startsWith('qs-guest: '));
+  const fileAt = async (file: string, offset: number, length: number): Promise<string> => {
+    const h = await fs.open(file, 'r');
+    try {
+      const b = Buffer.alloc(length);
+      const { bytesRead } = await h.read(b, 0, length, offset);
+      return b.subarray(0, bytesRead).toString('latin1').replace(/\0+$/, '');
+    } finally {
+      await h.close();
+    }
+  };
+  const poolFile = (...p: string[]): string => path.join(base, 'pools', 'default', ...p);
+  /** Waits (without a timed assertion: a hang is what the deadline is for) until the domain is Halted. */
+  const halted = async (vm: string): Promise<void> => {
+    const deadline = Date.now() + 300_000;
+    while ((await client!.powerState(vm)) !== 'Halted') {
+      if (Date.now() > deadline) throw new Error(`${vm} still running after 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  };
+  const importImage = async (vmVolume: string, img: Buffer): Promise<void> => {
+    const f = path.join(base, 'import.img');
+    await fs.writeFile(f, img);
+    await tool('qvm-volume', 'import', vmVolume, f);
+    await fs.rm(f);
+  };
+  /** Waits until the guest has said `line` on its console. */
+  const said = async (vm: string, line: string): Promise<void> => {
+    const deadline = Date.now() + 300_000;
+    while (!(await guestLines(vm).catch(() => [] as string[])).includes(line)) {
+      if ((await client!.powerState(vm)) === 'Halted' && !(await guestLines(vm)).includes(line)) throw new Error(`${vm} halted without saying ${line}; console:\n${await consoleLog(vm).catch(() => '')}`);
+      if (Date.now() > deadline) throw new Error(`${vm} did not say ${line} in 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  };
+  const revisions = async (vm: string, volume: string): Promise<string[]> => client!.revisions(vm, volume);
+
+  /** qubesd --runtime qemu on `base`, its log in daemonLog; a client over its socket. */
+  const startQubesd = async (): Promise<void> => {
+    daemonLog = '';
+    const d = spawn(process.execPath, [QUBESD, '--base-dir', base, '--socket', socket, '--runtime', 'qemu'], {
+      env: { PATH: process.env['PATH'], HOME: base, QUBES_STORAGE_CHECK_SAVES: process.env['QUBES_STORAGE_CHECK_SAVES'] ?? '' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    daemon = d;
+    d.stderr!.setEncoding('utf8').on('data', (x: string) => (daemonLog += x));
+    const deadline = Date.now() + 60_000;
+    while (!daemonLog.includes('listening on')) {
+      if (d.exitCode !== null || Date.now() > deadline) throw new Error(`qubesd did not start:\n${daemonLog}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await client?.close();
+    client = QubesClient.overSocket(socket, { timeoutMs: 600_000 });
+  };
+
+  before(async () => {
+    base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-g-'));
+    // The guest kernel is the kernel pool's only one: a new state takes it as default_kernel.
+    const version = path.basename(setup.kernelDir);
+    await fs.mkdir(path.join(base, 'vm-kernels', version), { recursive: true });
+    for (const f of ['vmlinuz', 'initramfs', 'modules.img']) await fs.copyFile(path.join(setup.kernelDir, f), path.join(base, 'vm-kernels', version, f));
+    socket = path.join(base, 's');
+    await startQubesd();
+    env = toolEnv(base, socket);
+    // A template with a marked root, an AppVM on it; tiny guests (TCG: one vcpu).
+    await tool('qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
+    await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'app');
+    const root = Buffer.alloc(2 * MiB);
+    root.write(TEMPLATE_ROOT, 0);
+    await importImage('tpl:root', root);
+  });
+
+  after(async () => {
+    await client?.close();
+    if (daemon && daemon.exitCode === null) {
+      const exited = new Promise((r) => daemon!.once('exit', r));
+      daemon.kill('SIGTERM'); // its guests go on running: killed below
+      await exited;
+    }
+    // A daemon that could not stop them: the qemus of this base directory, by their recorded pids.
+    const qdir = path.join(base, 'qemu');
+    for (const f of await fs.readdir(qdir).catch(() => [] as string[])) {
+      if (!f.endsWith('.pid')) continue;
+      const pid = Number((await fs.readFile(path.join(qdir, f), 'utf8')).split(' ')[0]);
+      const cmd = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (!cmd.includes(qdir)) continue;
+      process.kill(pid, 'SIGKILL');
+      while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
+    }
+    if (base) await fs.rm(base, { recursive: true, force: true });
+  });
+
+  it('boots a guest: an AppVM writes private and root and powers off; private is committed as a new revision, root changes are gone', async () => {
+    await importImage('app:private', privateImage(COUNTER_SCRIPT));
+    const before = await revisions('app', 'private');
+    await tool('qvm-start', 'app');
+    await halted('app');
+    const lines = await guestLines('app');
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was []'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: root now [APPVM-WROTE-ROOT]'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: wrote boot-1'), lines.join('\n'));
+    assert.deepEqual(lines.filter((l) => l.includes('failed')), []);
+    // The host: private committed with what the guest wrote, the earlier data kept as a new revision.
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-1');
+    const after1 = await revisions('app', 'private');
+    assert.equal(after1.filter((r) => !before.includes(r)).length, 1, `revisions before ${before.join(' ')} after ${after1.join(' ')}`);
+    // The template's root untouched; the AppVM's root snapshot gone with its changes.
+    assert.equal(await fileAt(poolFile('vm-templates', 'tpl', 'root.img'), 0, 16), TEMPLATE_ROOT);
+    const appFiles = await fs.readdir(poolFile('appvms', 'app'));
+    assert.deepEqual(appFiles.filter((f) => f.includes('dirty') || f.startsWith('root')), [], appFiles.join(' '));
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'app')).stdout) as { name: string; state: string }[];
+    assert.equal(row?.state, 'Halted');
+  });
+
+  it('boots a guest again: it reads back its private data and sees the template root and an empty volatile', async () => {
+    await tool('qvm-start', 'app');
+    await halted('app');
+    const lines = await guestLines('app');
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was [boot-1]'), lines.join('\n'));
+    assert.deepEqual(lines.filter((l) => l.includes('failed')), []);
+    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-2');
+  });
+
+  it('boots a guest and shuts it down through ACPI: qvm-shutdown presses its power button, private is committed', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.wait');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: waiting');
+    await tool('qvm-shutdown', '--wait', 'app');
+    const lines = await guestLines('app');
+    // The guest powered off because of the button, not the runtime's kill after shutdown_timeout (60 s).
+    assert.ok(lines.includes('qs-guest: power button'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was [boot-2]'), lines.join('\n'));
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-3');
+  });
+
+  it('boots a guest and kills it mid-write: the private committed before stays as a revision; revert brings it back and a boot reads it', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.scribble');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: scribbling');
+    await client!.transport.call('admin.vm.Kill', 'app', '', '');
+    await halted('app');
+    // What the killed guest wrote is committed (as Qubes does at a kill) ...
+    assert.match(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 24), /^scribble-\d+$/);
+    // ... and the private of the clean shutdown before is whole in the newest revision.
+    await tool('qvm-volume', 'revert', 'app:private');
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-3');
+    await tool('qvm-prefs', 'app', 'kernelopts', '');
+    await tool('qvm-start', 'app');
+    await halted('app');
+    const lines = await guestLines('app');
+    assert.ok(lines.includes('qs-guest: private was [boot-3]'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+  });
+
+  it('boots a guest, kills qubesd: the next qubesd finds the guest running again and shuts it down through ACPI; private committed', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', 'qs.wait');
+    await tool('qvm-start', 'app');
+    await said('app', 'qs-guest: waiting');
+    const pid = Number((await fs.readFile(path.join(base, 'qemu', 'app.pid'), 'utf8')).split(' ')[0]);
+    const killed = new Promise((r) => daemon!.once('exit', r));
+    daemon!.kill('SIGKILL');
+    await killed;
+    await startQubesd();
+    assert.match(daemonLog, new RegExp(`domain app is running \\(qemu pid ${pid}, found again\\)`));
+    assert.notEqual(await procStart(pid), '', 'the guest outlived its daemon');
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'app')).stdout) as { state: string }[];
+    assert.equal(row?.state, 'Running');
+    await tool('qvm-shutdown', '--wait', 'app');
+    assert.equal(await procStart(pid), '');
+    const lines = await guestLines('app');
+    assert.ok(lines.includes('qs-guest: power button'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: wrote boot-5'), lines.join('\n'));
+    // The storage the killed daemon started, stopped by the new one: private committed.
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
+    assert.deepEqual((await fs.readdir(poolFile('appvms', 'app'))).filter((f) => f.includes('dirty')), []);
+  });
+
+  it('boots a DispVM: it sees its template\'s private and root; what it writes to private is discarded', async () => {
+    await tool('qvm-prefs', 'app', 'kernelopts', '');
+    await tool('qvm-prefs', 'app', 'template_for_dispvms', 'True');
+    await tool('qvm-create', '-C', 'DispVM', '-t', 'app', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'disp');
+    await tool('qvm-start', 'disp');
+    await halted('disp');
+    const lines = await guestLines('disp');
+    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: private was [boot-5]'), lines.join('\n'));
+    assert.ok(lines.includes('qs-guest: wrote boot-6'), lines.join('\n'));
+    // Nothing committed anywhere: the disposable's private and root snapshots are gone, app's private unchanged.
+    assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
+    const left = await fs.readdir(poolFile('appvms', 'disp')).catch(() => [] as string[]);
+    assert.deepEqual(left.filter((f) => f.includes('dirty') || f.startsWith('private') || f.startsWith('root')), [], left.join(' '));
+  });
+});
+
+describe('qemu runtime: a disk that cannot be attached fails the start, naming the volume', { skip: setup.reason ?? false }, () => {
+  const dom: RunnerDomain = {
+    name: 'bad',
+    klass: 'AppVM',
+    uuid: '00000000-0000-4000-8000-000000000001',
+    qid: 1,
+    prop: (n) => ({ memory: 64, vcpus: 1, kernelopts: '', shutdown_timeout: 5 })[n],
+  };
+  const dev = (p: string, rw: boolean): BlockDevice => ({ path: p, name: path.basename(p), devtype: 'disk', rw, domain: null });
+
+  it('a missing file, and a file qemu refuses (another qemu writes it): the start fails, no qemu is left', async () => {
+    const base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-g-'));
+    let holder: ChildProcess | null = null;
+    let rt: Awaited<ReturnType<typeof qemuRuntime>> | null = null;
+    try {
+      const priv = path.join(base, 'private.img');
+      await fs.writeFile(priv, Buffer.alloc(MiB));
+      rt = await qemuRuntime({ baseDir: base });
+      const disks = (privatePath: string) =>
+        new Map([
+          ['private', dev(privatePath, true)],
+          ['kernel', dev(path.join(setup.kernelDir, 'modules.img'), false)],
+        ]);
+      await assert.rejects(rt.runner.start(dom, disks(path.join(base, 'gone.img'))), (e: Error) => {
+        assert.match(e.message, /^domain bad: volume private cannot be attached: .*gone\.img: ENOENT$/);
+        return true;
+      });
+      // Another process writes the image (qemu's image locks): qemu refuses to open it.
+      // (a paused machine with the image on a device: qemu takes the image's lock when the device is made)
+      const holderQmp = path.join(base, 'holder.qmp');
+      holder = spawn(
+        'qemu-system-x86_64',
+        ['-machine', 'q35,accel=tcg', '-S', '-display', 'none', '-nodefaults', '-qmp', `unix:${holderQmp},server=on,wait=off`,
+          '-drive', `file=${priv},format=raw,if=none,id=h`, '-device', 'virtio-blk-pci,drive=h'],
+        { stdio: 'ignore' },
+      );
+      // It answers on QMP once its devices are made (and the lock taken).
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const q = await Qmp.connect(holderQmp).catch(() => null);
+        if (q) {
+          await q.execute('query-status');
+          q.close();
+          break;
+        }
+        if (holder.exitCode !== null || Date.now() > deadline) throw new Error('the holder qemu did not start');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await assert.rejects(rt.runner.start(dom, disks(priv)), (e: Error) => {
+        assert.match(e.message, /^domain bad: volume private cannot be attached \(.*private\.img\): .*Failed to get "write" lock/);
+        return true;
+      });
+      assert.equal(rt.runner.isRunning!(dom), false);
+      assert.deepEqual(await fs.readdir(path.join(base, 'qemu')), []);
+    } finally {
+      await rt?.runner.kill(dom); // a qemu the start should not have left
+      if (holder && holder.exitCode === null) {
+        const gone = new Promise((r) => holder!.once('exit', r));
+        holder.kill('SIGKILL');
+        await gone;
+      }
+      await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+});
