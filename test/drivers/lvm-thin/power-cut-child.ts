@@ -68,6 +68,7 @@ async function run(op: CutOp): Promise<void> {
 
 say('READY');
 for (const [i, op] of plan.entries()) {
+  process.stderr.write(`power-cut child: ${i} ${JSON.stringify(op)}\n`);
   try {
     await run(op);
   } catch (e) {

@@ -139,12 +139,13 @@ export function makePlan(seed: number, length: number, keep: number): CutOp[] {
         continue;
       }
       const size = v.data.size;
+      // Weights: domains start and write often (a cut then finds running copies), and stop.
       if (v.run) {
-        cands.push({ op: 'write', vol, size, seed: dataSeed(i), flush: rand() < 0.5 });
-        cands.push({ op: 'write', vol, size, seed: dataSeed(i), flush: rand() < 0.5 });
-        cands.push({ op: 'stop', vol, size }, { op: 'stop', vol, size });
+        cands.push({ op: 'write', vol, size, seed: dataSeed(i), flush: rand() < 0.6 });
+        cands.push({ op: 'write', vol, size, seed: dataSeed(i), flush: rand() < 0.6 });
+        cands.push({ op: 'stop', vol, size });
       } else {
-        cands.push({ op: 'start', vol, size }, { op: 'import', vol, size, seed: dataSeed(i) });
+        cands.push({ op: 'start', vol, size }, { op: 'start', vol, size }, { op: 'import', vol, size, seed: dataSeed(i) });
         if (v.revs.length > 0) cands.push({ op: 'revert', vol, size });
         for (const src of VOLS) {
           const s = m.get(src);

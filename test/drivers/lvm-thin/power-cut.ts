@@ -51,9 +51,18 @@ const KEEP = 2;
 const PLAN_LENGTH = 9;
 const CHILD = fileURLToPath(new URL('./power-cut-child.js', import.meta.url));
 
+/** A command that hangs (a device left suspended) is killed after this, and the test fails with what blocks. */
+const HANG_MS = 180_000;
+
 /** `dmsetup ARGS...` managing its device nodes itself (no udev in the guest). */
 function dmsetup(...args: string[]): string {
-  return execFileSync('dmsetup', args, { encoding: 'utf8', env: { ...process.env, DM_DISABLE_UDEV: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return execFileSync('dmsetup', args, { encoding: 'utf8', env: { ...process.env, DM_DISABLE_UDEV: '1' }, stdio: ['ignore', 'pipe', 'pipe'], timeout: HANG_MS });
+}
+
+/** Progress on stderr (the host shows the guest's last lines when the guest fails or hangs). */
+const t0 = Date.now();
+function trace(what: string): void {
+  process.stderr.write(`power-cut ${((Date.now() - t0) / 1000).toFixed(1)}s: ${what}\n`);
 }
 
 let disk = '';
@@ -73,7 +82,11 @@ function loadTable(table: string, noflush: boolean): void {
  * nothing that the cut loses).
  */
 function cutPower(pgid: number | null): void {
-  loadTable(droppingTable(), true);
+  try {
+    loadTable(droppingTable(), true);
+  } catch (e) {
+    throw new Error(`the cut: ${(e as Error).message}\n${hangDump()}`, { cause: e });
+  }
   if (pgid !== null) {
     try {
       process.kill(-pgid, 'SIGKILL');
@@ -111,16 +124,18 @@ function vgDevices(): string[] {
  * the VG activated again as at boot.
  */
 function reboot(): void {
-  for (const n of vgDevices()) spawnSync('dmsetup', ['resume', n], { env: { ...process.env, DM_DISABLE_UDEV: '1' } });
+  trace('reboot: removing the VG devices');
+  for (const n of vgDevices()) spawnSync('dmsetup', ['resume', n], { env: { ...process.env, DM_DISABLE_UDEV: '1' }, timeout: HANG_MS });
   let left = vgDevices();
   for (let round = 0; left.length && round < 20; round++) {
-    for (const n of left) spawnSync('dmsetup', ['remove', n], { env: { ...process.env, DM_DISABLE_UDEV: '1' } });
+    for (const n of left) spawnSync('dmsetup', ['remove', n], { env: { ...process.env, DM_DISABLE_UDEV: '1' }, timeout: HANG_MS });
     left = vgDevices();
   }
   if (left.length) throw new Error(`the reboot could not remove ${left.join(', ')}`);
   execFileSync('rm', ['-rf', `/dev/${VG}`]);
-  execFileSync('sync');
+  execFileSync('sync', { timeout: HANG_MS });
   execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
+  trace('reboot: the linear table back, vgchange -ay');
   loadTable(linearTable(), false);
   dmsetup('resume', CUT_PV);
   try {
@@ -143,16 +158,24 @@ function stateDump(): string {
   ].join('\n');
 }
 
-/** A new VG and thin pool on the PV device (after a failure left the old one unusable): its devices go, its label is wiped. */
-function rebuildVg(): void {
-  let left = vgDevices();
-  for (let round = 0; left.length && round < 20; round++) {
-    for (const n of left) spawnSync('dmsetup', ['remove', '--force', n], { env: { ...process.env, DM_DISABLE_UDEV: '1' } });
-    left = vgDevices();
-  }
-  execFileSync('rm', ['-rf', `/dev/${VG}`]);
-  execFileSync('dd', ['if=/dev/zero', `of=${CUT_PV_PATH}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
-  makeThinPools(CUT_PV_PATH, VG, [{ name: THIN, size: '300M' }]);
+/** What is blocked and which devices are suspended, for a hang's message (no LVM command: it could block too). */
+function hangDump(): string {
+  const show = (cmd: string, args: string[]): string => {
+    const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000, env: { ...process.env, DM_DISABLE_UDEV: '1', LC_ALL: 'C' } });
+    return `$ ${cmd} ${args.join(' ')}\n${r.stdout}${r.stderr}`;
+  };
+  return [
+    show('ps', ['-eo', 'pid,pgid,stat,wchan:32,args']),
+    show('dmsetup', ['info', '-c', '-o', 'name,attr,open,devno']),
+    show('sh', ['-c', 'for p in $(ps -eo pid=,stat= | awk \'$2 ~ /D/ {print $1}\'); do echo "== $p"; cat /proc/$p/stack; done']),
+    show('sh', ['-c', 'dmesg | tail -n 20']),
+  ].join('\n');
+}
+
+/** After a failed cut: every thin volume of the VG removed, active or not (one lvremove). */
+function emptyThinPool(): void {
+  const lvs = [...lvsOf(VG).entries()].filter(([, r]) => r['pool_lv'] === THIN).map(([n]) => `${VG}/${n}`);
+  if (lvs.length) lvm('lvremove', '-q', '-ff', ...lvs);
 }
 
 /** Sets up the PV device over `scratch` and the VG with its thin pool. */
@@ -226,32 +249,47 @@ function mismatch(obs: Map<string, Observed>, m: Model, revsSubset: string | nul
 
 /** Runs the child until `cutAfter` acknowledgements and `delayMs` more, cuts the power; the acknowledged count. */
 async function runAndCut(plan: CutOp[], cutAfter: number, delayMs: number): Promise<{ acked: number; log: string }> {
-  const child = spawn(process.execPath, [CHILD, VG, THIN, String(KEEP), JSON.stringify(plan)], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CHILD, VG, THIN, String(KEEP), JSON.stringify(plan)], { detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
   const pgid = child.pid!;
   let out = '';
-  let err = '';
   const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
   let exited = false;
   child.on('exit', () => (exited = true));
   const acks = (): number => out.split('\n').filter((l) => l.startsWith('ACK ')).length;
+  // A child that stops making progress (an operation blocked) fails the test with what blocks, rather than hanging the guest.
+  let stuck = false;
   await new Promise<void>((resolve) => {
+    let guard = setTimeout(() => ((stuck = true), resolve()), HANG_MS);
     const check = (): void => {
-      if (acks() >= cutAfter || /^(DONE|FAIL)/m.test(out) || exited) resolve();
+      if (acks() >= cutAfter || /^(DONE|FAIL)/m.test(out) || exited) {
+        clearTimeout(guard);
+        resolve();
+      }
     };
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       out += d;
+      clearTimeout(guard);
+      guard = setTimeout(() => ((stuck = true), resolve()), HANG_MS);
       check();
     });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('exit', check);
   });
+  if (stuck) {
+    const dump = hangDump();
+    process.kill(-pgid, 'SIGKILL');
+    throw new Error(`the child made no progress for ${HANG_MS / 1000} s before the cut: ${out.trim()}\n${dump}`);
+  }
   if (/^FAIL/m.test(out) || (exited && !/^DONE/m.test(out))) {
     await closed;
-    throw new Error(`the child failed before the cut (no cut was made): ${out}\n${err}`);
+    throw new Error(`the child failed before the cut (no cut was made; its messages are on stderr): ${out}`);
   }
   await new Promise((r) => setTimeout(r, delayMs));
+  trace(`the cut, after ${acks()} acknowledgements`);
   cutPower(pgid);
-  await closed;
+  let guard: NodeJS.Timeout | undefined;
+  const ended = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => (guard = setTimeout(() => r(false), HANG_MS)))]);
+  clearTimeout(guard);
+  if (!ended) throw new Error(`the child's output did not end ${HANG_MS / 1000} s after SIGKILL\n${hangDump()}`);
   await groupGone(pgid);
   return { acked: acks(), log: out.trim().replace(/\n/g, ' ') };
 }
@@ -325,20 +363,23 @@ export function describePowerCut(scratch: string): void {
     for (let i = 0; i < cuts; i++) {
       it(`power cut ${i + 1} of ${cuts} (QS_LVM_POWERCUT_SEED=${base} QS_LVM_POWERCUTS=${cuts}): every acknowledged operation survives, the one in flight is all or nothing, no debris after the first operations`, async (t) => {
         const seed = base + i;
-        // Each cut starts from an empty thin pool; after a failed one, from a new VG.
-        if (unclean) rebuildVg();
+        // Each cut starts from an empty thin pool (after a failed one, inactive thin volumes are removed too).
+        trace(`cut ${i + 1}: emptying the thin pool`);
+        if (unclean) emptyThinPool();
         else await wipeThinVolumes(VG, THIN);
         unclean = true;
         const plan = makePlan(seed, PLAN_LENGTH, KEEP);
         const rand = rng(seed ^ 0x5bd1e995);
         const cutAfter = 2 + Math.floor(rand() * (plan.length - 1));
         const delayMs = Math.floor(rand() * 2500);
+        trace(`cut ${i + 1}: seed ${seed}, the child runs, cut ${delayMs} ms after acknowledgement ${cutAfter}`);
         const { acked, log } = await runAndCut(plan, cutAfter, delayMs);
         const inFlight = acked < plan.length ? plan[acked]! : null;
         t.diagnostic(`seed ${seed}: plan ${JSON.stringify(plan)}`);
         t.diagnostic(`cut ${delayMs} ms after acknowledgement ${cutAfter}: child said ${log}; in flight: ${inFlight ? JSON.stringify(inFlight) : 'nothing'}`);
         reboot();
         const seeds = planSeeds(plan);
+        trace(`cut ${i + 1}: the first operations after the reboot`);
         const exported = await settleWithDriver(seeds);
         const obs = await observe(seeds);
         t.diagnostic(`after the reboot and the first operations: ${JSON.stringify([...obs])}`);
