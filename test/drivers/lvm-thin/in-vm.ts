@@ -1,6 +1,6 @@
 // The lvm_thin tests that run INSIDE the test VM (Debian's kernel, with
 // device-mapper): started by lvm-thin.test.ts on the host through
-// scripts/with-test-vm.sh, with two scratch disks. Not a *.test.ts file:
+// scripts/with-test-vm.sh, with three scratch disks. Not a *.test.ts file:
 // on the host there is no device-mapper to run it on.
 //
 // Disk 1: volume group qs_conf, thin pool `thin`: the driver conformance
@@ -10,6 +10,9 @@
 //   commands and served by the driver, usage compared with `lvs` read here;
 //   and a qubes.xml shaped like Qubes R4's (test/domain/fixture.ts), whose
 //   lvm_thin pool loads and whose domain starts and stops.
+// Disk 3: volume group qs_cut on a device-mapper device over it, for the
+//   power-cut test (power-cut.ts): the device drops every write from a
+//   random moment on, as a power cut does.
 import { before, after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -26,13 +29,16 @@ import { LvmThinPool } from '../../../src/drivers/lvm-thin/index.js';
 import type { Volume } from '../../../src/storage/volume.js';
 import { configureGuestLvm, lvm, lvsOf, makeThinPools } from './lvm-cmd.js';
 import { lvmThinTarget } from './target.js';
+import { CUT_PV_PATH, describePowerCut } from './power-cut.js';
 
 if (process.env['QS_TEST_VM'] !== '1') throw new Error('in-vm.js runs inside the test VM (scripts/with-test-vm.sh), started by lvm-thin.test.js');
 const DISK1 = process.env['QS_TEST_VM_DISK_1'];
 const DISK2 = process.env['QS_TEST_VM_DISK_2'];
-if (!DISK1 || !DISK2) throw new Error('in-vm.js needs two scratch disks (QS_TEST_VM_DISKS=2)');
+const DISK3 = process.env['QS_TEST_VM_DISK_3'];
+if (!DISK1 || !DISK2 || !DISK3) throw new Error('in-vm.js needs three scratch disks (QS_TEST_VM_DISKS=3)');
 
-configureGuestLvm();
+// LVM sees disks 1 and 2, and disk 3 only through the power-cut test's device-mapper device.
+configureGuestLvm([DISK1, DISK2, CUT_PV_PATH]);
 execFileSync('modprobe', ['dm-thin-pool']);
 makeThinPools(DISK1, 'qs_conf', [{ name: 'thin', size: '900M' }]);
 makeThinPools(DISK2, 'qubes_dom0', [
@@ -235,3 +241,5 @@ describe('a Qubes R4 qubes.xml with an lvm_thin pool: loads, and its domain star
     }
   });
 });
+
+describePowerCut(DISK3);

@@ -26,11 +26,13 @@ export function lvsOf(vg: string): Map<string, LvRow> {
 
 /**
  * The guest's LVM configuration: what the VM's init writes (no udev), plus
- * a devices filter that keeps LVM's scan to the scratch disks, and no
+ * a devices filter that keeps LVM's scan to `devices` (the scratch disks
+ * the PVs are on: not a disk under the power-cut test's device-mapper
+ * device, whose PV LVM would see twice), and no
  * metadata backups or archives (each LVM command in the emulated guest
  * costs a second or more; these cut the work each does).
  */
-export function configureGuestLvm(): void {
+export function configureGuestLvm(devices: readonly string[]): void {
   if (process.env['QS_TEST_VM'] !== '1') throw new Error('configureGuestLvm is for the test VM only (it rewrites /etc/lvm/lvm.conf)');
   fs.writeFileSync(
     '/etc/lvm/lvm.conf',
@@ -48,7 +50,7 @@ devices {
 	obtain_device_list_from_udev = 0
 	external_device_info_source = "none"
 	use_devicesfile = 0
-	global_filter = [ "a|^/dev/vd[a-z]$|", "r|.*|" ]
+	global_filter = [ ${devices.map((d) => `"a|^${d.replace(/[^A-Za-z0-9/_-]/g, '')}$|"`).join(', ')}, "r|.*|" ]
 }
 backup {
 	backup = 0

@@ -1,7 +1,8 @@
 // The lvm_thin driver, tested for real: ONE guest of the test VM
-// (scripts/with-test-vm.sh, Debian's kernel with device-mapper) with two
+// (scripts/with-test-vm.sh, Debian's kernel with device-mapper) with three
 // scratch disks runs in-vm.js (the conformance suite with its crash tests
-// on a real thin pool, a Qubes-shaped LVM layout, a Qubes R4 qubes.xml).
+// on a real thin pool, a Qubes-shaped LVM layout, a Qubes R4 qubes.xml,
+// power cuts through dm-flakey).
 // Each test the guest ran is declared here again with the guest's outcome
 // (test/helpers/guest-results.ts), so this run's reporters show and count
 // them: the `vm` place, and `conformance: lvm_thin@vm`. A guest that cannot
@@ -25,10 +26,10 @@ const run = await runInTestVm(
   ],
   {
     env: {
-      QS_TEST_VM_DISKS: '2',
+      QS_TEST_VM_DISKS: '3',
       QS_TEST_VM_DISK_SIZE: '1G',
       QS_TEST_VM_TIMEOUT: process.env['QS_TEST_VM_TIMEOUT'] ?? '1800',
-      QS_TEST_VM_ENV: 'QS_MODEL_RUNS QS_MODEL_SEED QS_CONFORMANCE_CRASH',
+      QS_TEST_VM_ENV: 'QS_MODEL_RUNS QS_MODEL_SEED QS_CONFORMANCE_CRASH QS_LVM_POWERCUTS QS_LVM_POWERCUT_SEED',
     },
   },
 );
