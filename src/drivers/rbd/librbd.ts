@@ -276,6 +276,37 @@ function onWorker(fn: Fn, ...args: unknown[]): Promise<number> {
   });
 }
 
+/**
+ * Clusters made in this process and not shut down yet. A process that ends
+ * with one (a test that never closed its pool, a call still waiting on a
+ * dead OSD) must not run librados' C++ static destructors: they free what
+ * the cluster's own threads still use, and the process died of SIGSEGV at
+ * exit after every test had passed. So it ends through `_exit` instead,
+ * after every other exit handler registered before the first cluster (the
+ * test runner's among them); stdout and stderr, pipes or files, are written
+ * synchronously on Linux, so nothing written is lost.
+ */
+const liveClusters = new Set<Handle>();
+let exitGuarded = false;
+
+function clusterMade(cluster: Handle): void {
+  liveClusters.add(cluster);
+  if (exitGuarded) return;
+  exitGuarded = true;
+  const a = loadApi();
+  const exitNow = a.koffi.load('libc.so.6').func('void _exit(int status)') as unknown as (status: number) => void;
+  process.on('exit', (code) => {
+    if (liveClusters.size > 0) exitNow(typeof process.exitCode === 'number' ? process.exitCode : code);
+  });
+}
+
+function shutdownCluster(cluster: Handle): Promise<void> {
+  return onWorker(loadApi().rados_shutdown, cluster).then(
+    () => void liveClusters.delete(cluster),
+    () => undefined,
+  );
+}
+
 /** NUL-separated strings of the first `len` bytes of `buf`. */
 function cstrings(buf: Buffer, len: number): string[] {
   return buf
@@ -379,6 +410,7 @@ export class RbdClient {
     let rc = a.rados_create2(out, 'ceph', `client.${t.clientId || 'admin'}`, 0) as number;
     if (rc < 0) this.fail('creating the Ceph client', rc);
     const cluster = out[0];
+    clusterMade(cluster);
     let connected = false;
     try {
       rc = (await onWorker(a.rados_conf_read_file, cluster, t.conf || null)) as number;
@@ -404,7 +436,7 @@ export class RbdClient {
       if (t.namespace) a.rados_ioctx_set_namespace(io[0], t.namespace);
       return { cluster, io: io[0] };
     } catch (e) {
-      if (!connected || e) void onWorker(a.rados_shutdown as Fn, cluster).catch(() => undefined);
+      if (!connected || e) void shutdownCluster(cluster);
       throw e;
     }
   }
@@ -425,7 +457,7 @@ export class RbdClient {
     const a = loadApi();
     for (const x of [...this.retired.splice(0), ...(c ? [c] : [])]) {
       a.rados_ioctx_destroy(x.io);
-      await onWorker(a.rados_shutdown, x.cluster).catch(() => undefined);
+      await shutdownCluster(x.cluster);
     }
   }
 
