@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { QubesClient } from '../src/client/index.js';
-import { findQemu, procStart } from '../src/runtime/qemu.js';
+import { findQemu, killRecordedGuests } from '../src/runtime/qemu.js';
 import { say, toolRunner } from './tools.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -118,13 +118,7 @@ export async function bootTour(): Promise<boolean> {
       await exited;
     }
     // A guest still running (the demo failed mid-way): ended by the pid its runtime recorded.
-    const qdir = path.join(base, 'qemu');
-    for (const f of (await fs.readdir(qdir).catch(() => [] as string[])).filter((x) => x.endsWith('.pid'))) {
-      const pid = Number((await fs.readFile(path.join(qdir, f), 'utf8')).split(' ')[0]);
-      if (!(await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(qdir)) continue;
-      process.kill(pid, 'SIGKILL');
-      while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
-    }
+    await killRecordedGuests(base);
     await fs.rm(base, { recursive: true, force: true });
   }
 }

@@ -415,6 +415,22 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
   };
 }
 
+/**
+ * Kills (SIGKILL) every qemu that the runtime of `baseDir` recorded and that
+ * still runs with that base directory's QMP socket on its command line (a
+ * reused pid is left alone), and waits until each is gone: the last resort
+ * of a test or a demo whose daemon could not stop its guests.
+ */
+export async function killRecordedGuests(baseDir: string): Promise<void> {
+  const qemuDir = path.join(baseDir, QEMU_DIR);
+  for (const f of (await fs.readdir(qemuDir).catch(() => [] as string[])).filter((n) => n.endsWith('.pid'))) {
+    const pid = Number((await fs.readFile(path.join(qemuDir, f), 'utf8')).split(' ')[0]);
+    if (!(await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(qemuDir)) continue;
+    process.kill(pid, 'SIGKILL');
+    while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Field 22 of /proc/PID/stat (start time, clock ticks since boot); '' when there is no such process or it is a zombie. */
 export async function procStart(pid: number): Promise<string> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');

@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { QubesClient } from '../../src/client/index.js';
 import type { RunnerDomain } from '../../src/domain/runner.js';
-import { findQemu, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
+import { findQemu, killRecordedGuests, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
 import { Qmp } from '../../src/runtime/qmp.js';
 import type { BlockDevice } from '../../src/storage/volume.js';
 import { run, toolEnv, QUBESD, type Result } from '../cli/helpers.js';
@@ -136,6 +136,10 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
       await new Promise((r) => setTimeout(r, 250));
     }
   };
+  /** Each of `wanted` is a line the guest said (its console lines shown when one is missing). */
+  const saidAll = (lines: readonly string[], ...wanted: string[]): void => {
+    for (const w of wanted) assert.ok(lines.includes(w), `missing ${w}:\n${lines.join('\n')}`);
+  };
   const revisions = async (vm: string, volume: string): Promise<string[]> => client!.revisions(vm, volume);
 
   /** qubesd --runtime qemu on `base`, its log in daemonLog; a client over its socket. */
@@ -181,15 +185,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
       await exited;
     }
     // A daemon that could not stop them: the qemus of this base directory, by their recorded pids.
-    const qdir = path.join(base, 'qemu');
-    for (const f of await fs.readdir(qdir).catch(() => [] as string[])) {
-      if (!f.endsWith('.pid')) continue;
-      const pid = Number((await fs.readFile(path.join(qdir, f), 'utf8')).split(' ')[0]);
-      const cmd = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-      if (!cmd.includes(qdir)) continue;
-      process.kill(pid, 'SIGKILL');
-      while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
-    }
+    if (base) await killRecordedGuests(base);
     if (base) await fs.rm(base, { recursive: true, force: true });
   });
 
@@ -199,11 +195,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-start', 'app');
     await halted('app');
     const lines = await guestLines('app');
-    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: private was []'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: root now [APPVM-WROTE-ROOT]'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: wrote boot-1'), lines.join('\n'));
+    saidAll(lines, `qs-guest: root is [${TEMPLATE_ROOT}]`, 'qs-guest: private was []', 'qs-guest: volatile is []', 'qs-guest: root now [APPVM-WROTE-ROOT]', 'qs-guest: wrote boot-1');
     assert.deepEqual(lines.filter((l) => l.includes('failed')), []);
     // The host: private committed with what the guest wrote, the earlier data kept as a new revision.
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-1');
@@ -221,10 +213,9 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-start', 'app');
     await halted('app');
     const lines = await guestLines('app');
-    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: private was [boot-1]'), lines.join('\n'));
+    saidAll(lines, `qs-guest: root is [${TEMPLATE_ROOT}]`, 'qs-guest: private was [boot-1]');
     assert.deepEqual(lines.filter((l) => l.includes('failed')), []);
-    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
+    saidAll(lines, 'qs-guest: volatile is []');
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-2');
   });
 
@@ -235,8 +226,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-shutdown', '--wait', 'app');
     const lines = await guestLines('app');
     // The guest powered off because of the button, not the runtime's kill after shutdown_timeout (60 s).
-    assert.ok(lines.includes('qs-guest: power button'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: private was [boot-2]'), lines.join('\n'));
+    saidAll(lines, 'qs-guest: power button', 'qs-guest: private was [boot-2]');
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-3');
   });
 
@@ -255,9 +245,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-start', 'app');
     await halted('app');
     const lines = await guestLines('app');
-    assert.ok(lines.includes('qs-guest: private was [boot-3]'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: volatile is []'), lines.join('\n'));
-    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
+    saidAll(lines, 'qs-guest: private was [boot-3]', 'qs-guest: volatile is []', `qs-guest: root is [${TEMPLATE_ROOT}]`);
   });
 
   it('boots a guest, kills qubesd: the next qubesd finds the guest running again and shuts it down through ACPI; private committed', async () => {
@@ -276,8 +264,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-shutdown', '--wait', 'app');
     assert.equal(await procStart(pid), '');
     const lines = await guestLines('app');
-    assert.ok(lines.includes('qs-guest: power button'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: wrote boot-5'), lines.join('\n'));
+    saidAll(lines, 'qs-guest: power button', 'qs-guest: wrote boot-5');
     // The storage the killed daemon started, stopped by the new one: private committed.
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
     assert.deepEqual((await fs.readdir(poolFile('appvms', 'app'))).filter((f) => f.includes('dirty')), []);
@@ -290,9 +277,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     await tool('qvm-start', 'disp');
     await halted('disp');
     const lines = await guestLines('disp');
-    assert.ok(lines.includes(`qs-guest: root is [${TEMPLATE_ROOT}]`), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: private was [boot-5]'), lines.join('\n'));
-    assert.ok(lines.includes('qs-guest: wrote boot-6'), lines.join('\n'));
+    saidAll(lines, `qs-guest: root is [${TEMPLATE_ROOT}]`, 'qs-guest: private was [boot-5]', 'qs-guest: wrote boot-6');
     // Nothing committed anywhere: the disposable's private and root snapshots are gone, app's private unchanged.
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
     const left = await fs.readdir(poolFile('appvms', 'disp')).catch(() => [] as string[]);
