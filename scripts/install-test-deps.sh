@@ -7,6 +7,7 @@
 #                (scripts/with-test-vm.sh; the guest runs this machine's programs)
 #   e2fsprogs    mke2fs: the test guest's modules.img (scripts/guest-kernel.sh,
 #                the qemu runtime's tests)
+#   qemu-block-extra  qemu's rbd driver: the qemu runtime's guest on rbd
 #   dmsetup      dm-crypt mappings of ephemeral volumes, in the test VM (and
 #                for qubesd on a host with device-mapper)
 #   ceph-mon ceph-osd ceph-mgr ceph-common   a single-node Ceph cluster for
@@ -35,6 +36,8 @@ need lvm lvm2
 need dmsetup dmsetup
 need mke2fs e2fsprogs
 need thin_check thin-provisioning-tools
+# qemu's rbd driver (a module, no command): the qemu runtime's guest on rbd.
+compgen -G '/usr/lib/*/qemu/block-rbd.so' >/dev/null || missing+=(qemu-block-extra)
 # Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()
 for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-common; do

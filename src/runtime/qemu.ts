@@ -86,8 +86,12 @@ export async function planDisks(domain: string, devices: ReadonlyMap<string, Blo
   const others: GuestDisk[] = [];
   let kernelDir: string | null = null;
   for (const [volume, dev] of devices) {
-    if (dev.path.startsWith('rbd:'))
-      throw new StartError(`domain ${domain}: volume ${volume} cannot be attached: rbd volumes (${dev.path}) through qemu's rbd driver are not supported yet`);
+    if (dev.path.startsWith('rbd:')) {
+      // qemu's own rbd driver opens the image (no local map); whether it can is qemu's answer at the start.
+      const target = DISK_TARGETS[volume];
+      (target ? known : others).push({ volume, target: target ?? '', path: dev.path, readOnly: !dev.rw });
+      continue;
+    }
     let st;
     try {
       st = await fs.stat(dev.path);

@@ -409,12 +409,19 @@ export class RbdVolume extends Volume {
     return this.blockPath(this.runImage);
   }
 
-  /** What a hypervisor attaches (QEMU's rbd: syntax): rbd:POOL/[NAMESPACE/]IMAGE[:id=..][:conf=..] */
+  /**
+   * What a hypervisor attaches: QEMU's rbd: syntax (its rbd driver, Debian's
+   * qemu-block-extra, opens the image itself: no local map),
+   * rbd:POOL/[NAMESPACE/]IMAGE[:id=..][:conf=..][:keyring=..]. QEMU splits
+   * the name at `:` and `@` and takes `\` as an escape: each part is escaped.
+   */
   blockPath(image: string): string {
     const t = this.rbd.target;
-    let p = `rbd:${this.rbd.spec(image)}`;
-    if (t.clientId) p += `:id=${t.clientId}`;
-    if (t.conf) p += `:conf=${t.conf}`;
+    const esc = (s: string): string => s.replace(/[\\:@]/g, (c) => `\\${c}`);
+    let p = `rbd:${esc(this.rbd.spec(image))}`;
+    if (t.clientId) p += `:id=${esc(t.clientId)}`;
+    if (t.conf) p += `:conf=${esc(t.conf)}`;
+    if (t.keyring) p += `:keyring=${esc(t.keyring)}`;
     return p;
   }
 
