@@ -10,6 +10,7 @@
  */
 import type { AdminEvent } from '../admin/protocol/reply.js';
 import { poolUsageRow, type DomainDetails, type EventsSubscription, type PoolUsageRow, type QubesClient } from '../client/index.js';
+import { PermissionDenied } from '../storage/errors.js';
 import { forEachLimit } from '../files/concurrency.js';
 import type { UsageHistory, UsagePoint } from './history.js';
 
@@ -35,7 +36,8 @@ export interface VolumeView {
   readonly volume: string;
   readonly size: number | null;
   readonly usage: number | null;
-  readonly revisions: readonly string[];
+  /** Oldest first; `time` is empty where the caller may read only the ids (admin.vm.volume.ListSnapshots). */
+  readonly revisions: readonly { readonly id: string; readonly time: string }[];
   /** Why the volume could not be read (refused by the policy, gone meanwhile), else absent. */
   readonly error?: string;
 }
@@ -214,6 +216,16 @@ export class WebModel {
     return { total: all.length, offset, items: all.slice(offset, offset + limit) };
   }
 
+  /** With their times where the policy allows ListSnapshotTimes, else the ids alone (ListSnapshots). */
+  private async revisions(domain: string, volume: string): Promise<{ id: string; time: string }[]> {
+    try {
+      return await this.client.revisionTimes(domain, volume);
+    } catch (e) {
+      if (!(e instanceof PermissionDenied)) throw e;
+      return (await this.client.revisions(domain, volume)).map((id) => ({ id, time: '' }));
+    }
+  }
+
   /** A page of the volumes of `pool` (by domain, then volume), each read now: size, usage, revisions. */
   async volumePage(pool: string, offset: number, limit: number): Promise<{ total: number; offset: number; items: VolumeView[] } | null> {
     if (!this.pools.some((p) => p.name === pool)) return null;
@@ -225,7 +237,7 @@ export class WebModel {
     await forEachLimit([...page.keys()], 8, async (i) => {
       const [domain, volume] = page[i]!;
       try {
-        const [info, revisions] = await Promise.all([this.client.volumeInfo(domain, volume), this.client.revisions(domain, volume)]);
+        const [info, revisions] = await Promise.all([this.client.volumeInfo(domain, volume), this.revisions(domain, volume)]);
         items[i] = { domain, volume, size: info.size, usage: info.usage, revisions };
       } catch (e) {
         items[i] = { domain, volume, size: null, usage: null, revisions: [], error: (e as Error).message };

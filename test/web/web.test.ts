@@ -15,6 +15,7 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { AdminClient } from '../../src/admin/client.js';
 import { run, toolEnv } from '../cli/helpers.js';
 import { holdFs, releaseFs, SMALL_FILESYSTEMS } from '../helpers/small-fs.js';
 import { chromiumOrSkip, outputDir, spawnNode, startDaemon, startWeb, WEB, type Proc, type Web } from './helpers.js';
@@ -250,9 +251,19 @@ describe('qubes-storage-web in Chromium [small-ext4]', { skip }, () => {
       await page.locator('#pools .pool[data-pool="default"]').click();
       const revs = JSON.parse(await tool('qvm-volume', ['info', '--format', 'json', 'work:private', 'revisions'])) as string[];
       assert.ok(revs.length > 0, 'the start and shutdown above made a revision');
-      await page.waitForFunction((r) => document.querySelector('#volumes tr[data-volume="work:private"] td.revisions')?.textContent?.startsWith(r), revs[0]!, { timeout: 20_000 }).catch(() => undefined);
-      const shown = await page.locator('#volumes tr[data-volume="work:private"] td.revisions').textContent();
-      assert.ok(shown?.split(', ').map((s) => s.split(' ')[0]).join(',') === revs.join(','), `page: ${shown}, tool: ${revs.join(',')}`);
+      // Their times as the daemon gives them (ListSnapshotTimes, asked here directly over the socket).
+      const times = (await new AdminClient({ socketPath: path.join(sockDir, 's') }).call('admin.vm.volume.ListSnapshotTimes', 'work', 'private')).toString();
+      const expected = times.split('\n').filter(Boolean).join('\n');
+      assert.deepEqual(expected.split('\n').map((l) => l.split(' ')[0]), revs);
+      const cell = '#volumes tr[data-volume="work:private"] td.revisions';
+      await page.waitForFunction(([c, e]) => document.querySelector(c)?.getAttribute('title') === e, [cell, expected] as const, { timeout: 20_000 }).catch(() => undefined);
+      assert.equal(await page.locator(cell).getAttribute('title'), expected);
+      const shown = (await page.locator(cell).textContent()) ?? '';
+      for (const line of expected.split('\n')) {
+        const [id, time] = line.split(' ');
+        assert.ok(shown.includes(`${id} (`), `page: ${shown}`);
+        assert.match(time!, /^\d{4}-\d\d-\d\dT/);
+      }
     } finally {
       await shot('revisions');
     }

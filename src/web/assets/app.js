@@ -124,7 +124,10 @@
       } else {
         const s = el('td', 'size', human(v.size)); s.title = `${v.size} bytes`;
         const u = el('td', 'usage', human(v.usage)); u.title = `${v.usage} bytes`;
-        tr.append(s, u, el('td', 'revisions', v.revisions.length ? v.revisions.join(', ') : '-'));
+        const when = (r) => (r.time ? `${r.id} (${new Date(r.time).toLocaleString()})` : r.id);
+        const revs = el('td', 'revisions', v.revisions.length ? v.revisions.map(when).join(', ') : '-');
+        revs.title = v.revisions.map((r) => `${r.id} ${r.time}`).join('\n');
+        tr.append(s, u, revs);
       }
       return tr;
     });
