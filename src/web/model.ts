@@ -42,7 +42,7 @@ export interface VolumeView {
   readonly error?: string;
 }
 
-/** A change for the page: `pools`, `domain`, `domains`, `volume`, `threshold`, `history`. */
+/** A change for the page: `pools`, `domain`, `domains`, `volume`, `threshold`, `history`, `daemon` (the events stream lost or back). */
 export interface Change {
   readonly type: string;
   readonly data: unknown;
@@ -61,6 +61,8 @@ const DOMAIN_LIST_EVENTS = new Set(['domain-add', 'domain-delete']);
 const POOL_EVENTS = new Set(['pool-add', 'pool-delete']);
 /** Coalesces bursts of events (a start of many domains, a commit of several volumes) into one re-read. */
 const DEBOUNCE_MS = 150;
+/** How long to wait before subscribing again to a daemon that went away. */
+const RESUBSCRIBE_MS = 1000;
 
 export class WebModel {
   pools: PoolView[] = [];
@@ -110,6 +112,28 @@ export class WebModel {
     const sub = this.client.events('dom0', (e) => this.onEvent(e));
     this.subscription = sub;
     await sub.established;
+    // A daemon that stops or restarts ends the stream: subscribe again, then read everything (what changed meanwhile was not seen).
+    const lost = () => {
+      if (this.closed || this.subscription !== sub) return;
+      this.log('admin.Events ended; subscribing again');
+      this.emit('daemon', { connected: false });
+      this.resubscribe();
+    };
+    sub.ended?.then(lost, lost);
+  }
+
+  private resubscribe(): void {
+    this.retry = setTimeout(() => {
+      this.subscribe()
+        .then(async () => {
+          this.emit('daemon', { connected: true });
+          await Promise.all([this.serial('domains', () => this.readDomains()), this.serial('pools', async () => void (await this.readPools()))]);
+        })
+        .catch(() => {
+          this.subscription?.close();
+          if (!this.closed) this.resubscribe();
+        });
+    }, RESUBSCRIBE_MS);
   }
 
   close(): void {

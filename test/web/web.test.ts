@@ -334,4 +334,19 @@ describe('qubes-storage-web in Chromium [small-ext4]', { skip }, () => {
       await shot('history-restarted');
     }
   });
+  it('follows qubesd through a restart: unreachable shown, then live again, then a start seen', async () => {
+    try {
+      await daemon!.stop();
+      await page.waitForFunction(() => document.getElementById('live')!.textContent === 'qubesd unreachable', undefined, { timeout: 20_000 });
+      await shot('daemon-stopped');
+      daemon = await startDaemon(base, path.join(sockDir, 's'));
+      await page.waitForFunction(() => document.getElementById('live')!.textContent === 'live', undefined, { timeout: 20_000 });
+      await tool('qvm-start', ['work']);
+      await page.waitForSelector('#domains tr[data-domain="work"] td.state.Running', { timeout: 20_000 });
+      await tool('qvm-shutdown', ['--wait', 'work']);
+      await page.waitForSelector('#domains tr[data-domain="work"] td.state.Halted', { timeout: 20_000 });
+    } finally {
+      await shot('daemon-restarted');
+    }
+  });
 });

@@ -175,6 +175,12 @@
     const es = new EventSource('/api/events');
     es.onopen = () => { $('live').textContent = 'live'; $('live').className = 'live on'; };
     es.onerror = () => { $('live').textContent = 'reconnecting'; $('live').className = 'live off'; };
+    es.addEventListener('daemon', (e) => {
+      const d = JSON.parse(e.data);
+      $('live').textContent = d.connected ? 'live' : 'qubesd unreachable';
+      $('live').className = d.connected ? 'live on' : 'live off';
+      notice(d.connected ? 'qubesd is back' : 'lost qubesd: reconnecting');
+    });
     es.addEventListener('pools', (e) => { setPools(JSON.parse(e.data)); renderChart(); });
     es.addEventListener('domain', (e) => { const d = JSON.parse(e.data); setDomainState(d.name, d.state); });
     es.addEventListener('domains', () => loadDomains().catch((err) => notice(err.message)));
