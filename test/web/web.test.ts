@@ -299,6 +299,47 @@ describe('qubes-storage-web in Chromium [small-ext4]', { skip }, () => {
     assert.equal((await fs.readFile(path.join(stateDir, 'token'), 'utf8')).trim(), web!.token);
   });
 
+  it('bounds what a request may ask: methods, bodies, URL length, names, page sizes, event streams', async () => {
+    const auth = { authorization: `Bearer ${web!.token}` };
+    const send = (method: string, pathPart: string, body?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request(`${web!.base}${pathPart}`, { method, headers: { ...auth, ...(body ? { 'content-length': String(body.length) } : {}) } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    assert.equal(await send('POST', '/api/pools', 'x=1'), 405);
+    assert.equal(await send('DELETE', '/api/pools'), 405);
+    assert.equal(await send('GET', '/api/pools', 'abc'), 413);
+    assert.equal(await send('GET', `/api/domains?q=${'a'.repeat(3000)}`), 414);
+    assert.equal(await send('GET', `/api/domains?q=${'a'.repeat(65)}`), 400);
+    assert.equal(await send('GET', '/api/domains?offset=-1'), 400);
+    assert.equal(await send('GET', '/api/volumes?pool=nosuch'), 404);
+    for (const p of ['/../../etc/passwd', '/%2e%2e/package.json', '/src/web/assets/app.js', '/node_modules/uplot/package.json', '/api/../app.js/x'])
+      assert.equal(await send('GET', p), 404, p);
+    const page500 = JSON.parse((await get(`${web!.base}/api/domains?limit=100000`, auth)).body) as { items: unknown[] };
+    assert.equal(page500.items.length, 4, 'all 4 domains (fewer than the cap of 500)');
+    // The page holds one event stream; 15 more fill the 16 allowed; the next is refused.
+    const open: http.ClientRequest[] = [];
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 16; i++) {
+        statuses.push(
+          await new Promise<number>((resolve, reject) => {
+            const req = http.get(`${web!.base}/api/events`, { headers: auth }, (res) => resolve(res.statusCode ?? 0));
+            req.on('error', reject);
+            open.push(req);
+          }),
+        );
+      }
+      assert.deepEqual(statuses, [...Array<number>(15).fill(200), 503]);
+    } finally {
+      for (const r of open) r.destroy();
+    }
+  });
+
   it('refuses a non-loopback address unless told', async () => {
     const w = spawnNode(WEB, ['--listen', '0.0.0.0:0', '--state-dir', stateDir], { PATH: process.env['PATH'], HOME: stateDir });
     const end = await w.exited;
