@@ -44,7 +44,8 @@
     const mark = el('div', 'mark');
     mark.style.left = `${threshold}%`;
     mark.title = `threshold ${threshold}%`;
-    bar.append(fill, mark);
+    bar.append(fill);
+    if (f.percent !== null) bar.append(mark);
     const bytes = el('div', 'bytes', `${f.usage ?? '-'} of ${f.size ?? '-'} bytes`);
     p.append(label, bar, bytes);
     return p;
