@@ -10,6 +10,9 @@
 #   qemu-block-extra  qemu's rbd driver: the qemu runtime's guest on rbd
 #   dmsetup      dm-crypt mappings of ephemeral volumes, in the test VM (and
 #                for qubesd on a host with device-mapper)
+#   chromium fonts-liberation   headless Chromium for the web page's tests
+#                (test/web/, driven by playwright-core, which downloads no
+#                browser); a font so that the page's text renders
 #   ceph-mon ceph-osd ceph-mgr ceph-common   a single-node Ceph cluster for
 #                the rbd driver tests (scripts/with-ceph.sh; ~210 MB)
 # As root it runs `apt-get update` once and `apt-get install` quietly; as
@@ -38,6 +41,8 @@ need mke2fs e2fsprogs
 need thin_check thin-provisioning-tools
 # qemu's rbd driver (a module, no command): the qemu runtime's guest on rbd.
 compgen -G '/usr/lib/*/qemu/block-rbd.so' >/dev/null || missing+=(qemu-block-extra)
+need chromium chromium
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 # Ceph comes separately: where it cannot be installed the rest still can.
 ceph=()
 for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-common; do

@@ -8,5 +8,6 @@ import { importExport } from './import-export.js';
 import { apiLoad } from './api-load.js';
 import { tools } from './tools.js';
 import { sparseCopyScenario } from './sparse-copy.js';
+import { web } from './web.js';
 
-export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad, tools, sparseCopyScenario];
+export const SCENARIOS: Scenario[] = [lifecycle, lifecycleDaemon, clone, scale, importExport, apiLoad, tools, sparseCopyScenario, web];

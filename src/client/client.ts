@@ -366,6 +366,14 @@ export class QubesClient {
     return lines(await this.text('admin.vm.volume.ListSnapshots', vm, volume));
   }
 
+  /** The revisions with the time of the commit that made each (ISO-8601 UTC), oldest first (admin.vm.volume.ListSnapshotTimes, a method of this daemon, not of Qubes). */
+  async revisionTimes(vm: string, volume: string): Promise<{ id: string; time: string }[]> {
+    return lines(await this.text('admin.vm.volume.ListSnapshotTimes', vm, volume)).map((l) => {
+      const sp = l.indexOf(' ');
+      return sp < 0 ? { id: l, time: '' } : { id: l.slice(0, sp), time: l.slice(sp + 1) };
+    });
+  }
+
   async setVolumeOption(vm: string, volume: string, option: VolumeSetting, value: string | number | boolean): Promise<void> {
     await this.send(`admin.vm.volume.Set.${option}`, vm, volume, payloadText(value));
   }

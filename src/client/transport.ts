@@ -19,6 +19,8 @@ import type { AdminEvent } from '../admin/protocol/reply.js';
 export interface EventsSubscription {
   /** Resolves once the subscription is live (after `connection-established`). */
   readonly established: Promise<void>;
+  /** Over a socket: settles when the stream ends (close(), or the daemon went away); embedded, the stream ends only with close(). */
+  readonly ended?: Promise<void>;
   close(): void;
 }
 
@@ -71,7 +73,7 @@ export function socketTransport(socketPath: string, opts: { readonly source?: st
       const h = client.events(dest, (e) => {
         if (e.event !== 'connection-established') onEvent(e);
       });
-      return { established: h.established, close: () => h.close() };
+      return { established: h.established, ended: h.done, close: () => h.close() };
     },
     close: () => Promise.resolve(),
   };

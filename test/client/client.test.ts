@@ -250,6 +250,9 @@ for (const kind of ['socket', 'embedded'] as const) {
       }
       const revs = await q().revisions('work', 'private');
       assert.ok(revs.length >= 1, 'the stop made a revision');
+      const timed = await q().revisionTimes('work', 'private');
+      assert.deepEqual(timed.map((r) => r.id), revs);
+      for (const r of timed) assert.ok(!Number.isNaN(Date.parse(r.time)) && r.time.endsWith('Z'), `time of ${r.id}: ${r.time}`);
       await q().revertVolume('work', 'private', revs.at(-1));
       await assert.rejects(q().revertVolume('work', 'private', 'nosuch'), QubesException);
 

@@ -296,6 +296,12 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       return (await volume.revisions()).map((r) => `${r.id}\n`).join('');
     }),
 
+    // Not in Qubes (its ListSnapshots gives ids only): each revision with the time of the commit that made it, for a page that shows when.
+    'admin.vm.volume.ListSnapshotTimes': method(onVolume({ access: 'read' }), async (call) => {
+      const { volume } = destVolume(ctx, call);
+      return (await volume.revisions()).map((r) => `${r.id} ${r.time}\n`).join('');
+    }),
+
     'admin.vm.volume.Revert': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       destVolume(ctx, call);
       // An empty payload reverts to the newest revision.

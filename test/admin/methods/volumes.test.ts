@@ -120,6 +120,12 @@ describeEachFs('admin.vm.volume methods', (tfs, fsx) => {
     assert.equal(revs.length, 3);
     assert.equal(await ok(S, 'admin.vm.volume.ListSnapshots', 'rev', 'private'), revs.map((r) => `${r}\n`).join(''));
     assert.deepEqual(revs, [...revs].sort((a, b) => Number(a) - Number(b)), 'oldest first');
+    // The same revisions with their commit times (ISO-8601 UTC, in order).
+    const times = (await ok(S, 'admin.vm.volume.ListSnapshotTimes', 'rev', 'private')).split('\n').filter(Boolean).map((l) => l.split(' '));
+    assert.deepEqual(times.map(([id]) => id), revs);
+    for (const [, t] of times) assert.match(t!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
+    assert.deepEqual(times.map(([, t]) => t), times.map(([, t]) => t).sort(), 'times in order');
+    await failsWith(S, 'ProtocolError', ['admin.vm.volume.ListSnapshotTimes', 'rev', 'private', 'x']);
     const img = committed('appvms/rev/private');
     // revs: [empty, one, two]; current: 333.
     assert.equal(await ok(S, 'admin.vm.volume.Revert', 'rev', 'private', revs[1]!), '');
