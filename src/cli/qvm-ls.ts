@@ -6,7 +6,8 @@
 import { strs, type CommandSpec } from './common/args.js';
 import { json, table } from './common/output.js';
 import { CliError, runTool } from './common/tool.js';
-import type { PropertyValue, QubesClient } from '../client/index.js';
+import { parseProperty, unescapeValue } from '../client/replies.js';
+import type { DomainEntry, QubesClient } from '../client/index.js';
 import { PermissionDenied } from '../storage/errors.js';
 
 const PROG = 'qvm-ls';
@@ -45,24 +46,15 @@ await runTool(PROG, async (t) => {
   const p = t.parse(SPEC, process.argv.slice(2));
   const wanted = strs(p, 'VM');
   const qubes = await t.client();
-  let doms = await listDomains(qubes);
+  const listed = await listDomains(qubes);
+  let doms: readonly (Row | DomainEntry)[] = listed;
   const missing = wanted.filter((n) => !doms.some((d) => d.name === n));
   if (missing.length) throw new CliError(`no such domain: ${missing.map((n) => `'${n}'`).join(', ')}`);
   if (wanted.length) doms = doms.filter((d) => wanted.includes(d.name));
   if (p.flags.has('running')) doms = doms.filter((d) => d.state === 'Running');
   if (p.flags.has('halted')) doms = doms.filter((d) => d.state === 'Halted');
   const rows: Row[] = [];
-  for (const d of doms) {
-    const props = d.properties ?? (await qubes.properties(d.name));
-    const get = (k: string) => {
-      const v = props.get(k)?.value;
-      return v === undefined || v === '' ? null : v;
-    };
-    const vols = d.volumePools ?? new Map((await qubes.volumes(d.name)).map((v) => [v, null]));
-    const which = vols.has('private') ? 'private' : vols.has('root') ? 'root' : null;
-    const pool = which === null ? null : (vols.get(which) ?? (await qubes.volumeInfo(d.name, which)).pool);
-    rows.push({ name: d.name, state: d.state, class: d.klass, label: get('label') ?? '', template: get('template'), netvm: get('netvm'), pool });
-  }
+  for (const d of doms) rows.push('klass' in d ? await rowOf(qubes, d) : d);
   if (p.values.get('format') === 'json') return void t.out(json(rows));
   t.out(
     table([
@@ -72,28 +64,61 @@ await runTool(PROG, async (t) => {
   );
 });
 
-/** A listed domain; its properties and volume pools when the one call gave them, else read per domain (after the filters). */
-interface Listed {
-  readonly name: string;
-  readonly state: string;
-  readonly klass: string;
-  readonly properties?: ReadonlyMap<string, PropertyValue>;
-  /** Volume name -> its pool. */
-  readonly volumePools?: ReadonlyMap<string, string>;
+/** A property's value as shown: null for none. */
+function shown(v: string | undefined): string | null {
+  return v === undefined || v === '' ? null : v;
 }
 
 /**
- * Every domain in one call (admin.vm.ListDetails, this daemon's; only the
- * properties shown are kept); where the policy does not grant that call (or
- * a daemon lacks it), the calls Qubes' own qvm-ls makes: admin.vm.List,
- * then per domain its properties, volumes and the Info of the one volume
- * shown, so a caller granted only those still gets its listing.
+ * Every domain's row from one call (admin.vm.ListDetails, this daemon's;
+ * read line by line into the rows, nothing else kept: at 1,000 domains the
+ * per-domain maps of domainDetails cost more than the rest of the tool,
+ * docs/benchmarks.md). Where the policy does not grant that call (or a
+ * daemon lacks it), admin.vm.List, and each row is completed after the
+ * filters (rowOf) with the calls Qubes' own qvm-ls makes, so a caller
+ * granted only those still gets its listing.
  */
-async function listDomains(qubes: QubesClient): Promise<Listed[]> {
+async function listDomains(qubes: QubesClient): Promise<Row[] | DomainEntry[]> {
+  const rows: Row[] = [];
+  /** Per row: its pool is the private volume's (which wins over root's, whichever comes first). */
+  const fromPrivate: boolean[] = [];
   try {
-    return await qubes.domainDetails('dom0', SHOWN);
+    await qubes.readDomainDetails(
+      {
+        vm(name, klass, state) {
+          rows.push({ name, state, class: klass, label: '', template: null, netvm: null, pool: null });
+          fromPrivate.push(false);
+        },
+        property(vm, prop, value) {
+          const v = shown(parseProperty(unescapeValue(value)).value);
+          const r = rows[vm]!;
+          if (prop === 'label') r.label = v ?? '';
+          else if (prop === 'template') r.template = v;
+          else if (prop === 'netvm') r.netvm = v;
+        },
+        volume(vm, volume, pool) {
+          if (volume === 'private') {
+            rows[vm]!.pool = pool;
+            fromPrivate[vm] = true;
+          } else if (volume === 'root' && !fromPrivate[vm]) rows[vm]!.pool = pool;
+        },
+      },
+      'dom0',
+      SHOWN,
+    );
+    return rows;
   } catch (e) {
     if (!(e instanceof PermissionDenied)) throw e;
   }
   return qubes.domains();
+}
+
+/** The row of a domain listed by admin.vm.List: its properties, volumes and the Info of the one volume shown. */
+async function rowOf(qubes: QubesClient, d: DomainEntry): Promise<Row> {
+  const props = await qubes.properties(d.name);
+  const get = (k: string) => shown(props.get(k)?.value);
+  const vols = await qubes.volumes(d.name);
+  const which = vols.includes('private') ? 'private' : vols.includes('root') ? 'root' : null;
+  const pool = which === null ? null : (await qubes.volumeInfo(d.name, which)).pool;
+  return { name: d.name, state: d.state, class: d.klass, label: get('label') ?? '', template: get('template'), netvm: get('netvm'), pool };
 }

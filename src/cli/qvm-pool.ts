@@ -86,7 +86,7 @@ async function doSet(t: ToolContext, pool: string, options: readonly string[]): 
   const qubes = await t.client();
   await checkPoolsExist(qubes, [pool]);
   for (const [k, v] of pairs) {
-    const value = k === 'ephemeral_volatile' ? boolArg(v, k) : v;
+    const value = k === 'ephemeral_volatile' ? await boolArg(v, k) : v;
     await qubes.setPoolOption(pool, k as PoolSetting, value);
   }
 }

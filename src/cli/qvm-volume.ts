@@ -9,7 +9,6 @@ import type { Readable } from 'node:stream';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
 import type { QubesClient, VolumeExport, VolumeInfo, VolumeSetting } from '../client/index.js';
 import { humanSize, json, table } from './common/output.js';
-import { busyIndicator, progressBar } from './common/progress.js';
 import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
 import { parseSize, SIZE_EPILOG } from './common/size.js';
@@ -35,6 +34,11 @@ async function checkVolume(qubes: QubesClient, v: VmVolume): Promise<VolumeInfo>
 /** A size argument (common/size.ts: the stock tool's forms and more); a bad one is a command-line mistake. */
 function size(text: string): number {
   return parseSize(text);
+}
+
+/** The progress bar and busy indicator: only import, export and clone show them. */
+function progress(): Promise<typeof import('./common/progress.js')> {
+  return import('./common/progress.js');
 }
 
 function typed(v: string): string | number | boolean | null {
@@ -151,7 +155,7 @@ async function doConfig(t: ToolContext, p: Parsed): Promise<void> {
   let value = raw;
   if (prop === 'revisions_to_keep') {
     if (!/^(-1|0|[1-9]\d{0,8})$/.test(raw)) throw new CliError(`revisions_to_keep must be an integer from -1 up, not '${raw}'`);
-  } else value = boolArg(raw, prop);
+  } else value = await boolArg(raw, prop);
   const qubes = await t.client();
   await checkVolume(qubes, v);
   await qubes.setVolumeOption(v.vm, v.volume, prop as VolumeSetting, value);
@@ -208,6 +212,7 @@ async function doImport(t: ToolContext, p: Parsed): Promise<void> {
   }
   const qubes = await t.client();
   const info = await checkVolume(qubes, v);
+  const { progressBar } = await progress();
   const total = noResize || want === null ? info.size : want;
   const withSize = !noResize && want !== null ? { size: want } : {};
   // A regular file on the daemon's host: written to the volume by the import service, not streamed (see --help).
@@ -276,6 +281,7 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
     exporting = qubes.exportVolume(v.vm, v.volume);
     const held = await exporting;
     const src = held.path;
+    const { progressBar } = await progress();
     try {
       const total = (await fsp.stat(src)).size;
       const bar = progressBar(`export ${showVmVolume(v)}`, total);
@@ -308,6 +314,7 @@ async function doClone(t: ToolContext, p: Parsed): Promise<void> {
     `This replaces the data of ${showVmVolume(dst)} with a copy of ${showVmVolume(src)} (${humanSize(srcInfo.size)}). Continue?`,
     p.flags.has('force'),
   );
+  const { busyIndicator } = await progress();
   const busy = busyIndicator(`clone ${showVmVolume(src)} -> ${showVmVolume(dst)}`);
   try {
     await qubes.cloneVolume(src.vm, src.volume, dst.vm, dst.volume);

@@ -15,7 +15,7 @@ import { QubesVMNotFoundError } from '../storage/errors.js';
 import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, unescapeValue, type PropertyValue } from './replies.js';
 import { connect, type ConnectOptions } from './connect.js';
 import { socketTransport, type EventsSubscription, type Transport } from './transport.js';
-import { DEFAULT_USAGE_THRESHOLD, checkThreshold, poolUsageRow, type PoolUsageRow } from './usage.js';
+import type { PoolUsageRow } from './usage.js';
 
 export interface DomainEntry {
   readonly name: string;
@@ -162,6 +162,8 @@ export class QubesClient {
 
   /** Usage rows of `pools` (default: all, in admin.pool.List order), flagged above `threshold` percent (default 90). */
   async poolUsage(opts: { readonly pools?: readonly string[]; readonly threshold?: number } = {}): Promise<PoolUsageRow[]> {
+    // The arithmetic of the rows is loaded here: the other calls (and every tool but `qvm-pool usage`) do without it.
+    const { DEFAULT_USAGE_THRESHOLD, checkThreshold, poolUsageRow } = await import('./usage.js');
     const threshold = checkThreshold(opts.threshold ?? DEFAULT_USAGE_THRESHOLD);
     const names = opts.pools ?? (await this.pools());
     const rows: PoolUsageRow[] = [];
@@ -208,7 +210,16 @@ export class QubesClient {
    */
   async domainDetails(dest = 'dom0', only?: readonly string[]): Promise<DomainDetails[]> {
     // The daemon sends only the properties asked for; the parse still keeps only those (a reply may have more).
-    return parseListDetails(await this.text('admin.vm.ListDetails', dest, only?.join('+') ?? ''), only && new Set(only));
+    return parseListDetails(await this.listDetailsText(dest, only), only && new Set(only));
+  }
+
+  /** The same call, its lines handed to `reader` as they are read (readListDetails): for a listing that keeps a few columns. */
+  async readDomainDetails(reader: ListDetailsReader, dest = 'dom0', only?: readonly string[]): Promise<void> {
+    readListDetails(await this.listDetailsText(dest, only), reader, only && new Set(only));
+  }
+
+  private listDetailsText(dest: string, only: readonly string[] | undefined): Promise<string> {
+    return this.text('admin.vm.ListDetails', dest, only?.join('+') ?? '');
   }
 
   /** The domain's entry; QubesVMNotFoundError (as the daemon words it) if there is none. */
@@ -431,16 +442,32 @@ export class QubesClient {
 }
 
 /**
- * An admin.vm.ListDetails reply, in one pass over its text: no array of
- * lines, no regex per line, and the properties not in `only` (when given)
- * skipped without being cut out or parsed; qvm-ls reads three of some 25
- * per domain, over 25,000 lines at 1,000 domains (docs/benchmarks.md).
+ * What each line of an admin.vm.ListDetails reply says, handed over as the
+ * reply is read (readListDetails): a program that needs a few columns of
+ * 1,000 domains keeps those and builds nothing else (qvm-ls).
  */
-export function parseListDetails(text: string, only?: ReadonlySet<string>): DomainDetails[] {
-  const out: DomainDetails[] = [];
-  const byName = new Map<string, { properties: Map<string, PropertyValue>; volumePools: Map<string, string> }>();
+export interface ListDetailsReader {
+  /** A `vm NAME KEY=VALUE...` line: the next domain, numbered from 0 in the reply's order. */
+  vm(name: string, klass: string, state: string, uuid: string): void;
+  /** A `property NAME PROP VALUE` line of domain number `vm`; `value` as GetAll gives it, escaped (parseProperty(unescapeValue(value))). */
+  property(vm: number, prop: string, value: string): void;
+  /** A `volume NAME VOLUME pool=POOL...` line of domain number `vm`. */
+  volume(vm: number, volume: string, pool: string): void;
+}
+
+/**
+ * An admin.vm.ListDetails reply, in one pass over its text: no array of
+ * lines, no regex per line, nothing kept; the properties not in `only`
+ * (when given) skipped without being cut out. A `property` or `volume` line
+ * belongs to the last `vm` line of its domain's name before it; lines of
+ * no listed domain, and of kinds this client does not know, are skipped.
+ */
+export function readListDetails(text: string, reader: ListDetailsReader, only?: ReadonlySet<string>): void {
+  const byName = new Map<string, number>();
+  let count = 0;
   // The domain of the last `vm` line: the lines after it are about it (checked without cutting the name out).
-  let current: { name: string; properties: Map<string, PropertyValue>; volumePools: Map<string, string> } | undefined;
+  let current = -1;
+  let currentName = '';
   for (let at = 0; at < text.length; ) {
     let nl = text.indexOf('\n', at);
     if (nl < 0) nl = text.length;
@@ -449,27 +476,39 @@ export function parseListDetails(text: string, only?: ReadonlySet<string>): Doma
       let sp2 = text.indexOf(' ', sp1 + 1);
       if (sp2 < 0 || sp2 > nl) sp2 = nl;
       if (sp1 - at === 2 && text.startsWith('vm', at)) {
-        const name = text.slice(sp1 + 1, sp2);
-        current = { name, properties: new Map(), volumePools: new Map() };
-        byName.set(name, current);
-        const word = (key: string) => wordValue(text, sp2, nl, key);
-        out.push({ name, klass: word('class'), state: word('state'), uuid: word('uuid'), properties: current.properties, volumePools: current.volumePools });
+        currentName = text.slice(sp1 + 1, sp2);
+        current = count++;
+        byName.set(currentName, current);
+        reader.vm(currentName, wordValue(text, sp2, nl, 'class'), wordValue(text, sp2, nl, 'state'), wordValue(text, sp2, nl, 'uuid'));
       } else {
-        const sameDomain = current !== undefined && sp2 - sp1 - 1 === current.name.length && text.startsWith(current.name, sp1 + 1);
-        // Lines of a kind this client does not know, or of no listed domain, are skipped.
-        const d = sameDomain ? current : byName.get(text.slice(sp1 + 1, sp2));
+        const sameDomain = current >= 0 && sp2 - sp1 - 1 === currentName.length && text.startsWith(currentName, sp1 + 1);
+        const d = sameDomain ? current : (byName.get(text.slice(sp1 + 1, sp2)) ?? -1);
         const sp3 = sp2 < nl ? text.indexOf(' ', sp2 + 1) : -1;
         const wordEnd = sp3 < 0 || sp3 > nl ? nl : sp3;
-        if (d && sp1 - at === 8 && text.startsWith('property', at)) {
+        if (d >= 0 && sp1 - at === 8 && text.startsWith('property', at)) {
           const prop = text.slice(sp2 + 1, wordEnd);
-          if (!only || only.has(prop)) d.properties.set(prop, parseProperty(unescapeValue(text.slice(Math.min(wordEnd + 1, nl), nl))));
-        } else if (d && sp1 - at === 6 && text.startsWith('volume', at)) {
-          d.volumePools.set(text.slice(sp2 + 1, wordEnd), wordValue(text, wordEnd, nl, 'pool'));
+          if (!only || only.has(prop)) reader.property(d, prop, text.slice(Math.min(wordEnd + 1, nl), nl));
+        } else if (d >= 0 && sp1 - at === 6 && text.startsWith('volume', at)) {
+          reader.volume(d, text.slice(sp2 + 1, wordEnd), wordValue(text, wordEnd, nl, 'pool'));
         }
       }
     }
     at = nl + 1;
   }
+}
+
+/** An admin.vm.ListDetails reply as DomainDetails (readListDetails, each domain's properties and volume pools in maps). */
+export function parseListDetails(text: string, only?: ReadonlySet<string>): DomainDetails[] {
+  const out: { name: string; klass: string; state: string; uuid: string; properties: Map<string, PropertyValue>; volumePools: Map<string, string> }[] = [];
+  readListDetails(
+    text,
+    {
+      vm: (name, klass, state, uuid) => void out.push({ name, klass, state, uuid, properties: new Map(), volumePools: new Map() }),
+      property: (vm, prop, value) => void out[vm]!.properties.set(prop, parseProperty(unescapeValue(value))),
+      volume: (vm, volume, pool) => void out[vm]!.volumePools.set(volume, pool),
+    },
+    only,
+  );
   return out;
 }
 

@@ -24,6 +24,8 @@ export interface ConnectOptions {
   readonly notice?: (line: string) => void;
   /** How long to wait for another tool's state lock; default QUBES_LOCK_TIMEOUT (seconds) or 30 s. */
   readonly lockTimeoutMs?: number;
+  /** Called once no daemon answered, before the embedded runtime is loaded (the tools tune the process for long work there). */
+  readonly beforeEmbedded?: () => void;
 }
 
 export function socketPathFor(env: NodeJS.ProcessEnv): { socketPath: string; baseDir: string } {
@@ -52,6 +54,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<Transport> {
   }
   for (;;) {
     if (!embeddedOnly && (await socketAnswers(socketPath))) return socketTransport(socketPath);
+    opts.beforeEmbedded?.();
     const { embeddedTransport, StateLockedError } = await import('./embedded.js');
     try {
       return await embeddedTransport(baseDir, opts.notice, env['QUBES_STORAGE_INIT'] === '1');

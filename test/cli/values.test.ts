@@ -9,10 +9,10 @@ describe('boolArg', () => {
     ['yes', 'True'], ['ON', 'True'], ['1', 'True'], ['True', 'True'],
     ['no', 'False'], ['Off', 'False'], ['0', 'False'], ['FALSE', 'False'],
   ];
-  for (const [arg, want] of cases) it(`${arg} -> ${want}`, () => assert.equal(boolArg(arg, 'rw'), want));
+  for (const [arg, want] of cases) it(`${arg} -> ${want}`, async () => assert.equal(await boolArg(arg, 'rw'), want));
   for (const arg of ['', 'maybe', ' yes', 'y'])
     it(`refuses ${JSON.stringify(arg)}, naming the property`, () =>
-      assert.throws(
+      assert.rejects(
         () => boolArg(arg, 'ephemeral_volatile'),
         (e: unknown) => e instanceof CliError && e.message === `ephemeral_volatile must be True or False, not '${arg}'`,
       ));

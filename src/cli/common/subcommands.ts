@@ -2,7 +2,6 @@
  * Tools with sub-commands (qvm-pool, qvm-volume): the sub-command and its
  * aliases are the first argument; without one, the default runs.
  */
-import { boolFromWord } from '../../storage/options.js';
 import { UsageError, type CommandSpec, type OptionSpec } from './args.js';
 import { CliError, type ToolContext } from './tool.js';
 
@@ -77,8 +76,12 @@ export function parseOptionPairs(values: readonly string[], flag = '-o'): [strin
   return out;
 }
 
-/** A boolean value as users write it (yes, on, 1, true, any case) -> `True` or `False`, as the admin API takes it. */
-export function boolArg(value: string, what: string): 'True' | 'False' {
+/**
+ * A boolean value as users write it (yes, on, 1, true, any case) -> `True` or `False`, as the admin API takes it.
+ * The word list (storage/options.ts) is loaded only here: only the sub-commands that set a boolean need it.
+ */
+export async function boolArg(value: string, what: string): Promise<'True' | 'False'> {
+  const { boolFromWord } = await import('../../storage/options.js');
   const b = boolFromWord(value);
   if (b === null) throw new CliError(`${what} must be True or False, not '${value}'`);
   return b ? 'True' : 'False';

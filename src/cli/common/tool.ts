@@ -9,9 +9,12 @@
  * 143 on SIGTERM (both saying `PROG: interrupted`), 141 when the reader of
  * its stdout went away (EPIPE, silently, as SIGPIPE stops cat).
  */
+import { setFlagsFromString } from 'node:v8';
 import { QubesException } from '../../storage/errors.js';
 import { helpText, parseArgs, UsageError, type CommandSpec, type Parsed } from './args.js';
-import { DaemonUnreachableError, QubesClient, StateBusyError } from '../../client/index.js';
+// The client's own files, not its index: the index also loads what no tool start needs (usage rows).
+import { QubesClient } from '../../client/client.js';
+import { DaemonUnreachableError, StateBusyError } from '../../client/transport.js';
 
 /** Ends the tool with this exit code after printing `message` (if any) as an error line. */
 export class CliExit extends Error {
@@ -62,6 +65,16 @@ export const EXIT_SIGPIPE = 141;
 
 /** Runs `main` as the tool `prog` and exits the process with its code. */
 export async function runTool(prog: string, main: (t: ToolContext) => Promise<number | void>): Promise<void> {
+  // A tool talking to a daemon lives for a fraction of a second. V8's
+  // optimizing compiler (TurboFan) would compile the few functions that run
+  // hot in it (a 1,000-domain listing's parse and table: six of them) on a
+  // second thread, 30-40 ms of CPU each on the 2-core test machine, for code
+  // the tool is done with before it could pay back; the baseline compiler
+  // (Sparkplug) is kept. The code runs the same in every tier. Embedded, a
+  // tool runs the whole runtime (a state of 10,000 domains, copies): there the
+  // optimizing compiler is turned back on before the runtime loads (client()
+  // below). docs/benchmarks.md, "Issue 16 items 3 and 5, fourth pass".
+  setFlagsFromString('--no-turbofan');
   let client: QubesClient | null = null;
   let opening: Promise<QubesClient> | null = null;
   const out = (s: string) => void process.stdout.write(s);
@@ -74,7 +87,10 @@ export async function runTool(prog: string, main: (t: ToolContext) => Promise<nu
     warn: (m) => err(`${prog}: warning: ${m}\n`),
     note: (m) => err(`${m}\n`),
     client: () =>
-      (opening ??= QubesClient.connect({ notice: (line) => err(`${prog}: ${line}\n`) }).then((c) => {
+      (opening ??= QubesClient.connect({
+        notice: (line) => err(`${prog}: ${line}\n`),
+        beforeEmbedded: () => setFlagsFromString('--turbofan'),
+      }).then((c) => {
         client = c;
         return c;
       })),
