@@ -101,15 +101,15 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
   const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
   const useConf = confFile !== null && (await exists(confFile));
-  const qemu: QemuRuntime | null =
-    !opts.runner && opts.domainRuntime?.kind === 'qemu' ? await qemuRuntime({ baseDir, ...opts.domainRuntime.qemu }) : null;
-  // Without a hypervisor runner, power state is recorded in the base directory (src/runtime/bookkeeping.ts).
-  const power = opts.runner || qemu ? null : runState(baseDir);
   const notices: string[] = [];
   const notice = (line: string): void => {
     notices.push(line);
     opts.notice?.(line);
   };
+  const qemu: QemuRuntime | null =
+    !opts.runner && opts.domainRuntime?.kind === 'qemu' ? await qemuRuntime({ baseDir, ...opts.domainRuntime.qemu, notice }) : null;
+  // Without a hypervisor runner, power state is recorded in the base directory (src/runtime/bookkeeping.ts).
+  const power = opts.runner || qemu ? null : runState(baseDir);
   const app = await QubesApp.open({
     stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
     pools: registry,

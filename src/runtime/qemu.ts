@@ -27,6 +27,7 @@ import type { DomainRunner, RunnerDomain } from '../domain/runner.js';
 import { writeFileAtomic } from '../files/files.js';
 import { QubesException } from '../storage/errors.js';
 import type { BlockDevice } from '../storage/volume.js';
+import { chooseAccel, type Accel, type AccelChoice, type AccelSetting } from './accel.js';
 import { Qmp } from './qmp.js';
 
 /** Where each known volume goes in the guest (Qubes' xvd names); others follow from xvde. */
@@ -41,14 +42,18 @@ const STDERR_KEEP = 8192;
 /** How often a guest found again (not our child: no exit event) is looked at. */
 const ADOPTED_POLL_MS = 500;
 
-export type Accel = 'tcg' | 'kvm';
+export type { Accel, AccelSetting } from './accel.js';
 
 export interface QemuRuntimeOptions {
   readonly baseDir: string;
   /** The qemu binary (default: qemu-system-x86_64 from PATH). */
   readonly qemu?: string;
-  /** Default tcg (see README: KVM is used only when asked for). */
-  readonly accel?: Accel;
+  /** Default auto: KVM where a probe guest runs under it, else TCG (accel.ts); decided at the first start. */
+  readonly accel?: AccelSetting;
+  /** Where `auto` looks for KVM (default /dev/kvm). */
+  readonly devKvm?: string;
+  /** Lines for the log (which accelerator, and why). */
+  readonly notice?: (line: string) => void;
 }
 
 /** One disk as the guest gets it. */
@@ -217,7 +222,18 @@ async function qmpCommand(socket: string, command: string): Promise<unknown> {
 export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
   const bin = await findQemu(opts.qemu);
   if (!bin) throw new QubesException(`runtime qemu: ${opts.qemu ?? 'qemu-system-x86_64'} not found (Debian package qemu-system-x86)`);
-  const accel = opts.accel ?? 'tcg';
+  const accelSetting = opts.accel ?? 'auto';
+  // Decided once, at the first start (the probe boots that domain's kernel), and kept for this daemon.
+  let accelChoice: Promise<AccelChoice> | null = null;
+  const accelFor = (kernelDir: string): Promise<AccelChoice> =>
+    (accelChoice ??= chooseAccel(accelSetting, {
+      qemu: bin,
+      vmlinuz: path.join(kernelDir, 'vmlinuz'),
+      ...(opts.devKvm ? { devKvm: opts.devKvm } : {}),
+    }).then((c) => {
+      opts.notice?.(`qemu runtime: guests run under ${c.accel} (${c.why})`);
+      return c;
+    }));
   const qemuDir = path.join(opts.baseDir, QEMU_DIR);
   const logDir = path.join(opts.baseDir, LOG_DIR);
   const guests = new Map<string, Guest>();
@@ -312,6 +328,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         vcpus: intProp(d, 'vcpus', 1),
         kernelopts: typeof d.prop('kernelopts') === 'string' ? (d.prop('kernelopts') as string) : '',
       };
+      const { accel } = await accelFor(kernelDir);
       const log = await fs.open(files.qemuLog, 'w', 0o600);
       let child: ChildProcess;
       try {

@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { QubesClient } from '../../src/client/index.js';
 import type { RunnerDomain } from '../../src/domain/runner.js';
+import { chooseAccel, probeGuest } from '../../src/runtime/accel.js';
 import { findQemu, killRecordedGuests, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
 import { Qmp } from '../../src/runtime/qmp.js';
 import type { BlockDevice } from '../../src/storage/volume.js';
@@ -207,6 +208,12 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual(appFiles.filter((f) => f.includes('dirty') || f.startsWith('root')), [], appFiles.join(' '));
     const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'app')).stdout) as { name: string; state: string }[];
     assert.equal(row?.state, 'Halted');
+    // The accelerator (QUBES_STORAGE_QEMU_ACCEL unset: auto), said once at this first start, with why.
+    const kvmOpens = await fs.open('/dev/kvm', 'r+').then((h) => h.close().then(() => true), () => false);
+    const accelLines = daemonLog.split('\n').filter((l) => l.includes('guests run under'));
+    assert.equal(accelLines.length, 1, daemonLog);
+    if (!kvmOpens) assert.match(accelLines[0]!, /^qubesd: qemu runtime: guests run under tcg \(auto: \/dev\/kvm cannot be opened \(E[A-Z]+\)\)$/);
+    else assert.match(accelLines[0]!, /^qubesd: qemu runtime: guests run under (tcg|kvm) \(auto: /);
   });
 
   it('boots a guest again: it reads back its private data and sees the template root and an empty volatile', async () => {
@@ -347,6 +354,36 @@ describe('qemu runtime: a disk that cannot be attached fails the start, naming t
         await gone;
       }
       await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('qemu runtime: the accelerator (auto: KVM only where a probe guest runs under it)', { skip: setup.reason ?? false }, () => {
+  const vmlinuz = (): string => path.join(setup.kernelDir, 'vmlinuz');
+
+  it('auto without a /dev/kvm that opens: tcg, saying why; no probe is run', async () => {
+    const c = await chooseAccel('auto', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz(), devKvm: path.join(os.tmpdir(), 'qs-no-such-kvm') });
+    assert.deepEqual(c, { accel: 'tcg', why: `auto: ${path.join(os.tmpdir(), 'qs-no-such-kvm')} cannot be opened (ENOENT)` });
+    // Told: taken as told, no probe.
+    assert.deepEqual(await chooseAccel('kvm', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz() }), { accel: 'kvm', why: 'QUBES_STORAGE_QEMU_ACCEL=kvm' });
+  });
+
+  it('auto where /dev/kvm opens but the probe guest does not get to its panic in time: tcg, saying why', async () => {
+    // /dev/null opens read-write; 1 ms is too short for any guest: the probe fails whatever this host's KVM does.
+    const c = await chooseAccel('auto', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz(), devKvm: '/dev/null', timeoutMs: 1 });
+    assert.equal(c.accel, 'tcg');
+    assert.equal(c.why, 'auto: /dev/null opens but a probe guest did not reach its kernel panic within 0.001 s under kvm (the guest hangs)');
+  });
+
+  it('the probe: a kernel that boots reaches its panic and qemu ends (under tcg); a file that is no kernel does not', async () => {
+    assert.equal(await probeGuest('qemu-system-x86_64', 'tcg', vmlinuz(), 120_000), null);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-probe-'));
+    try {
+      await fs.writeFile(path.join(dir, 'vmlinuz'), 'not a kernel\n');
+      const notKernel = await probeGuest('qemu-system-x86_64', 'tcg', path.join(dir, 'vmlinuz'), 120_000);
+      assert.equal(notKernel, 'a probe guest did not run under tcg: qemu exited 1: qemu: invalid kernel header');
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
     }
   });
 });
