@@ -172,9 +172,10 @@ function intProp(d: RunnerDomain, name: string, min: number): number {
   return Number.isInteger(v) && v >= min ? v : min;
 }
 
-export async function findQemu(bin = 'qemu-system-x86_64'): Promise<string | null> {
+/** The qemu binary: `bin` itself when it names a path, else found on PATH (and /usr/bin, /usr/local/bin); null when none is executable. */
+export async function findQemu(bin = 'qemu-system-x86_64', env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
   if (bin.includes('/')) return (await isExecutable(bin)) ? bin : null;
-  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
+  for (const dir of (env['PATH'] ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
     if (!dir) continue;
     const p = path.join(dir, bin);
     if (await isExecutable(p)) return p;
