@@ -277,6 +277,53 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual((await fs.readdir(poolFile('appvms', 'app'))).filter((f) => f.includes('dirty')), []);
   });
 
+  it('a disk another qemu holds: qvm-start fails naming the volume, exit 1; the storage is stopped again, the domain Halted, no qemu left', async () => {
+    // revisions_to_keep -1: the started private is the committed image itself (a hard link), the file the holder locks.
+    await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'held');
+    await importImage('held:private', privateImage(COUNTER_SCRIPT, 'HELD-DATA'));
+    await tool('qvm-volume', 'config', 'held:private', 'revisions_to_keep', '-1');
+    const privateImg = poolFile('appvms', 'held', 'private.img');
+    const holderQmp = path.join(base, 'holder.qmp');
+    const holder = spawn(
+      'qemu-system-x86_64',
+      ['-machine', 'q35,accel=tcg', '-S', '-display', 'none', '-nodefaults', '-qmp', `unix:${holderQmp},server=on,wait=off`,
+        '-drive', `file=${privateImg},format=raw,if=none,id=h`, '-device', 'virtio-blk-pci,drive=h'],
+      { stdio: 'ignore' },
+    );
+    try {
+      // It answers on QMP once its devices are made (and the image's lock taken).
+      for (const until = Date.now() + 60_000; ; await new Promise((r) => setTimeout(r, 100))) {
+        const q = await Qmp.connect(holderQmp).catch(() => null);
+        if (q) {
+          await q.execute('query-status');
+          q.close();
+          break;
+        }
+        if (holder.exitCode !== null || Date.now() > until) throw new Error('the holder qemu did not start');
+      }
+      const r = await run('qvm-start', ['held'], env);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^qvm-start: error: domain held: volume private cannot be attached \(\S*\/appvms\/held\/private-dirty\.img\): .*Failed to get "write" lock/m);
+    } finally {
+      if (holder.exitCode === null && holder.signalCode === null) {
+        const gone = new Promise((res) => holder.once('exit', res));
+        holder.kill('SIGKILL');
+        await gone;
+      }
+    }
+    // Storage stopped as before the start: no working copy, snapshot or volatile image left; the data as it was.
+    const left = await fs.readdir(poolFile('appvms', 'held'));
+    assert.deepEqual(left.sort(), ['private.img'], left.join(' '));
+    assert.equal(await fileAt(privateImg, MiB, 16), 'HELD-DATA');
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'held')).stdout) as { state: string }[];
+    assert.equal(row?.state, 'Halted');
+    // No qemu left for it: no record, and no process with its QMP socket on its command line.
+    assert.deepEqual((await fs.readdir(path.join(base, 'qemu'))).filter((f) => f.startsWith('held.')), []);
+    const qmpArg = `path=${path.join(base, 'qemu', 'held.qmp')},`;
+    for (const pid of (await fs.readdir('/proc')).filter((p) => /^\d+$/.test(p)))
+      assert.ok(!(await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(qmpArg), `a qemu of held is left: pid ${pid}`);
+  });
+
   it('boots a DispVM: it sees its template\'s private and root; what it writes to private is discarded', async () => {
     await tool('qvm-prefs', 'app', 'kernelopts', '');
     await tool('qvm-prefs', 'app', 'template_for_dispvms', 'True');
