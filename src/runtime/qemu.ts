@@ -238,7 +238,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
   const qemuDir = path.join(opts.baseDir, QEMU_DIR);
   const logDir = path.join(opts.baseDir, LOG_DIR);
   const guests = new Map<string, Guest>();
-  let exited: ((name: string) => void) | null = null;
+  let exited: ((name: string) => Promise<void>) | null = null;
   let closed = false;
 
   const filesOf = (name: string) => ({
@@ -285,16 +285,25 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     await g.ended;
   };
 
-  /** Tracks a guest: when its qemu ends, its files go and the App hears of it. */
+  /**
+   * Tracks a guest: when its qemu ends, the App hears of it and stops the
+   * storage; its pid file goes after that (`stopped`), so a qubesd that
+   * dies in between leaves it for the next one to finish the stop.
+   */
   const track = (name: string, g: Guest): void => {
     guests.set(name, g);
     void g.ended.then(async () => {
       if (closed) return; // the next qubesd's to see
       if (guests.get(name) === g) guests.delete(name);
-      await fs.rm(g.qmp, { force: true }).catch(() => undefined);
-      await fs.rm(g.pidFile, { force: true }).catch(() => undefined);
-      exited?.(name);
+      await exited?.(name);
     });
+  };
+
+  /** The record of a run that is over: its pid file (last: it says a stop may be owed) and QMP socket. */
+  const forget = async (name: string): Promise<void> => {
+    const files = filesOf(name);
+    await fs.rm(files.qmp, { force: true });
+    await fs.rm(files.pidFile, { force: true });
   };
 
   /** Resolves when process `pid` (started at `start`) is gone, or a zombie; polled (it may not be our child). */
@@ -353,6 +362,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         await waitReady(d.name, g, disks);
       } catch (e) {
         await killGuest(g);
+        await forget(d.name);
         throw e;
       }
     },
@@ -383,6 +393,9 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     isRunning(d) {
       return guests.has(d.name);
     },
+    async stopped(d) {
+      if (!guests.has(d.name)) await forget(d.name);
+    },
   };
 
   return {
@@ -394,26 +407,32 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
       } catch {
         return;
       }
+      const endedAway: { name: string; pid: number }[] = [];
       for (const n of names) {
         const name = n.slice(0, -'.pid'.length);
         const files = filesOf(name);
         const [pidText, start, uuid] = (await fs.readFile(files.pidFile, 'utf8').catch(() => '')).trim().split(' ');
         const pid = Number(pidText);
+        const d = app.findDomain(name);
+        // The domain the record is of (same name and uuid; dom0 never runs under qemu), or null.
+        const mine = d && d.uuid === uuid && d.klass !== 'AdminVM' ? d : null;
         if (!Number.isInteger(pid) || pid <= 1 || !start) {
-          await fs.rm(files.pidFile, { force: true });
+          await forget(name);
           continue;
         }
         // Only the very process recorded (same start time) running this domain's qemu (its QMP socket on its command line).
         const cmdline = (await procStart(pid)) === start ? await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
         if (!cmdline.includes(`path=${optValue(files.qmp)},`)) {
-          await fs.rm(files.pidFile, { force: true });
-          await fs.rm(files.qmp, { force: true });
+          // The guest ended while no qubesd ran (or the host rebooted): the stop it was owed is made below.
+          if (mine) {
+            mine.powerState = 'Running';
+            endedAway.push({ name, pid });
+          } else await forget(name);
           continue;
         }
-        const d = app.findDomain(name);
-        if (d && d.uuid === uuid && d.klass !== 'AdminVM') {
+        if (mine) {
           track(name, { pid, qmp: files.qmp, pidFile: files.pidFile, ended: endOf(pid, start) });
-          d.powerState = 'Running';
+          mine.powerState = 'Running';
           notice(`domain ${name} is running (qemu pid ${pid}, found again)`);
         } else {
           try {
@@ -421,10 +440,14 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
           } catch {
             // gone meanwhile
           }
-          await fs.rm(files.pidFile, { force: true });
-          await fs.rm(files.qmp, { force: true });
+          await forget(name);
           notice(`killed qemu pid ${pid}, left running for ${name}, which is no longer that domain`);
         }
+      }
+      // Each stopped as at a shutdown (commit or discard, domain-shutdown); its pid file goes once that is done.
+      for (const { name, pid } of endedAway) {
+        notice(`domain ${name}: its guest (qemu pid ${pid}) ended while no qubesd ran; stopping its storage as at a shutdown`);
+        await exited?.(name);
       }
     },
     close() {

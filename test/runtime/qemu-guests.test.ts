@@ -114,10 +114,15 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     }
   };
   const poolFile = (...p: string[]): string => path.join(base, 'pools', 'default', ...p);
-  /** Waits (without a timed assertion: a hang is what the deadline is for) until the domain is Halted. */
+  /**
+   * Waits (without a timed assertion: a hang is what the deadline is for)
+   * until the domain is Halted and its storage stopped: the runtime drops
+   * the guest's pid file only once the stop is done (Halted is shown as it begins).
+   */
   const halted = async (vm: string): Promise<void> => {
     const deadline = Date.now() + 300_000;
-    while ((await client!.powerState(vm)) !== 'Halted') {
+    const pidFile = path.join(base, 'qemu', `${vm}.pid`);
+    while ((await client!.powerState(vm)) !== 'Halted' || (await fs.access(pidFile).then(() => true, () => false))) {
       if (Date.now() > deadline) throw new Error(`${vm} still running after 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -336,6 +341,41 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
     const left = await fs.readdir(poolFile('appvms', 'disp')).catch(() => [] as string[]);
     assert.deepEqual(left.filter((f) => f.includes('dirty') || f.startsWith('private') || f.startsWith('root')), [], left.join(' '));
+  });
+  it('a guest that powers off while no qubesd runs: the next qubesd stops its storage as at a shutdown (private committed, a new revision), Halted', async () => {
+    // A domain of its own (the test runs alone too): its guest writes boot-1 to private and waits for the power button.
+    await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', '--prop', 'kernelopts=qs.wait', 'away');
+    await importImage('away:private', privateImage(COUNTER_SCRIPT));
+    const before = await revisions('away', 'private');
+    await tool('qvm-start', 'away');
+    await said('away', 'qs-guest: waiting');
+    const pid = Number((await fs.readFile(path.join(base, 'qemu', 'away.pid'), 'utf8')).split(' ')[0]);
+    await client!.close();
+    client = null;
+    const killed = new Promise((r) => daemon!.once('exit', r));
+    daemon!.kill('SIGKILL');
+    await killed;
+    // With no qubesd: the power button, pressed here over the guest's own QMP socket; its acpid powers it off.
+    const q = await Qmp.connect(path.join(base, 'qemu', 'away.qmp'));
+    await q.execute('system_powerdown');
+    q.close();
+    while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
+    // Still as the killed daemon left it: the working copy of private holds what the guest wrote, uncommitted.
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private-dirty.img'), MiB, 16), 'boot-1');
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private.img'), MiB, 16), '');
+    await startQubesd();
+    assert.match(daemonLog, new RegExp(`domain away: its guest \\(qemu pid ${pid}\\) ended while no qubesd ran; stopping its storage as at a shutdown`));
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'away')).stdout) as { state: string }[];
+    assert.equal(row?.state, 'Halted');
+    saidAll(await guestLines('away'), 'qs-guest: power button', 'qs-guest: private was []', 'qs-guest: wrote boot-1');
+    // Committed: the guest's write in private, the data before it kept as one new revision; root and volatile discarded.
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private.img'), MiB, 16), 'boot-1');
+    const after1 = await revisions('away', 'private');
+    assert.equal(after1.filter((r) => !before.includes(r)).length, 1, `revisions before ${before.join(' ')} after ${after1.join(' ')}`);
+    const files = await fs.readdir(poolFile('appvms', 'away'));
+    assert.deepEqual(files.filter((f) => f.includes('dirty') || f.startsWith('root') || f.startsWith('volatile')), [], files.join(' '));
+    // The record is gone with the stop: a further restart finds nothing owed.
+    assert.deepEqual((await fs.readdir(path.join(base, 'qemu'))).filter((f) => f.startsWith('away.')), []);
   });
 });
 
