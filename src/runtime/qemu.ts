@@ -338,6 +338,9 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         vcpus: intProp(d, 'vcpus', 1),
         kernelopts: typeof d.prop('kernelopts') === 'string' ? (d.prop('kernelopts') as string) : '',
       };
+      // The console may hold what the guest says (secrets too): 0600, made here, new (O_EXCL), before qemu opens it.
+      await fs.rm(files.console, { force: true });
+      await (await fs.open(files.console, 'wx', 0o600)).close();
       const { accel } = await accelFor(kernelDir);
       const log = await fs.open(files.qemuLog, 'w', 0o600);
       let child: ChildProcess;

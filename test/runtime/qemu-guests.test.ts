@@ -213,6 +213,8 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual(appFiles.filter((f) => f.includes('dirty') || f.startsWith('root')), [], appFiles.join(' '));
     const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'app')).stdout) as { name: string; state: string }[];
     assert.equal(row?.state, 'Halted');
+    // The guest's console and qemu's messages: the owner's only.
+    for (const f of ['app.console.log', 'app.qemu.log']) assert.equal((await fs.stat(path.join(base, 'log', f))).mode & 0o777, 0o600, f);
     // The accelerator (QUBES_STORAGE_QEMU_ACCEL unset: auto), said once at this first start, with why.
     const kvmOpens = await fs.open('/dev/kvm', 'r+').then((h) => h.close().then(() => true), () => false);
     const accelLines = daemonLog.split('\n').filter((l) => l.includes('guests run under'));
