@@ -185,7 +185,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
 
   after(async () => {
     await client?.close();
-    if (daemon && daemon.exitCode === null) {
+    if (daemon && daemon.exitCode === null && daemon.signalCode === null) {
       const exited = new Promise((r) => daemon!.once('exit', r));
       daemon.kill('SIGTERM'); // its guests go on running: killed below
       await exited;
@@ -357,6 +357,10 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     const killed = new Promise((r) => daemon!.once('exit', r));
     daemon!.kill('SIGKILL');
     await killed;
+    // Without a daemon the tools (embedded: bookkeeping) cannot see the guest: they refuse rather than show it Halted.
+    const embedded = await run('qvm-ls', [], toolEnv(base));
+    assert.notEqual(embedded.code, 0);
+    assert.match(embedded.stderr, /^qvm-ls: error: \S+\/qemu records guests of the qemu runtime \(away\), which this runtime \(bookkeeping\) cannot see: use qubesd with the qemu runtime/);
     // With no qubesd: the power button, pressed here over the guest's own QMP socket; its acpid powers it off.
     const q = await Qmp.connect(path.join(base, 'qemu', 'away.qmp'));
     await q.execute('system_powerdown');
