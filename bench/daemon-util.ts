@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AdminClient } from '../src/admin/client.js';
+import { qubesdEnv } from '../test/daemon/helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** dist/src/daemon/qubesd.js, next to this compiled file's dist/bench. */
@@ -41,8 +42,10 @@ function exited(child: ChildProcess): Promise<void> {
 export async function startChildQubesd(baseDir: string, socketPath: string, logFile: string, timeoutMs = 120_000): Promise<ChildDaemon> {
   const log = fs.openSync(logFile, 'a');
   const t0 = process.hrtime.bigint();
+  // The bench's domains have fake kernels: the bookkeeping runtime (qemu is the default where installed).
   const child = spawn(process.execPath, [QUBESD_JS, '--base-dir', baseDir, '--socket', socketPath], {
     stdio: ['ignore', log, log],
+    env: qubesdEnv(process.env),
   });
   fs.closeSync(log);
   const pid = child.pid!;

@@ -18,7 +18,7 @@ import { setFlagsFromString } from 'node:v8';
 import { stderrLog } from '../admin/dispatch.js';
 // The tools' parser: one argument parser in the project (why not node:util parseArgs: src/cli/README.md).
 import { helpText, parseArgs, usageLine, type CommandSpec } from '../cli/common/args.js';
-import { runtimeSetting, type RuntimeSetting } from '../runtime/setting.js';
+import { runtimeSetting, type ChosenRuntime } from '../runtime/setting.js';
 import { startDaemon, type Daemon } from './daemon.js';
 
 /**
@@ -56,7 +56,7 @@ const SPEC: CommandSpec = {
       names: ['--runtime'],
       kind: 'value',
       metavar: 'NAME',
-      help: 'what runs domains: bookkeeping (records the power state only) or qemu (boots them) (default QUBES_STORAGE_RUNTIME, else bookkeeping)',
+      help: 'what runs domains: bookkeeping (records the power state only) or qemu (boots them) (default QUBES_STORAGE_RUNTIME, else qemu where qemu-system-x86_64 (QUBES_STORAGE_QEMU) is installed, else bookkeeping)',
     },
   ],
   positionals: [],
@@ -76,13 +76,15 @@ async function main(): Promise<number> {
   }
   const { values, flags } = parsed;
   const debug = flags.has('debug');
-  let domainRuntime: RuntimeSetting;
+  let domainRuntime: ChosenRuntime;
   try {
-    domainRuntime = runtimeSetting(values.get('runtime'));
+    domainRuntime = await runtimeSetting(values.get('runtime'));
   } catch (e) {
     process.stderr.write(`qubesd: error: ${(e as Error).message}\n${usageLine(SPEC)}\n`);
     return 2;
   }
+  // Which runtime, and why (an explicit choice, or the default where qemu is or is not installed).
+  stderrLog.info(`runtime ${domainRuntime.kind} (${domainRuntime.why})`);
   let daemon: Daemon;
   try {
     daemon = await startDaemon({

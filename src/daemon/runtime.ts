@@ -101,15 +101,15 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const registry = await DriverRegistry.open({ nodeModules: opts.nodeModules ?? defaultNodeModulesDirs() });
   const confFile = opts.storageConf === undefined ? defaultStorageConfPath(baseDir) : opts.storageConf;
   const useConf = confFile !== null && (await exists(confFile));
-  const qemu: QemuRuntime | null =
-    !opts.runner && opts.domainRuntime?.kind === 'qemu' ? await qemuRuntime({ baseDir, ...opts.domainRuntime.qemu }) : null;
-  // Without a hypervisor runner, power state is recorded in the base directory (src/runtime/bookkeeping.ts).
-  const power = opts.runner || qemu ? null : runState(baseDir);
   const notices: string[] = [];
   const notice = (line: string): void => {
     notices.push(line);
     opts.notice?.(line);
   };
+  const qemu: QemuRuntime | null =
+    !opts.runner && opts.domainRuntime?.kind === 'qemu' ? await qemuRuntime({ baseDir, ...opts.domainRuntime.qemu, notice }) : null;
+  // Without a hypervisor runner, power state is recorded in the base directory (src/runtime/bookkeeping.ts).
+  const power = opts.runner || qemu ? null : runState(baseDir);
   const app = await QubesApp.open({
     stateFile: opts.stateFile ?? path.join(baseDir, 'qubes.xml'),
     pools: registry,
@@ -126,6 +126,8 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const bus = new EventBus();
   const stopForwarding = app.events.on('*', (e) => bus.emit(e.subject, e.event, e.pairs));
   try {
+    // Guests of the qemu runtime (they outlive qubesd) are not seen by bookkeeping: refused, not shown Halted under them.
+    if (power) await refuseRecordedGuests(baseDir);
     // Written only under the state lock, which the App now holds: a temporary left is a crash's.
     if (power) await sweepAtomicTemps(path.join(baseDir, RUN_STATE_FILE));
     await power?.restore(app);
@@ -169,6 +171,26 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
       return closing;
     },
   };
+}
+
+/**
+ * Refuses a bookkeeping runtime (the embedded tools, `qubesd --runtime
+ * bookkeeping`) on a base directory whose qemu runtime recorded guests
+ * (BASE/qemu/NAME.pid): those guests may still be writing their volumes, or
+ * be owed their storage stop, which only the qemu runtime sees and does;
+ * under bookkeeping their domains would look Halted and could be started
+ * or changed under them.
+ */
+async function refuseRecordedGuests(baseDir: string): Promise<void> {
+  const names = (await fs.readdir(path.join(baseDir, QEMU_DIR)).catch(() => [] as string[]))
+    .filter((n) => n.endsWith('.pid'))
+    .map((n) => n.slice(0, -'.pid'.length))
+    .sort();
+  if (names.length === 0) return;
+  throw new QubesException(
+    `${path.join(baseDir, QEMU_DIR)} records guests of the qemu runtime (${names.join(', ')}), which this runtime (bookkeeping) cannot see: ` +
+      `use qubesd with the qemu runtime (it finds them again, or finishes their stop), not the tools without a daemon`,
+  );
 }
 
 /**

@@ -110,9 +110,9 @@ export class QubesApp implements DomainHost, StateModel {
     this.lifecycle = new DomainLifecycle({ ...parts, runner: this.runner, volumeDefaults: this.volumeDefaults });
     this.settings = new SettingChanges(parts);
     // A domain that stops by itself (its guest powered off) stops its storage as a shutdown does.
-    this.runner.watch?.((name) => {
-      this.lifecycle.exited(name).catch((e: unknown) => this.opts.notice?.(`domain ${name} stopped by itself; stopping its storage failed: ${(e as Error).message}`));
-    });
+    this.runner.watch?.((name) =>
+      this.lifecycle.exited(name).catch((e: unknown) => this.opts.notice?.(`domain ${name} stopped by itself; stopping its storage failed: ${(e as Error).message}`)),
+    );
   }
 
   /**

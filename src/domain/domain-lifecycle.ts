@@ -378,6 +378,8 @@ export class DomainLifecycle {
       return e;
     } finally {
       this.ctx.saves.storageRan(d);
+      // The runner's record of the run (a qemu's pid file) goes only now: stopped or reported.
+      await this.ctx.runner.stopped?.(d).catch(() => undefined);
     }
   }
 

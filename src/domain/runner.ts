@@ -34,11 +34,19 @@ export interface DomainRunner {
   /**
    * Called once by the App at open: `exited(name)` is to be called when a
    * domain the runner started stops by itself. The App then asks `isRunning`
-   * under the domain's hold (a shutdown or a new start may have come first).
+   * under the domain's hold (a shutdown or a new start may have come first),
+   * and resolves once the domain's storage is stopped (or nothing was to be done).
    */
-  watch?(exited: (name: string) => void): void;
+  watch?(exited: (name: string) => Promise<void>): void;
   /** Whether the runner still runs this domain (asked only of runners with `watch`). */
   isRunning?(domain: RunnerDomain): boolean;
+  /**
+   * Called under the domain's hold once its storage is stopped after the
+   * runner's domain ended (shutdown, kill, or by itself): a runner that
+   * records runs on disk drops the record now, not before, so that a crash
+   * in between leaves the record for the next process to finish the stop.
+   */
+  stopped?(domain: RunnerDomain): Promise<void>;
 }
 
 export const noopRunner: DomainRunner = {

@@ -27,6 +27,7 @@ import type { DomainRunner, RunnerDomain } from '../domain/runner.js';
 import { writeFileAtomic } from '../files/files.js';
 import { QubesException } from '../storage/errors.js';
 import type { BlockDevice } from '../storage/volume.js';
+import { chooseAccel, type Accel, type AccelChoice, type AccelSetting } from './accel.js';
 import { Qmp } from './qmp.js';
 
 /** Where each known volume goes in the guest (Qubes' xvd names); others follow from xvde. */
@@ -41,14 +42,18 @@ const STDERR_KEEP = 8192;
 /** How often a guest found again (not our child: no exit event) is looked at. */
 const ADOPTED_POLL_MS = 500;
 
-export type Accel = 'tcg' | 'kvm';
+export type { Accel, AccelSetting } from './accel.js';
 
 export interface QemuRuntimeOptions {
   readonly baseDir: string;
   /** The qemu binary (default: qemu-system-x86_64 from PATH). */
   readonly qemu?: string;
-  /** Default tcg (see README: KVM is used only when asked for). */
-  readonly accel?: Accel;
+  /** Default auto: KVM where a probe guest runs under it, else TCG (accel.ts); decided at the first start. */
+  readonly accel?: AccelSetting;
+  /** Where `auto` looks for KVM (default /dev/kvm). */
+  readonly devKvm?: string;
+  /** Lines for the log (which accelerator, and why). */
+  readonly notice?: (line: string) => void;
 }
 
 /** One disk as the guest gets it. */
@@ -171,9 +176,10 @@ function intProp(d: RunnerDomain, name: string, min: number): number {
   return Number.isInteger(v) && v >= min ? v : min;
 }
 
-export async function findQemu(bin = 'qemu-system-x86_64'): Promise<string | null> {
+/** The qemu binary: `bin` itself when it names a path, else found on PATH (and /usr/bin, /usr/local/bin); null when none is executable. */
+export async function findQemu(bin = 'qemu-system-x86_64', env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
   if (bin.includes('/')) return (await isExecutable(bin)) ? bin : null;
-  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
+  for (const dir of (env['PATH'] ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
     if (!dir) continue;
     const p = path.join(dir, bin);
     if (await isExecutable(p)) return p;
@@ -221,11 +227,22 @@ async function qmpCommand(socket: string, command: string): Promise<unknown> {
 export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
   const bin = await findQemu(opts.qemu);
   if (!bin) throw new QubesException(`runtime qemu: ${opts.qemu ?? 'qemu-system-x86_64'} not found (Debian package qemu-system-x86)`);
-  const accel = opts.accel ?? 'tcg';
+  const accelSetting = opts.accel ?? 'auto';
+  // Decided once, at the first start (the probe boots that domain's kernel), and kept for this daemon.
+  let accelChoice: Promise<AccelChoice> | null = null;
+  const accelFor = (kernelDir: string): Promise<AccelChoice> =>
+    (accelChoice ??= chooseAccel(accelSetting, {
+      qemu: bin,
+      vmlinuz: path.join(kernelDir, 'vmlinuz'),
+      ...(opts.devKvm ? { devKvm: opts.devKvm } : {}),
+    }).then((c) => {
+      opts.notice?.(`qemu runtime: guests run under ${c.accel} (${c.why})`);
+      return c;
+    }));
   const qemuDir = path.join(opts.baseDir, QEMU_DIR);
   const logDir = path.join(opts.baseDir, LOG_DIR);
   const guests = new Map<string, Guest>();
-  let exited: ((name: string) => void) | null = null;
+  let exited: ((name: string) => Promise<void>) | null = null;
   let closed = false;
 
   const filesOf = (name: string) => ({
@@ -272,16 +289,25 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     await g.ended;
   };
 
-  /** Tracks a guest: when its qemu ends, its files go and the App hears of it. */
+  /**
+   * Tracks a guest: when its qemu ends, the App hears of it and stops the
+   * storage; its pid file goes after that (`stopped`), so a qubesd that
+   * dies in between leaves it for the next one to finish the stop.
+   */
   const track = (name: string, g: Guest): void => {
     guests.set(name, g);
     void g.ended.then(async () => {
       if (closed) return; // the next qubesd's to see
       if (guests.get(name) === g) guests.delete(name);
-      await fs.rm(g.qmp, { force: true }).catch(() => undefined);
-      await fs.rm(g.pidFile, { force: true }).catch(() => undefined);
-      exited?.(name);
+      await exited?.(name);
     });
+  };
+
+  /** The record of a run that is over: its pid file (last: it says a stop may be owed) and QMP socket. */
+  const forget = async (name: string): Promise<void> => {
+    const files = filesOf(name);
+    await fs.rm(files.qmp, { force: true });
+    await fs.rm(files.pidFile, { force: true });
   };
 
   /** Resolves when process `pid` (started at `start`) is gone, or a zombie; polled (it may not be our child). */
@@ -316,6 +342,10 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         vcpus: intProp(d, 'vcpus', 1),
         kernelopts: typeof d.prop('kernelopts') === 'string' ? (d.prop('kernelopts') as string) : '',
       };
+      // The console may hold what the guest says (secrets too): 0600, made here, new (O_EXCL), before qemu opens it.
+      await fs.rm(files.console, { force: true });
+      await (await fs.open(files.console, 'wx', 0o600)).close();
+      const { accel } = await accelFor(kernelDir);
       const log = await fs.open(files.qemuLog, 'w', 0o600);
       let child: ChildProcess;
       try {
@@ -339,6 +369,7 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
         await waitReady(d.name, g, disks);
       } catch (e) {
         await killGuest(g);
+        await forget(d.name);
         throw e;
       }
     },
@@ -369,6 +400,9 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
     isRunning(d) {
       return guests.has(d.name);
     },
+    async stopped(d) {
+      if (!guests.has(d.name)) await forget(d.name);
+    },
   };
 
   return {
@@ -380,26 +414,32 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
       } catch {
         return;
       }
+      const endedAway: { name: string; pid: number }[] = [];
       for (const n of names) {
         const name = n.slice(0, -'.pid'.length);
         const files = filesOf(name);
         const [pidText, start, uuid] = (await fs.readFile(files.pidFile, 'utf8').catch(() => '')).trim().split(' ');
         const pid = Number(pidText);
+        const d = app.findDomain(name);
+        // The domain the record is of (same name and uuid; dom0 never runs under qemu), or null.
+        const mine = d && d.uuid === uuid && d.klass !== 'AdminVM' ? d : null;
         if (!Number.isInteger(pid) || pid <= 1 || !start) {
-          await fs.rm(files.pidFile, { force: true });
+          await forget(name);
           continue;
         }
         // Only the very process recorded (same start time) running this domain's qemu (its QMP socket on its command line).
         const cmdline = (await procStart(pid)) === start ? await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
         if (!cmdline.includes(`path=${optValue(files.qmp)},`)) {
-          await fs.rm(files.pidFile, { force: true });
-          await fs.rm(files.qmp, { force: true });
+          // The guest ended while no qubesd ran (or the host rebooted): the stop it was owed is made below.
+          if (mine) {
+            mine.powerState = 'Running';
+            endedAway.push({ name, pid });
+          } else await forget(name);
           continue;
         }
-        const d = app.findDomain(name);
-        if (d && d.uuid === uuid && d.klass !== 'AdminVM') {
+        if (mine) {
           track(name, { pid, qmp: files.qmp, pidFile: files.pidFile, ended: endOf(pid, start) });
-          d.powerState = 'Running';
+          mine.powerState = 'Running';
           notice(`domain ${name} is running (qemu pid ${pid}, found again)`);
         } else {
           try {
@@ -407,10 +447,14 @@ export async function qemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime
           } catch {
             // gone meanwhile
           }
-          await fs.rm(files.pidFile, { force: true });
-          await fs.rm(files.qmp, { force: true });
+          await forget(name);
           notice(`killed qemu pid ${pid}, left running for ${name}, which is no longer that domain`);
         }
+      }
+      // Each stopped as at a shutdown (commit or discard, domain-shutdown); its pid file goes once that is done.
+      for (const { name, pid } of endedAway) {
+        notice(`domain ${name}: its guest (qemu pid ${pid}) ended while no qubesd ran; stopping its storage as at a shutdown`);
+        await exited?.(name);
       }
     },
     close() {

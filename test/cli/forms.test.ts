@@ -9,7 +9,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { spawnQubesd } from '../daemon/helpers.js';
+import { qubesdEnv, spawnQubesd } from '../daemon/helpers.js';
 import { QUBESD, run, tempBase, toolEnv, type Result } from './helpers.js';
 import { runNode, type NodeRun } from '../helpers/process.js';
 
@@ -159,5 +159,5 @@ describe('qubesd parses its options with the same parser', () => {
 });
 
 function runQubesd(args: readonly string[]): Promise<NodeRun> {
-  return runNode(QUBESD, args, { PATH: process.env['PATH'] });
+  return runNode(QUBESD, args, qubesdEnv({ PATH: process.env['PATH'] }));
 }

@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runNode } from '../helpers/process.js';
+import { qubesdEnv } from '../daemon/helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** dist/ */
@@ -53,7 +54,7 @@ export interface Daemon {
 export async function startDaemon(base: string): Promise<Daemon> {
   const socket = path.join(base, 's');
   const child: ChildProcess = spawn(process.execPath, [QUBESD, '--base-dir', base, '--socket', socket], {
-    env: { PATH: process.env['PATH'], HOME: base },
+    env: qubesdEnv({ PATH: process.env['PATH'], HOME: base }),
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

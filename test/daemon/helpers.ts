@@ -20,10 +20,30 @@ export interface DaemonProc {
   waitFor(text: string | RegExp, ms?: number): Promise<void>;
 }
 
-export function spawnQubesd(args: readonly string[]): DaemonProc {
+/**
+ * The environment of a test's qubesd: `env` with the runtime named. Tests'
+ * domains have fake kernels, and qemu is the default runtime where it is
+ * installed (src/runtime/setting.ts), so every daemon a test or a bench
+ * spawns runs `bookkeeping` unless it asks for `qemu`, or for `null`: the
+ * default, as a user's qubesd would choose it.
+ */
+export function qubesdEnv(env: NodeJS.ProcessEnv, runtime: 'bookkeeping' | 'qemu' | null = 'bookkeeping'): NodeJS.ProcessEnv {
+  const out = { ...env };
+  delete out['QUBES_STORAGE_RUNTIME'];
+  return runtime === null ? out : { ...out, QUBES_STORAGE_RUNTIME: runtime };
+}
+
+export interface SpawnOptions {
+  /** The runtime (default bookkeeping; null: qubesd's own default); see qubesdEnv. */
+  readonly runtime?: 'bookkeeping' | 'qemu' | null;
+  /** More environment. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export function spawnQubesd(args: readonly string[], opts: SpawnOptions = {}): DaemonProc {
   const child = spawn(process.execPath, [QUBESD, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, QUBES_STORAGE_FAILPOINTS: '' },
+    env: qubesdEnv({ ...process.env, QUBES_STORAGE_FAILPOINTS: '', ...opts.env }, opts.runtime),
   });
   let err = '';
   const waiters = new Set<() => void>();
@@ -69,8 +89,8 @@ export function spawnQubesd(args: readonly string[]): DaemonProc {
 }
 
 /** Starts qubesd on `baseDir` with its socket at `socketPath` and waits until it listens. */
-export async function startQubesd(baseDir: string, socketPath: string, extra: readonly string[] = []): Promise<DaemonProc> {
-  const d = spawnQubesd(['--base-dir', baseDir, '--socket', socketPath, '--storage-conf', path.join(baseDir, 'storage.conf'), ...extra]);
+export async function startQubesd(baseDir: string, socketPath: string, extra: readonly string[] = [], opts: SpawnOptions = {}): Promise<DaemonProc> {
+  const d = spawnQubesd(['--base-dir', baseDir, '--socket', socketPath, '--storage-conf', path.join(baseDir, 'storage.conf'), ...extra], opts);
   await d.waitFor(`qubesd: listening on ${socketPath}\n`);
   return d;
 }

@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { QubesClient } from '../../src/client/index.js';
 import type { RunnerDomain } from '../../src/domain/runner.js';
+import { chooseAccel, probeGuest } from '../../src/runtime/accel.js';
 import { findQemu, killRecordedGuests, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
 import { Qmp } from '../../src/runtime/qmp.js';
 import type { BlockDevice } from '../../src/storage/volume.js';
@@ -113,10 +114,15 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     }
   };
   const poolFile = (...p: string[]): string => path.join(base, 'pools', 'default', ...p);
-  /** Waits (without a timed assertion: a hang is what the deadline is for) until the domain is Halted. */
+  /**
+   * Waits (without a timed assertion: a hang is what the deadline is for)
+   * until the domain is Halted and its storage stopped: the runtime drops
+   * the guest's pid file only once the stop is done (Halted is shown as it begins).
+   */
   const halted = async (vm: string): Promise<void> => {
     const deadline = Date.now() + 300_000;
-    while ((await client!.powerState(vm)) !== 'Halted') {
+    const pidFile = path.join(base, 'qemu', `${vm}.pid`);
+    while ((await client!.powerState(vm)) !== 'Halted' || (await fs.access(pidFile).then(() => true, () => false))) {
       if (Date.now() > deadline) throw new Error(`${vm} still running after 300 s; console:\n${await consoleLog(vm).catch(() => '')}`);
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -179,7 +185,7 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
 
   after(async () => {
     await client?.close();
-    if (daemon && daemon.exitCode === null) {
+    if (daemon && daemon.exitCode === null && daemon.signalCode === null) {
       const exited = new Promise((r) => daemon!.once('exit', r));
       daemon.kill('SIGTERM'); // its guests go on running: killed below
       await exited;
@@ -207,6 +213,14 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual(appFiles.filter((f) => f.includes('dirty') || f.startsWith('root')), [], appFiles.join(' '));
     const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'app')).stdout) as { name: string; state: string }[];
     assert.equal(row?.state, 'Halted');
+    // The guest's console and qemu's messages: the owner's only.
+    for (const f of ['app.console.log', 'app.qemu.log']) assert.equal((await fs.stat(path.join(base, 'log', f))).mode & 0o777, 0o600, f);
+    // The accelerator (QUBES_STORAGE_QEMU_ACCEL unset: auto), said once at this first start, with why.
+    const kvmOpens = await fs.open('/dev/kvm', 'r+').then((h) => h.close().then(() => true), () => false);
+    const accelLines = daemonLog.split('\n').filter((l) => l.includes('guests run under'));
+    assert.equal(accelLines.length, 1, daemonLog);
+    if (!kvmOpens) assert.match(accelLines[0]!, /^qubesd: qemu runtime: guests run under tcg \(auto: \/dev\/kvm cannot be opened \(E[A-Z]+\)\)$/);
+    else assert.match(accelLines[0]!, /^qubesd: qemu runtime: guests run under (tcg|kvm) \(auto: /);
   });
 
   it('boots a guest again: it reads back its private data and sees the template root and an empty volatile', async () => {
@@ -270,6 +284,53 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.deepEqual((await fs.readdir(poolFile('appvms', 'app'))).filter((f) => f.includes('dirty')), []);
   });
 
+  it('a disk another qemu holds: qvm-start fails naming the volume, exit 1; the storage is stopped again, the domain Halted, no qemu left', async () => {
+    // revisions_to_keep -1: the started private is the committed image itself (a hard link), the file the holder locks.
+    await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'held');
+    await importImage('held:private', privateImage(COUNTER_SCRIPT, 'HELD-DATA'));
+    await tool('qvm-volume', 'config', 'held:private', 'revisions_to_keep', '-1');
+    const privateImg = poolFile('appvms', 'held', 'private.img');
+    const holderQmp = path.join(base, 'holder.qmp');
+    const holder = spawn(
+      'qemu-system-x86_64',
+      ['-machine', 'q35,accel=tcg', '-S', '-display', 'none', '-nodefaults', '-qmp', `unix:${holderQmp},server=on,wait=off`,
+        '-drive', `file=${privateImg},format=raw,if=none,id=h`, '-device', 'virtio-blk-pci,drive=h'],
+      { stdio: 'ignore' },
+    );
+    try {
+      // It answers on QMP once its devices are made (and the image's lock taken).
+      for (const until = Date.now() + 60_000; ; await new Promise((r) => setTimeout(r, 100))) {
+        const q = await Qmp.connect(holderQmp).catch(() => null);
+        if (q) {
+          await q.execute('query-status');
+          q.close();
+          break;
+        }
+        if (holder.exitCode !== null || Date.now() > until) throw new Error('the holder qemu did not start');
+      }
+      const r = await run('qvm-start', ['held'], env);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^qvm-start: error: domain held: volume private cannot be attached \(\S*\/appvms\/held\/private-dirty\.img\): .*Failed to get "write" lock/m);
+    } finally {
+      if (holder.exitCode === null && holder.signalCode === null) {
+        const gone = new Promise((res) => holder.once('exit', res));
+        holder.kill('SIGKILL');
+        await gone;
+      }
+    }
+    // Storage stopped as before the start: no working copy, snapshot or volatile image left; the data as it was.
+    const left = await fs.readdir(poolFile('appvms', 'held'));
+    assert.deepEqual(left.sort(), ['private.img'], left.join(' '));
+    assert.equal(await fileAt(privateImg, MiB, 16), 'HELD-DATA');
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'held')).stdout) as { state: string }[];
+    assert.equal(row?.state, 'Halted');
+    // No qemu left for it: no record, and no process with its QMP socket on its command line.
+    assert.deepEqual((await fs.readdir(path.join(base, 'qemu'))).filter((f) => f.startsWith('held.')), []);
+    const qmpArg = `path=${path.join(base, 'qemu', 'held.qmp')},`;
+    for (const pid of (await fs.readdir('/proc')).filter((p) => /^\d+$/.test(p)))
+      assert.ok(!(await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(qmpArg), `a qemu of held is left: pid ${pid}`);
+  });
+
   it('boots a DispVM: it sees its template\'s private and root; what it writes to private is discarded', async () => {
     await tool('qvm-prefs', 'app', 'kernelopts', '');
     await tool('qvm-prefs', 'app', 'template_for_dispvms', 'True');
@@ -282,6 +343,45 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
     assert.equal(await fileAt(poolFile('appvms', 'app', 'private.img'), MiB, 16), 'boot-5');
     const left = await fs.readdir(poolFile('appvms', 'disp')).catch(() => [] as string[]);
     assert.deepEqual(left.filter((f) => f.includes('dirty') || f.startsWith('private') || f.startsWith('root')), [], left.join(' '));
+  });
+  it('a guest that powers off while no qubesd runs: the next qubesd stops its storage as at a shutdown (private committed, a new revision), Halted', async () => {
+    // A domain of its own (the test runs alone too): its guest writes boot-1 to private and waits for the power button.
+    await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', '--prop', 'kernelopts=qs.wait', 'away');
+    await importImage('away:private', privateImage(COUNTER_SCRIPT));
+    const before = await revisions('away', 'private');
+    await tool('qvm-start', 'away');
+    await said('away', 'qs-guest: waiting');
+    const pid = Number((await fs.readFile(path.join(base, 'qemu', 'away.pid'), 'utf8')).split(' ')[0]);
+    await client!.close();
+    client = null;
+    const killed = new Promise((r) => daemon!.once('exit', r));
+    daemon!.kill('SIGKILL');
+    await killed;
+    // Without a daemon the tools (embedded: bookkeeping) cannot see the guest: they refuse rather than show it Halted.
+    const embedded = await run('qvm-ls', [], toolEnv(base));
+    assert.notEqual(embedded.code, 0);
+    assert.match(embedded.stderr, /^qvm-ls: error: \S+\/qemu records guests of the qemu runtime \(away\), which this runtime \(bookkeeping\) cannot see: use qubesd with the qemu runtime/);
+    // With no qubesd: the power button, pressed here over the guest's own QMP socket; its acpid powers it off.
+    const q = await Qmp.connect(path.join(base, 'qemu', 'away.qmp'));
+    await q.execute('system_powerdown');
+    q.close();
+    while ((await procStart(pid)) !== '') await new Promise((r) => setTimeout(r, 100));
+    // Still as the killed daemon left it: the working copy of private holds what the guest wrote, uncommitted.
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private-dirty.img'), MiB, 16), 'boot-1');
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private.img'), MiB, 16), '');
+    await startQubesd();
+    assert.match(daemonLog, new RegExp(`domain away: its guest \\(qemu pid ${pid}\\) ended while no qubesd ran; stopping its storage as at a shutdown`));
+    const [row] = JSON.parse((await tool('qvm-ls', '--format', 'json', 'away')).stdout) as { state: string }[];
+    assert.equal(row?.state, 'Halted');
+    saidAll(await guestLines('away'), 'qs-guest: power button', 'qs-guest: private was []', 'qs-guest: wrote boot-1');
+    // Committed: the guest's write in private, the data before it kept as one new revision; root and volatile discarded.
+    assert.equal(await fileAt(poolFile('appvms', 'away', 'private.img'), MiB, 16), 'boot-1');
+    const after1 = await revisions('away', 'private');
+    assert.equal(after1.filter((r) => !before.includes(r)).length, 1, `revisions before ${before.join(' ')} after ${after1.join(' ')}`);
+    const files = await fs.readdir(poolFile('appvms', 'away'));
+    assert.deepEqual(files.filter((f) => f.includes('dirty') || f.startsWith('root') || f.startsWith('volatile')), [], files.join(' '));
+    // The record is gone with the stop: a further restart finds nothing owed.
+    assert.deepEqual((await fs.readdir(path.join(base, 'qemu'))).filter((f) => f.startsWith('away.')), []);
   });
 });
 
@@ -347,6 +447,36 @@ describe('qemu runtime: a disk that cannot be attached fails the start, naming t
         await gone;
       }
       await fs.rm(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('qemu runtime: the accelerator (auto: KVM only where a probe guest runs under it)', { skip: setup.reason ?? false }, () => {
+  const vmlinuz = (): string => path.join(setup.kernelDir, 'vmlinuz');
+
+  it('auto without a /dev/kvm that opens: tcg, saying why; no probe is run', async () => {
+    const c = await chooseAccel('auto', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz(), devKvm: path.join(os.tmpdir(), 'qs-no-such-kvm') });
+    assert.deepEqual(c, { accel: 'tcg', why: `auto: ${path.join(os.tmpdir(), 'qs-no-such-kvm')} cannot be opened (ENOENT)` });
+    // Told: taken as told, no probe.
+    assert.deepEqual(await chooseAccel('kvm', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz() }), { accel: 'kvm', why: 'QUBES_STORAGE_QEMU_ACCEL=kvm' });
+  });
+
+  it('auto where /dev/kvm opens but the probe guest does not get to its panic in time: tcg, saying why', async () => {
+    // /dev/null opens read-write; 1 ms is too short for any guest: the probe fails whatever this host's KVM does.
+    const c = await chooseAccel('auto', { qemu: 'qemu-system-x86_64', vmlinuz: vmlinuz(), devKvm: '/dev/null', timeoutMs: 1 });
+    assert.equal(c.accel, 'tcg');
+    assert.equal(c.why, 'auto: /dev/null opens but a probe guest did not reach its kernel panic within 0.001 s under kvm (the guest hangs)');
+  });
+
+  it('the probe: a kernel that boots reaches its panic and qemu ends (under tcg); a file that is no kernel does not', async () => {
+    assert.equal(await probeGuest('qemu-system-x86_64', 'tcg', vmlinuz(), 120_000), null);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-probe-'));
+    try {
+      await fs.writeFile(path.join(dir, 'vmlinuz'), 'not a kernel\n');
+      const notKernel = await probeGuest('qemu-system-x86_64', 'tcg', path.join(dir, 'vmlinuz'), 120_000);
+      assert.equal(notKernel, 'a probe guest did not run under tcg: qemu exited 1: qemu: invalid kernel header');
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
     }
   });
 });
