@@ -15,77 +15,21 @@
 // killed by pid in `after`.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { QubesClient } from '../../src/client/index.js';
 import type { RunnerDomain } from '../../src/domain/runner.js';
 import { chooseAccel, probeGuest } from '../../src/runtime/accel.js';
-import { findQemu, killRecordedGuests, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
+import { killRecordedGuests, procStart, qemuRuntime } from '../../src/runtime/qemu.js';
 import { Qmp } from '../../src/runtime/qmp.js';
 import type { BlockDevice } from '../../src/storage/volume.js';
 import { run, toolEnv, QUBESD, type Result } from '../cli/helpers.js';
+import { COUNTER_SCRIPT, guestSetup, installGuestKernel, MiB, privateImage, TEMPLATE_ROOT, templateRootImage } from './guest-setup.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const MiB = 1 << 20;
-
-/** Why the guests cannot run here, or null. */
-async function unavailable(): Promise<{ reason: string | null; kernelDir: string }> {
-  if (!(await findQemu())) return { reason: 'qemu-system-x86_64 not found (Debian package qemu-system-x86)', kernelDir: '' };
-  const dir = process.getuid?.() === 0 ? undefined : path.join(os.tmpdir(), 'qs-guest-kernel');
-  try {
-    const { stdout } = await promisify(execFile)('bash', [path.join(ROOT, 'scripts', 'guest-kernel.sh'), ...(dir ? [dir] : [])], { maxBuffer: 1 << 20 });
-    return { reason: null, kernelDir: stdout.trim().split('\n').pop()! };
-  } catch (e) {
-    return { reason: `scripts/guest-kernel.sh failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim()}`, kernelDir: '' };
-  }
-}
-
-const setup = await unavailable();
+const setup = await guestSetup();
 if (setup.reason && process.env['QS_TEST_REQUIRE'] === '1') throw new Error(`QS_TEST_REQUIRE=1: cannot boot guests: ${setup.reason}`);
-
-/** A raw image: the guest script at 0 (first line `#qs-guest-script`), optional data at 1 MiB. */
-function privateImage(script: string, data = ''): Buffer {
-  const img = Buffer.alloc(2 * MiB);
-  img.write(`#qs-guest-script\n${script}`, 0);
-  img.write(data, MiB);
-  return img;
-}
-
-// The script of the AppVM: says what it finds on root, private (at 1 MiB) and
-// volatile, then writes a boot counter to private, a mark to root and to volatile.
-const COUNTER_SCRIPT = `
-prev="$(dd if=/dev/xvdb bs=1M skip=1 count=1 2>/dev/null | head -c 64 | tr -d '\\000\\n')"
-echo "qs-guest: root is [$(head -c 64 /dev/xvda | tr -d '\\000\\n')]"
-echo "qs-guest: private was [$prev]"
-echo "qs-guest: volatile is [$(head -c 4096 /dev/xvdc | tr -d '\\000\\n')]"
-n=$(( \${prev#boot-} + 1 ))
-printf 'boot-%s' "$n" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to private failed"
-printf 'APPVM-WROTE-ROOT' | dd of=/dev/xvda conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to root failed"
-printf 'VOLATILE-JUNK' | dd of=/dev/xvdc conv=notrunc,fsync 2>/dev/null || echo "qs-guest: write to volatile failed"
-echo 3 >/proc/sys/vm/drop_caches
-echo "qs-guest: root now [$(head -c 16 /dev/xvda | tr -d '\\000\\n')]"
-echo "qs-guest: wrote boot-$n"
-# Modes from the kernel command line (the domain's kernelopts):
-# qs.scribble: keep writing private (to be killed mid-write); qs.wait: wait for the power button.
-case " $(cat /proc/cmdline) " in
-*" qs.scribble "*)
-  i=0
-  while :; do
-    i=$((i + 1))
-    printf 'scribble-%s' "$i" | dd of=/dev/xvdb bs=1M seek=1 conv=notrunc,fsync 2>/dev/null
-    # Said once the first write is on the disk: a kill from then on finds one there.
-    [ "$i" = 1 ] && echo "qs-guest: scribbling"
-  done ;;
-*" qs.wait "*)
-  echo "qs-guest: waiting"
-  while :; do sleep 1; done ;;
-esac
-`;
-const TEMPLATE_ROOT = 'TEMPLATE-ROOT-1';
 
 describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reason ?? false }, () => {
   let base = '';
@@ -168,19 +112,14 @@ describe('qemu runtime: guests boot on their volumes (TCG)', { skip: setup.reaso
 
   before(async () => {
     base = await fs.mkdtemp(path.join(os.tmpdir(), 'qs-g-'));
-    // The guest kernel is the kernel pool's only one: a new state takes it as default_kernel.
-    const version = path.basename(setup.kernelDir);
-    await fs.mkdir(path.join(base, 'vm-kernels', version), { recursive: true });
-    for (const f of ['vmlinuz', 'initramfs', 'modules.img']) await fs.copyFile(path.join(setup.kernelDir, f), path.join(base, 'vm-kernels', version, f));
+    await installGuestKernel(base, setup.kernelDir);
     socket = path.join(base, 's');
     await startQubesd();
     env = toolEnv(base, socket);
     // A template with a marked root, an AppVM on it; tiny guests (TCG: one vcpu).
     await tool('qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
     await tool('qvm-create', '-t', 'tpl', '-l', 'red', '--prop', 'memory=128', '--prop', 'vcpus=1', 'app');
-    const root = Buffer.alloc(2 * MiB);
-    root.write(TEMPLATE_ROOT, 0);
-    await importImage('tpl:root', root);
+    await importImage('tpl:root', templateRootImage());
   });
 
   after(async () => {
