@@ -698,6 +698,15 @@ export class RbdClient {
     }
   }
 
+  /**
+   * Runs `fn` outside the calling operation's session: work that outlives
+   * the operation (a prune queued by a stop) must not open handles in a
+   * session that has already closed its handles.
+   */
+  detached<T>(fn: () => T): T {
+    return this.sessions.exit(fn);
+  }
+
   /** Closes the calling session's handles of these images (before a call that needs them closed). */
   private async release(...images: string[]): Promise<void> {
     const held = this.sessions.getStore();
@@ -780,6 +789,27 @@ export class RbdClient {
       if (!opened && isErrno(e, ENOENT)) return null;
       throw e;
     }
+  }
+
+  /**
+   * Opens `image` (writable) for as long as the caller needs it, outside any
+   * session: an import streamed by a client writes through it between
+   * calls. Counted as a call in flight until closed (close() of the client
+   * waits for it); `close` is idempotent.
+   */
+  hold(image: string): Promise<{ image: RbdImage; close(): Promise<void> }> {
+    return new Promise((resolve, reject) => {
+      this.track(async (c, a) => {
+        const h = await this.open(c, a, image, null, false);
+        await new Promise<void>((ended) => {
+          let closing: Promise<void> | null = null;
+          resolve({
+            image: new RbdImage(this, a, h, image),
+            close: () => (closing ??= onWorker(a.rbd_close, h).then(() => ended(), () => ended())),
+          });
+        });
+      }).catch(reject);
+    });
   }
 
   /** @internal RbdImage reports its failures through the client. */
