@@ -735,12 +735,21 @@ export class RbdVolume extends Volume {
     await this.dropBaseOf(aside);
   }
 
+  /**
+   * Whether `image` exists: one OSD read (RbdClient.idObjectExists) instead
+   * of an open, which is several (the verify before every start); a "no" is
+   * confirmed by an open, so an image without the id object counts too.
+   */
+  private async exists(image: string): Promise<boolean> {
+    return (await this.rbd.idObjectExists(image)) || (await this.imageInfo(image)) !== null;
+  }
+
   protected async doVerify(): Promise<boolean> {
     return this.guarded('verify failed', async () => {
       if (this.snap_on_start) {
         const src = this.source as RbdVolume;
-        if (!(await this.imageInfo(src.image))) throw new StoragePoolException(this.what(`source volume ${src.vid} has no image`));
-      } else if (this.save_on_stop && !(await this.imageInfo(this.image))) {
+        if (!(await this.exists(src.image))) throw new StoragePoolException(this.what(`source volume ${src.vid} has no image`));
+      } else if (this.save_on_stop && !(await this.exists(this.image))) {
         throw new StoragePoolException(this.what(`missing image ${this.image}`));
       }
       return true;
@@ -1038,7 +1047,8 @@ function rbdImportWriter(held: { image: RbdImage; close(): Promise<void> }, size
     file: null,
     blockBytes: BLOCK,
     writeBytes: IO_CHUNK,
-    pendingBytes: IN_FLIGHT * IO_CHUNK,
+    // Twice the writes that run at once: the next ones wait queued, so no worker idles while the payload refills.
+    pendingBytes: 2 * IN_FLIGHT * IO_CHUNK,
     syncEveryBytes: Infinity,
     async writev(bufs, at) {
       const buf = bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs);
