@@ -377,6 +377,27 @@ export class RbdClient {
   private closed = false;
   private inflight = 0;
   private idle: (() => void) | null = null;
+  private readonly quietWaiters: (() => void)[] = [];
+
+  /**
+   * Resolves once no call is in flight, or after `maxMs`: background work
+   * (a prune after a stop) waits for the operation that queued it, e.g. the
+   * other volumes of the same domain's stop, and never much longer.
+   */
+  quiet(maxMs: number): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        const k = this.quietWaiters.indexOf(done);
+        if (k >= 0) this.quietWaiters.splice(k, 1);
+        resolve();
+      };
+      const timer = setTimeout(done, maxMs);
+      timer.unref();
+      this.quietWaiters.push(done);
+    });
+  }
 
   constructor(
     readonly target: CephTarget,
@@ -480,7 +501,8 @@ export class RbdClient {
       }
       throw e;
     } finally {
-      if (--this.inflight === 0 && this.idle) {
+      if (--this.inflight === 0) for (const w of this.quietWaiters.splice(0)) w();
+      if (this.inflight === 0 && this.idle) {
         this.idle();
         this.idle = null;
       }

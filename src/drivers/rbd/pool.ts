@@ -217,7 +217,9 @@ export class RbdPool extends Pool {
    */
   queuePrune(vid: string, job: (started: () => void) => Promise<void>): void {
     if (this.prunesQueued.has(vid)) return;
-    const p: Promise<void> = Promise.resolve()
+    // After the operation that queued it (and the others of the same domain stop) have settled, or 250 ms.
+    const p: Promise<void> = this.rbd
+      .quiet(250)
       .then(() =>
         // Outside the stop's session: that one closes its handles when the stop returns.
         this.rbd.detached(() =>

@@ -419,7 +419,8 @@ export class RbdVolume extends Volume {
     this.pool.queuePrune(this.vid, (started) =>
       this.locked(async () => {
         started();
-        await this.guarded('pruning revisions failed', async () => this.prune(await this.snaps(this.image)));
+        // One writable open for the list and the removals (the job is queued only when something is past the limit).
+        await this.guarded('pruning revisions failed', () => this.rbd.session(async () => this.prune(await this.snaps(this.image))));
       }),
     );
   }
