@@ -77,6 +77,12 @@ describeRbd('rbd: the prune of old revisions after a stop runs in the background
     assert.equal(await revText(v.image, 4), 'three');
     assert.deepEqual((await v.revisions()).map((r) => r.id), ['3', '4']);
     assert.deepEqual(restlessSnaps(v.image), []);
+    // The next operation's own prune (recover) removes nothing that is within the limit.
+    await v.start();
+    assert.deepEqual(revIds(v.image), [3, 4], `after the next start: ${snapsOf(v.image).join(' ')}`);
+    await v.stop();
+    await pool.settled();
+    assert.deepEqual(revIds(v.image), [4, 5]);
     await v.remove();
   });
 
