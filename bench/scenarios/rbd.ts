@@ -12,8 +12,8 @@
 // scripts/with-ceph.sh), else one started here with scripts/ceph-cluster.sh
 // (root and the Ceph packages needed; 8 GiB OSD file) and stopped at the end.
 // Without either the scenario says why and measures nothing.
-import { spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
+import { execFile, spawnSync } from 'node:child_process';
+import { createHash, randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
@@ -29,10 +29,20 @@ import type { Pool } from '../../src/storage/pool.js';
 import type { Volume } from '../../src/storage/volume.js';
 import { defaultVolumeConfigs } from '../../src/storage/volume-sets.js';
 import { scratchXfs } from '../scratch-fs.js';
+import { promisify } from 'node:util';
+import { startChildQubesd, type ChildDaemon } from '../daemon-util.js';
 import { figure, timeMs, withBaseline, type Figure } from '../stats.js';
 import type { Scenario } from '../run.js';
 
 const MiB = 1024 ** 2;
+const execFileP = promisify(execFile);
+const CLI = (tool: string) => fileURLToPath(new URL(`../../src/cli/${tool}.js`, import.meta.url));
+
+async function sha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of fs.createReadStream(file, { highWaterMark: 4 * MiB })) h.update(c as Buffer);
+  return h.digest('hex');
+}
 const SCRIPT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/ceph-cluster.sh');
 
 interface Cluster {
@@ -109,6 +119,7 @@ export const rbd: Scenario = {
     const scratch = await scratchXfs('rbd', opts.quick ? 2 : 6);
     const prefix = `bench-${process.pid}-`;
     let rbdPool: RbdPool | null = null;
+    let daemon: ChildDaemon | null = null;
     try {
       const reflink = fileReflinkDriver.createPool('reflink', {
         dir_path: path.join(scratch.dir, 'pool'), setup_check: scratch.kind.includes('XFS') || !scratch.kind.includes('directory'),
@@ -138,7 +149,7 @@ export const rbd: Scenario = {
         await s.std.create();
       }
       const t: Record<string, number[]> = {
-        startStop: [], startStopR: [], startStopC: [], calls: [], opens: [], cpu: [],
+        startStop: [], startStopR: [], startStopC: [], calls: [], opens: [], cpu: [], bg: [], bgCpu: [], bgCalls: [], toolStream: [], toolLocal: [],
         imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [],
       };
       const rbdCmd = (args: string[]): void => {
@@ -169,11 +180,38 @@ export const rbd: Scenario = {
         t['cpu']!.push((used.user + used.system) / 1000);
         t['calls']!.push(rbdCallCounts.calls - before.calls);
         t['opens']!.push(rbdCallCounts.opens - before.opens);
-        await rbdPool.rbd.settled(); // the stop's background removals, outside the next cycle's time
+        // The stop's background work (the prune of the oldest revision, the trash removals), outside the next cycle's time.
+        const bgBefore = rbdCallCounts.calls;
+        const bgCpu = process.cpuUsage();
+        t['bg']!.push(await timeMs(() => rbdPool!.settled()));
+        const bgUsed = process.cpuUsage(bgCpu);
+        t['bgCpu']!.push((bgUsed.user + bgUsed.system) / 1000);
+        t['bgCalls']!.push(rbdCallCounts.calls - bgBefore);
       }
       const cmdImage = `rbd/${prefix}cmd`;
       const out = path.join(scratch.dir, 'export.img');
+      // A daemon with its own rbd pool on the same cluster, for imports as a user makes them (qvm-volume import).
+      const base = path.join(scratch.dir, 'qubes');
+      const sock = path.join(scratch.dir, 'qubesd.sock');
+      await fsp.mkdir(base);
+      daemon = await startChildQubesd(base, sock, path.join(scratch.dir, 'qubesd.log'));
+      const toolEnv = { PATH: process.env['PATH'], HOME: base, QUBES_BASE_DIR: base, QUBESD_SOCKET: sock };
+      const tool = (name: string, args: string[]) => execFileP(process.execPath, [CLI(name), ...args], { env: toolEnv, maxBuffer: 1 << 20 });
+      await tool('qvm-pool', ['add', 'cephd', 'rbd', '-o', 'ceph_pool=rbd', '-o', `ceph_conf=${c.conf}`, '-o', `image_prefix=${prefix}d-`, '-o', 'host_id=benchd', '-o', 'revisions_to_keep=1']);
+      await tool('qvm-create', ['--class', 'StandaloneVM', '--label', 'red', '-P', 'cephd', 'imp']);
+      const daemonImage = `rbd/${prefix}d-appvms=imp=private`;
+      const dataHash = await sha256(data);
       for (let i = 0; i < rounds; i++) {
+        // qvm-volume import through the admin socket (ImportWithSize: the payload streamed into the image),
+        // and the default on the daemon's host (the local import service: a file the daemon then writes into the image).
+        t['toolStream']!.push(await timeMs(() => tool('qvm-volume', ['import', '--stream', 'imp:private', data])));
+        if (i === 0) {
+          rbdCmd(['export', daemonImage, out]);
+          const same = (await sha256(out)) === dataHash;
+          await fsp.rm(out, { force: true });
+          if (!same) throw new Error('rbd: the image imported through the admin socket differs from the file');
+        }
+        t['toolLocal']!.push(await timeMs(() => tool('qvm-volume', ['import', 'imp:private', data])));
         t['impR']!.push(await timeMs(() => importFile(sets.reflink.std.get('private'), data, dataSize)));
         let end = 0;
         t['imp']!.push(await timeMs(async () => { end = await importFile(sets.rbd.std.get('private'), data, dataSize); }));
@@ -203,6 +241,8 @@ export const rbd: Scenario = {
       const iEnd = figure(`import ${mb} MiB, rbd: import_data_end alone (the file into the image)`, 'MiB/s', rate(t['impEnd']!));
       const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
+      const tS = figure(`qvm-volume import --stream ${mb} MiB (admin socket, straight into the image), rbd`, 'MiB/s', rate(t['toolStream']!));
+      const tL = figure(`qvm-volume import ${mb} MiB (local import service: a file, then the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
       const figures: Figure[] = [
         fR,
         fC,
@@ -211,11 +251,16 @@ export const rbd: Scenario = {
         figure('AppVM start+stop, rbd: calls waiting for the cluster', 'calls', t['calls']!),
         figure('AppVM start+stop, rbd: image opens', 'opens', t['opens']!),
         figure('AppVM start+stop, rbd: CPU of this process (all threads)', 'ms', t['cpu']!),
+        figure('after the stop, in the background (revision prune, trash removals): time until settled', 'ms', t['bg']!),
+        figure('after the stop, in the background: calls waiting for the cluster', 'calls', t['bgCalls']!),
+        figure('after the stop, in the background: CPU of this process', 'ms', t['bgCpu']!),
         iR,
         iCmd,
         withBaseline(iL, iCmd),
         withBaseline(iEnd, iCmd),
         withBaseline(iVol, iCmd),
+        withBaseline(tS, iCmd),
+        withBaseline(tL, iCmd),
         eR,
         eCmd,
         withBaseline(eL, eCmd),
@@ -233,10 +278,12 @@ export const rbd: Scenario = {
           'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
           'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size',
           'rbd start+stop: the stop\'s background object deletion (RBD trash) is awaited between cycles, outside the timed span; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
-          'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)'
+          'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)',
+          'qvm-volume import: the tool (a node process) against a child qubesd with its own rbd pool on the same cluster, into a StandaloneVM private volume keeping 1 revision; --stream: admin.vm.volume.ImportWithSize, the payload written into the image by the volume\'s import writer; without: the local import service (internal ImportBegin/End), a file in tmp_dir then the image; the first --stream import is checked against the file (rbd export, SHA-256)',
         ],
       };
     } finally {
+      await daemon?.stop();
       if (rbdPool) {
         // best effort: anything the scenario left in the cluster
         for (const img of await rbdPool.listImages().catch(() => [] as string[])) {

@@ -16,7 +16,8 @@
  *   that many bytes were written since the last one began, so the disk
  *   writes overlap with receiving and the final fsync has less left to do.
  *
- * The caller owns the file handle; `finish()` waits for every write (and
+ * The sink need not be a file (SparseSink): a volume's import writer takes
+ * the same writes. The caller owns the file handle; `finish()` waits for every write (and
  * reports the first failure), `settle()` waits without reporting (use it on
  * the failure path before closing the handle).
  */
@@ -166,8 +167,20 @@ export interface BackgroundSync {
   done(): Promise<void>;
 }
 
+/**
+ * What createSparseWriter writes to: an open file (a FileHandle is one) or
+ * any other sink of positioned writes, e.g. a volume's import writer
+ * (src/storage/import-writer.ts) over a Ceph image.
+ */
+export interface SparseSink {
+  /** Writes the concatenation of `bufs` at byte offset `at`; may write less (the rest is written again). */
+  writev(bufs: Buffer[], at: number): Promise<{ bytesWritten: number }>;
+  /** Makes what was written durable (fdatasync). */
+  datasync(): Promise<void>;
+}
+
 /** `onFailure`: told of the first failure as it happens (a writer that stops at once); done() still throws it. */
-export function backgroundSync(fh: FileHandle, everyBytes: number, onFailure?: (error: unknown) => void): BackgroundSync {
+export function backgroundSync(fh: Pick<SparseSink, 'datasync'>, everyBytes: number, onFailure?: (error: unknown) => void): BackgroundSync {
   let unsynced = 0;
   let running: Promise<void> | undefined;
   let failure: { error: unknown } | undefined;
@@ -288,7 +301,7 @@ export async function copyToSparse(src: ByteSource, dst: FileHandle, size: numbe
   }
 }
 
-export function createSparseWriter(fh: FileHandle, opts: SparseWriterOptions = {}): SparseWriter {
+export function createSparseWriter(fh: SparseSink, opts: SparseWriterOptions = {}): SparseWriter {
   const block = opts.blockBytes ?? 4096;
   if (!(block > 0 && (block & (block - 1)) === 0)) throw new RangeError(`blockBytes must be a power of two, not ${block}`);
   const maxWrite = Math.max(block, opts.maxWriteBytes ?? 1 << 20);

@@ -20,6 +20,7 @@ import {
 } from './errors.js';
 import { canShrink } from './driver.js';
 import { checkCanStartEphemeral, closeEphemeral, ephemeralDevice, openEphemeral, requireDmCrypt } from './ephemeral.js';
+import { fileImportWriter, type ImportWriter } from './import-writer.js';
 import { checkRevisionsLimit, type Pool } from './pool.js';
 
 /** The four kinds that follow from snap_on_start and save_on_stop. */
@@ -176,6 +177,8 @@ export abstract class Volume {
   private _ephemeral: boolean | null;
   /** Size given to importData while an import is in progress. */
   private pendingImportSize: number | null = null;
+  /** The writer importWriter handed out, until importDataEnd. */
+  private pendingImportWriter: ImportWriter | null = null;
 
   constructor(pool: Pool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     checkVolumeName(spec.name);
@@ -524,7 +527,27 @@ export abstract class Volume {
    * importDataEnd(true), which also sets the volume's size to `size`.
    * Refused while the volume is in use, and for kinds that keep no data.
    */
-  async importData(size: number): Promise<string> {
+  importData(size: number): Promise<string> {
+    return this.beginImport(size, () => this.doImportData(size));
+  }
+
+  /**
+   * Like importData, but a writer to stream the data into
+   * (src/storage/import-writer.ts) instead of a path: the driver's own
+   * (doImportWriter: rbd writes its image) or one over the file
+   * doImportData gives. Then importDataEnd(success): on success the writer
+   * is finished first (the rest reads as zeros, all durable), in every case
+   * closed before the driver switches to the new data or drops it.
+   */
+  importWriter(size: number): Promise<ImportWriter> {
+    return this.beginImport(size, async () => {
+      const w = await this.doImportWriter(size);
+      this.pendingImportWriter = w;
+      return w;
+    });
+  }
+
+  private async beginImport<T>(size: number, begin: () => Promise<T>): Promise<T> {
     this.checkWritableDriver('import data');
     checkSize(size, this.where);
     this.checkKeepsData('import into');
@@ -533,7 +556,7 @@ export abstract class Volume {
         throw new StoragePoolException(`${this.where}: cannot import while the volume is in use`);
       if (this.pendingImportSize !== null)
         throw new StoragePoolException(`${this.where}: an import is already in progress`);
-      const p = await this.doImportData(size);
+      const p = await begin();
       this.pendingImportSize = size;
       return p;
     });
@@ -544,9 +567,24 @@ export abstract class Volume {
     return this.locked(async () => {
       const size = this.pendingImportSize;
       if (size === null) throw new StoragePoolException(`${this.where}: no import in progress`);
+      const writer = this.pendingImportWriter;
+      this.pendingImportWriter = null;
+      let ok = success;
+      let failure: { error: unknown } | null = null;
       try {
-        await this.doImportDataEnd(success);
-        if (success) this._size = size;
+        if (writer) {
+          try {
+            if (ok) await writer.finish();
+          } catch (e) {
+            ok = false;
+            failure = { error: e };
+          }
+          // Closed before the driver switches to the data or drops it.
+          await writer.close().catch(() => undefined);
+        }
+        await this.doImportDataEnd(ok);
+        if (failure) throw failure.error;
+        if (ok) this._size = size;
       } finally {
         this.pendingImportSize = null;
       }
@@ -673,6 +711,16 @@ export abstract class Volume {
   protected abstract doExportEnd(path: string): Promise<void>;
   protected abstract doImportData(size: number): Promise<string>;
   protected abstract doImportDataEnd(success: boolean): Promise<void>;
+  /** A writer for importWriter: by default one over the file doImportData makes (see import-writer.ts). */
+  protected async doImportWriter(size: number): Promise<ImportWriter> {
+    const file = await this.doImportData(size);
+    try {
+      return await fileImportWriter(file);
+    } catch (e) {
+      await this.doImportDataEnd(false).catch(() => undefined);
+      throw e;
+    }
+  }
   /** `srcPath` is `src`'s export, valid for the whole call. */
   protected abstract doImportVolume(src: Volume, srcPath: string): Promise<void>;
   protected abstract doIsDirty(): Promise<boolean>;

@@ -31,7 +31,6 @@
  * removed, a later ExportEnd refused as not in progress).
  */
 import { randomBytes } from 'node:crypto';
-import * as fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Domain } from '../../domain/domain.js';
 import type { HoldSpec } from '../../domain/holds.js';
@@ -44,6 +43,7 @@ import {
   QubesVMNotHaltedError,
   storageError,
 } from '../../storage/errors.js';
+import type { ImportWriter } from '../../storage/import-writer.js';
 import type { Volume } from '../../storage/volume.js';
 import { createSparseWriter } from '../../files/sparse-writer.js';
 import { method, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable } from '../dispatch.js';
@@ -61,14 +61,8 @@ export interface VolumeMethodsOptions {
   readonly now?: () => number;
 }
 
-/** Granularity of the all-zero check while importing: zero blocks are left as holes. */
+/** The step of import progress events (a file import's zero blocks: src/storage/import-writer.ts). */
 export const IMPORT_BLOCK = 4096;
-/** Imported data gathered into one write (neighbouring chunks, not copied). */
-const IMPORT_WRITE = 1024 * 1024;
-/** Imported data in flight to the file at most; the payload (and the socket) pause beyond. */
-const IMPORT_PENDING = 16 * 1024 * 1024;
-/** An fdatasync starts in the background after this much data, so the final fsync has less to do. */
-const IMPORT_SYNC_EVERY = 64 * 1024 * 1024;
 /** `SIZE\n` at the start of an ImportWithSize payload: at most 19 digits. */
 const MAX_SIZE_LINE = 20;
 const TOKEN_RE = /^[0-9a-f]{32}$/;
@@ -170,26 +164,26 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
   }
 
   /**
-   * Reads the import payload into the file at `path` (already `size` bytes,
-   * sparse), leaving zero blocks as holes. Receiving and writing overlap:
-   * the writer keeps up to IMPORT_PENDING bytes of writes in flight and the
-   * payload is paused (and through it the socket) while it is full.
+   * Reads the import payload into the volume's import writer (a file of
+   * `size` bytes, sparse, or the driver's own storage: Volume.importWriter),
+   * leaving zero blocks unwritten. Receiving and writing overlap: the
+   * sparse writer keeps up to the writer's pendingBytes of writes in flight
+   * and the payload is paused (and through it the socket) while it is full.
    */
   async function writeImport(
     call: CallContext,
     domain: Domain,
     volume: Volume,
-    path: string,
+    sink: ImportWriter,
     size: number,
     payload: Readable,
     first: Buffer,
   ): Promise<void> {
-    const fh = await fs.open(path, 'r+');
-    const writer = createSparseWriter(fh, {
-      blockBytes: IMPORT_BLOCK,
-      maxWriteBytes: IMPORT_WRITE,
-      maxPendingBytes: IMPORT_PENDING,
-      syncEveryBytes: IMPORT_SYNC_EVERY,
+    const writer = createSparseWriter(sink, {
+      blockBytes: sink.blockBytes,
+      maxWriteBytes: sink.writeBytes,
+      maxPendingBytes: sink.pendingBytes,
+      syncEveryBytes: sink.syncEveryBytes,
     });
     let nextProgress = progressStep;
     const take = (chunk: Buffer): boolean => {
@@ -238,10 +232,10 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       await writer.finish();
       if (writer.position !== size)
         throw new QubesValueError(`${volume.where}: got ${writer.position} bytes of data, expected ${size}`);
-      await fh.sync();
+      // The rest reads as zeros, all of it durable (importDataEnd would do it too; here its errors are this call's).
+      await sink.finish();
     } finally {
       await writer.settle();
-      await fh.close();
     }
   }
 
@@ -255,13 +249,13 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
     let size = volume.size;
     let first: Buffer = Buffer.alloc(0);
     if (withSize) ({ size, rest: first } = await readSizeLine(call.payload));
-    const path = await volume.importData(size);
+    const sink = await volume.importWriter(size);
     emit(domain, 'domain-volume-import-begin', { volume: volume.name, size: String(size) });
     let ok = false;
     try {
       // Writing the data is this method's own write path: its OS errors (ENOSPC...) are mapped here.
-      await writeImport(call, domain, volume, path, size, call.payload, first).catch((e: unknown) => {
-        throw storageError(`${volume.where}: import failed`, e, path);
+      await writeImport(call, domain, volume, sink, size, call.payload, first).catch((e: unknown) => {
+        throw storageError(`${volume.where}: import failed`, e, sink.file ?? undefined);
       });
       await volume.importDataEnd(true);
       ok = true;

@@ -94,6 +94,7 @@ interface Api {
   rados_ioctx_destroy: Fn;
   rados_ioctx_set_namespace: Fn;
   rados_blocklist_add: Fn;
+  rados_stat: Fn;
   rados_mon_command: Fn;
   rados_buffer_free: Fn;
   rados_getaddrs: Fn;
@@ -192,6 +193,7 @@ function loadApi(): Api {
     rados_ioctx_destroy: r('void rados_ioctx_destroy(rados_ioctx_t io)'),
     rados_ioctx_set_namespace: r('void rados_ioctx_set_namespace(rados_ioctx_t io, const char *ns)'),
     rados_blocklist_add: r('int rados_blocklist_add(rados_t cluster, const char *addr, uint32_t expire)'),
+    rados_stat: r('int rados_stat(rados_ioctx_t io, const char *oid, _Out_ uint64_t *psize, _Out_ int64_t *pmtime)'),
     rados_mon_command: r(
       'int rados_mon_command(rados_t cluster, const char **cmd, size_t cmdlen, const char *inbuf, size_t inbuflen, ' +
         '_Out_ void **outbuf, _Out_ size_t *outbuflen, _Out_ void **outs, _Out_ size_t *outslen)',
@@ -375,6 +377,27 @@ export class RbdClient {
   private closed = false;
   private inflight = 0;
   private idle: (() => void) | null = null;
+  private readonly quietWaiters: (() => void)[] = [];
+
+  /**
+   * Resolves once no call is in flight, or after `maxMs`: background work
+   * (a prune after a stop) waits for the operation that queued it, e.g. the
+   * other volumes of the same domain's stop, and never much longer.
+   */
+  quiet(maxMs: number): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        const k = this.quietWaiters.indexOf(done);
+        if (k >= 0) this.quietWaiters.splice(k, 1);
+        resolve();
+      };
+      const timer = setTimeout(done, maxMs);
+      timer.unref();
+      this.quietWaiters.push(done);
+    });
+  }
 
   constructor(
     readonly target: CephTarget,
@@ -478,7 +501,8 @@ export class RbdClient {
       }
       throw e;
     } finally {
-      if (--this.inflight === 0 && this.idle) {
+      if (--this.inflight === 0) for (const w of this.quietWaiters.splice(0)) w();
+      if (this.inflight === 0 && this.idle) {
         this.idle();
         this.idle = null;
       }
@@ -486,6 +510,21 @@ export class RbdClient {
   }
 
   // ---- pool-level calls ----------------------------------------------------
+
+  /**
+   * Whether `image` exists, in one OSD read and no open: the stat of its id
+   * object `rbd_id.NAME`, which every format 2 image has (the only format
+   * made here). False also for a format 1 image: callers confirm a false
+   * answer by opening it (RbdVolume.exists).
+   */
+  idObjectExists(image: string): Promise<boolean> {
+    return this.track(async (c, a) => {
+      const rc = await onWorker(a.rados_stat, c.io, `rbd_id.${image}`, [0], [0]);
+      if (rc === -ENOENT) return false;
+      if (rc < 0) this.fail(`looking for image ${image}`, rc);
+      return true;
+    });
+  }
 
   /** Image names of the pool (and namespace). */
   list(): Promise<string[]> {
@@ -698,6 +737,15 @@ export class RbdClient {
     }
   }
 
+  /**
+   * Runs `fn` outside the calling operation's session: work that outlives
+   * the operation (a prune queued by a stop) must not open handles in a
+   * session that has already closed its handles.
+   */
+  detached<T>(fn: () => T): T {
+    return this.sessions.exit(fn);
+  }
+
   /** Closes the calling session's handles of these images (before a call that needs them closed). */
   private async release(...images: string[]): Promise<void> {
     const held = this.sessions.getStore();
@@ -780,6 +828,27 @@ export class RbdClient {
       if (!opened && isErrno(e, ENOENT)) return null;
       throw e;
     }
+  }
+
+  /**
+   * Opens `image` (writable) for as long as the caller needs it, outside any
+   * session: an import streamed by a client writes through it between
+   * calls. Counted as a call in flight until closed (close() of the client
+   * waits for it); `close` is idempotent.
+   */
+  hold(image: string): Promise<{ image: RbdImage; close(): Promise<void> }> {
+    return new Promise((resolve, reject) => {
+      this.track(async (c, a) => {
+        const h = await this.open(c, a, image, null, false);
+        await new Promise<void>((ended) => {
+          let closing: Promise<void> | null = null;
+          resolve({
+            image: new RbdImage(this, a, h, image),
+            close: () => (closing ??= onWorker(a.rbd_close, h).then(() => ended(), () => ended())),
+          });
+        });
+      }).catch(reject);
+    });
   }
 
   /** @internal RbdImage reports its failures through the client. */

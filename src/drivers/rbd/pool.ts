@@ -190,11 +190,69 @@ export class RbdPool extends Pool {
 
   /** The images are the user's data: forgetting a pool never deletes them; its connection ends. */
   override async destroy(): Promise<void> {
+    await this.prunesSettled();
     await this.rbd.close();
   }
 
   override async close(): Promise<void> {
+    await this.prunesSettled();
     await this.rbd.close();
+  }
+
+  /**
+   * Background work after an operation returned, by vid: the prune of a
+   * volume's oldest revisions after a stop (RbdVolume.pruneLater). One
+   * queued per volume at a time: the job takes the volume's lock and reads
+   * the list afresh, so a job queued once covers every stop before it runs.
+   */
+  private readonly prunesQueued = new Map<string, Promise<void>>();
+  /** The latest job of each vid, queued or running (removed once it settles). */
+  private readonly prunesLast = new Map<string, Promise<void>>();
+  private readonly prunesRunning = new Set<Promise<void>>();
+
+  /**
+   * Queues `job` for `vid` unless one is queued and has not started yet.
+   * `job` calls `started()` once it holds the volume's lock and before it
+   * reads the list: a stop after that queues a new job.
+   */
+  queuePrune(vid: string, job: (started: () => void) => Promise<void>): void {
+    if (this.prunesQueued.has(vid)) return;
+    // After the operation that queued it (and the others of the same domain stop) have settled, or 250 ms.
+    const p: Promise<void> = this.rbd
+      .quiet(250)
+      .then(() =>
+        // Outside the stop's session: that one closes its handles when the stop returns.
+        this.rbd.detached(() =>
+          job(() => {
+            if (this.prunesQueued.get(vid) === p) this.prunesQueued.delete(vid);
+          }),
+        ),
+      )
+      .catch(() => undefined) // a failed prune is retried by the next stop or operation (recover)
+      .finally(() => {
+        if (this.prunesQueued.get(vid) === p) this.prunesQueued.delete(vid);
+        if (this.prunesLast.get(vid) === p) this.prunesLast.delete(vid);
+        this.prunesRunning.delete(p);
+      });
+    this.prunesQueued.set(vid, p);
+    this.prunesLast.set(vid, p);
+    this.prunesRunning.add(p);
+  }
+
+  /** Waits for the queued or running prune of `vid`, if any (a listing of its revisions waits for it). */
+  async pruneOf(vid: string): Promise<void> {
+    await this.prunesLast.get(vid);
+  }
+
+  /** Waits for every queued prune (close, tests, benchmarks). */
+  async prunesSettled(): Promise<void> {
+    while (this.prunesRunning.size) await Promise.all([...this.prunesRunning]);
+  }
+
+  /** Waits for all background work: queued prunes, then the RBD trash removals of stopped images. */
+  async settled(): Promise<void> {
+    await this.prunesSettled();
+    await this.rbd.settled();
   }
 
   override initVolume(domain: DomainRef | null, spec: VolumeSpec): RbdVolume {

@@ -35,6 +35,7 @@ import * as fs from 'node:fs/promises';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { ExportFiles } from '../../storage/export-files.js';
+import type { ImportWriter } from '../../storage/import-writer.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
 import type { RbdPool } from './pool.js';
@@ -82,6 +83,8 @@ export class RbdVolume extends Volume {
   /** Export files handed out by this object. */
   private readonly exports = new ExportFiles();
   private importFile: string | null = null;
+  /** An import streamed into N through importWriter, until importDataEnd: recover() leaves its marker alone. */
+  private importStream: { fresh: boolean } | null = null;
 
   constructor(pool: RbdPool, domain: DomainRef | null, vid: string, spec: VolumeSpec) {
     super(pool, domain, vid, spec);
@@ -357,7 +360,7 @@ export class RbdVolume extends Volume {
     }
     if (this.kind !== 'origin') return [];
     let s = snaps ?? (await this.snaps(this.image));
-    if (this.importFile === null) {
+    if (this.importFile === null && this.importStream === null) {
       const done = s.some((x) => x.name === 'qs-import-done');
       const old = s.some((x) => x.name === 'qs-import-old');
       if (done) await this.finishImport(s);
@@ -401,6 +404,31 @@ export class RbdVolume extends Volume {
           if (!isErrno(e, ENOENT)) throw e;
         });
     });
+  }
+
+  /**
+   * Prunes in the background, after the operation returned (a snapshot
+   * removal is a monitor round trip: off the stop's path). The job takes this
+   * volume's lock, so it never runs beside a start, revert, import or remove
+   * of this process, and lists the snapshots afresh under it: it removes only
+   * what is past revisions_to_keep then. A crash before it ran leaves one
+   * revision too many, which the next operation (recover) or the next stop's
+   * job removes. Volume.revisions() waits for it.
+   */
+  private pruneLater(): void {
+    this.pool.queuePrune(this.vid, (started) =>
+      this.locked(async () => {
+        started();
+        // One writable open for the list and the removals (the job is queued only when something is past the limit).
+        await this.guarded('pruning revisions failed', () => this.rbd.session(async () => this.prune(await this.snaps(this.image))));
+      }),
+    );
+  }
+
+  /** The revisions, once a prune queued by a stop has run (see pruneLater). */
+  override async revisions(): Promise<Revision[]> {
+    await this.pool.pruneOf(this.vid);
+    return super.revisions();
   }
 
   // ---- the contract --------------------------------------------------------
@@ -592,6 +620,7 @@ export class RbdVolume extends Volume {
           const srcLocked = lockers.length > 0;
           if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
             return { base: 'qs-start', gen, stale: [] }; // the source runs: its committed data is its start snapshot
+          if (importing(srcSnaps)) return { base: 'qs-import-old', gen, stale: [] }; // an import streams into the source: its committed data is set aside
           const current = src.currentBase(srcSnaps, gen, srcLocked, srcSize);
           const re = src.ownBaseRe();
           const stale = srcSnaps.filter((x) => re.test(x.name) && x !== current).map((x) => x.name);
@@ -660,19 +689,12 @@ export class RbdVolume extends Volume {
           }
         }
         // The commit is the rename above. It is counted before the unlock (an unlocked image's
-        // generation names its data: see currentBase); pruning is independent of both (a crash
-        // before it ends leaves one revision too many, which the next operation prunes).
-        const bumpUnlock = i.metaSet(GEN_KEY, String(Number(g || '0') + 1)).then(async () => {
-          for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
-        });
-        const prune = (async () => {
-          const revs = this.revisionSnaps(now);
-          while (revs.length > Math.max(this.revisions_to_keep, 0))
-            await i.snapRemove(revs.shift()!.snap.name).catch((e: unknown) => {
-              if (!isErrno(e, ENOENT)) throw e;
-            });
-        })();
-        await together(bumpUnlock, prune);
+        // generation names its data: see currentBase).
+        await i.metaSet(GEN_KEY, String(Number(g || '0') + 1));
+        for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
+        // The oldest revisions past the limit go after the stop returns (pruneLater); the stop
+        // records nothing for it: the list itself says what is past the limit.
+        if (this.revisionSnaps(now).length > Math.max(this.revisions_to_keep, 0)) this.pruneLater();
       });
     });
   }
@@ -721,12 +743,21 @@ export class RbdVolume extends Volume {
     await this.dropBaseOf(aside);
   }
 
+  /**
+   * Whether `image` exists: one OSD read (RbdClient.idObjectExists) instead
+   * of an open, which is several (the verify before every start); a "no" is
+   * confirmed by an open, so an image without the id object counts too.
+   */
+  private async exists(image: string): Promise<boolean> {
+    return (await this.rbd.idObjectExists(image)) || (await this.imageInfo(image)) !== null;
+  }
+
   protected async doVerify(): Promise<boolean> {
     return this.guarded('verify failed', async () => {
       if (this.snap_on_start) {
         const src = this.source as RbdVolume;
-        if (!(await this.imageInfo(src.image))) throw new StoragePoolException(this.what(`source volume ${src.vid} has no image`));
-      } else if (this.save_on_stop && !(await this.imageInfo(this.image))) {
+        if (!(await this.exists(src.image))) throw new StoragePoolException(this.what(`source volume ${src.vid} has no image`));
+      } else if (this.save_on_stop && !(await this.exists(this.image))) {
         throw new StoragePoolException(this.what(`missing image ${this.image}`));
       }
       return true;
@@ -792,11 +823,10 @@ export class RbdVolume extends Volume {
   private async committedSpec(): Promise<{ image: RbdVolume; snap: string | null }> {
     if (this.kind === 'snapshot') return (this.source as RbdVolume).committedSpec();
     if (this.kind === 'origin_snapshot') return { image: this, snap: null }; // N is not written while running
-    const locked = (await this.locks(this.image)).length > 0;
-    if (locked) {
-      const s = await this.snaps(this.image);
-      if (s.some((x) => x.name === 'qs-start')) return { image: this, snap: 'qs-start' };
-    }
+    const [held, s] = (await this.rbd.withImageIfAny(this.image, (i) => together(i.lockers(), i.snaps()), true)) ?? [[], []];
+    if (held.length > 0 && s.some((x) => x.name === 'qs-start')) return { image: this, snap: 'qs-start' };
+    // An import streaming into N (importWriter): the committed data is what it keeps aside.
+    if (importing(s)) return { image: this, snap: 'qs-import-old' };
     return { image: this, snap: null };
   }
 
@@ -847,6 +877,19 @@ export class RbdVolume extends Volume {
   }
 
   protected async doImportDataEnd(success: boolean): Promise<void> {
+    if (this.importStream) {
+      // Streamed (doImportWriter): the data is in N already, the writer finished and closed.
+      this.importStream = null;
+      await this.guarded('import failed', () =>
+        this.rbd.session(async () => {
+          if (!success) return this.undoImport();
+          await this.snapCreate(this.image, 'qs-import-done');
+          failpoint(FP.importAfterDiff);
+          await this.finishImport(await this.snaps(this.image));
+        }),
+      );
+      return;
+    }
     const file = this.importFile;
     try {
       if (success && file) {
@@ -857,6 +900,44 @@ export class RbdVolume extends Volume {
       this.importFile = null;
       if (file) await fs.rm(file, { force: true });
     }
+  }
+
+  /**
+   * The admin import's writer: the payload goes straight into N, several
+   * 4 MiB writes in flight, no temporary file. As writeFromFile does, the
+   * old data is kept in qs-import-old first (while it exists without
+   * qs-import-done, it is the committed data: exports and clones read it);
+   * an image made for this import reads as zeros, so only data is written,
+   * as `rbd import` does; otherwise the ranges the payload leaves as zeros
+   * are zeroed as the writes pass them, and the rest at finish(). Then
+   * importDataEnd(true) marks qs-import-done and commits;
+   * importDataEnd(false) rolls N back; a crash in between is rolled back by
+   * the next operation (recover()).
+   */
+  protected override async doImportWriter(size: number): Promise<ImportWriter> {
+    return this.guarded('import failed', async () => {
+      await this.checkNotForeign(this.image, 'import');
+      await this.recover();
+      const fresh = !(await this.imageInfo(this.image));
+      if (fresh) await this.rbd.create(this.image, size);
+      await this.snapCreate(this.image, 'qs-import-old');
+      failpoint(FP.importAfterOldSnapshot);
+      this.importStream = { fresh };
+      try {
+        const held = await this.rbd.hold(this.image);
+        try {
+          if ((await held.image.size()) !== size) await held.image.resize(size);
+        } catch (e) {
+          await held.close();
+          throw e;
+        }
+        return rbdImportWriter(held, size, fresh, this.what(`image ${this.image}`));
+      } catch (e) {
+        this.importStream = null;
+        await this.undoImport().catch(() => undefined);
+        throw e;
+      }
+    });
   }
 
   protected async doImportVolume(src: Volume, srcPath: string): Promise<void> {
@@ -905,13 +986,15 @@ export class RbdVolume extends Volume {
     // Counted before the markers go: a crash between counts it twice (harmless), never not at all.
     await this.bumpGeneration();
     // The old data becomes a revision (or goes), the done marker goes: independent, sent together.
+    const keep = Math.max(this.revisions_to_keep, 0);
+    const kept = keep > 0 && this.kind === 'origin' && s.some((x) => x.name === 'qs-import-old');
     const old = !s.some((x) => x.name === 'qs-import-old')
       ? Promise.resolve()
-      : Math.max(this.revisions_to_keep, 0) > 0 && this.kind === 'origin'
+      : kept
         ? this.snapRename(this.image, 'qs-import-old', this.nextRevisionName(s))
         : this.snapRm(this.image, 'qs-import-old');
     await together(old, this.snapRm(this.image, 'qs-import-done'));
-    await this.prune(await this.snaps(this.image));
+    if (this.revisionSnaps(s).length + (kept ? 1 : 0) > keep) this.pruneLater(); // as after a stop: off the import's path
   }
 
   private async undoImport(): Promise<void> {
@@ -951,6 +1034,48 @@ export class RbdVolume extends Volume {
 }
 
 /**
+ * An import writer over an open image of `size` bytes (see doImportWriter):
+ * each run of data is one write (4 MiB, 4 in flight, as the sparse writer
+ * gathers them); unless `fresh`, the zeros between runs are written as they
+ * are passed (rbd_write_zeroes: whole objects deallocated), and the rest by
+ * finish(), which then flushes.
+ */
+function rbdImportWriter(held: { image: RbdImage; close(): Promise<void> }, size: number, fresh: boolean, target: string): ImportWriter {
+  const i = held.image;
+  /** Where the data handed over so far ends: what lies before it is the new data or zeroed. */
+  let passed = 0;
+  let finished: Promise<void> | null = null;
+  const zeroTo = (end: number): Promise<void> => {
+    const from = passed;
+    passed = Math.max(passed, end);
+    return fresh || end <= from ? Promise.resolve() : i.writeZeroes(from, end - from);
+  };
+  return {
+    target,
+    file: null,
+    blockBytes: BLOCK,
+    writeBytes: IO_CHUNK,
+    // Twice the writes that run at once: the next ones wait queued, so no worker idles while the payload refills.
+    pendingBytes: 2 * IN_FLIGHT * IO_CHUNK,
+    syncEveryBytes: Infinity,
+    async writev(bufs, at) {
+      const buf = bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs);
+      const gap = zeroTo(at);
+      passed = at + buf.length;
+      await together(gap, i.write(at, buf));
+      return { bytesWritten: buf.length };
+    },
+    datasync: () => i.flush(),
+    finish: () =>
+      (finished ??= (async () => {
+        await zeroTo(size);
+        await i.flush();
+      })()),
+    close: () => held.close(),
+  };
+}
+
+/**
  * Awaits every promise, then throws the first failure: calls on one open image
  * must all have returned before the image may be closed (Promise.all would
  * reject while the others still use it).
@@ -960,6 +1085,11 @@ async function together<T extends unknown[]>(...ps: { [K in keyof T]: Promise<T[
   const failed = rs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
   return rs.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
+}
+
+/** An import is writing N (or was cut off): the old data, still the committed one, is in qs-import-old. */
+function importing(s: Snap[]): boolean {
+  return s.some((x) => x.name === 'qs-import-old') && !s.some((x) => x.name === 'qs-import-done');
 }
 
 function isZero(buf: Buffer, from: number, to: number): boolean {

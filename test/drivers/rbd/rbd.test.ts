@@ -6,5 +6,6 @@ import '../../conformance/rbd.js';
 import './layout.js';
 import './hosts.js';
 import './base-reuse.js';
+import './prune-import.js';
 import './daemons.js';
 import './failure.js';
