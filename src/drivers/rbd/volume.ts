@@ -916,12 +916,7 @@ export class RbdVolume extends Volume {
    */
   protected override async doImportWriter(size: number): Promise<ImportWriter> {
     return this.guarded('import failed', async () => {
-      await this.checkNotForeign(this.image, 'import');
-      await this.recover();
-      const fresh = !(await this.imageInfo(this.image));
-      if (fresh) await this.rbd.create(this.image, size);
-      await this.snapCreate(this.image, 'qs-import-old');
-      failpoint(FP.importAfterOldSnapshot);
+      const fresh = await this.keepOldForImport(size);
       this.importStream = { fresh };
       try {
         const held = await this.rbd.hold(this.image);
@@ -959,14 +954,23 @@ export class RbdVolume extends Volume {
     return this.rbd.session(() => this.writeFromFileOnce(file, size));
   }
 
-  private async writeFromFileOnce(file: string, size: number): Promise<void> {
+  /**
+   * The start of every import: the image made if missing, its old data kept
+   * in qs-import-old. True for a new image, which reads as zeros: only the
+   * data is written then (as `rbd import` does).
+   */
+  private async keepOldForImport(size: number): Promise<boolean> {
     await this.checkNotForeign(this.image, 'import');
     await this.recover();
-    // A new image reads as zeros: only the data is written then (as `rbd import` does).
     const fresh = !(await this.imageInfo(this.image));
     if (fresh) await this.rbd.create(this.image, size);
     await this.snapCreate(this.image, 'qs-import-old');
     failpoint(FP.importAfterOldSnapshot);
+    return fresh;
+  }
+
+  private async writeFromFileOnce(file: string, size: number): Promise<void> {
+    const fresh = await this.keepOldForImport(size);
     try {
       await this.rbd.withImage(this.image, async (i) => {
         if ((await i.size()) !== size) await i.resize(size);
