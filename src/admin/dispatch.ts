@@ -275,6 +275,52 @@ export function describeCaller(caller: Caller): string {
 }
 
 /**
+ * What a method receives. A class, with the signal and mayCall made when
+ * first read: Info, the most frequent call, reads neither.
+ */
+class Call<P extends Buffer | Readable> implements CallContext {
+  readonly method: string;
+  readonly arg: string;
+  readonly source: string;
+  readonly dest: string;
+  /** The policy when the call started: one call's answers all follow one policy, even across a reload. */
+  private readonly policy: AccessPolicy;
+  private may: ((method: string, dest: string, arg?: string) => boolean) | undefined;
+  constructor(
+    private readonly ctx: DispatchContext,
+    h: RequestHeader,
+    readonly caller: Caller,
+    private readonly abort: AbortSource,
+    readonly payload: P,
+  ) {
+    this.method = h.method;
+    this.arg = h.arg;
+    this.source = h.source;
+    this.dest = h.dest;
+    this.policy = ctx.policy ?? DEFAULT_POLICY;
+  }
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+  get log(): AdminLog {
+    return this.ctx.log;
+  }
+  /** A function of its own (methods hand it on), bound to this call's source and policy. */
+  get mayCall(): (method: string, dest: string, arg?: string) => boolean {
+    const { ctx, source, policy } = this;
+    this.may ??= (m, d, a = '') =>
+      findAllowingRule(policy, {
+        source,
+        method: m,
+        arg: a,
+        dest: d,
+        shape: Object.hasOwn(ctx.methods, m) ? ctx.methods[m]!.shape : undefined,
+      }) !== undefined;
+    return this.may;
+  }
+}
+
+/**
  * Runs a resolved ordinary or streaming call and returns the reply bytes;
  * never throws. Logs the call line. Events methods go through `runEvents`.
  */
@@ -290,18 +336,14 @@ export async function executeCall(
   try {
     if ('error' in resolution) throw resolution.error;
     const { spec } = resolution;
-    const { method, arg, source, dest } = h;
-    const policy = ctx.policy ?? DEFAULT_POLICY;
-    const mayCall = (m: string, d: string, a = '') =>
-      findAllowingRule(policy, { source, method: m, arg: a, dest: d, shape: Object.hasOwn(ctx.methods, m) ? ctx.methods[m]!.shape : undefined }) !== undefined;
     let result: AdminResult;
     if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
-      result = await spec.handler({ method, arg, source, dest, get signal() { return abort.signal; }, log: ctx.log, caller, mayCall, payload: stream });
+      result = await spec.handler(new Call(ctx, h, caller, abort, stream));
     } else if (spec.kind === 'call') {
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
-      result = await spec.handler({ method, arg, source, dest, get signal() { return abort.signal; }, log: ctx.log, caller, mayCall, payload });
+      result = await spec.handler(new Call(ctx, h, caller, abort, payload));
     } else {
       throw new ProtocolError(`${h.method} streams events and needs a connection`);
     }

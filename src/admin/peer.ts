@@ -38,7 +38,8 @@ const ERANGE = 34;
 const UCRED_BYTES = 12;
 
 type Koffi = Pick<typeof import('koffi'), 'load' | 'errno'>;
-type GetSockOpt = (fd: number, level: number, name: number, value: Buffer, length: number[]) => number;
+/** optval and optlen point into the caller's own memory (no copies in or out): the kernel writes them. */
+type GetSockOpt = (fd: number, level: number, name: number, value: Buffer, length: Uint32Array) => number;
 
 let loaded: Promise<PeerCredentialsReader> | undefined;
 
@@ -68,7 +69,7 @@ async function load(): Promise<PeerCredentialsReader> {
     // The process's own symbols (dlopen(NULL)) include libc's, glibc or musl alike.
     const libc = koffi.load(null);
     getsockopt = libc.func(
-      'int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)',
+      'int getsockopt(int fd, int level, int optname, void *optval, uint32_t *optlen)',
     ) as GetSockOpt;
   } catch (e) {
     throw new PeerCredentialsError(`cannot find getsockopt in libc through koffi: ${(e as Error).message}`);
@@ -88,18 +89,33 @@ function socketFd(socket: Socket): number {
 const credBuf = Buffer.alloc(UCRED_BYTES);
 const GROUPS_ROOM = 64 * 4;
 const groupsBuf = Buffer.alloc(GROUPS_ROOM);
+const optLen = new Uint32Array(1);
 
 function readCredentials(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket): PeerCredentials {
   const fd = socketFd(socket);
-  const credLen = [UCRED_BYTES];
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, credLen) !== 0)
+  optLen[0] = UCRED_BYTES;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, optLen) !== 0)
     throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) failed: errno ${koffi.errno()}`);
-  if (credLen[0] !== UCRED_BYTES) throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) gave ${credLen[0]} bytes`);
-  const pid = credBuf.readInt32LE(0);
-  const uid = credBuf.readUInt32LE(4);
-  const gid = credBuf.readUInt32LE(8);
-  let groups: readonly number[] | undefined;
-  return { pid, uid, gid, groups: () => (groups ??= readGroups(koffi, getsockopt, socket, fd)) };
+  if (optLen[0] !== UCRED_BYTES) throw new PeerCredentialsError(`getsockopt(SO_PEERCRED) gave ${optLen[0]} bytes`);
+  return new Credentials(credBuf.readInt32LE(0), credBuf.readUInt32LE(4), credBuf.readUInt32LE(8), koffi, getsockopt, socket, fd);
+}
+
+/** A class, not an object of closures: made for every connection. */
+class Credentials implements PeerCredentials {
+  private read: readonly number[] | undefined;
+  constructor(
+    readonly pid: number,
+    readonly uid: number,
+    readonly gid: number,
+    private readonly koffi: Koffi,
+    private readonly getsockopt: GetSockOpt,
+    private readonly socket: Socket,
+    private readonly fd: number,
+  ) {}
+  groups(): readonly number[] {
+    this.read ??= readGroups(this.koffi, this.getsockopt, this.socket, this.fd);
+    return this.read;
+  }
 }
 
 function readGroups(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket, fd: number): readonly number[] {
@@ -108,14 +124,14 @@ function readGroups(koffi: Koffi, getsockopt: GetSockOpt, socket: Socket, fd: nu
   let room = GROUPS_ROOM;
   for (let attempt = 0; attempt < 2; attempt++) {
     const buf = room === GROUPS_ROOM ? groupsBuf : Buffer.alloc(room);
-    const len = [room];
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, buf, len) === 0) {
-      const n = Math.floor(Math.min(len[0]!, room) / 4);
+    optLen[0] = room;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, buf, optLen) === 0) {
+      const n = Math.floor(Math.min(optLen[0], room) / 4);
       return Array.from({ length: n }, (_, i) => buf.readUInt32LE(i * 4));
     }
     const errno = koffi.errno();
-    if (errno !== ERANGE || len[0]! <= room) throw new PeerCredentialsError(`getsockopt(SO_PEERGROUPS) failed: errno ${errno}`);
-    room = len[0]!;
+    if (errno !== ERANGE || optLen[0] <= room) throw new PeerCredentialsError(`getsockopt(SO_PEERGROUPS) failed: errno ${errno}`);
+    room = optLen[0];
   }
   throw new PeerCredentialsError('getsockopt(SO_PEERGROUPS): the group list kept growing');
 }

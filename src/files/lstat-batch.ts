@@ -52,15 +52,60 @@ let batches = 0;
  * nothing is there (ENOENT); any other error is thrown, with its code.
  */
 export function lstatInBatch(p: string): Promise<LstatFields | null> {
+  return new Promise((resolve, reject) => ask(p, { resolve, reject }));
+}
+
+/**
+ * The lstat of each of `paths`, in order, read in the same batch (as
+ * lstatInBatch each): one promise for all, the first error rejects it.
+ */
+export function lstatEachInBatch(paths: readonly string[]): Promise<(LstatFields | null)[]> {
   return new Promise((resolve, reject) => {
-    const waiters = asked.get(p);
-    if (waiters) waiters.push({ resolve, reject });
-    else asked.set(p, [{ resolve, reject }]);
-    if (!scheduled) {
-      scheduled = true;
-      setImmediate(send);
-    }
+    const gathering = new Gathering(paths.length, resolve, reject);
+    for (let i = 0; i < paths.length; i++) ask(paths[i]!, new Slot(gathering, i));
   });
+}
+
+function ask(p: string, w: Waiter): void {
+  const waiters = asked.get(p);
+  if (waiters) waiters.push(w);
+  else asked.set(p, [w]);
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(send);
+  }
+}
+
+/** The answers of one lstatEachInBatch (classes, not closures: Info asks at each call). */
+class Gathering {
+  readonly answers: (LstatFields | null)[];
+  left: number;
+  failed = false;
+  constructor(
+    n: number,
+    readonly done: (answers: (LstatFields | null)[]) => void,
+    readonly fail: (err: Error) => void,
+  ) {
+    this.answers = new Array<LstatFields | null>(n).fill(null);
+    this.left = n;
+    if (n === 0) done(this.answers);
+  }
+}
+
+class Slot implements Waiter {
+  constructor(
+    private readonly g: Gathering,
+    private readonly i: number,
+  ) {}
+  resolve(st: LstatFields | null): void {
+    this.g.answers[this.i] = st;
+    if (--this.g.left === 0 && !this.g.failed) this.g.done(this.g.answers);
+  }
+  reject(err: Error): void {
+    if (this.g.failed) return;
+    this.g.failed = true;
+    this.g.fail(err);
+  }
 }
 
 /** Paths read and batches sent so far (tests and the bench). */

@@ -30,7 +30,8 @@ import type { Volume } from './volume.js';
 const names = new WeakMap<Volume, Promise<string>>();
 
 /** Only rw volatile volumes can be ephemeral (the property rules): no other is ever mapped or looked for. */
-const mappable = (v: Volume): boolean => v.kind === 'volatile' && v.rw;
+/** Only a writable volatile volume is ever mapped through dm-crypt. */
+export const mappable = (v: Volume): boolean => v.kind === 'volatile' && v.rw;
 
 /**
  * The volume's mapping name: from its pool's driver, name and places (no

@@ -19,7 +19,7 @@ import {
   storageErrnoError,
 } from './errors.js';
 import { canShrink } from './driver.js';
-import { checkCanStartEphemeral, closeEphemeral, ephemeralDevice, openEphemeral, requireDmCrypt } from './ephemeral.js';
+import { checkCanStartEphemeral, closeEphemeral, ephemeralDevice, mappable, openEphemeral, requireDmCrypt } from './ephemeral.js';
 import { fileImportWriter, type ImportWriter } from './import-writer.js';
 import { checkRevisionsLimit, type Pool } from './pool.js';
 
@@ -125,8 +125,11 @@ export function checkSize(size: unknown, what: string): number {
 
 const pyBool = (b: boolean): string => (b ? 'True' : 'False');
 
+const CONTROL_CHAR = /[\x00-\x1f\x7f]/;
 /** Makes untrusted text safe to put in a one-line message. */
 export function printable(s: string): string {
+  // Most names need nothing: no copy for them (every call's log line has four).
+  if (s.length <= 80 && !CONTROL_CHAR.test(s)) return s;
   const cut = s.length > 80 ? s.slice(0, 80) + '...' : s;
   return cut.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
@@ -657,7 +660,11 @@ export abstract class Volume {
 
   /** admin.vm.volume.Info fields. */
   async info(): Promise<VolumeInfo> {
-    const [{ usage, path: driverPath, is_outdated }, mapped] = await Promise.all([this.liveInfo(), ephemeralDevice(this)]);
+    // Info is the most frequent call: no mapping lookup for the many volumes that are never mapped.
+    const mapping = mappable(this);
+    const [{ usage, path: driverPath, is_outdated }, mapped] = mapping
+      ? await Promise.all([this.liveInfo(), ephemeralDevice(this)])
+      : [await this.liveInfo(), null];
     const path = mapped ?? driverPath;
     return {
       pool: this.pool.name,

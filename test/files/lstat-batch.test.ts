@@ -3,14 +3,15 @@
  * image: the same fields as lstat (a symlink not followed), null for a
  * missing file only, other errors thrown; every answer read after its caller
  * asked (a batch already sent is never joined); callers of one turn asking
- * for one path share one read.
+ * for one path share one read. lstatEachInBatch: the same answers, in the
+ * order asked, in one batch.
  */
 import { it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { lstatSync, writeFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { lstatBatchCounts, lstatInBatch } from '../../src/files/lstat-batch.js';
+import { lstatBatchCounts, lstatEachInBatch, lstatInBatch } from '../../src/files/lstat-batch.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 
 /** The turn's batch is sent in the check phase; an immediate queued after it runs once it is sent, before its answer can arrive. */
@@ -77,5 +78,33 @@ describeEachFs('lstatInBatch', (_tfs, ctx) => {
     assert.equal(after.batches - before.batches, 2);
     for (const a of answers) assert.equal(a?.ino, lstatSync(p).ino);
     assert.equal(other[1], null);
+  });
+
+  it("lstatEachInBatch: each path's answer in the order asked, in one batch, a path asked twice read once", async () => {
+    const dir = await ctx.tempDir('batch-each');
+    const a = path.join(dir, 'a');
+    const b = path.join(dir, 'b');
+    await fs.writeFile(a, 'one');
+    await fs.writeFile(b, 'three');
+    const before = lstatBatchCounts();
+    const got = await lstatEachInBatch([b, path.join(dir, 'nope'), a, b]);
+    const after = lstatBatchCounts();
+    assert.deepEqual(
+      got.map((st) => st?.size ?? null),
+      [5, null, 3, 5],
+    );
+    assert.equal(got[2]?.ino, lstatSync(a).ino);
+    assert.equal(after.batches - before.batches, 1, 'one batch');
+    assert.equal(after.reads - before.reads, 3, 'b read once for its two places');
+    assert.deepEqual(await lstatEachInBatch([]), []);
+  });
+
+  it('lstatEachInBatch: any error but a missing file rejects the whole, with its code', async () => {
+    const dir = await ctx.tempDir('batch-each-error');
+    await fs.writeFile(path.join(dir, 'file'), 'x');
+    await assert.rejects(lstatEachInBatch([path.join(dir, 'file'), path.join(dir, 'file', 'under')]), (e: NodeJS.ErrnoException) => {
+      assert.equal(e.code, 'ENOTDIR');
+      return true;
+    });
   });
 });

@@ -26,7 +26,7 @@ import {
   allocatedBytes,
 } from '../../files/files.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
-import { lstatInBatch } from '../../files/lstat-batch.js';
+import { lstatEachInBatch, lstatInBatch } from '../../files/lstat-batch.js';
 import { StoragePoolException, storageError } from '../../storage/errors.js';
 import { Volume, type Revision, type VolumeInfo } from '../../storage/volume.js';
 import { classify, utcNow, volumeFiles, type ClassifiedFile, type VolumeFiles } from './layout.js';
@@ -581,11 +581,12 @@ export class FileReflinkVolume extends Volume {
    * call arrived.
    */
   protected override async liveInfo(): Promise<Pick<VolumeInfo, 'usage' | 'path' | 'is_outdated'>> {
-    const [dirty, clean, base] = await Promise.all([
-      lstatInBatch(this.files.dirty),
-      lstatInBatch(this.files.clean),
-      this.snap_on_start ? lstatInBatch(this.files.base) : null,
-    ]);
+    const found = await lstatEachInBatch(
+      this.snap_on_start ? [this.files.dirty, this.files.clean, this.files.base] : [this.files.dirty, this.files.clean],
+    );
+    const dirty = found[0] ?? null;
+    const clean = found[1] ?? null;
+    const base = found[2] ?? null;
     let is_outdated = false;
     if (base) {
       const cur = await lstatInBatch((this.source as FileReflinkVolume).committedImage);
