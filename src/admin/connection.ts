@@ -51,289 +51,370 @@ export interface Connection {
   drop(reason: string): void;
 }
 
-export function serveConnection(socket: Socket, ctx: DispatchContext, limits: ConnectionLimits, caller: Caller): Connection {
-  const started = performance.now();
-  const controller = lazyAbort();
-  let phase: ConnectionPhase = 'header';
-  let chunks: Buffer[] = [];
-  let received = 0;
-  let header: RequestHeader | undefined;
-  let resolution: Resolution | undefined;
+/** Called once the connection is finished (see Connection.finished). */
+export type OnFinished = (conn: Connection) => void;
+
+export function serveConnection(
+  socket: Socket,
+  ctx: DispatchContext,
+  limits: ConnectionLimits,
+  caller: Caller,
+  onFinished?: OnFinished,
+): Connection {
+  return new ServerConnection(socket, ctx, limits, caller, onFinished);
+}
+
+/**
+ * One object per connection, its steps as methods and its timers calling
+ * module functions with the connection as argument: every call makes one,
+ * and what it allocates (closures, promises) is what the young-generation
+ * collections of a busy daemon copy.
+ */
+class ServerConnection implements Connection {
+  phase: ConnectionPhase = 'header';
+  private readonly started = performance.now();
+  private readonly controller = lazyAbort();
+  private chunks: Buffer[] = [];
+  private received = 0;
+  private header: RequestHeader | undefined;
+  private resolution: Resolution | undefined;
   /** Payload of a refused streaming call: read to the end, kept nowhere, no limit. */
-  let discardPayload = false;
-  let stream: Readable | undefined;
-  let streamEnded = false;
-  let timer: NodeJS.Timeout | undefined;
+  private discardPayload = false;
+  private stream: Readable | undefined;
+  private streamEnded = false;
+  private timer: NodeJS.Timeout | undefined;
   /** Streaming: the minimum-rate window's timer. */
-  let rateTimer: NodeJS.Timeout | undefined;
-  let running = false;
-  let closed = false;
-  let settle: () => void = () => {};
-  const finished = new Promise<void>((resolve) => (settle = resolve));
-  let socketClosed: () => void = () => {};
-  const closedPromise = new Promise<void>((resolve) => (socketClosed = resolve));
+  private rateTimer: NodeJS.Timeout | undefined;
+  private running = false;
+  private socketGone = false;
+  private isFinished = false;
+  /** Made when first asked for (the server asks only when it shuts down). */
+  private finishedWaiters: (() => void)[] | undefined;
+  private closedWaiters: (() => void)[] | undefined;
+  /** Streaming: when the client last sent payload bytes (one timer re-armed lazily, not one per chunk). */
+  private lastData = 0;
+  /** Streaming: bytes in the current minimum-rate window, and whether the socket was paused in it. */
+  private windowBytes = 0;
+  private pausedInWindow = false;
 
-  const clearTimer = () => {
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-  };
-  const clearRateTimer = () => {
-    if (rateTimer) clearTimeout(rateTimer);
-    rateTimer = undefined;
-  };
-  const setTimer = (ms: number, onTimeout: () => void) => {
-    clearTimer();
-    timer = setTimeout(onTimeout, ms);
-  };
-  const maybeFinished = () => {
-    if (closed && !running) settle();
-  };
-
-  /** `quiet`: not a fault of anyone (a probe that connects and closes), logged with --debug only. */
-  function drop(reason: string, quiet = false): void {
-    if (phase === 'done' && socket.destroyed) return;
-    const line = `dropped connection${header ? ` (${header.method} from ${header.source})` : ''}: ${reason}`;
-    if (!quiet) ctx.log.warn(line);
-    else if (ctx.debug) ctx.log.info(line);
-    phase = 'done';
-    clearTimer();
-    clearRateTimer();
-    socket.destroy();
+  constructor(
+    private readonly socket: Socket,
+    private readonly ctx: DispatchContext,
+    private readonly limits: ConnectionLimits,
+    private readonly caller: Caller,
+    private readonly onFinished: OnFinished | undefined,
+  ) {
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    // 'close' follows; a client going away is not the server's problem.
+    socket.on('error', ignore);
+    socket.on('close', () => this.onClose());
+    this.setTimer(limits.headerTimeoutMs, headerTimeout);
   }
 
-  function sendReply(reply: Buffer | undefined): void {
-    phase = 'done';
-    clearTimer();
-    clearRateTimer();
-    if (stream && !streamEnded) stream.destroy();
+  /** Resolves once the socket is closed and no method runs for it any more. */
+  get finished(): Promise<void> {
+    if (this.isFinished) return Promise.resolve();
+    return new Promise<void>((resolve) => (this.finishedWaiters ??= []).push(resolve));
+  }
+
+  /** Resolves once the socket is closed (a method may still run). */
+  get closed(): Promise<void> {
+    if (this.socketGone) return Promise.resolve();
+    return new Promise<void>((resolve) => (this.closedWaiters ??= []).push(resolve));
+  }
+
+  abort(): void {
+    this.controller.abort();
+  }
+
+  /** `quiet`: not a fault of anyone (a probe that connects and closes), logged with --debug only. */
+  drop(reason: string, quiet = false): void {
+    if (this.phase === 'done' && this.socket.destroyed) return;
+    const h = this.header;
+    const line = `dropped connection${h ? ` (${h.method} from ${h.source})` : ''}: ${reason}`;
+    if (!quiet) this.ctx.log.warn(line);
+    else if (this.ctx.debug) this.ctx.log.info(line);
+    this.phase = 'done';
+    this.clearTimer();
+    this.clearRateTimer();
+    this.socket.destroy();
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private clearRateTimer(): void {
+    if (this.rateTimer) clearTimeout(this.rateTimer);
+    this.rateTimer = undefined;
+  }
+
+  private setTimer(ms: number, onTimeout: (c: ServerConnection) => void): void {
+    this.clearTimer();
+    this.timer = setTimeout(onTimeout, ms, this);
+  }
+
+  private maybeFinished(): void {
+    if (!this.socketGone || this.running || this.isFinished) return;
+    this.isFinished = true;
+    this.onFinished?.(this);
+    const waiters = this.finishedWaiters;
+    this.finishedWaiters = undefined;
+    if (waiters) for (const w of waiters) w();
+  }
+
+  private sendReply(reply: Buffer | undefined): void {
+    this.phase = 'done';
+    this.clearTimer();
+    this.clearRateTimer();
+    const { socket } = this;
+    if (this.stream && !this.streamEnded) this.stream.destroy();
     if (socket.destroyed || !socket.writable) return;
     if (reply) socket.end(reply);
     else socket.end();
     // Read (and throw away) whatever the client still sends, so that its EOF
     // arrives and the socket closes; give up after a while.
     socket.resume();
-    setTimer(limits.lingerMs, () => socket.destroy());
+    this.setTimer(this.limits.lingerMs, lingerOver);
   }
 
-  function run(work: Promise<Buffer | undefined>): void {
-    running = true;
-    void finish(work);
+  private run(work: Promise<Buffer | undefined>): void {
+    this.running = true;
+    void this.finish(work);
   }
 
   /** One async function rather than a chain of four promises: every call passes here. */
-  async function finish(work: Promise<Buffer | undefined>): Promise<void> {
+  private async finish(work: Promise<Buffer | undefined>): Promise<void> {
     let reply: Buffer | undefined;
     try {
       reply = await work;
     } catch (err) {
-      ctx.log.error(`internal error while serving a call: ${String(err)}`);
+      this.ctx.log.error(`internal error while serving a call: ${String(err)}`);
     }
-    running = false;
+    this.running = false;
     try {
-      sendReply(reply);
+      this.sendReply(reply);
     } catch (err) {
       // A throw while replying is a bug of ours: it ends this connection,
       // not the daemon (as an unhandled rejection would).
-      ctx.log.error(`internal error while sending a reply: ${String(err)}`);
-      socket.destroy();
+      this.ctx.log.error(`internal error while sending a reply: ${String(err)}`);
+      this.socket.destroy();
     }
-    maybeFinished();
+    this.maybeFinished();
   }
 
-  /** Streaming: when the client last sent payload bytes (one timer re-armed lazily, not one per chunk). */
-  let lastData = 0;
-  function stallCheck(): void {
-    const quiet = performance.now() - lastData;
-    if (quiet < limits.requestTimeoutMs) setTimer(limits.requestTimeoutMs - quiet, stallCheck);
-    else drop('client stalled while sending its payload');
+  /** The reply is out and the client did not close in time. */
+  lingerOver(): void {
+    this.socket.destroy();
+  }
+
+  /** Streaming: the stall timer; re-armed for what is left of the timeout after the last data. */
+  stallCheck(): void {
+    const quiet = performance.now() - this.lastData;
+    if (quiet < this.limits.requestTimeoutMs) this.setTimer(this.limits.requestTimeoutMs - quiet, stallCheck);
+    else this.drop('client stalled while sending its payload');
   }
 
   /**
    * Streaming: the minimum data rate. A window in which the socket was paused
    * (the method was slower than the client) is not held against the client.
    */
-  let windowBytes = 0;
-  let pausedInWindow = false;
-  function rateCheck(): void {
-    rateTimer = undefined;
-    if (phase !== 'running' || streamEnded) return;
-    if (!pausedInWindow && !socket.isPaused() && windowBytes < limits.minStreamBytesPerWindow) {
-      return drop(`client sends its payload too slowly: ${windowBytes} bytes in ${limits.minStreamWindowMs} ms, the minimum is ${limits.minStreamBytesPerWindow}`);
+  rateCheck(): void {
+    this.rateTimer = undefined;
+    if (this.phase !== 'running' || this.streamEnded) return;
+    const { limits } = this;
+    if (!this.pausedInWindow && !this.socket.isPaused() && this.windowBytes < limits.minStreamBytesPerWindow) {
+      return this.drop(
+        `client sends its payload too slowly: ${this.windowBytes} bytes in ${limits.minStreamWindowMs} ms, the minimum is ${limits.minStreamBytesPerWindow}`,
+      );
     }
-    windowBytes = 0;
-    pausedInWindow = false;
-    rateTimer = setTimeout(rateCheck, limits.minStreamWindowMs);
+    this.windowBytes = 0;
+    this.pausedInWindow = false;
+    this.rateTimer = setTimeout(rateCheck, limits.minStreamWindowMs, this);
   }
 
-  function startStreaming(h: RequestHeader, res: Resolution, rest: Buffer): void {
-    phase = 'running';
-    windowBytes = rest.length;
-    rateTimer = setTimeout(rateCheck, limits.minStreamWindowMs);
-    const idle = () => {
-      if (streamEnded) return;
-      lastData = performance.now();
-      setTimer(limits.requestTimeoutMs, stallCheck);
-    };
-    stream = new Readable({
+  /** Streaming: the client sent nothing new since; wait for the stall timeout from now. */
+  private streamIdle(): void {
+    if (this.streamEnded) return;
+    this.lastData = performance.now();
+    this.setTimer(this.limits.requestTimeoutMs, stallCheck);
+  }
+
+  private startStreaming(h: RequestHeader, res: Resolution, rest: Buffer): void {
+    this.phase = 'running';
+    this.windowBytes = rest.length;
+    this.rateTimer = setTimeout(rateCheck, this.limits.minStreamWindowMs, this);
+    const stream = new Readable({
       // A few MiB in flight, so receiving overlaps with the method's writing
       // (the 16 KiB default paused the socket for nearly every chunk).
       highWaterMark: 4 << 20,
       read: () => {
-        if (phase === 'running' && socket.isPaused()) {
-          socket.resume();
-          idle();
+        if (this.phase === 'running' && this.socket.isPaused()) {
+          this.socket.resume();
+          this.streamIdle();
         }
       },
     });
+    this.stream = stream;
     // A dropped or vanished client destroys the stream with an error; a method
     // that stopped reading (aborted, refused) no longer listens, and an
     // 'error' nobody listens to would take the whole daemon down.
-    stream.on('error', () => {});
+    stream.on('error', ignore);
     if (rest.length > 0) stream.push(rest);
-    idle();
-    run(executeCall(ctx, h, caller, res, stream, controller, started));
+    this.streamIdle();
+    this.run(executeCall(this.ctx, h, this.caller, res, stream, this.controller, this.started));
   }
 
-  function startEvents(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'events' }>): void {
-    phase = 'events';
-    received = 0;
+  private startEvents(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'events' }>): void {
+    this.phase = 'events';
+    this.received = 0;
+    const { socket, limits } = this;
     const send: EventSend = (e) => {
-      if (phase !== 'events' || socket.destroyed || !socket.writable) return false;
+      if (this.phase !== 'events' || socket.destroyed || !socket.writable) return false;
       if (socket.writableLength > limits.maxEventBacklogBytes) {
-        drop('events client does not read');
+        this.drop('events client does not read');
         return false;
       }
       socket.write(encodeEvent(e.subject, e.event, e.pairs));
       return true;
     };
-    run(runEvents(ctx, h, caller, spec, send, controller, started));
+    this.run(runEvents(this.ctx, h, this.caller, spec, send, this.controller, this.started));
   }
 
-  function onHeaderData(chunk: Buffer): void {
-    const before = received;
-    received += chunk.length;
+  private onHeaderData(chunk: Buffer): void {
+    const { limits, ctx } = this;
+    const before = this.received;
+    this.received += chunk.length;
     const nul = chunk.indexOf(0);
     if (nul < 0) {
-      if (received > limits.maxRequestBytes) return drop('header larger than the request limit');
-      chunks.push(chunk);
+      if (this.received > limits.maxRequestBytes) return this.drop('header larger than the request limit');
+      this.chunks.push(chunk);
       return;
     }
-    if (before + nul + 1 > limits.maxRequestBytes) return drop('header larger than the request limit');
+    if (before + nul + 1 > limits.maxRequestBytes) return this.drop('header larger than the request limit');
     // Usually the whole header came in this chunk: no copy then.
-    const headerBytes = chunks.length === 0 ? chunk.subarray(0, nul) : Buffer.concat([...chunks, chunk.subarray(0, nul)]);
+    const headerBytes = this.chunks.length === 0 ? chunk.subarray(0, nul) : Buffer.concat([...this.chunks, chunk.subarray(0, nul)]);
     const rest = chunk.subarray(nul + 1);
     let h: RequestHeader;
     try {
       h = parseHeader(headerBytes);
     } catch (err) {
-      return drop((err as Error).message);
+      return this.drop((err as Error).message);
     }
-    chunks = [];
-    header = h;
-    clearTimer();
-    const res = resolveMethod(ctx, h, caller);
-    resolution = res;
+    this.chunks = [];
+    this.header = h;
+    this.clearTimer();
+    const res = resolveMethod(ctx, h, this.caller);
+    this.resolution = res;
     const kind = Object.hasOwn(ctx.methods, h.method) ? ctx.methods[h.method]!.kind : 'call';
-    if ('spec' in res && res.spec.kind === 'events') return startEvents(h, res.spec);
-    if ('spec' in res && res.spec.kind === 'streaming') return startStreaming(h, res, rest);
+    if ('spec' in res && res.spec.kind === 'events') return this.startEvents(h, res.spec);
+    if ('spec' in res && res.spec.kind === 'streaming') return this.startStreaming(h, res, rest);
     if (kind === 'events') {
       // Refused events call: answer now, an events client may not half-close.
-      phase = 'running';
-      return run(executeCall(ctx, h, caller, res, Buffer.alloc(0), controller, started));
+      this.phase = 'running';
+      return this.run(executeCall(ctx, h, this.caller, res, Buffer.alloc(0), this.controller, this.started));
     }
-    discardPayload = kind === 'streaming';
-    phase = 'payload';
-    setTimer(limits.requestTimeoutMs, () => drop('client too slow sending its request'));
-    if (discardPayload) return;
-    if (received > limits.maxRequestBytes) return drop('request larger than the limit');
-    if (rest.length > 0) chunks.push(rest);
+    this.discardPayload = kind === 'streaming';
+    this.phase = 'payload';
+    this.setTimer(limits.requestTimeoutMs, requestTooSlow);
+    if (this.discardPayload) return;
+    if (this.received > limits.maxRequestBytes) return this.drop('request larger than the limit');
+    if (rest.length > 0) this.chunks.push(rest);
   }
 
-  socket.on('data', (chunk: Buffer) => {
-    switch (phase) {
+  private onData(chunk: Buffer): void {
+    switch (this.phase) {
       case 'header':
-        return onHeaderData(chunk);
+        return this.onHeaderData(chunk);
       case 'payload':
-        if (discardPayload) return;
-        received += chunk.length;
-        if (received > limits.maxRequestBytes) return drop('request larger than the limit');
-        chunks.push(chunk);
+        if (this.discardPayload) return;
+        this.received += chunk.length;
+        if (this.received > this.limits.maxRequestBytes) return this.drop('request larger than the limit');
+        this.chunks.push(chunk);
         return;
-      case 'running':
-        if (stream && !streamEnded) {
-          lastData = performance.now();
-          windowBytes += chunk.length;
+      case 'running': {
+        const { stream } = this;
+        if (stream && !this.streamEnded) {
+          this.lastData = performance.now();
+          this.windowBytes += chunk.length;
           if (!stream.push(chunk)) {
-            socket.pause();
-            pausedInWindow = true;
-            clearTimer();
-          } else if (!timer) {
-            setTimer(limits.requestTimeoutMs, stallCheck);
+            this.socket.pause();
+            this.pausedInWindow = true;
+            this.clearTimer();
+          } else if (!this.timer) {
+            this.setTimer(this.limits.requestTimeoutMs, stallCheck);
           }
         }
         return;
+      }
       case 'events':
-        received += chunk.length;
-        if (received > limits.maxRequestBytes) drop('events client sends data');
+        this.received += chunk.length;
+        if (this.received > this.limits.maxRequestBytes) this.drop('events client sends data');
         return;
       case 'done':
         return;
     }
-  });
+  }
 
-  socket.on('end', () => {
-    switch (phase) {
+  private onEnd(): void {
+    switch (this.phase) {
       case 'header':
         // An empty connection is how a tool asks whether a daemon answers: no warning for it.
-        return received > 0 ? drop('request ended before the NUL after the header') : drop('empty request', true);
+        return this.received > 0 ? this.drop('request ended before the NUL after the header') : this.drop('empty request', true);
       case 'payload': {
-        phase = 'running';
-        clearTimer();
-        const payload = Buffer.concat(chunks);
-        chunks = [];
-        return run(executeCall(ctx, header!, caller, resolution!, payload, controller, started));
+        this.phase = 'running';
+        this.clearTimer();
+        const payload = Buffer.concat(this.chunks);
+        this.chunks = [];
+        return this.run(executeCall(this.ctx, this.header!, this.caller, this.resolution!, payload, this.controller, this.started));
       }
       case 'running':
-        if (stream && !streamEnded) {
-          streamEnded = true;
-          clearTimer();
-          clearRateTimer();
-          stream.push(null);
+        if (this.stream && !this.streamEnded) {
+          this.streamEnded = true;
+          this.clearTimer();
+          this.clearRateTimer();
+          this.stream.push(null);
         }
         return;
       default:
         return;
     }
-  });
+  }
 
-  socket.on('error', () => {
-    // 'close' follows; a client going away is not the server's problem.
-  });
-
-  socket.on('close', () => {
-    closed = true;
-    clearTimer();
-    clearRateTimer();
-    if ((phase === 'payload' || phase === 'running') && header) {
-      ctx.log.warn(`client of ${header.method} went away before the reply`);
+  private onClose(): void {
+    this.socketGone = true;
+    this.clearTimer();
+    this.clearRateTimer();
+    const h = this.header;
+    if ((this.phase === 'payload' || this.phase === 'running') && h) {
+      this.ctx.log.warn(`client of ${h.method} went away before the reply`);
     }
     // Only a method still running (or an events stream) may listen to the
     // signal; aborting one that exists costs a DOMException with a stack trace.
-    if (running) controller.abort();
-    if (stream && !streamEnded) stream.destroy(new Error('client disconnected before the end of the payload'));
-    socketClosed();
-    maybeFinished();
-  });
+    if (this.running) this.controller.abort();
+    if (this.stream && !this.streamEnded) this.stream.destroy(new Error('client disconnected before the end of the payload'));
+    const waiters = this.closedWaiters;
+    this.closedWaiters = undefined;
+    if (waiters) for (const w of waiters) w();
+    this.maybeFinished();
+  }
+}
 
-  setTimer(limits.headerTimeoutMs, () => drop('header timeout'));
-
-  return {
-    get phase() {
-      return phase;
-    },
-    finished,
-    closed: closedPromise,
-    abort: () => controller.abort(),
-    drop,
-  };
+function ignore(): void {}
+function headerTimeout(c: ServerConnection): void {
+  c.drop('header timeout');
+}
+function requestTooSlow(c: ServerConnection): void {
+  c.drop('client too slow sending its request');
+}
+function lingerOver(c: ServerConnection): void {
+  c.lingerOver();
+}
+function stallCheck(c: ServerConnection): void {
+  c.stallCheck();
+}
+function rateCheck(c: ServerConnection): void {
+  c.rateCheck();
 }

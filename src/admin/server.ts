@@ -212,12 +212,12 @@ export class AdminServer {
     const over = this.overShare(peer);
     if (over !== undefined) return this.refuseAtAccept(socket, peer, over);
     this.count(peer, 1);
-    const conn = serveConnection(socket, this.context, this.limits, caller);
-    this.connections.add(conn);
-    void conn.finished.then(() => {
-      this.connections.delete(conn);
+    // Finished only after its socket's 'close': never before it is in the set.
+    const conn = serveConnection(socket, this.context, this.limits, caller, (c) => {
+      this.connections.delete(c);
       this.count(peer, -1);
     });
+    this.connections.add(conn);
   }
 
   /**

@@ -53,3 +53,42 @@ test('a throw while sending the reply ends that connection (logged, socket close
     await fs.rm(dir, { recursive: true, force: true });
   }
 });
+
+// A refused events call is answered at once, before the client's EOF (an
+// events client may not half-close); the server then waits lingerMs for
+// that EOF and no longer: a client that never closes cannot hold the socket.
+test('after a reply sent before the client EOF, a client that never closes is cut off after lingerMs', { timeout: 30_000 }, async () => {
+  const dir = await tempDir();
+  const socketPath = path.join(dir, 's.sock');
+  const ctx = createDispatchContext({ methods: toyMethods(new EventBus(), { current: slowProbe() }), log: collectingLog() });
+  const conns: Connection[] = [];
+  const refused = { uid: 12345, pid: 1, relays: false, refusal: 'not in the socket group' };
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    conns.push(serveConnection(socket, ctx, { ...LIMITS, lingerMs: 300 }, refused));
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  // Half-open allowed: the client does not answer the server's FIN with its own.
+  const client = net.connect({ path: socketPath, allowHalfOpen: true });
+  try {
+    const got: Buffer[] = [];
+    client.on('data', (c: Buffer) => got.push(c));
+    client.on('error', () => {});
+    const replied = new Promise<void>((resolve) => client.on('end', () => resolve()));
+    await new Promise<void>((resolve) => client.on('connect', resolve));
+    const sent = performance.now();
+    client.write('admin.Events dom0 name dom0\0'); // and never end()
+    await replied;
+    assert.match(Buffer.concat(got).toString('latin1'), /^2\0PermissionDenied\0/, 'the refusal came first, with the FIN of the server');
+    assert.equal(conns.length, 1);
+    const closedAt = await Promise.race([
+      conns[0]!.finished.then(() => performance.now()),
+      new Promise<number>((resolve) => setTimeout(() => resolve(-1), 5_000)),
+    ]);
+    assert.ok(closedAt > 0, 'the server closed the connection within 5 s');
+    assert.ok(closedAt - sent >= 250, `closed after the linger (${Math.round(closedAt - sent)} ms), not at the reply`);
+  } finally {
+    client.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
