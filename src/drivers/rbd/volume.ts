@@ -9,6 +9,8 @@
  *   N@qs-base-RAND  a snapshot of the committed data a running snapshot
  *                 volume of another domain is cloned from
  *   N@qs-import-old / qs-import-done   an import in progress / finished
+ *   N@qs-pre-revert-TIME   a revert begun: the current data, which becomes
+ *                 the newest revision once the target is marked
  *   N@qs-reverting-ID-TIME   a revert in progress (the target revision)
  *   N@qs-export-RAND   an export being read
  *   N~snap        snapshot volumes, while running: a layered clone (clone v2)
@@ -47,11 +49,14 @@ export const RBD_FAILPOINTS = {
   stopAfterRename: declareFailpoint('rbd.stop.after-rename'),
   importAfterOldSnapshot: declareFailpoint('rbd.import.after-old-snapshot'),
   importAfterDiff: declareFailpoint('rbd.import.after-diff'),
+  revertAfterBackup: declareFailpoint('rbd.revert.after-backup'),
   revertAfterRename: declareFailpoint('rbd.revert.after-rename'),
 };
 const FP = RBD_FAILPOINTS;
 const REV_RE = /^qs-rev-([1-9][0-9]{0,15})-(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/;
 const REVERTING_RE = /^qs-reverting-/;
+const PRE_REVERT_RE = /^qs-pre-revert-/;
+const REVERTING_ID_RE = /^qs-reverting-([1-9][0-9]{0,15})-/;
 const GEN_KEY = 'qubes.generation';
 const SRC_GEN_KEY = 'qubes.source-generation';
 const LOCK_PREFIX = 'qubes:';
@@ -347,6 +352,10 @@ export class RbdVolume extends Volume {
    * Finishes or undoes what an interrupted operation left on N:
    * - qs-import-done present: the import completed; finish the commit;
    * - qs-import-old alone: the import did not complete; roll back to it;
+   * - qs-pre-revert-* alone: a revert cut off before it marked its target:
+   *   the data is unchanged, drop it (as a revision it would have counted
+   *   in the prune and cost the oldest revision);
+   * - qs-pre-revert-* with qs-reverting-*: it becomes the newest revision;
    * - qs-reverting-*: roll back to it (again) and drop it;
    * - qs-base-HOST-*: this host's base snapshots (a start cut off between the
    *   snapshot and the clone leaves one);
@@ -368,6 +377,12 @@ export class RbdVolume extends Volume {
       if (done || old) s = await this.snaps(this.image);
     }
     const reverting = s.find((x) => REVERTING_RE.test(x.name));
+    const preRevert = s.find((x) => PRE_REVERT_RE.test(x.name));
+    if (preRevert) {
+      if (reverting) await this.rbd.withImage(this.image, (i) => i.snapRename(preRevert.name, this.nextRevisionName(s)));
+      else await this.snapRm(this.image, preRevert.name);
+      s = await this.snaps(this.image);
+    }
     if (reverting) {
       await this.snapRollback(this.image, reverting.name);
       await this.snapRm(this.image, reverting.name);
@@ -389,8 +404,13 @@ export class RbdVolume extends Volume {
   }
 
   private nextRevisionName(s: Snap[]): string {
-    const next = (this.revisionSnaps(s).at(-1)?.id ?? 0) + 1;
-    return `qs-rev-${next}-${utcStamp().compact}`;
+    let last = this.revisionSnaps(s).at(-1)?.id ?? 0;
+    // A revert's target, while marked, still holds its id: never given again.
+    for (const x of s) {
+      const m = REVERTING_ID_RE.exec(x.name);
+      if (m) last = Math.max(last, Number(m[1]));
+    }
+    return `qs-rev-${last + 1}-${utcStamp().compact}`;
   }
 
   /** Removes the oldest revisions past revisions_to_keep (a revision a clone uses goes to the RBD trash until the clone is gone). */
@@ -805,12 +825,19 @@ export class RbdVolume extends Volume {
       const target = this.revisionSnaps(s).find((r) => String(r.id) === revision);
       if (!target) throw new StoragePoolException(this.what(`revision ${revision} vanished`));
       await this.rbd.withImage(this.image, async (i) => {
-        // The current data becomes the newest revision, so the revert can be undone.
-        await i.snapCreate(this.nextRevisionName(s));
+        // The current data, kept aside under a name no prune counts: a crash
+        // before the target is marked leaves the revisions as they were
+        // (recover() drops it), not one too many.
+        const stamp = utcStamp().compact;
+        const backup = `qs-pre-revert-${stamp}`;
+        await i.snapCreate(backup);
+        failpoint(FP.revertAfterBackup);
         // Marked as in progress: a crash from here is finished by recover().
-        const marker = `qs-reverting-${target.id}-${utcStamp().compact}`;
+        const marker = `qs-reverting-${target.id}-${stamp}`;
         await i.snapRename(target.snap.name, marker);
         failpoint(FP.revertAfterRename);
+        // The current data becomes the newest revision, so the revert can be undone.
+        await i.snapRename(backup, this.nextRevisionName(s));
         await i.snapRollback(marker);
         await i.snapRemove(marker);
       });
