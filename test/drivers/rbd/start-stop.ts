@@ -42,7 +42,8 @@ describeRbd('rbd: start and stop of an AppVM, the cheaper steps', () => {
         await assert.rejects(vmB.get('root').start(), /in use by host hostA \(lock qubes:hostA/);
         await assert.rejects(vmB.get('volatile').start(), /in use by host hostA \(lock qubes:hostA/);
         await vmA.stop();
-        // The trash moves may still run: every call naming the images waits for them.
+        // The trash moves may still run: every call naming the images waits for them (a look right away finds none).
+        for (const v of [root, volatile]) assert.equal(await poolA.rbd.withImageIfAny(v.runImage, async () => 'open', true), null, `cycle ${cycle}: ${v.runImage} gone`);
         assert.equal(await root.isDirty(), false, `cycle ${cycle}: root not dirty once stopped`);
         assert.equal(await volatile.isDirty(), false, `cycle ${cycle}: volatile not dirty once stopped`);
         assert.deepEqual(imagesWith(prefix).filter((n) => n.includes('~')), [], `cycle ${cycle}: no running image left in the names`);
