@@ -231,7 +231,7 @@ export const rbd: Scenario = {
       const dataHash = await sha256(data);
       for (let i = 0; i < IMPORT_ROUNDS; i++) {
         // qvm-volume import through the admin socket (ImportWithSize: the payload streamed into the image),
-        // and the default on the daemon's host (the local import service: a file the daemon then writes into the image).
+        // and the default on the daemon's host (the local import service: for rbd the data streamed into the image, as --stream does, over the internal socket).
         t['toolStream']!.push(await timeMs(() => tool('qvm-volume', ['import', '--stream', 'imp:private', data])));
         if (i === 0) {
           rbdCmd(['export', daemonImage, out]);
@@ -270,7 +270,7 @@ export const rbd: Scenario = {
       const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
       const tS = figure(`qvm-volume import --stream ${mb} MiB (admin socket, straight into the image), rbd`, 'MiB/s', rate(t['toolStream']!));
-      const tL = figure(`qvm-volume import ${mb} MiB (local import service: a file, then the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
+      const tL = figure(`qvm-volume import ${mb} MiB (default on the daemon's host: the local import service, streamed into the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
       const figures: Figure[] = [
         fR,
         fC,
@@ -309,7 +309,7 @@ export const rbd: Scenario = {
           `AppVM start+stop: ${WARM_UP} uncounted warm-up cycles of each path, then ${rounds} rounds of blocks of ${Math.max(1, Math.floor(cycles / rounds))} cycles (rbd, rbd back to back, the rbd commands, file-reflink); medians of all counted cycles`,
           'rbd start+stop: the stop\'s background work (revision prune, trash moves and object deletion) is awaited between cycles, outside the timed span, and timed apart; back to back: not awaited, the next start waits for what it needs of it; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
           'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)',
-          'qvm-volume import: the tool (a node process) against a child qubesd with its own rbd pool on the same cluster, into a StandaloneVM private volume keeping 1 revision; --stream: admin.vm.volume.ImportWithSize, the payload written into the image by the volume\'s import writer; without: the local import service (internal ImportBegin/End), a file in tmp_dir then the image; the first --stream import is checked against the file (rbd export, SHA-256)',
+          'qvm-volume import: the tool (a node process) against a child qubesd with its own rbd pool on the same cluster, into a StandaloneVM private volume keeping 1 revision; --stream: admin.vm.volume.ImportWithSize, the payload written into the image by the volume\'s import writer; without: the local import service (internal ImportMode answers stream for rbd: the data streamed as internal ImportDataWithSize into the same writer; before, a file in tmp_dir then the image); the first --stream import is checked against the file (rbd export, SHA-256)',
         ],
       };
     } finally {
