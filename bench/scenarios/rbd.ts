@@ -111,7 +111,9 @@ export const rbd: Scenario = {
   describe: 'rbd through librbd vs the rbd commands (CLI path), rbd import/export and file-reflink (XFS): AppVM start+stop, 1 GiB import and export',
   async run(opts) {
     const cycles = opts.quick ? 2 : 8;
-    const rounds = opts.quick ? 1 : 3;
+    const rounds = opts.quick ? 1 : 2;
+    const WARM_UP = opts.quick ? 0 : 2;
+    const IMPORT_ROUNDS = opts.quick ? 1 : 3;
     // QS_BENCH_RBD_MIB: a smaller data size for a cluster with a small OSD (the test cluster's is 4 GiB).
     const dataSize = opts.quick ? 64 * MiB : Number(process.env['QS_BENCH_RBD_MIB'] ?? 1024) * MiB;
     const c = await cluster();
@@ -149,7 +151,7 @@ export const rbd: Scenario = {
         await s.std.create();
       }
       const t: Record<string, number[]> = {
-        startStop: [], startStopR: [], startStopC: [], calls: [], opens: [], cpu: [], bg: [], bgCpu: [], bgCalls: [], toolStream: [], toolLocal: [],
+        startStop: [], startStopR: [], startStopC: [], b2b: [], calls: [], opens: [], cpu: [], bg: [], bgCpu: [], bgCalls: [], toolStream: [], toolLocal: [],
         imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [],
       };
       const rbdCmd = (args: string[]): void => {
@@ -170,23 +172,49 @@ export const rbd: Scenario = {
         rbdCmd(['rm', '--no-progress', img('app-volatile')]);
         rbdCmd(['snap', 'rm', '--no-progress', `${img('app-private')}@r`]);
       };
-      for (let i = 0; i < cycles; i++) {
-        t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
-        t['startStopC']!.push(await timeMs(async () => cliStartStop()));
+      // One rbd start+stop, its background work (the revision prune, the trash moves and removals)
+      // awaited after it, outside its time and measured apart.
+      const rbdCycle = async (record: boolean): Promise<void> => {
         const before = { ...rbdCallCounts };
         const cpu = process.cpuUsage();
-        t['startStop']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
+        const ms = await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); });
         const used = process.cpuUsage(cpu); // this process, every thread (librados' too), during the start+stop
+        const bgBefore = rbdCallCounts.calls;
+        const bgCpu = process.cpuUsage();
+        const bg = await timeMs(() => rbdPool!.settled());
+        const bgUsed = process.cpuUsage(bgCpu);
+        if (!record) return;
+        t['startStop']!.push(ms);
         t['cpu']!.push((used.user + used.system) / 1000);
         t['calls']!.push(rbdCallCounts.calls - before.calls);
         t['opens']!.push(rbdCallCounts.opens - before.opens);
-        // The stop's background work (the prune of the oldest revision, the trash removals), outside the next cycle's time.
-        const bgBefore = rbdCallCounts.calls;
-        const bgCpu = process.cpuUsage();
-        t['bg']!.push(await timeMs(() => rbdPool!.settled()));
-        const bgUsed = process.cpuUsage(bgCpu);
+        t['bg']!.push(bg);
         t['bgCpu']!.push((bgUsed.user + bgUsed.system) / 1000);
         t['bgCalls']!.push(rbdCallCounts.calls - bgBefore);
+      };
+      // Each path in blocks of cycles, the blocks alternating over the rounds (the same number of
+      // cycles for each path, all of them counted), after WARM_UP uncounted cycles of each. Not
+      // cycle by cycle: the 8 \`rbd\` processes of a CLI cycle leave the cluster busy (the OSD and
+      // the monitor digest their snapshot removals) for over a second, and an rbd cycle right after
+      // one took 1.5-2x its time in a block (docs/benchmarks.md, Issue 16 item 2, fifth pass): a
+      // user's start does not follow eight rbd commands.
+      for (let i = 0; i < WARM_UP; i++) {
+        await rbdCycle(false);
+        cliStartStop();
+        await sets.reflink.app.start();
+        await sets.reflink.app.stop();
+      }
+      const block = Math.max(1, Math.floor(cycles / rounds));
+      for (let r = 0; r < rounds; r++) {
+        for (let i = 0; i < block; i++) await rbdCycle(true);
+        // Back to back: the next start right after the stop returned, the background work not awaited.
+        for (let i = 0; i < block; i++) {
+          t['b2b']!.push(await timeMs(async () => { await sets.rbd.app.start(); await sets.rbd.app.stop(); }));
+        }
+        await rbdPool.settled();
+        for (let i = 0; i < block; i++) t['startStopC']!.push(await timeMs(async () => cliStartStop()));
+        for (let i = 0; i < block; i++)
+          t['startStopR']!.push(await timeMs(async () => { await sets.reflink.app.start(); await sets.reflink.app.stop(); }));
       }
       const cmdImage = `rbd/${prefix}cmd`;
       const out = path.join(scratch.dir, 'export.img');
@@ -201,9 +229,9 @@ export const rbd: Scenario = {
       await tool('qvm-create', ['--class', 'StandaloneVM', '--label', 'red', '-P', 'cephd', 'imp']);
       const daemonImage = `rbd/${prefix}d-appvms=imp=private`;
       const dataHash = await sha256(data);
-      for (let i = 0; i < rounds; i++) {
+      for (let i = 0; i < IMPORT_ROUNDS; i++) {
         // qvm-volume import through the admin socket (ImportWithSize: the payload streamed into the image),
-        // and the default on the daemon's host (the local import service: a file the daemon then writes into the image).
+        // and the default on the daemon's host (the local import service: for rbd the data streamed into the image, as --stream does, over the internal socket).
         t['toolStream']!.push(await timeMs(() => tool('qvm-volume', ['import', '--stream', 'imp:private', data])));
         if (i === 0) {
           rbdCmd(['export', daemonImage, out]);
@@ -242,12 +270,13 @@ export const rbd: Scenario = {
       const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
       const tS = figure(`qvm-volume import --stream ${mb} MiB (admin socket, straight into the image), rbd`, 'MiB/s', rate(t['toolStream']!));
-      const tL = figure(`qvm-volume import ${mb} MiB (local import service: a file, then the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
+      const tL = figure(`qvm-volume import ${mb} MiB (default on the daemon's host: the local import service, streamed into the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
       const figures: Figure[] = [
         fR,
         fC,
         withBaseline(fL, fC),
         withBaseline({ ...fL, name: 'AppVM start+stop, rbd (librbd) vs file-reflink' }, fR),
+        withBaseline(figure('AppVM start+stop, rbd, back to back (the next start right after the stop, background work not awaited)', 'ms', t['b2b']!), fL),
         figure('AppVM start+stop, rbd: calls waiting for the cluster', 'calls', t['calls']!),
         figure('AppVM start+stop, rbd: image opens', 'opens', t['opens']!),
         figure('AppVM start+stop, rbd: CPU of this process (all threads)', 'ms', t['cpu']!),
@@ -277,9 +306,10 @@ export const rbd: Scenario = {
           `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight)`,
           'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
           'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size',
-          'rbd start+stop: the stop\'s background object deletion (RBD trash) is awaited between cycles, outside the timed span; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
+          `AppVM start+stop: ${WARM_UP} uncounted warm-up cycles of each path, then ${rounds} rounds of blocks of ${Math.max(1, Math.floor(cycles / rounds))} cycles (rbd, rbd back to back, the rbd commands, file-reflink); medians of all counted cycles`,
+          'rbd start+stop: the stop\'s background work (revision prune, trash moves and object deletion) is awaited between cycles, outside the timed span, and timed apart; back to back: not awaited, the next start waits for what it needs of it; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
           'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)',
-          'qvm-volume import: the tool (a node process) against a child qubesd with its own rbd pool on the same cluster, into a StandaloneVM private volume keeping 1 revision; --stream: admin.vm.volume.ImportWithSize, the payload written into the image by the volume\'s import writer; without: the local import service (internal ImportBegin/End), a file in tmp_dir then the image; the first --stream import is checked against the file (rbd export, SHA-256)',
+          'qvm-volume import: the tool (a node process) against a child qubesd with its own rbd pool on the same cluster, into a StandaloneVM private volume keeping 1 revision; --stream: admin.vm.volume.ImportWithSize, the payload written into the image by the volume\'s import writer; without: the local import service (internal ImportMode answers stream for rbd: the data streamed as internal ImportDataWithSize into the same writer; before, a file in tmp_dir then the image); the first --stream import is checked against the file (rbd export, SHA-256)',
         ],
       };
     } finally {

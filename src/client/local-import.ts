@@ -10,6 +10,10 @@
  * ends with ImportEnd, whose reply
  * is the import's result. The daemon commits by renaming the import file,
  * as for a streamed import: a failure or an interruption leaves the old data.
+ * For a volume whose driver writes imports into its storage itself (rbd),
+ * where a file would be one more full copy, the service streams the data to
+ * the volume's import writer instead (internal ImportMode, ImportDataWithSize:
+ * src/qrexec/import-service.ts).
  *
  * Why a child rather than this process: an import begun on the internal
  * socket belongs to its caller and the caller's parent (internal.ts). The

@@ -28,6 +28,18 @@
  *    message (also when interrupted by SIGINT, SIGTERM or SIGHUP), and copies
  *    its reply to stdout: exit 0 (also for an error reply, as Qubes' script).
  *
+ * Before 2, it asks internal.vm.volume.ImportMode. A volume whose driver
+ * writes imports into its storage itself (rbd: a Ceph image) answers
+ * `stream SIZE`: a file in the pool's tmp_dir would be one more full copy
+ * (written, then read back into the image), so the data is streamed
+ * instead, as the payload of internal.vm.volume.ImportData[WithSize] (the
+ * admin import's method: the volume's import writer writes it as it
+ * arrives), exactly SIZE bytes; the messages of a short or long input are
+ * the same as above, as `Data import failed: ...` (the import rolled back
+ * first). File drivers answer `file`: 2-4 as above (the service writes the
+ * file itself, the data crosses no socket). A daemon without ImportMode
+ * (an error reply): 2-4.
+ *
  * The internal socket: QUBESD_INTERNAL_SOCKET (the wrappers set it to the
  * socket the installer was given, unless it is already set), else beside the
  * admin socket of QUBESD_SOCKET / QUBES_BASE_DIR, as the daemon names it
@@ -209,6 +221,116 @@ async function copyRegions(
   return { copied: end - file.start, more: file.length > size };
 }
 
+/**
+ * Streams exactly `size` bytes of the input (after `first`) as the payload
+ * of internal.vm.volume.ImportData[WithSize]; resolves the reply for the
+ * client. A short input is sent as it is and a long one with one byte
+ * more: the daemon refuses either and rolls the import back before it
+ * replies, and the reply is then given Qubes' message of the file path.
+ * Interrupted (signal): the connection is closed, which rolls the import
+ * back.
+ */
+async function streamImport(
+  socketPath: string,
+  r: ServiceRun,
+  source: string,
+  dest: string,
+  sizeText: string,
+  size: number,
+  first: Buffer,
+  input: ByteSource,
+  fileFd: number | undefined,
+): Promise<Buffer> {
+  const withSize = r.service === 'admin.vm.volume.ImportWithSize';
+  const method = withSize ? 'internal.vm.volume.ImportDataWithSize' : 'internal.vm.volume.ImportData';
+  const sock = net.connect(socketPath);
+  const chunks: Buffer[] = [];
+  let got = 0;
+  const reply = new Promise<Buffer>((resolve, reject) => {
+    sock.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got > MAX_REPLY) sock.destroy(new Error(`reply of ${method} larger than ${MAX_REPLY} bytes`));
+      else chunks.push(d);
+    });
+    // A reply that came before the error (the daemon refused the import and closed while data was still sent) is the answer.
+    sock.on('error', (e) =>
+      chunks.length > 0
+        ? resolve(Buffer.concat(chunks))
+        : reject(new ServiceError(e.message, encodeError('QubesDaemonCommunicationError', `cannot call qubesd at ${socketPath}: ${e.message}`))),
+    );
+    sock.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+  reply.catch(() => undefined);
+  const send = (b: Buffer): Promise<void> =>
+    new Promise((resolve, reject) => {
+      if (sock.destroyed) return reject(new Error('the connection to qubesd closed'));
+      if (sock.write(b)) return resolve();
+      const onDrain = () => {
+        sock.off('close', onClose);
+        resolve();
+      };
+      const onClose = () => {
+        sock.off('drain', onDrain);
+        reject(new Error('the connection to qubesd closed'));
+      };
+      sock.once('drain', onDrain).once('close', onClose);
+    });
+  let failure: string | null = null;
+  const onAbort = () => sock.destroy();
+  r.signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+    await send(encodeRequest({ method, arg: r.volume, source, dest }, withSize ? Buffer.from(`${sizeText || size}\n`, 'latin1') : Buffer.alloc(0)));
+    let sent = 0;
+    if (first.length) {
+      const head = first.subarray(0, size);
+      await send(Buffer.from(head));
+      sent = head.length;
+      if (first.length > size) failure = `too much data (expected ${size} bytes)`;
+    }
+    // A regular file is read from its descriptor (its offset tells qvm-volume the progress), a pipe from the stream.
+    const src = fileFd === undefined ? input : fdSource(fileFd);
+    while (failure === null && sent < size && !r.signal.aborted) {
+      const buf = Buffer.allocUnsafe(Math.min(4 << 20, size - sent));
+      let n = 0;
+      while (n < buf.length) {
+        const k = await src.read(buf, n, buf.length - n);
+        if (k <= 0) break;
+        n += k;
+      }
+      if (n > 0) await send(n === buf.length ? buf : buf.subarray(0, n));
+      sent += n;
+      if (n < buf.length) failure = `not enough data (copied ${sent} bytes, expected ${size} bytes)`;
+    }
+    if (failure === null && !r.signal.aborted) {
+      const probe = Buffer.alloc(1);
+      if ((await src.read(probe, 0, 1)) > 0) {
+        failure = `too much data (expected ${size} bytes)`;
+        await send(probe); // one byte more than the size: the daemon refuses the import
+      }
+    }
+    if (r.signal.aborted) failure = 'interrupted';
+    sock.end();
+  } catch {
+    // Connecting or sending failed: the daemon closed the connection (its reply says why) or is gone.
+    sock.destroy();
+    if (r.signal.aborted) failure = 'interrupted';
+  } finally {
+    r.signal.removeEventListener('abort', onAbort);
+  }
+  let answer: Buffer;
+  try {
+    answer = await reply;
+  } catch (e) {
+    if (failure === null) return (e as ServiceError).reply;
+    answer = Buffer.alloc(0);
+  }
+  // The daemon refused it (and rolled it back) for what the input lacked or had too much of: Qubes' words.
+  if (failure !== null && !(answer[0] === 0x30 && answer[1] === 0)) return encodeError('QubesException', `Data import failed: ${failure}`);
+  if (answer.length === 0) return encodeError('QubesDaemonCommunicationError', `qubesd closed the connection of ${method} without a reply`);
+  return answer;
+}
+
 export interface ServiceRun {
   readonly service: ImportService;
   readonly volume: string;
@@ -237,6 +359,19 @@ export async function runImportService(r: ServiceRun): Promise<number> {
     let sizeText = r.size ?? '';
     let first: Buffer = Buffer.alloc(0);
     if (r.service === 'admin.vm.volume.ImportWithSize' && r.size === undefined) ({ text: sizeText, rest: first } = await readSizeLine(input));
+    const mode = await callInternal(socketPath, 'internal.vm.volume.ImportMode', source, dest, r.volume, Buffer.from(sizeText, 'latin1')).catch(
+      (e: unknown) => {
+        // Nothing read yet (past a size line): a caller that has the data elsewhere may stream it instead.
+        if (e instanceof ServiceError) e.status = EXIT_INTERNAL_UNREACHABLE;
+        throw e;
+      },
+    );
+    const streamed = /^stream ([0-9]{1,19})$/.exec(mode[0] === 0x30 && mode[1] === 0 ? mode.subarray(2).toString('latin1') : '');
+    if (streamed) {
+      const fileFd = typeof r.stdin === 'number' ? r.stdin : undefined;
+      r.out(await streamImport(socketPath, r, source, dest, sizeText, Number(streamed[1]), first, input, fileFd));
+      return 0;
+    }
     const begin = await callInternal(socketPath, 'internal.vm.volume.ImportBegin', source, dest, r.volume, Buffer.from(sizeText, 'latin1')).catch(
       (e: unknown) => {
         // Nothing read yet (past a size line): a caller that has the data elsewhere may stream it instead.

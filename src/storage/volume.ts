@@ -542,6 +542,18 @@ export abstract class Volume {
    * is finished first (the rest reads as zeros, all durable), in every case
    * closed before the driver switches to the new data or drops it.
    */
+  /**
+   * Whether the driver writes an import into its storage itself
+   * (doImportWriter overridden: rbd writes its image), so that the data is
+   * best streamed into importWriter; false: the import is a file of this
+   * host (importData's path), which a caller on this host may write
+   * directly, without the data crossing a socket. The import service asks
+   * this (internal.vm.volume.ImportMode).
+   */
+  get writesImportsItself(): boolean {
+    return false;
+  }
+
   importWriter(size: number): Promise<ImportWriter> {
     return this.beginImport(size, async () => {
       const w = await this.doImportWriter(size);

@@ -190,7 +190,13 @@ describe("the daemon's method table", () => {
 
   test('the internal socket’s methods: declared, and listed apart in src/admin/README.md', async () => {
     const internal = internalMethods(rt, { adminPolicy: () => undefined, adminMethods: rt.methods }).methods;
-    assert.deepEqual(Object.keys(internal).sort(), ['internal.vm.volume.ImportBegin', 'internal.vm.volume.ImportEnd']);
+    assert.deepEqual(Object.keys(internal).sort(), [
+      'internal.vm.volume.ImportBegin',
+      'internal.vm.volume.ImportData',
+      'internal.vm.volume.ImportDataWithSize',
+      'internal.vm.volume.ImportEnd',
+      'internal.vm.volume.ImportMode',
+    ]);
     const problems = Object.entries(internal).flatMap(([name, spec]) => shapeProblems(spec.shape, spec.kind).map((p) => `${name}: ${p}`));
     assert.deepEqual(problems, []);
     assert.ok(!Object.keys(rt.methods).some((m) => m.startsWith('internal.')), 'not in the admin table');

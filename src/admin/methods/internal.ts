@@ -17,6 +17,24 @@
  *                Reply: empty when the data is committed; on `fail`,
  *                QubesException `Data import failed: MESSAGE` (old data kept).
  *
+ * Not in Qubes, for our own service program (src/qrexec/import-service.ts):
+ *
+ *   ImportMode   DEST, ARG, payload as ImportBegin. Reply `file`: the
+ *                volume's import is a file of this host (ImportBegin's
+ *                path, written directly: the data crosses no socket);
+ *                `stream SIZE` (SIZE: the bytes the import takes): the driver writes the import into its storage
+ *                itself (Volume.writesImportsItself, rbd): a file would be
+ *                one more copy, so the service streams the data instead:
+ *   ImportData / ImportDataWithSize   DEST, ARG, payload as the admin
+ *                socket's admin.vm.volume.Import / ImportWithSize (the data,
+ *                after a size line for the latter); the same method runs
+ *                (the volume's import writer, its events, the domain held
+ *                until the commit or the rollback). Reply as theirs. The
+ *                import belongs to the connection: closed before all data
+ *                arrived, it is rolled back.
+ *
+ * All three stand for the original admin call as ImportBegin does (below).
+ *
  * The same machinery as the streamed admin.vm.volume.Import
  * (volumes.ts): the volume's importData / importDataEnd (crash-safe; a
  * failed import leaves the old data and no files), the same events
@@ -45,7 +63,7 @@ import * as fs from 'node:fs/promises';
 import type { Domain } from '../../domain/domain.js';
 import { PermissionDenied, QubesException, StoragePoolException } from '../../storage/errors.js';
 import type { AdminLog, Caller, MethodTable } from '../dispatch.js';
-import { method } from '../dispatch.js';
+import { method, streamingMethod, type CallContext } from '../dispatch.js';
 import { DEFAULT_POLICY, findAllowingRule, type AccessPolicy } from '../policy.js';
 import { decodeUtf8, parseInteger } from '../protocol/validate.js';
 import { aboutDomain, destVolume, qbool, type MethodContext } from './context.js';
@@ -146,12 +164,48 @@ export function internalMethods(ctx: MethodContext, opts: InternalMethodsOptions
     },
   });
 
+  /** The admin policy must allow the admin call this internal call stands for. */
+  const allowOriginal = (call: CallContext, original: string): void => {
+    const policy = opts.adminPolicy() ?? DEFAULT_POLICY;
+    const q = { source: call.source, method: original, arg: call.arg, dest: call.dest, shape: opts.adminMethods[original]?.shape };
+    if (!findAllowingRule(policy, q)) throw new PermissionDenied(`${original} is not allowed for ${call.source} by ${policy.origin}`);
+  };
+
+  /** An admin import method run for an internal call (the same handler, its payload the data). */
+  const adminImport = (original: 'admin.vm.volume.Import' | 'admin.vm.volume.ImportWithSize') =>
+    streamingMethod(onVolumeStream, async (call) => {
+      allowOriginal(call, original);
+      const spec = opts.adminMethods[original];
+      if (spec?.kind !== 'streaming') throw new QubesException(`${original} is not a streaming method here`);
+      return spec.handler(call);
+    });
+
+  const onVolumeStream = aboutDomain(ctx, {
+    scope: 'local',
+    access: 'write',
+    arg: 'required',
+    argNames: 'volume',
+    payload: 'streaming',
+    checkArg: (h) => {
+      destVolume(ctx, h);
+    },
+  });
+
   const methods: MethodTable = {
+    'internal.vm.volume.ImportMode': method(onVolume, async (call) => {
+      allowOriginal(call, call.payload.length ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import');
+      const volume = destVolume(ctx, call).volume;
+      if (!volume.writesImportsItself) return 'file';
+      const size = call.payload.length ? parseInteger(decodeUtf8(call.payload, 'size').replace(SIZE_RE, ''), { min: 0, what: 'size of new data' }) : volume.size;
+      return `stream ${size}`;
+    }),
+
+    'internal.vm.volume.ImportData': adminImport('admin.vm.volume.Import'),
+    'internal.vm.volume.ImportDataWithSize': adminImport('admin.vm.volume.ImportWithSize'),
+
     'internal.vm.volume.ImportBegin': method(onVolume, async (call) => {
       const original = call.payload.length ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import';
-      const policy = opts.adminPolicy() ?? DEFAULT_POLICY;
-      const q = { source: call.source, method: original, arg: call.arg, dest: call.dest, shape: opts.adminMethods[original]?.shape };
-      if (!findAllowingRule(policy, q)) throw new PermissionDenied(`${original} is not allowed for ${call.source} by ${policy.origin}`);
+      allowOriginal(call, original);
       const requested = call.payload.length
         ? parseInteger(decodeUtf8(call.payload, 'size').replace(SIZE_RE, ''), { min: 0, what: 'size of new data' })
         : undefined;

@@ -95,6 +95,11 @@ interface Api {
   rados_ioctx_set_namespace: Fn;
   rados_blocklist_add: Fn;
   rados_stat: Fn;
+  rados_read: Fn;
+  rados_lock_exclusive: Fn;
+  rados_list_lockers: Fn;
+  rados_break_lock: Fn;
+  rados_exec: Fn;
   rados_mon_command: Fn;
   rados_buffer_free: Fn;
   rados_getaddrs: Fn;
@@ -194,6 +199,19 @@ function loadApi(): Api {
     rados_ioctx_set_namespace: r('void rados_ioctx_set_namespace(rados_ioctx_t io, const char *ns)'),
     rados_blocklist_add: r('int rados_blocklist_add(rados_t cluster, const char *addr, uint32_t expire)'),
     rados_stat: r('int rados_stat(rados_ioctx_t io, const char *oid, _Out_ uint64_t *psize, _Out_ int64_t *pmtime)'),
+    rados_read: r('int rados_read(rados_ioctx_t io, const char *oid, _Out_ uint8_t *buf, size_t len, uint64_t off)'),
+    rados_lock_exclusive: r(
+      'int rados_lock_exclusive(rados_ioctx_t io, const char *oid, const char *name, const char *cookie, const char *desc, void *duration, uint8_t flags)',
+    ),
+    rados_list_lockers: r(
+      'long rados_list_lockers(rados_ioctx_t io, const char *oid, const char *name, _Out_ int *exclusive, _Out_ uint8_t *tag, _Inout_ size_t *tag_len, ' +
+        '_Out_ uint8_t *clients, _Inout_ size_t *clients_len, _Out_ uint8_t *cookies, _Inout_ size_t *cookies_len, ' +
+        '_Out_ uint8_t *addrs, _Inout_ size_t *addrs_len)',
+    ),
+    rados_break_lock: r('int rados_break_lock(rados_ioctx_t io, const char *oid, const char *name, const char *client, const char *cookie)'),
+    rados_exec: r(
+      'int rados_exec(rados_ioctx_t io, const char *oid, const char *cls, const char *method, const uint8_t *in_buf, size_t in_len, _Out_ uint8_t *buf, size_t out_len)',
+    ),
     rados_mon_command: r(
       'int rados_mon_command(rados_t cluster, const char **cmd, size_t cmdlen, const char *inbuf, size_t inbuflen, ' +
         '_Out_ void **outbuf, _Out_ size_t *outbuflen, _Out_ void **outs, _Out_ size_t *outslen)',
@@ -519,6 +537,7 @@ export class RbdClient {
    */
   idObjectExists(image: string): Promise<boolean> {
     return this.track(async (c, a) => {
+      await this.freed(image);
       const rc = await onWorker(a.rados_stat, c.io, `rbd_id.${image}`, [0], [0]);
       if (rc === -ENOENT) return false;
       if (rc < 0) this.fail(`looking for image ${image}`, rc);
@@ -526,9 +545,38 @@ export class RbdClient {
     });
   }
 
+  /**
+   * The advisory locks of `image` without opening it (an open is a round
+   * trip plus, writable, a watch; its close another): the lock librbd's
+   * rbd_lock_exclusive takes is the class lock `rbd_lock` (tag and
+   * description empty) on the image's header object `rbd_header.ID`, and
+   * ID is what the id object `rbd_id.NAME` holds. The same lock, read and
+   * taken where librbd would: `rbd lock ls` and other hosts' librbd see it.
+   * ENOENT (as RbdError) when the image does not exist.
+   */
+  async header(image: string): Promise<ImageHeader> {
+    const id = await this.track(async (c, a) => {
+      await this.freed(image);
+      const buf = Buffer.alloc(256);
+      const rc = await onWorker(a.rados_read, c.io, `rbd_id.${image}`, buf, buf.length, 0);
+      if (rc < 0) this.fail(`reading the id of image ${image}`, rc);
+      // An encoded string: a 32-bit little-endian length, then the bytes.
+      const len = rc >= 4 ? buf.readUInt32LE(0) : -1;
+      if (len <= 0 || 4 + len > rc) this.fail(`reading the id of image ${image} (not a format 2 image?)`, -EINVAL);
+      return buf.toString('utf8', 4, 4 + len);
+    });
+    return new ImageHeader(this, image, id);
+  }
+
+  /** @internal ImageHeader's calls, counted in flight like every call. */
+  headerCall(fn: (io: Handle, a: Api) => Promise<number>): Promise<number> {
+    return this.track((c, a) => fn(c.io, a));
+  }
+
   /** Image names of the pool (and namespace). */
   list(): Promise<string[]> {
     return this.track(async (c, a) => {
+      await this.freed(...this.leaving.keys());
       let size = 64 * 1024;
       for (;;) {
         const buf = Buffer.alloc(size);
@@ -547,6 +595,7 @@ export class RbdClient {
   /** Makes an image of `size` bytes, format 2, layering only. EEXIST when it exists. */
   create(image: string, size: number): Promise<void> {
     return this.track(async (c, a) => {
+      await this.freed(image);
       const rc = await this.withOptions(a, (o) => onWorker(a.rbd_create4, c.io, image, size, o));
       if (rc < 0) this.fail(`creating image ${image}`, rc);
     });
@@ -555,6 +604,7 @@ export class RbdClient {
   /** A layered clone of src@snap named `image`: clone format 2 (no protection), else 1 after protecting the snapshot. */
   clone(src: string, snap: string, image: string): Promise<void> {
     return this.track(async (c, a) => {
+      await this.freed(image);
       let rc = await this.withOptions(a, (o) => {
         a.rbd_image_options_set_uint64(o, OPT_CLONE_FORMAT, 2);
         return onWorker(a.rbd_clone3, c.io, src, snap, c.io, image, o);
@@ -589,6 +639,7 @@ export class RbdClient {
   /** Removes an image (its snapshots must be gone). */
   remove(image: string): Promise<void> {
     return this.track(async (c, a) => {
+      await this.freed(image);
       await this.release(image);
       const rc = await onWorker(a.rbd_remove, c.io, image);
       if (rc < 0) this.fail(`removing image ${image}`, rc);
@@ -601,15 +652,41 @@ export class RbdClient {
    * deleted in the background (seconds for a big image without object map).
    * A background removal a crash cut off is finished by purgeTrash().
    */
-  async discard(image: string, knownId?: string): Promise<void> {
+  async discard(image: string, knownId?: string, later = false): Promise<void> {
     const id = knownId ?? (await this.withImage(image, (i) => i.id()));
-    await this.track(async (c, a) => {
-      await this.release(image);
-      const rc = await onWorker(a.rbd_trash_move, c.io, image, 0);
-      if (rc < 0) this.fail(`moving image ${image} to the trash`, rc);
-    });
-    // One removal at a time: koffi's async calls share libuv's thread pool (4 threads, with the
-    // file system calls); a removal holds its thread for as long as it deletes objects.
+    await this.release(image);
+    const before = this.leaving.get(image); // not freed(image): that would wait for this very move once it is `leaving`
+    const move = this.detached(() =>
+      this.track(async (c, a) => {
+        await before;
+        const rc = await onWorker(a.rbd_trash_move, c.io, image, 0);
+        if (rc < 0) this.fail(`moving image ${image} to the trash`, rc);
+      }),
+    );
+    if (later) {
+      // The name is taken until the move is done: every call naming the image waits for it (freed()).
+      // A failed move leaves the image as a crash would: the next start finds it and replaces it.
+      const moved = move.then(() => true, () => false);
+      const gone = moved.then(() => undefined);
+      this.leaving.set(image, gone);
+      this.background.add(gone);
+      void gone.finally(() => {
+        this.background.delete(gone);
+        if (this.leaving.get(image) === gone) this.leaving.delete(image);
+      });
+      void moved.then((ok) => ok && this.removeLater(id));
+      return;
+    }
+    await move;
+    this.removeLater(id);
+  }
+
+  /**
+   * Deletes a trashed image's objects in the background. One removal at a time: koffi's async
+   * calls share libuv's thread pool (4 threads, with the file system calls); a removal holds its
+   * thread for as long as it deletes objects.
+   */
+  private removeLater(id: string): void {
     const bg = this.purging.then(() => this.trashRemove(id)).catch(() => undefined); // purgeTrash() finishes it if this fails
     this.purging = bg;
     this.background.add(bg);
@@ -617,6 +694,13 @@ export class RbdClient {
   }
   private readonly background = new Set<Promise<unknown>>();
   private purging: Promise<unknown> = Promise.resolve();
+  /** Images being moved to the trash after the operation returned (discard(..., later)), by name. */
+  private readonly leaving = new Map<string, Promise<void>>();
+
+  /** Waits until none of these names is being moved to the trash in the background. */
+  private async freed(...images: string[]): Promise<void> {
+    for (const n of images) await this.leaving.get(n);
+  }
 
   /** Waits for the background removals (tests, benchmarks). */
   async settled(): Promise<void> {
@@ -661,6 +745,7 @@ export class RbdClient {
 
   rename(from: string, to: string): Promise<void> {
     return this.track(async (c, a) => {
+      await this.freed(from, to);
       await this.release(from, to);
       const rc = await onWorker(a.rbd_rename, c.io, from, to);
       if (rc < 0) this.fail(`renaming image ${from} to ${to}`, rc);
@@ -790,6 +875,7 @@ export class RbdClient {
     const held = session && (readOnly !== 'look' || session.has(image)) ? session : undefined;
     if (held)
       return this.track(async (c, a) => {
+        await this.freed(image);
         let h = held.get(image);
         if (!h) {
           const opening = this.open(c, a, image, null, false);
@@ -802,6 +888,7 @@ export class RbdClient {
         return fn(new RbdImage(this, a, await h, image));
       });
     return this.track(async (c, a) => {
+      await this.freed(image);
       const h = await this.open(c, a, image, snap, snap !== null || readOnly !== false);
       try {
         return await fn(new RbdImage(this, a, h, image));
@@ -839,6 +926,7 @@ export class RbdClient {
   hold(image: string): Promise<{ image: RbdImage; close(): Promise<void> }> {
     return new Promise((resolve, reject) => {
       this.track(async (c, a) => {
+        await this.freed(image);
         const h = await this.open(c, a, image, null, false);
         await new Promise<void>((ended) => {
           let closing: Promise<void> | null = null;
@@ -1021,5 +1109,94 @@ export class RbdImage {
       a.koffi.unregister(cb);
     }
     return total;
+  }
+}
+
+/** librbd's advisory lock: a class lock of this name on the header object. */
+const RBD_LOCK_NAME = 'rbd_lock';
+
+/**
+ * The advisory locks of an image through its header object, without an
+ * open (RbdClient.header): the lock calls of RbdImage, as librbd makes
+ * them, for the steps that need nothing else of the image (a new clone's
+ * or volatile image's lock at start, the stop of either before it goes to
+ * the trash).
+ */
+export class ImageHeader {
+  readonly oid: string;
+  constructor(
+    private readonly client: RbdClient,
+    readonly name: string,
+    /** The image's id (what the RBD trash knows it by). */
+    readonly id: string,
+  ) {
+    this.oid = `rbd_header.${id}`;
+  }
+
+  private check(rc: number, what: string): number {
+    if (rc < 0) this.client.failed(`${what} of image ${this.name}`, rc);
+    return rc;
+  }
+
+  async lockers(): Promise<Locker[]> {
+    let n = 4096;
+    for (;;) {
+      const ex = [0];
+      const bufs = [Buffer.alloc(n), Buffer.alloc(n), Buffer.alloc(n), Buffer.alloc(n)];
+      const lens = [[n], [n], [n], [n]];
+      const rc = await this.client.headerCall((io, a) =>
+        onWorker(a.rados_list_lockers, io, this.oid, RBD_LOCK_NAME, ex, bufs[0], lens[0], bufs[1], lens[1], bufs[2], lens[2], bufs[3], lens[3]),
+      );
+      if (rc === -ERANGE) {
+        n = Math.max(n * 2, ...lens.map((l) => l[0]!));
+        continue;
+      }
+      if (rc === -ENOENT) return [];
+      this.check(rc, 'listing the locks');
+      const clients = cstrings(bufs[1]!, Math.min(lens[1]![0]!, n));
+      const cookies = cstrings(bufs[2]!, Math.min(lens[2]![0]!, n));
+      const addrs = cstrings(bufs[3]!, Math.min(lens[3]![0]!, n));
+      // librados writes the address as `v1:IP:PORT/NONCE`, librbd (and `rbd lock ls`) without the `v1:`.
+      return clients.map((locker, i) => ({ id: cookies[i] ?? '', locker, address: (addrs[i] ?? '').replace(/^v[12]:/, '') }));
+    }
+  }
+
+  /** Takes the exclusive advisory lock with this cookie: EBUSY/EEXIST when held. */
+  async lockExclusive(cookie: string): Promise<void> {
+    this.check(
+      await this.client.headerCall((io, a) => onWorker(a.rados_lock_exclusive, io, this.oid, RBD_LOCK_NAME, cookie, '', null, 0)),
+      `taking lock ${cookie}`,
+    );
+  }
+
+  /**
+   * Sets image metadata as rbd_metadata_set does: the `rbd` class method
+   * `metadata_set` on the header object, its input an encoded map of one
+   * key to its value (a 32-bit little-endian count, then each string as a
+   * 32-bit length and its bytes). `rbd image-meta get` and rbd_metadata_get
+   * read it.
+   */
+  async metaSet(key: string, value: string): Promise<void> {
+    const str = (t: string): Buffer => {
+      const b = Buffer.from(t, 'utf8');
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(b.length);
+      return Buffer.concat([len, b]);
+    };
+    const count = Buffer.alloc(4);
+    count.writeUInt32LE(1);
+    const input = Buffer.concat([count, str(key), str(value)]);
+    this.check(
+      await this.client.headerCall((io, a) => onWorker(a.rados_exec, io, this.oid, 'rbd', 'metadata_set', input, input.length, Buffer.alloc(0), 0)),
+      `setting metadata ${key}`,
+    );
+  }
+
+  /** Removes a lock of any client; `fence`: blocklist that client first. */
+  async lockBreak(l: Locker, fence: boolean): Promise<void> {
+    if (fence) await this.client.blocklist(l.address);
+    const rc = await this.client.headerCall((io, a) => onWorker(a.rados_break_lock, io, this.oid, RBD_LOCK_NAME, l.locker, l.id));
+    if (rc === -ENOENT) return;
+    this.check(rc, `breaking lock ${l.id} of ${l.locker}`);
   }
 }

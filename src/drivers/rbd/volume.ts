@@ -39,7 +39,7 @@ import { StoragePoolException, storageErrnoError } from '../../storage/errors.js
 import { ExportFiles } from '../../storage/export-files.js';
 import type { ImportWriter } from '../../storage/import-writer.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
-import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
+import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type ImageHeader, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
 import type { RbdPool } from './pool.js';
 
 /** Crash points (QUBES_STORAGE_FAILPOINTS): test/drivers/rbd/crash.ts kills a process at each. */
@@ -63,6 +63,8 @@ const LOCK_PREFIX = 'qubes:';
 
 type Snap = SnapInfo;
 type Lock = Locker;
+/** What takes and breaks advisory locks: an open image, or its header object (no open). */
+type Lockable = Pick<RbdImage, 'lockers' | 'lockExclusive' | 'lockBreak'>;
 interface ImageInfo {
   size: number;
   parent: { pool: string; image: string; snapshot: string } | null;
@@ -199,11 +201,11 @@ export class RbdVolume extends Volume {
    * lock is broken only when break_stale_locks names that host.
    */
   private async lock(image: string): Promise<'new' | 'ours'> {
-    // Advisory locks are taken on a read-only handle too: no watch to set up and tear down.
-    return this.rbd.withImage(image, (i) => this.lockOn(i), null, 'look');
+    // On the header object: no open (a round trip) and no close.
+    return this.lockOn(await this.rbd.header(image));
   }
 
-  private async lockOn(i: RbdImage): Promise<'new' | 'ours'> {
+  private async lockOn(i: Lockable): Promise<'new' | 'ours'> {
     {
       for (let attempt = 0; attempt < 3; attempt++) {
         try {
@@ -244,7 +246,7 @@ export class RbdVolume extends Volume {
   }
 
   /** Another host's lock: broken (its client fenced) when break_stale_locks names that host, else the volume is in use. */
-  private async breakStaleOrRefuse(i: RbdImage, l: Lock): Promise<void> {
+  private async breakStaleOrRefuse(i: Lockable, l: Lock): Promise<void> {
     const host = l.id.startsWith(LOCK_PREFIX) ? l.id.slice(LOCK_PREFIX.length) : null;
     if (host === null || host !== this.pool.breakLocksOf)
       throw new StoragePoolException(
@@ -527,23 +529,24 @@ export class RbdVolume extends Volume {
    * reuses it (see currentBase); otherwise the next start of a snapshot of
    * that source, or the source's next operation, removes it.
    */
-  private async dropRunImage(): Promise<boolean> {
+  private async dropRunImage(later = false): Promise<boolean> {
     const img = this.runImage;
-    // One read-only open (no watch): refuse another host's, release ours, the id for the removal.
-    const id = await this.rbd.withImageIfAny(
-      img,
-      async (i) => {
-        const [held, imageId] = await together(i.lockers(), i.id());
-        const other = held.find((l) => l.id !== this.lockId);
-        if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
-        for (const l of held) await i.lockBreak(l, false);
-        return imageId;
-      },
-      'look',
-    );
-    if (id === null) return false;
-    // Out of the names at once, its objects deleted in the background (pool.sweepLeftovers finishes a cut-off one).
-    await this.rbd.discard(img, id).catch((e: unknown) => {
+    // No open: the header object's locks (refuse another host's, release ours), and the id for the removal.
+    let h: ImageHeader;
+    try {
+      h = await this.rbd.header(img);
+    } catch (e) {
+      if (!isErrno(e, ENOENT)) throw e;
+      return false;
+    }
+    const held = await h.lockers();
+    const other = held.find((l) => l.id !== this.lockId);
+    if (other) throw new StoragePoolException(this.what(`cannot stop: in use by ${RbdVolume.holder(other)}`));
+    for (const l of held) await h.lockBreak(l, false);
+    const id = h.id;
+    // Out of the names (at once, or just after the stop returned: `later`), its objects deleted in the
+    // background (pool.sweepLeftovers finishes a cut-off one).
+    await this.rbd.discard(img, id, later).catch((e: unknown) => {
       if (!isErrno(e, ENOENT)) throw e;
     });
     return true;
@@ -639,12 +642,12 @@ export class RbdVolume extends Volume {
           const gen = g ?? '0';
           const srcLocked = lockers.length > 0;
           if (srcLocked && src.revisions_to_keep !== -1 && srcSnaps.some((x) => x.name === 'qs-start'))
-            return { base: 'qs-start', gen, stale: [] }; // the source runs: its committed data is its start snapshot
-          if (importing(srcSnaps)) return { base: 'qs-import-old', gen, stale: [] }; // an import streams into the source: its committed data is set aside
+            return { base: 'qs-start', gen, stale: [], baseSize: sizeOf(srcSnaps, 'qs-start') }; // the source runs: its committed data is its start snapshot
+          if (importing(srcSnaps)) return { base: 'qs-import-old', gen, stale: [], baseSize: sizeOf(srcSnaps, 'qs-import-old') }; // an import streams into the source: its committed data is set aside
           const current = src.currentBase(srcSnaps, gen, srcLocked, srcSize);
           const re = src.ownBaseRe();
           const stale = srcSnaps.filter((x) => re.test(x.name) && x !== current).map((x) => x.name);
-          return { base: current?.name ?? null, gen, stale };
+          return { base: current?.name ?? null, gen, stale, baseSize: current?.size ?? null };
         },
         'look',
       );
@@ -669,11 +672,19 @@ export class RbdVolume extends Volume {
       // A base made here stays after a failed clone: it is current, the next start reuses it.
       await this.rbd.clone(src.image, base, img);
       try {
-        await this.rbd.withImage(img, async (i) => {
-          // Independent header updates of a new clone, sent together (a failure removes the clone).
-          const [, , size] = await together(this.lockOn(i), i.metaSet(SRC_GEN_KEY, gen), i.size());
-          if (size < this.size) await i.resize(this.size);
-        });
+        // A snapshot that existed at the look (a kept base, qs-start, qs-import-old) has the size the
+        // look saw, the clone's: when that is enough, the clone needs only its lock and the source
+        // generation, both written on its header object (no open, no watch, no close).
+        const known = base === look.base ? look.baseSize : null;
+        if (known !== null && known >= this.size) {
+          const h = await this.rbd.header(img);
+          await together(this.lockOn(h), h.metaSet(SRC_GEN_KEY, gen));
+        } else
+          await this.rbd.withImage(img, async (i) => {
+            // Independent header updates of a new clone, sent together (a failure removes the clone).
+            const [, , size] = await together(this.lockOn(i), i.metaSet(SRC_GEN_KEY, gen), i.size());
+            if (size < this.size) await i.resize(this.size);
+          });
       } catch (e) {
         await this.dropRunImage().catch(() => undefined);
         throw e;
@@ -685,7 +696,11 @@ export class RbdVolume extends Volume {
     await this.guarded('stop failed', async () => {
       if (this.kind === 'origin_snapshot') return this.stopOriginSnapshot();
       if (this.kind !== 'origin') {
-        await this.dropRunImage();
+        // Unlocked now; the move to the trash (a few metadata round trips) after the stop returns:
+        // until it is done every call naming the image waits for it (RbdClient.freed). A crash before
+        // it leaves the unlocked image, as a crash between the unlock and the move always could: the
+        // next start finds it (EEXIST) and replaces it, a remove removes it.
+        await this.dropRunImage(true);
         return;
       }
       // One open of the image for the whole commit.
@@ -697,7 +712,8 @@ export class RbdVolume extends Volume {
         if (!held.some((l) => l.id === this.lockId)) return; // not started: nothing to do
         // The snapshots after the commit, known without listing them again (the image is ours: locked).
         let now = s;
-        if (s.some((x) => x.name === 'qs-start')) {
+        const commit = async (): Promise<void> => {
+          if (!s.some((x) => x.name === 'qs-start')) return;
           if (Math.max(this.revisions_to_keep, 0) > 0) {
             const rev = this.nextRevisionName(s);
             await i.snapRename('qs-start', rev);
@@ -707,10 +723,13 @@ export class RbdVolume extends Volume {
             await i.snapRemove('qs-start');
             now = s.filter((x) => x.name !== 'qs-start');
           }
-        }
-        // The commit is the rename above. It is counted before the unlock (an unlocked image's
-        // generation names its data: see currentBase).
-        await i.metaSet(GEN_KEY, String(Number(g || '0') + 1));
+        };
+        // The commit is the rename; the count goes with it (two independent header updates, sent
+        // together), both before the unlock: an unlocked image's generation names its data (see
+        // currentBase). A crash between the two may count a commit that did not happen (the image
+        // stays locked with its qs-start: the next start keeps it); that costs a new base snapshot
+        // at the next clone, and never leaves a change uncounted.
+        await together(commit(), i.metaSet(GEN_KEY, String(Number(g || '0') + 1)));
         for (const l of held) if (l.id === this.lockId) await i.lockBreak(l, false);
         // The oldest revisions past the limit go after the stop returns (pruneLater); the stop
         // records nothing for it: the list itself says what is past the limit.
@@ -941,6 +960,11 @@ export class RbdVolume extends Volume {
    * importDataEnd(false) rolls N back; a crash in between is rolled back by
    * the next operation (recover()).
    */
+  /** An import is written into the image as it arrives (doImportWriter), never through a file. */
+  override get writesImportsItself(): boolean {
+    return true;
+  }
+
   protected override async doImportWriter(size: number): Promise<ImportWriter> {
     return this.guarded('import failed', async () => {
       const fresh = await this.keepOldForImport(size);
@@ -1116,6 +1140,11 @@ async function together<T extends unknown[]>(...ps: { [K in keyof T]: Promise<T[
   const failed = rs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
   return rs.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
+}
+
+/** The size of snapshot `name`, or null. */
+function sizeOf(s: Snap[], name: string): number | null {
+  return s.find((x) => x.name === name)?.size ?? null;
 }
 
 /** An import is writing N (or was cut off): the old data, still the committed one, is in qs-import-old. */

@@ -8,4 +8,6 @@ import './hosts.js';
 import './base-reuse.js';
 import './prune-import.js';
 import './daemons.js';
+import './start-stop.js';
+import './import-service.js';
 import './failure.js';
