@@ -535,14 +535,6 @@ export abstract class Volume {
   }
 
   /**
-   * Like importData, but a writer to stream the data into
-   * (src/storage/import-writer.ts) instead of a path: the driver's own
-   * (doImportWriter: rbd writes its image) or one over the file
-   * doImportData gives. Then importDataEnd(success): on success the writer
-   * is finished first (the rest reads as zeros, all durable), in every case
-   * closed before the driver switches to the new data or drops it.
-   */
-  /**
    * Whether the driver writes an import into its storage itself
    * (doImportWriter overridden: rbd writes its image), so that the data is
    * best streamed into importWriter; false: the import is a file of this
@@ -554,6 +546,14 @@ export abstract class Volume {
     return false;
   }
 
+  /**
+   * Like importData, but a writer to stream the data into
+   * (src/storage/import-writer.ts) instead of a path: the driver's own
+   * (doImportWriter: rbd writes its image) or one over the file
+   * doImportData gives. Then importDataEnd(success): on success the writer
+   * is finished first (the rest reads as zeros, all durable), in every case
+   * closed before the driver switches to the new data or drops it.
+   */
   importWriter(size: number): Promise<ImportWriter> {
     return this.beginImport(size, async () => {
       const w = await this.doImportWriter(size);
@@ -673,8 +673,7 @@ export abstract class Volume {
   /** admin.vm.volume.Info fields. */
   async info(): Promise<VolumeInfo> {
     // Info is the most frequent call: no mapping lookup for the many volumes that are never mapped.
-    const mapping = mappable(this);
-    const [{ usage, path: driverPath, is_outdated }, mapped] = mapping
+    const [{ usage, path: driverPath, is_outdated }, mapped] = mappable(this)
       ? await Promise.all([this.liveInfo(), ephemeralDevice(this)])
       : [await this.liveInfo(), null];
     const path = mapped ?? driverPath;

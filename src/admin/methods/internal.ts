@@ -111,6 +111,11 @@ interface PendingImport {
 /** `SIZE\n` of Qubes' script has no newline; one is accepted. */
 const SIZE_RE = /\n$/;
 
+/** The size an ImportWithSize-shaped payload names (`SIZE\n`); undefined for Import's empty one. */
+function requestedSize(payload: Buffer): number | undefined {
+  return payload.length ? parseInteger(decodeUtf8(payload, 'size').replace(SIZE_RE, ''), { min: 0, what: 'size of new data' }) : undefined;
+}
+
 export function internalMethods(ctx: MethodContext, opts: InternalMethodsOptions): InternalMethods {
   const { app } = ctx;
   const pending = new Map<string, PendingImport>();
@@ -196,7 +201,7 @@ export function internalMethods(ctx: MethodContext, opts: InternalMethodsOptions
       allowOriginal(call, call.payload.length ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import');
       const volume = destVolume(ctx, call).volume;
       if (!volume.writesImportsItself) return 'file';
-      const size = call.payload.length ? parseInteger(decodeUtf8(call.payload, 'size').replace(SIZE_RE, ''), { min: 0, what: 'size of new data' }) : volume.size;
+      const size = requestedSize(call.payload) ?? volume.size;
       return `stream ${size}`;
     }),
 
@@ -206,9 +211,7 @@ export function internalMethods(ctx: MethodContext, opts: InternalMethodsOptions
     'internal.vm.volume.ImportBegin': method(onVolume, async (call) => {
       const original = call.payload.length ? 'admin.vm.volume.ImportWithSize' : 'admin.vm.volume.Import';
       allowOriginal(call, original);
-      const requested = call.payload.length
-        ? parseInteger(decodeUtf8(call.payload, 'size').replace(SIZE_RE, ''), { min: 0, what: 'size of new data' })
-        : undefined;
+      const requested = requestedSize(call.payload);
       // A killed service's import must not stand in the way of the next one.
       await sweep();
       const owners = await ownersOf(call.caller);

@@ -948,6 +948,11 @@ export class RbdVolume extends Volume {
     }
   }
 
+  /** An import is written into the image as it arrives (doImportWriter), never through a file. */
+  override get writesImportsItself(): boolean {
+    return true;
+  }
+
   /**
    * The admin import's writer: the payload goes straight into N, several
    * 4 MiB writes in flight, no temporary file. As writeFromFile does, the
@@ -960,11 +965,6 @@ export class RbdVolume extends Volume {
    * importDataEnd(false) rolls N back; a crash in between is rolled back by
    * the next operation (recover()).
    */
-  /** An import is written into the image as it arrives (doImportWriter), never through a file. */
-  override get writesImportsItself(): boolean {
-    return true;
-  }
-
   protected override async doImportWriter(size: number): Promise<ImportWriter> {
     return this.guarded('import failed', async () => {
       const fresh = await this.keepOldForImport(size);
