@@ -152,7 +152,7 @@ export const rbd: Scenario = {
       }
       const t: Record<string, number[]> = {
         startStop: [], startStopR: [], startStopC: [], b2b: [], calls: [], opens: [], cpu: [], bg: [], bgCpu: [], bgCalls: [], toolStream: [], toolLocal: [],
-        imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [],
+        imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [], toolExp: [],
       };
       const rbdCmd = (args: string[]): void => {
         const r = spawnSync('rbd', ['--conf', c.conf, ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
@@ -248,6 +248,11 @@ export const rbd: Scenario = {
         t['impVol']!.push(await timeMs(() => sets.rbd.std.get('private').importVolume(sets.reflink.std.get('private'))));
         t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
         t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
+        // qvm-volume export as a user runs it against the daemon: admin.vm.volume.ExportStream, the image
+        // read by librbd and streamed over the socket into the output file (fsynced, renamed into place).
+        t['toolExp']!.push(await timeMs(() => tool('qvm-volume', ['export', 'imp:private', out])));
+        if (i === 0 && (await sha256(out)) !== dataHash) throw new Error('rbd: qvm-volume export differs from the data imported');
+        await fsp.rm(out, { force: true });
         // The commands themselves on the same data: a new image from the file, and that image into a file.
         t['impCmd']!.push(await timeMs(async () => rbdCmd(['import', '--image-feature', 'layering', data, cmdImage])));
         t['expCmd']!.push(await timeMs(async () => {
@@ -269,6 +274,7 @@ export const rbd: Scenario = {
       const iEnd = figure(`import ${mb} MiB, rbd: import_data_end alone (the file into the image)`, 'MiB/s', rate(t['impEnd']!));
       const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
+      const tE = figure(`qvm-volume export ${mb} MiB (admin socket: ExportStream, streamed from the image; the output fsynced), rbd`, 'MiB/s', rate(t['toolExp']!));
       const tS = figure(`qvm-volume import --stream ${mb} MiB (admin socket, straight into the image), rbd`, 'MiB/s', rate(t['toolStream']!));
       const tL = figure(`qvm-volume import ${mb} MiB (default on the daemon's host: the local import service, streamed into the image), rbd`, 'MiB/s', rate(t['toolLocal']!));
       const figures: Figure[] = [
@@ -293,6 +299,7 @@ export const rbd: Scenario = {
         eR,
         eCmd,
         withBaseline(eL, eCmd),
+        withBaseline(tE, eCmd),
       ];
       for (const s of Object.values(sets)) {
         await s.app.remove();
@@ -305,7 +312,8 @@ export const rbd: Scenario = {
           `file-reflink on ${scratch.kind}; rbd on one OSD (BlueStore on a sparse file in ${os.tmpdir()}), pool size 1, 127.0.0.1`,
           `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight)`,
           'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
-          'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size',
+          'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size (rbd export does not fsync its output)',
+          'export, rbd (librbd): the contract\'s export() (a file in tmp_dir) read into the output: what an in-process caller of the path meets; qvm-volume export: the tool against the child qubesd, the data streamed (no file in tmp_dir), checked against the data once (SHA-256)',
           `AppVM start+stop: ${WARM_UP} uncounted warm-up cycles of each path, then ${rounds} rounds of blocks of ${Math.max(1, Math.floor(cycles / rounds))} cycles (rbd, rbd back to back, the rbd commands, file-reflink); medians of all counted cycles`,
           'rbd start+stop: the stop\'s background work (revision prune, trash moves and object deletion) is awaited between cycles, outside the timed span, and timed apart; back to back: not awaited, the next start waits for what it needs of it; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
           'import_data_end alone: the temporary file written by the caller into the image (the import figure minus the caller\'s copy into tmp_dir)',

@@ -58,6 +58,11 @@ export function unwrapReply(reply: Uint8Array): Buffer {
   throw errorFromReply(r.name, r.message, r.traceback);
 }
 
+/** The largest error reply a streamed reply may start with. */
+const MAX_ERROR_REPLY = 1024 * 1024;
+/** How long an early end of a streamed reply waits for the daemon to end the call. */
+const REPLY_STREAM_END_MS = 30_000;
+
 export class AdminClient {
   readonly socketPath: string;
   readonly source: string;
@@ -85,6 +90,60 @@ export class AdminClient {
       payload.on('error', (err) => fail(new QubesException(`reading the payload failed: ${err.message}`)));
       payload.pipe(sock);
     });
+  }
+
+  /**
+   * A call whose reply is streamed (admin.vm.volume.ExportStream): yields the
+   * reply's bytes after the success header as they arrive; an error reply
+   * is thrown as its exception. Ending the iteration early (return, break,
+   * a throw of the consumer) closes the connection, which ends the call.
+   */
+  async *replyStream(method: string, dest: string, arg = ''): AsyncGenerator<Buffer, void, undefined> {
+    const header = encodeHeader({ method, arg, source: this.source, dest });
+    const sock = net.connect(this.socketPath);
+    const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
+    let eof = false;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        sock.once('connect', resolve);
+        sock.once('error', (err) => reject(new QubesDaemonCommunicationError(`cannot talk to qubesd at ${this.socketPath}: ${err.message}`)));
+      });
+      // No half-close after the header: that is how the call is ended (below).
+      sock.write(header);
+      let head = Buffer.alloc(0);
+      let ok = false;
+      try {
+        for await (const chunk of sock.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+          if (ok) {
+            yield chunk;
+            continue;
+          }
+          head = Buffer.concat([head, chunk]);
+          if (head.length > MAX_ERROR_REPLY) throw new QubesDaemonCommunicationError(`${method}: reply too large`);
+          if (head.length >= 2 && head[0] === 0x30 && head[1] === 0) {
+            ok = true;
+            if (head.length > 2) yield head.subarray(2);
+          }
+        }
+        eof = true;
+      } catch (err) {
+        if (err instanceof QubesException) throw err;
+        throw new QubesDaemonCommunicationError(`${method}: the connection to qubesd failed: ${(err as Error).message}`);
+      }
+      if (!ok) unwrapReply(head); // throws the error reply (or that there was none)
+    } finally {
+      if (!eof && !sock.destroyed) {
+        // Ended early: say so by closing our side, and wait until the daemon
+        // has ended the call and closed its own (what it still sends is dropped).
+        sock.on('error', () => undefined);
+        sock.end();
+        sock.resume();
+        const timer = setTimeout(() => sock.destroy(), REPLY_STREAM_END_MS);
+        await closed;
+        clearTimeout(timer);
+      }
+      sock.destroy();
+    }
   }
 
   private exchange(

@@ -14,6 +14,7 @@ import {
   lazyAbort,
   resolveMethod,
   runEvents,
+  runReplyStream,
   type Caller,
   type DispatchContext,
   type EventSend,
@@ -28,7 +29,7 @@ export interface ConnectionLimits {
   readonly requestTimeoutMs: number;
   /** Header, NUL and payload of an ordinary call. */
   readonly maxRequestBytes: number;
-  /** Unsent event bytes after which a slow events client is dropped. */
+  /** Unsent event bytes after which a slow events client is dropped. A streamed reply waits for the client instead, at most requestTimeoutMs per write. */
   readonly maxEventBacklogBytes: number;
   /** How long to wait for the client's EOF after the reply was sent. */
   readonly lingerMs: number;
@@ -37,7 +38,8 @@ export interface ConnectionLimits {
   readonly minStreamWindowMs: number;
 }
 
-export type ConnectionPhase = 'header' | 'payload' | 'running' | 'events' | 'done';
+/** `replying`: a reply-stream method writes its reply (the request is complete with the header). */
+export type ConnectionPhase = 'header' | 'payload' | 'running' | 'events' | 'replying' | 'done';
 
 export interface Connection {
   readonly phase: ConnectionPhase;
@@ -283,6 +285,43 @@ class ServerConnection implements Connection {
     this.run(runEvents(this.ctx, h, this.caller, spec, send, this.controller, this.started));
   }
 
+  private startReplyStream(h: RequestHeader, spec: Extract<MethodSpec, { kind: 'reply-stream' }>): void {
+    this.phase = 'replying';
+    this.received = 0;
+    this.run(runReplyStream(this.ctx, h, this.caller, spec, (bytes) => this.writeReply(bytes), this.controller, this.started));
+  }
+
+  /**
+   * A piece of a streamed reply, with the socket's backpressure: resolves once
+   * it may take more. A client that reads nothing for requestTimeoutMs is
+   * dropped (the method then learns it from false and its signal).
+   */
+  private writeReply(bytes: Buffer): Promise<boolean> {
+    const { socket } = this;
+    const { signal } = this.controller;
+    // Ended (the client closed its side, the server shuts down): nothing more goes out.
+    if (this.phase !== 'replying' || signal.aborted || socket.destroyed || !socket.writable) return Promise.resolve(false);
+    if (socket.write(bytes)) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        socket.off('drain', onDrain).off('close', onClose);
+        signal.removeEventListener('abort', onAbort);
+        resolve(ok);
+      };
+      const onDrain = () => done(this.phase === 'replying' && !signal.aborted);
+      const onClose = () => done(false);
+      // The client half-closed (it stops reading): no waiting for a drain that may never come.
+      const onAbort = () => done(false);
+      const timer = setTimeout(() => {
+        this.drop('client stopped reading the reply');
+        done(false);
+      }, this.limits.requestTimeoutMs);
+      socket.on('drain', onDrain).on('close', onClose);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
   private onHeaderData(chunk: Buffer): void {
     const { limits, ctx } = this;
     const before = this.received;
@@ -311,8 +350,12 @@ class ServerConnection implements Connection {
     const kind = Object.hasOwn(ctx.methods, h.method) ? ctx.methods[h.method]!.kind : 'call';
     if ('spec' in res && res.spec.kind === 'events') return this.startEvents(h, res.spec);
     if ('spec' in res && res.spec.kind === 'streaming') return this.startStreaming(h, res, rest);
-    if (kind === 'events') {
-      // Refused events call: answer now, an events client may not half-close.
+    if ('spec' in res && res.spec.kind === 'reply-stream') {
+      if (rest.length > 0) return this.drop(`${h.method} takes no payload`);
+      return this.startReplyStream(h, res.spec);
+    }
+    if (kind === 'events' || kind === 'reply-stream') {
+      // Refused events or reply-stream call: answer now, its client may not half-close.
       this.phase = 'running';
       return this.run(executeCall(ctx, h, this.caller, res, Buffer.alloc(0), this.controller, this.started));
     }
@@ -353,6 +396,10 @@ class ServerConnection implements Connection {
         this.received += chunk.length;
         if (this.received > this.limits.maxRequestBytes) this.drop('events client sends data');
         return;
+      case 'replying':
+        // The request was the header alone; a client sending more is broken.
+        this.drop(`${this.header!.method} takes no payload`);
+        return;
       case 'done':
         return;
     }
@@ -370,6 +417,10 @@ class ServerConnection implements Connection {
         this.chunks = [];
         return this.run(executeCall(this.ctx, this.header!, this.caller, this.resolution!, payload, this.controller, this.started));
       }
+      case 'replying':
+        // The client keeps its side open while it reads; closing it ends the call (an export released).
+        this.controller.abort();
+        return;
       case 'running':
         if (this.stream && !this.streamEnded) {
           this.streamEnded = true;

@@ -49,6 +49,18 @@ export type AdminStreamMethod = (call: AdminStreamCall) => Promise<AdminResult>;
 export type EventSend = (event: AdminEvent) => boolean;
 /** Streams events through `send` until `call.signal` aborts, then returns. */
 export type AdminEventsMethod = (call: AdminCall, send: EventSend) => Promise<void>;
+/**
+ * Writes the next bytes of a streamed reply; resolves once the client may be
+ * sent more (the socket drained), to false when the connection is gone.
+ */
+export type ReplyWrite = (bytes: Buffer) => Promise<boolean>;
+/**
+ * Writes its result in pieces through `write` (exports): the success header
+ * goes out before the first piece. A throw before the first piece is an
+ * ordinary error reply; after it, the connection is just closed, so the
+ * reply's own format must let the client tell a cut from its end.
+ */
+export type AdminReplyStreamMethod = (call: AdminCall, write: ReplyWrite) => Promise<void>;
 
 /**
  * One method: how its payload and reply travel (`kind`), its handler, and
@@ -59,7 +71,8 @@ export type AdminEventsMethod = (call: AdminCall, send: EventSend) => Promise<vo
 export type MethodSpec =
   | { readonly kind: 'call'; readonly handler: AdminMethod; readonly shape?: MethodShape | undefined }
   | { readonly kind: 'streaming'; readonly handler: AdminStreamMethod; readonly shape?: MethodShape | undefined }
-  | { readonly kind: 'events'; readonly handler: AdminEventsMethod; readonly shape?: MethodShape | undefined };
+  | { readonly kind: 'events'; readonly handler: AdminEventsMethod; readonly shape?: MethodShape | undefined }
+  | { readonly kind: 'reply-stream'; readonly handler: AdminReplyStreamMethod; readonly shape?: MethodShape | undefined };
 
 /** Method name (without `+ARG`) -> spec. Extend by spreading tables together. */
 export type MethodTable = Record<string, MethodSpec>;
@@ -84,6 +97,11 @@ export function eventsMethod(shape: MethodShape, handler: AdminEventsMethod): Me
 export function eventsMethod(handler: AdminEventsMethod): MethodSpec;
 export function eventsMethod(a: MethodShape | AdminEventsMethod, b?: AdminEventsMethod): MethodSpec {
   return typeof a === 'function' ? { kind: 'events', handler: a } : { kind: 'events', handler: b!, shape: a };
+}
+
+/** A method whose reply is written in pieces as it is made (exports); its payload is not read. */
+export function replyStreamMethod(shape: MethodShape, handler: AdminReplyStreamMethod): MethodSpec {
+  return { kind: 'reply-stream', handler, shape };
 }
 
 /**
@@ -337,7 +355,7 @@ export async function executeCall(
     if ('error' in resolution) throw resolution.error;
     const { spec } = resolution;
     let result: AdminResult;
-    if (spec.shape && spec.kind !== 'events') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
+    if (spec.shape && spec.kind !== 'events' && spec.kind !== 'reply-stream') await checkShape(spec.shape, h, Buffer.isBuffer(payload) ? payload : undefined);
     if (spec.kind === 'streaming') {
       const stream = Buffer.isBuffer(payload) ? Readable.from(payload.length ? [payload] : []) : payload;
       result = await spec.handler(new Call(ctx, h, caller, abort, stream));
@@ -345,7 +363,7 @@ export async function executeCall(
       if (!Buffer.isBuffer(payload)) throw new TypeError(`${h.method} takes a buffered payload`);
       result = await spec.handler(new Call(ctx, h, caller, abort, payload));
     } else {
-      throw new ProtocolError(`${h.method} streams events and needs a connection`);
+      throw new ProtocolError(`${h.method} streams ${spec.kind === 'events' ? 'events' : 'its reply'} and needs a connection`);
     }
     const reply = encodeOk(result);
     logCall(ctx, h, caller, 'ok', startedMs);
@@ -380,6 +398,37 @@ export async function runEvents(
     await spec.handler({ ...pickHeader(h), signal: abort.signal, log: ctx.log, payload: Buffer.alloc(0) }, counting);
     logCall(ctx, h, caller, 'ok', startedMs);
     return undefined;
+  } catch (err) {
+    const { reply, name } = errorReply(ctx, h, caller, err);
+    logCall(ctx, h, caller, name, startedMs, err instanceof Error ? err.message : String(err));
+    return sent ? undefined : reply;
+  }
+}
+
+/**
+ * Runs a reply-stream method. Returns error reply bytes when it failed before
+ * writing anything, else undefined (the connection is then just closed).
+ */
+export async function runReplyStream(
+  ctx: DispatchContext,
+  h: RequestHeader,
+  caller: Caller,
+  spec: Extract<MethodSpec, { kind: 'reply-stream' }>,
+  write: ReplyWrite,
+  abort: AbortSource,
+  startedMs: number,
+): Promise<Buffer | undefined> {
+  let sent = false;
+  const first: ReplyWrite = (bytes) => {
+    if (sent) return write(bytes);
+    sent = true;
+    return write(Buffer.concat([encodeOk(), bytes]));
+  };
+  try {
+    if (spec.shape) await checkShape(spec.shape, h, Buffer.alloc(0));
+    await spec.handler(new Call(ctx, h, caller, abort, Buffer.alloc(0)), first);
+    logCall(ctx, h, caller, 'ok', startedMs);
+    return sent ? undefined : encodeOk();
   } catch (err) {
     const { reply, name } = errorReply(ctx, h, caller, err);
     logCall(ctx, h, caller, name, startedMs, err instanceof Error ? err.message : String(err));

@@ -22,7 +22,7 @@ export function renderMethodList(table: MethodTable): string {
       const spec = table[name]!;
       const s = spec.shape;
       if (!s) return `| \`${name}\` | (not declared) | | | | |`;
-      const kind = spec.kind === 'events' ? 'events' : s.payload;
+      const kind = spec.kind === 'events' ? 'events' : spec.kind === 'reply-stream' ? 'none (reply streamed)' : s.payload;
       return `| \`${name}\` | ${argText(s)} | ${kind} | ${destText(s)} | ${s.scope} ${s.access} | ${policyClass(s)} |`;
     });
   return [

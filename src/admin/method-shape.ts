@@ -108,7 +108,7 @@ export async function checkShape(shape: MethodShape, h: RequestHeader, payload: 
 }
 
 /** What is missing or wrong in a declaration (empty when it is complete), for the tests and the method list. */
-export function shapeProblems(shape: MethodShape | undefined, kind: 'call' | 'streaming' | 'events'): string[] {
+export function shapeProblems(shape: MethodShape | undefined, kind: 'call' | 'streaming' | 'events' | 'reply-stream'): string[] {
   if (!shape) return ['no declared shape'];
   const p: string[] = [];
   if (!ARG_RULES.includes(shape.arg)) p.push(`arg ${String(shape.arg)}`);
@@ -120,6 +120,6 @@ export function shapeProblems(shape: MethodShape | undefined, kind: 'call' | 'st
   if (shape.dest === 'domain' && !shape.lookupDest) p.push('dest domain without lookupDest');
   if (shape.arg === 'none' && shape.checkArg) p.push('checkArg without an argument');
   if ((shape.payload === 'streaming') !== (kind === 'streaming')) p.push(`payload ${shape.payload} for a ${kind} method`);
-  if (kind === 'events' && shape.payload !== 'none') p.push('an events method reads no payload');
+  if ((kind === 'events' || kind === 'reply-stream') && shape.payload !== 'none') p.push(`a ${kind} method reads no payload`);
   return p;
 }

@@ -175,7 +175,7 @@ export class AdminServer {
     const stopped = new Promise<void>((r) => server.close(() => r()));
     for (const c of this.connections) {
       if (c.phase === 'header') c.drop('server shutting down');
-      else if (c.phase === 'events') c.abort();
+      else if (c.phase === 'events' || c.phase === 'replying') c.abort();
     }
     const inFlight = Promise.all([...this.connections].map((c) => c.finished));
     if (opts.timeoutMs === undefined) {

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { optStr, str, strs, UsageError, type CommandSpec, type Parsed } from './common/args.js';
-import type { QubesClient, VolumeExport, VolumeInfo, VolumeSetting } from '../client/index.js';
+import type { OpenedExport, QubesClient, VolumeInfo, VolumeSetting } from '../client/index.js';
 import { humanSize, json, table } from './common/output.js';
 import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from './common/subcommands.js';
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
@@ -263,9 +263,9 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const dest = str(p, 'PATH');
   const qubes = await t.client();
   await checkVolume(qubes, v);
-  const { openExportOutput, exportToFile, exportToStream, fullOrFailing } = await import('./common/export-output.js');
+  const { openExportOutput, exportToFile, exportToStream, exportPiecesToFile, exportPiecesToStream, fullOrFailing } = await import('./common/export-output.js');
   const out = await openExportOutput(dest, t.signal);
-  let exporting: Promise<VolumeExport> | null = null;
+  let exporting: Promise<OpenedExport> | null = null;
   let copying: Promise<unknown> = Promise.resolve();
   // Ctrl-C: a file copy stops at its next chunk and removes its temporary
   // file (waited for); a stream may be stuck on its reader (not waited for).
@@ -278,15 +278,16 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   });
   try {
     t.signal.throwIfAborted();
-    exporting = qubes.exportVolume(v.vm, v.volume);
+    // A file of this host to copy (by reflink where it can), or the data streamed by the daemon (rbd).
+    exporting = qubes.openExport(v.vm, v.volume);
     const held = await exporting;
-    const src = held.path;
     const { progressBar } = await progress();
     try {
-      const total = (await fsp.stat(src)).size;
+      const total = held.kind === 'data' ? held.size : (await fsp.stat(held.path)).size;
       const bar = progressBar(`export ${showVmVolume(v)}`, total);
       try {
-        copying = out.kind === 'file' ? exportToFile(src, out, bar, t.signal) : exportToStream(src, out, bar, t.signal);
+        if (held.kind === 'data') copying = out.kind === 'file' ? exportPiecesToFile(held, out, bar, t.signal) : exportPiecesToStream(held, out, bar, t.signal);
+        else copying = out.kind === 'file' ? exportToFile(held.path, out, bar, t.signal) : exportToStream(held.path, out, bar, t.signal);
         await copying.catch((e: unknown) => {
           throw fullOrFailing(dest, e) ?? e;
         });

@@ -11,6 +11,8 @@
  */
 import { Readable } from 'node:stream';
 import type { AdminEvent } from '../admin/protocol/reply.js';
+import { errorFromReply, QubesDaemonCommunicationError } from '../admin/client.js';
+import { ExportStreamDecoder, type ExportRecord } from '../admin/protocol/export-stream.js';
 import { QubesVMNotFoundError } from '../storage/errors.js';
 import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, unescapeValue, type PropertyValue } from './replies.js';
 import { connect, type ConnectOptions } from './connect.js';
@@ -94,6 +96,22 @@ export interface VolumeExport {
   readonly path: string;
   end(): Promise<void>;
 }
+
+/**
+ * An export as openExport gives it: a file of this host to copy (`path`),
+ * or the data itself (`data`: `size` bytes, the pieces that are not holes,
+ * in increasing order; what no piece covers is zeros). end() releases it,
+ * once the copy is done or abandoned.
+ */
+export type OpenedExport =
+  | { readonly kind: 'path'; readonly path: string; end(): Promise<void> }
+  | {
+      readonly kind: 'data';
+      readonly size: number;
+      /** Throws the daemon's error when the export failed, or a cut stream. */
+      readonly pieces: AsyncIterable<{ readonly offset: number; readonly bytes: Buffer }>;
+      end(): Promise<void>;
+    };
 
 /** The settable options of a pool (admin.pool.Set.*). */
 export type PoolSetting = 'revisions_to_keep' | 'ephemeral_volatile';
@@ -431,6 +449,48 @@ export class QubesClient {
     const path = await this.text('admin.vm.volume.Export', vm, volume);
     let ending: Promise<void> | null = null;
     return { path, end: () => (ending ??= this.send('admin.vm.volume.ExportEnd', vm, volume, path)) };
+  }
+
+  /**
+   * Opens the committed data of a volume for reading. Over a daemon's socket
+   * through admin.vm.volume.ExportStream: a volume whose driver reads its own
+   * storage (rbd) streams the data over the socket (no file made first);
+   * others hand out a file of this host, held while the connection is open.
+   * Embedded: Export's path.
+   */
+  async openExport(vm: string, volume: string): Promise<OpenedExport> {
+    if (!this.transport.replyStream) return { kind: 'path', ...(await this.exportVolume(vm, volume)) };
+    const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume);
+    const decoder = new ExportStreamDecoder();
+    const queue: ExportRecord[] = [];
+    /** The next record; null at the end of the stream (checked by the decoder). */
+    const next = async (): Promise<ExportRecord | null> => {
+      while (queue.length === 0) {
+        const r = await body.next();
+        queue.push(...(r.done ? decoder.end() : decoder.push(r.value)));
+        if (r.done && queue.length === 0) return null;
+      }
+      const rec = queue.shift()!;
+      if (rec.kind === 'error') throw errorFromReply(rec.name, rec.message, rec.traceback);
+      return rec;
+    };
+    const end = async () => {
+      await body.return(undefined);
+    };
+    try {
+      const first = await next();
+      if (first?.kind === 'path') return { kind: 'path', path: first.path, end };
+      if (first?.kind !== 'size') throw new QubesDaemonCommunicationError('admin.vm.volume.ExportStream: no size or path first');
+      async function* pieces(): AsyncGenerator<{ offset: number; bytes: Buffer }> {
+        for (let rec = await next(); rec && rec.kind !== 'end'; rec = await next()) {
+          if (rec.kind === 'data') yield { offset: rec.offset, bytes: rec.bytes };
+        }
+      }
+      return { kind: 'data', size: first.size, pieces: pieces(), end };
+    } catch (e) {
+      await end();
+      throw e;
+    }
   }
 
   // ---- events ----

@@ -31,6 +31,12 @@ export interface Transport {
   call(method: string, dest: string, arg?: string, payload?: string | Buffer): Promise<Buffer>;
   /** One call whose payload is streamed (imports). */
   callStream(method: string, dest: string, arg: string, payload: Readable): Promise<Buffer>;
+  /**
+   * A call whose reply is streamed (admin.vm.volume.ExportStream): the reply's
+   * bytes as they come; ending the iteration ends the call. Sockets only:
+   * embedded, the exports are files this process reads itself.
+   */
+  replyStream?(method: string, dest: string, arg: string): AsyncGenerator<Buffer, void, undefined>;
   /** admin.Events for DEST (dom0: all); `onEvent` gets every event after connection-established. */
   events(dest: string, onEvent: (e: AdminEvent) => void): EventsSubscription;
   /** Releases what the transport holds (the state lock, for embedded). */
@@ -69,6 +75,7 @@ export function socketTransport(socketPath: string, opts: { readonly source?: st
     kind: 'socket',
     call: (m, dest, arg = '', payload = '') => client.call(m, dest, arg, payload),
     callStream: (m, dest, arg, payload) => client.callStream(m, dest, arg, payload),
+    replyStream: (m, dest, arg) => client.replyStream(m, dest, arg),
     events(dest, onEvent) {
       const h = client.events(dest, (e) => {
         if (e.event !== 'connection-established') onEvent(e);

@@ -21,6 +21,7 @@ import {
 import { canShrink } from './driver.js';
 import { checkCanStartEphemeral, closeEphemeral, ephemeralDevice, mappable, openEphemeral, requireDmCrypt } from './ephemeral.js';
 import { fileImportWriter, type ImportWriter } from './import-writer.js';
+import { fileIntoSink, type ExportSink } from './export-sink.js';
 import { checkRevisionsLimit, type Pool } from './pool.js';
 
 /** The four kinds that follow from snap_on_start and save_on_stop. */
@@ -526,6 +527,34 @@ export abstract class Volume {
   }
 
   /**
+   * Whether the driver reads an export from its storage itself
+   * (doExportInto overridden: rbd reads its image), so that the data is best
+   * streamed from exportInto; false: export()'s path is a file of this host,
+   * which a reader on this host may copy directly (by reflink where it can).
+   * admin.vm.volume.ExportStream asks this.
+   */
+  get readsExportsItself(): boolean {
+    return false;
+  }
+
+  /**
+   * The committed data, as export() gives it, handed to `sink` piece by
+   * piece (holes and, where the driver finds them, zero blocks left out).
+   * Holds the volume for its whole duration, as export() holds it while
+   * making its file: a sink that stops taking data keeps other operations
+   * of this volume waiting (the admin API drops a reader that stalls).
+   */
+  exportInto(sink: ExportSink, signal?: AbortSignal): Promise<void> {
+    return this.locked(async () => {
+      if (this.revisions_to_keep === -1 && (await this.doIsDirty()))
+        throw new StoragePoolException(
+          `${this.where}: cannot export while running with snapshots disabled (revisions_to_keep=-1)`,
+        );
+      await this.doExportInto(sink, signal);
+    });
+  }
+
+  /**
    * A path to write `size` bytes of new data to; nothing changes until
    * importDataEnd(true), which also sets the volume's size to `size`.
    * Refused while the volume is in use, and for kinds that keep no data.
@@ -727,6 +756,15 @@ export abstract class Volume {
   protected abstract doRevert(revision: string): Promise<void>;
   protected abstract doExport(): Promise<string>;
   protected abstract doExportEnd(path: string): Promise<void>;
+  /** For exportInto: by default the file doExport makes, read and handed over (export-sink.ts), then ended. */
+  protected async doExportInto(sink: ExportSink, signal?: AbortSignal): Promise<void> {
+    const path = await this.doExport();
+    try {
+      await fileIntoSink(path, sink, signal);
+    } finally {
+      await this.doExportEnd(path);
+    }
+  }
   protected abstract doImportData(size: number): Promise<string>;
   protected abstract doImportDataEnd(success: boolean): Promise<void>;
   /** A writer for importWriter: by default one over the file doImportData makes (see import-writer.ts). */

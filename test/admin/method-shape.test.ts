@@ -234,7 +234,9 @@ describe("the daemon's method table", () => {
     let checked = 0;
     for (const [m, spec] of Object.entries(rt.methods)) {
       const s = spec.shape!;
-      if (spec.kind === 'events') continue; // needs a connection; test/admin/events.test.ts refuses its unknown destination
+      // These need a connection: test/admin/events.test.ts refuses admin.Events' unknown destination, and
+      // error-classes.test.ts ExportStream's unknown volume, over the socket (the same checkShape runs first).
+      if (spec.kind === 'events' || spec.kind === 'reply-stream') continue;
       const dest = s.dest === 'dom0' ? 'dom0' : 'work';
       const arg = s.arg === 'none' ? '' : goodArg(m, s.argNames);
       const call = (over: { dest?: string; arg?: string; payload?: string }) =>

@@ -2,8 +2,9 @@
  * `qvm-volume export` and `import` stopped halfway, embedded and against a
  * qubesd, as the real tools run: an export whose reader quits early exits
  * 141 (as SIGPIPE stops cat) and is ended; an export whose tool is killed
- * goes with its domain (the daemon ends it at the removal, embedded the next
- * tool sweeps it), so removing the domain and its pool leaves no file; an
+ * is ended by the daemon when the tool's connection goes (embedded, it goes
+ * with its domain: the next tool sweeps it), so removing the domain and its
+ * pool leaves no file; an
  * import interrupted (SIGINT, SIGTERM) or whose stdin ends early leaves the
  * old data (SHA-256) and no import file. The pool is listed, not asked.
  */
@@ -101,7 +102,8 @@ for (const mode of ['embedded', 'qubesd'] as const) {
       assert.equal(code, 141, tool.stderr());
       assert.equal(tool.stderr(), '');
       assert.deepEqual(await exportFiles(), [], 'no export left in the pool');
-      if (daemon) assert.match(daemon.log(), /call method=admin\.vm\.volume\.ExportEnd arg=private .*result=ok/);
+      // The tool waits until the daemon has ended the export (it closes its side of the call, then waits for the daemon's).
+      if (daemon) assert.match(daemon.log(), /call method=admin\.vm\.volume\.ExportStream arg=private .*result=ok/);
     });
 
     for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
@@ -135,8 +137,14 @@ for (const mode of ['embedded', 'qubesd'] as const) {
       await until(async () => (await exportFiles()).length > 0, 'the export began', tool);
       tool.child.kill('SIGKILL');
       assert.equal(await tool.exited, null);
-      // A daemon still holds it; embedded, it is a dead process's leftover.
-      assert.equal((await exportFiles()).length, 1, 'the export outlived its tool');
+      if (daemon) {
+        // The daemon ends it when the tool's connection goes.
+        await until(async () => (await exportFiles()).length === 0, 'the daemon ended the export of the dead tool', { ...tool, gone: () => false });
+        assert.match(daemon.log(), /call method=admin\.vm\.volume\.ExportStream arg=private .*result=ok/);
+      } else {
+        // Embedded, it is a dead process's leftover.
+        assert.equal((await exportFiles()).length, 1, 'the export outlived its tool');
+      }
       const rm = await run('qvm-remove', ['-f', 'sa'], env);
       assert.deepEqual(rm, { stdout: '', stderr: '', code: 0 });
       assert.deepEqual(await exportFiles(), [], 'the removal took the export');

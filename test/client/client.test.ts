@@ -232,6 +232,17 @@ for (const kind of ['socket', 'embedded'] as const) {
         await held.end();
       }
       await held.end(); // a second end is the first one
+
+      // openExport: a file pool hands out its file (over a socket, held by the ExportStream call), gone once end() returns.
+      const opened = await q().openExport('work', 'private');
+      assert.equal(opened.kind, 'path');
+      const openedPath = opened.kind === 'path' ? opened.path : '';
+      try {
+        assert.ok((await fs.readFile(openedPath)).equals(data), 'the opened export holds the imported data');
+      } finally {
+        await opened.end();
+      }
+      await assert.rejects(fs.stat(openedPath), { code: 'ENOENT' }, 'the export was ended before end() returned');
     });
 
     it('start, shutdown (with events), revisions, revert, clone, clear', async () => {
@@ -285,7 +296,15 @@ for (const kind of ['socket', 'embedded'] as const) {
     });
 
     it('remove domains and the pool', async () => {
+      // An export still open does not keep its domain: the removal ends it.
+      const opened = await q().openExport('work', 'private');
+      const openedPath = opened.kind === 'path' ? opened.path : '';
+      await fs.stat(openedPath);
       for (const d of ['copy', 'work', 'tpl']) await q().removeDomain(d);
+      await assert.rejects(fs.stat(openedPath), { code: 'ENOENT' }, 'the removal ended the export');
+      // Over a socket the call had ended already; embedded, ExportEnd names a domain that is gone.
+      if (kind === 'socket') await opened.end();
+      else await assert.rejects(opened.end(), QubesVMNotFoundError);
       assert.deepEqual(
         (await q().domains()).map((d) => d.name),
         ['dom0'],

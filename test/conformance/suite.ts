@@ -562,6 +562,55 @@ export function describeConformance(target: ConformanceTarget): void {
         await noDebris();
       });
 
+      it('exportInto hands over the data export() gives (size first, pieces in order), also while running; a sink that fails stops it and leaves nothing', async () => {
+        const v = volumesOf(pool, dom()).origin();
+        await v.create();
+        await v.start();
+        await write(v, 'committed');
+        await write(v, 'far', SIZE - MiB); // data after a hole
+        await v.stop();
+        await v.start();
+        await write(v, 'uncommitted');
+        /** The export through the sink, assembled; checks the order of the calls. */
+        const viaSink = async (): Promise<Buffer> => {
+          let buf: Buffer | null = null;
+          let reached = 0;
+          await v.exportInto({
+            begin: async (size) => {
+              assert.equal(buf, null, 'begin once');
+              buf = Buffer.alloc(size);
+            },
+            data: async (offset, bytes) => {
+              assert.ok(buf, 'begin first');
+              assert.ok(offset >= reached && offset + bytes.length <= buf.length && bytes.length > 0, `piece ${offset}+${bytes.length} in order, within ${buf.length}`);
+              bytes.copy(buf, offset);
+              reached = offset + bytes.length;
+            },
+          });
+          assert.ok(buf, 'begin was called');
+          return buf;
+        };
+        const viaPath = async (): Promise<string> => {
+          const p = await v.export();
+          try {
+            return await sha256(p);
+          } finally {
+            await v.exportEnd(p);
+          }
+        };
+        let got = await viaSink();
+        assert.equal(untag(got.subarray(0, TAG)), 'committed', 'while running: the data before the start');
+        assert.equal(untag(got.subarray(SIZE - MiB, SIZE - MiB + TAG)), 'far');
+        assert.equal(sha256Of(got), await viaPath());
+        const failure = new Error('the reader went away');
+        await assert.rejects(v.exportInto({ begin: async () => undefined, data: async () => { throw failure; } }), (e) => e === failure);
+        await v.stop();
+        got = await viaSink();
+        assert.equal(untag(got.subarray(0, TAG)), 'uncommitted');
+        assert.equal(sha256Of(got), await viaPath());
+        await noDebris();
+      });
+
       it('imports data on success only (importData, importDataEnd); a failed import keeps the old data and leaves nothing', async () => {
         const v = volumesOf(pool, dom()).origin();
         await v.create();

@@ -37,6 +37,7 @@ import type { HoldSpec } from '../../domain/holds.js';
 import {
   PermissionDenied,
   ProtocolError,
+  QubesException,
   QubesValueError,
   QubesVolumeCopyTokenNotFoundError,
   QubesVMNotFoundError,
@@ -46,7 +47,8 @@ import {
 import type { ImportWriter } from '../../storage/import-writer.js';
 import type { Volume } from '../../storage/volume.js';
 import { createSparseWriter } from '../../files/sparse-writer.js';
-import { method, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable } from '../dispatch.js';
+import { method, replyStreamMethod, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable, type ReplyWrite } from '../dispatch.js';
+import { exportLine } from '../protocol/export-stream.js';
 import { decodeAscii, decodeUtf8, parseBoolean, parseInteger, validateRevisionId } from '../protocol/validate.js';
 import { aboutDomain, destDomain, destVolume, qbool, type MethodContext, type ShapeSpec } from './context.js';
 
@@ -450,6 +452,28 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       }
     }),
 
+    // Write, as Export. The reply's format: src/admin/protocol/export-stream.ts.
+    'admin.vm.volume.ExportStream': replyStreamMethod(onVolume({ access: 'write' }), async (call, write) => {
+      const { domain, volume } = destVolume(ctx, call);
+      // Ends with the connection (the client closed it or went away), or
+      // with the removal of the domain, which does not wait for a client.
+      const stop = new AbortController();
+      const onClientGone = () => stop.abort();
+      call.signal.addEventListener('abort', onClientGone, { once: true });
+      let exporting: Promise<void> = Promise.resolve();
+      const release = app.useDomain(domain, `export of volume ${volume.name}`, async () => {
+        stop.abort();
+        await exporting.catch(() => undefined);
+      });
+      try {
+        exporting = volume.readsExportsItself ? streamExport(volume, write, stop.signal) : holdExportPath(volume, write, stop.signal);
+        await exporting;
+      } finally {
+        call.signal.removeEventListener('abort', onClientGone);
+        release();
+      }
+    }),
+
     'admin.vm.volume.ExportEnd': method(onVolume({ access: 'write', payload: 'bounded' }), async (call) => {
       const { domain, volume } = destVolume(ctx, call);
       const path = decodeUtf8(call.payload, 'export path');
@@ -460,6 +484,55 @@ export function volumeMethods(ctx: MethodContext, opts: VolumeMethodsOptions = {
       await endExport(path);
     }),
   };
+}
+
+/** The client is gone (a write found the connection closed), or the export was ended. */
+function exportCut(volume: Volume, signal: AbortSignal): QubesException {
+  return new QubesException(
+    signal.aborted ? `the export of volume ${volume.name} was ended (its client went away, or its domain is being removed)` : `the client of the export of volume ${volume.name} went away`,
+  );
+}
+
+/** The data itself, read by the driver (exportInto): `size`, the data records, then `end` or `error`. */
+async function streamExport(volume: Volume, write: ReplyWrite, signal: AbortSignal): Promise<void> {
+  const send = async (bytes: Buffer) => {
+    if (signal.aborted || !(await write(bytes))) throw exportCut(volume, signal);
+  };
+  let begun = false;
+  try {
+    await volume.exportInto(
+      {
+        begin: async (size) => {
+          begun = true;
+          await send(exportLine.size(size));
+        },
+        data: async (offset, bytes) => {
+          await send(exportLine.data(offset, bytes.length));
+          await send(bytes);
+        },
+      },
+      signal,
+    );
+    await send(exportLine.end());
+  } catch (e) {
+    // After `size` the reply is under way: the error travels as a record (before it, as the reply).
+    if (begun && !signal.aborted) {
+      const q = e instanceof QubesException ? e : null;
+      await write(exportLine.error(q?.qubesName ?? 'QubesException', q?.message ?? 'An internal error occurred in qubesd; see its log'));
+    }
+    throw e;
+  }
+}
+
+/** The export's file on this host (export()): its path, held until the connection ends. */
+async function holdExportPath(volume: Volume, write: ReplyWrite, signal: AbortSignal): Promise<void> {
+  const path = await volume.export();
+  try {
+    if (signal.aborted || !(await write(exportLine.path(path)))) return;
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+  } finally {
+    await volume.exportEnd(path);
+  }
 }
 
 /**

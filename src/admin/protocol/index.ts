@@ -2,3 +2,4 @@
 export * from './header.js';
 export * from './reply.js';
 export * from './validate.js';
+export * from './export-stream.js';

@@ -14,6 +14,7 @@ import { finished } from 'node:stream/promises';
 import { storageErrnoError } from '../../storage/errors.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../../files/files.js';
+import { backgroundSync } from '../../files/sparse-writer.js';
 import type { Progress } from './progress.js';
 import { CliError } from './tool.js';
 
@@ -110,16 +111,14 @@ export async function openExportOutput(dest: string, signal: AbortSignal): Promi
 
 /** Copies a regular file by reflink where the filesystem can, else sparse; then renames it into place. */
 export async function exportToFile(src: string, out: { target: string; temp: string }, bar: Progress, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted(); // interrupted before the copy began: make nothing
-  try {
+  await intoPlace(out, signal, async () => {
     const st = await fsp.stat(src);
     if (st.isFile()) {
       const how = await copyFileCow(src, out.temp, { allowSparse: true, onProgress: (d) => bar.update(d), signal });
       if (how === 'reflink') bar.update(st.size);
     } else {
       // A pipe (a driver may hand out one): read it to its end, zero blocks left as holes.
-      const fh = await fsp.open(out.temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-      try {
+      await withNewFile(out.temp, async (fh) => {
         const zero = Buffer.alloc(BLOCK);
         let at = 0;
         await readExport(src, bar, signal, async (b) => {
@@ -127,11 +126,106 @@ export async function exportToFile(src: string, out: { target: string; temp: str
           at += b.length;
         });
         await fh.truncate(at);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      });
     }
+  });
+}
+
+/** The data pieces of an export streamed by the daemon (what no piece covers is zeros, left as holes). */
+export interface ExportPieces {
+  readonly size: number;
+  readonly pieces: AsyncIterable<{ readonly offset: number; readonly bytes: Buffer }>;
+}
+
+/** Bytes gathered before one write: big writes cost far less per byte than the socket's 64 KiB pieces. */
+const GATHER = 4 << 20;
+/** And at most this many pieces in one writev (IOV_MAX is 1024). */
+const MAX_GATHERED = 512;
+/** A background fdatasync starts every this many bytes written. */
+const SYNC_EVERY = 64 << 20;
+
+/**
+ * Writes streamed pieces into a new sparse file of the export's size, then
+ * renames it into place. Contiguous pieces are gathered into writes of up
+ * to 4 MiB, one write running while the next is received.
+ */
+export async function exportPiecesToFile(data: ExportPieces, out: { target: string; temp: string }, bar: Progress, signal: AbortSignal): Promise<void> {
+  await intoPlace(out, signal, async () => {
+    await withNewFile(out.temp, async (fh) => {
+      await fh.truncate(data.size);
+      // The disk writes overlap with the transfer: the final fsync has little left.
+      const syncs = backgroundSync(fh, SYNC_EVERY);
+      let gathered: Buffer[] = [];
+      let from = 0;
+      let to = 0;
+      let writing: Promise<unknown> = Promise.resolve();
+      const flush = async () => {
+        await writing;
+        if (gathered.length === 0) return;
+        const bufs = gathered;
+        const at = from;
+        const reached = to;
+        gathered = [];
+        writing = writevAll(fh, bufs, at).then(() => {
+          syncs.wrote(reached - at);
+          bar.update(reached);
+        });
+        writing.catch(() => undefined); // awaited at the next flush
+      };
+      try {
+        for await (const { offset, bytes } of data.pieces) {
+          signal.throwIfAborted();
+          if (gathered.length > 0 && offset !== to) await flush();
+          if (gathered.length === 0) from = to = offset;
+          gathered.push(bytes);
+          to += bytes.length;
+          if (to - from >= GATHER || gathered.length >= MAX_GATHERED) await flush();
+        }
+        await flush();
+        await writing;
+        await syncs.done();
+      } finally {
+        // No write or sync may run when the file closes.
+        await writing.catch(() => undefined);
+        await syncs.settle();
+      }
+      bar.update(data.size);
+    });
+  });
+}
+
+/** Streamed pieces into a stream (stdout, a pipe, a device), every byte in order: the gaps as zeros. */
+export async function exportPiecesToStream(data: ExportPieces, out: { sink: Writable; owned: boolean }, bar: Progress, signal: AbortSignal): Promise<void> {
+  const { sink } = out;
+  const zero = Buffer.alloc(GATHER);
+  let at = 0;
+  const put = async (b: Buffer) => {
+    signal.throwIfAborted();
+    if (!sink.write(b)) await once(sink, 'drain'); // rejects on 'error' (EPIPE: the reader left)
+  };
+  const zerosTo = async (end: number) => {
+    while (at < end) {
+      const n = Math.min(zero.length, end - at);
+      await put(n === zero.length ? zero : zero.subarray(0, n));
+      at += n;
+      bar.update(at);
+    }
+  };
+  for await (const { offset, bytes } of data.pieces) {
+    await zerosTo(offset);
+    await put(bytes);
+    at += bytes.length;
+    bar.update(at);
+  }
+  await zerosTo(data.size);
+  if (out.owned) await finished(sink.end());
+}
+
+/** Makes out.temp through `fill`, then renames it over the target and syncs the directory; a failure leaves no temporary file. */
+async function intoPlace(out: { target: string; temp: string }, signal: AbortSignal, fill: () => Promise<void>): Promise<void> {
+  signal.throwIfAborted(); // interrupted before the copy began: make nothing
+  try {
+    await fill();
     signal.throwIfAborted();
     failpoint(FP_EXPORT_BEFORE_RENAME);
     await fsp.rename(out.temp, out.target);
@@ -140,6 +234,34 @@ export async function exportToFile(src: string, out: { target: string; temp: str
     throw e;
   }
   await fsyncDir(path.dirname(out.target));
+}
+
+/** Creates `file` (new, no symbolic link followed), runs `fill` on it, then fsyncs and closes it. */
+async function withNewFile(file: string, fill: (fh: fsp.FileHandle) => Promise<void>): Promise<void> {
+  const fh = await fsp.open(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    await fill(fh);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** writev at `position` until every byte is written. */
+async function writevAll(fh: fsp.FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  let left = bufs;
+  let at = position;
+  while (left.length > 0) {
+    const { bytesWritten } = await fh.writev(left, at);
+    if (bytesWritten === 0) throw Object.assign(new Error('write returned 0'), { code: 'EIO' });
+    at += bytesWritten;
+    let n = bytesWritten;
+    while (left.length > 0 && n >= left[0]!.length) {
+      n -= left[0]!.length;
+      left = left.slice(1);
+    }
+    if (n > 0) left = [left[0]!.subarray(n), ...left.slice(1)];
+  }
 }
 
 const BLOCK = 64 * 1024;

@@ -37,6 +37,7 @@ import * as fs from 'node:fs/promises';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { ExportFiles } from '../../storage/export-files.js';
+import type { ExportSink } from '../../storage/export-sink.js';
 import type { ImportWriter } from '../../storage/import-writer.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type ImageHeader, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
@@ -876,13 +877,18 @@ export class RbdVolume extends Volume {
     return { image: this, snap: null };
   }
 
-  protected async doExport(): Promise<string> {
-    return this.guarded('export failed', async () => {
+  /**
+   * Runs `read` on the committed data, opened at a snapshot that cannot
+   * change while it is read (another host may start the volume): qs-start
+   * while running, else a `qs-export-*` snapshot of its own, removed after.
+   * `size`: the export's size when it differs from the image's (see below).
+   */
+  private committedRead<T>(what: string, read: (i: RbdImage, size: number | null) => Promise<T>): Promise<T> {
+    return this.guarded(what, async () => {
       if (this.kind === 'volatile') throw new StoragePoolException(this.what('nothing to export (a volatile volume keeps no data)'));
       await this.recover();
       const c = await this.committedSpec();
       if (!(await c.image.imageInfo(c.image.image))) throw new StoragePoolException(this.what('nothing to export (no committed data)'));
-      // A snapshot of its own: the data cannot change while it is read (another host may start the volume).
       let snap = c.snap;
       let temp: string | null = null;
       if (snap === null) {
@@ -890,16 +896,47 @@ export class RbdVolume extends Volume {
         await c.image.snapCreate(c.image.image, temp);
         snap = temp;
       }
-      await this.pool.sweepTmpOnce();
       try {
         // The pre-start snapshot keeps the size it had; a resize since then applies to the
         // committed data too (the stop commits the resized image), as on every driver.
         const size = snap === 'qs-start' ? c.image.size : null;
-        return await this.exports.make(this.pool.tmpFile('export'), (file) => this.rbd.withImage(c.image.image, (i) => readIntoFile(i, file, size), snap));
+        return await this.rbd.withImage(c.image.image, (i) => read(i, size), snap);
       } finally {
         if (temp) await c.image.snapRm(c.image.image, temp).catch(() => undefined);
       }
     });
+  }
+
+  protected async doExport(): Promise<string> {
+    return this.committedRead('export failed', async (i, size) => {
+      await this.pool.sweepTmpOnce();
+      return this.exports.make(this.pool.tmpFile('export'), (file) => readIntoFile(i, file, size));
+    });
+  }
+
+  override get readsExportsItself(): boolean {
+    return true;
+  }
+
+  /** The image read straight into the sink: no file in tmp_dir. The sink's own failures (its reader went away) pass through unworded. */
+  protected override async doExportInto(sink: ExportSink, signal?: AbortSignal): Promise<void> {
+    let sinkFailure: { error: unknown } | null = null;
+    const bySink = <T>(p: Promise<T>): Promise<T> =>
+      p.catch((error: unknown) => {
+        sinkFailure ??= { error };
+        throw error;
+      });
+    try {
+      await this.committedRead('export failed', async (i, size) => {
+        const imageSize = await i.size();
+        const total = size ?? imageSize;
+        await bySink(sink.begin(total));
+        await readInOrder(i, Math.min(total, imageSize), (at, bytes) => bySink(sink.data(at, bytes)), signal);
+      });
+    } catch (e) {
+      if (sinkFailure) throw (sinkFailure as { error: unknown }).error;
+      throw e;
+    }
   }
 
   protected doExportEnd(p: string): Promise<void> {
@@ -1180,6 +1217,22 @@ async function inFlight(count: number, work: (k: number) => Promise<void>): Prom
   if (f) throw f;
 }
 
+/** The runs of `buf` that are not all-zero BLOCKs, as [from, to) offsets in it. */
+function dataRuns(buf: Buffer): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let o = 0; o < buf.length; ) {
+    if (isZero(buf, o, Math.min(o + BLOCK, buf.length))) {
+      o += BLOCK;
+      continue;
+    }
+    let e = Math.min(o + BLOCK, buf.length);
+    while (e < buf.length && !isZero(buf, e, Math.min(e + BLOCK, buf.length))) e = Math.min(e + BLOCK, buf.length);
+    runs.push([o, e]);
+    o = e;
+  }
+  return runs;
+}
+
 /**
  * Copies an (open) image into a new sparse file of `size` bytes (default:
  * the image's): 4 MiB reads, several in flight, all-zero 64 KiB blocks left
@@ -1197,21 +1250,47 @@ async function readIntoFile(i: RbdImage, file: string, size: number | null): Pro
       const off = k * IO_CHUNK;
       const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, readable - off));
       await i.read(off, buf);
-      for (let o = 0; o < buf.length; ) {
-        if (isZero(buf, o, Math.min(o + BLOCK, buf.length))) {
-          o += BLOCK;
-          continue;
-        }
-        let e = Math.min(o + BLOCK, buf.length);
-        while (e < buf.length && !isZero(buf, e, Math.min(e + BLOCK, buf.length))) e = Math.min(e + BLOCK, buf.length);
-        await fh.write(buf, o, e - o, off + o);
-        o = e;
-      }
+      for (const [o, e] of dataRuns(buf)) await fh.write(buf, o, e - o, off + o);
     });
     // No fsync: the file is read by the caller and removed at export_end; after a crash it is debris
     // (sweepTmpOnce), never data anyone relies on. Forcing it to disk only competed with the OSDs.
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * Reads the first `length` bytes of an (open) image in order, handing each
+ * run of non-zero 64 KiB blocks to `emit`: 4 MiB reads, IN_FLIGHT of them
+ * running ahead while `emit` takes the oldest. Every read has returned
+ * before this settles (the image may be closed then).
+ */
+async function readInOrder(
+  i: RbdImage,
+  length: number,
+  emit: (offset: number, bytes: Buffer) => Promise<void>,
+  signal?: AbortSignal,
+): Promise<void> {
+  const chunks = Math.ceil(length / IO_CHUNK);
+  const ahead: Promise<Buffer>[] = [];
+  let started = 0;
+  const startNext = () => {
+    const off = started++ * IO_CHUNK;
+    const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, length - off));
+    const p = i.read(off, buf).then(() => buf);
+    p.catch(() => undefined); // awaited in its turn; not an unhandled rejection before that
+    ahead.push(p);
+  };
+  try {
+    while (started < Math.min(IN_FLIGHT, chunks)) startNext();
+    for (let k = 0; k < chunks; k++) {
+      const buf = await ahead.shift()!;
+      signal?.throwIfAborted();
+      if (started < chunks) startNext();
+      for (const [o, e] of dataRuns(buf)) await emit(k * IO_CHUNK + o, buf.subarray(o, e));
+    }
+  } finally {
+    await Promise.allSettled(ahead);
   }
 }
 

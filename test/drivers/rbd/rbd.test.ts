@@ -10,4 +10,5 @@ import './prune-import.js';
 import './daemons.js';
 import './start-stop.js';
 import './import-service.js';
+import './export-stream.js';
 import './failure.js';

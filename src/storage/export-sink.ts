@@ -1,0 +1,71 @@
+/**
+ * Exports handed over piece by piece (Volume.exportInto) instead of as a
+ * path: the admin API streams them to its client (admin.vm.volume.ExportStream),
+ * so a driver that reads its own storage (rbd) writes no temporary file.
+ */
+import * as fs from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { fileExtents, type DataRegion } from '../files/extents.js';
+
+/** Where Volume.exportInto hands the committed data. */
+export interface ExportSink {
+  /** Called once, before any data: the export's size in bytes. */
+  begin(size: number): Promise<void>;
+  /**
+   * The data at `offset`: pieces in increasing order, never overlapping;
+   * what no piece covers reads as zeros. The sink keeps `bytes` (no reuse).
+   * Resolves once it may be given more (the export waits for its reader).
+   */
+  data(offset: number, bytes: Buffer): Promise<void>;
+}
+
+/** Bytes read at a time from an export file. */
+const PIECE = 4 << 20;
+
+/**
+ * Hands the file `file` to `sink`: its data regions only (SEEK_DATA and
+ * SEEK_HOLE where the filesystem tells them, else all of it), 4 MiB at a
+ * time, the next read running while the sink takes the last one.
+ */
+export async function fileIntoSink(file: string, sink: ExportSink, signal?: AbortSignal): Promise<void> {
+  const fh = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  let reading: Promise<Buffer> | undefined;
+  try {
+    const { size } = await fh.stat();
+    await sink.begin(size);
+    const ext = await fileExtents();
+    const regions: Iterable<DataRegion> = typeof ext === 'string' ? [[0, size]] : ext.dataRegions(fh.fd, size);
+    const pieces = (function* () {
+      for (const [start, end] of regions) for (let at = start; at < end; at += PIECE) yield [at, Math.min(end, at + PIECE)] as const;
+    })();
+    const read = async ([from, to]: readonly [number, number]): Promise<Buffer> => {
+      const buf = Buffer.allocUnsafe(to - from);
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, from + got);
+        if (bytesRead === 0) break; // the file shrank meanwhile: the rest reads as zeros
+        got += bytesRead;
+      }
+      return buf.subarray(0, got);
+    };
+    let next = pieces.next();
+    let at = next.done ? 0 : next.value[0];
+    reading = next.done ? undefined : read(next.value);
+    while (reading) {
+      const bytes = await reading;
+      const from = at;
+      next = pieces.next();
+      signal?.throwIfAborted();
+      if (next.done) reading = undefined;
+      else {
+        at = next.value[0];
+        reading = read(next.value);
+        reading.catch(() => undefined); // awaited in the next turn (or below); not an unhandled rejection meanwhile
+      }
+      if (bytes.length > 0) await sink.data(from, bytes);
+    }
+  } finally {
+    await reading?.catch(() => undefined); // no read may still use the handle when it closes
+    await fh.close();
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Reply-stream methods (admin.vm.volume.ExportStream's kind) over a real
+ * Unix socket: the reply arrives whole through a slow reader (the method
+ * waits for the socket), an error before the first byte is an ordinary
+ * error reply, the client ends the call by closing its side and the client
+ * library waits until the daemon has ended it, a client that stops reading
+ * is dropped, the server's shutdown ends the call, and such a method cannot
+ * run in-process.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs/promises';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import {
+  AdminClient,
+  AdminServer,
+  createDispatchContext,
+  replyStreamMethod,
+  runCall,
+  unwrapReply,
+  type MethodShape,
+  type MethodTable,
+} from '../../src/admin/index.js';
+import { QubesVMNotFoundError } from '../../src/storage/errors.js';
+import { collectingLog, tempDir, waitFor, type LogLines } from './helpers.js';
+
+const SHAPE: MethodShape = { arg: 'none', argNames: '', payload: 'none', dest: 'dom0', scope: 'global', access: 'read' };
+const MiB = 1024 * 1024;
+/** Chunk k of test.Stream: 1 MiB of the byte k. */
+const chunk = (k: number) => Buffer.alloc(MiB, k & 0xff);
+const CHUNKS = 32;
+
+describe('reply-stream methods over a socket', () => {
+  let dir: string;
+  let socketPath: string;
+  let server: AdminServer;
+  let log: LogLines;
+  /** What test.Hold saw: its signal aborted, then it returned. */
+  const hold = { aborted: false, returned: false, writesFalse: 0 };
+  /** How many writes of test.Stream resolved only after a wait (the socket was full). */
+  let waited = 0;
+
+  const methods: MethodTable = {
+    'test.Stream': replyStreamMethod(SHAPE, async (_call, write) => {
+      for (let k = 0; k < CHUNKS; k++) {
+        let settled = false;
+        const p = write(chunk(k)).finally(() => (settled = true));
+        await Promise.resolve();
+        if (!settled) waited++;
+        assert.equal(await p, true);
+      }
+    }),
+    'test.FailFirst': replyStreamMethod(SHAPE, async () => {
+      throw new QubesVMNotFoundError("no such domain: 'ghost'");
+    }),
+    'test.Hold': replyStreamMethod(SHAPE, async (call, write) => {
+      await write(Buffer.from('held\n'));
+      await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+      hold.aborted = true;
+      // Writing after the client's end is refused, not queued.
+      if (!(await write(Buffer.from('late')))) hold.writesFalse++;
+      await new Promise((r) => setTimeout(r, 200)); // ending an export takes a moment: the client must wait for it
+      hold.returned = true;
+    }),
+    'test.Flood': replyStreamMethod(SHAPE, async (_call, write) => {
+      // Writes until the connection is gone: a client that reads nothing is dropped.
+      while (await write(chunk(1)));
+      hold.writesFalse++;
+    }),
+  };
+
+  before(async () => {
+    dir = await tempDir();
+    socketPath = path.join(dir, 's.sock');
+    log = collectingLog();
+    server = new AdminServer({ socketPath, methods, log, lingerMs: 500, requestTimeoutMs: 600 });
+    await server.listen();
+  });
+  after(async () => {
+    await server.close({ timeoutMs: 2000 });
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  const client = () => new AdminClient({ socketPath });
+
+  test('the whole reply arrives through a slow reader, the method waiting for the socket', { timeout: 60_000 }, async () => {
+    waited = 0;
+    const got: Buffer[] = [];
+    for await (const c of client().replyStream('test.Stream', 'dom0')) {
+      got.push(c);
+      await new Promise((r) => setTimeout(r, 1)); // slower than the daemon
+    }
+    const all = Buffer.concat(got);
+    assert.equal(all.length, CHUNKS * MiB);
+    for (let k = 0; k < CHUNKS; k++) assert.ok(all.subarray(k * MiB, (k + 1) * MiB).equals(chunk(k)), `chunk ${k}`);
+    assert.ok(waited > 0, 'the method never waited for the socket: its writes are not paced by the reader');
+    await waitFor(() => log.lines.some((l) => /call method=test\.Stream .*result=ok/.test(l)));
+  });
+
+  test('an error before the first byte is the error reply, as its class', { timeout: 20_000 }, async () => {
+    await assert.rejects(
+      (async () => {
+        for await (const _ of client().replyStream('test.FailFirst', 'dom0')) assert.fail('no data expected');
+      })(),
+      (e: unknown) => e instanceof QubesVMNotFoundError && /ghost/.test((e as Error).message),
+    );
+  });
+
+  test('the client ends the call by closing its side, and its end returns once the method has returned', { timeout: 20_000 }, async () => {
+    Object.assign(hold, { aborted: false, returned: false, writesFalse: 0 });
+    const it = client().replyStream('test.Hold', 'dom0');
+    const first = await it.next();
+    assert.equal(first.value?.toString(), 'held\n');
+    assert.equal(hold.aborted, false, 'the call runs while the client holds it');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(hold.aborted, false, 'still held');
+    await it.return(undefined);
+    assert.equal(hold.aborted, true, 'the method saw its signal aborted');
+    assert.equal(hold.returned, true, 'the end returned only after the method had (its connection closed)');
+    assert.equal(hold.writesFalse, 1, 'a write after the client ended is refused');
+  });
+
+  test('a client that stops reading is dropped after requestTimeoutMs; the method learns it', { timeout: 20_000 }, async () => {
+    hold.writesFalse = 0;
+    const sock = net.connect(socketPath);
+    sock.on('error', () => undefined);
+    await new Promise<void>((resolve) => sock.once('connect', resolve));
+    sock.pause(); // reads nothing
+    sock.write('test.Flood dom0 name dom0\0');
+    const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
+    sock.resume();
+    sock.pause();
+    await waitFor(() => log.lines.some((l) => /dropped connection \(test\.Flood from dom0\): client stopped reading the reply/.test(l)), 10_000);
+    await waitFor(() => hold.writesFalse === 1, 5000);
+    sock.destroy();
+    await closed;
+  });
+
+  test('payload after the header drops the connection', { timeout: 20_000 }, async () => {
+    const sock = net.connect(socketPath);
+    sock.on('error', () => undefined);
+    const got: Buffer[] = [];
+    sock.on('data', (c: Buffer) => got.push(c));
+    const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
+    await new Promise<void>((resolve) => sock.once('connect', resolve));
+    sock.write('test.Hold dom0 name dom0\0x');
+    await closed;
+    assert.ok(Buffer.concat(got).length <= 'held\n'.length + 2, 'at most the first bytes');
+    await waitFor(() => log.lines.some((l) => /dropped connection \(test\.Hold from dom0\): test\.Hold takes no payload/.test(l)));
+  });
+
+  test('the server shutting down ends a held call', { timeout: 20_000 }, async () => {
+    Object.assign(hold, { aborted: false, returned: false });
+    const s2 = path.join(dir, 's2.sock');
+    const other = new AdminServer({ socketPath: s2, methods, log: collectingLog(), lingerMs: 500 });
+    await other.listen();
+    const it = new AdminClient({ socketPath: s2 }).replyStream('test.Hold', 'dom0');
+    assert.equal((await it.next()).value?.toString(), 'held\n');
+    await other.close({ timeoutMs: 5000 });
+    assert.equal(hold.returned, true, 'close() waited for the held call, which it ended');
+    assert.equal((await it.next()).done, true, 'the client sees the end');
+  });
+
+  test('in-process, a reply-stream method is refused: it needs a connection', async () => {
+    const ctx = createDispatchContext({ methods, log: collectingLog() });
+    assert.throws(() => unwrapReply(Buffer.alloc(0)));
+    const reply = await runCall(ctx, { method: 'test.Stream', dest: 'dom0' });
+    assert.throws(() => unwrapReply(reply), /test\.Stream streams its reply and needs a connection/);
+  });
+});
