@@ -1,8 +1,10 @@
 /**
  * One admin API connection on the server side: reads the header (bounded,
  * with a timeout), then either buffers the payload (at most 64 KiB in all)
- * until the client half-closes, streams it to a streaming method, or starts
- * an events stream; writes one reply and closes. Any framing error drops
+ * until the client half-closes, streams it to a streaming method, starts
+ * an events stream, or runs a reply-stream method (its reply written in
+ * pieces as the client reads, until the client half-closes); writes one
+ * reply and closes. Any framing error drops
  * the connection without a reply.
  */
 import { Readable } from 'node:stream';
