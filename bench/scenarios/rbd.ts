@@ -20,6 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { fsyncFile } from '../../src/files/files.js';
 import { fileReflinkDriver } from '../../src/drivers/file-reflink/index.js';
 import { rbdDriver } from '../../src/drivers/rbd/index.js';
 import { rbdCallCounts } from '../../src/drivers/rbd/librbd.js';
@@ -152,7 +153,7 @@ export const rbd: Scenario = {
       }
       const t: Record<string, number[]> = {
         startStop: [], startStopR: [], startStopC: [], b2b: [], calls: [], opens: [], cpu: [], bg: [], bgCpu: [], bgCalls: [], toolStream: [], toolLocal: [],
-        imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [], toolExp: [],
+        imp: [], impEnd: [], impVol: [], impR: [], impCmd: [], exp: [], expR: [], expCmd: [], expCmdSync: [], toolExp: [],
       };
       const rbdCmd = (args: string[]): void => {
         const r = spawnSync('rbd', ['--conf', c.conf, ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
@@ -259,6 +260,12 @@ export const rbd: Scenario = {
           rbdCmd(['export', cmdImage, out]);
           await fsp.rm(out, { force: true });
         }));
+        // The same, then its output made durable as qvm-volume export makes its own (fsync).
+        t['expCmdSync']!.push(await timeMs(async () => {
+          rbdCmd(['export', cmdImage, out]);
+          await fsyncFile(out);
+          await fsp.rm(out, { force: true });
+        }));
         rbdCmd(['rm', '--no-progress', cmdImage]);
       }
       const mb = dataSize / MiB;
@@ -273,6 +280,7 @@ export const rbd: Scenario = {
       const iL = figure(`import ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['imp']!));
       const iEnd = figure(`import ${mb} MiB, rbd: import_data_end alone (the file into the image)`, 'MiB/s', rate(t['impEnd']!));
       const iVol = figure(`import_volume ${mb} MiB from the file-reflink volume into rbd (no temporary copy)`, 'MiB/s', rate(t['impVol']!));
+      const eCmdSync = figure(`rbd export of the same ${mb} MiB image, then fsync of its output (command)`, 'MiB/s', rate(t['expCmdSync']!));
       const eL = figure(`export ${mb} MiB, rbd (librbd)`, 'MiB/s', rate(t['exp']!));
       const tE = figure(`qvm-volume export ${mb} MiB (admin socket: ExportStream, streamed from the image; the output fsynced), rbd`, 'MiB/s', rate(t['toolExp']!));
       const tS = figure(`qvm-volume import --stream ${mb} MiB (admin socket, straight into the image), rbd`, 'MiB/s', rate(t['toolStream']!));
@@ -300,6 +308,8 @@ export const rbd: Scenario = {
         eCmd,
         withBaseline(eL, eCmd),
         withBaseline(tE, eCmd),
+        eCmdSync,
+        withBaseline({ ...tE, name: `qvm-volume export ${mb} MiB vs the command with the same durability` }, eCmdSync),
       ];
       for (const s of Object.values(sets)) {
         await s.app.remove();
