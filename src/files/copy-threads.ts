@@ -85,7 +85,12 @@ export function runOnCopyThread(job: ThreadJob, onProgress: (at: number, wrote: 
   let t = threads.find((x) => x.job === undefined);
   if (!t) {
     if (threads.length >= MAX_THREADS) return undefined;
-    t = start();
+    try {
+      t = start();
+    } catch {
+      broken = true; // no thread can start here (no worker_threads, the file missing): the libuv path
+      return undefined;
+    }
   }
   const thread = t;
   return new Promise<JobEnd>((resolve, reject) => {

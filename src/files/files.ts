@@ -196,7 +196,9 @@ const NO_KERNEL_COPY = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENO
  * - only the source's data regions are visited (SEEK_DATA/SEEK_HOLE, see
  *   extents.ts): holes are skipped unread and stay holes;
  * - a data region is copied by copy_file_range, inside the kernel, in
- *   KERNEL_CHUNK pieces (progress and cancellation between them);
+ *   KERNEL_CHUNK pieces (cancellation between them), on a copy thread that
+ *   walks the regions itself (copy-threads.ts: no hand-off per region), or
+ *   through koffi's async calls when both threads are busy;
  * - where the filesystem cannot tell data from holes (no lseek through
  *   koffi, or it reports more data than the file has blocks) or cannot copy
  *   in the kernel (EXDEV, EOPNOTSUPP, ...), the bytes are read and only
@@ -368,7 +370,8 @@ async function copyOnThread(
   if (end.wrote > 0) syncs.wrote(end.wrote);
   if (end.kind === 'failed') return { how: 'failed', code: end.code, errno: end.errno, message: end.message };
   if (end.how === 'aborted') signal?.throwIfAborted();
-  if (end.at > from && end.at < size) onProgress?.(end.at, size);
+  // Where it stopped counts as done (at the end: the size), reported before the caller's last abort check, as a kernel copy's.
+  if (end.at > from) onProgress?.(end.at, size);
   return { how: end.how, at: end.at, reported: end.reported };
 }
 
