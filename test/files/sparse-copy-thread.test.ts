@@ -138,7 +138,8 @@ describeEachFs('sparseCopy on a copy thread', (tfs, ctx) => {
     const dir = await ctx.tempDir('crash');
     const src = path.join(dir, 'src');
     const dst = path.join(dir, 'dst');
-    await regionsFile(src, 1024 * MiB, 320, MiB, 3 * MiB);
+    // As in the abort test: enough data that the thread is still copying when the first report arrives.
+    await regionsFile(src, 2048 * MiB, 640, MiB, 3 * MiB);
     let ended: Promise<void> | undefined;
     await assert.rejects(
       sparseCopy(src, dst, () => {
@@ -149,7 +150,7 @@ describeEachFs('sparseCopy on a copy thread', (tfs, ctx) => {
     await ended;
     assert.deepEqual(await fs.readdir(dir), ['src']);
     const jobs = copyThreadJobs();
-    await copyWatched(src, dst, 1024 * MiB);
+    await copyWatched(src, dst, 2048 * MiB);
     assert.ok(copyThreadJobs() > jobs, 'no thread after one ended');
     assert.ok(await identical(src, dst));
   });
