@@ -353,9 +353,17 @@ async function copyOnThread(
     fdIn, fdOut, from, size, allocated, reported: 0, block: BLOCK, chunk: KERNEL_CHUNK,
     progressEvery: THREAD_PROGRESS_EVERY, noKernelCopy: [...NO_KERNEL_COPY], abort,
   };
+  /** A throw from onProgress (or the syncs): the thread is stopped, and it is thrown once the thread is done. */
+  let thrown: { error: unknown } | undefined;
   const running = runOnCopyThread(job, (at, wrote) => {
-    syncs.wrote(wrote);
-    onProgress?.(at, size);
+    if (thrown) return;
+    try {
+      syncs.wrote(wrote);
+      onProgress?.(at, size);
+    } catch (e) {
+      thrown = { error: e };
+      Atomics.store(abort, 0, 1);
+    }
   });
   if (!running) return undefined;
   const onAbort = () => Atomics.store(abort, 0, 1);
@@ -366,6 +374,7 @@ async function copyOnThread(
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
+  if (thrown) throw thrown.error;
   if (end.kind === 'unavailable') return undefined;
   if (end.wrote > 0) syncs.wrote(end.wrote);
   if (end.kind === 'failed') return { how: 'failed', code: end.code, errno: end.errno, message: end.message };

@@ -155,6 +155,18 @@ describeEachFs('sparseCopy on a copy thread', (tfs, ctx) => {
     assert.ok(await identical(src, dst));
   });
 
+  it('an error thrown by onProgress fails the copy with that error once the thread has stopped', async () => {
+    const dir = await ctx.tempDir('throws');
+    const src = path.join(dir, 'src');
+    await regionsFile(src, 2048 * MiB, 640, MiB, 3 * MiB);
+    const jobs = copyThreadJobs();
+    await assert.rejects(sparseCopy(src, path.join(dir, 'dst'), () => {
+      throw new Error('progress refused');
+    }), /progress refused/);
+    assert.ok(copyThreadJobs() > jobs, 'the copy did not go through a thread');
+    assert.deepEqual(await fs.readdir(dir), ['src']);
+  });
+
   it('three copies at once all complete exactly (none waits behind another)', { timeout: 60_000 }, async () => {
     const dir = await ctx.tempDir('together');
     const srcs = ['a', 'b', 'c'].map((n) => path.join(dir, n));
