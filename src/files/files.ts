@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { backgroundSync, copyToSparse, type ByteSource } from './sparse-writer.js';
 import { fileExtents, type DataRegion, type FileExtents } from './extents.js';
+import { runOnCopyThread, type JobEnd, type ThreadJob } from './copy-threads.js';
 
 export type CopyMethod = 'reflink' | 'sparse';
 
@@ -195,7 +196,9 @@ const NO_KERNEL_COPY = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENO
  * - only the source's data regions are visited (SEEK_DATA/SEEK_HOLE, see
  *   extents.ts): holes are skipped unread and stay holes;
  * - a data region is copied by copy_file_range, inside the kernel, in
- *   KERNEL_CHUNK pieces (progress and cancellation between them);
+ *   KERNEL_CHUNK pieces (cancellation between them), on a copy thread that
+ *   walks the regions itself (copy-threads.ts: no hand-off per region), or
+ *   through koffi's async calls when both threads are busy;
  * - where the filesystem cannot tell data from holes (no lseek through
  *   koffi, or it reports more data than the file has blocks) or cannot copy
  *   in the kernel (EXDEV, EOPNOTSUPP, ...), the bytes are read and only
@@ -233,8 +236,8 @@ export async function sparseCopy(
     const syncs = backgroundSync(out, durable ? SYNC_EVERY : Infinity);
     sync = syncs;
     const ext = await fileExtents();
-    let kernel = typeof ext === 'string' ? undefined : ext;
-    const regions: Iterable<DataRegion> = kernel ? kernel.dataRegions(inFh.fd, size) : [[0, size]];
+    const map = typeof ext === 'string' ? undefined : ext;
+    let kernel = map;
     /** Where the map may be trusted about holes: it never reports more data than the file has blocks. */
     const allocated = st.blocks * 512;
     let reported = 0;
@@ -286,6 +289,24 @@ export async function sparseCopy(
       return pos;
     };
 
+    /** Where the loop below starts: past what a copy thread did. */
+    let from = 0;
+    if (kernel) {
+      // The first data region, found here: a file without data needs no thread.
+      const first = kernel.dataRegions(inFh.fd, size).next();
+      if (first.done) from = size;
+      else {
+        const stopped = await copyOnThread(inFh.fd, out.fd, first.value[0], size, allocated, syncs, onProgress, signal);
+        if (stopped) {
+          if (stopped.how === 'failed') throw Object.assign(new Error(stopped.message), { code: stopped.code, errno: stopped.errno, syscall: 'copy_file_range', path: src, dest: dst });
+          // nokernel: the kernel cannot copy these files (EXDEV, ...); nomap: the map knows no holes; either way, read from here.
+          if (stopped.how !== 'end') kernel = undefined;
+          from = stopped.at;
+          reported = stopped.reported;
+        }
+      }
+    }
+    const regions: Iterable<DataRegion> = from >= size ? [] : map ? map.dataRegions(inFh.fd, size, from) : [[0, size]];
     for (const [start, end] of regions) {
       signal?.throwIfAborted();
       reported += end - start;
@@ -309,6 +330,58 @@ export async function sparseCopy(
     await inFh.close();
     await outFh?.close();
   }
+}
+
+/** Bytes between two progress messages of a copy thread: also the granularity of a durable copy's background syncs. */
+const THREAD_PROGRESS_EVERY = 16 << 20;
+
+/**
+ * Copies the data regions of [from, size) on a copy thread (copy-threads.ts);
+ * progress and written bytes from its messages. Resolves with where and why
+ * it stopped, always after the thread is done with the descriptors;
+ * undefined when no thread is free (the caller copies itself). Throws the
+ * abort's reason when aborted.
+ */
+async function copyOnThread(
+  fdIn: number, fdOut: number, from: number, size: number, allocated: number,
+  syncs: ReturnType<typeof backgroundSync>, onProgress: CopyProgress | undefined, signal: AbortSignal | undefined,
+): Promise<{ how: 'end' | 'nokernel' | 'nomap' | 'aborted'; at: number; reported: number }
+  | { how: 'failed'; code: string; errno: number; message: string } | undefined> {
+  signal?.throwIfAborted();
+  const abort = new Int32Array(new SharedArrayBuffer(4));
+  const job: ThreadJob = {
+    fdIn, fdOut, from, size, allocated, reported: 0, block: BLOCK, chunk: KERNEL_CHUNK,
+    progressEvery: THREAD_PROGRESS_EVERY, noKernelCopy: [...NO_KERNEL_COPY], abort,
+  };
+  /** A throw from onProgress (or the syncs): the thread is stopped, and it is thrown once the thread is done. */
+  let thrown: { error: unknown } | undefined;
+  const running = runOnCopyThread(job, (at, wrote) => {
+    if (thrown) return;
+    try {
+      syncs.wrote(wrote);
+      onProgress?.(at, size);
+    } catch (e) {
+      thrown = { error: e };
+      Atomics.store(abort, 0, 1);
+    }
+  });
+  if (!running) return undefined;
+  const onAbort = () => Atomics.store(abort, 0, 1);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let end: JobEnd;
+  try {
+    end = await running; // settles only once the thread is done with fdIn and fdOut
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  if (thrown) throw thrown.error;
+  if (end.kind === 'unavailable') return undefined;
+  if (end.wrote > 0) syncs.wrote(end.wrote);
+  if (end.kind === 'failed') return { how: 'failed', code: end.code, errno: end.errno, message: end.message };
+  if (end.how === 'aborted') signal?.throwIfAborted();
+  // Where it stopped counts as done (at the end: the size), reported before the caller's last abort check, as a kernel copy's.
+  if (end.at > from) onProgress?.(end.at, size);
+  return { how: end.how, at: end.at, reported: end.reported };
 }
 
 export async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
