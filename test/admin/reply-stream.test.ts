@@ -78,8 +78,11 @@ describe('reply-stream methods over a socket', () => {
     await server.listen();
   });
   after(async () => {
-    await server.close({ timeoutMs: 2000 });
-    await fs.rm(dir, { recursive: true, force: true });
+    try {
+      await server.close({ timeoutMs: 2000 });
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 
   const client = () => new AdminClient({ socketPath });
