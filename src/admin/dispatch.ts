@@ -250,19 +250,22 @@ export function resolveMethod(ctx: DispatchContext, h: RequestHeader, caller: Ca
   return { spec };
 }
 
+/** The class name and message an exception goes out as: a QubesException as it is, anything else as a generic one. */
+export function wireError(err: unknown): { name: string; message: string } {
+  if (err instanceof QubesException) return { name: err.qubesName, message: err.message };
+  return { name: 'QubesException', message: 'An internal error occurred in qubesd; see its log' };
+}
+
 /** The reply bytes for an exception, and the class name it went out as. */
 export function errorReply(ctx: DispatchContext, h: RequestHeader, caller: Caller, err: unknown): { reply: Buffer; name: string } {
   const trace = ctx.debug && err instanceof Error ? (err.stack ?? '') : '';
-  if (err instanceof QubesException) {
-    return { reply: encodeError(err.qubesName, err.message, trace), name: err.qubesName };
+  if (!(err instanceof QubesException)) {
+    ctx.log.error(
+      `unexpected error in ${describe(h, caller)}: ${err instanceof Error ? (ctx.debug ? err.stack : `${err.name}: ${err.message}`) : String(err)}`,
+    );
   }
-  ctx.log.error(
-    `unexpected error in ${describe(h, caller)}: ${err instanceof Error ? (ctx.debug ? err.stack : `${err.name}: ${err.message}`) : String(err)}`,
-  );
-  return {
-    reply: encodeError('QubesException', 'An internal error occurred in qubesd; see its log', trace),
-    name: 'QubesException',
-  };
+  const { name, message } = wireError(err);
+  return { reply: encodeError(name, message, trace), name };
 }
 
 /** The one line logged per call; the caller's uid and pid last (`-` when unknown). */

@@ -48,20 +48,16 @@ export async function fileIntoSink(file: string, sink: ExportSink, signal?: Abor
       }
       return buf.subarray(0, got);
     };
-    let next = pieces.next();
-    let at = next.done ? 0 : next.value[0];
-    reading = next.done ? undefined : read(next.value);
-    while (reading) {
-      const bytes = await reading;
-      const from = at;
-      next = pieces.next();
+    // One read ahead: the next piece is read while the sink takes this one.
+    let piece = pieces.next();
+    reading = piece.done ? undefined : read(piece.value);
+    while (!piece.done) {
+      const from = piece.value[0];
+      const bytes = await reading!;
+      piece = pieces.next();
+      reading = piece.done ? undefined : read(piece.value);
+      reading?.catch(() => undefined); // awaited in the next turn (or below); not an unhandled rejection meanwhile
       signal?.throwIfAborted();
-      if (next.done) reading = undefined;
-      else {
-        at = next.value[0];
-        reading = read(next.value);
-        reading.catch(() => undefined); // awaited in the next turn (or below); not an unhandled rejection meanwhile
-      }
       if (bytes.length > 0) await sink.data(from, bytes);
     }
   } finally {

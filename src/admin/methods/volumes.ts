@@ -47,7 +47,7 @@ import {
 import type { ImportWriter } from '../../storage/import-writer.js';
 import type { Volume } from '../../storage/volume.js';
 import { createSparseWriter } from '../../files/sparse-writer.js';
-import { method, replyStreamMethod, streamingMethod, type AdminStreamCall, type CallContext, type MethodTable, type ReplyWrite } from '../dispatch.js';
+import { method, replyStreamMethod, streamingMethod, wireError, type AdminStreamCall, type CallContext, type MethodTable, type ReplyWrite } from '../dispatch.js';
 import { exportLine } from '../protocol/export-stream.js';
 import { decodeAscii, decodeUtf8, parseBoolean, parseInteger, validateRevisionId } from '../protocol/validate.js';
 import { aboutDomain, destDomain, destVolume, qbool, type MethodContext, type ShapeSpec } from './context.js';
@@ -517,8 +517,8 @@ async function streamExport(volume: Volume, write: ReplyWrite, signal: AbortSign
   } catch (e) {
     // After `size` the reply is under way: the error travels as a record (before it, as the reply).
     if (begun && !signal.aborted) {
-      const q = e instanceof QubesException ? e : null;
-      await write(exportLine.error(q?.qubesName ?? 'QubesException', q?.message ?? 'An internal error occurred in qubesd; see its log'));
+      const { name, message } = wireError(e);
+      await write(exportLine.error(name, message));
     }
     throw e;
   }

@@ -14,7 +14,7 @@ import { finished } from 'node:stream/promises';
 import { storageErrnoError } from '../../storage/errors.js';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { copyFileCow, fsyncDir, lstatOrNull, randomSuffix, unlinkIfExists, writeAll } from '../../files/files.js';
-import { backgroundSync } from '../../files/sparse-writer.js';
+import { createSparseWriter } from '../../files/sparse-writer.js';
 import type { Progress } from './progress.js';
 import { CliError } from './tool.js';
 
@@ -139,55 +139,30 @@ export interface ExportPieces {
 
 /** Bytes gathered before one write: big writes cost far less per byte than the socket's 64 KiB pieces. */
 const GATHER = 4 << 20;
-/** And at most this many pieces in one writev (IOV_MAX is 1024). */
-const MAX_GATHERED = 512;
 /** A background fdatasync starts every this many bytes written. */
 const SYNC_EVERY = 64 << 20;
 
 /**
  * Writes streamed pieces into a new sparse file of the export's size, then
- * renames it into place. Contiguous pieces are gathered into writes of up
- * to 4 MiB, one write running while the next is received.
+ * renames it into place: through the sparse writer the imports use
+ * (gathered writes running while the next pieces arrive, background syncs),
+ * the gaps between pieces skipped.
  */
 export async function exportPiecesToFile(data: ExportPieces, out: { target: string; temp: string }, bar: Progress, signal: AbortSignal): Promise<void> {
   await intoPlace(out, signal, async () => {
     await withNewFile(out.temp, async (fh) => {
       await fh.truncate(data.size);
-      // The disk writes overlap with the transfer: the final fsync has little left.
-      const syncs = backgroundSync(fh, SYNC_EVERY);
-      let gathered: Buffer[] = [];
-      let from = 0;
-      let to = 0;
-      let writing: Promise<unknown> = Promise.resolve();
-      const flush = async () => {
-        await writing;
-        if (gathered.length === 0) return;
-        const bufs = gathered;
-        const at = from;
-        const reached = to;
-        gathered = [];
-        writing = writevAll(fh, bufs, at).then(() => {
-          syncs.wrote(reached - at);
-          bar.update(reached);
-        });
-        writing.catch(() => undefined); // awaited at the next flush
-      };
+      const w = createSparseWriter(fh, { maxWriteBytes: GATHER, syncEveryBytes: SYNC_EVERY });
       try {
         for await (const { offset, bytes } of data.pieces) {
           signal.throwIfAborted();
-          if (gathered.length > 0 && offset !== to) await flush();
-          if (gathered.length === 0) from = to = offset;
-          gathered.push(bytes);
-          to += bytes.length;
-          if (to - from >= GATHER || gathered.length >= MAX_GATHERED) await flush();
+          w.skip(offset - w.position);
+          if (!w.push(bytes)) await w.drained();
+          bar.update(w.position);
         }
-        await flush();
-        await writing;
-        await syncs.done();
+        await w.finish();
       } finally {
-        // No write or sync may run when the file closes.
-        await writing.catch(() => undefined);
-        await syncs.settle();
+        await w.settle(); // no write or sync may run when the file closes
       }
       bar.update(data.size);
     });
@@ -247,22 +222,6 @@ async function withNewFile(file: string, fill: (fh: fsp.FileHandle) => Promise<v
   }
 }
 
-/** writev at `position` until every byte is written. */
-async function writevAll(fh: fsp.FileHandle, bufs: Buffer[], position: number): Promise<void> {
-  let left = bufs;
-  let at = position;
-  while (left.length > 0) {
-    const { bytesWritten } = await fh.writev(left, at);
-    if (bytesWritten === 0) throw Object.assign(new Error('write returned 0'), { code: 'EIO' });
-    at += bytesWritten;
-    let n = bytesWritten;
-    while (left.length > 0 && n >= left[0]!.length) {
-      n -= left[0]!.length;
-      left = left.slice(1);
-    }
-    if (n > 0) left = [left[0]!.subarray(n), ...left.slice(1)];
-  }
-}
 
 const BLOCK = 64 * 1024;
 

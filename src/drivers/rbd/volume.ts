@@ -38,6 +38,7 @@ import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { ExportFiles } from '../../storage/export-files.js';
 import type { ExportSink } from '../../storage/export-sink.js';
+import { forEachDataRun } from '../../files/sparse-writer.js';
 import type { ImportWriter } from '../../storage/import-writer.js';
 import { Volume, type DomainRef, type Revision, type VolumeSpec } from '../../storage/volume.js';
 import { EBUSY, EEXIST, ENOENT, ENOTEMPTY, IO_CHUNK, RbdError, isErrno, type ImageHeader, type Locker, type RbdClient, type RbdImage, type SnapInfo } from './librbd.js';
@@ -1217,19 +1218,10 @@ async function inFlight(count: number, work: (k: number) => Promise<void>): Prom
   if (f) throw f;
 }
 
-/** The runs of `buf` that are not all-zero BLOCKs, as [from, to) offsets in it. */
-function dataRuns(buf: Buffer): [number, number][] {
+/** The runs of `buf` (at image offset `at`) that are not all-zero BLOCKs, as [from, to) offsets in it. */
+function dataRuns(buf: Buffer, at: number): [number, number][] {
   const runs: [number, number][] = [];
-  for (let o = 0; o < buf.length; ) {
-    if (isZero(buf, o, Math.min(o + BLOCK, buf.length))) {
-      o += BLOCK;
-      continue;
-    }
-    let e = Math.min(o + BLOCK, buf.length);
-    while (e < buf.length && !isZero(buf, e, Math.min(e + BLOCK, buf.length))) e = Math.min(e + BLOCK, buf.length);
-    runs.push([o, e]);
-    o = e;
-  }
+  forEachDataRun(buf, 0, buf.length, at, BLOCK, (from, to) => runs.push([from, to]));
   return runs;
 }
 
@@ -1250,7 +1242,7 @@ async function readIntoFile(i: RbdImage, file: string, size: number | null): Pro
       const off = k * IO_CHUNK;
       const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, readable - off));
       await i.read(off, buf);
-      for (const [o, e] of dataRuns(buf)) await fh.write(buf, o, e - o, off + o);
+      for (const [o, e] of dataRuns(buf, off)) await fh.write(buf, o, e - o, off + o);
     });
     // No fsync: the file is read by the caller and removed at export_end; after a crash it is debris
     // (sweepTmpOnce), never data anyone relies on. Forcing it to disk only competed with the OSDs.
@@ -1287,7 +1279,7 @@ async function readInOrder(
       const buf = await ahead.shift()!;
       signal?.throwIfAborted();
       if (started < chunks) startNext();
-      for (const [o, e] of dataRuns(buf)) await emit(k * IO_CHUNK + o, buf.subarray(o, e));
+      for (const [o, e] of dataRuns(buf, k * IO_CHUNK)) await emit(k * IO_CHUNK + o, buf.subarray(o, e));
     }
   } finally {
     await Promise.allSettled(ahead);

@@ -11,9 +11,10 @@ import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { CLI_DIR, run, tempBase, toolEnv } from '../../cli/helpers.js';
-import { ensureDead, startQubesd, type DaemonProc } from '../../daemon/helpers.js';
-import { CEPH_CONF, CEPH_POOL, cleanupAfter, describeRbd, readSpec, restlessSnaps, sha, snapsOf, uniquePrefix } from './helpers.js';
+import { CLI_DIR, run, tempBase } from '../../cli/helpers.js';
+import { ensureDead, type DaemonProc } from '../../daemon/helpers.js';
+import { daemonWithRbdVm, ok } from './daemon-vm.js';
+import { CEPH_POOL, cleanupAfter, describeRbd, readSpec, restlessSnaps, sha, snapsOf, uniquePrefix } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -29,17 +30,9 @@ describeRbd('rbd: qvm-volume export streams the image over the admin socket', ()
 
   it('to a file (holes kept) and to stdout (every byte), no file in tmp_dir; a killed tool leaves no export snapshot', { timeout: 300_000 }, async () => {
     base = await tempBase('qs-rbd-expstr-');
-    const sock = path.join(base, 's');
-    const daemon = await startQubesd(base, sock);
-    daemons.push(daemon);
-    const env = toolEnv(base, sock);
-    const ok = (r: { code: number | null; stderr: string }, what: string) => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
     // tmp_dir is a regular file: an export through a file there fails.
-    const notADir = path.join(base, 'not-a-dir');
-    await fs.writeFile(notADir, 'x');
-    const opts = ['-o', `ceph_pool=${CEPH_POOL}`, '-o', `ceph_conf=${CEPH_CONF}`, '-o', `image_prefix=${prefix}`, '-o', 'host_id=h', '-o', `tmp_dir=${notADir}`];
-    ok(await run('qvm-pool', ['add', 'ceph', 'rbd', ...opts], env), 'qvm-pool add');
-    ok(await run('qvm-create', ['--class', 'StandaloneVM', '--label', 'red', '-P', 'ceph', 'exp'], env), 'qvm-create');
+    const { daemon, env } = await daemonWithRbdVm(base, prefix, 'exp');
+    daemons.push(daemon);
     // 12 MiB over three 4 MiB reads: data, 7 MiB of zeros, data.
     const bytes = Buffer.alloc(12 * MiB);
     randomFillSync(bytes, 0, 2 * MiB);

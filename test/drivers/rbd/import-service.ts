@@ -12,9 +12,10 @@ import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run, tempBase, toolEnv } from '../../cli/helpers.js';
-import { ensureDead, startQubesd, type DaemonProc } from '../../daemon/helpers.js';
-import { CEPH_CONF, CEPH_POOL, cleanupAfter, describeRbd, readSpec, sha, uniquePrefix } from './helpers.js';
+import { run, tempBase } from '../../cli/helpers.js';
+import { ensureDead, type DaemonProc } from '../../daemon/helpers.js';
+import { daemonWithRbdVm, ok } from './daemon-vm.js';
+import { CEPH_POOL, cleanupAfter, describeRbd, readSpec, sha, uniquePrefix } from './helpers.js';
 
 const SERVICE = fileURLToPath(new URL('../../../src/qrexec/import-service.js', import.meta.url));
 
@@ -47,16 +48,9 @@ describeRbd('rbd: the local import service streams into the image', () => {
 
   it('imports through the volume writer (no file in tmp_dir), and refuses short or long data keeping the old', async () => {
     base = await tempBase('qs-rbd-impsvc-');
-    const sock = path.join(base, 's');
-    daemons.push(await startQubesd(base, sock));
-    const env = toolEnv(base, sock);
-    const ok = (r: { code: number | null; stderr: string }, what: string) => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
     // tmp_dir is a regular file: an import through a file there cannot even begin.
-    const notADir = path.join(base, 'not-a-dir');
-    await fs.writeFile(notADir, 'x');
-    const opts = ['-o', `ceph_pool=${CEPH_POOL}`, '-o', `ceph_conf=${CEPH_CONF}`, '-o', `image_prefix=${prefix}`, '-o', 'host_id=h', '-o', `tmp_dir=${notADir}`];
-    ok(await run('qvm-pool', ['add', 'ceph', 'rbd', ...opts], env), 'qvm-pool add');
-    ok(await run('qvm-create', ['--class', 'StandaloneVM', '--label', 'red', '-P', 'ceph', 'imp'], env), 'qvm-create');
+    const { daemon, env } = await daemonWithRbdVm(base, prefix, 'imp');
+    daemons.push(daemon);
     const data = path.join(base, 'data.img');
     const bytes = Buffer.alloc(6 * 1024 * 1024); // 2 MiB of data, 2 MiB of zeros, 2 MiB of data
     randomFillSync(bytes, 0, 2 * 1024 * 1024);
