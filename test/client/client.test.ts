@@ -242,7 +242,8 @@ for (const kind of ['socket', 'embedded'] as const) {
       } finally {
         await opened.end();
       }
-      await assert.rejects(fs.stat(openedPath), { code: 'ENOENT' }, 'the export was ended before end() returned');
+      // Ended (its file gone) once end() returns; that end() waits for the daemon is shown by test/admin/reply-stream.test.ts.
+      await assert.rejects(fs.stat(openedPath), { code: 'ENOENT' }, 'the export was ended');
     });
 
     it('start, shutdown (with events), revisions, revert, clone, clear', async () => {
