@@ -47,6 +47,12 @@ export interface SparseWriter {
    */
   push(chunk: Buffer): boolean;
   /**
+   * As push(), for bytes the caller knows hold data (its source already left
+   * its zero blocks out, as an rbd export stream does): written as they are,
+   * without the zero scan.
+   */
+  pushData(chunk: Buffer): boolean;
+  /**
    * Moves past `bytes` the caller knows read as zeros (a hole of the source)
    * without looking at them: nothing is written for them.
    */
@@ -400,6 +406,12 @@ export function createSparseWriter(fh: SparseSink, opts: SparseWriterOptions = {
       });
       if (tail < len) flushRun();
       position += len;
+      return pendingBytes < maxPending;
+    },
+    pushData(chunk: Buffer): boolean {
+      if (failure) throw failure.error;
+      if (chunk.length > 0) addData(chunk, 0, chunk.length, position);
+      position += chunk.length;
       return pendingBytes < maxPending;
     },
     skip(bytes: number): void {

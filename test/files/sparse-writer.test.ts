@@ -102,6 +102,39 @@ describeEachFs('createSparseWriter', (_tfs, fsx) => {
     });
   }
 
+  it('pushData writes its bytes as they are (zeros too), between skips and scanned pushes', async () => {
+    const dir = await fsx.tempDir('sw-data');
+    const total = 64 * BLOCK;
+    const fh = await freshFile(dir, 'out.img', total);
+    // [0, 8 blocks): data with an all-zero block inside, via pushData; 8 blocks skipped;
+    // [16, 24): scanned (its zero half left as a hole); [24, 40): pushData in two pieces; the rest skipped.
+    const a = Buffer.alloc(8 * BLOCK, 0xa1);
+    a.fill(0, 3 * BLOCK, 4 * BLOCK);
+    const c = Buffer.alloc(8 * BLOCK, 0);
+    c.fill(0xc3, 4 * BLOCK);
+    const d = Buffer.alloc(16 * BLOCK, 0xd4);
+    const expected = Buffer.alloc(total);
+    a.copy(expected, 0);
+    c.copy(expected, 16 * BLOCK);
+    d.copy(expected, 24 * BLOCK);
+    try {
+      const w = createSparseWriter(fh, { maxWriteBytes: 4 * BLOCK });
+      w.pushData(a);
+      w.skip(8 * BLOCK);
+      w.push(c);
+      w.pushData(d.subarray(0, 5 * BLOCK));
+      w.pushData(d.subarray(5 * BLOCK));
+      assert.equal(w.position, 40 * BLOCK);
+      w.skip(total - w.position);
+      await w.finish();
+      assert.equal(w.dataBytes, 8 * BLOCK + 4 * BLOCK + 16 * BLOCK, 'pushData wrote every byte; push only the data half');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    assert.equal(hash(await fs.readFile(path.join(dir, 'out.img'))), hash(expected));
+  });
+
   it('a failed write is reported by push, drained and finish; settle waits quietly', async () => {
     const dir = await fsx.tempDir('sw-fail');
     await (await freshFile(dir, 'ro.img', MiB)).close();

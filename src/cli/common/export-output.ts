@@ -75,9 +75,10 @@ async function openPipe(dest: string, signal: AbortSignal): Promise<Writable> {
 }
 
 /**
- * Checks that `dest` can be written, as opening it did (same errors), before
- * any export is asked for. A regular file is not touched here: a temporary
- * name beside it is tried and removed again.
+ * Checks that `dest` can be written, as opening it did (same errors), while
+ * the export is asked for (before it, for a FIFO, whose reader may be long
+ * in coming). A regular file is not touched here: a temporary name beside
+ * it is tried and removed again.
  */
 export async function openExportOutput(dest: string, signal: AbortSignal): Promise<ExportOutput> {
   if (dest === '-') return { kind: 'stream', sink: process.stdout, owned: false };
@@ -157,7 +158,8 @@ export async function exportPiecesToFile(data: ExportPieces, out: { target: stri
         for await (const { offset, bytes } of data.pieces) {
           signal.throwIfAborted();
           w.skip(offset - w.position);
-          if (!w.push(bytes)) await w.drained();
+          // The daemon sends data runs only (its zero blocks left out): no second scan here.
+          if (!w.pushData(bytes)) await w.drained();
           bar.update(w.position);
         }
         await w.finish();
