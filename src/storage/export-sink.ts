@@ -17,6 +17,13 @@ export interface ExportSink {
    * Resolves once it may be given more (the export waits for its reader).
    */
   data(offset: number, bytes: Buffer): Promise<void>;
+  /**
+   * Called once, after the last data: the data is complete. The driver may
+   * still be letting go of what it read from (a snapshot, a file), so that
+   * the reader finishes its side meanwhile (admin.vm.volume.ExportStream
+   * sends its `end` then). Volume.exportInto calls it when a driver did not.
+   */
+  end(): Promise<void>;
 }
 
 /** Bytes read at a time from an export file. */
@@ -27,7 +34,7 @@ const PIECE = 4 << 20;
  * SEEK_HOLE where the filesystem tells them, else all of it), 4 MiB at a
  * time, the next read running while the sink takes the last one.
  */
-export async function fileIntoSink(file: string, sink: ExportSink, signal?: AbortSignal): Promise<void> {
+export async function fileIntoSink(file: string, sink: Omit<ExportSink, 'end'>, signal?: AbortSignal): Promise<void> {
   const fh = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   let reading: Promise<Buffer> | undefined;
   try {

@@ -550,7 +550,22 @@ export abstract class Volume {
         throw new StoragePoolException(
           `${this.where}: cannot export while running with snapshots disabled (revisions_to_keep=-1)`,
         );
-      await this.doExportInto(sink, signal);
+      // The sink's calls in order whatever the driver does: end once, nothing after it.
+      let ended = false;
+      const checked: ExportSink = {
+        begin: (size) => sink.begin(size),
+        data: (offset, bytes) => {
+          if (ended) throw new Error(`${this.where}: export data after its end`);
+          return sink.data(offset, bytes);
+        },
+        end: async () => {
+          if (ended) return;
+          ended = true;
+          await sink.end();
+        },
+      };
+      await this.doExportInto(checked, signal);
+      await checked.end();
     });
   }
 
@@ -756,11 +771,12 @@ export abstract class Volume {
   protected abstract doRevert(revision: string): Promise<void>;
   protected abstract doExport(): Promise<string>;
   protected abstract doExportEnd(path: string): Promise<void>;
-  /** For exportInto: by default the file doExport makes, read and handed over (export-sink.ts), then ended. */
+  /** For exportInto: by default the file doExport makes, read and handed over (export-sink.ts), then ended (the sink's end first). */
   protected async doExportInto(sink: ExportSink, signal?: AbortSignal): Promise<void> {
     const path = await this.doExport();
     try {
       await fileIntoSink(path, sink, signal);
+      await sink.end();
     } finally {
       await this.doExportEnd(path);
     }

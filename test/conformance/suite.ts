@@ -575,6 +575,7 @@ export function describeConformance(target: ConformanceTarget): void {
         const viaSink = async (): Promise<Buffer> => {
           let buf: Buffer | null = null;
           let reached = 0;
+          let ends = 0;
           await v.exportInto({
             begin: async (size) => {
               assert.equal(buf, null, 'begin once');
@@ -582,12 +583,18 @@ export function describeConformance(target: ConformanceTarget): void {
             },
             data: async (offset, bytes) => {
               assert.ok(buf, 'begin first');
+              assert.equal(ends, 0, 'no data after the end');
               assert.ok(offset >= reached && offset + bytes.length <= buf.length && bytes.length > 0, `piece ${offset}+${bytes.length} in order, within ${buf.length}`);
               bytes.copy(buf, offset);
               reached = offset + bytes.length;
             },
+            end: async () => {
+              assert.ok(buf, 'begin before the end');
+              ends++;
+            },
           });
           assert.ok(buf, 'begin was called');
+          assert.equal(ends, 1, 'end once, before exportInto returned');
           return buf;
         };
         const viaPath = async (): Promise<string> => {
@@ -603,7 +610,7 @@ export function describeConformance(target: ConformanceTarget): void {
         assert.equal(untag(got.subarray(SIZE - MiB, SIZE - MiB + TAG)), 'far');
         assert.equal(sha256Of(got), await viaPath());
         const failure = new Error('the reader went away');
-        await assert.rejects(v.exportInto({ begin: async () => undefined, data: async () => { throw failure; } }), (e) => e === failure);
+        await assert.rejects(v.exportInto({ begin: async () => undefined, data: async () => { throw failure; }, end: async () => assert.fail('no end after a failure') }), (e) => e === failure);
         await v.stop();
         got = await viaSink();
         assert.equal(untag(got.subarray(0, TAG)), 'uncommitted');

@@ -493,12 +493,17 @@ function exportCut(volume: Volume, signal: AbortSignal): QubesException {
   );
 }
 
-/** The data itself, read by the driver (exportInto): `size`, the data records, then `end` or `error`. */
+/**
+ * The data itself, read by the driver (exportInto): `size`, the data records,
+ * then `end` or `error`. `end` goes out as soon as the data is complete: the
+ * client finishes its side while the driver lets go of its snapshot.
+ */
 async function streamExport(volume: Volume, write: ReplyWrite, signal: AbortSignal): Promise<void> {
   const send = async (bytes: Buffer) => {
     if (signal.aborted || !(await write(bytes))) throw exportCut(volume, signal);
   };
   let begun = false;
+  let ended = false;
   try {
     await volume.exportInto(
       {
@@ -510,13 +515,17 @@ async function streamExport(volume: Volume, write: ReplyWrite, signal: AbortSign
           await send(exportLine.data(offset, bytes.length));
           await send(bytes);
         },
+        end: async () => {
+          ended = true;
+          await send(exportLine.end());
+        },
       },
       signal,
     );
-    await send(exportLine.end());
   } catch (e) {
     // After `size` the reply is under way: the error travels as a record (before it, as the reply).
-    if (begun && !signal.aborted) {
+    // After `end` the client has all of it: a failure of the driver's clean-up is only logged.
+    if (begun && !ended && !signal.aborted) {
       const { name, message } = wireError(e);
       await write(exportLine.error(name, message));
     }

@@ -9,7 +9,9 @@
  *   data OFFSET LENGTH\n     LENGTH bytes at OFFSET (offsets increasing,
  *   <LENGTH bytes>           never overlapping; what no record covers is
  *                            zeros, so holes cross no socket)
- *   end\n                    all of it was sent
+ *   end\n                    all of it was sent (the daemon may still be
+ *                            letting go of its snapshot: the client finishes
+ *                            its side meanwhile, then closes the connection)
  *   error\n<error reply>     or: the export failed; an error reply as the
  *                            protocol frames one (`0x32 0x00` ...) follows
  *

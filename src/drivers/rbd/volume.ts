@@ -933,6 +933,8 @@ export class RbdVolume extends Volume {
         const total = size ?? imageSize;
         await bySink(sink.begin(total));
         await readInOrder(i, Math.min(total, imageSize), (at, bytes) => bySink(sink.data(at, bytes)), signal);
+        // Complete: the reader finishes while the export's snapshot is removed (a round trip to the cluster).
+        await bySink(sink.end());
       });
     } catch (e) {
       if (sinkFailure) throw (sinkFailure as { error: unknown }).error;

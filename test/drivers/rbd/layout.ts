@@ -83,6 +83,26 @@ describeRbd('rbd layout', () => {
     assert.deepEqual(watched(), [], 'watched after the stop');
   });
 
+  it('exportInto says the data is complete (end) before removing its export snapshot, and removes it', async () => {
+    const v = app.get('private');
+    const image = rv(v).image;
+    let atEnd: string[] = [];
+    let bytes = 0;
+    await v.exportInto({
+      begin: async () => undefined,
+      data: async (_offset, b) => {
+        bytes += b.length;
+      },
+      // The driver waits for this before letting go of its snapshot: the reader finishes meanwhile.
+      end: async () => {
+        atEnd = snapsOf(image);
+      },
+    });
+    assert.ok(bytes > 0, 'data was handed over');
+    assert.ok(atEnd.some((s) => s.startsWith('qs-export-')), `the export snapshot still there at the end: ${atEnd.join(' ')}`);
+    assert.deepEqual(snapsOf(image).filter((s) => s.startsWith('qs-export-')), [], 'and removed after it');
+  });
+
   it('removes the domains and leaves no images', async () => {
     await app.remove();
     await tpl.remove();
