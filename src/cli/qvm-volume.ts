@@ -13,6 +13,7 @@ import { boolArg, dispatchSub, FORMAT_OPTION, topHelp, type SubCommand } from '.
 import { CliError, CliExit, runTool, type ToolContext } from './common/tool.js';
 import { parseSize, SIZE_EPILOG } from './common/size.js';
 import { parseVmVolume, showVmVolume, type VmVolume } from './common/vmvolume.js';
+import type { ExportOutput } from './common/export-output.js';
 
 const PROG = 'qvm-volume';
 const INFO_ROWS = ['pool', 'vid', 'rw', 'source', 'save_on_stop', 'snap_on_start', 'size', 'usage', 'revisions_to_keep', 'ephemeral', 'is_outdated'];
@@ -262,10 +263,9 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const v = parseVmVolume(str(p, 'VM:VOLUME'));
   const dest = str(p, 'PATH');
   const qubes = await t.client();
-  await checkVolume(qubes, v);
   const { openExportOutput, exportToFile, exportToStream, exportPiecesToFile, exportPiecesToStream, fullOrFailing } = await import('./common/export-output.js');
-  const out = await openExportOutput(dest, t.signal);
   let exporting: Promise<OpenedExport> | null = null;
+  let out: ExportOutput | null = null;
   let copying: Promise<unknown> = Promise.resolve();
   // Ctrl-C: a file copy stops at its next chunk and removes its temporary
   // file (waited for); a stream may be stuck on its reader (not waited for).
@@ -273,21 +273,36 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
   const off = t.onInterrupt(async () => {
     const held = await exporting?.catch(() => null);
     if (!held) return;
-    if (out.kind === 'file') await copying.catch(() => undefined);
+    if (out?.kind === 'file') await copying.catch(() => undefined);
     await held.end();
   });
   try {
+    // The export is asked for at once, and the output checked meanwhile (for
+    // rbd the daemon makes its snapshot then). Not for a FIFO: its reader
+    // may be long in coming, and the export would hold the volume meanwhile.
+    const fifo = dest !== '-' && (await fsp.stat(dest).catch(() => null))?.isFIFO() === true;
+    const outputting = fifo ? openExportOutput(dest, t.signal) : null;
+    if (outputting) out = await outputting;
     t.signal.throwIfAborted();
     // A file of this host to copy (by reflink where it can), or the data streamed by the daemon (rbd).
     exporting = qubes.openExport(v.vm, v.volume);
-    const held = await exporting;
-    const { progressBar } = await progress();
+    const [opened, output] = await Promise.allSettled([exporting, outputting ?? openExportOutput(dest, t.signal)]);
+    if (output.status === 'fulfilled') out = output.value;
+    if (opened.status === 'rejected') {
+      // A missing domain or volume said as the other sub-commands say it (the calls only now).
+      await checkVolume(qubes, v);
+      throw opened.reason;
+    }
+    const held = opened.value;
     try {
+      if (output.status === 'rejected') throw output.reason;
+      const to = out!;
+      const { progressBar } = await progress();
       const total = held.kind === 'data' ? held.size : (await fsp.stat(held.path)).size;
       const bar = progressBar(`export ${showVmVolume(v)}`, total);
       try {
-        if (held.kind === 'data') copying = out.kind === 'file' ? exportPiecesToFile(held, out, bar, t.signal) : exportPiecesToStream(held, out, bar, t.signal);
-        else copying = out.kind === 'file' ? exportToFile(held.path, out, bar, t.signal) : exportToStream(held.path, out, bar, t.signal);
+        if (held.kind === 'data') copying = to.kind === 'file' ? exportPiecesToFile(held, to, bar, t.signal) : exportPiecesToStream(held, to, bar, t.signal);
+        else copying = to.kind === 'file' ? exportToFile(held.path, to, bar, t.signal) : exportToStream(held.path, to, bar, t.signal);
         await copying.catch((e: unknown) => {
           throw fullOrFailing(dest, e) ?? e;
         });
@@ -299,7 +314,8 @@ async function doExport(t: ToolContext, p: Parsed): Promise<void> {
     }
   } finally {
     off();
-    if (out.kind === 'stream' && out.owned) out.sink.destroy();
+    const o = out as ExportOutput | null;
+    if (o?.kind === 'stream' && o.owned) o.sink.destroy();
   }
 }
 
