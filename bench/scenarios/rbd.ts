@@ -115,6 +115,9 @@ export const rbd: Scenario = {
     const rounds = opts.quick ? 1 : 2;
     const WARM_UP = opts.quick ? 0 : 2;
     const IMPORT_ROUNDS = opts.quick ? 1 : 3;
+    /** Export rounds: each has the tool, the command and the command + fsync once, in a turning order. */
+    const EXPORT_ROUNDS = opts.quick ? 1 : 6;
+    const EXPORT_PAUSE_MS = 1000;
     // QS_BENCH_RBD_MIB: a smaller data size for a cluster with a small OSD (the test cluster's is 4 GiB).
     const dataSize = opts.quick ? 64 * MiB : Number(process.env['QS_BENCH_RBD_MIB'] ?? 1024) * MiB;
     const c = await cluster();
@@ -249,25 +252,40 @@ export const rbd: Scenario = {
         t['impVol']!.push(await timeMs(() => sets.rbd.std.get('private').importVolume(sets.reflink.std.get('private'))));
         t['expR']!.push(await timeMs(() => exportTo(sets.reflink.std.get('private'), out)));
         t['exp']!.push(await timeMs(() => exportTo(sets.rbd.std.get('private'), out)));
-        // qvm-volume export as a user runs it against the daemon: admin.vm.volume.ExportStream, the image
-        // read by librbd and streamed over the socket into the output file (fsynced, renamed into place).
-        t['toolExp']!.push(await timeMs(() => tool('qvm-volume', ['export', 'imp:private', out])));
-        if (i === 0 && (await sha256(out)) !== dataHash) throw new Error('rbd: qvm-volume export differs from the data imported');
-        await fsp.rm(out, { force: true });
-        // The commands themselves on the same data: a new image from the file, and that image into a file.
+        // The command itself on the same data: a new image from the file.
         t['impCmd']!.push(await timeMs(async () => rbdCmd(['import', '--image-feature', 'layering', data, cmdImage])));
-        t['expCmd']!.push(await timeMs(async () => {
-          rbdCmd(['export', cmdImage, out]);
-          await fsp.rm(out, { force: true });
-        }));
-        // The same, then its output made durable as qvm-volume export makes its own (fsync).
-        t['expCmdSync']!.push(await timeMs(async () => {
-          rbdCmd(['export', cmdImage, out]);
-          await fsyncFile(out);
-          await fsp.rm(out, { force: true });
-        }));
         rbdCmd(['rm', '--no-progress', cmdImage]);
       }
+      // Exports in rounds of their own, after the imports (whose image removals the OSD digests for a
+      // while): the tool and the commands in an order turned round by round, each after the cluster
+      // had EXPORT_PAUSE_MS of quiet and the page cache had no dirty output left (sync), untimed.
+      rbdCmd(['import', '--image-feature', 'layering', data, cmdImage]);
+      const exports: Record<string, () => Promise<void>> = {
+        // qvm-volume export as a user runs it against the daemon: admin.vm.volume.ExportStream, the image
+        // read by librbd and streamed over the socket into the output file (fsynced, renamed into place).
+        toolExp: async () => {
+          await tool('qvm-volume', ['export', 'imp:private', out]);
+        },
+        // The command on the same data: the image into a file.
+        expCmd: async () => rbdCmd(['export', cmdImage, out]),
+        // The same, then its output made durable as qvm-volume export makes its own (fsync).
+        expCmdSync: async () => {
+          rbdCmd(['export', cmdImage, out]);
+          await fsyncFile(out);
+        },
+      };
+      const order = Object.keys(exports);
+      for (let i = 0; i < EXPORT_ROUNDS; i++) {
+        for (let k = 0; k < order.length; k++) {
+          const name = order[(i + k) % order.length]!;
+          spawnSync('sync');
+          await new Promise((r) => setTimeout(r, EXPORT_PAUSE_MS));
+          t[name]!.push(await timeMs(exports[name]!));
+          if (i === 0 && name === 'toolExp' && (await sha256(out)) !== dataHash) throw new Error('rbd: qvm-volume export differs from the data imported');
+          await fsp.rm(out, { force: true });
+        }
+      }
+      rbdCmd(['rm', '--no-progress', cmdImage]);
       const mb = dataSize / MiB;
       const rate = (ms: number[]) => ms.map((x) => mb / (x / 1000));
       const fR = figure('AppVM start+stop, file-reflink', 'ms', t['startStopR']!);
@@ -323,6 +341,7 @@ export const rbd: Scenario = {
           `rbd import/export go through a local file in ${os.tmpdir()} (the contract hands out paths): librbd reads and writes (4 MiB, ${4} in flight)`,
           'AppVM start+stop as rbd commands: snap create, clone, snap create, create; rm, snap rm, rm, snap rm (the CLI path: one process and one cluster connection per operation)',
           'rbd import / rbd export: the commands alone, file to a new image and image to a file, same size (rbd export does not fsync its output)',
+          `qvm-volume export against rbd export (and rbd export + fsync): ${EXPORT_ROUNDS} rounds after the imports, each with the three once, the order turned each round; before each, an untimed sync and ${EXPORT_PAUSE_MS} ms of quiet; the contract's export() figures stay in the import rounds`,
           'export, rbd (librbd): the contract\'s export() (a file in tmp_dir) read into the output: what an in-process caller of the path meets; qvm-volume export: the tool against the child qubesd, the data streamed (no file in tmp_dir), checked against the data once (SHA-256)',
           `AppVM start+stop: ${WARM_UP} uncounted warm-up cycles of each path, then ${rounds} rounds of blocks of ${Math.max(1, Math.floor(cycles / rounds))} cycles (rbd, rbd back to back, the rbd commands, file-reflink); medians of all counted cycles`,
           'rbd start+stop: the stop\'s background work (revision prune, trash moves and object deletion) is awaited between cycles, outside the timed span, and timed apart; back to back: not awaited, the next start waits for what it needs of it; calls, opens and CPU are per start+stop (CPU: this process, all threads, the file-reflink and CLI runs excluded)',
