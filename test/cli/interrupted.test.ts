@@ -131,7 +131,7 @@ for (const mode of ['embedded', 'qubesd'] as const) {
       assert.equal(await sha256(path.join(volDir, 'private.img')), want);
     });
 
-    it('an export whose tool is killed (SIGKILL) goes with its domain: removing the domain and the pool leaves no file', HANG_GUARD, async () => {
+    it('an export whose tool is killed (SIGKILL) is ended (with a daemon: when its connection goes; embedded: with its domain): removing the domain and the pool leaves no file', HANG_GUARD, async () => {
       // A reader that never reads: the tool blocks with the export held.
       const tool = spawnTool(['export', 'sa:private', '-'], env);
       await until(async () => (await exportFiles()).length > 0, 'the export began', tool);
