@@ -13,6 +13,8 @@ import {
   type VolumeConfig,
   type VolumeInfo,
 } from '../../storage/volume.js';
+import type { ExportSink } from '../../storage/export-sink.js';
+import type { ImportWriter } from '../../storage/import-writer.js';
 import type { CallbackPool, HookFacts } from './pool.js';
 
 const bool = (b: boolean): string => (b ? 'True' : 'False');
@@ -146,15 +148,29 @@ export class CallbackVolume extends Volume {
   protected doExportEnd(path: string): Promise<void> {
     return this.backend.exportEnd(path);
   }
-  /** pre_volume_import runs here; post_volume_import when the import ends. */
+  /** As the backend: an rbd backend streams its image (no file in its tmp_dir). */
+  override get readsExportsItself(): boolean {
+    return this.backend ? this.backend.readsExportsItself : super.readsExportsItself;
+  }
+  protected override doExportInto(sink: ExportSink, signal?: AbortSignal): Promise<void> {
+    return this.backend.exportInto(sink, signal);
+  }
+  /** As the backend: an rbd backend takes an import into its image (no file in its tmp_dir). */
+  override get writesImportsItself(): boolean {
+    return this.backend ? this.backend.writesImportsItself : super.writesImportsItself;
+  }
+  /** pre_volume_import runs here; post_volume_import when the import ends (doImportDataEnd). */
   protected async doImportData(size: number): Promise<string> {
-    await this.cbPool.runHook(
-      'pre_volume_import',
-      this.where,
-      this.facts({ QS_IMPORT: 'data', QS_IMPORT_SIZE: String(size) }),
-      false,
-    );
+    await this.preImport(size);
     return this.backend.importData(size);
+  }
+  /** The backend's own writer (its file's, or its storage's); the backend's importDataEnd finishes and closes it again, which does nothing. */
+  protected override async doImportWriter(size: number): Promise<ImportWriter> {
+    await this.preImport(size);
+    return this.backend.importWriter(size);
+  }
+  private preImport(size: number): Promise<void> {
+    return this.cbPool.runHook('pre_volume_import', this.where, this.facts({ QS_IMPORT: 'data', QS_IMPORT_SIZE: String(size) }), false);
   }
   protected async doImportDataEnd(success: boolean): Promise<void> {
     await this.backend.importDataEnd(success);

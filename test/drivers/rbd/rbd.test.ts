@@ -11,4 +11,5 @@ import './daemons.js';
 import './start-stop.js';
 import './import-service.js';
 import './export-stream.js';
+import './callback.js';
 import './failure.js';
