@@ -459,7 +459,15 @@ export class QubesClient {
    * Embedded: Export's path.
    */
   async openExport(vm: string, volume: string): Promise<OpenedExport> {
-    if (!this.transport.replyStream) return { kind: 'path', ...(await this.exportVolume(vm, volume)) };
+    if (!this.transport.replyStream) {
+      const held = await this.exportVolume(vm, volume);
+      // A domain removed meanwhile took its exports with it, as the call's end does over a socket: nothing left to end.
+      const end = () =>
+        held.end().catch((e: unknown) => {
+          if (!(e instanceof QubesVMNotFoundError)) throw e;
+        });
+      return { kind: 'path', path: held.path, end };
+    }
     const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume);
     const decoder = new ExportStreamDecoder();
     const queue: ExportRecord[] = [];
