@@ -123,6 +123,33 @@ describe('a Qubes-shaped LVM layout made with plain LVM commands, served by lvm_
     assert.equal(await committed(priv), 'work v2');
   });
 
+  it('exportInto reads the committed LV straight into the sink: the data runs, no copy in the temp directory', async () => {
+    const priv = await pool.getVolume(`${VG}/vm-work-private`);
+    assert.equal(priv.readsExportsItself, true);
+    const copies = async () => (await fs.readdir(pool.tmpDir).catch(() => [] as string[])).filter((n) => n.startsWith('qs-lvm-export-'));
+    const got = Buffer.alloc(priv.size);
+    let size = -1;
+    let ends = 0;
+    let seenCopies: string[] = [];
+    await priv.exportInto({
+      begin: async (n) => {
+        size = n;
+      },
+      data: async (offset, bytes) => {
+        seenCopies = seenCopies.concat(await copies());
+        bytes.copy(got, offset);
+      },
+      end: async () => {
+        ends++;
+      },
+    });
+    assert.equal(size, 4 * MiB);
+    assert.equal(ends, 1);
+    assert.deepEqual(seenCopies, [], 'no export file while the data was handed over');
+    assert.equal(untag(got), 'work v2');
+    assert.ok(got.equals(await readAt(`/dev/${VG}/vm-work-private`, 0, 4 * MiB)), 'the LV\'s bytes');
+  });
+
   it('reports usage as lvs does: volumes (size * data_percent) and the pool with metadata_size and metadata_usage', async () => {
     const priv = await pool.getVolume(`${VG}/vm-work-private`);
     const usage = await priv.usage();
