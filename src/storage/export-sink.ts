@@ -6,6 +6,7 @@
 import * as fs from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { fileExtents, type DataRegion } from '../files/extents.js';
+import { forEachDataRun } from '../files/sparse-writer.js';
 
 /** Where Volume.exportInto hands the committed data. */
 export interface ExportSink {
@@ -36,16 +37,12 @@ const PIECE = 4 << 20;
  */
 export async function fileIntoSink(file: string, sink: Omit<ExportSink, 'end'>, signal?: AbortSignal): Promise<void> {
   const fh = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-  let reading: Promise<Buffer> | undefined;
   try {
     const { size } = await fh.stat();
     await sink.begin(size);
     const ext = await fileExtents();
     const regions: Iterable<DataRegion> = typeof ext === 'string' ? [[0, size]] : ext.dataRegions(fh.fd, size);
-    const pieces = (function* () {
-      for (const [start, end] of regions) for (let at = start; at < end; at += PIECE) yield [at, Math.min(end, at + PIECE)] as const;
-    })();
-    const read = async ([from, to]: readonly [number, number]): Promise<Buffer> => {
+    const read = async (from: number, to: number): Promise<Buffer> => {
       const buf = Buffer.allocUnsafe(to - from);
       let got = 0;
       while (got < buf.length) {
@@ -55,20 +52,49 @@ export async function fileIntoSink(file: string, sink: Omit<ExportSink, 'end'>, 
       }
       return buf.subarray(0, got);
     };
-    // One read ahead: the next piece is read while the sink takes this one.
+    await regionsIntoSink(regions, read, sink, signal);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Reads `regions` ([start, end) in increasing order) with `read`, 4 MiB at
+ * a time, the next read running while the sink takes the last one, and
+ * hands what it reads to `sink.data`; with `zeroBlock`, only the runs of
+ * blocks of that size holding a non-zero byte. Every read has settled when
+ * it returns (the caller may close what it reads from).
+ */
+export async function regionsIntoSink(
+  regions: Iterable<DataRegion>,
+  read: (from: number, to: number) => Promise<Buffer>,
+  sink: Pick<ExportSink, 'data'>,
+  signal?: AbortSignal,
+  zeroBlock?: number,
+): Promise<void> {
+  const pieces = (function* () {
+    for (const [start, end] of regions) for (let at = start; at < end; at += PIECE) yield [at, Math.min(end, at + PIECE)] as const;
+  })();
+  let reading: Promise<Buffer> | undefined;
+  try {
     let piece = pieces.next();
-    reading = piece.done ? undefined : read(piece.value);
+    reading = piece.done ? undefined : read(...piece.value);
     while (!piece.done) {
       const from = piece.value[0];
       const bytes = await reading!;
       piece = pieces.next();
-      reading = piece.done ? undefined : read(piece.value);
+      reading = piece.done ? undefined : read(...piece.value);
       reading?.catch(() => undefined); // awaited in the next turn (or below); not an unhandled rejection meanwhile
       signal?.throwIfAborted();
-      if (bytes.length > 0) await sink.data(from, bytes);
+      if (zeroBlock === undefined) {
+        if (bytes.length > 0) await sink.data(from, bytes);
+        continue;
+      }
+      const runs: [number, number][] = [];
+      forEachDataRun(bytes, 0, bytes.length, from, zeroBlock, (s, e) => runs.push([s, e]));
+      for (const [s, e] of runs) await sink.data(from + s, bytes.subarray(s, e));
     }
   } finally {
-    await reading?.catch(() => undefined); // no read may still use the handle when it closes
-    await fh.close();
+    await reading?.catch(() => undefined); // no read may still use the source when it returns
   }
 }

@@ -24,8 +24,7 @@ import { constants as fsc } from 'node:fs';
 import { declareFailpoint, failpoint } from '../../files/failpoint.js';
 import { StoragePoolException, storageErrnoError } from '../../storage/errors.js';
 import { ExportFiles } from '../../storage/export-files.js';
-import type { ExportSink } from '../../storage/export-sink.js';
-import { forEachDataRun } from '../../files/sparse-writer.js';
+import { regionsIntoSink, type ExportSink } from '../../storage/export-sink.js';
 import { Volume, type DomainRef, type Revision, type VolumeInfo, type VolumeSpec } from '../../storage/volume.js';
 import { deviceSize, type LvInfo } from './lvm.js';
 import type { LvmThinPool } from './pool.js';
@@ -491,9 +490,9 @@ async function copyDeviceToFile(dev: string, file: string): Promise<void> {
 
 /**
  * The device's data handed to `sink` (ExportSink): its size, then each run
- * of non-zero 64 KiB blocks, 4 MiB read at a time with the next read running
- * while the sink takes the last one, then end. Errors of the device go
- * through `device` (worded as the volume's); the sink's pass through.
+ * of non-zero 64 KiB blocks (regionsIntoSink: 4 MiB reads, one ahead), then
+ * end. Errors of the device go through `device` (worded as the volume's);
+ * the sink's pass through.
  */
 async function readDeviceInto(
   dev: string,
@@ -506,35 +505,25 @@ async function readDeviceInto(
     if (size === null) throw new StoragePoolException(`${dev} is not an active block device`);
     return { src: await fs.open(await fs.realpath(dev), fsc.O_RDONLY), size };
   });
-  let reading: Promise<Buffer> | undefined;
   try {
-    const read = (off: number): Promise<Buffer> =>
+    const read = (from: number, to: number): Promise<Buffer> =>
       device('export failed', async () => {
-        const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - off));
+        const buf = Buffer.allocUnsafe(to - from);
         for (let got = 0; got < buf.length; ) {
-          const { bytesRead } = await src.read(buf, got, buf.length - got, off + got);
-          if (bytesRead === 0) throw new StoragePoolException(`${dev}: short read at ${off + got} of ${size} bytes`);
+          const { bytesRead } = await src.read(buf, got, buf.length - got, from + got);
+          if (bytesRead === 0) throw new StoragePoolException(`${dev}: short read at ${from + got} of ${size} bytes`);
           got += bytesRead;
         }
         return buf;
       });
     await sink.begin(size);
-    reading = size > 0 ? read(0) : undefined;
-    for (let off = 0; off < size; off += CHUNK) {
-      const buf = await reading!;
-      reading = off + CHUNK < size ? read(off + CHUNK) : undefined;
-      reading?.catch(() => undefined); // awaited in its turn; not an unhandled rejection meanwhile
-      signal?.throwIfAborted();
-      const runs: [number, number][] = [];
-      forEachDataRun(buf, 0, buf.length, off, BLOCK, (s, e) => runs.push([s, e]));
-      for (const [s, e] of runs) await sink.data(off + s, buf.subarray(s, e));
-    }
+    await regionsIntoSink([[0, size]], read, sink, signal, BLOCK);
     await sink.end();
   } finally {
-    await reading?.catch(() => undefined); // no read may still use the device when it closes
     await src.close();
   }
 }
+
 /** The file's first `size` bytes into a new thin volume (which reads as zeros: only data is written), synced. */
 async function copyFileToDevice(file: string, dev: string, size: number): Promise<void> {
   const src = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW);
