@@ -60,6 +60,12 @@ export function unwrapReply(reply: Uint8Array): Buffer {
 
 /** The largest error reply a streamed reply may start with. */
 const MAX_ERROR_REPLY = 1024 * 1024;
+/** How a streamed reply's connection is closed when its consumer stops (replyStream). */
+export interface ReplyStreamOptions {
+  /** Asked when the iteration ends early: true closes the connection without waiting for the daemon's close. */
+  readonly dontWait?: () => boolean;
+}
+
 /** How long an early end of a streamed reply waits for the daemon to end the call. */
 const REPLY_STREAM_END_MS = 30_000;
 
@@ -96,9 +102,12 @@ export class AdminClient {
    * A call whose reply is streamed (admin.vm.volume.ExportStream): yields the
    * reply's bytes after the success header as they arrive; an error reply
    * is thrown as its exception. Ending the iteration early (return, break,
-   * a throw of the consumer) closes the connection, which ends the call.
+   * a throw of the consumer) closes the connection, which ends the call;
+   * the return waits until the daemon has ended it and closed its side,
+   * unless `opts.dontWait()` says true then (the consumer read all it needs,
+   * and what the daemon still does is its own).
    */
-  async *replyStream(method: string, dest: string, arg = ''): AsyncGenerator<Buffer, void, undefined> {
+  async *replyStream(method: string, dest: string, arg = '', opts: ReplyStreamOptions = {}): AsyncGenerator<Buffer, void, undefined> {
     const header = encodeHeader({ method, arg, source: this.source, dest });
     const sock = net.connect(this.socketPath);
     const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
@@ -132,7 +141,7 @@ export class AdminClient {
       }
       if (!ok) unwrapReply(head); // throws the error reply (or that there was none)
     } finally {
-      if (!eof && !sock.destroyed) {
+      if (!eof && !sock.destroyed && opts.dontWait?.() !== true) {
         // Ended early: say so by closing our side, and wait until the daemon
         // has ended the call and closed its own (what it still sends is dropped).
         sock.on('error', () => undefined);

@@ -295,32 +295,39 @@ class ServerConnection implements Connection {
 
   /**
    * A piece of a streamed reply, with the socket's backpressure: resolves once
-   * it may take more. A client that reads nothing for requestTimeoutMs is
-   * dropped (the method then learns it from false and its signal).
+   * the socket is done with `bytes` (handed to the kernel), so the method may
+   * reuse them and send more. A client that reads nothing for
+   * requestTimeoutMs is dropped (the method then learns it from false and its
+   * signal).
    */
   private writeReply(bytes: Buffer): Promise<boolean> {
     const { socket } = this;
     const { signal } = this.controller;
     // Ended (the client closed its side, the server shuts down): nothing more goes out.
     if (this.phase !== 'replying' || signal.aborted || socket.destroyed || !socket.writable) return Promise.resolve(false);
-    if (socket.write(bytes)) return Promise.resolve(true);
     return new Promise<boolean>((resolve) => {
+      let settled = false;
       const done = (ok: boolean) => {
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
-        socket.off('drain', onDrain).off('close', onClose);
+        socket.off('close', onClose);
         signal.removeEventListener('abort', onAbort);
         resolve(ok);
       };
-      const onDrain = () => done(this.phase === 'replying' && !signal.aborted);
+      // Not 'drain': write() may report room while part of `bytes` still waits in the socket's queue.
+      const onWritten = (err?: Error | null) => done(!err && this.phase === 'replying' && !signal.aborted);
       const onClose = () => done(false);
-      // The client half-closed (it stops reading): no waiting for a drain that may never come.
+      // The client half-closed (it stops reading): no waiting for a flush that may never come. On
+      // false the method ends its reply and leaves `bytes` as they are (they may still be queued).
       const onAbort = () => done(false);
       const timer = setTimeout(() => {
         this.drop('client stopped reading the reply');
         done(false);
       }, this.limits.requestTimeoutMs);
-      socket.on('drain', onDrain).on('close', onClose);
+      socket.on('close', onClose);
       signal.addEventListener('abort', onAbort, { once: true });
+      socket.write(bytes, onWritten);
     });
   }
 

@@ -50,8 +50,10 @@ export type EventSend = (event: AdminEvent) => boolean;
 /** Streams events through `send` until `call.signal` aborts, then returns. */
 export type AdminEventsMethod = (call: AdminCall, send: EventSend) => Promise<void>;
 /**
- * Writes the next bytes of a streamed reply; resolves once the client may be
- * sent more (the socket drained), to false when the connection is gone.
+ * Writes the next bytes of a streamed reply; resolves once the socket is done
+ * with them (the caller may reuse `bytes` then, and send more), to false when
+ * the connection is gone (the caller stops, and leaves `bytes` as they are:
+ * they may still be queued).
  */
 export type ReplyWrite = (bytes: Buffer) => Promise<boolean>;
 /**

@@ -101,7 +101,9 @@ export interface VolumeExport {
  * An export as openExport gives it: a file of this host to copy (`path`),
  * or the data itself (`data`: `size` bytes, the pieces that are not holes,
  * in increasing order; what no piece covers is zeros). end() releases it,
- * once the copy is done or abandoned.
+ * once the copy is done or abandoned: it waits until the daemon has ended
+ * the export, except after all the data came (`data`, its pieces read to
+ * their end), when it only closes the connection.
  */
 export type OpenedExport =
   | { readonly kind: 'path'; readonly path: string; end(): Promise<void> }
@@ -468,7 +470,10 @@ export class QubesClient {
         });
       return { kind: 'path', path: held.path, end };
     }
-    const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume);
+    // After `end` the data is complete: closing then ends nothing the caller waits for (the daemon
+    // lets go of its snapshot under the volume's lock, which the next call on the volume waits for).
+    let complete = false;
+    const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume, { dontWait: () => complete });
     const decoder = new ExportStreamDecoder();
     const queue: ExportRecord[] = [];
     /** The next record; null at the end of the stream (checked by the decoder). */
@@ -480,6 +485,7 @@ export class QubesClient {
       }
       const rec = queue.shift()!;
       if (rec.kind === 'error') throw errorFromReply(rec.name, rec.message, rec.traceback);
+      if (rec.kind === 'end') complete = true;
       return rec;
     };
     const end = async () => {

@@ -13,7 +13,7 @@
  */
 import * as net from 'node:net';
 import type { Readable } from 'node:stream';
-import { AdminClient } from '../admin/client.js';
+import { AdminClient, type ReplyStreamOptions } from '../admin/client.js';
 import type { AdminEvent } from '../admin/protocol/reply.js';
 
 export interface EventsSubscription {
@@ -36,7 +36,7 @@ export interface Transport {
    * bytes as they come; ending the iteration ends the call. Sockets only:
    * embedded, the exports are files this process reads itself.
    */
-  replyStream?(method: string, dest: string, arg: string): AsyncGenerator<Buffer, void, undefined>;
+  replyStream?(method: string, dest: string, arg: string, opts?: ReplyStreamOptions): AsyncGenerator<Buffer, void, undefined>;
   /** admin.Events for DEST (dom0: all); `onEvent` gets every event after connection-established. */
   events(dest: string, onEvent: (e: AdminEvent) => void): EventsSubscription;
   /** Releases what the transport holds (the state lock, for embedded). */
@@ -75,7 +75,7 @@ export function socketTransport(socketPath: string, opts: { readonly source?: st
     kind: 'socket',
     call: (m, dest, arg = '', payload = '') => client.call(m, dest, arg, payload),
     callStream: (m, dest, arg, payload) => client.callStream(m, dest, arg, payload),
-    replyStream: (m, dest, arg) => client.replyStream(m, dest, arg),
+    replyStream: (m, dest, arg, o) => client.replyStream(m, dest, arg, o),
     events(dest, onEvent) {
       const h = client.events(dest, (e) => {
         if (e.event !== 'connection-established') onEvent(e);

@@ -5,7 +5,9 @@
  * error reply, the client ends the call by closing its side and the client
  * library waits until the daemon has ended it, a client that stops reading
  * is dropped, the server's shutdown ends the call, and such a method cannot
- * run in-process.
+ * run in-process. A write resolves only once the socket is done with its
+ * bytes (the method may reuse them), and an export read to its `end` is
+ * closed without waiting for the daemon.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,14 +24,20 @@ import {
   type MethodShape,
   type MethodTable,
 } from '../../src/admin/index.js';
+import { QubesClient } from '../../src/client/index.js';
+import { exportLine } from '../../src/admin/protocol/export-stream.js';
 import { QubesVMNotFoundError } from '../../src/storage/errors.js';
 import { collectingLog, tempDir, waitFor, type LogLines } from './helpers.js';
 
 const SHAPE: MethodShape = { arg: 'none', argNames: '', payload: 'none', dest: 'dom0', scope: 'global', access: 'read' };
+const VOLUME_SHAPE: MethodShape = { arg: 'required', argNames: 'volume', payload: 'none', dest: 'domain', lookupDest: () => undefined, scope: 'local', access: 'write' };
 const MiB = 1024 * 1024;
 /** Chunk k of test.Stream: 1 MiB of the byte k. */
 const chunk = (k: number) => Buffer.alloc(MiB, k & 0xff);
 const CHUNKS = 32;
+/** test.Reuse: REUSE_WRITES writes of one 4 KiB buffer, write k filled with the byte k (small writes: below the socket's high-water mark). */
+const REUSE_WRITES = 2048;
+const REUSE_BYTES = 4096;
 
 describe('reply-stream methods over a socket', () => {
   let dir: string;
@@ -40,6 +48,12 @@ describe('reply-stream methods over a socket', () => {
   const hold = { aborted: false, returned: false, writesFalse: 0 };
   /** How many writes of test.Stream resolved only after a wait (the socket was full). */
   let waited = 0;
+  /** The test ExportStream's last step (letting go of a snapshot): held until open() is called. */
+  const afterEnd = { gate: Promise.resolve(), open: () => undefined as void, returned: false };
+  const closeAfterEnd = () => {
+    afterEnd.returned = false;
+    afterEnd.gate = new Promise<void>((resolve) => (afterEnd.open = resolve));
+  };
 
   const methods: MethodTable = {
     'test.Stream': replyStreamMethod(SHAPE, async (_call, write) => {
@@ -62,6 +76,21 @@ describe('reply-stream methods over a socket', () => {
       if (!(await write(Buffer.from('late')))) hold.writesFalse++;
       await new Promise((r) => setTimeout(r, 200)); // ending an export takes a moment: the client must wait for it
       hold.returned = true;
+    }),
+    'test.Reuse': replyStreamMethod(SHAPE, async (_call, write) => {
+      // One buffer for every write, refilled as soon as the last write resolved.
+      const buf = Buffer.alloc(REUSE_BYTES);
+      for (let k = 0; k < REUSE_WRITES; k++) {
+        buf.fill(k & 0xff);
+        assert.equal(await write(buf), true);
+      }
+    }),
+    // An export whose data is complete (`end` sent), the method then busy until `afterEnd.open()`.
+    'admin.vm.volume.ExportStream': replyStreamMethod(VOLUME_SHAPE, async (call, write) => {
+      for (const b of [exportLine.size(8), exportLine.data(0, 4), Buffer.from('data'), exportLine.end()]) assert.equal(await write(b), true);
+      await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+      await afterEnd.gate;
+      afterEnd.returned = true;
     }),
     'test.Flood': replyStreamMethod(SHAPE, async (_call, write) => {
       // Writes until the connection is gone: a client that reads nothing is dropped.
@@ -99,6 +128,46 @@ describe('reply-stream methods over a socket', () => {
     for (let k = 0; k < CHUNKS; k++) assert.ok(all.subarray(k * MiB, (k + 1) * MiB).equals(chunk(k)), `chunk ${k}`);
     assert.ok(waited > 0, 'the method never waited for the socket: its writes are not paced by the reader');
     await waitFor(() => log.lines.some((l) => /call method=test\.Stream .*result=ok/.test(l)));
+  });
+
+  test('a write resolves once the socket is done with its bytes: the method may refill them at once', { timeout: 60_000 }, async () => {
+    const got: Buffer[] = [];
+    for await (const c of client().replyStream('test.Reuse', 'dom0')) {
+      got.push(c);
+      await new Promise((r) => setTimeout(r, 1)); // slower than the daemon: its writes queue in the socket
+    }
+    const all = Buffer.concat(got);
+    assert.equal(all.length, REUSE_WRITES * REUSE_BYTES);
+    for (let k = 0; k < REUSE_WRITES; k++) {
+      const w = all.subarray(k * REUSE_BYTES, (k + 1) * REUSE_BYTES);
+      assert.ok(w.equals(Buffer.alloc(REUSE_BYTES, k & 0xff)), `write ${k} arrived as written, not as the buffer was refilled after it (first byte ${w[0]})`);
+    }
+  });
+
+  test('an export read to its end is closed at once; one ended early waits for the daemon', { timeout: 20_000 }, async () => {
+    const q = QubesClient.overSocket(socketPath);
+    // Read to `end`: end() returns while the daemon still lets go of what it held.
+    closeAfterEnd();
+    let opened = await q.openExport('work', 'private');
+    assert.equal(opened.kind, 'data');
+    if (opened.kind !== 'data') return;
+    const pieces: string[] = [];
+    for await (const p of opened.pieces) pieces.push(`${p.offset}:${p.bytes.toString()}`);
+    assert.deepEqual(pieces, ['0:data']);
+    const ending = opened.end();
+    const first = await Promise.race([ending.then(() => 'ended'), new Promise((r) => setTimeout(() => r('still waiting'), 3000))]);
+    assert.equal(first, 'ended', 'end() after a complete export does not wait for the daemon');
+    assert.equal(afterEnd.returned, false, 'the daemon was still busy then');
+    afterEnd.open();
+    await ending;
+    await waitFor(() => afterEnd.returned);
+    // Ended before its `end` came (the size only): end() waits until the daemon has ended the call.
+    closeAfterEnd();
+    opened = await q.openExport('work', 'private');
+    setTimeout(() => afterEnd.open(), 200);
+    await opened.end();
+    assert.equal(afterEnd.returned, true, 'an early end() returned only after the daemon had ended the export');
+    await q.close();
   });
 
   test('an error before the first byte is the error reply, as its class', { timeout: 20_000 }, async () => {
