@@ -14,8 +14,12 @@ export interface ExportSink {
   begin(size: number): Promise<void>;
   /**
    * The data at `offset`: pieces in increasing order, never overlapping;
-   * what no piece covers reads as zeros. The sink keeps `bytes` (no reuse).
-   * Resolves once it may be given more (the export waits for its reader).
+   * what no piece covers reads as zeros. `bytes` are lent: the sink reads
+   * them until the promise resolves (a sink that keeps them copies them),
+   * and the driver may reuse them after (a ring of read buffers: no fresh
+   * memory per read). Resolves once it may be given more (the export waits
+   * for its reader); after a rejection the export stops, leaving `bytes` as
+   * they are.
    */
   data(offset: number, bytes: Buffer): Promise<void>;
   /**
@@ -42,8 +46,8 @@ export async function fileIntoSink(file: string, sink: Omit<ExportSink, 'end'>, 
     await sink.begin(size);
     const ext = await fileExtents();
     const regions: Iterable<DataRegion> = typeof ext === 'string' ? [[0, size]] : ext.dataRegions(fh.fd, size);
-    const read = async (from: number, to: number): Promise<Buffer> => {
-      const buf = Buffer.allocUnsafe(to - from);
+    const read = async (from: number, to: number, into: Buffer): Promise<Buffer> => {
+      const buf = into.subarray(0, to - from);
       let got = 0;
       while (got < buf.length) {
         const { bytesRead } = await fh.read(buf, got, buf.length - got, from + got);
@@ -64,10 +68,16 @@ export async function fileIntoSink(file: string, sink: Omit<ExportSink, 'end'>, 
  * hands what it reads to `sink.data`; with `zeroBlock`, only the runs of
  * blocks of that size holding a non-zero byte. Every read has settled when
  * it returns (the caller may close what it reads from).
+ *
+ * `read(from, to, into)` fills `into` (at least `to - from` bytes) and
+ * returns the part it filled. Two buffers take turns: piece k+2 is read
+ * into piece k's once every sink.data of piece k resolved (the sink is done
+ * with lent bytes then), so an export touches no fresh memory after its
+ * first two pieces.
  */
 export async function regionsIntoSink(
   regions: Iterable<DataRegion>,
-  read: (from: number, to: number) => Promise<Buffer>,
+  read: (from: number, to: number, into: Buffer) => Promise<Buffer>,
   sink: Pick<ExportSink, 'data'>,
   signal?: AbortSignal,
   zeroBlock?: number,
@@ -75,15 +85,24 @@ export async function regionsIntoSink(
   const pieces = (function* () {
     for (const [start, end] of regions) for (let at = start; at < end; at += PIECE) yield [at, Math.min(end, at + PIECE)] as const;
   })();
+  const buffers: Buffer[] = [];
+  let turn = 0;
+  const readNext = (p: IteratorResult<readonly [number, number]>): Promise<Buffer> | undefined => {
+    if (p.done) return undefined;
+    const [from, to] = p.value;
+    const k = turn++ % 2;
+    if ((buffers[k]?.length ?? 0) < to - from) buffers[k] = Buffer.allocUnsafe(PIECE);
+    return read(from, to, buffers[k]!);
+  };
   let reading: Promise<Buffer> | undefined;
   try {
     let piece = pieces.next();
-    reading = piece.done ? undefined : read(...piece.value);
+    reading = readNext(piece);
     while (!piece.done) {
       const from = piece.value[0];
       const bytes = await reading!;
       piece = pieces.next();
-      reading = piece.done ? undefined : read(...piece.value);
+      reading = readNext(piece);
       reading?.catch(() => undefined); // awaited in the next turn (or below); not an unhandled rejection meanwhile
       signal?.throwIfAborted();
       if (zeroBlock === undefined) {

@@ -506,9 +506,9 @@ async function readDeviceInto(
     return { src: await fs.open(await fs.realpath(dev), fsc.O_RDONLY), size };
   });
   try {
-    const read = (from: number, to: number): Promise<Buffer> =>
+    const read = (from: number, to: number, into: Buffer): Promise<Buffer> =>
       device('export failed', async () => {
-        const buf = Buffer.allocUnsafe(to - from);
+        const buf = into.subarray(0, to - from);
         for (let got = 0; got < buf.length; ) {
           const { bytesRead } = await src.read(buf, got, buf.length - got, from + got);
           if (bytesRead === 0) throw new StoragePoolException(`${dev}: short read at ${from + got} of ${size} bytes`);

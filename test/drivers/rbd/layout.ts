@@ -5,6 +5,7 @@
 // rbd.test.ts.
 import { it, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { MiB } from '../../helpers/data.js';
 import { imageOfVid, vidOfImage } from '../../../src/drivers/rbd/pool.js';
 import type { RbdVolume } from '../../../src/drivers/rbd/volume.js';
@@ -101,6 +102,37 @@ describeRbd('rbd layout', () => {
     assert.ok(bytes > 0, 'data was handed over');
     assert.ok(atEnd.some((s) => s.startsWith('qs-export-')), `the export snapshot still there at the end: ${atEnd.join(' ')}`);
     assert.deepEqual(snapsOf(image).filter((s) => s.startsWith('qs-export-')), [], 'and removed after it');
+  });
+
+  it('exportInto lends its pieces: each unchanged until its data() resolves, read into a few reused buffers', async () => {
+    // 36 MiB of random data: 9 reads of 4 MiB, more than the reads in flight plus the one handed over.
+    const v = app.get('private');
+    const data = randomBytes(36 * MiB);
+    const w = await v.importWriter(data.length);
+    let done = 0;
+    while (done < data.length) done += (await w.writev([data.subarray(done)], done)).bytesWritten;
+    await v.importDataEnd(true);
+    const got = Buffer.alloc(data.length);
+    const buffers = new Set<ArrayBufferLike>();
+    let pieces = 0;
+    const changed: number[] = [];
+    await v.exportInto({
+      begin: async () => undefined,
+      data: async (offset, bytes) => {
+        pieces++;
+        buffers.add(bytes.buffer);
+        const held = Buffer.from(bytes);
+        // Held a while: the reads running ahead land meanwhile, and must not land here.
+        await new Promise((r) => setTimeout(r, 40));
+        if (!bytes.equals(held)) changed.push(offset);
+        held.copy(got, offset);
+      },
+      end: async () => undefined,
+    });
+    assert.deepEqual(changed, [], 'pieces changed while the sink held them');
+    assert.ok(got.equals(data), 'the export has the data');
+    assert.ok(pieces >= 9, `${pieces} pieces`);
+    assert.ok(buffers.size < 9, `read into ${buffers.size} buffers for 9 reads: reused, not fresh memory per read`);
   });
 
   it('removes the domains and leaves no images', async () => {
