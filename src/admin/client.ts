@@ -60,10 +60,68 @@ export function unwrapReply(reply: Uint8Array): Buffer {
 
 /** The largest error reply a streamed reply may start with. */
 const MAX_ERROR_REPLY = 1024 * 1024;
-/** How a streamed reply's connection is closed when its consumer stops (replyStream). */
+/** How a streamed reply is read (replyStream). */
 export interface ReplyStreamOptions {
   /** Asked when the iteration ends early: true closes the connection without waiting for the daemon's close. */
   readonly dontWait?: () => boolean;
+  /** Read the reply into these reused buffers instead of a new one per read (see ReplyReadBuffers). */
+  readonly buffers?: ReplyReadBuffers;
+}
+
+/**
+ * Buffers a streamed reply is read into, used again once the consumer says
+ * it is done with what it got (releaser()). Without them every socket read
+ * gets fresh memory (64 KiB at a time), and in this project's VM the page
+ * faults of 256 MiB of fresh memory made `qvm-volume export` about 25%
+ * slower (docs/benchmarks.md).
+ *
+ * Safe whatever the consumer does: a buffer is read into again only once
+ * the consumer said it is done with the chunk read into it, and with a
+ * later one (the decoder may still be handing out the records of the last
+ * chunk). A consumer that never says so gets fresh buffers, as without
+ * them; a buffer never released is only garbage.
+ */
+export class ReplyReadBuffers {
+  private readonly free: Buffer[] = [];
+  /** The buffers of the chunks yielded (a run of chunks in one buffer counted once), not yet freed, oldest first. */
+  private readonly yielded: Buffer[] = [];
+  /** How many were freed before yielded[0]. */
+  private freed = 0;
+  /** Our buffers, by their memory. */
+  private readonly ours = new WeakMap<ArrayBufferLike, Buffer>();
+
+  constructor(readonly bytes = 256 * 1024) {}
+
+  /**
+   * Returns a function to call once the consumer is done with every chunk
+   * yielded until now (and the records decoded from them): it frees all of
+   * them but the last, whose records may still be being handed out.
+   */
+  releaser(): () => void {
+    const upTo = this.freed + this.yielded.length;
+    return () => {
+      while (this.freed < upTo - 1) {
+        this.free.push(this.yielded.shift()!);
+        this.freed++;
+      }
+    };
+  }
+
+  /** A buffer for the next socket read. */
+  next(): Buffer {
+    let b = this.free.pop();
+    if (!b) {
+      b = Buffer.allocUnsafeSlow(this.bytes); // its own memory, not a slice of Node's pool
+      this.ours.set(b.buffer, b);
+    }
+    return b;
+  }
+
+  /** `chunk` (a view of one of ours, or a copy the stream made) is being handed to the consumer. */
+  yielding(chunk: Buffer): void {
+    const b = this.ours.get(chunk.buffer);
+    if (b && this.yielded.at(-1) !== b) this.yielded.push(b);
+  }
 }
 
 /** How long an early end of a streamed reply waits for the daemon to end the call. */
@@ -109,7 +167,11 @@ export class AdminClient {
    */
   async *replyStream(method: string, dest: string, arg = '', opts: ReplyStreamOptions = {}): AsyncGenerator<Buffer, void, undefined> {
     const header = encodeHeader({ method, arg, source: this.source, dest });
-    const sock = net.connect(this.socketPath);
+    const { buffers } = opts;
+    // With buffers: each read goes into one of them, and a full stream buffer pauses the reads (false).
+    const sock: net.Socket = buffers
+      ? net.connect({ path: this.socketPath, onread: { buffer: () => buffers.next(), callback: (n, b) => sock.push(b.subarray(0, n)) } })
+      : net.connect(this.socketPath);
     const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
     let eof = false;
     try {
@@ -124,6 +186,7 @@ export class AdminClient {
       try {
         for await (const chunk of sock.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
           if (ok) {
+            buffers?.yielding(chunk);
             yield chunk;
             continue;
           }

@@ -11,7 +11,7 @@
  */
 import { Readable } from 'node:stream';
 import type { AdminEvent } from '../admin/protocol/reply.js';
-import { errorFromReply, QubesDaemonCommunicationError } from '../admin/client.js';
+import { errorFromReply, QubesDaemonCommunicationError, ReplyReadBuffers } from '../admin/client.js';
 import { ExportStreamDecoder, type ExportRecord } from '../admin/protocol/export-stream.js';
 import { QubesVMNotFoundError } from '../storage/errors.js';
 import { keyValueLines, keyValueWords, lines, numberOrNull, parseProperty, parsePropertyLine, payloadText, unescapeValue, type PropertyValue } from './replies.js';
@@ -112,6 +112,13 @@ export type OpenedExport =
       readonly size: number;
       /** Throws the daemon's error when the export failed, or a cut stream. */
       readonly pieces: AsyncIterable<{ readonly offset: number; readonly bytes: Buffer }>;
+      /**
+       * Returns a function to call once the caller is done with the bytes of
+       * every piece it got until now (written, or copied): their memory may
+       * then be read into again. Optional: a caller that keeps pieces never
+       * calls it, and its pieces stay as they are.
+       */
+      releaser(): () => void;
       end(): Promise<void>;
     };
 
@@ -473,7 +480,8 @@ export class QubesClient {
     // After `end` the data is complete: closing then ends nothing the caller waits for (the daemon
     // lets go of its snapshot under the volume's lock, which the next call on the volume waits for).
     let complete = false;
-    const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume, { dontWait: () => complete });
+    const buffers = new ReplyReadBuffers();
+    const body = this.transport.replyStream('admin.vm.volume.ExportStream', vm, volume, { dontWait: () => complete, buffers });
     const decoder = new ExportStreamDecoder();
     const queue: ExportRecord[] = [];
     /** The next record; null at the end of the stream (checked by the decoder). */
@@ -500,7 +508,7 @@ export class QubesClient {
           if (rec.kind === 'data') yield { offset: rec.offset, bytes: rec.bytes };
         }
       }
-      return { kind: 'data', size: first.size, pieces: pieces(), end };
+      return { kind: 'data', size: first.size, pieces: pieces(), releaser: () => buffers.releaser(), end };
     } catch (e) {
       await end();
       throw e;

@@ -2,7 +2,8 @@
  * The reply format of admin.vm.volume.ExportStream (protocol/export-stream.ts):
  * records decode the same however the bytes are cut into chunks, data keeps
  * its offsets, an error record becomes the error, and every malformed or cut
- * stream is refused with a ProtocolError rather than taken for the data.
+ * stream is refused with a ProtocolError rather than taken for the data. The
+ * decoder keeps no view of a chunk (the client reads into reused buffers).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -71,5 +72,25 @@ test('malformed or cut streams are refused', () => {
   ];
   for (const [what, bytes] of bad) {
     for (const step of [1, 4096]) assert.throws(() => decode(bytes, step), ProtocolError, `${what} (chunks of ${step})`);
+  }
+});
+
+test('the decoder keeps nothing of a chunk once push() returned: a chunk scribbled over after it decodes the same', () => {
+  const a = Buffer.from('xy');
+  const stream = Buffer.concat([exportLine.size(100), exportLine.data(90, 2), a, exportLine.error('StoragePoolException', 'read failed')]);
+  for (const step of [1, 3, 7, 16]) {
+    const d = new ExportStreamDecoder();
+    const out: ExportRecord[] = [];
+    for (let o = 0; o < stream.length; o += step) {
+      // Each chunk in memory of its own, scribbled over once pushed (a reused read buffer); data records copied first.
+      const chunk = Buffer.from(stream.subarray(o, o + step));
+      for (const r of d.push(chunk)) out.push(r.kind === 'data' ? { ...r, bytes: Buffer.from(r.bytes) } : r);
+      chunk.fill(0x7a);
+    }
+    out.push(...d.end());
+    const data = Buffer.concat(out.flatMap((r) => (r.kind === 'data' ? [r.bytes] : [])));
+    assert.deepEqual(out[0], { kind: 'size', size: 100 }, `chunks of ${step}`);
+    assert.equal(data.toString(), 'xy', `chunks of ${step}`);
+    assert.deepEqual(out.at(-1), { kind: 'error', name: 'StoragePoolException', message: 'read failed', traceback: '' }, `chunks of ${step}`);
   }
 });

@@ -7,7 +7,8 @@
  * is dropped, the server's shutdown ends the call, and such a method cannot
  * run in-process. A write resolves only once the socket is done with its
  * bytes (the method may reuse them), and an export read to its `end` is
- * closed without waiting for the daemon.
+ * closed without waiting for the daemon. The client reads into reused
+ * buffers only once they are released (ReplyReadBuffers).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,6 +18,7 @@ import * as path from 'node:path';
 import {
   AdminClient,
   AdminServer,
+  ReplyReadBuffers,
   createDispatchContext,
   replyStreamMethod,
   runCall,
@@ -130,6 +132,35 @@ describe('reply-stream methods over a socket', () => {
     await waitFor(() => log.lines.some((l) => /call method=test\.Stream .*result=ok/.test(l)));
   });
 
+  /** The reply of test.Stream, checked chunk by chunk of the method's. */
+  const checkStream = (all: Buffer) => {
+    assert.equal(all.length, CHUNKS * MiB);
+    for (let k = 0; k < CHUNKS; k++) assert.ok(all.subarray(k * MiB, (k + 1) * MiB).equals(chunk(k)), `chunk ${k}`);
+  };
+
+  test('read into reused buffers: released ones are read into again, and the reply arrives whole', { timeout: 60_000 }, async () => {
+    const buffers = new ReplyReadBuffers(256 * 1024);
+    const memory = new Set<ArrayBufferLike>();
+    const got: Buffer[] = [];
+    let chunks = 0;
+    for await (const c of client().replyStream('test.Stream', 'dom0', '', { buffers })) {
+      chunks++;
+      memory.add(c.buffer);
+      got.push(Buffer.from(c)); // copied: done with it
+      buffers.releaser()();
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    checkStream(Buffer.concat(got));
+    assert.ok(memory.size * 4 < chunks, `${chunks} chunks read into ${memory.size} buffers`);
+  });
+
+  test('read into reused buffers: chunks never released stay as they came', { timeout: 60_000 }, async () => {
+    const buffers = new ReplyReadBuffers(256 * 1024);
+    const kept: Buffer[] = [];
+    for await (const c of client().replyStream('test.Stream', 'dom0', '', { buffers })) kept.push(c);
+    checkStream(Buffer.concat(kept));
+  });
+
   test('a write resolves once the socket is done with its bytes: the method may refill them at once', { timeout: 60_000 }, async () => {
     const got: Buffer[] = [];
     for await (const c of client().replyStream('test.Reuse', 'dom0')) {
@@ -240,4 +271,22 @@ describe('reply-stream methods over a socket', () => {
     const reply = await runCall(ctx, { method: 'test.Stream', dest: 'dom0' });
     assert.throws(() => unwrapReply(reply), /test\.Stream streams its reply and needs a connection/);
   });
+});
+
+test('ReplyReadBuffers: a buffer is handed out again only once released, never while it holds the last chunk yielded', () => {
+  const rb = new ReplyReadBuffers(16);
+  const a = rb.next();
+  const early = rb.releaser(); // taken before a was yielded: frees nothing of it
+  rb.yielding(a.subarray(0, 4));
+  early();
+  const b = rb.next();
+  assert.notEqual(b.buffer, a.buffer, 'a was never released');
+  rb.releaser()(); // a is the last chunk yielded: its records may still be handed out
+  const c = rb.next();
+  assert.ok(c.buffer !== a.buffer && c.buffer !== b.buffer, 'the last chunk yielded is kept');
+  rb.yielding(b.subarray(0, 8));
+  rb.yielding(Buffer.from('a copy the stream made')); // not ours: nothing to free
+  rb.releaser()();
+  assert.equal(rb.next().buffer, a.buffer, 'a, released with b after it, is read into again');
+  assert.notEqual(rb.next().buffer, b.buffer, 'b, the last one yielded, is not');
 });

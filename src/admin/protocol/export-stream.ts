@@ -56,7 +56,9 @@ function count(text: string, what: string): number {
  * Incremental decoder of the reply body (after `0x30 0x00`): feed chunks,
  * get records; checks the order (one `path`, or `size` then data in
  * increasing order within the size, then `end`). end() at EOF throws if the
- * stream was cut.
+ * stream was cut. A data record's bytes are the chunk's own (no copy); the
+ * decoder keeps nothing of a chunk once push() returned, so the caller may
+ * reuse a chunk's memory once it is done with its records.
  */
 export class ExportStreamDecoder {
   private line: Buffer[] = [];
@@ -87,7 +89,7 @@ export class ExportStreamDecoder {
         case 'error': {
           this.errorLength += chunk.length - pos;
           if (this.errorLength > MAX_ERROR) throw new ProtocolError('malformed export stream from qubesd: error reply too long');
-          this.errorBytes.push(chunk.subarray(pos));
+          this.errorBytes.push(Buffer.from(chunk.subarray(pos))); // kept past this chunk: copied
           pos = chunk.length;
           break;
         }
@@ -98,7 +100,8 @@ export class ExportStreamDecoder {
           const piece = chunk.subarray(pos, nl < 0 ? chunk.length : nl);
           this.lineBytes += piece.length;
           if (this.lineBytes > MAX_LINE) throw new ProtocolError('malformed export stream from qubesd: line too long');
-          this.line.push(piece);
+          // A line's start kept past its chunk is copied: the chunk's memory may be read into again.
+          this.line.push(nl < 0 ? Buffer.from(piece) : piece);
           if (nl < 0) {
             pos = chunk.length;
             break;

@@ -136,6 +136,8 @@ export async function exportToFile(src: string, out: { target: string; temp: str
 export interface ExportPieces {
   readonly size: number;
   readonly pieces: AsyncIterable<{ readonly offset: number; readonly bytes: Buffer }>;
+  /** When given: a function to call once the pieces got until now are written (their memory is then read into again). */
+  readonly releaser?: () => () => void;
 }
 
 /** Bytes gathered before one write: big writes cost far less per byte than the socket's 64 KiB pieces. */
@@ -154,6 +156,7 @@ export async function exportPiecesToFile(data: ExportPieces, out: { target: stri
     await withNewFile(out.temp, async (fh) => {
       await fh.truncate(data.size);
       const w = createSparseWriter(fh, { maxWriteBytes: GATHER, syncEveryBytes: SYNC_EVERY });
+      let released = 0;
       try {
         for await (const { offset, bytes } of data.pieces) {
           signal.throwIfAborted();
@@ -161,6 +164,11 @@ export async function exportPiecesToFile(data: ExportPieces, out: { target: stri
           // The daemon sends data runs only (its zero blocks left out): no second scan here.
           if (!w.pushData(bytes)) await w.drained();
           bar.update(w.position);
+          if (data.releaser && w.position - released >= GATHER) {
+            // Once what was pushed until now is written, its socket buffers are read into again (no fresh memory).
+            released = w.position;
+            w.flushed().then(data.releaser(), () => undefined);
+          }
         }
         await w.finish();
       } finally {
