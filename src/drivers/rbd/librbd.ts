@@ -26,6 +26,7 @@ export const EROFS = 30;
 export const ERANGE = 34;
 export const ENOTEMPTY = 39;
 export const EDQUOT = 122;
+export const ESTALE = 116;
 export const ETIMEDOUT = 110;
 export const ESHUTDOWN = 108;
 export const EBLOCKLISTED = 108;
@@ -45,6 +46,7 @@ const ERRNO_NAMES: Record<number, string> = {
   95: 'EOPNOTSUPP',
   108: 'ESHUTDOWN',
   110: 'ETIMEDOUT',
+  116: 'ESTALE',
   122: 'EDQUOT',
 };
 const ERRNO_TEXT: Record<number, string> = {
@@ -62,6 +64,7 @@ const ERRNO_TEXT: Record<number, string> = {
   95: 'operation not supported by this cluster',
   108: 'this client was blocklisted by the cluster',
   110: 'the Ceph cluster did not answer in time (monitors or OSDs down or unreachable?)',
+  116: 'the image was removed or replaced meanwhile',
   122: 'quota exceeded',
 };
 
@@ -557,15 +560,20 @@ export class RbdClient {
   async header(image: string): Promise<ImageHeader> {
     const id = await this.track(async (c, a) => {
       await this.freed(image);
-      const buf = Buffer.alloc(256);
-      const rc = await onWorker(a.rados_read, c.io, `rbd_id.${image}`, buf, buf.length, 0);
-      if (rc < 0) this.fail(`reading the id of image ${image}`, rc);
-      // An encoded string: a 32-bit little-endian length, then the bytes.
-      const len = rc >= 4 ? buf.readUInt32LE(0) : -1;
-      if (len <= 0 || 4 + len > rc) this.fail(`reading the id of image ${image} (not a format 2 image?)`, -EINVAL);
-      return buf.toString('utf8', 4, 4 + len);
+      return this.readId(c.io, a, image);
     });
     return new ImageHeader(this, image, id);
+  }
+
+  /** What the id object `rbd_id.NAME` holds; ENOENT (as RbdError) when no image has that name. */
+  private async readId(io: Handle, a: Api, image: string): Promise<string> {
+    const buf = Buffer.alloc(256);
+    const rc = await onWorker(a.rados_read, io, `rbd_id.${image}`, buf, buf.length, 0);
+    if (rc < 0) this.fail(`reading the id of image ${image}`, rc);
+    // An encoded string: a 32-bit little-endian length, then the bytes.
+    const len = rc >= 4 ? buf.readUInt32LE(0) : -1;
+    if (len <= 0 || 4 + len > rc) this.fail(`reading the id of image ${image} (not a format 2 image?)`, -EINVAL);
+    return buf.toString('utf8', 4, 4 + len);
   }
 
   /** @internal ImageHeader's calls, counted in flight like every call. */
@@ -659,14 +667,21 @@ export class RbdClient {
     const move = this.detached(() =>
       this.track(async (c, a) => {
         await before;
+        // The move takes a name: if the name leads elsewhere now (another host removed the image and
+        // started anew), the image meant is gone and the one there is not ours to move.
+        if (knownId !== undefined && (await this.nameLeadsElsewhere(c.io, a, image, id))) return false;
         const rc = await onWorker(a.rbd_trash_move, c.io, image, 0);
-        if (rc < 0) this.fail(`moving image ${image} to the trash`, rc);
+        if (rc >= 0) return true;
+        // Another client removed or trashed it between the look and the move: ENOENT, or ESTALE from the
+        // directory entry that no longer matches. Not ours to delete then (its remover does, or sweepLeftovers).
+        if ([-ENOENT, -ESTALE, -EEXIST].includes(rc) && (await this.nameLeadsElsewhere(c.io, a, image, id).catch(() => false))) return false;
+        return this.fail(`moving image ${image} to the trash`, rc);
       }),
     );
     if (later) {
       // The name is taken until the move is done: every call naming the image waits for it (freed()).
       // A failed move leaves the image as a crash would: the next start finds it and replaces it.
-      const moved = move.then(() => true, () => false);
+      const moved = move.catch(() => false);
       const gone = moved.then(() => undefined);
       this.leaving.set(image, gone);
       this.background.add(gone);
@@ -677,8 +692,21 @@ export class RbdClient {
       void moved.then((ok) => ok && this.removeLater(id));
       return;
     }
-    await move;
-    this.removeLater(id);
+    if (await move) this.removeLater(id);
+  }
+
+  /**
+   * Whether `image` names no image now, or another one than `id`: another
+   * host's daemon sharing the pool removed the image meant, and maybe started
+   * anew under the same name.
+   */
+  private async nameLeadsElsewhere(io: Handle, a: Api, image: string, id: string): Promise<boolean> {
+    try {
+      return (await this.readId(io, a, image)) !== id;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return true;
+      throw e;
+    }
   }
 
   /**

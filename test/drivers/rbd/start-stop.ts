@@ -4,7 +4,8 @@
 // is refused; the stop's move to the trash runs after it returns, yet no
 // later call sees the image; the source generation written on a clone's
 // header object is read as image metadata, and is_outdated follows the
-// template's commits.
+// template's commits; a stop racing another host's daemon on the same
+// image neither fails nor moves an image that host made since.
 // Imported by rbd.test.ts.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -92,6 +93,36 @@ describeRbd('rbd: start and stop of an AppVM, the cheaper steps', () => {
       await tpl.remove();
     } finally {
       await pool.close();
+    }
+  });
+
+  it('a stop whose running image another host removed meanwhile takes it as gone, and never moves the image another host made since under that name', async () => {
+    // Two daemons on one pool, the same domain: host B's stop trashes the image host A is about to trash
+    // (the run of 2026-12-03 failed here with ESTALE), or B starts again under the same name before A's move.
+    const poolA = makeRbdPool({ prefix: `${prefix}r-`, hostId: 'hostA' });
+    const poolB = makeRbdPool({ prefix: `${prefix}r-`, hostId: 'hostB' });
+    await poolA.setup();
+    await poolB.setup();
+    try {
+      const img = `${prefix}r-work~snap`;
+      await poolB.rbd.create(img, 4 << 20);
+      const meant = (await poolA.rbd.header(img)).id; // what A looked at before its move
+      await poolB.rbd.discard(img);
+      await poolA.rbd.discard(img, meant); // A's move comes second: the image is gone, as A wanted
+      assert.deepEqual(imagesWith(`${prefix}r-`), []);
+      await poolB.rbd.create(img, 4 << 20); // B starts anew: the same name, another image
+      const fresh = (await poolB.rbd.header(img)).id;
+      assert.notEqual(fresh, meant);
+      await poolA.rbd.discard(img, meant);
+      assert.equal((await poolB.rbd.header(img)).id, fresh, "B's new image is still there");
+      await poolA.rbd.discard(img, meant, true); // the same from a stop's background move
+      await poolA.rbd.idObjectExists(img); // waits for that move
+      assert.equal((await poolB.rbd.header(img)).id, fresh, "B's new image is still there after a background move");
+      await poolB.rbd.discard(img);
+      assert.deepEqual(imagesWith(`${prefix}r-`), []);
+    } finally {
+      await poolA.close();
+      await poolB.close();
     }
   });
 });
