@@ -11,13 +11,17 @@
 # Each round runs every export once (the command, then each tree's tool), in
 # an order turned round by round, each after an untimed `sync` and 1 s of
 # quiet; the wall time includes the process's start, as a user meets it.
-# The outputs go to the temp directory's filesystem (TMPDIR). Prints each
+# The outputs go to the temp directory's filesystem (TMPDIR); with
+# QS_AB_TO=pipe each export writes to its stdout instead, read by `cat` into
+# that file (as `... export - | ssh ...` would be read). Prints each
 # export's times, their medians and the ratio command / tool (above 1: the
 # tool is faster). Everything made here is removed on exit; the daemons are
 # ended by pid.
 set -euo pipefail
 ROUNDS=${1:-20}
 MIB=${2:-256}
+TO=${QS_AB_TO:-file}
+[ "$TO" = file ] || [ "$TO" = pipe ] || { echo "QS_AB_TO: file or pipe, not $TO" >&2; exit 2; }
 shift $(( $# < 2 ? $# : 2 ))
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 TREES=("$@")
@@ -64,7 +68,10 @@ once() { # name
   sync
   sleep 1
   t0=$(date +%s%N)
-  if [ "$n" = cmd ]; then rbdc export --no-progress "$CMD_IMAGE" "$W/out" >/dev/null 2>&1
+  if [ "$TO" = pipe ]; then
+    if [ "$n" = cmd ]; then rbdc export --no-progress "$CMD_IMAGE" - 2>/dev/null | cat >"$W/out"
+    else tool "${n#tool}" qvm-volume export imp:private - | cat >"$W/out"; fi
+  elif [ "$n" = cmd ]; then rbdc export --no-progress "$CMD_IMAGE" "$W/out" >/dev/null 2>&1
   else tool "${n#tool}" qvm-volume export imp:private "$W/out" >/dev/null; fi
   t1=$(date +%s%N)
   TIMES[$n]+="$(((t1 - t0) / 1000000)) "
@@ -81,7 +88,7 @@ done
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 CMD_MED=$(echo "${TIMES[cmd]}" | median)
-echo "$MIB MiB, $ROUNDS rounds; ms per export, then the median"
+echo "$MIB MiB, $ROUNDS rounds, output to a $TO; ms per export, then the median"
 echo "rbd export: ${TIMES[cmd]}-> $CMD_MED"
 for k in "${!TREES[@]}"; do
   m=$(echo "${TIMES[tool$k]}" | median)

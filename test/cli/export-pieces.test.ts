@@ -1,6 +1,6 @@
 /**
- * exportPiecesToFile (what `qvm-volume export` does with an export streamed
- * by the daemon) with pieces read into a few reused buffers, as the client
+ * exportPiecesToFile and exportPiecesToStream (what `qvm-volume export` does
+ * with an export streamed by the daemon, into a file or into stdout) with pieces read into a few reused buffers, as the client
  * reads the socket: the tool says when it is done with them (`releaser`),
  * and a released buffer is refilled with the next piece at once. The output
  * must hold every piece as it came, so no buffer may be released before its
@@ -11,8 +11,9 @@ import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { it } from 'node:test';
-import { exportPiecesToFile, type ExportPieces } from '../../src/cli/common/export-output.js';
+import { Writable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { exportPiecesToFile, exportPiecesToStream, type ExportPieces } from '../../src/cli/common/export-output.js';
 import { describeEachFs } from '../helpers/filesystems.js';
 
 const PIECE = 256 * 1024;
@@ -73,5 +74,42 @@ describeEachFs('export pieces into a file', (_tfs, ctx) => {
     assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(expected).digest('hex'));
     assert.ok(data.allocated() * 2 < PIECES, `${data.allocated()} buffers for ${PIECES} pieces: released ones were not used again`);
     assert.deepEqual(await fs.readdir(dir), ['out.img']);
+  });
+});
+
+/**
+ * A stream whose writes complete later, as a slow reader's pipe: it takes
+ * up to 8 MiB before it asks to wait, and copies each chunk only when its
+ * write completes, so a buffer refilled before then shows in what it holds.
+ */
+class SlowSink extends Writable {
+  readonly got: Buffer[] = [];
+  constructor() {
+    super({ highWaterMark: 8 << 20 });
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (e?: Error | null) => void): void {
+    setTimeout(() => {
+      this.got.push(Buffer.from(chunk));
+      done();
+    }, 1);
+  }
+}
+
+describe('export pieces into a stream', () => {
+  it('pieces from reused buffers reach the stream as they came, the gaps as zeros: a buffer is released only once its write completed', async () => {
+    const size = PIECES * PIECE + 12_345; // zeros at the end
+    const data = ringPieces(size);
+    const sink = new SlowSink();
+    await exportPiecesToStream(data, { sink, owned: true }, { update() {}, finish() {} }, new AbortController().signal);
+    const got = Buffer.concat(sink.got);
+    assert.equal(got.length, size);
+    const expected = Buffer.alloc(PIECE);
+    for (let k = 0; k < PIECES; k++) {
+      fillPiece(expected, k);
+      const at = got.subarray(k * PIECE, (k + 1) * PIECE);
+      assert.ok(at.equals(expected), `piece ${k} holds ${at.readUInt32BE(0)}'s bytes: its buffer was refilled before its write completed`);
+    }
+    assert.ok(got.subarray(PIECES * PIECE).equals(Buffer.alloc(12_345)), 'the end is zeros');
+    assert.ok(data.allocated() * 2 < PIECES, `${data.allocated()} buffers for ${PIECES} pieces: released ones were not used again`);
   });
 });

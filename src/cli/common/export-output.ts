@@ -179,14 +179,16 @@ export async function exportPiecesToFile(data: ExportPieces, out: { target: stri
   });
 }
 
-/** Streamed pieces into a stream (stdout, a pipe, a device), every byte in order: the gaps as zeros. */
+/** Streamed pieces into a stream (stdout, a pipe, a device), every byte in order: the gaps as zeros. Pieces are released (`releaser`) as their writes complete. */
 export async function exportPiecesToStream(data: ExportPieces, out: { sink: Writable; owned: boolean }, bar: Progress, signal: AbortSignal): Promise<void> {
   const { sink } = out;
   const zero = Buffer.alloc(GATHER);
   let at = 0;
-  const put = async (b: Buffer) => {
+  let released = 0;
+  const put = async (b: Buffer, written?: () => void) => {
     signal.throwIfAborted();
-    if (!sink.write(b)) await once(sink, 'drain'); // rejects on 'error' (EPIPE: the reader left)
+    const cb = written && ((err?: Error | null) => err || written());
+    if (!sink.write(b, cb)) await once(sink, 'drain'); // rejects on 'error' (EPIPE: the reader left)
   };
   const zerosTo = async (end: number) => {
     while (at < end) {
@@ -198,7 +200,14 @@ export async function exportPiecesToStream(data: ExportPieces, out: { sink: Writ
   };
   for await (const { offset, bytes } of data.pieces) {
     await zerosTo(offset);
-    await put(bytes);
+    // A stream's writes complete in order: once this one is done, so are the pieces got until now,
+    // and their socket buffers are read into again (no fresh memory).
+    let written: (() => void) | undefined;
+    if (data.releaser && at + bytes.length - released >= GATHER) {
+      released = at + bytes.length;
+      written = data.releaser();
+    }
+    await put(bytes, written);
     at += bytes.length;
     bar.update(at);
   }
