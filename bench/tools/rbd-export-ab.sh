@@ -13,7 +13,9 @@
 # quiet; the wall time includes the process's start, as a user meets it.
 # The outputs go to the temp directory's filesystem (TMPDIR); with
 # QS_AB_TO=pipe each export writes to its stdout instead, read by `cat` into
-# that file (as `... export - | ssh ...` would be read). Prints each
+# that file (as `... export - | ssh ...` would be read). QS_AB_FSYNC=1 times
+# `rbd export` to a file with an fsync of its output (`sync FILE`), as the
+# tool makes its output durable before it renames it in. Prints each
 # export's times, their medians and the ratio command / tool (above 1: the
 # tool is faster). Everything made here is removed on exit; the daemons are
 # ended by pid.
@@ -21,6 +23,7 @@ set -euo pipefail
 ROUNDS=${1:-20}
 MIB=${2:-256}
 TO=${QS_AB_TO:-file}
+FSYNC=${QS_AB_FSYNC:-0}
 [ "$TO" = file ] || [ "$TO" = pipe ] || { echo "QS_AB_TO: file or pipe, not $TO" >&2; exit 2; }
 shift $(( $# < 2 ? $# : 2 ))
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
@@ -71,7 +74,9 @@ once() { # name
   if [ "$TO" = pipe ]; then
     if [ "$n" = cmd ]; then rbdc export --no-progress "$CMD_IMAGE" - 2>/dev/null | cat >"$W/out"
     else tool "${n#tool}" qvm-volume export imp:private - | cat >"$W/out"; fi
-  elif [ "$n" = cmd ]; then rbdc export --no-progress "$CMD_IMAGE" "$W/out" >/dev/null 2>&1
+  elif [ "$n" = cmd ]; then
+    rbdc export --no-progress "$CMD_IMAGE" "$W/out" >/dev/null 2>&1
+    if [ "$FSYNC" = 1 ]; then sync "$W/out"; fi
   else tool "${n#tool}" qvm-volume export imp:private "$W/out" >/dev/null; fi
   t1=$(date +%s%N)
   TIMES[$n]+="$(((t1 - t0) / 1000000)) "
@@ -89,7 +94,7 @@ done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 CMD_MED=$(echo "${TIMES[cmd]}" | median)
 echo "$MIB MiB, $ROUNDS rounds, output to a $TO; ms per export, then the median"
-echo "rbd export: ${TIMES[cmd]}-> $CMD_MED"
+echo "rbd export$([ "$FSYNC" = 1 ] && [ "$TO" = file ] && echo ' + fsync'): ${TIMES[cmd]}-> $CMD_MED"
 for k in "${!TREES[@]}"; do
   m=$(echo "${TIMES[tool$k]}" | median)
   echo "qvm-volume export (${TREES[$k]}): ${TIMES[tool$k]}-> $m; rbd export / this: $(awk -v a="$CMD_MED" -v b="$m" 'BEGIN { printf "%.2fx", a / b }')"
