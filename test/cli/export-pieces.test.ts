@@ -1,8 +1,9 @@
 /**
  * exportPiecesToFile and exportPiecesToStream (what `qvm-volume export` does
- * with an export streamed by the daemon, into a file or into stdout) with pieces read into a few reused buffers, as the client
- * reads the socket: the tool says when it is done with them (`releaser`),
- * and a released buffer is refilled with the next piece at once. The output
+ * with an export streamed by the daemon, into a file or into stdout) with
+ * pieces read into a few reused buffers, as the client reads the socket:
+ * the tool says when it is done with them (`releaser`), and a released
+ * buffer is refilled with the next piece at once. The output
  * must hold every piece as it came, so no buffer may be released before its
  * bytes are written; the expected bytes are made again from the piece
  * number, not read back through the code under test.

@@ -26,7 +26,6 @@ export const EROFS = 30;
 export const ERANGE = 34;
 export const ENOTEMPTY = 39;
 export const EDQUOT = 122;
-export const ESTALE = 116;
 export const ETIMEDOUT = 110;
 export const ESHUTDOWN = 108;
 export const EBLOCKLISTED = 108;
@@ -672,9 +671,10 @@ export class RbdClient {
         if (knownId !== undefined && (await this.nameLeadsElsewhere(c.io, a, image, id))) return false;
         const rc = await onWorker(a.rbd_trash_move, c.io, image, 0);
         if (rc >= 0) return true;
-        // Another client removed or trashed it between the look and the move: ENOENT, or ESTALE from the
-        // directory entry that no longer matches. Not ours to delete then (its remover does, or sweepLeftovers).
-        if ([-ENOENT, -ESTALE, -EEXIST].includes(rc) && (await this.nameLeadsElsewhere(c.io, a, image, id).catch(() => false))) return false;
+        // Another client removed or trashed it between the look and the move (ENOENT, or ESTALE from the
+        // directory entry that no longer matches): whatever the error, if the name leads elsewhere now the
+        // image meant is gone, and not ours to delete (its remover does, or sweepLeftovers).
+        if (await this.nameLeadsElsewhere(c.io, a, image, id).catch(() => false)) return false;
         return this.fail(`moving image ${image} to the trash`, rc);
       }),
     );
